@@ -1,0 +1,79 @@
+"""Ahead-of-time compilation of every Triton kernel for Hopper (sm_90), without a GPU.
+
+The Triton interpreter accepts code the real compiler rejects (`break`, some dtype mixes), so CI also
+compiles each kernel with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`.
+Each kernel module lists its kernels in `AOT_SPECS`: one `AotSpec` per (kernel, signature, constexprs)
+worth checking, i.e. every constexpr combination the runtime uses. Run as
+`python -m samgpu.kernels._aot` with TRITON_INTERPRET unset; exits non-zero on any failure and when a
+`@triton.jit` kernel of a module has no spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AotSpec:
+    kernel: object  # triton JITFunction
+    signature: dict[str, str]  # argument name -> "*i32", "i32", "fp32", "constexpr", ...
+    constexprs: dict[str, object] = field(default_factory=dict)
+    num_warps: int = 4
+
+
+def kernel_modules() -> list[str]:
+    import samgpu.kernels as pkg
+
+    return [
+        f"samgpu.kernels.{m.name}"
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if not m.name.startswith("_")
+    ]
+
+
+def compile_all(verbose: bool = True) -> list[str]:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    target = GPUTarget("cuda", 90, 32)
+    failures: list[str] = []
+    for name in kernel_modules():
+        module = importlib.import_module(name)
+        specs: list[AotSpec] = list(getattr(module, "AOT_SPECS", []))
+        covered = {id(s.kernel) for s in specs}
+        for attr, obj in vars(module).items():
+            if isinstance(obj, triton.runtime.JITFunction) and id(obj) not in covered:
+                failures.append(f"{name}.{attr}: @triton.jit kernel without an AotSpec")
+        for spec in specs:
+            label = f"{name}.{spec.kernel.__name__} {spec.constexprs}"
+            start = time.perf_counter()
+            try:
+                src = triton.compiler.ASTSource(
+                    fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs
+                )
+                triton.compile(src, target=target, options={"num_warps": spec.num_warps})
+            except Exception as exc:  # noqa: BLE001 - report every failure, then fail
+                failures.append(f"{label}: {type(exc).__name__}: {exc}")
+                continue
+            if verbose:
+                print(f"ok {time.perf_counter() - start:5.2f}s {label}")
+    return failures
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("unset TRITON_INTERPRET: the interpreter replaces @triton.jit", file=sys.stderr)
+        return 2
+    failures = compile_all()
+    for f in failures:
+        print("FAIL", f, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
