@@ -66,3 +66,35 @@ class DraftTree:
             tree.parents[b, : len(pars)] = torch.tensor(pars, dtype=torch.int32)
             tree.num_nodes[b] = len(toks)
         return tree
+
+
+@dataclass
+class StepOutput:
+    """What verification and commit produced this step; drafters read it in `update`."""
+
+    tree: DraftTree  # the tree just verified
+    logits: torch.Tensor  # [B, N, V] float; logits[b, i] = target distribution after node i
+    accepted_nodes: torch.Tensor  # [B, K] int32; root + accepted path node indices, NO_PARENT-padded
+    num_accepted: torch.Tensor  # [B] int32; accepted draft nodes (root excluded)
+    bonus: torch.Tensor  # [B] int32; the bonus token (next root)
+    new_tokens: torch.Tensor  # [B, K] int32; emitted tokens (accepted drafts, then bonus), PAD_TOKEN-padded
+    num_new: torch.Tensor  # [B] int32; emitted tokens kept (0 for finished; cut at EOS/max_new_tokens)
+
+
+@dataclass
+class DecodeState:
+    """Per-batch decode state, preallocated at capacity and updated in place (CUDA-graph friendly)."""
+
+    root: torch.Tensor  # [B] int32; last committed token (not in the KV cache)
+    cache_len: torch.Tensor  # [B] int32; committed tokens in the KV cache (= text length - 1)
+    text: torch.Tensor  # [B, max_len] int32; committed text (prompt + emitted), PAD_TOKEN beyond
+    text_len: torch.Tensor  # [B] int32; committed text length (= cache_len + 1)
+    prompt_len: torch.Tensor  # [B] int32
+    num_generated: torch.Tensor  # [B] int32; emitted tokens so far
+    max_new_tokens: torch.Tensor  # [B] int32
+    finished: torch.Tensor  # [B] bool
+    step: StepOutput | None = None  # last step's result (None before the first step)
+
+    @property
+    def num_reqs(self) -> int:
+        return self.root.shape[0]
