@@ -1,0 +1,115 @@
+"""JSONL input parsing (errors name file and line) and the resumable, atomic output writer."""
+
+import json
+
+import pytest
+
+from samgpu.io import InputError, OutputWriter, UserError, parse_record, read_records
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_prompt_text_and_messages_fields(tmp_path):
+    """`prompt` wins over `text`; `messages` is a chat; a bare string line is a prompt; blank lines
+    are skipped but still counted for line numbers."""
+    f = write(
+        tmp_path / "in.jsonl",
+        [
+            '{"id": 7, "prompt": "a", "text": "b"}',
+            '{"text": "b"}',
+            "",
+            '{"messages": [{"role": "user", "content": "hi"}]}',
+            '"bare"',
+        ],
+    )
+    recs = read_records(f)
+    assert [r.index for r in recs] == [0, 1, 2, 3]
+    assert [r.line for r in recs] == [1, 2, 4, 5]
+    assert [r.prompt for r in recs] == ["a", "b", None, "bare"]
+    assert recs[2].messages == [{"role": "user", "content": "hi"}]
+    assert recs[0].data["id"] == 7
+
+
+def test_custom_field(tmp_path):
+    f = write(tmp_path / "in.jsonl", ['{"question": "why?"}', '{"question": "how?"}'])
+    assert [r.prompt for r in read_records(f, field="question")] == ["why?", "how?"]
+    with pytest.raises(
+        InputError, match=r"in.jsonl:1: .*no 'prompt', 'text' or 'messages'.*--field"
+    ):
+        read_records(f)
+
+
+@pytest.mark.parametrize(
+    "lines, pattern",
+    [
+        (['{"prompt": "a"}', '{"prompt": "b",}'], r"in.jsonl:2: not valid JSON"),
+        (['{"prompt": "a"}', "[1, 2]"], r"in.jsonl:2: expected a JSON object, got list"),
+        (['{"prompt": 3}'], r"in.jsonl:1: field 'prompt' must be a string"),
+        (['{"messages": [{"role": "user"}]}'], r"in.jsonl:1: messages\[0\] must be an object"),
+        (['{"messages": "hi"}'], r"in.jsonl:1: field 'messages' must be a non-empty list"),
+        ([""], r"has no records"),
+    ],
+    ids=["bad-json", "not-object", "non-string", "bad-message", "messages-not-list", "empty-file"],
+)
+def test_malformed_input_names_the_line(tmp_path, lines, pattern):
+    f = write(tmp_path / "in.jsonl", lines)
+    with pytest.raises(InputError, match=pattern):
+        read_records(f)
+
+
+def test_missing_and_undecodable_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        read_records(tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match="is a directory"):
+        read_records(tmp_path)
+    (tmp_path / "bin.jsonl").write_bytes(b'{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_records(tmp_path / "bin.jsonl")
+
+
+def test_empty_prompt_is_flagged():
+    assert parse_record({"prompt": "  "}, index=0, line=1).is_empty
+    assert parse_record({"messages": [{"role": "user", "content": ""}]}, index=0, line=1).is_empty
+    assert not parse_record({"prompt": "x"}, index=0, line=1).is_empty
+
+
+def test_writer_resumes_and_finalizes_in_input_order(tmp_path):
+    """Run 1 finishes records 2 and 0 then dies (torn last line); run 2 sees both, finishes 1, and
+    the final file lists 0, 1, 2 in input order; the partial file is gone."""
+    out = tmp_path / "out.jsonl"
+    settings = {"input": "abc", "max_new_tokens": 4}
+    w = OutputWriter.open(out, settings)
+    w.add_many([(2, {"c": 2}), (0, {"c": 0})])
+    w.close()
+    with open(out.with_name("out.jsonl.partial"), "a") as f:
+        f.write('{"index": 1, "rec')  # crash mid-line
+    assert not out.exists()
+
+    w = OutputWriter.open(out, settings)
+    assert sorted(w.done) == [0, 2]
+    w.add_many([(1, {"c": 1})])
+    w.finalize(3)
+    assert [json.loads(x)["c"] for x in out.read_text().splitlines()] == [0, 1, 2]
+    assert not out.with_name("out.jsonl.partial").exists()
+    assert not out.with_name("out.jsonl.tmp").exists()
+
+
+def test_writer_refuses_other_settings_and_complete_output(tmp_path):
+    out = tmp_path / "out.jsonl"
+    w = OutputWriter.open(out, {"max_new_tokens": 4})
+    w.add_many([(0, {"c": 0})])
+    w.close()
+    with pytest.raises(UserError, match=r"max_new_tokens: 4 -> 8.*--overwrite"):
+        OutputWriter.open(out, {"max_new_tokens": 8})
+    w = OutputWriter.open(out, {"max_new_tokens": 8}, overwrite=True)
+    assert w.done == {}
+    w.add_many([(0, {"c": 0})])
+    with pytest.raises(RuntimeError, match="unfinished"):
+        w.finalize(2)
+    w.finalize(1)
+    with pytest.raises(UserError, match="already exists") as e:
+        OutputWriter.open(out, {"max_new_tokens": 8})
+    assert e.value.exit_code == 0
