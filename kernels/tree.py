@@ -1,0 +1,210 @@
+"""Tree mask: parent pointers -> ancestor mask, depth and position ids of a draft tree.
+
+A draft tree per sequence is given by `parents [B, N]` in topological order (parents[b, i] < i,
+node 0 is the root with NO_PARENT) and `num_nodes [B]`; nodes i >= num_nodes[b] are padding.
+Outputs (`TreeMask`):
+- `mask [B, N, N] bool`: mask[b, i, j] is True iff j is an ancestor of i or i itself. Pad rows hold
+  only themselves, so a pad query still attends to something and its softmax stays finite.
+- `depth [B, N] int32`: root 0, child of a depth-d node d + 1; pad nodes 0.
+- `positions [B, N] int32` (when `cache_len [B]` is given): cache_len[:, None] + depth, the
+  position ids of the nodes (the root sits at cache_len: it is the next token to enter the cache).
+
+Algorithm (EAGLE's, one program per sequence): walk the nodes in topological order; row i = row of
+parent(i) OR {i}; depth(i) = popcount(row i) - 1. The parent's row was written earlier by the same
+program, so a block barrier between rows makes it visible to every thread. O(N^2) per sequence.
+
+Example: parents = [-1, 0, 0, 1], num_nodes = 4, cache_len = 7
+  -> depth = [0, 1, 1, 2], positions = [7, 8, 8, 9], mask rows 0:{0} 1:{0,1} 2:{0,2} 3:{0,1,3}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from samgpu.kernels._aot import AotSpec
+from samgpu.kernels._dispatch import debug_checks, use_triton
+
+NO_PARENT: int = -1
+
+
+@dataclass
+class TreeMask:
+    mask: torch.Tensor  # [B, N, N] bool; mask[b, i, j]: j is an ancestor of i or i itself
+    depth: torch.Tensor  # [B, N] int32
+    positions: torch.Tensor | None  # [B, N] int32; cache_len[:, None] + depth, or None
+
+    @staticmethod
+    def empty(num_reqs: int, max_nodes: int, device: torch.device | str) -> TreeMask:
+        return TreeMask(
+            mask=torch.zeros(num_reqs, max_nodes, max_nodes, dtype=torch.bool, device=device),
+            depth=torch.zeros(num_reqs, max_nodes, dtype=torch.int32, device=device),
+            positions=torch.zeros(num_reqs, max_nodes, dtype=torch.int32, device=device),
+        )
+
+
+@triton.jit
+def _tree_mask_kernel(
+    parents_ptr,  # [B, N] int32, NO_PARENT for root/pad
+    num_nodes_ptr,  # [B] int32
+    cache_len_ptr,  # [B] int32 (read only when HAS_POSITIONS)
+    mask_ptr,  # [B, N, N] uint8 view of the bool mask (out)
+    depth_ptr,  # [B, N] int32 (out)
+    positions_ptr,  # [B, N] int32 (out, written only when HAS_POSITIONS)
+    MAX_NODES: tl.constexpr,  # N
+    BLOCK_N: tl.constexpr,  # next power of two >= N
+    HAS_POSITIONS: tl.constexpr,
+):
+    """One program per sequence; rows in topological order, each built from its parent's row."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_N)
+    in_range = offs < MAX_NODES
+    num_nodes = tl.load(num_nodes_ptr + b)
+    base = mask_ptr + b * MAX_NODES * MAX_NODES
+    depth = tl.zeros([BLOCK_N], dtype=tl.int32)
+    for i in range(MAX_NODES):
+        parent = tl.load(parents_ptr + b * MAX_NODES + i)
+        has_parent = (i < num_nodes) & (parent >= 0)
+        # The parent's row was stored by this program in an earlier iteration (barrier below).
+        # (a scalar-bool & vector-bool mask trips the interpreter: fold the scalar into a bound)
+        bound = tl.where(has_parent, MAX_NODES, 0)
+        row = tl.load(base + parent * MAX_NODES + offs, mask=offs < bound, other=0)
+        row = (row != 0) | (offs == i)
+        tl.store(base + i * MAX_NODES + offs, row.to(tl.uint8), mask=in_range)
+        d = tl.sum(row.to(tl.int32), axis=0) - 1
+        depth = tl.where(offs == i, d, depth)
+        tl.debug_barrier()
+    tl.store(depth_ptr + b * MAX_NODES + offs, depth, mask=in_range)
+    if HAS_POSITIONS:
+        cache_len = tl.load(cache_len_ptr + b)
+        tl.store(positions_ptr + b * MAX_NODES + offs, cache_len + depth, mask=in_range)
+
+
+def _check(parents: torch.Tensor, num_nodes: torch.Tensor, cache_len: torch.Tensor | None) -> None:
+    if parents.ndim != 2 or parents.dtype != torch.int32:
+        raise ValueError(
+            f"parents must be [B, N] int32, got {tuple(parents.shape)} {parents.dtype}"
+        )
+    if num_nodes.shape != parents.shape[:1] or num_nodes.dtype != torch.int32:
+        raise ValueError(
+            f"num_nodes {tuple(num_nodes.shape)} {num_nodes.dtype} must be [B] int32 "
+            f"matching parents {tuple(parents.shape)}"
+        )
+    if cache_len is not None and (
+        cache_len.shape != parents.shape[:1] or cache_len.dtype != torch.int32
+    ):
+        raise ValueError(
+            f"cache_len {tuple(cache_len.shape)} {cache_len.dtype} must be [B] int32 "
+            f"matching parents {tuple(parents.shape)}"
+        )
+    if debug_checks():
+        n = parents.shape[1]
+        idx = torch.arange(n, device=parents.device)
+        live = idx[None, :] < num_nodes[:, None].long()
+        bad_order = live & (idx[None, :] > 0) & ((parents < 0) | (parents.long() >= idx[None, :]))
+        if bool(bad_order.any()) or bool((parents[:, 0] != NO_PARENT).any()):
+            raise ValueError("parents are not in topological order (need parents[b, i] < i)")
+        if bool(((num_nodes < 1) | (num_nodes > n)).any()):
+            raise ValueError(f"num_nodes out of [1, {n}]")
+
+
+def _alloc(parents: torch.Tensor, with_positions: bool) -> TreeMask:
+    tm = TreeMask.empty(parents.shape[0], parents.shape[1], parents.device)
+    if not with_positions:
+        tm.positions = None
+    return tm
+
+
+def tree_mask_triton(
+    parents: torch.Tensor,
+    num_nodes: torch.Tensor,
+    cache_len: torch.Tensor | None = None,
+    *,
+    out: TreeMask | None = None,
+) -> TreeMask:
+    _check(parents, num_nodes, cache_len)
+    out = out if out is not None else _alloc(parents, cache_len is not None)
+    num_reqs, max_nodes = parents.shape
+    has_positions = cache_len is not None
+    if has_positions and out.positions is None:
+        raise ValueError("out.positions is None but cache_len was given")
+    _tree_mask_kernel[(num_reqs,)](
+        parents.contiguous(),
+        num_nodes,
+        cache_len if has_positions else num_nodes,
+        out.mask.view(torch.uint8),  # bool -> uint8: same bytes, plain integer loads/stores
+        out.depth,
+        out.positions if has_positions else out.depth,
+        MAX_NODES=max_nodes,
+        BLOCK_N=triton.next_power_of_2(max_nodes),
+        HAS_POSITIONS=has_positions,
+    )
+    return out
+
+
+def tree_mask_ref(
+    parents: torch.Tensor,
+    num_nodes: torch.Tensor,
+    cache_len: torch.Tensor | None = None,
+    *,
+    out: TreeMask | None = None,
+) -> TreeMask:
+    """Reference, a loop over nodes (vectorised over the batch): row i = row parent(i) + {i}."""
+    _check(parents, num_nodes, cache_len)
+    num_reqs, max_nodes = parents.shape
+    par = parents.long().cpu()
+    nn = num_nodes.long().cpu()
+    rows = torch.arange(num_reqs)
+    mask = torch.zeros(num_reqs, max_nodes, max_nodes, dtype=torch.bool)
+    depth = torch.zeros(num_reqs, max_nodes, dtype=torch.int64)
+    for i in range(max_nodes):
+        p = par[:, i]
+        has_parent = (i < nn) & (p != NO_PARENT)
+        p = p.clamp(min=0)
+        mask[:, i] = mask[rows, p] & has_parent[:, None]
+        mask[:, i, i] = True
+        depth[:, i] = torch.where(has_parent, depth[rows, p] + 1, 0)
+    out = out if out is not None else _alloc(parents, cache_len is not None)
+    out.mask.copy_(mask)
+    out.depth.copy_(depth)
+    if cache_len is not None:
+        if out.positions is None:
+            raise ValueError("out.positions is None but cache_len was given")
+        out.positions.copy_(cache_len.long().cpu()[:, None] + depth)
+    return out
+
+
+def tree_mask(
+    parents: torch.Tensor,
+    num_nodes: torch.Tensor,
+    cache_len: torch.Tensor | None = None,
+    *,
+    out: TreeMask | None = None,
+) -> TreeMask:
+    if use_triton(parents):
+        return tree_mask_triton(parents, num_nodes, cache_len, out=out)
+    return tree_mask_ref(parents, num_nodes, cache_len, out=out)
+
+
+_SIG = {
+    "parents_ptr": "*i32",
+    "num_nodes_ptr": "*i32",
+    "cache_len_ptr": "*i32",
+    "mask_ptr": "*u8",
+    "depth_ptr": "*i32",
+    "positions_ptr": "*i32",
+    "MAX_NODES": "constexpr",
+    "BLOCK_N": "constexpr",
+    "HAS_POSITIONS": "constexpr",
+}
+AOT_SPECS = [
+    AotSpec(
+        _tree_mask_kernel,
+        _SIG,
+        {"MAX_NODES": n, "BLOCK_N": triton.next_power_of_2(n), "HAS_POSITIONS": hp},
+    )
+    for n, hp in [(1, True), (7, True), (64, True), (80, False), (128, True)]
+]
