@@ -1,0 +1,123 @@
+"""The embedded default index: built from the shipped corpus (samgpu/data/corpus) for a tokenizer,
+cached under `$SAMGPU_CACHE` (default `~/.cache/samgpu`) as `default-<fingerprint[:12]>.samidx`.
+
+Example: `path = build_default_index(tokenizer)` builds once (~2.5 M corpus tokens for SmolLM2's
+tokenizer, a few seconds) and afterwards returns the cached file, after checking its header names
+the same tokenizer fingerprint and default-corpus version.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from samgpu.sam.corpus import (
+    DEFAULT_FIELDS,
+    hf_encode_batch,
+    read_texts,
+    token_docs,
+    tokenizer_fingerprint,
+    tokenizer_vocab_size,
+)
+from samgpu.sam.index import SamIndex
+
+DEFAULT_CORPUS_FILES: tuple[str, ...] = (
+    "gsm8k_train.jsonl.gz",
+    "gpteacher_codegen-instruct.json.gz",
+    "gpteacher_roleplay-simple-deduped-roleplay-instruct.json.gz",
+)
+# Bump when the shipped corpus or the text recipe changes: cached default indices are then rebuilt.
+DEFAULT_CORPUS_ID: str = "samgpu-default-corpus-v1"
+
+
+def default_corpus_paths() -> list[Path]:
+    """Paths of the shipped corpus files (inside the installed package)."""
+    folder = resources.files("samgpu") / "data" / "corpus"
+    paths = [Path(str(folder / name)) for name in DEFAULT_CORPUS_FILES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the embedded corpus is missing {missing}; reinstall samgpu (`pip install -e .`)"
+        )
+    return paths
+
+
+def cache_dir() -> Path:
+    """`$SAMGPU_CACHE`, else `~/.cache/samgpu`."""
+    env = os.environ.get("SAMGPU_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "samgpu"
+
+
+def default_index_path(fingerprint: str) -> Path:
+    """Cache location of the default index for the tokenizer with this fingerprint."""
+    if not fingerprint:
+        raise ValueError("the default index path needs a tokenizer fingerprint")
+    return cache_dir() / f"default-{fingerprint[:12]}.samidx"
+
+
+def build_default_index(
+    tokenizer,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    *,
+    force: bool = False,
+    vocab_size: int | None = None,
+) -> Path:
+    """Build (or reuse) the default index for `tokenizer` (duck-typed: get_vocab(), eos_token_id,
+    batch call or encode()). Returns the file path. An existing file is reused when its header names
+    this tokenizer and the current default corpus, unless force=True."""
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    path = Path(out) if out is not None else default_index_path(fingerprint)
+    if not force and path.is_file() and _is_current_default(path, fingerprint):
+        return path
+    index = build_index_from_files(
+        default_corpus_paths(),
+        tokenizer,
+        fields=DEFAULT_FIELDS,
+        progress=progress,
+        vocab_size=vocab_size,
+        fingerprint=fingerprint,
+    )
+    index.extra["corpus"] = DEFAULT_CORPUS_ID
+    index.save(path)
+    return path
+
+
+def build_index_from_files(
+    paths: list[Path],
+    tokenizer,
+    *,
+    fields=DEFAULT_FIELDS,
+    progress: bool = False,
+    vocab_size: int | None = None,
+    fingerprint: str | None = None,
+) -> SamIndex:
+    """Read, tokenize (no special tokens) and build; the index records the tokenizer fingerprint."""
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos_token_id; the index separates documents by EOS")
+    docs = token_docs(read_texts(paths, fields), hf_encode_batch(tokenizer))
+    index = SamIndex.build(
+        docs,
+        vocab_size=vocab_size or tokenizer_vocab_size(tokenizer),
+        eos_id=int(eos_id),
+        tokenizer_fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
+        progress=progress,
+    )
+    index.extra["corpus_files"] = [Path(p).name for p in paths]
+    index.extra["fields"] = list(fields)
+    return index
+
+
+def _is_current_default(path: Path, fingerprint: str) -> bool:
+    from samgpu.sam.storage import read_header
+
+    try:
+        meta = read_header(path)
+    except ValueError:
+        return False
+    return (
+        meta["tokenizer_fingerprint"] == fingerprint
+        and meta.get("extra", {}).get("corpus") == DEFAULT_CORPUS_ID
+    )

@@ -1,0 +1,475 @@
+"""SamIndex: the static suffix automaton of a token corpus, flattened for the GPU (DESIGN.md §3).
+
+Text: every non-empty document followed by EOS (unless its last token already is EOS, as in the
+official SAM-Decoding `add_batch_tokens`), concatenated; then every vocabulary id v as a one-token
+document `[v, EOS]` (just `[EOS]` for v = EOS), as the official `tools/gen_sam_*.py` append `[i]`
+for every id and the builder then appends EOS. So the root has a transition on every id and any
+token matches with length >= 1. Empty documents are skipped.
+
+Arrays (all int32, CPU torch tensors; S states, E edges, T text tokens, V vocab ids):
+  length[S]         longest string of the state; length[root] = 0
+  link[S]           suffix link; link[root] = NO_STATE
+  endpos[S]         EARLIEST end position (index into tokens of the occurrence's last token) of the
+                    state's strings; endpos[root] = NO_POSITION
+  count[S]          occurrences (size of the end-position set); count[root] = T
+  edge_offsets[S+1] CSR offsets, leading 0; state s's edges are [edge_offsets[s], edge_offsets[s+1])
+  edge_token[E]     sorted within each state (binary search)
+  edge_dst[E]
+  root_next[V]      dense root row: the root's transition on v (every id has one)
+  tokens[T]         the text, for gathering drafts: tokens[endpos + 1 : endpos + 1 + n]
+
+Example: docs [[0, 1, 0]], V = 2, EOS = 1 -> tokens = [0 1 0 1 | 0 1 | 1];
+longest_match([1, 0]) = (2, 2): "1 0" ends first at position 2.
+
+Bytes per corpus token: the flattened arrays cost 20 B per state + 8 B per edge + 4 B per token;
+`stats()` reports them with and without the dense `root_next` (4 B per vocab id).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from samgpu.sam import _build
+
+NO_STATE: int = _build.NO_STATE  # == samgpu.types.NO_STATE (samgpu.sam imports no runtime module)
+NO_POSITION: int = -1  # endpos of the root
+ARRAY_NAMES: tuple[str, ...] = (
+    "length",
+    "link",
+    "endpos",
+    "count",
+    "edge_offsets",
+    "edge_token",
+    "edge_dst",
+    "root_next",
+    "tokens",
+)
+_CHUNK_TOKENS: int = 1 << 20  # tokens per call into the numba core (progress granularity)
+_VALIDATE_ERRORS = {
+    1: "edge_offsets must start at 0 and end at num_edges",
+    2: "edge_offsets must be non-decreasing",
+    3: "edge_token outside [0, vocab_size)",
+    4: "edge_token not strictly increasing within a state",
+    5: "edge_dst outside [1, num_states)",
+    6: "an edge must lead to a longer state",
+    7: "state 0 must be the root (length 0, link NO_STATE)",
+    8: "link must point to a shorter state",
+    9: "endpos out of range or shorter than length",
+    10: "count must be >= 1 and <= count of the suffix link",
+}
+
+
+@dataclass(eq=False)
+class SamIndex:
+    """Static suffix automaton over a token corpus; see the module docstring for the layout."""
+
+    length: torch.Tensor  # [S] int32
+    link: torch.Tensor  # [S] int32
+    endpos: torch.Tensor  # [S] int32
+    count: torch.Tensor  # [S] int32
+    edge_offsets: torch.Tensor  # [S+1] int32
+    edge_token: torch.Tensor  # [E] int32
+    edge_dst: torch.Tensor  # [E] int32
+    root_next: torch.Tensor  # [V] int32
+    tokens: torch.Tensor  # [T] int32
+    vocab_size: int
+    eos_id: int
+    tokenizer_fingerprint: str = ""
+    extra: dict = field(default_factory=dict)  # JSON-able provenance (corpus, build rate), saved
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        docs: Iterable[Sequence[int] | np.ndarray],
+        *,
+        vocab_size: int,
+        eos_id: int,
+        tokenizer_fingerprint: str = "",
+        progress: bool = False,
+    ) -> SamIndex:
+        """Build from an iterable of token documents (streamed: each is made int32 on arrival
+        and buffered into chunks of ~1M tokens for the compiled core)."""
+        _check_vocab(vocab_size, eos_id)
+        builder = _Builder(vocab_size, eos_id, progress=progress)
+        pending: list[np.ndarray] = []
+        num_pending = 0
+        for i, doc in enumerate(docs):
+            arr = np.asarray(doc)
+            if arr.ndim != 1:
+                raise ValueError(f"document {i} must be 1-D token ids, got shape {arr.shape}")
+            if arr.size == 0:
+                continue
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"document {i} must hold integer token ids, got dtype {arr.dtype}")
+            _check_ids(arr, vocab_size, f"document {i}")
+            pending.append(arr.astype(np.int32, copy=False))
+            num_pending += arr.size + 1
+            if arr[-1] != eos_id:
+                pending.append(np.array([eos_id], dtype=np.int32))
+            if num_pending >= _CHUNK_TOKENS:
+                builder.feed(np.concatenate(pending))
+                pending, num_pending = [], 0
+        if pending:
+            builder.feed(np.concatenate(pending))
+        return builder.finish(tokenizer_fingerprint)
+
+    @classmethod
+    def from_text_arrays(
+        cls,
+        tokens: np.ndarray,
+        doc_offsets: np.ndarray,
+        *,
+        vocab_size: int,
+        eos_id: int,
+        tokenizer_fingerprint: str = "",
+        progress: bool = False,
+    ) -> SamIndex:
+        """Build from one flat token array and document boundaries `doc_offsets[D+1]` (leading 0,
+        non-decreasing, last = len(tokens)); document d is tokens[doc_offsets[d]:doc_offsets[d+1]].
+        Same text as `build` (EOS inserted after documents not ending with it), vectorised."""
+        _check_vocab(vocab_size, eos_id)
+        tokens = np.asarray(tokens)
+        offsets = np.asarray(doc_offsets, dtype=np.int64)
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(
+                f"tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}"
+            )
+        if offsets.ndim != 1 or offsets.size < 1:
+            raise ValueError(f"doc_offsets must be 1-D with a leading 0, got shape {offsets.shape}")
+        if offsets[0] != 0 or offsets[-1] != tokens.size or np.any(np.diff(offsets) < 0):
+            raise ValueError(
+                f"doc_offsets must start at 0, be non-decreasing and end at len(tokens)="
+                f"{tokens.size}; got first {offsets[0]}, last {offsets[-1]}"
+            )
+        _check_ids(tokens, vocab_size, "tokens")
+        lens = np.diff(offsets)
+        keep = lens > 0
+        starts, ends, lens = offsets[:-1][keep], offsets[1:][keep], lens[keep]
+        needs_eos = tokens[ends - 1] != eos_id
+        out_len = lens + needs_eos
+        out_ends = np.cumsum(out_len)
+        out = np.empty(int(out_ends[-1]) if out_ends.size else 0, dtype=np.int32)
+        # Token j of (non-empty) document d lands at j + (EOS inserted before d); empty documents
+        # hold no tokens, so every token belongs to a kept document.
+        out[np.arange(tokens.size) + np.repeat(out_ends - out_len - starts, lens)] = tokens
+        out[(out_ends - 1)[needs_eos]] = eos_id
+        builder = _Builder(vocab_size, eos_id, progress=progress, expected_tokens=out.size)
+        for lo in range(0, out.size, _CHUNK_TOKENS):
+            builder.feed(out[lo : lo + _CHUNK_TOKENS])
+        return builder.finish(tokenizer_fingerprint)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_states(self) -> int:
+        return self.length.shape[0]
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_token.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[0]
+
+    def longest_match(self, query: Sequence[int] | np.ndarray) -> tuple[int, int]:
+        """(length of the longest suffix of `query` occurring in `tokens`, earliest end position of
+        that suffix in `tokens`). (0, NO_POSITION) for an empty query. Host reference for tests.
+        Example: tokens "a b a b" -> longest_match("x b a") = (2, 2) ("b a" ends first at 2)."""
+        q = np.asarray(query, dtype=np.int64).reshape(-1)
+        if q.size == 0:
+            return 0, NO_POSITION
+        _check_ids(q, self.vocab_size, "query")
+        state, match_len = self.match_state(q)
+        if match_len == 0:
+            return 0, NO_POSITION
+        return match_len, int(self.endpos[state])
+
+    def match_state(self, query: Sequence[int] | np.ndarray) -> tuple[int, int]:
+        """(state, match_len) after matching `query` from the root (DESIGN.md §3 matching rule)."""
+        q = np.asarray(query, dtype=np.int64).reshape(-1)
+        _check_ids(q, self.vocab_size, "query")
+        state, match_len = _build.sam_longest_match(
+            q,
+            self.edge_offsets.numpy(),
+            self.edge_token.numpy(),
+            self.edge_dst.numpy(),
+            self.length.numpy(),
+            self.link.numpy(),
+        )
+        return int(state), int(match_len)
+
+    def stats(self) -> dict:
+        """Sizes; `bytes` counts every saved array, `bytes_per_token` divides by the corpus tokens
+        (the text, singletons included); `*_no_root` leaves out the dense root_next row."""
+        nbytes = {name: getattr(self, name).numel() * 4 for name in ARRAY_NAMES}
+        total = sum(nbytes.values())
+        num_tokens = max(self.num_tokens, 1)
+        return {
+            "tokens": self.num_tokens,
+            "states": self.num_states,
+            "edges": self.num_edges,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "bytes": total,
+            "bytes_per_token": round(total / num_tokens, 3),
+            "bytes_no_root": total - nbytes["root_next"],
+            "bytes_per_token_no_root": round((total - nbytes["root_next"]) / num_tokens, 3),
+            "states_per_token": round(self.num_states / num_tokens, 4),
+            "edges_per_token": round(self.num_edges / num_tokens, 4),
+            "max_length": int(self.length.max()) if self.num_states else 0,
+        }
+
+    def validate(self) -> None:
+        """Check shapes, dtypes and the structural invariants (offsets sorted and in range, tokens
+        sorted per state, links shorter, counts monotone, root row complete); ValueError if not."""
+        for name in ARRAY_NAMES:
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.ndim != 1:
+                raise ValueError(f"{name} must be a 1-D int32 tensor, got {_describe(t)}")
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+        num_states = self.num_states
+        for name in ("link", "endpos", "count"):
+            if getattr(self, name).shape[0] != num_states:
+                raise ValueError(
+                    f"{name} {tuple(getattr(self, name).shape)} and length {(num_states,)} "
+                    "disagree on num_states"
+                )
+        if self.edge_offsets.shape[0] != num_states + 1:
+            raise ValueError(
+                f"edge_offsets {tuple(self.edge_offsets.shape)} must have num_states + 1 = "
+                f"{num_states + 1} entries"
+            )
+        if self.edge_dst.shape != self.edge_token.shape:
+            raise ValueError(
+                f"edge_dst {tuple(self.edge_dst.shape)} and edge_token "
+                f"{tuple(self.edge_token.shape)} disagree on num_edges"
+            )
+        if self.root_next.shape[0] != self.vocab_size:
+            raise ValueError(
+                f"root_next {tuple(self.root_next.shape)} must have vocab_size = {self.vocab_size}"
+            )
+        if num_states < 1:
+            raise ValueError("an index needs at least the root state")
+        code = _build.sam_check(
+            self.length.numpy(),
+            self.link.numpy(),
+            self.endpos.numpy(),
+            self.count.numpy(),
+            self.edge_offsets.numpy(),
+            self.edge_token.numpy(),
+            self.edge_dst.numpy(),
+            self.num_tokens,
+            self.vocab_size,
+        )
+        if code:
+            raise ValueError(f"invalid SamIndex: {_VALIDATE_ERRORS[code]}")
+        expected_root = _build.sam_root_next(
+            self.vocab_size,
+            self.edge_offsets.numpy(),
+            self.edge_token.numpy(),
+            self.edge_dst.numpy(),
+        )
+        if not np.array_equal(expected_root, self.root_next.numpy()):
+            raise ValueError("invalid SamIndex: root_next disagrees with the root's CSR edges")
+        if np.any(expected_root == NO_STATE):
+            missing = int(np.flatnonzero(expected_root == NO_STATE)[0])
+            raise ValueError(f"invalid SamIndex: the root has no transition on token {missing}")
+        tokens = self.tokens.numpy()
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"invalid SamIndex: tokens outside [0, {self.vocab_size})")
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the one-file format (samgpu.sam.storage); atomic (temporary name, then rename)."""
+        from samgpu.sam.storage import save_index
+
+        return save_index(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> SamIndex:
+        """Read a file written by `save`. With mmap the arrays are copy-on-write views of the mapped
+        file (no full read). verify checks the payload checksums (reads every page once)."""
+        from samgpu.sam.storage import load_index
+
+        return load_index(path, mmap=mmap, verify=verify)
+
+    def check_tokenizer(self, fingerprint: str, path_hint: str | os.PathLike = "") -> None:
+        """Raise ValueError unless this index was built for the tokenizer with `fingerprint`."""
+        if fingerprint != self.tokenizer_fingerprint:
+            where = f" {path_hint}" if path_hint else ""
+            raise ValueError(
+                f"SAM index{where} was built for tokenizer {self.tokenizer_fingerprint[:12] or '?'}"
+                f" but the model's tokenizer is {fingerprint[:12]}: drafts would be wrong tokens. "
+                "Rebuild it with `samgpu index build --tokenizer <model> --out <path>` (or drop "
+                "--index to use the default index for this tokenizer)."
+            )
+
+    def equal(self, other: SamIndex) -> bool:
+        """Same arrays and metadata."""
+        return (
+            self.vocab_size == other.vocab_size
+            and self.eos_id == other.eos_id
+            and self.tokenizer_fingerprint == other.tokenizer_fingerprint
+            and all(torch.equal(getattr(self, n), getattr(other, n)) for n in ARRAY_NAMES)
+        )
+
+
+class _Builder:
+    """Streaming driver around the numba core: owns the growing construction arrays."""
+
+    def __init__(
+        self, vocab_size: int, eos_id: int, *, progress: bool = False, expected_tokens: int = 0
+    ):
+        self.vocab_size = vocab_size
+        self.eos_id = eos_id
+        self.num_doc_tokens = 0
+        self.started = time.perf_counter()
+        cap_tokens = max(expected_tokens, 1 << 16) + 2 * vocab_size
+        cap_states = 2 * cap_tokens + 2 if expected_tokens else cap_tokens
+        i32 = lambda n: np.empty(n, dtype=np.int32)
+        self.length, self.link, self.endpos, self.head = (i32(cap_states) for _ in range(4))
+        self.length[0], self.link[0], self.endpos[0], self.head[0] = (
+            0,
+            NO_STATE,
+            NO_POSITION,
+            NO_STATE,
+        )
+        cap_edges = 2 * cap_tokens
+        self.e_next, self.e_tok, self.e_dst = i32(cap_edges), i32(cap_edges), i32(cap_edges)
+        bits = max(16, int(np.ceil(np.log2(2 * cap_edges))))
+        self.hkeys = np.full(1 << bits, -1, dtype=np.int64)
+        self.hvals = np.empty(1 << bits, dtype=np.int32)
+        self.meta = np.array([1, 0, 0, 0, bits], dtype=np.int64)
+        self.tokens = i32(cap_tokens)
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=expected_tokens or None, unit="tok", unit_scale=True, desc="SAM build"
+            )
+
+    def feed(self, text: np.ndarray) -> None:
+        """Append validated int32 tokens (documents already EOS-terminated)."""
+        n = int(self.meta[3])
+        if n + text.size > self.tokens.size:
+            grown = np.empty(max(n + text.size, self.tokens.size * 3 // 2), dtype=np.int32)
+            grown[:n] = self.tokens[:n]
+            self.tokens = grown
+        self.tokens[n : n + text.size] = text
+        (
+            self.length,
+            self.link,
+            self.endpos,
+            self.head,
+            self.e_next,
+            self.e_tok,
+            self.e_dst,
+            self.hkeys,
+            self.hvals,
+        ) = _build.sam_extend(
+            np.ascontiguousarray(text, dtype=np.int32),
+            self.length,
+            self.link,
+            self.endpos,
+            self.head,
+            self.e_next,
+            self.e_tok,
+            self.e_dst,
+            self.hkeys,
+            self.hvals,
+            self.meta,
+        )
+        if self.bar is not None:
+            self.bar.update(text.size)
+
+    def finish(self, tokenizer_fingerprint: str) -> SamIndex:
+        self.num_doc_tokens = int(self.meta[3])
+        if self.num_doc_tokens == 0:
+            if self.bar is not None:
+                self.bar.close()
+            raise ValueError(
+                "empty corpus: no document has any token; give at least one non-empty document "
+                "(check the corpus files and --fields)"
+            )
+        self.feed(_vocab_singletons(self.vocab_size, self.eos_id))
+        if self.bar is not None:
+            self.bar.close()
+        num_states, num_edges, _, num_tokens, _ = (int(x) for x in self.meta)
+        offsets, tok, dst = _build.sam_flatten(
+            num_states, self.head, self.e_next, self.e_tok, self.e_dst
+        )
+        assert offsets[-1] == num_edges
+        length = self.length[:num_states].copy()
+        link = self.link[:num_states].copy()
+        endpos = self.endpos[:num_states].copy()
+        tokens = self.tokens[:num_tokens].copy()
+        # Free the construction arrays before the count pass.
+        self.head = self.e_next = self.e_tok = self.e_dst = self.hkeys = self.hvals = None
+        self.length = self.link = self.endpos = self.tokens = None
+        count = _build.sam_counts(length, link, endpos)
+        root_next = _build.sam_root_next(self.vocab_size, offsets, tok, dst)
+        seconds = time.perf_counter() - self.started
+        t = torch.from_numpy
+        return SamIndex(
+            length=t(length),
+            link=t(link),
+            endpos=t(endpos),
+            count=t(count),
+            edge_offsets=t(offsets),
+            edge_token=t(tok),
+            edge_dst=t(dst),
+            root_next=t(root_next),
+            tokens=t(tokens),
+            vocab_size=self.vocab_size,
+            eos_id=self.eos_id,
+            tokenizer_fingerprint=tokenizer_fingerprint,
+            extra={
+                "build_seconds": round(seconds, 4),
+                "corpus_tokens": self.num_doc_tokens,
+                "build_tokens_per_s": round(num_tokens / seconds, 1) if seconds > 0 else None,
+            },
+        )
+
+
+def _vocab_singletons(vocab_size: int, eos_id: int) -> np.ndarray:
+    """[0, EOS, 1, EOS, ..., EOS(alone), ...]: each id as a one-token document + EOS."""
+    pairs = np.empty((vocab_size, 2), dtype=np.int32)
+    pairs[:, 0] = np.arange(vocab_size, dtype=np.int32)
+    pairs[:, 1] = eos_id
+    return np.delete(pairs.reshape(-1), 2 * eos_id + 1)
+
+
+def _check_vocab(vocab_size: int, eos_id: int) -> None:
+    if not isinstance(vocab_size, int | np.integer) or not 1 <= vocab_size < 2**31:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if not isinstance(eos_id, int | np.integer) or not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id must lie in [0, vocab_size={vocab_size}), got {eos_id!r}")
+
+
+def _check_ids(arr: np.ndarray, vocab_size: int, what: str) -> None:
+    if arr.size == 0:
+        return
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"{what} holds token id {bad} outside the vocabulary [0, {vocab_size}); "
+            "was it tokenized with another tokenizer?"
+        )
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} {tuple(t.shape)}"
+    return type(t).__name__
