@@ -1,0 +1,934 @@
+"""Python API: `SamDecoder` (a drop-in for a transformers model's `generate`) and `samgpu.generate`
+(a one-liner on the embedded default model).
+
+`SamDecoder(model, tokenizer, method="sam+tr", index=None)` wraps any transformers causal LM:
+`samgpu.decoding.runner.make_runner` picks the fast Llama-family runner where the architecture
+allows and the generic transformers runner otherwise. `SamDecoder.generate` takes the arguments of
+`model.generate` that make sense for lossless speculative decoding and returns what it returns:
+
+    out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64)      # before
+    out = SamDecoder(model, tok).generate(input_ids, attention_mask=mask, max_new_tokens=64)
+
+Both give a LongTensor [B, T + new]: each input row unchanged (left padding kept) followed by its
+generated tokens, EOS included, padded on the right with `pad_token_id` after a row finishes. Greedy
+outputs are identical token for token (fp32); sampling follows the same distribution. Defaults are
+resolved as transformers does (the call's arguments, then `model.generation_config`, then
+transformers' global defaults: 20 new tokens, top_k 50 when sampling). Arguments that would change
+the result and that samgpu cannot honour (beam search, repetition penalty, logits processors, ...)
+raise ValueError; unknown names raise TypeError. Nothing is silently ignored.
+
+Other inputs: a list of strings (tokenized as they are) or a list of chat conversations (lists of
+{"role", "content"}; the chat template is applied) returns a list of completion strings, prompt
+excluded, cut before the first stop string (the OpenAI/vLLM convention; tensor outputs keep the stop
+string, as transformers does).
+
+Statistics of the last call, one entry per request (steps, accepted tokens per step, tokens/s, draft
+sources used), are in `decoder.last_stats`; `samgpu.generate` returns them on each `Completion`.
+
+Capacity: the KV cache, automata and CUDA graphs are sized for (batch, length) on first use and
+regrown (rounded up to a power of two) when a call needs more; repeated calls of the same size reuse
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samgpu.io import UserError
+
+__all__ = ["Completion", "SamDecoder", "SetupError", "generate", "resolve_device", "resolve_dtype"]
+
+DEFAULT_METHOD = "sam+tr"
+# Room past prompt + max_new_tokens for one step's draft tree, rounded generously; checked against
+# the drafter's real max_nodes after it is built.
+TREE_MARGIN = 256
+
+# transformers' global generation defaults (GenerationConfig._get_default_generation_params), used
+# when neither the call nor model.generation_config sets a value.
+HF_DEFAULTS: dict[str, Any] = {
+    "max_length": 20,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+}
+
+# Arguments whose non-default value would change the result and which samgpu cannot honour:
+# name -> the neutral value(s) that are accepted.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "num_beams": (None, 1),
+    "num_beam_groups": (None, 1),
+    "num_return_sequences": (None, 1),
+    "diversity_penalty": (None, 0.0),
+    "penalty_alpha": (None,),
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "force_words_ids": (None,),
+    "sequence_bias": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "min_p": (None,),
+    "typical_p": (None, 1.0),
+    "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+    "top_h": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+    "remove_invalid_values": (None, False),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "token_healing": (None, False),
+    "dola_layers": (None,),
+    "max_time": (None,),
+    "return_dict_in_generate": (None, False),
+    "output_scores": (None, False),
+    "output_logits": (None, False),
+    "output_attentions": (None, False),
+    "output_hidden_states": (None, False),
+    "logits_processor": (None,),
+    "stopping_criteria": (None,),
+    "prefix_allowed_tokens_fn": (None,),
+    "assistant_model": (None,),
+    "prompt_lookup_num_tokens": (None,),
+    "negative_prompt_ids": (None,),
+    "negative_prompt_attention_mask": (None,),
+    "past_key_values": (None,),
+    "inputs_embeds": (None,),
+    "synced_gpus": (None, False),
+    "use_cache": (None, True),
+}
+# Accepted and without effect on the result (beam-search-only or implementation choices).
+NO_EFFECT = {
+    "length_penalty",
+    "early_stopping",
+    "cache_implementation",
+    "cache_config",
+    "low_memory",
+    "bos_token_id",
+    "decoder_start_token_id",
+    "num_assistant_tokens",
+    "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold",
+    "compile_config",
+    "disable_compile",
+}
+UNSUPPORTED_HINTS = {
+    "num_beams": "samgpu decodes greedily or by sampling; beam search is not supported",
+    "num_return_sequences": "repeat the prompt in the batch instead",
+    "return_dict_in_generate": "read per-request statistics from decoder.last_stats instead",
+    "inputs_embeds": "pass token ids",
+}
+
+
+class SetupError(UserError, RuntimeError):
+    """The environment cannot run the request (CUDA missing, out of memory at set-up, ...)."""
+
+    exit_code = 1
+
+
+@dataclass
+class Completion:
+    """One request's result from `samgpu.generate`. `str(c)` is the text."""
+
+    text: str  # completion, prompt excluded, cut before a stop string
+    tokens: list[int]  # generated token ids (EOS included when produced, cut after a stop string)
+    finish_reason: str  # "eos", "stop" (stop string), or "length" (max_new_tokens)
+    stats: dict[str, Any]  # steps, generated, mat, tokens_per_s, sources, ...
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """ "auto" -> cuda when available, else cpu. Asking for CUDA without it is a SetupError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SetupError(
+            f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N", exit_code=2
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable GPU"
+            raise SetupError(
+                f"CUDA was requested (device {str(device)!r}) but is not available ({build},"
+                f" torch {torch.__version__}); use --device cpu, or install a CUDA build of torch"
+                " on a machine with an NVIDIA driver"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SetupError(
+                f"device {str(device)!r} does not exist: this machine has"
+                f" {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise SetupError(f"device type {dev.type!r} is not supported: use cuda or cpu", exit_code=2)
+    return dev
+
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """ "auto" -> bfloat16 on CUDA (float16 if the card lacks bf16), float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
+    return _DTYPES[dtype]
+
+
+def out_of_memory_message(exc: BaseException, *, batch_size: int, max_len: int, what: str) -> str:
+    smaller = max(1, batch_size // 2)
+    hint = (
+        f"try --batch-size {smaller} (or batch_size={smaller})"
+        if batch_size > 1
+        else "try a shorter --max-new-tokens, a smaller model, or --dtype bfloat16"
+    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+    return (
+        f"out of GPU memory while {what} for batch size {batch_size} and {max_len} tokens per"
+        f" sequence ({first[:160]}); {hint}"
+    )
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+# ----------------------------------------------------------------------------- models and indexes
+
+
+def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype):
+    """ "default" -> the embedded SmolLM2-135M-Instruct; else a transformers checkpoint (local
+    folder or hub id). Returns (model, tokenizer); failures are SetupErrors naming the fix."""
+    if name_or_path == "default":
+        from samgpu import models
+
+        try:
+            return models.load_default(device=device, dtype=dtype)
+        except FileNotFoundError as e:
+            raise SetupError(str(e)) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~"))
+    if looks_local and not path.is_dir():
+        raise SetupError(
+            f"model {name_or_path!r} not found: pass a local transformers checkpoint folder"
+            " (with config.json) or 'default'",
+            exit_code=2,
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SetupError(
+            f"could not load model {name_or_path!r}: {first[:300]}", exit_code=2
+        ) from None
+    model.to(device).eval()
+    return model, tokenizer
+
+
+# Methods that draft from a static index (the others ignore one).
+INDEX_METHODS = ("sam", "sam+tr", "sam-tree", "merged")
+
+
+def default_index(tokenizer, *, progress: bool = False) -> Path:
+    """The embedded corpus's static index for `tokenizer`, built (a few seconds for SmolLM2) and
+    cached under $SAMGPU_CACHE on first use."""
+    from samgpu.sam.default import build_default_index
+
+    return build_default_index(tokenizer, progress=progress)
+
+
+def resolve_index(index: Any, tokenizer, method: str, *, progress: bool = False):
+    """ "default" | "none" | None | path | SamIndex -> SamIndex or None for `method`. "default" is
+    the embedded corpus index (built on first use) for methods that draft from a static index."""
+    if index is None or (isinstance(index, str) and index.lower() == "none"):
+        return None
+    if isinstance(index, str) and index == "default":
+        if method not in INDEX_METHODS or tokenizer is None:
+            return None
+        return load_index(default_index(tokenizer, progress=progress), tokenizer)
+    return load_index(index, tokenizer)
+
+
+def load_index(index: Any, tokenizer=None):
+    """None | path | SamIndex -> SamIndex or None, checked against `tokenizer` when given."""
+    if index is None:
+        return None
+    from samgpu.sam import SamIndex
+
+    hint = ""
+    if not isinstance(index, SamIndex):
+        path = Path(index).expanduser()
+        hint = str(path)
+        if not path.is_file():
+            raise UserError(
+                f"index file {str(index)!r} not found; build one with `samgpu index build`"
+                " (see `samgpu index build --help`)"
+            )
+        try:
+            index = SamIndex.load(path)
+        except (ValueError, OSError, EOFError) as e:
+            raise UserError(
+                f"index {str(path)!r} is corrupt or not a samgpu index ({e}); rebuild it with"
+                " `samgpu index build`"
+            ) from None
+    if tokenizer is not None:
+        from samgpu.sam.corpus import tokenizer_fingerprint
+
+        try:
+            index.check_tokenizer(tokenizer_fingerprint(tokenizer), hint)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return index
+
+
+# ----------------------------------------------------------------------------- argument handling
+
+
+@dataclass(frozen=True)
+class _Request:
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_k: int
+    top_p: float
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+def _as_id_tuple(x: Any) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, torch.Tensor):
+        x = x.flatten().tolist()
+    if isinstance(x, int):
+        return (int(x),)
+    return tuple(int(v) for v in x)
+
+
+def _resolve_request(model, kwargs: dict[str, Any], prompt_lens: list[int]) -> _Request:
+    """HF precedence: call kwargs > generation_config (call's, else model's) > global defaults."""
+    gen_cfg = kwargs.pop("generation_config", None) or getattr(model, "generation_config", None)
+    cfg_values: dict[str, Any] = {}
+    if gen_cfg is not None:
+        source = gen_cfg.to_dict() if hasattr(gen_cfg, "to_dict") else dict(vars(gen_cfg))
+        cfg_values = {k: v for k, v in source.items() if v is not None}
+
+    def get(name: str, default: Any = None) -> Any:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+        if name in cfg_values:
+            return cfg_values[name]
+        return HF_DEFAULTS.get(name, default)
+
+    for name, neutral in UNSUPPORTED.items():
+        from_call = name in kwargs and kwargs[name] is not None
+        value = kwargs[name] if from_call else cfg_values.get(name)
+        if value is None or any(value is n or value == n for n in neutral if n is not None):
+            continue
+        hint = UNSUPPORTED_HINTS.get(name, "samgpu cannot apply it without changing the result")
+        where = "" if from_call else " (set in model.generation_config)"
+        fix = "" if from_call else f"; pass {name}={neutral[-1]!r} to generate without it"
+        raise ValueError(f"{name}={value!r}{where} is not supported: {hint}{fix}")
+
+    if kwargs.get("max_new_tokens") is not None:
+        max_new = int(kwargs["max_new_tokens"])
+    elif kwargs.get("max_length") is not None:
+        max_new = int(kwargs["max_length"]) - max(prompt_lens)
+    elif cfg_values.get("max_new_tokens") is not None:
+        max_new = int(cfg_values["max_new_tokens"])
+    else:
+        max_new = int(get("max_length")) - max(prompt_lens)
+    if max_new < 1:
+        raise ValueError(
+            f"nothing to generate: max_new_tokens={max_new} (max_length must exceed the longest"
+            f" prompt, {max(prompt_lens)} tokens)"
+        )
+
+    do_sample = bool(get("do_sample"))
+    temperature, top_k, top_p = 0.0, 0, 1.0
+    if do_sample:
+        temperature = float(get("temperature"))
+        top_k = int(get("top_k") or 0)
+        top_p = float(get("top_p"))
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature={temperature} with do_sample=True: use a positive temperature,"
+                " or do_sample=False for greedy decoding"
+            )
+    if top_k < 0:
+        raise ValueError(f"top_k={top_k} must be >= 0 (0 disables it)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+
+    eos = _as_id_tuple(get("eos_token_id"))
+    pad = get("pad_token_id")
+    if pad is None:
+        pad = eos[0] if eos else 0
+    stop = kwargs.get("stop_strings") or kwargs.get("stop") or cfg_values.get("stop_strings")
+    if isinstance(stop, str):
+        stop = (stop,)
+    stop = tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
+    seed = kwargs.get("seed")
+    return _Request(max_new, temperature, top_k, top_p, eos, int(pad), stop, seed)
+
+
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    known = (
+        set(UNSUPPORTED)
+        | NO_EFFECT
+        | {
+            "generation_config",
+            "max_new_tokens",
+            "max_length",
+            "do_sample",
+            "temperature",
+            "top_k",
+            "top_p",
+            "eos_token_id",
+            "pad_token_id",
+            "stop",
+            "stop_strings",
+            "tokenizer",
+            "seed",
+        }
+    )
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(
+            f"SamDecoder.generate() got unexpected keyword argument(s) {', '.join(unknown)}"
+        )
+
+
+# ----------------------------------------------------------------------------- stop strings
+
+
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Position of the earliest stop string in `text`, or -1."""
+    hits = [p for p in (text.find(s) for s in stop) if p >= 0]
+    return min(hits) if hits else -1
+
+
+def cut_tokens_at_stop(tokens: list[int], tokenizer, stop: Sequence[str]) -> tuple[list[int], bool]:
+    """Shortest prefix of `tokens` whose text contains a stop string (stop string kept, as
+    transformers' stop_strings does); (tokens, False) when none occurs. Binary search over prefixes:
+    containment only grows with the prefix."""
+    if not stop or first_stop(tokenizer.decode(tokens), stop) < 0:
+        return tokens, False
+    lo, hi = 1, len(tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if first_stop(tokenizer.decode(tokens[:mid]), stop) >= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return tokens[:lo], True
+
+
+# ----------------------------------------------------------------------------- the decoder
+
+
+def _stats_dict(s: Any) -> dict[str, Any]:
+    if s is None:
+        return {}
+    if dataclasses.is_dataclass(s):
+        return dataclasses.asdict(s)
+    if isinstance(s, dict):
+        return dict(s)
+    return {k: v for k, v in vars(s).items() if not k.startswith("_")}
+
+
+class SamDecoder:
+    """Lossless speculative decoding for a transformers causal LM; see the module docstring.
+
+    model: a transformers causal LM (eval mode, on its device). tokenizer: needed for string and
+    chat inputs and stop strings. method: one of samgpu.drafters.METHODS ("ar" = no drafting).
+    index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
+    tokenizer, built and cached on first use) or None. options: drafter options (build_drafter's
+    keywords);
+    `use_cuda_graphs` (default True) and `check_every` are decode-loop options.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        method: str = DEFAULT_METHOD,
+        index: Any = None,
+        *,
+        use_cuda_graphs: bool = True,
+        check_every: int | None = None,
+        **options: Any,
+    ):
+        from samgpu.drafters import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.method = method
+        self.index = resolve_index(index, tokenizer, method)
+        self.options = dict(options)
+        self.use_cuda_graphs = use_cuda_graphs
+        self.check_every = check_every
+        self.last_stats: list[dict[str, Any]] = []
+        self._runner = None
+        self._decoder = None
+        self._capacity = (0, 0)  # (max_reqs, max_len) of the current decoder
+        self._lock = threading.Lock()
+        self._validate_options()
+
+    # -- set-up
+
+    def _validate_options(self) -> None:
+        """Unknown drafter options fail at construction, not at the first generate."""
+        from samgpu.drafters import build_drafter
+
+        params = inspect.signature(build_drafter).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return  # build_drafter validates **options itself, at build time
+        unknown = sorted(set(self.options) - set(params))
+        if unknown:
+            raise ValueError(f"unknown option(s) for method {self.method!r}: {', '.join(unknown)}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def runner(self):
+        if self._runner is None:
+            from samgpu.decoding.runner import make_runner
+
+            self._runner = make_runner(self.model)
+        return self._runner
+
+    def context_length(self) -> int | None:
+        cfg = getattr(self.model, "config", None)
+        return getattr(cfg, "max_position_embeddings", None)
+
+    def _ensure(self, num_reqs: int, max_len: int):
+        """A Decoder for num_reqs sequences of max_len tokens (capacity grows by powers of two)."""
+        cap_reqs, cap_len = self._capacity
+        if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
+            return self._decoder
+        from samgpu.decoding.loop import Decoder
+        from samgpu.drafters import build_drafter
+
+        new_reqs = max(cap_reqs, 1 << (num_reqs - 1).bit_length())
+        new_len = max(cap_len, 1 << (max_len - 1).bit_length())
+        self._decoder = None  # free the old buffers before allocating the new ones
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        runner = self.runner
+        kw: dict[str, Any] = {"use_cuda_graphs": self.use_cuda_graphs}
+        try:
+            drafter = build_drafter(
+                self.method,
+                vocab_size=runner.vocab_size,
+                max_reqs=new_reqs,
+                max_len=new_len,
+                device=self.device,
+                index=self.index,
+                **self.options,
+            )
+            self._decoder = Decoder(runner, drafter, max_reqs=new_reqs, max_len=new_len, **kw)
+        except Exception as e:
+            if is_oom(e):
+                raise SetupError(
+                    out_of_memory_message(
+                        e, batch_size=num_reqs, max_len=new_len, what="allocating the KV cache"
+                    )
+                ) from None
+            raise
+        self._capacity = (new_reqs, new_len)
+        return self._decoder
+
+    # -- token-level entry point (CLI, benchmarks)
+
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_ids: Sequence[int] = (),
+        seed: int | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+        batch_size: int | None = None,
+    ):
+        """Token ids in, samgpu.decoding.loop.GenerationOutput out (tokens and stats per prompt)."""
+        from samgpu.decoding.loop import GenerationConfig
+
+        if not prompts:
+            return _empty_output()
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        vocab = getattr(self.runner, "vocab_size", None)
+        longest = max(len(p) for p in prompts)
+        ctx = self.context_length()
+        if ctx is not None and longest + max_new_tokens > ctx:
+            raise ValueError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's"
+                f" context of {ctx} tokens (config.max_position_embeddings): shorten the prompt or"
+                " lower max_new_tokens"
+            )
+        if vocab is not None:
+            for i, p in enumerate(prompts):
+                if min(p) < 0 or max(p) >= vocab:
+                    raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+        num_reqs = min(len(prompts), batch_size or len(prompts))
+        decoder = self._ensure(num_reqs, longest + max_new_tokens + TREE_MARGIN)
+        drafter = getattr(decoder, "drafter", None)
+        needed = longest + max_new_tokens + getattr(drafter, "max_nodes", 0) + 1
+        if needed > self._capacity[1]:
+            decoder = self._ensure(num_reqs, needed)
+        cfg_kw: dict[str, Any] = dict(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            eos_token_ids=tuple(int(t) for t in eos_token_ids),
+            seed=seed,
+        )
+        if self.check_every is not None:
+            cfg_kw["check_every"] = int(self.check_every)
+        config = GenerationConfig(**cfg_kw)
+        with self._lock:
+            out = decoder.generate([list(map(int, p)) for p in prompts], config, on_progress)
+        self.last_stats = [_stats_dict(s) for s in out.stats]
+        return out
+
+    # -- transformers-compatible entry point
+
+    def generate(
+        self,
+        inputs: torch.Tensor | Sequence[str] | Sequence[Sequence[dict]] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        input_ids: torch.Tensor | None = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ):
+        """Like `model.generate`; see the module docstring for inputs, outputs and arguments."""
+        if inputs is None:
+            inputs = input_ids
+        elif input_ids is not None:
+            raise TypeError("pass the prompt once: either positionally or as input_ids=")
+        if inputs is None:
+            raise TypeError("generate() needs input_ids (a LongTensor) or a list of prompts")
+        _check_kwargs(kwargs)
+        tokenizer = kwargs.pop("tokenizer", None) or self.tokenizer
+
+        if isinstance(inputs, torch.Tensor):
+            prompts, rows = self._prompts_from_tensor(inputs, attention_mask, kwargs)
+            as_text = False
+        elif isinstance(inputs, (list, tuple)):
+            if attention_mask is not None:
+                raise ValueError("attention_mask applies to tensor inputs only")
+            if tokenizer is None:
+                raise ValueError("string or chat inputs need a tokenizer: SamDecoder(model, tok)")
+            prompts = [self._encode(p, tokenizer) for p in inputs]
+            rows, as_text = None, True
+        else:
+            raise TypeError(
+                "inputs must be a LongTensor [B, T], a list of strings or a list of chat"
+                f" conversations, got {type(inputs).__name__}"
+            )
+        if not prompts:
+            return [] if as_text else inputs
+        req = _resolve_request(self.model, kwargs, [len(p) for p in prompts])
+        if req.stop and tokenizer is None:
+            raise ValueError("stop strings need a tokenizer: SamDecoder(model, tok)")
+        eos = req.eos_token_ids + self._single_token_stops(req.stop, tokenizer)
+
+        on_progress = None
+        if streamer is not None:
+            if len(prompts) != 1:
+                raise ValueError("streamer supports batch size 1 only, as in transformers")
+            streamer.put(torch.tensor([prompts[0]]))
+            on_progress = _StreamerAdapter(streamer)
+        out = self.generate_ids(
+            prompts,
+            max_new_tokens=req.max_new_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            eos_token_ids=eos,
+            seed=req.seed,
+            on_progress=on_progress,
+        )
+        tokens = [list(t) for t in out.tokens]
+        if req.stop:
+            tokens = [cut_tokens_at_stop(t, tokenizer, req.stop)[0] for t in tokens]
+        if streamer is not None:
+            on_progress.flush(tokens[0])
+            streamer.end()
+        if as_text:
+            texts = [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+            if req.stop:
+                texts = [t[:p] if (p := first_stop(t, req.stop)) >= 0 else t for t in texts]
+            return texts
+        return _pack_like_hf(rows, tokens, req.pad_token_id)
+
+    def _prompts_from_tensor(self, ids: torch.Tensor, mask: torch.Tensor | None, kwargs) -> tuple:
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"input_ids must be an integer tensor [B, T], got {tuple(ids.shape)} {ids.dtype}"
+            )
+        if mask is not None and mask.dim() == 1:
+            mask = mask[None]
+        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"attention_mask {tuple(mask.shape)} and input_ids {tuple(ids.shape)} disagree"
+            )
+        ids_cpu = ids.detach().to("cpu", torch.int64)  # API boundary: one copy to the host
+        if mask is None:
+            # transformers infers the mask from pad_token_id when it is not also an EOS id
+            pad = kwargs.get("pad_token_id")
+            if pad is None:
+                pad = getattr(getattr(self.model, "generation_config", None), "pad_token_id", None)
+            eos = set(_as_id_tuple(kwargs.get("eos_token_id")))
+            if pad is not None and int(pad) not in eos and bool((ids_cpu == int(pad)).any()):
+                mask_cpu = ids_cpu != int(pad)
+            else:
+                mask_cpu = torch.ones_like(ids_cpu, dtype=torch.bool)
+        else:
+            mask_cpu = mask.detach().to("cpu").bool()
+        prompts = [row[m].tolist() for row, m in zip(ids_cpu, mask_cpu, strict=True)]
+        for b, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"row {b} of input_ids has no tokens under attention_mask")
+        return prompts, ids
+
+    def _encode(self, prompt: Any, tokenizer) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("empty prompt: every prompt needs at least one token")
+            return list(tokenizer(prompt).input_ids)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+            return encode_chat(tokenizer, list(prompt))
+        raise TypeError(
+            f"each prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
+        )
+
+    @staticmethod
+    def _single_token_stops(stop: Sequence[str], tokenizer) -> tuple[int, ...]:
+        """Stop strings that are exactly one token end generation on the GPU, like an EOS."""
+        ids = []
+        for s in stop:
+            enc = tokenizer(s, add_special_tokens=False).input_ids
+            if len(enc) == 1 and tokenizer.decode(enc) == s:
+                ids.append(int(enc[0]))
+        return tuple(ids)
+
+
+def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    """Chat messages -> prompt ids with the generation prompt (assistant turn opened)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "this tokenizer has no chat template: pass plain prompts (raw=True / --raw) instead"
+        )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def _pack_like_hf(rows: torch.Tensor, tokens: list[list[int]], pad: int) -> torch.Tensor:
+    """[B, T] input rows + generated tokens -> [B, T + max_new], right-padded with `pad`."""
+    width = max((len(t) for t in tokens), default=0)
+    new = torch.full((rows.shape[0], width), pad, dtype=torch.long)
+    for b, t in enumerate(tokens):
+        if t:
+            new[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return torch.cat([rows.to(torch.long), new.to(rows.device)], dim=1)
+
+
+def _empty_output():
+    from samgpu.decoding.loop import GenerationOutput
+
+    return GenerationOutput(tokens=[], stats=[])
+
+
+def progress_tokens(info: Any, request: int = 0) -> list[int] | None:
+    """Tokens generated so far by `request`, from a loop ProgressInfo (None if it does not carry
+    them)."""
+    for name in ("tokens", "new_tokens", "generated_tokens"):
+        seqs = getattr(info, name, None)
+        if seqs is not None:
+            seq = seqs[request]
+            return seq.tolist() if isinstance(seq, torch.Tensor) else list(seq)
+    return None
+
+
+class _StreamerAdapter:
+    """on_progress -> transformers streamer.put(new tokens) (batch size 1)."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+        self.sent = 0
+
+    def __call__(self, info: Any) -> None:
+        toks = progress_tokens(info)
+        if toks is not None and len(toks) > self.sent:
+            self.streamer.put(torch.tensor(toks[self.sent :]))
+            self.sent = len(toks)
+
+    def flush(self, final: list[int]) -> None:
+        if len(final) > self.sent:
+            self.streamer.put(torch.tensor(final[self.sent :]))
+            self.sent = len(final)
+
+
+# ----------------------------------------------------------------------------- one-liner
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_decoder(model: str, method: str, index: Any, device: str, dtype: str, opts: tuple):
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    m, tok = load_model(model, dev, dt)
+    return SamDecoder(m, tok, method, index, **dict(opts))
+
+
+def generate(
+    prompts: str | Sequence[str] | Sequence[Sequence[dict]],
+    model: Any = "default",
+    *,
+    method: str = DEFAULT_METHOD,
+    index: Any = "default",
+    tokenizer: Any = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    raw: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | None = None,
+    **options: Any,
+) -> Completion | list[Completion]:
+    """Generate completions with samgpu in one call.
+
+    prompts: a string, a list of strings, or a list of chat conversations. Plain strings get the
+    model's chat template (as a single user turn) unless raw=True. model: "default" (the embedded
+    SmolLM2-135M-Instruct), a local transformers checkpoint path, or a loaded model (then pass
+    tokenizer=). index: "default" (the embedded corpus's index for the model's tokenizer, built and
+    cached on first use), None, a path or a SamIndex. temperature 0 is greedy. Returns a Completion
+    (for a string) or a list of them; `Completion.stats` has the per-request statistics.
+
+    >>> samgpu.generate("Name three primes.", max_new_tokens=32).text  # doctest: +SKIP
+    """
+    single = isinstance(prompts, str)
+    items = [prompts] if single else list(prompts)
+    if isinstance(model, str):
+        key_index = str(index) if isinstance(index, os.PathLike) else index
+        dec = _cached_decoder(
+            model, method, key_index, str(device), str(dtype), tuple(sorted(options.items()))
+        )
+    else:
+        if tokenizer is None:
+            raise ValueError("a loaded model needs tokenizer= as well")
+        dec = SamDecoder(model, tokenizer, method, index, **options)
+    tok = dec.tokenizer
+    encoded = []
+    for i, p in enumerate(items):
+        if isinstance(p, str):
+            if not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+            if raw:
+                encoded.append(list(tok(p).input_ids))
+            else:
+                encoded.append(encode_chat(tok, [{"role": "user", "content": p}]))
+        else:
+            encoded.append(encode_chat(tok, list(p)))
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    eos = _eos_ids(dec.model, tok)
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    out = dec.generate_ids(
+        encoded,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_ids=eos + SamDecoder._single_token_stops(stops, tok),
+        seed=seed,
+        batch_size=batch_size,
+    )
+    results = [
+        make_completion(list(t), s, tok, eos, stops)
+        for t, s in zip(out.tokens, dec.last_stats or [{}] * len(out.tokens), strict=True)
+    ]
+    return results[0] if single else results
+
+
+def _eos_ids(model, tokenizer) -> tuple[int, ...]:
+    ids = _as_id_tuple(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    if not ids and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids = (int(tokenizer.eos_token_id),)
+    return ids
+
+
+def make_completion(
+    tokens: list[int], stats: dict[str, Any], tokenizer, eos: Sequence[int], stop: Sequence[str]
+) -> Completion:
+    """Generated ids -> Completion (text without special tokens, cut before a stop string)."""
+    reason = "eos" if tokens and tokens[-1] in eos else "length"
+    if stop:
+        tokens, hit = cut_tokens_at_stop(tokens, tokenizer, stop)
+        reason = "stop" if hit else reason
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if stop and (p := first_stop(text, stop)) >= 0:
+        text = text[:p]
+    return Completion(text=text, tokens=tokens, finish_reason=reason, stats=dict(stats))
