@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -135,6 +134,13 @@ UNSUPPORTED_HINTS = {
     "return_dict_in_generate": "read per-request statistics from decoder.last_stats instead",
     "inputs_embeds": "pass token ids",
 }
+
+
+def user_methods() -> tuple[str, ...]:
+    """samgpu.drafters.METHODS less the error-injecting `test` drafter."""
+    from samgpu.drafters import METHODS
+
+    return tuple(m for m in METHODS if m != "test")
 
 
 class SetupError(UserError, RuntimeError):
@@ -504,10 +510,10 @@ class SamDecoder:
         check_every: int | None = None,
         **options: Any,
     ):
-        from samgpu.drafters import METHODS
-
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        if method not in user_methods():
+            raise ValueError(
+                f"unknown method {method!r}: choose one of {', '.join(user_methods())}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.method = method
@@ -525,15 +531,27 @@ class SamDecoder:
     # -- set-up
 
     def _validate_options(self) -> None:
-        """Unknown drafter options fail at construction, not at the first generate."""
-        from samgpu.drafters import build_drafter
+        """Unknown or invalid drafter options fail at construction, not at the first generate: build
+        a one-sequence drafter on the CPU (no static index, so it is cheap) and drop it."""
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None) or 8
+        self._build_drafter(num_reqs=1, max_len=64, device="cpu", index=None, vocab_size=vocab)
 
-        params = inspect.signature(build_drafter).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return  # build_drafter validates **options itself, at build time
-        unknown = sorted(set(self.options) - set(params))
-        if unknown:
-            raise ValueError(f"unknown option(s) for method {self.method!r}: {', '.join(unknown)}")
+    def _build_drafter(self, *, num_reqs: int, max_len: int, device, index, vocab_size: int):
+        """build_drafter with the batch-size-dependent default tree budget (`max_nodes`) unless
+        the user set one; methods whose options have no `max_nodes` are built without it."""
+        from samgpu.drafters import build_drafter, default_budget
+
+        kw = dict(vocab_size=vocab_size, max_reqs=num_reqs, max_len=max_len, device=device)
+        if "max_nodes" not in self.options and self.method not in ("ar", "test"):
+            try:
+                budget = default_budget(self.method, num_reqs)
+                return build_drafter(
+                    self.method, index=index, **kw, **self.options, max_nodes=budget
+                )
+            except ValueError as e:
+                if "max_nodes" not in str(e):
+                    raise
+        return build_drafter(self.method, index=index, **kw, **self.options)
 
     @property
     def device(self) -> torch.device:
@@ -557,7 +575,6 @@ class SamDecoder:
         if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
             return self._decoder
         from samgpu.decoding.loop import Decoder
-        from samgpu.drafters import build_drafter
 
         new_reqs = max(cap_reqs, 1 << (num_reqs - 1).bit_length())
         new_len = max(cap_len, 1 << (max_len - 1).bit_length())
@@ -567,14 +584,12 @@ class SamDecoder:
         runner = self.runner
         kw: dict[str, Any] = {"use_cuda_graphs": self.use_cuda_graphs}
         try:
-            drafter = build_drafter(
-                self.method,
-                vocab_size=runner.vocab_size,
-                max_reqs=new_reqs,
+            drafter = self._build_drafter(
+                num_reqs=new_reqs,
                 max_len=new_len,
                 device=self.device,
                 index=self.index,
-                **self.options,
+                vocab_size=runner.vocab_size,
             )
             self._decoder = Decoder(runner, drafter, max_reqs=new_reqs, max_len=new_len, **kw)
         except Exception as e:

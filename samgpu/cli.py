@@ -205,14 +205,15 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from samgpu.drafters import METHODS
+    from samgpu.api import user_methods
 
-    if args.method not in METHODS:
+    methods = user_methods()
+    if args.method not in methods:
         import difflib
 
-        close = difflib.get_close_matches(args.method, METHODS, n=1)
+        close = difflib.get_close_matches(args.method, methods, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown method {args.method!r}{hint}; choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown method {args.method!r}{hint}; choose one of {', '.join(methods)}")
     if args.input is not None and not args.output:
         raise UserError("--input needs --output FILE (results are written there, in input order)")
     if args.prompt is not None and args.output:
