@@ -1,0 +1,39 @@
+"""build_drafter / METHODS / default_budget: names, option validation, budgets."""
+
+import pytest
+
+from samgpu.drafters import METHODS, build_drafter, default_budget
+
+COMMON = dict(vocab_size=50, max_reqs=2, max_len=64, device="cpu")
+
+
+def test_methods_listed():
+    assert set(METHODS) >= {"ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged", "test"}
+
+
+def test_unknown_method_names_valid_ones():
+    with pytest.raises(ValueError, match="valid.*sam\\+tr"):
+        build_drafter("eagle", **COMMON)
+
+
+@pytest.mark.parametrize("method", ["pld", "tr"])
+def test_unknown_option_names_valid_ones(method):
+    with pytest.raises(ValueError, match="unknown option.*valid"):
+        build_drafter(method, **COMMON, bogus=1)
+
+
+def test_pld_and_tr_shapes():
+    pld = build_drafter("pld", **COMMON, num_draft=5)
+    assert (pld.max_nodes, pld.max_depth) == (6, 5)
+    tr = build_drafter("tr", **COMMON)
+    assert (tr.max_nodes, tr.max_depth) == (81, 6)
+    small = build_drafter("tr", **COMMON, max_nodes=8)
+    assert small.max_nodes == 8 and small.max_depth == 3
+
+
+def test_default_budget_shrinks_with_batch():
+    sizes = [default_budget("merged", b) for b in (1, 2, 4, 8, 16, 32, 64)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] >= 64 and sizes[-1] <= 8
+    assert default_budget("ar", 1) == 1
+    with pytest.raises(ValueError):
+        default_budget("nope", 1)
