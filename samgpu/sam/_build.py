@@ -11,15 +11,18 @@ over the concatenated text, with the two facts samgpu relies on:
   A state is a non-clone exactly when `length[s] == endpos[s] + 1` (the state of a whole prefix);
   a clone is always shorter than its source's prefix, so no flag array is needed.
 
-Transitions during construction (memory ~36 bytes per edge, all flat int32/int64 arrays):
-- per-state singly linked edge lists `head[S]`, `e_next[E]`, `e_tok[E]`, `e_dst[E]` (clone-copy
-  walks the source's list), and
-- an open-addressing hash table (linear probing, Fibonacci hashing, load <= 1/2) keyed by
-  `(state << 32) | token` -> edge index, for O(1) lookup and the redirect step of cloning.
-Edges are never deleted (redirects rewrite `e_dst` in place), so the table only grows.
+Construction layout (measured: the hash table's cache misses dominate, so most edges avoid it):
+- one 32-byte record per state, `st[S, 8]` int32 = length, link, endpos, first token, first dst,
+  overflow-list head, degree, (pad): a state's whole record is one cache-line access. Most states
+  have a single successor, whose edge is stored inline (the "first edge");
+- further edges ("overflow") go to an open-addressing hash table `ht[2 * cap]` int64 of interleaved
+  (key = (state << 32) | token, dst) pairs (linear probing, Fibonacci hashing, load <= 1/2), plus a
+  per-state linked list `o_tok[K]`, `o_next[K]` so clone-copy can enumerate a state's edges.
+Edges are never deleted (cloning redirects rewrite the dst in place), so the table only grows.
 
-Flattening: per-state degree from the lists, prefix sum into `edge_offsets[S+1]` (leading 0),
-scatter, then sort each state's slice by token (insertion sort when short, argsort when long).
+Flattening: offsets from the per-state degrees (prefix sum, leading 0); first edges scattered from
+the records, overflow edges by one sequential scan of the hash table; then each state's slice is
+sorted by token (insertion sort when short, argsort when long).
 
 Example: text "a b a" (ids 0 1 0): states 0:root, 1:"a"(len1,endpos0), 2:"ab"/"b"(len2,endpos1),
 3:"aba"/"ba"(len3,endpos2); link = [-1, 0, 0, 1]; count = [3, 2, 1, 1]; root edges {0:1, 1:2}.
@@ -36,29 +39,48 @@ _FIB: np.uint64 = np.uint64(0x9E3779B97F4A7C15)
 _SHORT_SLICE: int = 24  # insertion sort below this many edges
 
 
+# Column of each field in the per-state record st[S, ST_WIDTH].
+ST_LENGTH, ST_LINK, ST_ENDPOS, ST_FTOK, ST_FDST, ST_OHEAD, ST_DEG = 0, 1, 2, 3, 4, 5, 6
+ST_WIDTH: int = 8
+NO_TOKEN: int = -1  # no first edge yet
+NO_EDGE: int = -1  # end of an overflow list
+
+
 @numba.njit(cache=True, inline="always")
 def _slot(key, shift, mask):
     return np.int64((np.uint64(key) * _FIB) >> np.uint64(shift)) & mask
 
 
 @numba.njit(cache=True)
-def _rehash(hkeys, hvals, bits):
-    """Double the table: returns (new_keys, new_vals, new_bits)."""
+def _ht_find(ht, key, shift, mask):
+    """Slot of `key`, or of the empty slot where it would go."""
+    j = _slot(key, shift, mask)
+    while ht[2 * j] != _EMPTY_KEY and ht[2 * j] != key:
+        j = (j + 1) & mask
+    return j
+
+
+@numba.njit(cache=True)
+def _rehash(ht, bits):
+    """Double the table; returns (new_table, new_bits)."""
     nbits = bits + 1
-    cap = np.int64(1) << nbits
-    mask = cap - 1
+    mask = (np.int64(1) << nbits) - 1
     shift = 64 - nbits
-    nkeys = np.full(cap, _EMPTY_KEY, dtype=np.int64)
-    nvals = np.empty(cap, dtype=np.int32)
-    for i in range(hkeys.shape[0]):
-        k = hkeys[i]
+    nt = np.full(2 << nbits, _EMPTY_KEY, dtype=np.int64)
+    for i in range(ht.shape[0] // 2):
+        k = ht[2 * i]
         if k != _EMPTY_KEY:
-            j = _slot(k, shift, mask)
-            while nkeys[j] != _EMPTY_KEY:
-                j = (j + 1) & mask
-            nkeys[j] = k
-            nvals[j] = hvals[i]
-    return nkeys, nvals, nbits
+            j = _ht_find(nt, k, shift, mask)
+            nt[2 * j] = k
+            nt[2 * j + 1] = ht[2 * i + 1]
+    return nt, nbits
+
+
+@numba.njit(cache=True)
+def _grow_states(st, new_cap):
+    out = np.empty((new_cap, ST_WIDTH), dtype=np.int32)
+    out[: st.shape[0]] = st
+    return out
 
 
 @numba.njit(cache=True)
@@ -69,160 +91,173 @@ def _grow_i32(a, new_cap):
 
 
 @numba.njit(cache=True)
+def new_state_records(cap):
+    """Record array with the root (state 0) initialised."""
+    st = np.zeros((max(cap, 1), ST_WIDTH), dtype=np.int32)
+    st[0, ST_LENGTH] = 0
+    st[0, ST_LINK] = NO_STATE
+    st[0, ST_ENDPOS] = NO_STATE
+    st[0, ST_FTOK] = NO_TOKEN
+    st[0, ST_OHEAD] = NO_EDGE
+    return st
+
+
+@numba.njit(cache=True)
 def sam_extend(
     text,  # [n] int32 tokens to append (already validated to lie in [0, vocab))
-    length,  # [cap_S] int32 (in/out)
-    link,  # [cap_S] int32 (in/out)
-    endpos,  # [cap_S] int32 (in/out)
-    head,  # [cap_S] int32 first edge of each state's list, NO_STATE if none (in/out)
-    e_next,  # [cap_E] int32 (in/out)
-    e_tok,  # [cap_E] int32 (in/out)
-    e_dst,  # [cap_E] int32 (in/out)
-    hkeys,  # [2**bits] int64 (in/out)
-    hvals,  # [2**bits] int32 edge index per key (in/out)
-    meta,  # [5] int64: num_states, num_edges, last, num_tokens, bits (in/out)
+    st,  # [cap_S, ST_WIDTH] int32 per-state records (in/out)
+    o_tok,  # [cap_K] int32 overflow edge tokens (in/out)
+    o_next,  # [cap_K] int32 overflow list links (in/out)
+    ht,  # [2 * 2**bits] int64 interleaved (key, dst) (in/out)
+    meta,  # [6] int64: num_states, num_overflow, last, num_tokens, bits, num_edges (in/out)
 ):
-    """Append `text` to the automaton. Arrays grow as needed; returns them (maybe reallocated)."""
+    """Append `text` to the automaton. Arrays grow as needed; returns (st, o_tok, o_next, ht)."""
     num_states = meta[0]
-    num_edges = meta[1]
+    num_over = meta[1]
     last = meta[2]
     pos = meta[3]
     bits = meta[4]
+    num_edges = meta[5]
     mask = (np.int64(1) << bits) - 1
     shift = 64 - bits
     for i in range(text.shape[0]):
         c = np.int64(text[i])
-        if num_states + 2 > length.shape[0]:
-            cap = length.shape[0] + length.shape[0] // 2 + 16
-            length = _grow_i32(length, cap)
-            link = _grow_i32(link, cap)
-            endpos = _grow_i32(endpos, cap)
-            head = _grow_i32(head, cap)
+        if num_states + 2 > st.shape[0]:
+            st = _grow_states(st, st.shape[0] + st.shape[0] // 2 + 16)
         cur = num_states
         num_states += 1
-        length[cur] = length[last] + 1
-        endpos[cur] = pos
-        head[cur] = NO_STATE
-        link[cur] = NO_STATE
+        st[cur, ST_LENGTH] = st[last, ST_LENGTH] + 1
+        st[cur, ST_LINK] = NO_STATE
+        st[cur, ST_ENDPOS] = pos
+        st[cur, ST_FTOK] = NO_TOKEN
+        st[cur, ST_FDST] = NO_STATE
+        st[cur, ST_OHEAD] = NO_EDGE
+        st[cur, ST_DEG] = 0
         # Walk suffix links from `last`, adding c -> cur until a state already has c.
         p = np.int64(last)
         q = np.int64(NO_STATE)
         while p != NO_STATE:
-            key = (p << 32) | c
-            j = _slot(key, shift, mask)
-            while hkeys[j] != _EMPTY_KEY and hkeys[j] != key:
-                j = (j + 1) & mask
-            if hkeys[j] == key:
-                q = np.int64(e_dst[hvals[j]])
+            ftok = st[p, ST_FTOK]
+            if ftok == c:
+                q = np.int64(st[p, ST_FDST])
                 break
-            if num_edges + 1 > e_next.shape[0]:
-                cap = e_next.shape[0] + e_next.shape[0] // 2 + 16
-                e_next = _grow_i32(e_next, cap)
-                e_tok = _grow_i32(e_tok, cap)
-                e_dst = _grow_i32(e_dst, cap)
-            e = num_edges
+            if ftok == NO_TOKEN:
+                st[p, ST_FTOK] = c
+                st[p, ST_FDST] = cur
+            else:
+                key = (p << 32) | c
+                j = _ht_find(ht, key, shift, mask)
+                if ht[2 * j] == key:
+                    q = ht[2 * j + 1]
+                    break
+                ht[2 * j] = key
+                ht[2 * j + 1] = cur
+                if num_over + 1 > o_tok.shape[0]:
+                    cap = o_tok.shape[0] + o_tok.shape[0] // 2 + 16
+                    o_tok = _grow_i32(o_tok, cap)
+                    o_next = _grow_i32(o_next, cap)
+                o_tok[num_over] = c
+                o_next[num_over] = st[p, ST_OHEAD]
+                st[p, ST_OHEAD] = num_over
+                num_over += 1
+                if 2 * num_over > ht.shape[0] // 2:
+                    ht, bits = _rehash(ht, bits)
+                    mask = (np.int64(1) << bits) - 1
+                    shift = 64 - bits
+            st[p, ST_DEG] += 1
             num_edges += 1
-            e_tok[e] = c
-            e_dst[e] = cur
-            e_next[e] = head[p]
-            head[p] = e
-            hkeys[j] = key
-            hvals[j] = e
-            if 2 * num_edges > hkeys.shape[0]:
-                hkeys, hvals, bits = _rehash(hkeys, hvals, bits)
-                mask = (np.int64(1) << bits) - 1
-                shift = 64 - bits
-            p = np.int64(link[p])
+            p = np.int64(st[p, ST_LINK])
         if p == NO_STATE:
-            link[cur] = 0
-        elif length[p] + 1 == length[q]:
-            link[cur] = q
+            st[cur, ST_LINK] = 0
+        elif st[p, ST_LENGTH] + 1 == st[q, ST_LENGTH]:
+            st[cur, ST_LINK] = q
         else:
             clone = num_states
             num_states += 1
-            length[clone] = length[p] + 1
-            link[clone] = link[q]
-            endpos[clone] = endpos[q]
-            head[clone] = NO_STATE
-            # Clone-copy q's transitions.
-            f = head[q]
-            while f != NO_STATE:
-                if num_edges + 1 > e_next.shape[0]:
-                    cap = e_next.shape[0] + e_next.shape[0] // 2 + 16
-                    e_next = _grow_i32(e_next, cap)
-                    e_tok = _grow_i32(e_tok, cap)
-                    e_dst = _grow_i32(e_dst, cap)
-                e = num_edges
-                num_edges += 1
-                t = np.int64(e_tok[f])
-                e_tok[e] = t
-                e_dst[e] = e_dst[f]
-                e_next[e] = head[clone]
-                head[clone] = e
+            st[clone, ST_LENGTH] = st[p, ST_LENGTH] + 1
+            st[clone, ST_LINK] = st[q, ST_LINK]
+            st[clone, ST_ENDPOS] = st[q, ST_ENDPOS]
+            st[clone, ST_FTOK] = st[q, ST_FTOK]
+            st[clone, ST_FDST] = st[q, ST_FDST]
+            st[clone, ST_OHEAD] = NO_EDGE
+            st[clone, ST_DEG] = st[q, ST_DEG]
+            num_edges += st[q, ST_DEG]
+            # Clone-copy q's overflow transitions.
+            f = st[q, ST_OHEAD]
+            while f != NO_EDGE:
+                t = np.int64(o_tok[f])
+                dst = ht[2 * _ht_find(ht, (q << 32) | t, shift, mask) + 1]
                 key = (np.int64(clone) << 32) | t
-                j = _slot(key, shift, mask)
-                while hkeys[j] != _EMPTY_KEY:
-                    j = (j + 1) & mask
-                hkeys[j] = key
-                hvals[j] = e
-                if 2 * num_edges > hkeys.shape[0]:
-                    hkeys, hvals, bits = _rehash(hkeys, hvals, bits)
+                j = _ht_find(ht, key, shift, mask)
+                ht[2 * j] = key
+                ht[2 * j + 1] = dst
+                if num_over + 1 > o_tok.shape[0]:
+                    cap = o_tok.shape[0] + o_tok.shape[0] // 2 + 16
+                    o_tok = _grow_i32(o_tok, cap)
+                    o_next = _grow_i32(o_next, cap)
+                o_tok[num_over] = t
+                o_next[num_over] = st[clone, ST_OHEAD]
+                st[clone, ST_OHEAD] = num_over
+                num_over += 1
+                if 2 * num_over > ht.shape[0] // 2:
+                    ht, bits = _rehash(ht, bits)
                     mask = (np.int64(1) << bits) - 1
                     shift = 64 - bits
-                f = e_next[f]
-            # Redirect p's ancestors' c-edges from q to the clone.
+                f = o_next[f]
+            # Redirect the c-edges of p and its suffix-link ancestors from q to the clone.
             while p != NO_STATE:
-                key = (p << 32) | c
-                j = _slot(key, shift, mask)
-                while hkeys[j] != key:
-                    j = (j + 1) & mask
-                e = hvals[j]
-                if e_dst[e] != q:
-                    break
-                e_dst[e] = clone
-                p = np.int64(link[p])
-            link[q] = clone
-            link[cur] = clone
+                if st[p, ST_FTOK] == c:
+                    if st[p, ST_FDST] != q:
+                        break
+                    st[p, ST_FDST] = clone
+                else:
+                    j = _ht_find(ht, (p << 32) | c, shift, mask)
+                    if ht[2 * j + 1] != q:
+                        break
+                    ht[2 * j + 1] = clone
+                p = np.int64(st[p, ST_LINK])
+            st[q, ST_LINK] = clone
+            st[cur, ST_LINK] = clone
         last = cur
         pos += 1
     meta[0] = num_states
-    meta[1] = num_edges
+    meta[1] = num_over
     meta[2] = last
     meta[3] = pos
     meta[4] = bits
-    return length, link, endpos, head, e_next, e_tok, e_dst, hkeys, hvals
+    meta[5] = num_edges
+    return st, o_tok, o_next, ht
 
 
 @numba.njit(cache=True)
 def sam_flatten(
+    st,  # [>=S, ST_WIDTH] int32 records
     num_states,  # int
-    head,  # [>=S] int32
-    e_next,  # [>=E] int32
-    e_tok,  # [>=E] int32
-    e_dst,  # [>=E] int32
+    ht,  # [2 * cap] int64 overflow (key, dst) table
 ):
-    """Linked edge lists -> CSR (edge_offsets[S+1], edge_token[E] sorted per state, edge_dst[E])."""
+    """Records + overflow table -> CSR (edge_offsets[S+1], edge_token[E] sorted, edge_dst[E])."""
     offsets = np.zeros(num_states + 1, dtype=np.int32)
     for s in range(num_states):
-        d = 0
-        f = head[s]
-        while f != NO_STATE:
-            d += 1
-            f = e_next[f]
-        offsets[s + 1] = offsets[s] + d
+        offsets[s + 1] = offsets[s] + st[s, ST_DEG]
     num_edges = offsets[num_states]
     tok = np.empty(num_edges, dtype=np.int32)
     dst = np.empty(num_edges, dtype=np.int32)
+    fill = offsets[:num_states].copy()
+    for s in range(num_states):
+        if st[s, ST_FTOK] != NO_TOKEN:
+            tok[fill[s]] = st[s, ST_FTOK]
+            dst[fill[s]] = st[s, ST_FDST]
+            fill[s] += 1
+    for j in range(ht.shape[0] // 2):
+        key = ht[2 * j]
+        if key != _EMPTY_KEY:
+            s = key >> 32
+            tok[fill[s]] = key & 0xFFFFFFFF
+            dst[fill[s]] = ht[2 * j + 1]
+            fill[s] += 1
     for s in range(num_states):
         lo = offsets[s]
         hi = offsets[s + 1]
-        k = lo
-        f = head[s]
-        while f != NO_STATE:
-            tok[k] = e_tok[f]
-            dst[k] = e_dst[f]
-            k += 1
-            f = e_next[f]
         if hi - lo <= _SHORT_SLICE:
             for a in range(lo + 1, hi):
                 t = tok[a]
