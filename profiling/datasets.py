@@ -1,8 +1,8 @@
 """Benchmark prompts: Spec-Bench (480, MT-Bench with both turns), HumanEval (164), HAGRID dev (716).
 
-Each loader yields `BenchItem`s. Chat prompts carry their turns; the harness applies the chat template
-and, for a second MT-Bench turn, puts the model's own first answer in the conversation (Spec-Bench's
-protocol). HumanEval prompts are raw code completion (no chat template).
+Each loader yields `BenchItem`s. Chat prompts carry their turns; the harness applies the chat
+template and, for a second MT-Bench turn, puts the model's own first answer in the
+conversation (Spec-Bench's protocol). HumanEval prompts are raw code completion (no chat template).
 
 Categories follow the paper's table: MT (the eight MT-Bench categories), Trans, Summ, QA, Math, RAG.
 """

@@ -1,0 +1,159 @@
+"""Results JSONL -> markdown tables (stdout) and PNG plots.
+
+    python -m profiling.report profiling/results/<run>.jsonl [...] [--plots DIR]
+
+End-to-end records (bench == "e2e") become the paper's layout: one row per method, columns
+MT, Trans, Summ, QA, Math, RAG (speedup over our `ar`), then MAT and Overall speedup, plus tokens/s.
+Batch-curve records (bench == "e2e", several batch sizes) become speedup vs batch size.
+Cost-model records (bench == "cost_model") become projected 7B speedups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from collections import defaultdict
+
+from profiling.datasets import TABLE_COLUMNS
+
+
+def read(paths: list[str]) -> list[dict]:
+    recs = []
+    for p in paths:
+        with open(p) as f:
+            recs += [json.loads(line) for line in f if line.strip()]
+    return recs
+
+
+def e2e_table(recs: list[dict], dataset: str, batch_size: int) -> str:
+    rows = [
+        r for r in recs
+        if r.get("bench") == "e2e" and r["dataset"] == dataset and r["batch_size"] == batch_size
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    by = defaultdict(dict)
+    for r in rows:
+        by[r["method"]][r["category"]] = r
+    ar = by.get("ar", {})
+    cols = [c for c in TABLE_COLUMNS if any(c in m for m in by.values())] or sorted(
+        {c for m in by.values() for c in m if c != "Overall"}
+    )
+    gpu = rows[0].get("env", {}).get("gpu", "?")
+    head = f"**{dataset}**, B={batch_size}, {rows[0]['params'].get('model', '?')}, {gpu}\n\n"
+    head += "| method | " + " | ".join(cols) + " | MAT | Overall | tok/s | identical to ar |\n"
+    head += "|---" * (len(cols) + 5) + "|\n"
+    lines = []
+    for method, cats in by.items():
+        cells = []
+        for c in cols:
+            r, base = cats.get(c), ar.get(c)
+            cells.append(f"{r['tok_s'] / base['tok_s']:.2f}x" if r and base else "—")
+        o, base = cats.get("Overall"), ar.get("Overall")
+        ident = o.get("identical_to_ar") if o else None
+        lines.append(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | {o['mat']:.2f}" * bool(o and o.get("mat"))
+            + " | —" * (not (o and o.get("mat")))
+            + (f" | {o['tok_s'] / base['tok_s']:.2f}x" if o and base else " | —")
+            + (f" | {o['tok_s']:.0f}" if o else " | —")
+            + (f" | {ident:.0%}" if ident is not None else " | —")
+            + " |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def batch_curve(recs: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    rows = [r for r in recs if r.get("bench") == "e2e" and r["category"] == "Overall"]
+    ar = {(r["dataset"], r["batch_size"]): r["tok_s"] for r in rows if r["method"] == "ar"}
+    curve = defaultdict(list)
+    for r in rows:
+        key = (r["dataset"], r["batch_size"])
+        if r["method"] != "ar" and key in ar:
+            curve[r["method"]].append((r["batch_size"], r["tok_s"] / ar[key]))
+    return {m: sorted(v) for m, v in curve.items()}
+
+
+def plots(recs: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    for dataset in sorted({r["dataset"] for r in recs if r.get("bench") == "e2e"}):
+        rows = [
+            r for r in recs
+            if r.get("bench") == "e2e" and r["dataset"] == dataset and r["batch_size"] == 1
+        ]  # fmt: skip
+        ar = {r["category"]: r["tok_s"] for r in rows if r["method"] == "ar"}
+        methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "ar"]
+        cats = [c for c in dict.fromkeys(r["category"] for r in rows) if c in ar]
+        if not methods or not cats:
+            continue
+        fig, ax = plt.subplots(figsize=(1.2 * len(cats) + 4, 4))
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            tok_s = {r["category"]: r["tok_s"] for r in rows if r["method"] == m}
+            vals = [tok_s.get(c, 0.0) / ar[c] for c in cats]
+            ax.bar([j + i * width for j in range(len(cats))], vals, width, label=m)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats)
+        ax.set_ylabel("speedup over ar")
+        ax.set_title(f"{dataset}, B=1, {rows[0].get('env', {}).get('gpu', '')}")
+        ax.legend(fontsize=7, ncol=2)
+        path = out / f"speedup-{dataset}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        made.append(path)
+    curve = batch_curve(recs)
+    if any(len(v) > 1 for v in curve.values()):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for m, pts in curve.items():
+            ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=m)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speedup over ar")
+        ax.legend()
+        path = out / "speedup-vs-batch.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+")
+    ap.add_argument("--plots", type=pathlib.Path, default=None)
+    args = ap.parse_args(argv)
+    recs = read(args.results)
+    keys = sorted({(r["dataset"], r["batch_size"]) for r in recs if r.get("bench") == "e2e"})
+    for dataset, b in keys:
+        print(e2e_table(recs, dataset, b))
+    curve = batch_curve(recs)
+    if curve:
+        print("speedup vs batch size:")
+        for m, pts in curve.items():
+            print(f"  {m}: " + ", ".join(f"B={b}: {s:.2f}x" for b, s in pts))
+    for r in recs:
+        if r.get("bench") == "cost_model":
+            print(
+                f"projected 7B ({r['method']}, {r['dataset']}): MAT {r['mat']:.2f}, "
+                f"t(1) {r['t1_ms']:.2f} ms, t(N={r['nodes']}) {r['tn_ms']:.2f} ms, "
+                f"draft {r['draft_ms']:.3f} ms -> {r['projected_speedup']:.2f}x"
+            )
+    if args.plots:
+        for p in plots(recs, args.plots):
+            print("wrote", p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
