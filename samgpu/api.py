@@ -581,9 +581,9 @@ class SamDecoder:
         self._decoder = None  # free the old buffers before allocating the new ones
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        runner = self.runner
         kw: dict[str, Any] = {"use_cuda_graphs": self.use_cuda_graphs}
         try:
+            runner = self.runner
             drafter = self._build_drafter(
                 num_reqs=new_reqs,
                 max_len=new_len,

@@ -1,0 +1,219 @@
+"""Bad input, tried as a new user would (DESIGN.md §9): each gets one `samgpu: error:` line naming
+the fix, no traceback, a non-zero exit status where the run cannot go on, and never an output file
+that looks complete. Most cases fail before any model loads; the rest use a tiny random checkpoint.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from samgpu import cli
+from tests.api import fixtures
+from tests.api.fixtures import TINY_CONTEXT
+
+tiny_model_dir = fixtures.tiny_model_dir
+prompts_file = fixtures.prompts_file
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err):
+    lines = [x for x in err.splitlines() if x.startswith("samgpu: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def gen(*extra, model=None):
+    base = ["generate", "--device", "cpu", "--no-progress", "--max-new-tokens", "4"]
+    if model is not None:
+        base += ["--model", model, "--method", "ar"]
+    return [*base, *extra]
+
+
+def test_missing_input_file(capsys, tmp_path):
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, *gen("--input", tmp_path / "nope.jsonl", "--output", out))
+    assert code == 2
+    assert "does not exist" in one_error_line(err)
+    assert not out.exists()
+
+
+def test_malformed_line_names_its_number(capsys, tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"prompt": "ok"}\n{"prompt": "broken"\n')
+    code, _, err = run(capsys, *gen("--input", f, "--output", tmp_path / "o.jsonl"))
+    assert code == 2
+    assert "in.jsonl:2: not valid JSON" in one_error_line(err)
+
+
+def test_record_without_text_field(capsys, tmp_path, prompts_file):
+    f = prompts_file([{"prompt": "a"}, {"question": "b"}])
+    code, _, err = run(capsys, *gen("--input", f, "--output", tmp_path / "o.jsonl"))
+    assert code == 2
+    line = one_error_line(err)
+    assert "in.jsonl:2" in line and "--field" in line
+
+
+def test_unknown_method_suggests_the_close_one(capsys):
+    code, _, err = run(capsys, *gen("--prompt", "hi", "--method", "sam_tr"))
+    assert code == 2
+    line = one_error_line(err)
+    assert "unknown method 'sam_tr'" in line and "'sam+tr'" in line
+
+
+def test_unknown_flag_is_argparse_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--prompt", "hi", "--temprature", "0.5"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --temprature" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, pattern",
+    [
+        (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+        (["--top-p", "1.5"], r"--top-p 1.5 must be in \(0, 1\]"),
+        (["--temperature", "-1"], "--temperature -1.0 must be >= 0"),
+        (["-O", "oops"], "must look like KEY=VALUE"),
+    ],
+    ids=["batch-size", "top-p", "temperature", "option-syntax"],
+)
+def test_bad_values(capsys, flags, pattern):
+    import re
+
+    code, _, err = run(capsys, *gen("--prompt", "hi", *flags))
+    assert code == 2
+    assert re.search(pattern, one_error_line(err))
+
+
+def test_output_without_input_and_input_without_output(capsys, tmp_path, prompts_file):
+    code, _, err = run(capsys, *gen("--prompt", "hi", "--output", tmp_path / "o.jsonl"))
+    assert code == 2 and "--output goes with --input" in one_error_line(err)
+    code, _, err = run(capsys, *gen("--input", prompts_file([{"prompt": "a"}])))
+    assert code == 2 and "--input needs --output" in one_error_line(err)
+
+
+def test_empty_prompt(capsys):
+    code, _, err = run(capsys, *gen("--prompt", "   "))
+    assert code == 2 and "prompt is empty" in one_error_line(err)
+
+
+def test_cuda_requested_but_unavailable(capsys, monkeypatch, tmp_path, prompts_file):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o.jsonl"
+    f = prompts_file([{"prompt": "a"}])
+    code, _, err = run(capsys, "generate", "--device", "cuda", "--input", f, "--output", out)
+    assert code == 1
+    line = one_error_line(err)
+    assert "CUDA was requested" in line and "--device cpu" in line
+    assert not out.exists()
+
+
+def test_unknown_drafter_option(capsys, tiny_model_dir):
+    argv = gen("--prompt", "hi", model=str(tiny_model_dir))
+    argv[argv.index("ar")] = "tr"
+    code, _, err = run(capsys, *argv, "-O", "no_such_option=3")
+    assert code == 2
+    assert "no_such_option" in one_error_line(err)
+
+
+def test_model_path_missing(capsys, tmp_path):
+    code, _, err = run(capsys, *gen("--prompt", "hi", model=str(tmp_path / "no-model")))
+    assert code == 2 and "not found" in one_error_line(err)
+
+
+def test_index_for_another_tokenizer_and_corrupt_index(capsys, tmp_path, tiny_model_dir):
+    import numpy as np
+
+    from samgpu.sam import SamIndex
+
+    other = SamIndex.build(
+        [np.array([5, 6, 7], dtype=np.int32)],
+        vocab_size=49152,
+        eos_id=2,
+        tokenizer_fingerprint="another-tokenizer",
+    )
+    path = other.save(tmp_path / "other.samidx")
+    argv = gen("--prompt", "hi", model=str(tiny_model_dir))
+    code, _, err = run(capsys, *argv, "--index", path)
+    assert code == 2 and "built for tokenizer" in one_error_line(err)
+
+    bad = tmp_path / "bad.samidx"
+    bad.write_bytes(path.read_bytes()[:100])
+    code, _, err = run(capsys, *argv, "--index", bad)
+    assert code == 2 and "corrupt" in one_error_line(err)
+    code, _, err = run(capsys, *argv, "--index", tmp_path / "none.samidx")
+    assert code == 2 and "not found" in one_error_line(err)
+
+
+def test_out_of_memory_at_setup_names_a_batch_size(
+    capsys, monkeypatch, tmp_path, tiny_model_dir, prompts_file
+):
+    from samgpu import api
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(api.SamDecoder, "runner", property(oom))
+    out = tmp_path / "o.jsonl"
+    f = prompts_file([{"prompt": "a"}] * 3)
+    code, _, err = run(
+        capsys, *gen("--input", f, "--output", out, "--batch-size", "8", model=str(tiny_model_dir))
+    )
+    assert code == 1
+    line = one_error_line(err)
+    assert "out of GPU memory" in line and "--batch-size 4" in line
+    assert not out.exists()
+
+
+def test_over_long_and_empty_prompts_skipped_or_strict(
+    capsys, tmp_path, tiny_model_dir, prompts_file
+):
+    """The tiny model's context is 96 tokens: a 200-word prompt cannot fit. Without --strict it is
+    skipped with a warning (its output record carries an `error`); with --strict the run stops at
+    its line."""
+    long = " ".join(["word"] * (2 * TINY_CONTEXT))
+    f = prompts_file([{"prompt": long}, {"prompt": ""}])
+    out = tmp_path / "o.jsonl"
+    code, _, err = run(
+        capsys, *gen("--input", f, "--output", out, "--strict", model=str(tiny_model_dir))
+    )
+    assert code == 2
+    assert "in.jsonl:1: prompt of" in one_error_line(err) and "context of 96" in err
+    assert not out.exists()
+
+    code, _, err = run(capsys, *gen("--input", f, "--output", out, model=str(tiny_model_dir)))
+    assert code == 0, err
+    assert "in.jsonl:1" in err and "in.jsonl:2: empty prompt" in err
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["finish_reason"] for r in recs] == ["skipped", "skipped"]
+    assert recs[0]["completion"] is None and "context" in recs[0]["error"]
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    """The real entry point, as a user runs it."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "samgpu",
+            "generate",
+            "--input",
+            str(tmp_path / "x.jsonl"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("samgpu: error:") and "Traceback" not in proc.stderr
