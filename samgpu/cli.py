@@ -249,6 +249,7 @@ class _Session:
 
         self.args = args
         dtype = api.resolve_dtype(args.dtype, device)
+        _quiet_transformers()
         t0 = time.perf_counter()
         try:
             self.model, self.tokenizer = api.load_model(args.model, device, dtype)
@@ -315,6 +316,17 @@ class _Session:
             on_progress=on_progress,
             batch_size=a.batch_size,
         )
+
+
+def _quiet_transformers() -> None:
+    """The CLI shows one progress bar (ours); transformers' weight-loading bars and info logs would
+    interleave with it and with streamed text."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _device(args: argparse.Namespace, info=None):
