@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from samgpu.io import UserError
+from samgpu.io import InputError, UserError
 
 __all__ = ["Completion", "SamDecoder", "SetupError", "generate", "resolve_device", "resolve_dtype"]
 
@@ -214,7 +214,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in _DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
+        raise InputError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     return _DTYPES[dtype]
 
 
@@ -308,14 +308,14 @@ def load_index(index: Any, tokenizer=None):
         path = Path(index).expanduser()
         hint = str(path)
         if not path.is_file():
-            raise UserError(
+            raise InputError(
                 f"index file {str(index)!r} not found; build one with `samgpu index build`"
                 " (see `samgpu index build --help`)"
             )
         try:
             index = SamIndex.load(path)
         except (ValueError, OSError, EOFError) as e:
-            raise UserError(
+            raise InputError(
                 f"index {str(path)!r} is corrupt or not a samgpu index ({e}); rebuild it with"
                 " `samgpu index build`"
             ) from None
@@ -325,7 +325,7 @@ def load_index(index: Any, tokenizer=None):
         try:
             index.check_tokenizer(tokenizer_fingerprint(tokenizer), hint)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise InputError(str(e)) from None
     return index
 
 

@@ -54,7 +54,8 @@ class UserError(Exception):
 
 
 class InputError(UserError, ValueError):
-    """Malformed input file or record (message names file and line)."""
+    """Bad input: a malformed input file or record (the message names file and line), a missing
+    or corrupt index, an unknown dtype. A ValueError for API callers."""
 
 
 @dataclass
