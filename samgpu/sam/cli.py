@@ -77,7 +77,7 @@ def run_index(args: argparse.Namespace, *, load_tokenizer: TokenizerLoader | Non
             )
         return _build(args, load_tokenizer)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"samgpu index: error: {exc}", file=sys.stderr)
+        print(f"samgpu: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
 
@@ -85,6 +85,9 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
     fields = tuple(f.strip() for f in args.fields.split(",") if f.strip())
     if not fields:
         raise ValueError(f"--fields {args.fields!r} names no field")
+    for name in args.corpus:  # before the (slow) tokenizer load
+        if not Path(name).is_file():
+            raise ValueError(f"corpus file {name} does not exist")
     tokenizer = load_tokenizer(args.tokenizer)
     progress = not args.no_progress
     start = time.perf_counter()

@@ -99,6 +99,13 @@ class SamIndex:
         and buffered into chunks of ~1M tokens for the compiled core)."""
         _check_vocab(vocab_size, eos_id)
         builder = _Builder(vocab_size, eos_id, progress=progress)
+        try:
+            return cls._stream(builder, docs, vocab_size, eos_id, tokenizer_fingerprint)
+        finally:
+            builder.close()
+
+    @staticmethod
+    def _stream(builder, docs, vocab_size: int, eos_id: int, tokenizer_fingerprint: str):
         pending: list[np.ndarray] = []
         num_pending = 0
         for i, doc in enumerate(docs):
@@ -162,9 +169,12 @@ class SamIndex:
         out[np.arange(tokens.size) + np.repeat(out_ends - out_len - starts, lens)] = tokens
         out[(out_ends - 1)[needs_eos]] = eos_id
         builder = _Builder(vocab_size, eos_id, progress=progress, expected_tokens=out.size)
-        for lo in range(0, out.size, _CHUNK_TOKENS):
-            builder.feed(out[lo : lo + _CHUNK_TOKENS])
-        return builder.finish(tokenizer_fingerprint)
+        try:
+            for lo in range(0, out.size, _CHUNK_TOKENS):
+                builder.feed(out[lo : lo + _CHUNK_TOKENS])
+            return builder.finish(tokenizer_fingerprint)
+        finally:
+            builder.close()
 
     # ------------------------------------------------------------------ queries
     @property
@@ -346,12 +356,8 @@ class _Builder:
         self.meta = np.array([1, 0, 0, 0, bits, 0], dtype=np.int64)
         self.tokens = np.empty(cap_tokens, dtype=np.int32)
         self.bar = None
-        if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=expected_tokens or None, unit="tok", unit_scale=True, desc="SAM build"
-            )
+        self.progress = progress
+        self.expected_tokens = expected_tokens
 
     def feed(self, text: np.ndarray) -> None:
         """Append validated int32 tokens (documents already EOS-terminated)."""
@@ -371,21 +377,28 @@ class _Builder:
             self.meta,
         )
         self.compute_seconds += time.perf_counter() - start
-        if self.bar is not None:
+        if self.progress:
+            if self.bar is None:  # created on the first chunk: no bar for input that fails early
+                from tqdm import tqdm
+
+                total = self.expected_tokens or None
+                self.bar = tqdm(total=total, unit="tok", unit_scale=True, desc="SAM build")
             self.bar.update(text.size)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def finish(self, tokenizer_fingerprint: str) -> SamIndex:
         self.num_doc_tokens = int(self.meta[3])
         if self.num_doc_tokens == 0:
-            if self.bar is not None:
-                self.bar.close()
             raise ValueError(
                 "empty corpus: no document has any token; give at least one non-empty document "
                 "(check the corpus files and --fields)"
             )
         self.feed(_vocab_singletons(self.vocab_size, self.eos_id))
-        if self.bar is not None:
-            self.bar.close()
+        self.close()
         start = time.perf_counter()
         num_states, _, _, num_tokens, _, num_edges = (int(x) for x in self.meta)
         offsets, tok, dst = _build.sam_flatten(self.st, num_states, self.ht)

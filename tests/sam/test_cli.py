@@ -1,0 +1,131 @@
+"""`samgpu index build|stats`: one JSON line of stats, clear errors, the embedded default index
+(cached per tokenizer under $SAMGPU_CACHE)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from samgpu.sam import SamIndex, build_default_index, default_index_path, tokenizer_fingerprint
+from samgpu.sam.cli import add_index_parser, run_index
+
+from .fake_tokenizer import WordTokenizer
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="samgpu")
+    add_index_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["index", *argv])
+
+
+def run(capsys, *argv, tokenizer=None):
+    tok = tokenizer or WordTokenizer()
+    code = run_index(parse(*argv), load_tokenizer=lambda name: tok)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"question": f"what is {i} plus {i}", "answer": f"it is {2 * i}"} for i in range(50)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMGPU_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_build_then_stats(capsys, corpus, tmp_path):
+    out_path = tmp_path / "c.samidx"
+    code, out, err = run(capsys, "build", "--corpus", str(corpus), "--out", str(out_path))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    stats = json.loads(lines[0])
+    # 50 records of 5 + 3 words, each followed by EOS; then 4096 singletons (EOS alone once).
+    assert stats["corpus_tokens"] == 50 * 9
+    assert stats["tokens"] == 50 * 9 + 2 * 4096 - 1
+    assert stats["path"] == str(out_path) and stats["build_tokens_per_s"] > 0
+    index = SamIndex.load(out_path)
+    assert index.tokenizer_fingerprint == tokenizer_fingerprint(WordTokenizer())
+    tok = WordTokenizer()
+    q = tok(["what is 7 plus 7 it is"], add_special_tokens=False)["input_ids"][0]
+    assert index.longest_match(q)[0] == len(q)
+
+    code, out, err = run(capsys, "stats", str(out_path))
+    assert code == 0, err
+    again = json.loads(out)
+    assert (again["tokens"], again["states"], again["edges"]) == (
+        stats["tokens"],
+        stats["states"],
+        stats["edges"],
+    )
+    assert again["checksums"] == "ok" and again["file_bytes"] == out_path.stat().st_size
+
+
+def test_fields_option(capsys, corpus, tmp_path):
+    out_path = tmp_path / "a.samidx"
+    code, out, _ = run(
+        capsys, "build", "--corpus", str(corpus), "--fields", "answer", "--out", str(out_path)
+    )
+    assert code == 0
+    assert json.loads(out)["corpus_tokens"] == 50 * 4  # "it is N" + EOS
+
+
+def test_errors_are_one_line(capsys, corpus, tmp_path):
+    code, _, err = run(capsys, "build", "--corpus", str(tmp_path / "none.jsonl"), "--out", "x")
+    assert code == 2 and err.startswith("samgpu: error:") and "does not exist" in err
+    code, _, err = run(capsys, "build", "--corpus", str(corpus))
+    assert code == 2 and "--out is required" in err
+    code, _, err = run(capsys, "build", "--corpus", str(corpus), "--fields", "nope", "--out", "x")
+    assert code == 2 and "empty corpus" in err
+    code, _, err = run(capsys, "stats", str(tmp_path / "none.samidx"))
+    assert code == 2 and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_default_index_is_built_once_and_cached(capsys, cache):
+    tok = WordTokenizer()
+    code, out, err = run(capsys, "build", "--no-progress", tokenizer=tok)
+    assert code == 0, err
+    stats = json.loads(out)
+    path = default_index_path(tokenizer_fingerprint(tok))
+    assert stats["path"] == str(path) and path.parent == cache
+    assert stats["corpus"] == "samgpu-default-corpus-v1" and stats["corpus_tokens"] > 1_000_000
+    mtime = path.stat().st_mtime_ns
+    assert build_default_index(tok, progress=False) == path
+    assert path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    # A corrupt cached file is rebuilt rather than trusted.
+    path.write_bytes(b"garbage")
+    assert build_default_index(tok, progress=False) == path
+    SamIndex.load(path).check_tokenizer(tokenizer_fingerprint(tok))
+
+
+def test_samgpu_cli_wires_index_commands(capsys, corpus, tmp_path):
+    """Through the top-level `samgpu` entry point, with the real default tokenizer when present."""
+    from samgpu import cli
+
+    try:
+        from samgpu.models import load_default_tokenizer
+
+        tokenizer = load_default_tokenizer()
+    except (FileNotFoundError, ImportError, OSError) as exc:
+        pytest.skip(f"default tokenizer unavailable: {exc}")
+    out_path = tmp_path / "real.samidx"
+    code = cli.main(["index", "build", "--corpus", str(corpus), "--out", str(out_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["vocab_size"] == len(tokenizer)
+    assert stats["tokenizer_fingerprint"] == tokenizer_fingerprint(tokenizer)
+    index = SamIndex.load(out_path)
+    q = tokenizer("what is 7 plus 7", add_special_tokens=False)["input_ids"]
+    assert index.longest_match(q)[0] == len(q)
+    assert cli.main(["index", "stats", str(out_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["states"] == stats["states"]
