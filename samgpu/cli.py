@@ -140,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        _error("interrupted")
+        output = getattr(args, "output", None)
+        kept = (
+            f"; finished records are kept in {output}.partial and the same command resumes"
+            if output
+            else ""
+        )
+        _error(f"interrupted{kept}")
         return 130
     return 0
 
@@ -304,6 +310,12 @@ class _Session:
         self.decoder._ensure(num_reqs, longest + self.args.max_new_tokens + 256)
 
     def generate(self, prompts: list[list[int]], on_progress=None):
+        from torch.profiler import record_function
+
+        with record_function("samgpu.cli.batch"):
+            return self._generate(prompts, on_progress)
+
+    def _generate(self, prompts: list[list[int]], on_progress=None):
         a = self.args
         return self.decoder.generate_ids(
             prompts,

@@ -1,0 +1,157 @@
+"""`samgpu generate` end to end: streamed single prompt on the real default model (greedy output
+identical across methods: lossless), batched JSONL with resume after an interruption, the profiler
+trace, and torchrun with two CPU processes (gloo) merging shards in input order."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from samgpu import cli
+from tests.api import fixtures
+
+tiny_model_dir = fixtures.tiny_model_dir
+prompts_file = fixtures.prompts_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    {"id": "a", "prompt": "Hello there"},
+    {"id": "b", "messages": [{"role": "user", "content": "What is 2 + 2?"}]},
+    {"id": "c", "text": "Once upon a time"},
+    {"id": "d", "prompt": "def fib(n):"},
+    {"id": "e", "prompt": "Paris is"},
+]
+
+
+def tiny_args(model_dir, *extra):
+    return [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--method",
+        "ar",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "5",
+        "--no-progress",
+        *map(str, extra),
+    ]
+
+
+def read_jsonl(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def without_timing(records):
+    """Records minus their statistics (tokens/s differs from run to run)."""
+    return [{k: v for k, v in r.items() if k != "stats"} for r in records]
+
+
+def test_prompt_on_default_model_streams_same_text(capsys):
+    """The README's main command on the embedded SmolLM2 (fp32 on CPU): greedy text is the same
+    for plain decoding and for SAM-Decoding (lossless); statistics go to stderr."""
+    texts = {}
+    for method in ("ar", "sam+tr"):
+        args = [
+            "generate",
+            "--prompt",
+            "List three colours.",
+            "--max-new-tokens",
+            "12",
+            "--device",
+            "cpu",
+            "--method",
+            method,
+        ]
+        assert cli.main(args) == 0
+        out, err = capsys.readouterr()
+        assert out.strip() and "tokens/s" in err and f"method {method}" in err
+        texts[method] = out
+    assert texts["ar"] == texts["sam+tr"]
+
+
+def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_dir, prompts_file):
+    """5 records, batch size 2: interrupted during the second batch, the run leaves only
+    out.jsonl.partial with the first two records; the same command finishes the other three and the
+    final file equals an uninterrupted run's, in input order, input fields kept."""
+    src = prompts_file(PROMPTS)
+    ref = tmp_path / "ref.jsonl"
+    assert (
+        cli.main(tiny_args(tiny_model_dir, "--input", src, "--output", ref, "--batch-size", "2"))
+        == 0
+    )
+
+    out = tmp_path / "out.jsonl"
+    argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--batch-size", "2")
+    real = cli._Session.generate
+    calls = []
+
+    def interrupt_second(self, prompts, on_progress=None):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, prompts, on_progress)
+
+    monkeypatch.setattr(cli._Session, "generate", interrupt_second)
+    capsys.readouterr()
+    assert cli.main(argv) == 130
+    assert "resumes" in capsys.readouterr().err
+    assert not out.exists()
+    partial = out.with_name("out.jsonl.partial").read_text().splitlines()
+    assert len(partial) == 1 + 2  # header + first batch
+
+    monkeypatch.setattr(cli._Session, "generate", real)
+    calls.clear()
+    assert cli.main(argv) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert without_timing(read_jsonl(out)) == without_timing(read_jsonl(ref))
+    assert [r["id"] for r in read_jsonl(out)] == list("abcde")
+    assert all(r["num_tokens"] >= 1 and "completion" in r for r in read_jsonl(out))
+    assert not out.with_name("out.jsonl.partial").exists()
+
+    assert cli.main(argv) == 0  # complete already: nothing to do, said so
+    assert "already exists and is complete" in capsys.readouterr().err
+
+
+def test_profile_writes_a_trace(capsys, tmp_path, tiny_model_dir):
+    prof = tmp_path / "prof"
+    argv = tiny_args(tiny_model_dir, "--prompt", "Hi", "--profile", prof)
+    assert cli.main(argv) == 0
+    trace = json.loads((prof / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert "samgpu.cli.batch" in names
+    assert (prof / "summary.txt").read_text().strip()
+
+
+def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
+    """torchrun --nproc-per-node 2 -m samgpu generate: shards round-robin, gathers on rank 0 (gloo),
+    writes the same file as one process."""
+    src = prompts_file(PROMPTS)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert cli.main(tiny_args(tiny_model_dir, "--input", src, "--output", one, "--raw")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "samgpu",
+            *tiny_args(
+                tiny_model_dir, "--input", src, "--output", two, "--raw", "--batch-size", "2"
+            ),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert without_timing(read_jsonl(two)) == without_timing(read_jsonl(one))
+    assert [r["id"] for r in read_jsonl(two)] == list("abcde")
