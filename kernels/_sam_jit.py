@@ -1,0 +1,169 @@
+"""@triton.jit helpers shared by the automaton kernels (sam_match, sam_dynamic, sam_select,
+sam_draft).
+
+Called as module attributes (`J.csr_find(...)`) so they are inlined into each kernel and compiled
+through it (`python -m samgpu.kernels._aot` compiles the kernels, this module has none). Each helper
+has a plain-Python twin (`*_py`) used by the references, so that both sides compute the same thing,
+including the hash slots of the dynamic automaton's table.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+NO_STATE: int = -1  # = samgpu.types.NO_STATE
+NO_EDGE: int = -1  # free hash slot / end of an edge list
+ROOT: int = 0
+
+# Source codes, equal to samgpu.types.SOURCE_* (kernels may not import samgpu.types; a test checks).
+SOURCE_NONE: int = 0
+SOURCE_STATIC: int = 1
+SOURCE_DYNAMIC: int = 2
+SOURCE_FALLBACK: int = 3
+
+# Selection modes (runtime ints, not constexprs: switching modes does not recompile).
+MODE_THRESHOLD: int = (
+    0  # `sam+tr`: chain if max(dyn, static - l_bias) >= l_threshold, else fallback
+)
+MODE_LONGEST: int = 1  # `sam`: always the longer match, n = min(max_predicts, 1 + floor(alpha*len))
+MODE_STATIC: int = 2  # static automaton only
+MODE_DYNAMIC: int = 3  # dynamic automaton only
+
+_HASH_MUL_STATE: int = 2654435761  # 0x9E3779B1 (golden-ratio Fibonacci multiplier)
+_HASH_MUL_MIX: int = 2246822519  # 0x85EBCA77 (murmur3 constant)
+
+
+@triton.jit
+def csr_find(
+    edge_offsets_ptr,  # [S+1] int32
+    edge_token_ptr,  # [E] int32, sorted within each state
+    edge_dst_ptr,  # [E] int32
+    state,  # scalar int32, not the root
+    token,  # scalar int32
+    BLOCK_E: tl.constexpr,
+):
+    """Transition of `state` on `token`, or -1 (NO_STATE). Binary search down to BLOCK_E edges, then
+    one vector compare (tokens are unique within a state, so at most one lane matches)."""
+    lo = tl.load(edge_offsets_ptr + state)
+    hi = tl.load(edge_offsets_ptr + state + 1)
+    while hi - lo > BLOCK_E:
+        mid = (lo + hi) // 2
+        t = tl.load(edge_token_ptr + mid)
+        lo = tl.where(t < token, mid + 1, lo)
+        hi = tl.where(t < token, hi, mid + 1)
+    offs = lo + tl.arange(0, BLOCK_E)
+    in_slice = offs < hi
+    toks = tl.load(edge_token_ptr + offs, mask=in_slice, other=-1)
+    dsts = tl.load(edge_dst_ptr + offs, mask=in_slice, other=-1)
+    return tl.max(tl.where(in_slice & (toks == token), dsts, -1), axis=0)
+
+
+@triton.jit
+def hash_slot(state, token, hash_shift):
+    """Home slot of key (state, token) in a table of 2**(32 - hash_shift) slots (uint32 math)."""
+    x = state.to(tl.uint32) * 2654435761 + token.to(tl.uint32)
+    return ((x * 2246822519) >> hash_shift.to(tl.uint32)).to(tl.int32)
+
+
+def hash_slot_py(state: int, token: int, hash_shift: int) -> int:
+    x = (state * _HASH_MUL_STATE + (token & 0xFFFFFFFF)) & 0xFFFFFFFF
+    return ((x * _HASH_MUL_MIX) & 0xFFFFFFFF) >> hash_shift
+
+
+@triton.jit
+def hash_find(
+    hash_ptr,  # [H] int32, edge index or -1 (free), this slot's row
+    edge_src_ptr,  # [Ecap] int32, this slot's row
+    edge_token_ptr,  # [Ecap] int32, this slot's row
+    state,  # scalar int32
+    token,  # scalar int32
+    hash_shift,  # 32 - log2(H)
+    hash_mask,  # H - 1
+):
+    """Linear probing: returns (slot, edge). edge = the edge index of (state, token) or -1; slot =
+    the slot holding it, or the free slot that ended the probe (where an insert goes)."""
+    j = hash_slot(state, token, hash_shift)
+    e = tl.load(hash_ptr + j)
+    src = tl.load(edge_src_ptr + e, mask=e >= 0, other=-1)
+    tok = tl.load(edge_token_ptr + e, mask=e >= 0, other=-1)
+    hit = (e >= 0) & (src == state) & (tok == token)
+    while (e >= 0) & (hit == 0):
+        j = (j + 1) & hash_mask
+        e = tl.load(hash_ptr + j)
+        src = tl.load(edge_src_ptr + e, mask=e >= 0, other=-1)
+        tok = tl.load(edge_token_ptr + e, mask=e >= 0, other=-1)
+        hit = (e >= 0) & (src == state) & (tok == token)
+    return j, tl.where(hit, e, -1)
+
+
+@triton.jit
+def select_source(
+    static_len,  # scalar int32 (0 without a static automaton)
+    dyn_len,  # scalar int32 (-1 without a dynamic automaton: never chosen)
+    mode,  # scalar int32, MODE_*
+    l_bias,  # scalar int32
+    l_threshold,  # scalar int32
+    n_predicts,  # scalar int32, chain nodes including the root (threshold and forced modes)
+    max_predicts,  # scalar int32, cap on chain nodes in MODE_LONGEST
+    alpha,  # scalar fp32, MODE_LONGEST: nodes = min(max_predicts, 1 + floor(alpha * len))
+):
+    """(source, nodes) by the rule of `select_source_py` (branch-free)."""
+    biased = static_len - l_bias
+    use_dyn = dyn_len >= biased
+    best = tl.where(use_dyn, dyn_len, biased)
+    auto_src = tl.where(use_dyn, 2, 1)  # SOURCE_DYNAMIC, SOURCE_STATIC
+    long_nodes = tl.minimum(
+        max_predicts, 1 + (alpha * tl.maximum(best, 0).to(tl.float32)).to(tl.int32)
+    )
+    is_thr = mode == 0
+    is_long = mode == 1
+    is_static = mode == 2
+    ok = tl.where(
+        is_thr,
+        best >= l_threshold,
+        tl.where(is_long, best > 0, tl.where(is_static, static_len > 0, dyn_len > 0)),
+    )
+    chosen = tl.where(is_thr | is_long, auto_src, tl.where(is_static, 1, 2))
+    src = tl.where(ok, chosen, tl.where(is_thr, 3, 0))  # SOURCE_FALLBACK / SOURCE_NONE
+    nodes = tl.where(ok, tl.where(is_long, long_nodes, n_predicts), 1)
+    return src, nodes
+
+
+def select_source_py(
+    static_len: int,
+    dyn_len: int,
+    mode: int,
+    l_bias: int,
+    l_threshold: int,
+    n_predicts: int,
+    max_predicts: int,
+    alpha: float,
+) -> tuple[int, int]:
+    """The selection rule (DESIGN.md §3), returning (source, chain nodes including the root).
+
+    - MODE_THRESHOLD (`sam+tr`, official `samd`): biased = static_len - l_bias; if
+      max(dyn_len, biased) >= l_threshold, the dynamic automaton when dyn_len >= biased (ties go to
+      the dynamic one), else the static one, n_predicts nodes; otherwise SOURCE_FALLBACK.
+    - MODE_LONGEST (`sam`, official `samd_sam_only`): the same winner, no threshold, nodes =
+      min(max_predicts, 1 + floor(alpha * winner's (biased) length)); SOURCE_NONE if it is <= 0.
+    - MODE_STATIC / MODE_DYNAMIC: that automaton whenever it matches (len > 0), n_predicts nodes.
+    """
+    biased = static_len - l_bias
+    use_dyn = dyn_len >= biased
+    best = dyn_len if use_dyn else biased
+    auto_src = SOURCE_DYNAMIC if use_dyn else SOURCE_STATIC
+    if mode == MODE_THRESHOLD:
+        return (auto_src, n_predicts) if best >= l_threshold else (SOURCE_FALLBACK, 1)
+    if mode == MODE_LONGEST:
+        if best <= 0:
+            return SOURCE_NONE, 1
+        # fp32 product truncated toward zero, as the kernel computes it
+        scaled = int(torch.tensor(alpha, dtype=torch.float32) * best)
+        return auto_src, min(max_predicts, 1 + scaled)
+    if mode == MODE_STATIC:
+        return (SOURCE_STATIC, n_predicts) if static_len > 0 else (SOURCE_NONE, 1)
+    if mode == MODE_DYNAMIC:
+        return (SOURCE_DYNAMIC, n_predicts) if dyn_len > 0 else (SOURCE_NONE, 1)
+    raise ValueError(f"unknown selection mode {mode}")

@@ -1,0 +1,416 @@
+"""Fused select + chain draft: per sequence, pick the source (sam_select's rule) and write the chain
+`text[endpos + 1 : endpos + nodes]` of the chosen automaton straight into a DraftTree.
+
+Chain rule (official SAM-Decoding `gen_draft`, 0-based positions here):
+- static: from the match state's earliest end position `endpos` in the corpus `tokens[T]`; no
+  climbing (the official static draft skips `to_anc`). With `stop_at_eos` the chain ends at the
+  index's EOS separator, which it includes: past it lies the next, unrelated document (the official
+  code drafts through it, and pads with token 0 past the corpus end; both only waste nodes);
+- dynamic: first, with `climb_dynamic`, climb suffix links (never to the root) while the earliest
+  occurrence leaves fewer than `nodes` tokens after it, counted as the official `to_anc` does on a
+  text without the current root: `text_len - 2 - endpos < nodes`; then take the sequence's own text
+  (`tokens[b, :text_len]`, root included) from endpos + 1;
+- at most `nodes - 1` draft tokens, and no more than the tree has room for after `node_offset`;
+  a chain is cut at the end of its text, never padded with made-up tokens;
+- an empty chain (or a zero-length match) turns the source into SOURCE_FALLBACK in "threshold"
+  mode (the auxiliary drafter then fills the tree) and SOURCE_NONE otherwise.
+
+Tree layout written (composable: a merged tree puts the chain first, other branches after it):
+tokens[b, 0] = root[b], parents[b, 0] = NO_PARENT; chain node k (k = 0..n-1) at index
+node_offset + k with parent 0 for k = 0, else node_offset + k - 1; indices past the chain up to the
+tree width get token 0 and NO_PARENT (padding); num_nodes[b] = node_offset + n.
+Also written: `source [B]`, `chain_len [B]` (= n).
+
+Example (dynamic only, mode "dynamic", n_predicts 4): text "1 2 3 1 2" (root 2), match "1 2"
+(length 2, earliest endpos 1). 5 - 2 - 1 = 2 < 4, so climb to the link "2" (endpos 1), whose link
+is the root: stop. Chain = text[2:5] = "3 1 2" (nodes - 1 = 3 tokens) -> tree tokens [2, 3, 1, 2],
+parents [-1, 0, 1, 2], num_nodes 4, source SOURCE_DYNAMIC.
+
+One program per sequence; the chain is gathered with one vector load of BLOCK_N tokens. No sync.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from samgpu.kernels import _sam_jit as J
+from samgpu.kernels._aot import AotSpec
+from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels.sam_select import SamSelectConfig
+
+NO_PARENT: int = -1  # = samgpu.types.NO_PARENT
+PAD_NODE_TOKEN: int = 0  # token of pad nodes (a valid id: the runner embeds pad nodes too)
+ROOT: int = 0
+_NO_PARENT = tl.constexpr(NO_PARENT)
+_ROOT = tl.constexpr(ROOT)
+
+
+@triton.jit(
+    do_not_specialize=["num_static_tokens", "eos_id", "mode", "l_bias", "l_threshold", "climb"]
+)
+def _sam_draft_chain_kernel(
+    s_endpos_ptr,  # [S] int32 static earliest end positions (read when HAS_STATIC)
+    s_tokens_ptr,  # [T] int32 static corpus text (read when HAS_STATIC)
+    s_state_ptr,  # [B] int32 static match state (read when HAS_STATIC)
+    s_len_ptr,  # [B] int32 static match length (read when HAS_STATIC)
+    d_link_ptr,  # [R, 2C] int32 (read when HAS_DYNAMIC; row b = sequence b)
+    d_endpos_ptr,  # [R, 2C] int32
+    d_tokens_ptr,  # [R, C] int32
+    d_text_len_ptr,  # [R] int32
+    d_state_ptr,  # [R] int32 dynamic match state
+    d_len_ptr,  # [R] int32 dynamic match length
+    root_ptr,  # [B] int32 last committed token
+    tree_tokens_ptr,  # [B, N] int32 (out)
+    tree_parents_ptr,  # [B, N] int32 (out)
+    num_nodes_ptr,  # [B] int32 (out)
+    source_ptr,  # [B] int32 (out)
+    chain_len_ptr,  # [B] int32 (out)
+    num_static_tokens,  # T
+    eos_id,  # static chains stop after this token; -1: never
+    capacity,  # C
+    mode,
+    l_bias,
+    l_threshold,
+    n_predicts,
+    max_predicts,
+    alpha,  # fp32
+    climb,  # 1: climb dynamic suffix links (official to_anc), 0: not
+    node_offset,  # tree index of the first chain node (>= 1)
+    max_nodes,  # N
+    HAS_STATIC: tl.constexpr,
+    HAS_DYNAMIC: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # power of two >= N
+):
+    """One program per sequence."""
+    b = tl.program_id(0).to(tl.int64)
+    if HAS_STATIC:
+        s_len = tl.load(s_len_ptr + b)
+    else:
+        s_len = tl.full([], 0, tl.int32)
+    if HAS_DYNAMIC:
+        d_len = tl.load(d_len_ptr + b)
+    else:
+        d_len = tl.full([], -1, tl.int32)
+    src, nodes = J.select_source(
+        s_len, d_len, mode, l_bias, l_threshold, n_predicts, max_predicts, alpha
+    )
+    use_dyn = src == 2
+    use_static = src == 1
+    budget = tl.maximum(tl.minimum(nodes - 1, max_nodes - node_offset), 0)
+    start = tl.full([], 0, tl.int64)
+    end = tl.full([], 0, tl.int64)
+    chosen_len = tl.full([], 0, tl.int32)
+    if HAS_STATIC:
+        s_state = tl.load(s_state_ptr + b)
+        s_ep = tl.load(s_endpos_ptr + s_state)
+        start = tl.where(use_static, s_ep.to(tl.int64) + 1, start)
+        end = tl.where(use_static, num_static_tokens.to(tl.int64), end)
+        chosen_len = tl.where(use_static, s_len, chosen_len)
+    if HAS_DYNAMIC:
+        row = b * 2 * capacity.to(tl.int64)
+        d = tl.load(d_state_ptr + b)
+        text_len = tl.load(d_text_len_ptr + b)
+        ep = tl.load(d_endpos_ptr + row + d)
+        lk = tl.load(d_link_ptr + row + d)
+        going = use_dyn & (climb != 0) & (d != _ROOT) & (lk != _ROOT) & (text_len - 2 - ep < nodes)
+        while going:
+            d = lk
+            ep = tl.load(d_endpos_ptr + row + d)
+            lk = tl.load(d_link_ptr + row + d)
+            going = (lk != _ROOT) & (text_len - 2 - ep < nodes)
+        start = tl.where(use_dyn, ep.to(tl.int64) + 1, start)
+        end = tl.where(use_dyn, text_len.to(tl.int64), end)
+        chosen_len = tl.where(use_dyn, d_len, chosen_len)
+    offs = tl.arange(0, BLOCK_N)
+    avail = tl.minimum(tl.maximum(end - start, 0), budget.to(tl.int64)).to(tl.int32)
+    avail = tl.where(chosen_len > 0, avail, 0)
+    toks = tl.zeros([BLOCK_N], dtype=tl.int32)
+    # (scalar-bool & vector-bool masks trip the interpreter: fold the source into the bound)
+    if HAS_STATIC:
+        s_want = offs < tl.where(use_static, avail, 0)
+        s_toks = tl.load(s_tokens_ptr + start + offs, mask=s_want, other=0)
+        toks = tl.where(s_want, s_toks, toks)
+        first_eos = tl.min(tl.where(s_want & (s_toks == eos_id), offs, BLOCK_N), axis=0)
+        avail = tl.minimum(avail, first_eos + 1)
+    if HAS_DYNAMIC:
+        d_want = offs < tl.where(use_dyn, avail, 0)
+        d_toks = tl.load(d_tokens_ptr + b * capacity + start + offs, mask=d_want, other=0)
+        toks = tl.where(d_want, d_toks, toks)
+    chain = offs < avail
+    empty_src = tl.where(mode == 0, 3, 0)  # SOURCE_FALLBACK in "threshold" mode, else SOURCE_NONE
+    src = tl.where((avail == 0) & (use_dyn | use_static), empty_src, src)
+    node = node_offset + offs
+    in_tree = node < max_nodes
+    parent = tl.where(offs == 0, 0, node - 1)
+    tl.store(tree_tokens_ptr + b * max_nodes + node, tl.where(chain, toks, 0), mask=in_tree)
+    tl.store(
+        tree_parents_ptr + b * max_nodes + node, tl.where(chain, parent, _NO_PARENT), mask=in_tree
+    )
+    tl.store(tree_tokens_ptr + b * max_nodes, tl.load(root_ptr + b))
+    tl.store(tree_parents_ptr + b * max_nodes, _NO_PARENT)
+    tl.store(num_nodes_ptr + b, node_offset + avail)
+    tl.store(source_ptr + b, src)
+    tl.store(chain_len_ptr + b, avail)
+
+
+def _check(static, static_matches, dynamic, root, tree, source, chain_len, node_offset) -> int:
+    b = root.shape[0]
+    if static is None and dynamic is None:
+        raise ValueError("sam_draft_chain needs a static automaton, a dynamic one or both")
+    if (static is None) != (static_matches is None):
+        raise ValueError("pass static and static_matches together")
+    tensors = [("root", root), ("tree.num_nodes", tree.num_nodes)]
+    tensors += [("source", source), ("chain_len", chain_len)]
+    if static_matches is not None:
+        tensors += [("static_matches.state", static_matches.state)]
+        tensors += [("static_matches.match_len", static_matches.match_len)]
+    for name, t in tensors:
+        if t is None:
+            continue
+        if t.shape != (b,) or t.dtype != torch.int32 or not t.is_contiguous():
+            raise ValueError(
+                f"{name} must be a contiguous [B={b}] int32 tensor (root {tuple(root.shape)}), "
+                f"got {tuple(t.shape)} {t.dtype}"
+            )
+    for name in ("tokens", "parents"):
+        t = getattr(tree, name)
+        if t.ndim != 2 or t.shape[0] != b or t.dtype != torch.int32 or not t.is_contiguous():
+            raise ValueError(
+                f"tree.{name} must be a contiguous [B={b}, N] int32 tensor, got "
+                f"{tuple(t.shape)} {t.dtype}"
+            )
+    if tree.parents.shape != tree.tokens.shape:
+        raise ValueError(
+            f"tree.tokens {tuple(tree.tokens.shape)} and tree.parents "
+            f"{tuple(tree.parents.shape)} disagree"
+        )
+    if not 1 <= node_offset <= tree.tokens.shape[1]:
+        raise ValueError(
+            f"node_offset must lie in [1, N={tree.tokens.shape[1]}], got {node_offset}"
+        )
+    if dynamic is not None and dynamic.tokens.shape[0] < b:
+        raise ValueError(f"batch of {b} but only {dynamic.tokens.shape[0]} dynamic slots")
+    return b
+
+
+def _alloc(b: int, device, source, chain_len):
+    if source is None:
+        source = torch.empty(b, dtype=torch.int32, device=device)
+    if chain_len is None:
+        chain_len = torch.empty(b, dtype=torch.int32, device=device)
+    return source, chain_len
+
+
+def sam_draft_chain_triton(
+    static,
+    static_matches,
+    dynamic,
+    root: torch.Tensor,
+    tree,
+    config: SamSelectConfig,
+    *,
+    node_offset: int = 1,
+    source: torch.Tensor | None = None,
+    chain_len: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select and write the chain into `tree` (DraftTree) in place; returns (source, chain_len) [B].
+
+    static: object with `endpos [S]`, `tokens [T]`, `eos_id` (StaticAutomaton) or None;
+    static_matches: object with `state`, `match_len` [B] or None; dynamic: DynamicAutomata-like
+    (`length`, `link`, `endpos`, `tokens`, `text_len`, `match_state`, `match_len`) or None.
+    """
+    b = _check(static, static_matches, dynamic, root, tree, source, chain_len, node_offset)
+    source, chain_len = _alloc(b, root.device, source, chain_len)
+    if b == 0:
+        return source, chain_len
+    max_nodes = tree.tokens.shape[1]
+    dummy = root
+    has_s, has_d = static is not None, dynamic is not None
+    _sam_draft_chain_kernel[(b,)](
+        static.endpos if has_s else dummy,
+        static.tokens if has_s else dummy,
+        static_matches.state if has_s else dummy,
+        static_matches.match_len if has_s else dummy,
+        dynamic.link if has_d else dummy,
+        dynamic.endpos if has_d else dummy,
+        dynamic.tokens if has_d else dummy,
+        dynamic.text_len if has_d else dummy,
+        dynamic.match_state if has_d else dummy,
+        dynamic.match_len if has_d else dummy,
+        root,
+        tree.tokens,
+        tree.parents,
+        tree.num_nodes,
+        source,
+        chain_len,
+        static.tokens.shape[0] if has_s else 0,
+        static.eos_id if has_s and config.stop_at_eos else -1,
+        dynamic.tokens.shape[1] if has_d else 0,
+        config.mode_id,
+        config.l_bias,
+        config.l_threshold,
+        config.n_predicts,
+        config.max_predicts,
+        float(config.alpha),
+        int(config.climb_dynamic),
+        node_offset,
+        max_nodes,
+        HAS_STATIC=has_s,
+        HAS_DYNAMIC=has_d,
+        BLOCK_N=triton.next_power_of_2(max_nodes),
+        num_warps=1,
+    )
+    return source, chain_len
+
+
+def sam_draft_chain_ref(
+    static,
+    static_matches,
+    dynamic,
+    root: torch.Tensor,
+    tree,
+    config: SamSelectConfig,
+    *,
+    node_offset: int = 1,
+    source: torch.Tensor | None = None,
+    chain_len: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loop-level reference of `sam_draft_chain_triton` (same arguments and effects).
+
+    Memory traffic per sequence: ~6 int32 scalars + 2 per climb step, the chain's tokens, and
+    2 x 4 x N bytes of tree writes.
+    """
+    b = _check(static, static_matches, dynamic, root, tree, source, chain_len, node_offset)
+    source, chain_len = _alloc(b, root.device, source, chain_len)
+    max_nodes = tree.tokens.shape[1]
+    eos = static.eos_id if static is not None and config.stop_at_eos else -1
+    for i in range(b):
+        s_len = int(static_matches.match_len[i]) if static is not None else 0
+        d_len = int(dynamic.match_len[i]) if dynamic is not None else -1
+        src, nodes = J.select_source_py(
+            s_len,
+            d_len,
+            config.mode_id,
+            config.l_bias,
+            config.l_threshold,
+            config.n_predicts,
+            config.max_predicts,
+            config.alpha,
+        )
+        budget = max(min(nodes - 1, max_nodes - node_offset), 0)
+        chain: list[int] = []
+        if src == J.SOURCE_STATIC and s_len > 0:
+            ep = int(static.endpos[int(static_matches.state[i])])
+            chain = static.tokens[ep + 1 : ep + 1 + budget].tolist()
+            if eos in chain:
+                chain = chain[: chain.index(eos) + 1]
+        elif src == J.SOURCE_DYNAMIC and d_len > 0:
+            d = int(dynamic.match_state[i])
+            text_len = int(dynamic.text_len[i])
+            ep = int(dynamic.endpos[i, d])
+            if config.climb_dynamic and d != ROOT:
+                while int(dynamic.link[i, d]) != ROOT and text_len - 2 - ep < nodes:
+                    d = int(dynamic.link[i, d])
+                    ep = int(dynamic.endpos[i, d])
+            chain = dynamic.tokens[i, ep + 1 : min(ep + 1 + budget, text_len)].tolist()
+        if not chain and src in (J.SOURCE_STATIC, J.SOURCE_DYNAMIC):
+            src = J.SOURCE_FALLBACK if config.mode_id == J.MODE_THRESHOLD else J.SOURCE_NONE
+        n = len(chain)
+        tree.tokens[i, 0] = root[i]
+        tree.parents[i, 0] = NO_PARENT
+        for k in range(max_nodes - node_offset):
+            node = node_offset + k
+            if k < n:
+                tree.tokens[i, node] = chain[k]
+                tree.parents[i, node] = 0 if k == 0 else node - 1
+            else:
+                tree.tokens[i, node] = PAD_NODE_TOKEN
+                tree.parents[i, node] = NO_PARENT
+        tree.num_nodes[i] = node_offset + n
+        source[i] = src
+        chain_len[i] = n
+    return source, chain_len
+
+
+def sam_draft_chain(
+    static,
+    static_matches,
+    dynamic,
+    root: torch.Tensor,
+    tree,
+    config: SamSelectConfig,
+    *,
+    node_offset: int = 1,
+    source: torch.Tensor | None = None,
+    chain_len: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select + chain draft into `tree` (Triton on CUDA tensors, the reference otherwise)."""
+    impl = sam_draft_chain_triton if use_triton(root) else sam_draft_chain_ref
+    return impl(
+        static,
+        static_matches,
+        dynamic,
+        root,
+        tree,
+        config,
+        node_offset=node_offset,
+        source=source,
+        chain_len=chain_len,
+    )
+
+
+_SIG = {
+    **{
+        f"{n}_ptr": "*i32"
+        for n in (
+            "s_endpos",
+            "s_tokens",
+            "s_state",
+            "s_len",
+            "d_link",
+            "d_endpos",
+            "d_tokens",
+            "d_text_len",
+            "d_state",
+            "d_len",
+            "root",
+            "tree_tokens",
+            "tree_parents",
+            "num_nodes",
+            "source",
+            "chain_len",
+        )
+    },
+    **{
+        n: "i32"
+        for n in (
+            "num_static_tokens",
+            "eos_id",
+            "capacity",
+            "mode",
+            "l_bias",
+            "l_threshold",
+            "n_predicts",
+            "max_predicts",
+        )
+    },
+    "alpha": "fp32",
+    "climb": "i32",
+    "node_offset": "i32",
+    "max_nodes": "i32",
+    "HAS_STATIC": "constexpr",
+    "HAS_DYNAMIC": "constexpr",
+    "BLOCK_N": "constexpr",
+}
+AOT_SPECS = [
+    AotSpec(
+        _sam_draft_chain_kernel,
+        _SIG,
+        {"HAS_STATIC": hs, "HAS_DYNAMIC": hd, "BLOCK_N": n},
+        num_warps=1,
+    )
+    for hs, hd in ((True, True), (True, False), (False, True))
+    for n in (64, 128)
+]

@@ -1,0 +1,243 @@
+"""Device-side automaton state: the static index's arrays on the GPU, the per-sequence dynamic
+automaton slots, and the per-sequence matches. Thin holders of preallocated tensors; the work is
+done by the kernels (`samgpu.kernels.sam_match`, `sam_dynamic`, `sam_select`, `sam_draft`).
+
+    static = StaticAutomaton.from_index(index, "cuda")   # once; arrays moved to the device
+    smatch = static.new_matches(max_reqs)                # (state, match_len) per sequence
+    dyn = DynamicAutomata(max_reqs, capacity, vocab_size, "cuda")
+    dyn.prefill(prompts, prompt_lens)                    # set-up: validates, builds on the GPU
+    static.prefill(smatch, prompts, prompt_lens)
+    ...each step: static.advance(smatch, new_tokens, num_new); dyn.extend(new_tokens, num_new)
+
+Example: prompt "1 2 3 1 2" -> dyn.match_len = [2] (the suffix "1 2" occurred before, ending at
+position 1) and a dynamic draft would be text[2:] = "3 1 2".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from samgpu.kernels import sam_dynamic as _dyn
+from samgpu.kernels.sam_dynamic import hash_size, sam_dynamic_extend
+from samgpu.kernels.sam_match import sam_match
+from samgpu.types import NO_STATE
+
+ROOT: int = 0
+NO_POSITION: int = -1  # endpos of the root
+NO_EDGE: int = _dyn.NO_EDGE
+
+
+@dataclass
+class Matches:
+    """Per-sequence match in one automaton: the longest suffix of the committed text found in it."""
+
+    state: torch.Tensor  # [B] int32; ROOT when nothing matches
+    match_len: torch.Tensor  # [B] int32; 0 when nothing matches
+
+    @staticmethod
+    def empty(num_reqs: int, device: torch.device | str) -> Matches:
+        return Matches(
+            torch.zeros(num_reqs, dtype=torch.int32, device=device),
+            torch.zeros(num_reqs, dtype=torch.int32, device=device),
+        )
+
+    def reset(self) -> None:
+        """Back to the root (no sync; capturable)."""
+        self.state.zero_()
+        self.match_len.zero_()
+
+
+@dataclass(eq=False)
+class StaticAutomaton:
+    """The static index (samgpu.sam.SamIndex) on the device. Shared by all sequences, read-only."""
+
+    length: torch.Tensor  # [S] int32
+    link: torch.Tensor  # [S] int32
+    endpos: torch.Tensor  # [S] int32; earliest end position; NO_POSITION for the root
+    count: torch.Tensor  # [S] int32; occurrences (for tree drafts)
+    edge_offsets: torch.Tensor  # [S+1] int32; CSR, leading 0
+    edge_token: torch.Tensor  # [E] int32; sorted within each state
+    edge_dst: torch.Tensor  # [E] int32
+    root_next: torch.Tensor  # [V] int32; root's transition per token, NO_STATE if none
+    tokens: torch.Tensor  # [T] int32; the corpus text (documents + EOS, then singletons)
+    vocab_size: int
+    eos_id: int
+
+    @classmethod
+    def from_index(cls, index, device: torch.device | str) -> StaticAutomaton:
+        """Copy a `SamIndex`'s arrays to `device` once (int32, contiguous)."""
+        names = ("length", "link", "endpos", "count", "edge_offsets", "edge_token", "edge_dst")
+        arrays = {}
+        for name in (*names, "root_next", "tokens"):
+            t = getattr(index, name)
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.ndim != 1:
+                raise ValueError(f"index.{name} must be a 1-D int32 tensor, got {t!r:.80}")
+            arrays[name] = t.to(device).contiguous()
+        if arrays["root_next"].shape[0] != index.vocab_size:
+            raise ValueError(
+                f"index.root_next has {arrays['root_next'].shape[0]} entries for vocab_size "
+                f"{index.vocab_size}"
+            )
+        return cls(**arrays, vocab_size=int(index.vocab_size), eos_id=int(index.eos_id))
+
+    @property
+    def device(self) -> torch.device:
+        return self.length.device
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor)
+        )
+
+    def new_matches(self, num_reqs: int) -> Matches:
+        return Matches.empty(num_reqs, self.device)
+
+    def advance(self, matches: Matches, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
+        """Advance matches [B] over new_tokens[b, :num_new[b]] (no sync; capturable)."""
+        sam_match(self, new_tokens, num_new, matches.state, matches.match_len)
+
+    def prefill(self, matches: Matches, prompts: torch.Tensor, prompt_lens: torch.Tensor) -> None:
+        """Reset the first B matches to the root and advance them over the prompts [B, T]."""
+        _check_prompts(prompts, prompt_lens, self.vocab_size, matches.state.shape[0], None)
+        b = prompts.shape[0]
+        view = Matches(matches.state[:b], matches.match_len[:b])
+        view.reset()
+        self.advance(view, prompts, prompt_lens)
+
+
+class DynamicAutomata:
+    """One suffix automaton per sequence slot, of capacity `capacity` tokens, built on the device.
+
+    Layout and algorithm: `samgpu.kernels.sam_dynamic` (states [R, 2C], edges [R, 3C], an
+    open-addressing transition table [R, H] with H = next_pow2(12C), text [R, C]).
+    Memory: `bytes_per_token` = 132..180 bytes per slot and token of capacity (`nbytes` in total).
+    The match (`matches`) is advanced together with every extension, match first.
+    """
+
+    def __init__(
+        self, max_reqs: int, capacity: int, vocab_size: int, device: torch.device | str
+    ) -> None:
+        for name, v in (("max_reqs", max_reqs), ("capacity", capacity), ("vocab_size", vocab_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if 3 * capacity >= 2**31 or hash_size(capacity) >= 2**31:
+            raise ValueError(f"capacity {capacity} too large for int32 edge indices")
+        self.max_reqs = max_reqs
+        self.capacity = capacity
+        self.vocab_size = vocab_size
+
+        def i32(*shape: int, fill: int = 0) -> torch.Tensor:
+            return torch.full(shape, fill, dtype=torch.int32, device=device)
+
+        s_cap, e_cap = 2 * capacity, 3 * capacity
+        self.length = i32(max_reqs, s_cap)  # [R, 2C]
+        self.link = i32(max_reqs, s_cap, fill=NO_STATE)  # [R, 2C]
+        self.endpos = i32(max_reqs, s_cap, fill=NO_POSITION)  # [R, 2C]
+        self.first_edge = i32(max_reqs, s_cap, fill=NO_EDGE)  # [R, 2C]
+        self.edge_src = i32(max_reqs, e_cap)  # [R, 3C]
+        self.edge_token = i32(max_reqs, e_cap)  # [R, 3C]
+        self.edge_dst = i32(max_reqs, e_cap)  # [R, 3C]
+        self.edge_next = i32(max_reqs, e_cap, fill=NO_EDGE)  # [R, 3C]
+        self.hash = i32(max_reqs, hash_size(capacity), fill=NO_EDGE)  # [R, H]
+        self.tokens = i32(max_reqs, capacity)  # [R, C]
+        self.num_states = i32(max_reqs, fill=1)  # [R]; the root
+        self.num_edges = i32(max_reqs)  # [R]
+        self.last = i32(max_reqs)  # [R]; state of the whole text
+        self.text_len = i32(max_reqs)  # [R]
+        self.match_state = i32(max_reqs)  # [R]
+        self.match_len = i32(max_reqs)  # [R]
+
+    @property
+    def device(self) -> torch.device:
+        return self.length.device
+
+    @property
+    def matches(self) -> Matches:
+        return Matches(self.match_state, self.match_len)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor)
+        )
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Device bytes per slot and token of capacity."""
+        return self.nbytes / (self.max_reqs * self.capacity)
+
+    def reset(self, num_reqs: int | None = None) -> None:
+        """Empty the first `num_reqs` slots (all by default): root only, empty table (no sync)."""
+        b = self.max_reqs if num_reqs is None else num_reqs
+        self.length[:b, 0] = 0
+        self.link[:b, 0] = NO_STATE
+        self.endpos[:b, 0] = NO_POSITION
+        self.first_edge[:b, 0] = NO_EDGE
+        self.hash[:b].fill_(NO_EDGE)
+        self.num_states[:b] = 1
+        for t in (self.num_edges, self.last, self.text_len, self.match_state, self.match_len):
+            t[:b] = 0
+
+    def prefill(self, prompts: torch.Tensor, prompt_lens: torch.Tensor) -> None:
+        """Set-up for a batch: empty slots 0..B-1, then build each from prompts[b, :prompt_lens[b]]
+        (match then extend per token, on the device). Validates the prompts once (one host sync):
+        batch <= max_reqs, length <= capacity, ids in [0, vocab_size)."""
+        _check_prompts(prompts, prompt_lens, self.vocab_size, self.max_reqs, self.capacity)
+        self.reset(prompts.shape[0])
+        sam_dynamic_extend(self, prompts, prompt_lens)
+
+    def extend(self, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
+        """Decode step: match then extend slot b with new_tokens[b, :num_new[b]] (no sync;
+        capturable). Tokens past the capacity are matched but not stored."""
+        sam_dynamic_extend(self, new_tokens, num_new)
+
+
+def _check_prompts(
+    prompts: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    vocab_size: int,
+    max_reqs: int,
+    capacity: int | None,
+) -> None:
+    """Set-up validation of a prompt batch (syncs once: not for the decode step)."""
+    if prompts.ndim != 2 or prompts.dtype != torch.int32:
+        raise ValueError(
+            f"prompts must be a [B, T] int32 tensor, got {tuple(prompts.shape)} {prompts.dtype}"
+        )
+    b = prompts.shape[0]
+    if prompt_lens.shape != (b,) or prompt_lens.dtype != torch.int32:
+        raise ValueError(
+            f"prompt_lens must be [B] int32 with B={b} (prompts {tuple(prompts.shape)}), got "
+            f"{tuple(prompt_lens.shape)} {prompt_lens.dtype}"
+        )
+    if b > max_reqs:
+        raise ValueError(f"batch of {b} prompts but only {max_reqs} slots (max_reqs)")
+    if b == 0:
+        return
+    lens = prompt_lens.cpu()
+    if int(lens.min()) < 0 or int(lens.max()) > prompts.shape[1]:
+        raise ValueError(
+            f"prompt_lens must lie in [0, {prompts.shape[1]}] (prompts {tuple(prompts.shape)}), "
+            f"got {lens.tolist()}"
+        )
+    if capacity is not None and int(lens.max()) > capacity:
+        raise ValueError(
+            f"prompt of {int(lens.max())} tokens exceeds the dynamic automaton capacity "
+            f"{capacity}; construct DynamicAutomata with a larger capacity (max context length)"
+        )
+    cols = torch.arange(prompts.shape[1], device=prompts.device)
+    live = cols[None, :] < prompt_lens[:, None]
+    bad = live & ((prompts < 0) | (prompts >= vocab_size))
+    if bool(bad.any()):
+        row, col = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"prompt {row} holds token id {int(prompts[row, col])} at position {col}, outside "
+            f"the vocabulary [0, {vocab_size})"
+        )
