@@ -1,0 +1,337 @@
+"""Tree attention for the verify step: each draft node attends to its sequence's cached prefix and
+to its own ancestors in the draft tree (itself included).
+
+Layout (one layer): queries `q [B, N, Hq, D]` (the q projection viewed per head, no transpose), one
+layer of the static cache `k_cache, v_cache [B, Hkv, L, D]` in which the N nodes' keys/values are
+already written at positions `cache_len[b] + j`, `cache_len [B] int32`, `tree_mask [B, N, N] bool`
+(mask[b, i, j]: node j is an ancestor of node i or i itself). Output `out [B, N, Hq, D]`.
+Query (b, i, h) sees key position p of kv head h // (Hq / Hkv) iff
+    p < cache_len[b]                                    (the committed prefix), or
+    p = cache_len[b] + j with 0 <= j < N and tree_mask[b, i, j]   (its tree ancestors).
+A query that sees nothing (only possible for a pad row with an empty mask and an empty cache)
+outputs zeros.
+
+Example: cache_len = 2, tree parents [-1, 0, 0] (root r, children a and x), mask rows
+0:{0} 1:{0,1} 2:{0,2}: query a sees cache positions {0, 1, 2 (r), 3 (a)}, never 4 (x).
+
+Kernel: one program per (block of BLOCK_M query rows, kv head, sequence). The rows of a program
+are the (q head of the kv head's group, node) pairs flattened as row = g * N + i, so GQA groups
+share one pass over K/V. Two loops over key blocks of BLOCK_N: the prefix [0, cache_len)
+(data-dependent trip count, no mask load) and the tree part [cache_len, cache_len + N) (mask
+loaded per block). Online softmax in fp32 (exp2 with log2(e) folded into the scale), with a guard
+so that fully masked blocks never make NaNs. Reads K/V once per kv head: memory traffic
+~ 2 * B * Hkv * (cache_len + N) * D * bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from samgpu.kernels._aot import AotSpec
+from samgpu.kernels._dispatch import use_triton
+
+BLOCK_M: int = 64  # query rows (head-in-group x node) per program
+BLOCK_N: int = 64  # keys per inner iteration
+LOG2E: float = 1.4426950408889634
+
+
+@triton.jit
+def _tree_attention_kernel(
+    q_ptr,  # [B, N, Hq, D] fp32/bf16/fp16
+    k_ptr,  # [B, Hkv, L, D] same dtype (one layer of the cache)
+    v_ptr,  # [B, Hkv, L, D] same dtype
+    cache_len_ptr,  # [B] int32
+    mask_ptr,  # [B, N, N] uint8 view of the bool tree mask
+    out_ptr,  # [B, N, Hq, D] same dtype as q (out)
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
+    stride_mb,
+    stride_mi,
+    stride_ob,
+    stride_on,
+    stride_oh,
+    num_nodes,  # N
+    group,  # Hq // Hkv
+    qk_scale,  # softmax scale * log2(e)
+    HEAD_DIM: tl.constexpr,  # D
+    BLOCK_D: tl.constexpr,  # next power of two >= D
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Grid (cdiv(group * N, BLOCK_M), Hkv, B). Head-dim stride is 1 for q, k, v and out."""
+    pid_m = tl.program_id(0)
+    kvh = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < group * num_nodes
+    node = rows % num_nodes
+    head = kvh * group + rows // num_nodes
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = q_ptr + b * stride_qb + node[:, None] * stride_qn + head[:, None] * stride_qh
+    q = tl.load(q_ptrs + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    cache_len = tl.load(cache_len_ptr + b).to(tl.int32)
+    k_base = k_ptr + b * stride_kb + kvh * stride_kh
+    v_base = v_ptr + b * stride_vb + kvh * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    # Prefix: every row sees every position < cache_len, so each block has a finite entry per row.
+    for start in range(0, cache_len, BLOCK_N):
+        pos = start + offs_n
+        key_ok = pos < cache_len
+        kv_mask = key_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        m_i = m_new
+
+    # Tree nodes at cache_len + j, visible per tree_mask[b, node, j].
+    m_base = mask_ptr + b * stride_mb + node[:, None] * stride_mi
+    for start in range(0, num_nodes, BLOCK_N):
+        j = start + offs_n
+        j_ok = j < num_nodes
+        pos = cache_len + j
+        kv_mask = j_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        vis = tl.load(m_base + j[None, :], mask=row_ok[:, None] & j_ok[None, :], other=0) != 0
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing visible so far keeps m = -inf: subtract 0 instead (no inf - inf).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        m_i = m_new
+
+    acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptrs = out_ptr + b * stride_ob + node[:, None] * stride_on + head[:, None] * stride_oh
+    tl.store(
+        o_ptrs + offs_d[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+
+
+def _aot_specs() -> list[AotSpec]:
+    # NOTE: fp32 compiles slowly (IEEE dot = FMA loops, ~25 s each), so only the default model's
+    # head_dim is checked in fp32; bf16 (the serving dtype) and fp16 cover both head dims.
+    specs = []
+    for dtype, head_dims in (("fp32", (64,)), ("bf16", (64, 128)), ("fp16", (64, 128))):
+        ptr = f"*{dtype}"
+        sig = {
+            "q_ptr": ptr,
+            "k_ptr": ptr,
+            "v_ptr": ptr,
+            "cache_len_ptr": "*i32",
+            "mask_ptr": "*u8",
+            "out_ptr": ptr,
+        }
+        for name in (
+            "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh "
+            "stride_vl stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group"
+        ).split():
+            sig[name] = "i32"
+        sig["qk_scale"] = "fp32"
+        for head_dim in head_dims:
+            consts = {
+                "HEAD_DIM": head_dim,
+                "BLOCK_D": head_dim,
+                "BLOCK_M": BLOCK_M,
+                "BLOCK_N": BLOCK_N,
+            }
+            specs.append(
+                AotSpec(
+                    _tree_attention_kernel, {**sig, **dict.fromkeys(consts, "constexpr")}, consts
+                )
+            )
+    return specs
+
+
+AOT_SPECS = _aot_specs()
+
+
+def _validate(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+) -> tuple[int, int, int, int, int]:
+    if q.dim() != 4:
+        raise ValueError(f"tree_attention: q must be [B, N, Hq, D], got {tuple(q.shape)}")
+    b, n, hq, d = q.shape
+    if k_cache.dim() != 4 or k_cache.shape[0] < b or k_cache.shape[3] != d:
+        raise ValueError(
+            f"tree_attention: k_cache must be [B>={b}, Hkv, L, D={d}], got {tuple(k_cache.shape)}"
+        )
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"tree_attention: v_cache {tuple(v_cache.shape)} != k_cache {tuple(k_cache.shape)}"
+        )
+    hkv, max_len = k_cache.shape[1], k_cache.shape[2]
+    if hq % hkv != 0:
+        raise ValueError(f"tree_attention: Hq={hq} is not a multiple of Hkv={hkv}")
+    if cache_len.shape[0] < b or cache_len.dim() != 1 or cache_len.dtype != torch.int32:
+        raise ValueError(
+            f"tree_attention: cache_len must be [B>={b}] int32, got "
+            f"{tuple(cache_len.shape)} {cache_len.dtype}"
+        )
+    if tree_mask.shape != (b, n, n) or tree_mask.dtype != torch.bool:
+        raise ValueError(
+            f"tree_attention: tree_mask must be [B={b}, N={n}, N={n}] bool, got "
+            f"{tuple(tree_mask.shape)} {tree_mask.dtype}"
+        )
+    if q.dtype != k_cache.dtype or q.dtype != v_cache.dtype:
+        raise ValueError(
+            f"tree_attention: q {q.dtype}, k_cache {k_cache.dtype}, v_cache {v_cache.dtype} differ"
+        )
+    if n > max_len:
+        raise ValueError(f"tree_attention: N={n} nodes exceed the cache length L={max_len}")
+    return b, n, hq, hkv, d
+
+
+def tree_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D)."""
+    b, n, hq, hkv, d = _validate(q, k_cache, v_cache, cache_len, tree_mask)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(
+            f"tree_attention: out must be {tuple(q.shape)} {q.dtype}, "
+            f"got {tuple(out.shape)} {out.dtype}"
+        )
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+        if t.stride(-1) != 1:
+            raise ValueError(
+                f"tree_attention: {name} needs a contiguous last dim, strides {t.stride()}"
+            )
+    if tree_mask.stride(2) != 1:
+        tree_mask = tree_mask.contiguous()
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    group = hq // hkv
+    grid = (triton.cdiv(group * n, BLOCK_M), hkv, b)
+    _tree_attention_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        cache_len,
+        tree_mask.view(torch.uint8),
+        out,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        tree_mask.stride(0),
+        tree_mask.stride(1),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        n,
+        group,
+        scale * LOG2E,
+        HEAD_DIM=d,
+        BLOCK_D=triton.next_power_of_2(max(d, 16)),
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+    )
+    return out
+
+
+def _visible_slots(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Visibility over cache slots: `[B, N, L] bool`, True where query i may attend to slot p."""
+    b, n, _ = tree_mask.shape
+    pos = torch.arange(max_len, device=tree_mask.device)
+    rel = pos[None, :] - cache_len[:b, None].to(torch.int64)  # [B, L]: slot - cache_len
+    in_tree = (rel >= 0) & (rel < n)
+    idx = rel.clamp(0, n - 1)[:, None, :].expand(b, n, max_len)
+    tree_vis = torch.gather(tree_mask, 2, idx) & in_tree[:, None, :]
+    return (rel < 0)[:, None, :] | tree_vis
+
+
+def tree_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """SDPA with an explicit `[B, 1, N, L]` visibility mask over all L cache slots (the spec; also
+    the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels)."""
+    b, n, hq, hkv, d = _validate(q, k_cache, v_cache, cache_len, tree_mask)
+    visible = _visible_slots(cache_len, tree_mask, k_cache.shape[2])  # [B, N, L]
+    dtype = torch.float32 if upcast else q.dtype
+    qh = q.transpose(1, 2).to(dtype)  # [B, Hq, N, D]
+    kh = k_cache[:b].to(dtype).repeat_interleave(hq // hkv, dim=1)  # [B, Hq, L, D]
+    vh = v_cache[:b].to(dtype).repeat_interleave(hq // hkv, dim=1)
+    attn = torch.nn.functional.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=visible[:, None], scale=scale
+    )
+    # A query with nothing visible (pad row, empty cache) outputs zeros, as the kernel does.
+    attn = torch.where(visible.any(-1)[:, None, :, None], attn, 0.0)
+    result = attn.transpose(1, 2).to(q.dtype)
+    if out is None:
+        return result.contiguous()
+    return out.copy_(result)
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    tree_mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dispatch: the Triton kernel for CUDA tensors, the SDPA reference otherwise."""
+    if use_triton(q):
+        return tree_attention_triton(
+            q, k_cache, v_cache, cache_len, tree_mask, scale=scale, out=out
+        )
+    return tree_attention_ref(q, k_cache, v_cache, cache_len, tree_mask, scale=scale, out=out)

@@ -1,0 +1,155 @@
+"""Tree attention: node i of sequence b attends to the cached prefix [0, cache_len[b]) and to its
+tree ancestors (itself included), stored at cache_len[b] + j. Checked by branch equivalence: the
+output of every node equals plain softmax attention over prefix + root-to-node path, written out
+by hand."""
+
+import math
+
+import pytest
+import torch
+
+from samgpu.kernels.tree_attention import (
+    tree_attention,
+    tree_attention_ref,
+    tree_attention_triton,
+)
+
+CUDA = torch.cuda.is_available()
+
+
+def ancestor_mask(parents: list[int]) -> torch.Tensor:
+    """[N, N] bool: row i = {i} + ancestors of i (written independently of kernels/tree.py)."""
+    n = len(parents)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            mask[i, j] = True
+            j = parents[j]
+    return mask
+
+
+def path_attention(q, k_cache, v_cache, cache_len, parents_per_seq, scale):
+    """Loop-level spec: for each (b, i, h), softmax over prefix keys + the keys of i's path."""
+    b_, n, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    out = torch.zeros(b_, n, hq, d, dtype=torch.float64)
+    for b in range(b_):
+        cl = int(cache_len[b])
+        for i in range(n):
+            path, j = [], i
+            while j >= 0:
+                path.append(j)
+                j = parents_per_seq[b][j]
+            slots = list(range(cl)) + [cl + j for j in sorted(path)]
+            for h in range(hq):
+                kvh = h // (hq // hkv)
+                keys = k_cache[b, kvh, slots].double()
+                vals = v_cache[b, kvh, slots].double()
+                w = torch.softmax(keys @ q[b, i, h].double() * scale, dim=0)
+                out[b, i, h] = w @ vals
+    return out
+
+
+def make_case(b, n, hq, hkv, d, max_len, cache_lens, parents_per_seq, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, n, hq, d, generator=g).to(dtype)
+    k = torch.randn(b, hkv, max_len, d, generator=g).to(dtype)
+    v = torch.randn(b, hkv, max_len, d, generator=g).to(dtype)
+    cache_len = torch.tensor(cache_lens, dtype=torch.int32)
+    mask = torch.stack([ancestor_mask(p) for p in parents_per_seq])
+    return q, k, v, cache_len, mask
+
+
+# Two sequences with different prefixes (one empty) and different trees:
+# seq 0: root with children 1, 2; node 3 under 1; node 4 under 3 (a branch of depth 3)
+# seq 1: a chain 0-1-2-3-4
+TREES = [[-1, 0, 0, 1, 3], [-1, 0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize(
+    "dtype, atol",
+    [
+        (torch.float32, 1e-5),
+        (torch.float16, 2e-3),
+        pytest.param(
+            torch.bfloat16,
+            2e-2,
+            marks=pytest.mark.skipif(
+                not CUDA, reason="the Triton interpreter computes tl.dot on bf16 wrongly"
+            ),
+        ),
+    ],
+)
+def test_kernel_matches_branch_equivalence(dtype, atol):
+    """Ragged batch (cache_len 70 and 0: two prefix blocks of 64, and none), GQA 4 q heads on 2 kv
+    heads, head_dim 24 (padded to 32 inside the kernel)."""
+    b, n, hq, hkv, d, max_len = 2, 5, 4, 2, 24, 80
+    device = "cuda" if CUDA else "cpu"
+    q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [70, 0], TREES, dtype)
+    scale = 1 / math.sqrt(d)
+    want = path_attention(q, k, v, cache_len, TREES, scale)
+    got = tree_attention_triton(*(t.to(device) for t in (q, k, v, cache_len, mask))).cpu()
+    ref = tree_attention_ref(q, k, v, cache_len, mask)
+    # Error judged against PyTorch's own error in the same dtype (flash-attention's yardstick).
+    torch_err = (ref.double() - want).abs().max().item()
+    kernel_err = (got.double() - want).abs().max().item()
+    assert kernel_err <= 2 * torch_err + atol, (kernel_err, torch_err)
+    assert got.dtype == dtype and got.shape == (b, n, hq, d)
+
+
+def test_reference_matches_branch_equivalence():
+    b, n, hq, hkv, d, max_len = 2, 5, 6, 3, 8, 12
+    q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [3, 7], TREES, torch.float64)
+    want = path_attention(q, k, v, cache_len, TREES, 0.3)
+    got = tree_attention_ref(q, k, v, cache_len, mask, scale=0.3)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_many_rows_and_tree_blocks():
+    """group * N = 2 * 70 rows (3 row blocks of 64), N = 70 nodes (2 key blocks in the tree part):
+    a chain, so node i sees the whole prefix and nodes 0..i; keys beyond cache_len + N are never
+    read (filled with NaN to prove it)."""
+    b, n, hq, hkv, d, max_len = 1, 70, 2, 1, 16, 100
+    chain = [list(range(-1, n - 1))]
+    q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [9], chain, torch.float32)
+    k[:, :, 9 + n :] = float("nan")
+    v[:, :, 9 + n :] = float("nan")
+    got = tree_attention_triton(q, k, v, cache_len, mask)
+    want = path_attention(q, k, v, cache_len, chain, 1 / math.sqrt(d))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_query_seeing_nothing_outputs_zeros():
+    """A pad row with an empty mask over an empty cache: zeros, not NaN, in both implementations."""
+    q, k, v, cache_len, mask = make_case(1, 2, 2, 2, 16, 4, [0], [[-1, 0]], torch.float32)
+    mask[0, 1] = False
+    for impl in (tree_attention_triton, tree_attention_ref):
+        out = impl(q, k, v, cache_len, mask)
+        assert torch.equal(out[0, 1], torch.zeros(2, 16)), impl.__name__
+        assert torch.isfinite(out).all()
+
+
+def test_out_buffer_and_dispatch():
+    q, k, v, cache_len, mask = make_case(2, 5, 4, 2, 16, 12, [4, 6], TREES, torch.float32)
+    out = torch.full_like(q, float("nan"))
+    res = tree_attention(q, k, v, cache_len, mask, out=out)
+    assert res.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, tree_attention_ref(q, k, v, cache_len, mask))
+    out2 = torch.full_like(q, float("nan"))
+    tree_attention_triton(q, k, v, cache_len, mask, out=out2)
+    torch.testing.assert_close(out2, out, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_shapes_raise_value_error():
+    q, k, v, cache_len, mask = make_case(2, 5, 4, 2, 16, 12, [4, 6], TREES, torch.float32)
+    with pytest.raises(ValueError, match="tree_mask must be"):
+        tree_attention_ref(q, k, v, cache_len, mask[:, :4, :4])
+    with pytest.raises(ValueError, match="not a multiple"):
+        tree_attention_triton(q[:, :, :3], k, v, cache_len, mask)
+    with pytest.raises(ValueError, match="cache_len must be"):
+        tree_attention_triton(q, k, v, cache_len.long(), mask)
+    with pytest.raises(ValueError, match="differ"):
+        tree_attention_triton(q, k.half(), v.half(), cache_len, mask)
+    with pytest.raises(ValueError, match="out must be"):
+        tree_attention_triton(q, k, v, cache_len, mask, out=torch.empty(2, 5, 4, 8))
