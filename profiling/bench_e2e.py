@@ -1,0 +1,332 @@
+"""End-to-end benchmark: every method side by side on the same card, the paper's table layout.
+
+    python -m profiling.bench_e2e --dataset spec_bench --limit 60 --max-new-tokens 256
+    samgpu bench --dataset humaneval --methods ar,sam+tr,merged --batch-size 4
+
+Methods: transformers `generate` greedy with its default cache (`hf`), with a static cache
+(`hf-static`) and with prompt lookup (`hf-pld`), and samgpu's `ar`, `pld`, `tr`, `sam`, `sam+tr`,
+`sam-tree`, `merged`. All greedy, so every samgpu method must reproduce `ar` token for token
+(reported as `identical_to_ar`; bf16 may diverge only at logit near-ties).
+
+Per method and category: tokens/s, speedup over `ar`, MAT (mean accepted tokens per step, bonus
+included), per-stage milliseconds from CUDA events (a separate eager pass on a few prompts, since
+a captured CUDA graph has no stage boundaries), host syncs per step (0 by construction: the loop
+reads a pinned flag every `check_every` steps), fraction identical to `ar`. Warm-up (graph capture,
+Triton compilation, the index build) is excluded from timings and reported as `warmup_s`.
+Spec-Bench MT-Bench questions run both turns: the second turn sees the model's own first answer.
+Results: profiling/results/<date>-<card>-<sha>.jsonl; `python -m profiling.report` renders them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+
+from profiling import datasets
+from profiling.common import env, write_jsonl
+
+HF_METHODS = ("hf", "hf-static", "hf-pld")
+OUR_METHODS = ("ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged")
+DEFAULT_METHODS = HF_METHODS + OUR_METHODS
+
+
+@dataclass
+class Run:
+    """One method's outputs over the benchmark, per item (turn outputs in order)."""
+
+    tokens: dict[str, list[list[int]]]  # item_id -> generated tokens per turn
+    seconds: dict[str, float]  # category -> wall seconds (timed region only)
+    generated: dict[str, int]  # category -> generated tokens
+    steps: dict[str, int]  # category -> decode steps (our methods)
+    warmup_s: float
+
+
+def encode_turn(tokenizer, item: datasets.BenchItem, history: list[list[int]]) -> list[int]:
+    """Token ids of the prompt for the next turn of `item`, given the model's earlier answers."""
+    if item.raw_prompt is not None:
+        return tokenizer(item.raw_prompt, add_special_tokens=False)["input_ids"]
+    messages = []
+    for turn, answer in zip(item.turns, history, strict=False):
+        messages += [
+            {"role": "user", "content": turn},
+            {"role": "assistant", "content": tokenizer.decode(answer, skip_special_tokens=True)},
+        ]
+    messages.append({"role": "user", "content": item.turns[len(history)]})
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def num_turns(item: datasets.BenchItem) -> int:
+    return 1 if item.raw_prompt is not None else len(item.turns)
+
+
+def by_category(items: list[datasets.BenchItem]) -> dict[str, list[datasets.BenchItem]]:
+    groups: dict[str, list[datasets.BenchItem]] = {}
+    for it in items:
+        groups.setdefault(it.category, []).append(it)
+    return groups
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class OurMethod:
+    """A samgpu Decoder for one method, sized for the whole benchmark (one graph capture)."""
+
+    def __init__(self, model, tokenizer, method: str, args, index, max_len: int):
+        from samgpu.decoding.loop import Decoder, GenerationConfig
+        from samgpu.decoding.runner import make_runner
+        from samgpu.drafters import build_drafter, default_budget
+
+        self.runner = getattr(model, "_samgpu_runner", None) or make_runner(model)
+        model._samgpu_runner = self.runner  # one runner (weights view) for every method
+        options = dict(args.option)
+        if method not in ("ar",) and "max_nodes" not in options:
+            options["max_nodes"] = default_budget(method, args.batch_size)
+        if method in ("sam", "sam+tr", "sam-tree", "merged"):
+            options.setdefault("tokenizer", tokenizer)
+        else:
+            index = None
+        try:
+            drafter = build_drafter(
+                method,
+                vocab_size=self.runner.vocab_size,
+                max_reqs=args.batch_size,
+                max_len=max_len,
+                device=self.runner.device,
+                index=index,
+                **options,
+            )
+        except ValueError as e:  # options that only some methods take (e.g. max_nodes for pld)
+            if "max_nodes" not in str(e):
+                raise
+            options.pop("max_nodes")
+            drafter = build_drafter(
+                method,
+                vocab_size=self.runner.vocab_size,
+                max_reqs=args.batch_size,
+                max_len=max_len,
+                device=self.runner.device,
+                index=index,
+                **options,
+            )
+        self.drafter = drafter
+        self.decoder = Decoder(self.runner, drafter, max_reqs=args.batch_size, max_len=max_len)
+        self.config = GenerationConfig(
+            max_new_tokens=args.max_new_tokens, eos_token_ids=tuple(args.eos_ids)
+        )
+        self.stats: list = []
+
+    def __call__(self, prompts: list[list[int]]) -> list[list[int]]:
+        out = self.decoder.generate(prompts, self.config)
+        self.stats += out.stats
+        return out.tokens
+
+
+class HFMethod:
+    """transformers `generate`, greedy, one prompt at a time (B=1) or left-padded batches."""
+
+    def __init__(self, model, method: str, args):
+        self.model, self.args = model, args
+        self.kwargs: dict = dict(
+            do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=list(args.eos_ids)
+        )
+        if method == "hf-static":
+            self.kwargs["cache_implementation"] = "static"
+        if method == "hf-pld":
+            self.kwargs["prompt_lookup_num_tokens"] = 10
+        self.pad = args.eos_ids[0]
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[list[int]]) -> list[list[int]]:
+        outs = []
+        for p in prompts:  # transformers' prompt lookup supports batch size 1 only
+            ids = torch.tensor([p], device=self.model.device)
+            gen = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), pad_token_id=self.pad, **self.kwargs
+            )
+            outs.append(gen[0, len(p) :].tolist())
+        return outs
+
+
+def run_method(fn, tokenizer, items, batch_size: int) -> Run:
+    """Run all items category by category, turn by turn, in batches; time only generation."""
+    tokens: dict[str, list[list[int]]] = {it.item_id: [] for it in items}
+    seconds: dict[str, float] = {}
+    generated: dict[str, int] = {}
+    steps: dict[str, int] = {}
+    for cat, group in by_category(items).items():
+        elapsed = 0.0
+        first_stat = len(getattr(fn, "stats", []))
+        for turn in range(max(num_turns(it) for it in group)):
+            todo = [it for it in group if num_turns(it) > turn]
+            prompts = [encode_turn(tokenizer, it, tokens[it.item_id]) for it in todo]
+            for start in range(0, len(prompts), batch_size):
+                sync()
+                t0 = time.perf_counter()
+                outs = fn(prompts[start : start + batch_size])
+                sync()
+                elapsed += time.perf_counter() - t0
+                for it, out in zip(todo[start : start + batch_size], outs, strict=True):
+                    tokens[it.item_id].append(list(out))
+        seconds[cat] = elapsed
+        generated[cat] = sum(len(t) for it in group for t in tokens[it.item_id])
+        if hasattr(fn, "stats"):
+            steps[cat] = sum(int(s.steps) for s in fn.stats[first_stat:])
+    return Run(tokens, seconds, generated, steps, 0.0)
+
+
+def stage_times(method: OurMethod, prompts: list[list[int]]) -> dict[str, float] | None:
+    """Mean ms per step of each stage, from CUDA events in an eager pass (if the loop offers it)."""
+    decoder = method.decoder
+    if not hasattr(decoder, "profile_stages") or not torch.cuda.is_available():
+        return None
+    return decoder.profile_stages(prompts, method.config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="samgpu bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="spec_bench", choices=datasets.DATASETS)
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--limit", type=int, default=None, help="items (spread over categories)")
+    ap.add_argument("--hf-limit", type=int, default=12, help="items for the slow hf-* baselines")
+    ap.add_argument("--model", default="default", help="'default' or a local transformers path")
+    ap.add_argument("--index", default="default", help="'default', a .samidx path, or 'none'")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--option", action="append", default=[], type=_kv, help="drafter KEY=VALUE")
+    ap.add_argument("--tag", default="", help="free-form label stored with every record")
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DEFAULT_METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
+    if args.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
+    if not torch.cuda.is_available():
+        print("warning: no CUDA device; timings are CPU timings and not comparable to the paper's")
+
+    from samgpu import api
+
+    device = api.resolve_device("auto")
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    model, tokenizer = api.load_model(args.model, device, dtype)
+    load_s = time.perf_counter() - t0
+    args.eos_ids = api._eos_ids(model, tokenizer)
+    index = None
+    if args.index != "none":
+        index = api.load_index(
+            api.default_index(tokenizer, progress=True) if args.index == "default" else args.index,
+            tokenizer,
+        )
+    items = datasets.load(args.dataset, args.limit)
+    dummy_answer = [0] * args.max_new_tokens
+    longest = max(
+        len(encode_turn(tokenizer, it, [dummy_answer] * (num_turns(it) - 1))) for it in items
+    )
+    max_len = longest + args.max_new_tokens + 160
+    print(f"{args.dataset}: {len(items)} items, longest prompt ~{longest} tokens")
+    print(f"model load {load_s:.1f}s")
+
+    params = dict(
+        model=args.model if args.model != "default" else "SmolLM2-135M-Instruct",
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        index=args.index,
+        options=dict(args.option),
+        tag=args.tag,
+    )
+    runs: dict[str, Run] = {}
+    records = []
+    for method in methods:
+        t0 = time.perf_counter()
+        if method in HF_METHODS:
+            if args.batch_size != 1:
+                print(f"skip {method}: transformers baselines run at B=1 only")
+                continue
+            fn = HFMethod(model, method, args)
+            subset = items[: args.hf_limit]
+            fn([encode_turn(tokenizer, subset[0], [])[:64]])  # warm-up
+        else:
+            fn = OurMethod(model, tokenizer, method, args, index, max_len)
+            subset = items
+            warm = [encode_turn(tokenizer, it, []) for it in items[: args.batch_size]]
+            fn(warm)  # warm-up: Triton compilation, graph capture
+            fn.stats.clear()
+        sync()
+        warmup_s = time.perf_counter() - t0
+        run = run_method(fn, tokenizer, subset, args.batch_size)
+        run.warmup_s = warmup_s
+        runs[method] = run
+        stages = None
+        if isinstance(fn, OurMethod):
+            stages = stage_times(fn, [encode_turn(tokenizer, it, []) for it in subset[:4]])
+        ar = runs.get("ar")
+        for cat in [*run.seconds, "Overall"]:
+            cats = list(run.seconds) if cat == "Overall" else [cat]
+            secs = sum(run.seconds[c] for c in cats)
+            gen = sum(run.generated[c] for c in cats)
+            steps = sum(run.steps.get(c, 0) for c in cats)
+            ids = [it.item_id for it in subset if cat == "Overall" or it.category == cat]
+            ident = None
+            if ar is not None and method != "ar":
+                same = [run.tokens[i] == ar.tokens[i] for i in ids if i in ar.tokens]
+                ident = sum(same) / len(same) if same else None
+            records.append(
+                dict(
+                    bench="e2e",
+                    provider="transformers" if method in HF_METHODS else "samgpu",
+                    dataset=args.dataset,
+                    method=method,
+                    category=cat,
+                    batch_size=args.batch_size,
+                    num_requests=len(ids),
+                    generated_tokens=gen,
+                    seconds=secs,
+                    tok_s=gen / secs if secs else 0.0,
+                    mat=gen / steps if steps else None,
+                    identical_to_ar=ident,
+                    stage_ms=stages if cat == "Overall" else None,
+                    syncs_per_step=0 if method not in HF_METHODS else None,
+                    warmup_s=warmup_s,
+                    params=params,
+                )
+            )
+        o = records[-1]
+        print(
+            f"{method:>10}: {o['tok_s']:8.1f} tok/s  MAT {o['mat'] or 0:5.2f}  "
+            f"identical {o['identical_to_ar'] if o['identical_to_ar'] is not None else '-'}  "
+            f"warm-up {warmup_s:.1f}s"
+        )
+    path = write_jsonl(records)
+    from profiling.report import e2e_table
+
+    print(e2e_table([dict(r, env=env()) for r in records], args.dataset, args.batch_size))
+    print("results:", path)
+    return 0
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--option wants KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    return key, value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
