@@ -221,7 +221,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def out_of_memory_message(exc: BaseException, *, batch_size: int, max_len: int, what: str) -> str:
     smaller = max(1, batch_size // 2)
     hint = (
-        f"try --batch-size {smaller} (or batch_size={smaller})"
+        f"try batch size {smaller} (--batch-size {smaller})"
         if batch_size > 1
         else "try a shorter --max-new-tokens, a smaller model, or --dtype bfloat16"
     )
@@ -354,7 +354,9 @@ def _as_id_tuple(x: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in x)
 
 
-def _resolve_request(model, kwargs: dict[str, Any], prompt_lens: list[int]) -> _Request:
+def _resolve_request(
+    model, kwargs: dict[str, Any], prompt_lens: list[int], input_width: int | None = None
+) -> _Request:
     """HF precedence: call kwargs > generation_config (call's, else model's) > global defaults."""
     gen_cfg = kwargs.pop("generation_config", None) or getattr(model, "generation_config", None)
     cfg_values: dict[str, Any] = {}
@@ -379,14 +381,25 @@ def _resolve_request(model, kwargs: dict[str, Any], prompt_lens: list[int]) -> _
         fix = "" if from_call else f"; pass {name}={neutral[-1]!r} to generate without it"
         raise ValueError(f"{name}={value!r}{where} is not supported: {hint}{fix}")
 
+    # transformers: max_new_tokens wins; an explicit max_length counts the (padded) input; the
+    # global default max_length (20) means 20 new tokens, capped by the model's context.
+    input_len = input_width or max(prompt_lens)
     if kwargs.get("max_new_tokens") is not None:
         max_new = int(kwargs["max_new_tokens"])
     elif kwargs.get("max_length") is not None:
-        max_new = int(kwargs["max_length"]) - max(prompt_lens)
+        max_new = int(kwargs["max_length"]) - input_len
     elif cfg_values.get("max_new_tokens") is not None:
         max_new = int(cfg_values["max_new_tokens"])
+    elif (
+        cfg_values.get("max_length") is not None
+        and cfg_values["max_length"] != HF_DEFAULTS["max_length"]
+    ):
+        max_new = int(cfg_values["max_length"]) - input_len
     else:
-        max_new = int(get("max_length")) - max(prompt_lens)
+        max_new = HF_DEFAULTS["max_length"]
+        ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if ctx is not None:
+            max_new = min(max_new, int(ctx) - input_len)
     if max_new < 1:
         raise ValueError(
             f"nothing to generate: max_new_tokens={max_new} (max_length must exceed the longest"
@@ -699,7 +712,8 @@ class SamDecoder:
             )
         if not prompts:
             return [] if as_text else inputs
-        req = _resolve_request(self.model, kwargs, [len(p) for p in prompts])
+        width = rows.shape[1] if rows is not None else None
+        req = _resolve_request(self.model, kwargs, [len(p) for p in prompts], width)
         if req.stop and tokenizer is None:
             raise ValueError("stop strings need a tokenizer: SamDecoder(model, tok)")
         eos = req.eos_token_ids + self._single_token_stops(req.stop, tokenizer)

@@ -164,7 +164,7 @@ def test_out_of_memory_at_setup_names_a_batch_size(
 
     monkeypatch.setattr(api.SamDecoder, "runner", property(oom))
     out = tmp_path / "o.jsonl"
-    f = prompts_file([{"prompt": "a"}] * 3)
+    f = prompts_file([{"prompt": "a"}] * 8)
     code, _, err = run(
         capsys, *gen("--input", f, "--output", out, "--batch-size", "8", model=str(tiny_model_dir))
     )
