@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from samgpu.types import DecodeState
+from samgpu.types import DecodeState, DraftTree
 
 
 def check_options(cls: type, method: str, options: dict) -> None:
@@ -34,3 +34,8 @@ def check_batch(state: DecodeState, max_reqs: int, name: str) -> int:
 
 def int32(shape, fill: int, device) -> torch.Tensor:
     return torch.full(shape, fill, dtype=torch.int32, device=device)
+
+
+def rows(tree: DraftTree, num_reqs: int) -> DraftTree:
+    """The leading `num_reqs` rows of a tree buffer allocated at capacity (views)."""
+    return DraftTree(tree.tokens[:num_reqs], tree.parents[:num_reqs], tree.num_nodes[:num_reqs])

@@ -113,6 +113,13 @@ class TokenRecyclingTable:
     def reset(self) -> None:
         self.adj.zero_()
 
+    def fill(self, template: tuple, root: torch.Tensor, tree: DraftTree) -> None:
+        """Fill `tree` [B, >= T] with a template (TemplateTree.tensors()) grown from `root` [B]."""
+        paths, depth, parents = template
+        token_recycling_fill(
+            self.adj, root, paths, depth, parents, tree.tokens, tree.parents, tree.num_nodes
+        )
+
     def update(self, step: StepOutput) -> None:
         """Recycle the logits of every node of every sequence that emitted tokens this step."""
         tree = step.tree
@@ -157,16 +164,7 @@ class TokenRecyclingDrafter:
         check_batch(state, self.max_reqs, self.name)
 
     def fill(self, root: torch.Tensor, tree: DraftTree) -> None:
-        token_recycling_fill(
-            self.table.adj,
-            root,
-            self._paths,
-            self._depth,
-            self._parents,
-            tree.tokens,
-            tree.parents,
-            tree.num_nodes,
-        )
+        self.table.fill((self._paths, self._depth, self._parents), root, tree)
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         self.fill(state.root, tree)

@@ -1,0 +1,213 @@
+"""`sam-tree`: tree drafts from the automata (beyond the paper's chain drafts).
+
+Per sequence and step, within `max_nodes` nodes (root included):
+1. dynamic chain: the sequence's own automaton drafts a chain as in `sam` (longest rule restricted
+   to the dynamic automaton: min(chain_nodes, 1 + floor(alpha x dyn_len)) nodes; none without a
+   match). The dynamic automaton keeps no occurrence counts (they change with every extension), so
+   it contributes its chain only;
+2. static count tree: from the static match (match_len >= min_match), the best-first top nodes of
+   the corpus trie below the match, ranked by occurrence count (kernels/sam_tree.py);
+3. both are merged trie-style (kernels/merge_tree.py): chain first, then the static tree's nodes in
+   rank order while the budget lasts, no duplicate siblings.
+With `with_tr=True` the Token Recycling template tree is merged in last ("SAM-tree + TR"), using
+what budget remains, and the TR table is refreshed every step.
+
+`last_source`: SOURCE_DYNAMIC when the dynamic chain is non-empty, else SOURCE_STATIC when the
+static tree has nodes, else SOURCE_FALLBACK with TR, SOURCE_NONE without.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from samgpu.drafters._common import check_batch, check_options, int32, rows
+from samgpu.drafters.sam import SamAutomata
+from samgpu.drafters.tr import TR_TEMPLATE_NODES, TokenRecyclingTable, template_tree
+from samgpu.kernels.merge_tree import merge_tree
+from samgpu.kernels.sam_draft import sam_draft_chain
+from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_tree import sam_tree
+from samgpu.types import (
+    SOURCE_DYNAMIC,
+    SOURCE_FALLBACK,
+    SOURCE_NONE,
+    SOURCE_STATIC,
+    DecodeState,
+    DraftTree,
+    StepOutput,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamTreeOptions:
+    max_nodes: int = 64  # total budget, root included
+    chain_nodes: int | None = None  # dynamic chain cap (root incl.); None: min(40, max_nodes // 2)
+    alpha: float = 4.0  # dynamic chain nodes = min(chain_nodes, 1 + floor(alpha * dyn_len))
+    min_match: int = 2  # static tree only from matches at least this long
+    max_scan: int = 4096  # edges ranked per state at most (bounds very short matches)
+    with_tr: bool = False  # merge the Token Recycling tree into the remaining budget
+    use_static: bool = True
+    use_dynamic: bool = True
+
+    def __post_init__(self):
+        if self.max_nodes < 1:
+            raise ValueError(f"max_nodes={self.max_nodes} must be >= 1")
+        if self.chain_nodes is not None and not 1 <= self.chain_nodes <= self.max_nodes:
+            raise ValueError(f"chain_nodes={self.chain_nodes} must be in [1, {self.max_nodes}]")
+        if self.min_match < 1 or self.max_scan < 1:
+            raise ValueError(f"min_match={self.min_match}, max_scan={self.max_scan} must be >= 1")
+
+    @property
+    def chain_cap(self) -> int:
+        if self.chain_nodes is not None:
+            return self.chain_nodes
+        return min(40, max(1, self.max_nodes // 2))
+
+
+class SamTreeDrafter:
+    name = "sam-tree"
+    graph_safe = True
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_reqs: int,
+        max_len: int,
+        device: torch.device | str,
+        index,
+        options: SamTreeOptions,
+    ):
+        self.options = o = options
+        self.max_reqs = max_reqs
+        self.device = torch.device(device)
+        self.automata = SamAutomata(
+            vocab_size=vocab_size,
+            max_reqs=max_reqs,
+            max_len=max_len,
+            device=self.device,
+            index=index,
+            use_static=o.use_static,
+            use_dynamic=o.use_dynamic,
+        )
+        N = o.max_nodes
+        self.max_nodes = N
+        self.max_depth = N - 1
+        self.config = SamSelectConfig(
+            mode="longest", l_bias=0, max_predicts=o.chain_cap, alpha=o.alpha, climb_dynamic=False
+        )
+        self._chain = DraftTree.empty(max_reqs, o.chain_cap, self.device)
+        self._static = DraftTree.empty(max_reqs, N, self.device)
+        self._merged = DraftTree.empty(max_reqs, N, self.device) if o.with_tr else None
+        self.table = None
+        if o.with_tr:
+            self.template = template_tree(min(N, TR_TEMPLATE_NODES))
+            self._tpl = self.template.tensors(self.device)
+            self._tr = DraftTree.empty(max_reqs, self.template.num_nodes, self.device)
+            self.table = TokenRecyclingTable(vocab_size, self.device)
+        self._chain_source = int32((max_reqs,), SOURCE_NONE, self.device)
+        self._chain_len = int32((max_reqs,), 0, self.device)
+        self._source = int32((max_reqs,), SOURCE_NONE, self.device)
+        self.last_source = self._source
+
+    def reset(self) -> None:
+        if self.table is not None:
+            self.table.reset()
+
+    def prefill(self, state: DecodeState) -> None:
+        check_batch(state, self.max_reqs, self.name)
+        self.automata.prefill(state)
+
+    def propose(self, state: DecodeState, tree: DraftTree) -> None:
+        B = state.num_reqs
+        o = self.options
+        chain, static = rows(self._chain, B), rows(self._static, B)
+        auto = self.automata
+        if auto.dynamic is not None:
+            sam_draft_chain(
+                None,
+                None,
+                auto.dynamic,
+                state.root,
+                chain,
+                self.config,
+                source=self._chain_source[:B],
+                chain_len=self._chain_len[:B],
+            )
+        else:
+            chain.num_nodes.fill_(1)
+            chain.tokens[:, 0] = state.root
+            self._chain_len[:B].zero_()
+        if auto.static is not None:
+            m = auto.static_matches(B)
+            sam_tree(
+                auto.static,
+                m.state,
+                m.match_len,
+                state.root,
+                static.tokens,
+                static.parents,
+                static.num_nodes,
+                min_match=o.min_match,
+                max_scan=o.max_scan,
+            )
+        else:
+            static.num_nodes.fill_(1)
+        out = rows(self._merged, B) if o.with_tr else tree
+        merge_tree(
+            chain.tokens,
+            chain.parents,
+            chain.num_nodes,
+            static.tokens,
+            static.parents,
+            static.num_nodes,
+            out.tokens,
+            out.parents,
+            out.num_nodes,
+        )
+        fallback = SOURCE_NONE
+        if o.with_tr:
+            tr = rows(self._tr, B)
+            self.table.fill(self._tpl, state.root, tr)
+            merge_tree(
+                out.tokens,
+                out.parents,
+                out.num_nodes,
+                tr.tokens,
+                tr.parents,
+                tr.num_nodes,
+                tree.tokens,
+                tree.parents,
+                tree.num_nodes,
+            )
+            fallback = SOURCE_FALLBACK
+        source = self._source[:B]
+        has_chain = self._chain_len[:B] > 0
+        has_static = static.num_nodes > 1
+        source.copy_(
+            torch.where(
+                has_chain,
+                SOURCE_DYNAMIC,
+                torch.where(has_static, SOURCE_STATIC, fallback),
+            ).to(torch.int32)
+        )
+        self.last_source = source
+
+    def update(self, state: DecodeState, step: StepOutput) -> None:
+        self.automata.update(step)
+        if self.table is not None:
+            self.table.update(step)
+
+
+def build_sam_tree(*, vocab_size, max_reqs, max_len, device, index, options: dict):
+    check_options(SamTreeOptions, "sam-tree", options)
+    return SamTreeDrafter(
+        vocab_size=vocab_size,
+        max_reqs=max_reqs,
+        max_len=max_len,
+        device=device,
+        index=index,
+        options=SamTreeOptions(**options),
+    )
