@@ -1,0 +1,291 @@
+"""Fast runner for the Llama family (Llama 2/3, SmolLM2, Vicuna, Mistral, Qwen2/2.5, Qwen3).
+
+The forward is re-implemented in plain torch over the weights of a transformers model object
+(safetensors or GGUF-loaded alike), so that one verify step has static shapes, allocates nothing
+that depends on data and never synchronises with the host: it can be captured in a CUDA graph.
+  embed -> L x [RMSNorm -> fused QKV (+bias, Qwen2) -> (q/k RMSNorm, Qwen3) -> RoPE at per-token
+  positions -> write K/V into the static cache -> attention -> o_proj -> residual -> RMSNorm ->
+  fused gate/up -> SiLU * up -> down -> residual] -> RMSNorm -> lm_head (tied or not).
+Attention: prefill is causal SDPA over the right-padded prompts (flash-attn when installed and the
+dtype is half precision); the verify step is `samgpu.kernels.tree_attention` (Triton on CUDA, SDPA
+reference on CPU).
+
+Weights: q/k/v and gate/up projections are fused into one matrix each; the model's own parameters
+are re-pointed at slices of the fused matrices, so nothing is duplicated and the transformers model
+keeps working. The numerics follow transformers' Llama code (RMSNorm in fp32, cos/sin computed in
+fp32 then cast), so fp32 logits match it to rounding.
+
+Rejected (the caller falls back to the generic runner): other architectures, non-SiLU MLPs, MLP
+biases, dynamic/longrope RoPE, partial rotary, quantized (non-float) weights, weights spread over
+several devices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from samgpu.decoding.runner import KVCache, check_prefill_inputs, check_tree_inputs
+from samgpu.kernels.tree_attention import tree_attention
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+try:  # optional: flash-attn for the prefill, never required
+    from flash_attn import flash_attn_func as _flash_attn_func
+except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "not available"
+    _flash_attn_func = None
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer, fused where it saves launches. H hidden, D head_dim, I intermediate."""
+
+    input_norm: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(Hq + 2 * Hkv) * D, H]
+    qkv_bias: torch.Tensor | None  # [(Hq + 2 * Hkv) * D] (Qwen2)
+    q_norm: torch.Tensor | None  # [D] (Qwen3)
+    k_norm: torch.Tensor | None  # [D] (Qwen3)
+    o_proj: torch.Tensor  # [H, Hq * D]
+    o_bias: torch.Tensor | None  # [H]
+    post_norm: torch.Tensor  # [H]
+    gate_up: torch.Tensor  # [2 * I, H]
+    down: torch.Tensor  # [H, I]
+
+
+def _rope_type(config) -> str:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not params:
+        return "default"
+    return params.get("rope_type", params.get("type", "default"))
+
+
+def _fuse(modules: list[torch.nn.Linear], attr: str) -> torch.Tensor | None:
+    """Concatenate `attr` (weight/bias) of `modules` on dim 0; re-point each module at its slice."""
+    parts = [getattr(m, attr) for m in modules]
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts):
+        raise ValueError(f"some but not all projections have a {attr}")
+    fused = torch.cat([p.data for p in parts], dim=0)
+    start = 0
+    for m, p in zip(modules, parts, strict=True):
+        stop = start + p.shape[0]
+        getattr(m, attr).data = fused[start:stop]
+        start = stop
+    return fused
+
+
+class LlamaRunner:
+    """Static-cache, ragged-batch runner for Llama-family transformers models (see module doc)."""
+
+    graph_safe = True
+
+    @staticmethod
+    def unsupported_reason(model) -> str | None:
+        """None if the fast path supports `model`, else a short reason."""
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            return f"model_type {model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
+        inner = getattr(model, "model", None)
+        if inner is None or not all(
+            hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")
+        ):
+            return "no model.embed_tokens/layers/norm/rotary_emb"
+        if getattr(model, "lm_head", None) is None:
+            return "no lm_head"
+        if getattr(config, "hidden_act", "silu") != "silu":
+            return f"hidden_act {config.hidden_act!r} (only silu)"
+        if getattr(config, "mlp_bias", False):
+            return "MLP biases"
+        rope = _rope_type(config)
+        if rope not in SUPPORTED_ROPE_TYPES:
+            return f"rope_type {rope!r} (supported: {SUPPORTED_ROPE_TYPES})"
+        head_dim = inner.layers[0].self_attn.head_dim
+        if inner.rotary_emb.inv_freq.numel() * 2 != head_dim:
+            return "partial rotary embedding"
+        params = list(model.parameters())
+        if any(p.dtype not in FLOAT_DTYPES for p in params):
+            return "quantized (non-float) weights"
+        if len({p.device for p in params}) != 1 or len({p.dtype for p in params}) != 1:
+            return "weights on several devices or in several dtypes"
+        return None
+
+    def __init__(self, model) -> None:
+        reason = self.unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"LlamaRunner: unsupported model: {reason}")
+        config = model.config
+        inner = model.model
+        attn0 = inner.layers[0].self_attn
+        self.model = model
+        self.config = config
+        self.num_layers = len(inner.layers)
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = attn0.head_dim
+        self.scale = float(getattr(attn0, "scaling", 1.0 / math.sqrt(self.head_dim)))
+        self.embed = inner.embed_tokens.weight  # [V, H]
+        self.lm_head = model.lm_head.weight  # [V, H] (the embedding itself when tied)
+        self.vocab_size = self.lm_head.shape[0]
+        self.final_norm = inner.norm.weight
+        self.eps = float(config.rms_norm_eps)
+        self.device = self.embed.device
+        self.dtype = self.embed.dtype
+        rotary = inner.rotary_emb
+        self.inv_freq = rotary.inv_freq.detach().to(self.device, torch.float32)  # [D / 2]
+        self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        # Sliding-window models equal full attention while every position is inside the window.
+        windows = [getattr(layer.self_attn, "sliding_window", None) for layer in inner.layers]
+        windows = [w for w in windows if w]
+        self.max_context = min(windows) if windows else None
+        self.layers = [self._layer_weights(layer) for layer in inner.layers]
+
+    def _layer_weights(self, layer) -> LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv_modules = [attn.q_proj, attn.k_proj, attn.v_proj]
+        q_norm = getattr(attn, "q_norm", None)
+        k_norm = getattr(attn, "k_norm", None)
+        return LayerWeights(
+            input_norm=layer.input_layernorm.weight,
+            qkv=_fuse(qkv_modules, "weight"),
+            qkv_bias=_fuse(qkv_modules, "bias"),
+            q_norm=None if q_norm is None else q_norm.weight,
+            k_norm=None if k_norm is None else k_norm.weight,
+            o_proj=attn.o_proj.weight,
+            o_bias=attn.o_proj.bias,
+            post_norm=layer.post_attention_layernorm.weight,
+            gate_up=_fuse([mlp.gate_proj, mlp.up_proj], "weight"),
+            down=mlp.down_proj.weight,
+        )
+
+    # ---------------------------------------------------------------------------------- cache
+
+    def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache:
+        if self.max_context is not None and max_len > self.max_context:
+            raise ValueError(
+                f"LlamaRunner: max_len={max_len} exceeds the model's sliding window "
+                f"{self.max_context}; use a shorter max_len or make_runner(prefer='generic')"
+            )
+        return KVCache.empty(
+            self.num_layers,
+            max_reqs,
+            self.num_kv_heads,
+            max_len,
+            self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    # ------------------------------------------------------------------------------- pieces
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # transformers' LlamaRMSNorm: statistics in fp32, scale applied in the input dtype.
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, 1, D] in the runner dtype for int positions [B, T]."""
+        freqs = positions[..., None].to(torch.float32) * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scaling).to(self.dtype)
+        sin = (emb.sin() * self.rope_scaling).to(self.dtype)
+        return cos[:, :, None, :], sin[:, :, None, :]
+
+    @staticmethod
+    def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _qkv(self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, T, H] -> q [B, T, Hq, D], k and v [B, T, Hkv, D], RoPE applied to q and k."""
+        b, t, _ = x.shape
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = F.linear(x, w.qkv, w.qkv_bias)
+        q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+        q = q.view(b, t, hq, d)
+        k = k.view(b, t, hkv, d)
+        v = v.view(b, t, hkv, d)
+        if w.q_norm is not None:
+            q = self._rms_norm(q, w.q_norm)
+            k = self._rms_norm(k, w.k_norm)
+        return self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin), v
+
+    def _mlp_block(self, w: LayerWeights, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        b, t = attn.shape[:2]
+        h = h + F.linear(attn.reshape(b, t, -1), w.o_proj, w.o_bias)
+        x = self._rms_norm(h, w.post_norm)
+        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, w.down)
+
+    # ------------------------------------------------------------------------------ prefill
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: KVCache) -> None:
+        check_prefill_inputs(input_ids, lengths, cache, self.device)
+        b, t = input_ids.shape
+        if t > 0:
+            positions = torch.arange(t, device=self.device).expand(b, t)
+            cos, sin = self._rope(positions)
+            h = F.embedding(input_ids, self.embed)
+            for li, w in enumerate(self.layers):
+                q, k, v = self._qkv(w, self._rms_norm(h, w.input_norm), cos, sin)
+                # Right padding + causal attention: a real token never sees a pad; pad slots
+                # beyond lengths[b] get overwritten later and are never attended to.
+                cache.k[li, :b, :, :t] = k.transpose(1, 2)
+                cache.v[li, :b, :, :t] = v.transpose(1, 2)
+                h = self._mlp_block(w, h, self._causal_attention(q, k, v))
+        cache.cache_len[:b].copy_(lengths)
+
+    def _causal_attention(self, q, k, v) -> torch.Tensor:
+        """q [B, T, Hq, D], k/v [B, T, Hkv, D] -> [B, T, Hq, D], causal."""
+        if _flash_attn_func is not None and q.is_cuda and q.dtype != torch.float32:
+            return _flash_attn_func(q, k, v, softmax_scale=self.scale, causal=True)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            scale=self.scale,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        return out.transpose(1, 2)
+
+    # --------------------------------------------------------------------------- tree step
+
+    @torch.no_grad()
+    def forward_tree(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        tree_mask: torch.Tensor,
+        cache: KVCache,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        check_tree_inputs(tokens, positions, tree_mask, cache, out, self.vocab_size, self.device)
+        b, n = tokens.shape
+        cache_len = cache.cache_len[:b]
+        # Scatter indices for the nodes' K/V: node i of sequence b goes to slot cache_len[b] + i.
+        slot = (cache_len[:, None].to(torch.int64) + torch.arange(n, device=self.device))[:, None]
+        seq = torch.arange(b, device=self.device)[:, None, None]
+        head = torch.arange(self.num_kv_heads, device=self.device)[None, :, None]
+        cos, sin = self._rope(positions)
+        h = F.embedding(tokens, self.embed)
+        for li, w in enumerate(self.layers):
+            q, k, v = self._qkv(w, self._rms_norm(h, w.input_norm), cos, sin)
+            cache.k[li].index_put_((seq, head, slot), k.transpose(1, 2))
+            cache.v[li].index_put_((seq, head, slot), v.transpose(1, 2))
+            attn = tree_attention(
+                q, cache.k[li], cache.v[li], cache_len, tree_mask, scale=self.scale
+            )
+            h = self._mlp_block(w, h, attn)
+        h = self._rms_norm(h, self.final_norm)
+        out.copy_(F.linear(h, self.lm_head))
+        return out
