@@ -162,16 +162,30 @@ def _warn(msg: str) -> None:
 
 
 def _run_bench(argv: list[str]) -> int:
+    """`samgpu bench ARGS` = `python -m profiling.bench_e2e ARGS`. profiling/ is not installed with
+    the package: from a source checkout (editable install) it runs in a child process with the
+    checkout on PYTHONPATH, so relative paths in ARGS keep meaning the caller's folder."""
     try:
         from profiling import bench_e2e
     except ImportError:
+        bench_e2e = None
+    if bench_e2e is not None:
+        return int(bench_e2e.main(argv) or 0)
+    import subprocess
+
+    import samgpu
+
+    checkout = Path(samgpu.__file__).resolve().parents[1]
+    if not (checkout / "profiling" / "bench_e2e.py").is_file():
         _error(
-            "`samgpu bench` needs the repository's profiling/ folder (profiling.bench_e2e): run it"
-            " from a source checkout, e.g. `python -m profiling.bench_e2e --help`"
+            "`samgpu bench` needs the repository's profiling/ folder (profiling.bench_e2e), which"
+            " is not installed with the package: run it from a source checkout"
         )
         return EXIT_USAGE
-    result = bench_e2e.main(argv)
-    return int(result or 0)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "profiling.bench_e2e", *argv]
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _load_tokenizer(name: str):

@@ -217,3 +217,11 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("samgpu: error:") and "Traceback" not in proc.stderr
+
+
+def test_bench_dispatches_to_profiling(capsys):
+    """`samgpu bench ARGS` is profiling.bench_e2e's command line."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    assert "usage:" in capsys.readouterr().out
