@@ -1,0 +1,580 @@
+"""The GPU-resident decode loop: draft -> tree -> forward -> verify -> compact/commit -> update.
+
+One step, for a batch of B sequences (buffers preallocated at capacity, B leading rows used):
+  1. draft   `drafter.propose(state, tree)`             tree tokens/parents/num_nodes [B, N]
+  2. tree    `tree_mask(parents, num_nodes, cache_len)` ancestor mask [B, N, N], positions [B, N]
+  3. forward `runner.forward_tree(...)`                 logits [B, N, V] fp32 (K/V at cache_len + i)
+  4. verify  greedy walk, or recursive rejection sampling (temperature > 0)
+  5. commit  `kv_compact` (accepted K/V -> contiguous) then `commit` (text, lengths, EOS, finished)
+  6. update  `drafter.update(state, step)`
+Every stage is one or a few kernels over the whole batch, with no host synchronisation: nothing in
+the step reads a GPU value on the host (tests/test_no_sync.py scans this file's step code and, on
+CUDA, runs a step under torch.cuda.set_sync_debug_mode("error")). Finished sequences stay in the
+batch, masked by `commit` (they emit nothing). Each stage is an NVTX range named as above.
+
+The host looks at the GPU only every `config.check_every` steps: it copies the finished flags and
+lengths into pinned memory (non_blocking, then an event) and stops when all sequences finished or
+after max_new_tokens steps (every live sequence emits at least one token per step).
+
+CUDA graphs: with a CUDA device, a graph-safe drafter and runner and `use_cuda_graphs`, the first
+step of each (B, mode) bucket runs eagerly on a side stream (Triton compilation, allocator warm-up;
+it is a real step), the second is captured as ONE graph of the whole step and every later step
+replays it. The mode holds the sampling parameters (temperature, top_k, top_p), which are baked
+into the graph; EOS ids live in a fixed-size device buffer, so they are not.
+
+Randomness (sampling): uniforms [B, N] and exponentials [B, V] are drawn each step into
+preallocated buffers by `draw_randoms` from a device-side (seed, step) pair (Philox in Triton on
+CUDA, so replays draw fresh numbers without generator registration; a seeded torch.Generator on
+CPU). Same seed, same prompts, same batch composition -> same tokens.
+
+Prefill: prompts of different lengths in one ragged batch; the runner gets prompt[:-1] (right
+padded) and the last prompt token is the first root (docs/ARCHITECTURE.md). Prompts beyond
+max_reqs run in successive batches. Statistics (steps, accepted-length histogram, draft sources)
+accumulate on the GPU and are read once per batch.
+
+Example: Decoder(runner, build_drafter("ar", ...), max_reqs=8, max_len=2048).generate(
+    [[1, 2, 3]], GenerationConfig(max_new_tokens=32)) -> GenerationOutput(tokens=[[...32 ids]], ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from samgpu.kernels.commit import commit
+from samgpu.kernels.kv_compact import kv_compact
+from samgpu.kernels.tree import TreeMask, tree_mask
+from samgpu.kernels.verify import (
+    VerifyOutput,
+    draw_randoms,
+    sampling_probs,
+    verify_greedy,
+    verify_sample,
+)
+from samgpu.types import (
+    PAD_TOKEN,
+    SOURCE_DYNAMIC,
+    SOURCE_FALLBACK,
+    SOURCE_NONE,
+    SOURCE_STATIC,
+    DecodeState,
+    DraftTree,
+    StepOutput,
+)
+
+MAX_EOS: int = 8  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
+SOURCE_NAMES: dict[int, str] = {
+    SOURCE_NONE: "none",
+    SOURCE_STATIC: "static",
+    SOURCE_DYNAMIC: "dynamic",
+    SOURCE_FALLBACK: "fallback",
+}
+NVTX_STAGES: tuple[str, ...] = ("draft", "tree", "forward", "verify", "commit", "update")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy; > 0: sampling (verify_sample)
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    eos_token_ids: tuple[int, ...] = ()
+    seed: int | None = None  # sampling seed; None: a fresh one per call
+    check_every: int = 8  # steps between host reads of the finished flags
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature={self.temperature} must be a finite number >= 0")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables top-p)")
+        if self.check_every < 1:
+            raise ValueError(f"check_every={self.check_every} must be >= 1")
+        if len(self.eos_token_ids) > MAX_EOS:
+            raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
+
+    @property
+    def is_sampling(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclass
+class RequestStats:
+    steps: int  # decode steps while the request was live
+    generated: int  # tokens emitted (EOS included)
+    mat: float  # mean accepted tokens per step, bonus included (mean of num_accepted + 1)
+    tokens_per_s: float  # generated / decode time of its batch
+    accepted_hist: list[int]  # accepted_hist[a]: steps that accepted a draft tokens (a+1 emitted)
+    sources: dict[str, int]  # steps per draft source (drafters with `last_source`), else {}
+    prefill_s: float  # prefill time of its batch
+    decode_s: float  # decode time of its batch (prefill excluded)
+
+
+@dataclass
+class ProgressInfo:
+    """Passed to `on_progress` every `check_every` steps (when the host reads the flags anyway)."""
+
+    batch_index: int
+    num_batches: int
+    request_ids: list[int]  # prompt indices of this batch
+    num_reqs: int  # sequences in this batch
+    steps: int  # steps run in this batch so far
+    num_generated: list[int]  # per sequence of this batch
+    num_finished: int
+    elapsed_s: float  # since generate() started
+    tokens: list[list[int]] | None = None  # generated so far, per sequence of this batch
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # generated tokens per prompt, EOS included when produced
+    stats: list[RequestStats] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """Views of the capacity buffers for a batch of B sequences (stable across calls with the
+    same B, so captured graphs keep pointing at them)."""
+
+    state: DecodeState
+    tree: DraftTree
+    mask: TreeMask
+    logits: torch.Tensor  # [B, N, V] float32
+    verify: VerifyOutput
+    step: StepOutput
+    k: torch.Tensor  # [L, B, H, max_len, D] view of the cache
+    v: torch.Tensor
+    probs: torch.Tensor  # [B, N, V] float32 (sampling)
+    uniforms: torch.Tensor  # [B, N] float32
+    exponentials: torch.Tensor  # [B, V] float32
+    num_steps: torch.Tensor  # [B] int32; live steps
+    accepted_hist: torch.Tensor  # [B, K] int32
+    source_counts: torch.Tensor  # [B, 4] int32
+
+
+def _nvtx(name: str):
+    if torch.cuda.is_available():
+        return torch.cuda.nvtx.range(name)
+    return contextlib.nullcontext()
+
+
+class Decoder:
+    """Batched speculative decoding with `drafter` on `runner`; see the module docstring.
+
+    max_reqs: sequences per batch (capacity of every buffer); max_len: per-sequence capacity of
+    the KV cache and text buffer, >= prompt + max_new_tokens + drafter.max_nodes."""
+
+    def __init__(
+        self,
+        runner,
+        drafter,
+        *,
+        max_reqs: int,
+        max_len: int,
+        use_cuda_graphs: bool = True,
+    ):
+        if max_reqs < 1:
+            raise ValueError(f"max_reqs={max_reqs} must be >= 1")
+        num_nodes, max_depth = int(drafter.max_nodes), int(drafter.max_depth)
+        if num_nodes < 1 or not 0 <= max_depth < num_nodes:
+            raise ValueError(
+                f"drafter {drafter.name!r}: need max_nodes >= 1 and 0 <= max_depth < max_nodes, "
+                f"got max_nodes={num_nodes}, max_depth={max_depth}"
+            )
+        if max_len < num_nodes + 2:
+            raise ValueError(
+                f"max_len={max_len} must be >= drafter.max_nodes + 2 = {num_nodes + 2}"
+            )
+        self.runner = runner
+        self.drafter = drafter
+        self.max_reqs = max_reqs
+        self.max_len = max_len
+        self.device = torch.device(runner.device)
+        self.num_nodes = num_nodes
+        self.k_slots = max_depth + 1
+        self.vocab_size = int(runner.vocab_size)
+        self.use_cuda_graphs = (
+            use_cuda_graphs
+            and self.device.type == "cuda"
+            and bool(getattr(drafter, "graph_safe", False))
+            and bool(getattr(runner, "graph_safe", True))
+        )
+        self.cache = runner.allocate_cache(max_reqs, max_len)
+        dev, R, N, V, K = self.device, max_reqs, num_nodes, self.vocab_size, self.k_slots
+
+        def i32(*shape, fill=0):
+            return torch.full(shape, fill, dtype=torch.int32, device=dev)
+
+        self._root = i32(R)
+        self._text = i32(R, max_len, fill=PAD_TOKEN)
+        self._text_len = i32(R)
+        self._prompt_len = i32(R)
+        self._num_generated = i32(R)
+        self._max_new = i32(R)
+        self._finished = torch.ones(R, dtype=torch.bool, device=dev)
+        self._tree = DraftTree.empty(R, N, dev)
+        self._mask = TreeMask.empty(R, N, dev)
+        self._logits = torch.zeros(R, N, V, dtype=torch.float32, device=dev)
+        self._verify = VerifyOutput.empty(R, N, max_depth, dev)
+        self._new_tokens = i32(R, K, fill=PAD_TOKEN)
+        self._num_new = i32(R)
+        self._eos = i32(MAX_EOS, fill=PAD_TOKEN)
+        self._rng = torch.zeros(2, dtype=torch.int64, device=dev)  # (seed, step counter)
+        self._probs: torch.Tensor | None = None  # sampling buffers, allocated on first use
+        self._uniforms: torch.Tensor | None = None
+        self._exponentials: torch.Tensor | None = None
+        self._num_steps = i32(R)
+        self._accepted_hist = i32(R, K)
+        self._source_counts = i32(R, len(SOURCE_NAMES))
+        self._flags_host = torch.zeros(2 * R, dtype=torch.int32, pin_memory=dev.type == "cuda")
+        self._batches: dict[int, _Batch] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._warm: set[tuple] = set()
+        self._graph_pool = None
+
+    # ------------------------------------------------------------------ buffers
+
+    def _ensure_sampling_buffers(self) -> None:
+        if self._probs is None:
+            R, N, V = self.max_reqs, self.num_nodes, self.vocab_size
+            self._probs = torch.zeros(R, N, V, dtype=torch.float32, device=self.device)
+            self._uniforms = torch.zeros(R, N, dtype=torch.float32, device=self.device)
+            self._exponentials = torch.ones(R, V, dtype=torch.float32, device=self.device)
+            self._batches.clear()  # views must include the new buffers
+            self._graphs.clear()
+            self._warm.clear()
+
+    def _batch(self, B: int) -> _Batch:
+        bt = self._batches.get(B)
+        if bt is not None:
+            return bt
+        state = DecodeState(
+            root=self._root[:B],
+            cache_len=self.cache.cache_len[:B],
+            text=self._text[:B],
+            text_len=self._text_len[:B],
+            prompt_len=self._prompt_len[:B],
+            num_generated=self._num_generated[:B],
+            max_new_tokens=self._max_new[:B],
+            finished=self._finished[:B],
+        )
+        tree = DraftTree(self._tree.tokens[:B], self._tree.parents[:B], self._tree.num_nodes[:B])
+        mask = TreeMask(self._mask.mask[:B], self._mask.depth[:B], self._mask.positions[:B])
+        ver = VerifyOutput(
+            self._verify.accepted_nodes[:B],
+            self._verify.num_accepted[:B],
+            self._verify.bonus[:B],
+            self._verify.argmax[:B],
+        )
+        logits = self._logits[:B]
+        step = StepOutput(
+            tree=tree,
+            logits=logits,
+            accepted_nodes=ver.accepted_nodes,
+            num_accepted=ver.num_accepted,
+            bonus=ver.bonus,
+            new_tokens=self._new_tokens[:B],
+            num_new=self._num_new[:B],
+        )
+        state.step = step
+        empty = torch.zeros(0, device=self.device)
+        bt = _Batch(
+            state=state,
+            tree=tree,
+            mask=mask,
+            logits=logits,
+            verify=ver,
+            step=step,
+            k=self.cache.k[:, :B],
+            v=self.cache.v[:, :B],
+            probs=self._probs[:B] if self._probs is not None else empty,
+            uniforms=self._uniforms[:B] if self._uniforms is not None else empty,
+            exponentials=self._exponentials[:B] if self._exponentials is not None else empty,
+            num_steps=self._num_steps[:B],
+            accepted_hist=self._accepted_hist[:B],
+            source_counts=self._source_counts[:B],
+        )
+        self._batches[B] = bt
+        return bt
+
+    # ------------------------------------------------------------------ the step
+
+    def _step(self, bt: _Batch, config: GenerationConfig) -> None:
+        """One whole decode step on the GPU: no host reads, fixed shapes (graph-capturable)."""
+        state, tree, ver = bt.state, bt.tree, bt.verify
+        with _nvtx("draft"):
+            self.drafter.propose(state, tree)
+        with _nvtx("tree"):
+            tree_mask(tree.parents, tree.num_nodes, state.cache_len, out=bt.mask)
+        with _nvtx("forward"):
+            self.runner.forward_tree(
+                tree.tokens, bt.mask.positions, bt.mask.mask, self.cache, bt.logits
+            )
+        with _nvtx("verify"):
+            if config.is_sampling:
+                draw_randoms(self._rng, bt.uniforms, bt.exponentials)
+                sampling_probs(
+                    bt.logits,
+                    temperature=config.temperature,
+                    top_k=config.top_k,
+                    top_p=config.top_p,
+                    out=bt.probs,
+                )
+                verify_sample(
+                    bt.probs,
+                    tree.tokens,
+                    tree.parents,
+                    tree.num_nodes,
+                    bt.uniforms,
+                    bt.exponentials,
+                    out=ver,
+                )
+            else:
+                verify_greedy(bt.logits, tree.tokens, tree.parents, tree.num_nodes, out=ver)
+        with _nvtx("commit"):
+            kv_compact(bt.k, bt.v, state.cache_len, ver.accepted_nodes, ver.num_accepted)
+            self._accumulate_stats(bt)
+            commit(
+                tree.tokens,
+                ver.accepted_nodes,
+                ver.num_accepted,
+                ver.bonus,
+                self._eos,
+                text=state.text,
+                text_len=state.text_len,
+                cache_len=state.cache_len,
+                num_generated=state.num_generated,
+                max_new_tokens=state.max_new_tokens,
+                finished=state.finished,
+                root=state.root,
+                new_tokens=bt.step.new_tokens,
+                num_new=bt.step.num_new,
+            )
+        with _nvtx("update"):
+            self.drafter.update(state, bt.step)
+
+    def _accumulate_stats(self, bt: _Batch) -> None:
+        """Per-sequence counters for live sequences (before commit marks new finishes)."""
+        live = (~bt.state.finished).to(torch.int32)
+        bt.num_steps.add_(live)
+        index = bt.verify.num_accepted.clamp(0, self.k_slots - 1).long().unsqueeze(1)
+        bt.accepted_hist.scatter_add_(1, index, live.unsqueeze(1))
+        source = getattr(self.drafter, "last_source", None)
+        if source is not None:
+            src = source[: live.shape[0]].long().clamp(0, len(SOURCE_NAMES) - 1).unsqueeze(1)
+            bt.source_counts.scatter_add_(1, src, live.unsqueeze(1))
+
+    def _run_step(self, bt: _Batch, config: GenerationConfig) -> None:
+        if not self.use_cuda_graphs:
+            self._step(bt, config)
+            return
+        key = (
+            bt.state.num_reqs,
+            config.is_sampling,
+            config.temperature,
+            config.top_k,
+            config.top_p,
+        )
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        if key not in self._warm:
+            # Warm-up (a real step): Triton compilation and allocations happen outside capture.
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._step(bt, config)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._warm.add(key)
+            return
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            self._step(bt, config)
+        self._graphs[key] = graph
+        graph.replay()
+
+    # ------------------------------------------------------------------ generate
+
+    def _validate(self, prompts: list[list[int]], config: GenerationConfig) -> None:
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            lo, hi = min(p), max(p)
+            if lo < 0 or hi >= self.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"prompt {i} has token id {bad} outside the vocabulary [0, {self.vocab_size})"
+                )
+            need = len(p) + config.max_new_tokens + self.num_nodes
+            if need > self.max_len:
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + max_new_tokens {config.max_new_tokens}"
+                    f" + {self.num_nodes} draft nodes = {need} exceeds max_len={self.max_len}; "
+                    "shorten the prompt, lower max_new_tokens or build the Decoder with a larger "
+                    "max_len"
+                )
+        for t in config.eos_token_ids:
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(f"eos token id {t} outside the vocabulary [0, {self.vocab_size})")
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        on_progress: Callable[[ProgressInfo], None] | None = None,
+    ) -> GenerationOutput:
+        """Generate for every prompt (token ids); batches of at most max_reqs, in order."""
+        prompts = [list(map(int, p)) for p in prompts]
+        self._validate(prompts, config)
+        if not prompts:
+            return GenerationOutput(tokens=[], stats=[])
+        if config.is_sampling:
+            self._ensure_sampling_buffers()
+        eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
+        self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
+        seed = config.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+        t0 = time.perf_counter()
+        tokens: list[list[int]] = []
+        stats: list[RequestStats] = []
+        starts = list(range(0, len(prompts), self.max_reqs))
+        for batch_index, start in enumerate(starts):
+            chunk = prompts[start : start + self.max_reqs]
+            ids = list(range(start, start + len(chunk)))
+            out_tokens, out_stats = self._generate_batch(
+                chunk, ids, config, on_progress, batch_index, len(starts), t0
+            )
+            tokens += out_tokens
+            stats += out_stats
+        return GenerationOutput(tokens=tokens, stats=stats)
+
+    def _prefill(self, bt: _Batch, prompts: list[list[int]], config: GenerationConfig) -> None:
+        B, dev, st = len(prompts), self.device, bt.state
+        lengths = [len(p) for p in prompts]
+        text = torch.full((B, self.max_len), PAD_TOKEN, dtype=torch.int32)
+        for b, p in enumerate(prompts):
+            text[b, : len(p)] = torch.tensor(p, dtype=torch.int32)
+        st.text.copy_(text.to(dev))
+        st.text_len.copy_(torch.tensor(lengths, dtype=torch.int32))
+        st.prompt_len.copy_(st.text_len)
+        st.root.copy_(torch.tensor([p[-1] for p in prompts], dtype=torch.int32))
+        st.num_generated.zero_()
+        st.max_new_tokens.fill_(config.max_new_tokens)
+        st.finished.zero_()
+        bt.num_steps.zero_()
+        bt.accepted_hist.zero_()
+        bt.source_counts.zero_()
+        bt.step.new_tokens.fill_(PAD_TOKEN)
+        bt.step.num_new.zero_()
+        width = max(lengths) - 1
+        if width == 0:
+            st.cache_len.zero_()
+        else:
+            input_ids = torch.zeros(B, width, dtype=torch.int32)
+            for b, p in enumerate(prompts):
+                input_ids[b, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.int32)
+            prefix_len = torch.tensor([n - 1 for n in lengths], dtype=torch.int32, device=dev)
+            self.runner.prefill(input_ids.to(dev), prefix_len, self.cache)
+        self.drafter.prefill(st)
+
+    def _read_flags(self, bt: _Batch) -> tuple[list[int], list[int]]:
+        """The one host read of the loop, every check_every steps: finished flags and lengths."""
+        B, st = bt.state.num_reqs, bt.state
+        host = self._flags_host[: 2 * B]
+        packed = torch.cat([st.finished.to(torch.int32), st.num_generated])
+        if self.device.type == "cuda":
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            event.synchronize()
+        else:
+            host.copy_(packed)
+        flags = host.tolist()
+        return flags[:B], flags[B:]
+
+    def _generate_batch(self, prompts, ids, config, on_progress, batch_index, num_batches, t0):
+        B = len(prompts)
+        bt = self._batch(B)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t_start = time.perf_counter()
+        self._prefill(bt, prompts, config)
+        sync()
+        t_prefill = time.perf_counter()
+        max_steps = config.max_new_tokens
+        steps = 0
+        while True:
+            for _ in range(min(config.check_every, max_steps - steps)):
+                self._run_step(bt, config)
+                steps += 1
+            finished, num_generated = self._read_flags(bt)
+            if on_progress is not None:
+                on_progress(
+                    ProgressInfo(
+                        batch_index=batch_index,
+                        num_batches=num_batches,
+                        request_ids=ids,
+                        num_reqs=B,
+                        steps=steps,
+                        num_generated=num_generated,
+                        num_finished=sum(finished),
+                        elapsed_s=time.perf_counter() - t0,
+                        tokens=self._host_tokens(bt, num_generated),
+                    )
+                )
+            if all(finished) or steps >= max_steps:
+                break
+        t_end = time.perf_counter()
+        return self._collect(bt, t_prefill - t_start, t_end - t_prefill)
+
+    def _host_tokens(self, bt: _Batch, num_generated: list[int]) -> list[list[int]]:
+        st = bt.state
+        text = st.text.cpu()
+        prompt_len = st.prompt_len.cpu().tolist()
+        return [
+            text[b, prompt_len[b] : prompt_len[b] + num_generated[b]].tolist()
+            for b in range(st.num_reqs)
+        ]
+
+    def _collect(self, bt: _Batch, prefill_s: float, decode_s: float):
+        st = bt.state
+        num_generated = st.num_generated.cpu().tolist()
+        tokens = self._host_tokens(bt, num_generated)
+        num_steps = bt.num_steps.cpu().tolist()
+        hist = bt.accepted_hist.cpu().tolist()
+        has_sources = getattr(self.drafter, "last_source", None) is not None
+        sources = bt.source_counts.cpu().tolist()
+        stats = []
+        for b in range(st.num_reqs):
+            steps = num_steps[b]
+            emitted = sum((a + 1) * n for a, n in enumerate(hist[b]))
+            stats.append(
+                RequestStats(
+                    steps=steps,
+                    generated=num_generated[b],
+                    mat=emitted / steps if steps else 0.0,
+                    tokens_per_s=num_generated[b] / decode_s if decode_s > 0 else 0.0,
+                    accepted_hist=hist[b],
+                    sources=(
+                        {SOURCE_NAMES[s]: n for s, n in enumerate(sources[b]) if n}
+                        if has_sources
+                        else {}
+                    ),
+                    prefill_s=prefill_s,
+                    decode_s=decode_s,
+                )
+            )
+        return tokens, stats

@@ -1,0 +1,211 @@
+"""The decode loop against a toy runner whose logits depend on the whole committed context through
+its KV cache, so any error in tree masks, positions, verification, KV compaction or commit changes
+the output. Greedy output must equal the toy's own autoregressive greedy decoding token for token,
+for every drafter setting (errors, branches), ragged batches and successive batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from samgpu.decoding.loop import Decoder, GenerationConfig, ProgressInfo
+from samgpu.drafters.basic import ArDrafter, TestDrafter, TestOptions
+
+
+@dataclass
+class ToyCache:
+    k: torch.Tensor  # [L, R, 1, max_len, 1]
+    v: torch.Tensor
+    cache_len: torch.Tensor  # [R] int32
+
+
+class ToyRunner:
+    """Runner contract (docs/ARCHITECTURE.md) for a 'model' over a small vocabulary:
+        logits(seq) = W[seq[-1]] + U[seq[-2] or V if none] + S[sum(seq[:-1]) % 5].
+    Its K cache holds token ids (layer 1 is what the context sum reads), its V cache twice the
+    ids (layer 0 gives the previous token), so both caches and both layers must be right."""
+
+    graph_safe = False
+    num_layers = 2
+    dtype = torch.float32
+
+    def __init__(self, vocab_size: int = 12, seed: int = 0, scale: float = 3.0):
+        g = torch.Generator().manual_seed(seed)
+        self.vocab_size = vocab_size
+        self.device = torch.device("cpu")
+        self.W = scale * torch.randn(vocab_size, vocab_size, generator=g)
+        self.U = scale * torch.randn(vocab_size + 1, vocab_size, generator=g)
+        self.S = scale * torch.randn(5, vocab_size, generator=g)
+
+    def next_logits(self, seq: list[int]) -> torch.Tensor:
+        prev = seq[-2] if len(seq) >= 2 else self.vocab_size
+        return self.W[seq[-1]] + self.U[prev] + self.S[sum(seq[:-1]) % 5]
+
+    def allocate_cache(self, max_reqs: int, max_len: int) -> ToyCache:
+        shape = (self.num_layers, max_reqs, 1, max_len, 1)
+        return ToyCache(
+            torch.zeros(shape), torch.zeros(shape), torch.zeros(max_reqs, dtype=torch.int32)
+        )
+
+    def _write(self, cache, tokens, pos):
+        B = tokens.shape[0]
+        rows = torch.arange(B)[:, None].expand_as(pos)
+        cache.k.permute(1, 3, 0, 2, 4)[rows, pos] = tokens.float()[..., None, None, None]
+        cache.v.permute(1, 3, 0, 2, 4)[rows, pos] = 2 * tokens.float()[..., None, None, None]
+
+    def prefill(self, input_ids, lengths, cache):
+        B, T = input_ids.shape
+        self._write(cache, input_ids, torch.arange(T)[None, :].expand(B, T))
+        cache.cache_len[:B] = lengths
+
+    def forward_tree(self, tokens, positions, tree_mask, cache, out):
+        B, N = tokens.shape
+        V = self.vocab_size
+        cl = cache.cache_len[:B].long()
+        self._write(cache, tokens, cl[:, None] + torch.arange(N))
+        in_cache = torch.arange(cache.k.shape[3])[None, :] < cl[:, None]
+        cache_sum = (cache.k[1, :B, 0, :, 0] * in_cache).sum(1)
+        last = cache.v[0, :B, 0, :, 0].gather(1, (cl - 1).clamp(min=0)[:, None])[:, 0] / 2
+        last = torch.where(cl > 0, last, float(V)).long()
+        anc = tree_mask.float() * (1 - torch.eye(N))
+        ctx_sum = cache_sum[:, None] + (anc @ tokens.float()[..., None])[..., 0]
+        parent = (anc * (torch.arange(N) + 1)).amax(-1).long() - 1
+        prev = torch.where(parent >= 0, tokens.long().gather(1, parent.clamp(min=0)), last[:, None])
+        toks = tokens.long().clamp(0, V - 1)
+        out.copy_(self.W[toks] + self.U[prev] + self.S[ctx_sum.long() % 5])
+        # positions must be cache_len + depth
+        depth = tree_mask.sum(-1) - 1
+        assert torch.equal(positions.long(), cl[:, None] + depth)
+        return out
+
+
+def reference_greedy(runner: ToyRunner, prompt, max_new_tokens, eos=()):
+    seq, out = list(prompt), []
+    for _ in range(max_new_tokens):
+        tok = int(torch.argmax(runner.next_logits(seq)))
+        seq.append(tok)
+        out.append(tok)
+        if tok in eos:
+            break
+    return out
+
+
+PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7], [0, 0]]
+
+
+def _test_drafter(runner, prompts, max_reqs, *, depth=3, extra=6, **kw):
+    refs = [(p, reference_greedy(runner, p, 40 + extra)) for p in prompts]
+    opts = TestOptions(references=refs, depth=depth, **kw)
+    return TestDrafter(vocab_size=runner.vocab_size, max_reqs=max_reqs, device="cpu", options=opts)
+
+
+def test_ar_equals_reference_greedy_across_batches():
+    """Drafter `ar` (root only), 4 ragged prompts (lengths 5, 1, 8, 2) with max_reqs 3: two
+    successive batches; each output equals the toy's greedy continuation."""
+    runner = ToyRunner()
+    dec = Decoder(runner, ArDrafter(max_reqs=3, device="cpu"), max_reqs=3, max_len=64)
+    out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=12))
+    assert out.tokens == [reference_greedy(runner, p, 12) for p in PROMPTS]
+    for s in out.stats:
+        assert s.steps == 12 and s.generated == 12 and s.mat == 1.0 and s.accepted_hist == [12]
+
+
+@pytest.mark.parametrize(
+    "error_rate,branching",
+    [(0.0, False), (0.3, False), (1.0, False), (0.3, True), (0.0, True)],
+    ids=["exact", "errors", "all-wrong", "errors-branching", "exact-branching"],
+)
+def test_test_drafter_equals_reference_greedy(error_rate, branching):
+    """Whatever the draft quality or tree shape, greedy output = AR greedy output, and each
+    request's accepted-length histogram accounts for its steps and tokens."""
+    runner = ToyRunner(seed=1)
+    drafter = _test_drafter(
+        runner, PROMPTS, 4, depth=3, error_rate=error_rate, branching=branching, seed=5
+    )
+    dec = Decoder(runner, drafter, max_reqs=4, max_len=64)
+    out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=20))
+    assert out.tokens == [reference_greedy(runner, p, 20) for p in PROMPTS]
+    for s in out.stats:
+        assert sum(s.accepted_hist) == s.steps
+        assert s.mat == pytest.approx(
+            sum((a + 1) * n for a, n in enumerate(s.accepted_hist)) / s.steps
+        )
+        if error_rate == 1.0:
+            assert s.accepted_hist[0] == s.steps == 20  # every draft rejected: one token per step
+        if error_rate == 0.0:
+            assert s.steps == 5 and s.mat == 4.0  # 20 tokens, 4 per step (3 drafts + bonus)
+
+
+def test_accepted_length_accounting_with_known_errors():
+    """Depth-3 chains over a reference continuation with wrong tokens at positions 2 and 5:
+    step 1 at generated 0 drafts ref[0:3] (ref[2] wrong) -> accepts 2, emits 3;
+    step 2 at 3 drafts ref[3:6] (ref[5] wrong) -> accepts 2, emits 3;
+    step 3 at 6 drafts ref[6:9] -> accepts 3, emits 4 -> 10 tokens = max_new_tokens.
+    So steps 3, histogram [0, 0, 2, 1], MAT 10/3."""
+    runner = ToyRunner(seed=2)
+    prompt = [4, 4, 7]
+    ref = reference_greedy(runner, prompt, 16)
+    corrupted = list(ref)
+    for i in (2, 5):
+        corrupted[i] = (ref[i] + 1) % runner.vocab_size
+    opts = TestOptions(references=[(prompt, corrupted)], depth=3)
+    drafter = TestDrafter(vocab_size=runner.vocab_size, max_reqs=1, device="cpu", options=opts)
+    out = Decoder(runner, drafter, max_reqs=1, max_len=32).generate(
+        [prompt], GenerationConfig(max_new_tokens=10)
+    )
+    assert out.tokens == [ref[:10]]
+    s = out.stats[0]
+    assert (s.steps, s.generated, s.accepted_hist) == (3, 10, [0, 0, 2, 1])
+    assert s.mat == pytest.approx(10 / 3)
+
+
+def test_eos_cut_and_masking_of_finished_sequences():
+    """EOS = the 4th greedy token of prompt 0: its output stops there (EOS included) while the
+    others run to max_new_tokens (unless they produce that token too), in the same batch."""
+    runner = ToyRunner(seed=3)
+    eos = reference_greedy(runner, PROMPTS[0], 4)[3]
+    drafter = _test_drafter(runner, PROMPTS, 4, depth=4, error_rate=0.2)
+    dec = Decoder(runner, drafter, max_reqs=4, max_len=64)
+    out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=16, eos_token_ids=(eos,)))
+    want = [reference_greedy(runner, p, 16, eos=(eos,)) for p in PROMPTS]
+    assert out.tokens == want
+    assert out.tokens[0][-1] == eos and len(out.tokens[0]) <= 4
+    assert [s.generated for s in out.stats] == [len(t) for t in want]
+
+
+def test_progress_callback_and_reuse():
+    """on_progress runs every check_every steps with the batch's progress; a second generate on
+    the same Decoder gives the same result."""
+    runner = ToyRunner(seed=4)
+    drafter = _test_drafter(runner, PROMPTS[:2], 2, depth=2, error_rate=0.5)
+    dec = Decoder(runner, drafter, max_reqs=2, max_len=64)
+    seen: list[ProgressInfo] = []
+    cfg = GenerationConfig(max_new_tokens=9, check_every=2)
+    out = dec.generate(PROMPTS[:2], cfg, on_progress=seen.append)
+    assert seen and all(
+        info.num_reqs == 2 and info.steps % 2 == 0 or info.steps == 9 for info in seen
+    )
+    last = seen[-1]
+    assert last.num_finished == 2 and last.num_generated == [9, 9] and last.tokens == out.tokens
+    assert [i.steps for i in seen] == sorted(i.steps for i in seen)
+    assert dec.generate(PROMPTS[:2], cfg).tokens == out.tokens
+
+
+def test_bad_inputs_raise_clear_errors():
+    runner = ToyRunner()
+    dec = Decoder(runner, ArDrafter(max_reqs=2, device="cpu"), max_reqs=2, max_len=16)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        dec.generate([[1], []], GenerationConfig(max_new_tokens=2))
+    with pytest.raises(
+        ValueError, match=r"10 prompt tokens \+ max_new_tokens 8 \+ 1 draft nodes = 19"
+    ):
+        dec.generate([list(range(10))], GenerationConfig(max_new_tokens=8))
+    with pytest.raises(ValueError, match="token id 12 outside"):
+        dec.generate([[1, 12]], GenerationConfig(max_new_tokens=2))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationConfig(top_p=0.0)
+    assert dec.generate([], GenerationConfig()).tokens == []
