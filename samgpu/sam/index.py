@@ -220,6 +220,7 @@ class SamIndex:
         """Sizes; `bytes` counts every saved array, `bytes_per_token` divides by the corpus tokens
         (the text, singletons included); `*_no_root` leaves out the dense root_next row."""
         nbytes = {name: getattr(self, name).numel() * 4 for name in ARRAY_NAMES}
+        degree = np.diff(self.edge_offsets.numpy())
         total = sum(nbytes.values())
         num_tokens = max(self.num_tokens, 1)
         return {
@@ -235,7 +236,12 @@ class SamIndex:
             "bytes_per_token_no_root": round((total - nbytes["root_next"]) / num_tokens, 3),
             "states_per_token": round(self.num_states / num_tokens, 4),
             "edges_per_token": round(self.num_edges / num_tokens, 4),
+            # Out-degree histogram: a GPU layout with one inline edge per state serves most lookups.
+            "states_degree_0": int((degree == 0).sum()),
+            "states_degree_1": int((degree == 1).sum()),
+            "states_degree_2plus": int((degree >= 2).sum()),
             "max_length": int(self.length.max()) if self.num_states else 0,
+            "array_bytes": nbytes,
         }
 
     def validate(self) -> None:

@@ -1,0 +1,183 @@
+"""Shared benchmark helpers: timing with quantiles, the environment block, JSONL results, tables.
+
+Every result is one JSON object per measurement (STYLE.md "Benchmark conventions"):
+    {"bench": ..., "provider": ..., "params": {...}, "metric": ..., "unit": ...,
+     "p50": ..., "p20": ..., "p80": ..., (derived: "tok_s", "gbps", ...), "env": env()}
+written to profiling/results/<YYYYMMDD>-<card>-<gitsha>.jsonl (one file per run and card; appended).
+
+    from profiling.common import bench_cpu, bench_gpu, env, write_jsonl, print_table
+    t = bench_gpu(lambda: op(x))            # {"p50": ms, "p20": ms, "p80": ms} via triton do_bench
+    t = bench_cpu(lambda: build(), rep=3)   # same keys, wall-clock ms
+    write_jsonl([{"bench": "x", **t, ...}])  # adds env, returns the path
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "profiling" / "results"
+QUANTILES = (0.5, 0.2, 0.8)
+
+
+# ----------------------------------------------------------------------------- environment
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,power.limit", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+@functools.cache
+def env() -> dict:
+    """Where a number was measured: gpu (or cpu), driver, library versions, git sha/dirty, time."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "gpu": torch.cuda.get_device_name(0) if has_cuda else None,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "driver": _driver() if has_cuda else None,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "numba": _version("numba"),
+        "numpy": _version("numpy"),
+        "samgpu_sha": _git("rev-parse", "--short=12", "HEAD"),
+        "dirty": None if dirty is None else bool(dirty),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def card(e: dict | None = None) -> str:
+    """Short name of the measuring device for file names: h100, h200, a100, ... or cpu."""
+    e = e or env()
+    name = e.get("gpu")
+    if not name:
+        return "cpu"
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name.upper())
+    return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")).lower()
+
+
+# ----------------------------------------------------------------------------- timing
+def _summary(samples_ms: Sequence[float]) -> dict:
+    import numpy as np
+
+    q = np.quantile(np.asarray(samples_ms, dtype=np.float64), QUANTILES)
+    return {"p50": float(q[0]), "p20": float(q[1]), "p80": float(q[2]), "n": len(samples_ms)}
+
+
+def bench_cpu(fn: Callable[[], object], *, rep: int = 5, warmup: int = 1) -> dict:
+    """Wall-clock milliseconds of fn() on the host: p50/p20/p80 over `rep` runs after `warmup`."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(rep):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return _summary(samples)
+
+
+def bench_gpu(fn: Callable[[], object], *, rep_ms: int = 100, warmup_ms: int = 25) -> dict:
+    """GPU milliseconds via triton.testing.do_bench (L2 flushed, CUDA events), p50/p20/p80."""
+    from triton.testing import do_bench
+
+    p50, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
+    return {"p50": float(p50), "p20": float(p20), "p80": float(p80)}
+
+
+# ----------------------------------------------------------------------------- output
+def results_path(e: dict | None = None) -> Path:
+    e = e or env()
+    day = e["timestamp"][:10].replace("-", "")
+    return RESULTS / f"{day}-{card(e)}-{e.get('samgpu_sha') or 'nogit'}.jsonl"
+
+
+def write_jsonl(records: Iterable[dict], path: str | os.PathLike | None = None) -> Path:
+    """Append records (each gets the env block) to `path` or the run's default results file."""
+    e = env()
+    path = Path(path) if path is not None else results_path(e)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for rec in records:
+            f.write(json.dumps({**rec, "env": rec.get("env", e)}) + "\n")
+    return path
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[str], *, title: str = "") -> str:
+    """Markdown table of `columns` (missing cells '—'); printed and returned."""
+
+    def cell(v) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def hardware_line(e: dict | None = None) -> str:
+    """One line naming the device and versions, to print next to every table."""
+    e = e or env()
+    device = e["gpu"] or f"CPU {e['cpu']} ({e['cpu_count']} cores)"
+    sha = f"{e['samgpu_sha']}{'+dirty' if e['dirty'] else ''}"
+    return (
+        f"{device}; driver {e['driver'] or '—'}; torch {e['torch']}, triton {e['triton']}, "
+        f"transformers {e['transformers']}; samgpu {sha}; {e['timestamp']}"
+    )
