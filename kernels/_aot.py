@@ -5,7 +5,8 @@ compiles each kernel with `triton.compile(ASTSource(...), target=GPUTarget("cuda
 Each kernel module lists its kernels in `AOT_SPECS`: one `AotSpec` per (kernel, signature, constexprs)
 worth checking, i.e. every constexpr combination the runtime uses. Run as
 `python -m samgpu.kernels._aot` with TRITON_INTERPRET unset; exits non-zero on any failure and when a
-`@triton.jit` kernel of a module has no spec.
+kernel of a module (a `@triton.jit` function named `_..._kernel`, the house naming rule; other jit
+functions are device helpers compiled inside the kernels that call them) has no spec.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def compile_all(verbose: bool = True) -> list[str]:
         specs: list[AotSpec] = list(getattr(module, "AOT_SPECS", []))
         covered = {id(s.kernel) for s in specs}
         for attr, obj in vars(module).items():
-            if isinstance(obj, triton.runtime.JITFunction) and id(obj) not in covered:
+            is_kernel = isinstance(obj, triton.runtime.JITFunction) and attr.endswith("_kernel")
+            if is_kernel and id(obj) not in covered:
                 failures.append(f"{name}.{attr}: @triton.jit kernel without an AotSpec")
         for spec in specs:
             label = f"{name}.{spec.kernel.__name__} {spec.constexprs}"
