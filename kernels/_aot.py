@@ -1,12 +1,12 @@
 """Ahead-of-time compilation of every Triton kernel for Hopper (sm_90), without a GPU.
 
-The Triton interpreter accepts code the real compiler rejects (`break`, some dtype mixes), so CI also
-compiles each kernel with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`.
-Each kernel module lists its kernels in `AOT_SPECS`: one `AotSpec` per (kernel, signature, constexprs)
-worth checking, i.e. every constexpr combination the runtime uses. Run as
-`python -m samgpu.kernels._aot` with TRITON_INTERPRET unset; exits non-zero on any failure and when a
-kernel of a module (a `@triton.jit` function named `_..._kernel`, the house naming rule; other jit
-functions are device helpers compiled inside the kernels that call them) has no spec.
+The Triton interpreter accepts code the real compiler rejects (`break`, some dtype mixes), so CI
+also compiles each kernel with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`.
+Each kernel module lists its kernels in `AOT_SPECS`: one `AotSpec` per (kernel, signature,
+constexprs) worth checking, i.e. every constexpr combination the runtime uses. Run as
+`python -m samgpu.kernels._aot` with TRITON_INTERPRET unset; exits non-zero on any failure and
+when a kernel of a module (a `@triton.jit` function named `_..._kernel`, the house naming rule;
+other jit functions are device helpers compiled inside the kernels that call them) has no spec.
 """
 
 from __future__ import annotations
@@ -37,11 +37,22 @@ def kernel_modules() -> list[str]:
     ]
 
 
-def compile_all(verbose: bool = True) -> list[str]:
+def compile_spec(spec: AotSpec):
+    """Compile one kernel for sm_90 with the real compiler (raises what the compiler raises)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    target = GPUTarget("cuda", 90, 32)
+    src = triton.compiler.ASTSource(
+        fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs
+    )
+    return triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": spec.num_warps}
+    )
+
+
+def compile_all(verbose: bool = True) -> list[str]:
+    import triton
+
     failures: list[str] = []
     for name in kernel_modules():
         module = importlib.import_module(name)
@@ -55,10 +66,7 @@ def compile_all(verbose: bool = True) -> list[str]:
             label = f"{name}.{spec.kernel.__name__} {spec.constexprs}"
             start = time.perf_counter()
             try:
-                src = triton.compiler.ASTSource(
-                    fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs
-                )
-                triton.compile(src, target=target, options={"num_warps": spec.num_warps})
+                compile_spec(spec)
             except Exception as exc:  # noqa: BLE001 - report every failure, then fail
                 failures.append(f"{label}: {type(exc).__name__}: {exc}")
                 continue

@@ -20,3 +20,35 @@ def test_every_kernel_compiles_for_sm90():
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+BROKEN_KERNEL = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _broken_kernel(x_ptr, n):
+    i = 0
+    while i < n:
+        if tl.load(x_ptr + i) == 0:
+            break  # the interpreter runs this; the compiler rejects it
+        i += 1
+"""
+
+
+def test_the_check_rejects_what_only_the_interpreter_accepts(tmp_path):
+    """Negative control: a kernel with `break` must fail the AOT compile."""
+    (tmp_path / "broken_mod.py").write_text(BROKEN_KERNEL)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import broken_mod;"
+        "from samgpu.kernels._aot import AotSpec, compile_spec;"
+        "compile_spec(AotSpec(broken_mod._broken_kernel, {'x_ptr': '*i32', 'n': 'i32'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "break" in proc.stderr.lower() or "unsupported" in proc.stderr.lower(), proc.stderr
