@@ -92,13 +92,16 @@ def _grow_i32(a, new_cap):
 
 @numba.njit(cache=True)
 def new_state_records(cap):
-    """Record array with the root (state 0) initialised."""
-    st = np.zeros((max(cap, 1), ST_WIDTH), dtype=np.int32)
+    """Record array with the root (state 0) initialised; other rows are written on creation, so
+    the array is left uninitialised (untouched capacity costs no page faults)."""
+    st = np.empty((max(cap, 1), ST_WIDTH), dtype=np.int32)
     st[0, ST_LENGTH] = 0
     st[0, ST_LINK] = NO_STATE
     st[0, ST_ENDPOS] = NO_STATE
     st[0, ST_FTOK] = NO_TOKEN
+    st[0, ST_FDST] = NO_STATE
     st[0, ST_OHEAD] = NO_EDGE
+    st[0, ST_DEG] = 0
     return st
 
 

@@ -352,9 +352,10 @@ class _Builder:
         self.started = time.perf_counter()
         self.compute_seconds = 0.0  # time inside the build itself, not waiting for documents
         cap_tokens = max(expected_tokens, 1 << 16) + 2 * vocab_size
-        # Typical text: ~1.4 states and ~0.8 overflow edges per token (measured on the datastore).
+        # Measured on the datastore text: ~1.4 states and ~0.8 overflow edges (edges beyond a
+        # state's first) per token. Capacities grow on demand; the table rehashes at load 1/2.
         self.st = _build.new_state_records(cap_tokens * 3 // 2 + 16)
-        cap_over = cap_tokens + vocab_size
+        cap_over = cap_tokens * 7 // 8 + vocab_size
         self.o_tok = np.empty(cap_over, dtype=np.int32)
         self.o_next = np.empty(cap_over, dtype=np.int32)
         bits = max(12, int(np.ceil(np.log2(2 * cap_over))))
