@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# On the lent GPU machine (workplace tooling, see profiling/README.md): assemble the default GGUF from
+# the parts carried in .gpu/m2 (two calls: p00, then p01 + smol.sha256 + .gpu/whl), install the
+# missing wheels and samgpu itself (editable, so samgpu.kernels maps to kernels/). Source it:
+#   source profiling/gpu_stage.sh && python -m pytest ...
+set -eo pipefail
+mkdir -p /root/models
+for p in .gpu/m2/p0?; do [ -f "$p" ] && cp "$p" /root/models/; done
+GGUF=/root/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$GGUF" ] && [ -f /root/models/p00 ] && [ -f /root/models/p01 ] && [ -f .gpu/m2/smol.sha256 ]; then
+  cat /root/models/p00 /root/models/p01 > "$GGUF"
+  echo "$(cat .gpu/m2/smol.sha256)  $GGUF" | sha256sum -c - || { rm -f "$GGUF"; exit 1; }
+fi
+export SAMGPU_DEFAULT_GGUF=$GGUF SAMGPU_CACHE=/root/samgpu-cache PYTHONUNBUFFERED=1
+if [ -d .gpu/whl ] && [ ! -d /tmp/site ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader || true
+ls -la /root/models
