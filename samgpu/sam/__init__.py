@@ -21,6 +21,7 @@ from samgpu.sam.default import (
     cache_dir,
     default_corpus_paths,
     default_index_path,
+    ensure_default_index,
 )
 from samgpu.sam.index import ARRAY_NAMES, NO_POSITION, NO_STATE, SamIndex
 from samgpu.sam.storage import FORMAT_VERSION, MAGIC, read_header
@@ -38,6 +39,7 @@ __all__ = [
     "cache_dir",
     "default_corpus_paths",
     "default_index_path",
+    "ensure_default_index",
     "hf_encode_batch",
     "read_header",
     "read_texts",

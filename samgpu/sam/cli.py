@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from samgpu.sam.corpus import DEFAULT_FIELDS, tokenizer_fingerprint
-from samgpu.sam.default import build_default_index, build_index_from_files, default_index_path
+from samgpu.sam.default import build_index_from_files, default_index_path, ensure_default_index
 from samgpu.sam.index import SamIndex
 from samgpu.sam.storage import read_header
 
@@ -94,8 +94,10 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
     if not args.corpus:
         if tuple(fields) != DEFAULT_FIELDS:
             raise ValueError("--fields applies to --corpus files; the default corpus has its own")
-        path = build_default_index(tokenizer, args.out, progress, force=args.force)
-        index = SamIndex.load(path)
+        path, index = ensure_default_index(tokenizer, args.out, progress, force=args.force)
+        if index is None:  # an up-to-date default index was already cached
+            index = SamIndex.load(path)
+            index.build_info["cached"] = True
     else:
         if args.out is None:
             raise ValueError(
@@ -108,7 +110,8 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
         )
         path = index.save(args.out)
     seconds = time.perf_counter() - start
-    line = {"path": str(path), **index.stats(), **index.extra, "wall_seconds": round(seconds, 3)}
+    line = {"path": str(path), **index.stats(), **index.extra, **index.build_info}
+    line["wall_seconds"] = round(seconds, 3)
     print(json.dumps(line))
     return 0
 

@@ -67,10 +67,22 @@ def build_default_index(
     """Build (or reuse) the default index for `tokenizer` (duck-typed: get_vocab(), eos_token_id,
     batch call or encode()). Returns the file path. An existing file is reused when its header names
     this tokenizer and the current default corpus, unless force=True."""
+    return ensure_default_index(tokenizer, out, progress, force=force, vocab_size=vocab_size)[0]
+
+
+def ensure_default_index(
+    tokenizer,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    *,
+    force: bool = False,
+    vocab_size: int | None = None,
+) -> tuple[Path, SamIndex | None]:
+    """build_default_index, also returning the index when it was built now (None if reused)."""
     fingerprint = tokenizer_fingerprint(tokenizer)
     path = Path(out) if out is not None else default_index_path(fingerprint)
     if not force and path.is_file() and _is_current_default(path, fingerprint):
-        return path
+        return path, None
     index = build_index_from_files(
         default_corpus_paths(),
         tokenizer,
@@ -81,7 +93,7 @@ def build_default_index(
     )
     index.extra["corpus"] = DEFAULT_CORPUS_ID
     index.save(path)
-    return path
+    return path, index
 
 
 def build_index_from_files(

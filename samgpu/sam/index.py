@@ -82,7 +82,8 @@ class SamIndex:
     vocab_size: int
     eos_id: int
     tokenizer_fingerprint: str = ""
-    extra: dict = field(default_factory=dict)  # JSON-able provenance (corpus, build rate), saved
+    extra: dict = field(default_factory=dict)  # JSON-able provenance (corpus, sizes), saved
+    build_info: dict = field(default_factory=dict)  # build timings of this process, not saved
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -435,10 +436,10 @@ class _Builder:
             vocab_size=self.vocab_size,
             eos_id=self.eos_id,
             tokenizer_fingerprint=tokenizer_fingerprint,
-            extra={
+            extra={"corpus_tokens": self.num_doc_tokens},
+            build_info={
                 "build_seconds": round(seconds, 4),
                 "build_wall_seconds": round(time.perf_counter() - self.started, 4),
-                "corpus_tokens": self.num_doc_tokens,
                 "build_tokens_per_s": round(num_tokens / seconds, 1) if seconds > 0 else None,
             },
         )

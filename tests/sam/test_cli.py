@@ -99,6 +99,8 @@ def test_default_index_is_built_once_and_cached(capsys, cache):
     assert stats["path"] == str(path) and path.parent == cache
     assert stats["corpus"] == "samgpu-default-corpus-v1" and stats["corpus_tokens"] > 1_000_000
     mtime = path.stat().st_mtime_ns
+    code, out, err = run(capsys, "build", "--no-progress", tokenizer=tok)
+    assert code == 0 and json.loads(out)["cached"] is True
     assert build_default_index(tok, progress=False) == path
     assert path.stat().st_mtime_ns == mtime  # reused, not rebuilt
     # A corrupt cached file is rebuilt rather than trusted.

@@ -32,7 +32,8 @@ def test_round_trip_is_exact(index, saved, mmap):
     loaded = SamIndex.load(saved, mmap=mmap)
     assert loaded.equal(index)
     assert loaded.tokenizer_fingerprint == "fp-abc" and loaded.eos_id == 3
-    assert loaded.extra["corpus_tokens"] == index.extra["corpus_tokens"]
+    assert loaded.extra == index.extra == {"corpus_tokens": index.num_tokens - 2 * 11 + 1}
+    assert loaded.build_info == {}  # timings are not saved: same corpus, same bytes
     loaded.validate()
     assert loaded.longest_match([1, 2, 3]) == index.longest_match([1, 2, 3])
     for name in ARRAY_NAMES:
@@ -65,6 +66,16 @@ def test_arrays_are_64_byte_aligned(saved):
     assert [e["name"] for e in meta["arrays"]] == list(ARRAY_NAMES)
     assert all(e["offset"] % 64 == 0 for e in meta["arrays"])
     assert meta["file_size"] == saved.stat().st_size
+
+
+def test_same_corpus_gives_identical_files(index, saved, tmp_path):
+    again = SamIndex.build(
+        [index.tokens[: index.extra["corpus_tokens"]].numpy()],
+        vocab_size=11,
+        eos_id=3,
+        tokenizer_fingerprint="fp-abc",
+    )
+    assert again.save(tmp_path / "again.samidx").read_bytes() == saved.read_bytes()
 
 
 def test_save_is_atomic_and_overwrites(index, tmp_path):
