@@ -77,25 +77,29 @@ def hash_find(
     hash_ptr,  # [H] int32, edge index or -1 (free), this slot's row
     edge_src_ptr,  # [Ecap] int32, this slot's row
     edge_token_ptr,  # [Ecap] int32, this slot's row
+    edge_dst_ptr,  # [Ecap] int32, this slot's row
     state,  # scalar int32
     token,  # scalar int32
     hash_shift,  # 32 - log2(H)
     hash_mask,  # H - 1
 ):
-    """Linear probing: returns (slot, edge). edge = the edge index of (state, token) or -1; slot =
+    """Linear probing: returns (slot, edge, dst). edge = the edge index of (state, token) or -1,
+    dst its destination (-1 if none; loaded with the key, saving a dependent round trip); slot =
     the slot holding it, or the free slot that ended the probe (where an insert goes)."""
     j = hash_slot(state, token, hash_shift)
     e = tl.load(hash_ptr + j)
     src = tl.load(edge_src_ptr + e, mask=e >= 0, other=-1)
     tok = tl.load(edge_token_ptr + e, mask=e >= 0, other=-1)
+    dst = tl.load(edge_dst_ptr + e, mask=e >= 0, other=-1)
     hit = (e >= 0) & (src == state) & (tok == token)
     while (e >= 0) & (hit == 0):
         j = (j + 1) & hash_mask
         e = tl.load(hash_ptr + j)
         src = tl.load(edge_src_ptr + e, mask=e >= 0, other=-1)
         tok = tl.load(edge_token_ptr + e, mask=e >= 0, other=-1)
+        dst = tl.load(edge_dst_ptr + e, mask=e >= 0, other=-1)
         hit = (e >= 0) & (src == state) & (tok == token)
-    return j, tl.where(hit, e, -1)
+    return j, tl.where(hit, e, -1), tl.where(hit, dst, -1)
 
 
 @triton.jit

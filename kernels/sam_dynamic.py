@@ -23,7 +23,8 @@ Per new token c (the official SAM-Decoding order, `DynSAM.add_tokens`): FIRST MA
 2. extend: the classic online construction (new state, walk suffix links adding c-edges, clone with
    copied edges and copied earliest endpos, redirect), store c in `tokens`;
 3. normalise: a clone made in step 2 may have split the match state, in which case the match's
-   string now belongs to an ancestor: while match_len <= length[link[state]], state = link[state].
+   string now belongs to an ancestor: while match_len <= length[link[state]], state = link[state]
+   (the reference's loop; the kernel tests the one state that can be split, q, against its clone).
 Tokens past the capacity are matched but not added (the automaton is frozen when full).
 
 Example: prompt "1 2 3 1 2": after prefill match_len = 2 ("1 2", earliest endpos 1), so a draft is
@@ -62,7 +63,7 @@ def hash_size(capacity: int) -> int:
     return triton.next_power_of_2(max(16, 12 * capacity))
 
 
-@triton.jit(do_not_specialize=["stride_new_b", "capacity", "hash_shift", "hash_mask"])
+@triton.jit(do_not_specialize=["stride_new_b", "capacity", "h_shift", "h_mask"])
 def _sam_dynamic_extend_kernel(
     new_tokens_ptr,  # [B, K] int32, PAD_TOKEN past num_new
     num_new_ptr,  # [B] int32
@@ -70,9 +71,9 @@ def _sam_dynamic_extend_kernel(
     link_ptr,  # [R, 2C] int32 (in/out)
     endpos_ptr,  # [R, 2C] int32 (in/out)
     first_edge_ptr,  # [R, 2C] int32 (in/out)
-    edge_src_ptr,  # [R, 3C] int32 (in/out)
-    edge_token_ptr,  # [R, 3C] int32 (in/out)
-    edge_dst_ptr,  # [R, 3C] int32 (in/out)
+    e_src_ptr,  # [R, 3C] int32 edge_src (in/out)
+    e_tok_ptr,  # [R, 3C] int32 edge_token (in/out)
+    e_dst_ptr,  # [R, 3C] int32 edge_dst (in/out)
     edge_next_ptr,  # [R, 3C] int32 (in/out)
     hash_ptr,  # [R, H] int32 (in/out)
     tokens_ptr,  # [R, C] int32 (in/out)
@@ -84,8 +85,8 @@ def _sam_dynamic_extend_kernel(
     match_len_ptr,  # [R] int32 (in/out)
     stride_new_b,  # row stride of new_tokens
     capacity,  # C
-    hash_shift,  # 32 - log2(H)
-    hash_mask,  # H - 1
+    h_shift,  # 32 - log2(H)
+    h_mask,  # H - 1
 ):
     """One program per sequence (slot b = row b); tokens consumed in order."""
     b = tl.program_id(0).to(tl.int64)
@@ -94,11 +95,11 @@ def _sam_dynamic_extend_kernel(
     link_ptr += b * 2 * cap
     endpos_ptr += b * 2 * cap
     first_edge_ptr += b * 2 * cap
-    edge_src_ptr += b * 3 * cap
-    edge_token_ptr += b * 3 * cap
-    edge_dst_ptr += b * 3 * cap
+    e_src_ptr += b * 3 * cap
+    e_tok_ptr += b * 3 * cap
+    e_dst_ptr += b * 3 * cap
     edge_next_ptr += b * 3 * cap
-    hash_ptr += b * (hash_mask.to(tl.int64) + 1)
+    hash_ptr += b * (h_mask.to(tl.int64) + 1)
     tokens_ptr += b * cap
 
     num_states = tl.load(num_states_ptr + b)
@@ -111,14 +112,14 @@ def _sam_dynamic_extend_kernel(
     for i in range(0, num_new):
         c = tl.load(new_tokens_ptr + b * stride_new_b + i)
         # 1. match in the automaton of the text before c
-        _, e = J.hash_find(hash_ptr, edge_src_ptr, edge_token_ptr, state, c, hash_shift, hash_mask)
+        _, e, d = J.hash_find(hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, state, c, h_shift, h_mask)
         while (e < 0) & (state != _ROOT):
             state = tl.load(link_ptr + state)
             match_len = tl.load(length_ptr + state)
-            _, e = J.hash_find(
-                hash_ptr, edge_src_ptr, edge_token_ptr, state, c, hash_shift, hash_mask
+            _, e, d = J.hash_find(
+                hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, state, c, h_shift, h_mask
             )
-        state = tl.where(e >= 0, tl.load(edge_dst_ptr + e, mask=e >= 0, other=_ROOT), _ROOT)
+        state = tl.where(e >= 0, d, _ROOT)
         match_len = tl.where(e >= 0, match_len + 1, 0)
         # 2. extend (frozen when full)
         if pos < capacity:
@@ -128,23 +129,22 @@ def _sam_dynamic_extend_kernel(
             tl.store(endpos_ptr + cur, pos)
             tl.store(first_edge_ptr + cur, _NO_EDGE)
             p = last
-            j, e = J.hash_find(hash_ptr, edge_src_ptr, edge_token_ptr, p, c, hash_shift, hash_mask)
+            j, e, q = J.hash_find(hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, p, c, h_shift, h_mask)
             while (p != _NO_STATE) & (e < 0):
-                tl.store(edge_src_ptr + num_edges, p)
-                tl.store(edge_token_ptr + num_edges, c)
-                tl.store(edge_dst_ptr + num_edges, cur)
+                tl.store(e_src_ptr + num_edges, p)
+                tl.store(e_tok_ptr + num_edges, c)
+                tl.store(e_dst_ptr + num_edges, cur)
                 tl.store(edge_next_ptr + num_edges, tl.load(first_edge_ptr + p))
                 tl.store(first_edge_ptr + p, num_edges)
                 tl.store(hash_ptr + j, num_edges)
                 num_edges += 1
                 tl.debug_barrier()
                 p = tl.load(link_ptr + p)
-                j, e = J.hash_find(
-                    hash_ptr, edge_src_ptr, edge_token_ptr, p, c, hash_shift, hash_mask
+                j, e, q = J.hash_find(
+                    hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, p, c, h_shift, h_mask
                 )
             link_cur = tl.full([], _ROOT, tl.int32)
             if p != _NO_STATE:
-                q = tl.load(edge_dst_ptr + e)
                 len_p = tl.load(length_ptr + p)
                 if len_p + 1 == tl.load(length_ptr + q):
                     link_cur = q
@@ -159,14 +159,14 @@ def _sam_dynamic_extend_kernel(
                     # clone-copy q's edges (prepended: the clone's list is q's reversed)
                     f = tl.load(first_edge_ptr + q)
                     while f != _NO_EDGE:
-                        t = tl.load(edge_token_ptr + f)
-                        d = tl.load(edge_dst_ptr + f)
-                        j2, _ = J.hash_find(
-                            hash_ptr, edge_src_ptr, edge_token_ptr, clone, t, hash_shift, hash_mask
+                        t = tl.load(e_tok_ptr + f)
+                        d = tl.load(e_dst_ptr + f)
+                        j2, _, _ = J.hash_find(
+                            hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, clone, t, h_shift, h_mask
                         )
-                        tl.store(edge_src_ptr + num_edges, clone)
-                        tl.store(edge_token_ptr + num_edges, t)
-                        tl.store(edge_dst_ptr + num_edges, d)
+                        tl.store(e_src_ptr + num_edges, clone)
+                        tl.store(e_tok_ptr + num_edges, t)
+                        tl.store(e_dst_ptr + num_edges, d)
                         tl.store(edge_next_ptr + num_edges, tl.load(first_edge_ptr + clone))
                         tl.store(first_edge_ptr + clone, num_edges)
                         tl.store(hash_ptr + j2, num_edges)
@@ -175,29 +175,24 @@ def _sam_dynamic_extend_kernel(
                         f = tl.load(edge_next_ptr + f)
                     # redirect the c-edges of p and its suffix-link ancestors from q to the clone
                     while e >= 0:
-                        tl.store(edge_dst_ptr + e, clone)
+                        tl.store(e_dst_ptr + e, clone)
                         tl.debug_barrier()
                         p = tl.load(link_ptr + p)
-                        _, e = J.hash_find(
-                            hash_ptr, edge_src_ptr, edge_token_ptr, p, c, hash_shift, hash_mask
+                        _, e, d = J.hash_find(
+                            hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, p, c, h_shift, h_mask
                         )
-                        e = tl.where(tl.load(edge_dst_ptr + e, mask=e >= 0, other=-1) == q, e, -1)
+                        e = tl.where(d == q, e, -1)
                     tl.store(link_ptr + q, clone)
                     link_cur = clone
+                    # 3. normalise the match: q lost its strings of length <= len_p + 1 to the
+                    # clone; a match in q that short now belongs to the clone (the only state
+                    # whose class changed, so one test replaces the reference's climb loop)
+                    state = tl.where((state == q) & (match_len <= len_p + 1), clone, state)
             tl.store(link_ptr + cur, link_cur)
             tl.store(tokens_ptr + pos, c)
             last = cur
             pos += 1
             tl.debug_barrier()
-            # 3. normalise the match: its string may now belong to the clone above its state
-            lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_NO_STATE)
-            up = (state != _ROOT) & (match_len <= tl.load(length_ptr + lk, mask=lk >= 0, other=-1))
-            while up:
-                state = lk
-                lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_NO_STATE)
-                up = (state != _ROOT) & (
-                    match_len <= tl.load(length_ptr + lk, mask=lk >= 0, other=-1)
-                )
     tl.store(num_states_ptr + b, num_states)
     tl.store(num_edges_ptr + b, num_edges)
     tl.store(last_ptr + b, last)
@@ -368,14 +363,15 @@ AOT_SPECS = [
         {
             "new_tokens_ptr": "*i32",
             "num_new_ptr": "*i32",
-            **{f"{f}_ptr": "*i32" for f in FIELDS_STATE + FIELDS_EDGE},
+            **{f"{f}_ptr": "*i32" for f in FIELDS_STATE},
+            **{f"{f}_ptr": "*i32" for f in ("e_src", "e_tok", "e_dst", "edge_next")},
             "hash_ptr": "*i32",
             "tokens_ptr": "*i32",
             **{f"{f}_ptr": "*i32" for f in FIELDS_SLOT},
             "stride_new_b": "i32",
             "capacity": "i32",
-            "hash_shift": "i32",
-            "hash_mask": "i32",
+            "h_shift": "i32",
+            "h_mask": "i32",
         },
         {},
         num_warps=1,
