@@ -16,7 +16,8 @@ Construction layout (measured: the hash table's cache misses dominate, so most e
   overflow-list head, degree, (pad): a state's whole record is one cache-line access. Most states
   have a single successor, whose edge is stored inline (the "first edge");
 - further edges ("overflow") go to an open-addressing hash table `ht[2 * cap]` int64 of interleaved
-  (key = (state << 32) | token, dst) pairs (linear probing, Fibonacci hashing, load <= 1/2), plus a
+  (key = (state << 32) | token, dst) pairs (linear probing, Fibonacci hashing reduced to any table
+  size by multiply-shift, load <= 1/2, sized from the expected text length), plus a
   per-state linked list `o_tok[K]`, `o_next[K]` so clone-copy can enumerate a state's edges.
 Edges are never deleted (cloning redirects rewrite the dst in place), so the table only grows.
 
@@ -47,33 +48,35 @@ NO_EDGE: int = -1  # end of an overflow list
 
 
 @numba.njit(cache=True, inline="always")
-def _slot(key, shift, mask):
-    return np.int64((np.uint64(key) * _FIB) >> np.uint64(shift)) & mask
+def _slot(key, cap):
+    """Fibonacci hash of key, reduced to [0, cap) by multiply-shift (any cap, not only 2**k)."""
+    h = (np.uint64(key) * _FIB) >> np.uint64(32)
+    return np.int64((h * np.uint64(cap)) >> np.uint64(32))
 
 
 @numba.njit(cache=True)
-def _ht_find(ht, key, shift, mask):
-    """Slot of `key`, or of the empty slot where it would go."""
-    j = _slot(key, shift, mask)
+def _ht_find(ht, key):
+    """Slot of `key`, or of the empty slot where it would go (linear probing)."""
+    cap = ht.shape[0] // 2
+    j = _slot(key, cap)
     while ht[2 * j] != _EMPTY_KEY and ht[2 * j] != key:
-        j = (j + 1) & mask
+        j += 1
+        if j == cap:
+            j = 0
     return j
 
 
 @numba.njit(cache=True)
-def _rehash(ht, bits):
-    """Double the table; returns (new_table, new_bits)."""
-    nbits = bits + 1
-    mask = (np.int64(1) << nbits) - 1
-    shift = 64 - nbits
-    nt = np.full(2 << nbits, _EMPTY_KEY, dtype=np.int64)
+def _rehash(ht):
+    """Twice the slots, entries reinserted."""
+    nt = np.full(2 * ht.shape[0], _EMPTY_KEY, dtype=np.int64)
     for i in range(ht.shape[0] // 2):
         k = ht[2 * i]
         if k != _EMPTY_KEY:
-            j = _ht_find(nt, k, shift, mask)
+            j = _ht_find(nt, k)
             nt[2 * j] = k
             nt[2 * j + 1] = ht[2 * i + 1]
-    return nt, nbits
+    return nt
 
 
 @numba.njit(cache=True)
@@ -111,18 +114,15 @@ def sam_extend(
     st,  # [cap_S, ST_WIDTH] int32 per-state records (in/out)
     o_tok,  # [cap_K] int32 overflow edge tokens (in/out)
     o_next,  # [cap_K] int32 overflow list links (in/out)
-    ht,  # [2 * 2**bits] int64 interleaved (key, dst) (in/out)
-    meta,  # [6] int64: num_states, num_overflow, last, num_tokens, bits, num_edges (in/out)
+    ht,  # [2 * num_slots] int64 interleaved (key, dst), key EMPTY if free (in/out)
+    meta,  # [6] int64: num_states, num_overflow, last, num_tokens, num_slots, num_edges (in/out)
 ):
     """Append `text` to the automaton. Arrays grow as needed; returns (st, o_tok, o_next, ht)."""
     num_states = meta[0]
     num_over = meta[1]
     last = meta[2]
     pos = meta[3]
-    bits = meta[4]
     num_edges = meta[5]
-    mask = (np.int64(1) << bits) - 1
-    shift = 64 - bits
     for i in range(text.shape[0]):
         c = np.int64(text[i])
         if num_states + 2 > st.shape[0]:
@@ -149,7 +149,7 @@ def sam_extend(
                 st[p, ST_FDST] = cur
             else:
                 key = (p << 32) | c
-                j = _ht_find(ht, key, shift, mask)
+                j = _ht_find(ht, key)
                 if ht[2 * j] == key:
                     q = ht[2 * j + 1]
                     break
@@ -164,9 +164,7 @@ def sam_extend(
                 st[p, ST_OHEAD] = num_over
                 num_over += 1
                 if 2 * num_over > ht.shape[0] // 2:
-                    ht, bits = _rehash(ht, bits)
-                    mask = (np.int64(1) << bits) - 1
-                    shift = 64 - bits
+                    ht = _rehash(ht)
             st[p, ST_DEG] += 1
             num_edges += 1
             p = np.int64(st[p, ST_LINK])
@@ -189,9 +187,9 @@ def sam_extend(
             f = st[q, ST_OHEAD]
             while f != NO_EDGE:
                 t = np.int64(o_tok[f])
-                dst = ht[2 * _ht_find(ht, (q << 32) | t, shift, mask) + 1]
+                dst = ht[2 * _ht_find(ht, (q << 32) | t) + 1]
                 key = (np.int64(clone) << 32) | t
-                j = _ht_find(ht, key, shift, mask)
+                j = _ht_find(ht, key)
                 ht[2 * j] = key
                 ht[2 * j + 1] = dst
                 if num_over + 1 > o_tok.shape[0]:
@@ -203,9 +201,7 @@ def sam_extend(
                 st[clone, ST_OHEAD] = num_over
                 num_over += 1
                 if 2 * num_over > ht.shape[0] // 2:
-                    ht, bits = _rehash(ht, bits)
-                    mask = (np.int64(1) << bits) - 1
-                    shift = 64 - bits
+                    ht = _rehash(ht)
                 f = o_next[f]
             # Redirect the c-edges of p and its suffix-link ancestors from q to the clone.
             while p != NO_STATE:
@@ -214,7 +210,7 @@ def sam_extend(
                         break
                     st[p, ST_FDST] = clone
                 else:
-                    j = _ht_find(ht, (p << 32) | c, shift, mask)
+                    j = _ht_find(ht, (p << 32) | c)
                     if ht[2 * j + 1] != q:
                         break
                     ht[2 * j + 1] = clone
@@ -227,7 +223,7 @@ def sam_extend(
     meta[1] = num_over
     meta[2] = last
     meta[3] = pos
-    meta[4] = bits
+    meta[4] = ht.shape[0] // 2
     meta[5] = num_edges
     return st, o_tok, o_next, ht
 

@@ -351,7 +351,7 @@ class _Builder:
         self.eos_id = eos_id
         self.num_doc_tokens = 0
         self.started = time.perf_counter()
-        self.compute_seconds = 0.0  # time inside the build itself, not waiting for documents
+        self.compute_seconds = 0.0  # time inside the build itself (not waiting for documents)
         cap_tokens = max(expected_tokens, 1 << 16) + 2 * vocab_size
         # Measured on the datastore text: ~1.4 states and ~0.8 overflow edges (edges beyond a
         # state's first) per token. Capacities grow on demand; the table rehashes at load 1/2.
@@ -359,13 +359,14 @@ class _Builder:
         cap_over = cap_tokens * 7 // 8 + vocab_size
         self.o_tok = np.empty(cap_over, dtype=np.int32)
         self.o_next = np.empty(cap_over, dtype=np.int32)
-        bits = max(12, int(np.ceil(np.log2(2 * cap_over))))
-        self.ht = np.full(2 << bits, -1, dtype=np.int64)
-        self.meta = np.array([1, 0, 0, 0, bits, 0], dtype=np.int64)
+        num_slots = 2 * cap_over + 1024
+        self.ht = np.full(2 * num_slots, -1, dtype=np.int64)
+        self.meta = np.array([1, 0, 0, 0, num_slots, 0], dtype=np.int64)
         self.tokens = np.empty(cap_tokens, dtype=np.int32)
         self.bar = None
         self.progress = progress
         self.expected_tokens = expected_tokens
+        self.compute_seconds += time.perf_counter() - self.started  # allocation counts
 
     def feed(self, text: np.ndarray) -> None:
         """Append validated int32 tokens (documents already EOS-terminated)."""
