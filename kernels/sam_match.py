@@ -139,6 +139,7 @@ def sam_match_triton(
         automaton.root_next.shape[0],
         new_tokens.stride(0),
         BLOCK_E=BLOCK_E,
+        num_warps=1,  # scalar walk: more warps would only repeat it
     )
 
 
@@ -220,5 +221,6 @@ AOT_SPECS = [
             "BLOCK_E": "constexpr",
         },
         {"BLOCK_E": BLOCK_E},
+        num_warps=1,
     ),
 ]

@@ -200,6 +200,8 @@ def test_static_automaton_from_index_and_prefill():
         assert torch.equal(getattr(static, name), getattr(index, name))
     assert static.vocab_size == vocab and static.eos_id == vocab - 1
     assert static.num_tokens == index.num_tokens and static.nbytes > 0
+    slim = StaticAutomaton.from_index(index, "cpu", with_count=False)
+    assert slim.count.numel() == 0 and slim.nbytes == static.nbytes - 4 * index.num_states
     matches = static.new_matches(4)
     matches.state.fill_(3), matches.match_len.fill_(9)
     queries = [texts[3], texts[0][10:60], texts[4][:1]]
