@@ -171,3 +171,14 @@ def select_source_py(
     if mode == MODE_DYNAMIC:
         return (SOURCE_DYNAMIC, n_predicts) if dyn_len > 0 else (SOURCE_NONE, 1)
     raise ValueError(f"unknown selection mode {mode}")
+
+
+def debug_check_new_tokens(new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
+    """SAMGPU_DEBUG=1 only (syncs): 0 <= num_new <= K and no negative id among the tokens used."""
+    k = new_tokens.shape[1]
+    if bool(((num_new < 0) | (num_new > k)).any()):
+        raise ValueError(f"num_new must lie in [0, K={k}], got {num_new.tolist()}")
+    cols = torch.arange(k, device=new_tokens.device)
+    live = cols[None, :] < num_new[:, None]
+    if bool((live & (new_tokens < 0)).any()):
+        raise ValueError("new_tokens holds a negative id (PAD_TOKEN?) before num_new")

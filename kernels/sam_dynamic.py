@@ -43,7 +43,7 @@ import triton.language as tl
 
 from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
-from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels._dispatch import debug_checks, use_triton
 
 NO_STATE: int = -1  # = samgpu.types.NO_STATE
 NO_EDGE: int = -1  # free hash slot / end of an edge list
@@ -220,6 +220,8 @@ def _check(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
         raise ValueError(
             f"new_tokens on {new_tokens.device} but the automata on {slots.length.device}"
         )
+    if debug_checks():
+        J.debug_check_new_tokens(new_tokens, num_new)
 
 
 def sam_dynamic_extend_triton(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:

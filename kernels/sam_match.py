@@ -32,7 +32,7 @@ import triton.language as tl
 
 from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
-from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels._dispatch import debug_checks, use_triton
 
 NO_STATE: int = -1  # = samgpu.types.NO_STATE
 ROOT: int = 0
@@ -107,6 +107,8 @@ def _check(automaton, new_tokens, num_new, state, match_len) -> None:
                 f"{name} must be a contiguous [B] int32 tensor with B={b} (new_tokens "
                 f"{tuple(new_tokens.shape)}), got {tuple(t.shape)} {t.dtype}"
             )
+    if debug_checks():
+        J.debug_check_new_tokens(new_tokens, num_new)
 
 
 def sam_match_triton(

@@ -208,3 +208,16 @@ def test_bad_inputs():
         auto.prefill(torch.zeros(1, 2, dtype=torch.int64), i32([2]))
     with pytest.raises(ValueError, match="capacity must be a positive int"):
         DynamicAutomata(1, 0, 4, "cpu")
+
+
+def test_debug_checks_catch_bad_counts(monkeypatch):
+    """Under SAMGPU_DEBUG=1 (and only then: the checks sync) num_new > K or a PAD inside the
+    counted tokens is an error."""
+    auto = DynamicAutomata(1, 8, 4, "cpu")
+    auto.reset()
+    sam_dynamic_extend_ref(auto, i32([[1, -1]]), i32([2]))  # unchecked by default
+    monkeypatch.setenv("SAMGPU_DEBUG", "1")
+    with pytest.raises(ValueError, match="num_new must lie in"):
+        sam_dynamic_extend_triton(auto, i32([[1, 2]]), i32([3]))
+    with pytest.raises(ValueError, match="negative id"):
+        sam_dynamic_extend_triton(auto, i32([[1, -1]]), i32([2]))
