@@ -81,6 +81,11 @@ def synthetic_corpus(
     return tokens, np.concatenate([offsets, [num_tokens]])
 
 
+def _size(docs: list[np.ndarray]) -> int:
+    """The size hint a caller that knows its corpus passes (the CLI estimates it from bytes)."""
+    return sum(d.size for d in docs) + len(docs)
+
+
 def measure(name: str, build, rep: int, params: dict) -> dict:
     index = build()  # warm-up: numba compile/cache load excluded
     cpu_start = time.process_time()
@@ -150,7 +155,9 @@ def datastore_records(folder: Path, rep: int) -> list[dict]:
         records.append(
             measure(
                 name,
-                lambda docs=docs: SamIndex.build(docs, vocab_size=vocab_size, eos_id=eos_id),
+                lambda docs=docs: SamIndex.build(
+                    docs, vocab_size=vocab_size, eos_id=eos_id, expected_tokens=_size(docs)
+                ),
                 rep,
                 params,
             )
@@ -160,7 +167,9 @@ def datastore_records(folder: Path, rep: int) -> list[dict]:
         records.append(
             measure(
                 "datastore (all five)",
-                lambda: SamIndex.build(all_docs, vocab_size=vocab_size, eos_id=eos_id),
+                lambda: SamIndex.build(
+                    all_docs, vocab_size=vocab_size, eos_id=eos_id, expected_tokens=_size(all_docs)
+                ),
                 rep,
                 params,
             )
@@ -181,7 +190,7 @@ def synthetic_records(num_tokens: int, rep: int) -> list[dict]:
     docs = [tokens[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     streamed = measure(
         f"{name} (streamed docs)",
-        lambda: SamIndex.build(docs, vocab_size=49152, eos_id=2),
+        lambda: SamIndex.build(docs, vocab_size=49152, eos_id=2, expected_tokens=_size(docs)),
         1,
         params,
     )

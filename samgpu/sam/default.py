@@ -116,10 +116,21 @@ def build_index_from_files(
         eos_id=int(eos_id),
         tokenizer_fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
         progress=progress,
+        expected_tokens=sum(_text_bytes(Path(p)) for p in paths) // 4,  # ~4 bytes per token
     )
     index.extra["corpus_files"] = [Path(p).name for p in paths]
     index.extra["fields"] = list(fields)
     return index
+
+
+def _text_bytes(path: Path) -> int:
+    """Uncompressed size: the file size, or for .gz the ISIZE trailer (size mod 2**32)."""
+    size = path.stat().st_size
+    if path.suffix == ".gz" and size >= 4:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    return size
 
 
 def _is_current_default(path: Path, fingerprint: str) -> bool:

@@ -95,11 +95,14 @@ class SamIndex:
         eos_id: int,
         tokenizer_fingerprint: str = "",
         progress: bool = False,
+        expected_tokens: int = 0,
     ) -> SamIndex:
         """Build from an iterable of token documents (streamed: each is made int32 on arrival
-        and buffered into chunks of ~1M tokens for the compiled core)."""
+        and buffered into chunks of ~1M tokens for the compiled core). `expected_tokens`, a
+        size hint, presizes the construction arrays (growing them costs ~20%) and the progress
+        bar."""
         _check_vocab(vocab_size, eos_id)
-        builder = _Builder(vocab_size, eos_id, progress=progress)
+        builder = _Builder(vocab_size, eos_id, progress=progress, expected_tokens=expected_tokens)
         try:
             return cls._stream(builder, docs, vocab_size, eos_id, tokenizer_fingerprint)
         finally:
