@@ -127,6 +127,8 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         "states_degree_1_frac": stats["states_degree_1"] / stats["states"],
         "cpu_ms": cpu_ms,
         "array_bytes": stats["array_bytes"],
+        # Other jobs on the host inflate wall times; cpu_ms and the load average say by how much.
+        "load_avg_1m": os.getloadavg()[0],
         "save_s": save_s,
         "load_mmap_verify_s": load_s,
     }
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "deg-1 states": r["states_degree_1_frac"],
             "save s": r["save_s"],
             "load s": r["load_mmap_verify_s"],
+            "host load": r["load_avg_1m"],
         }
         for r in records
     ]
