@@ -166,6 +166,28 @@ def _nvtx(name: str):
     return contextlib.nullcontext()
 
 
+class _StageTimer:
+    """CUDA events around each stage of eager steps (profile_stages only; never in graphs)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self.events.append((name, start, end))
+
+    def mean_ms(self, steps: int) -> dict[str, float]:
+        torch.cuda.synchronize()
+        total: dict[str, float] = {name: 0.0 for name in NVTX_STAGES}
+        for name, start, end in self.events:
+            total[name] += start.elapsed_time(end)
+        return {name: ms / max(steps, 1) for name, ms in total.items()}
+
+
 class Decoder:
     """Batched speculative decoding with `drafter` on `runner`; see the module docstring.
 
@@ -239,6 +261,7 @@ class Decoder:
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._warm: set[tuple] = set()
         self._graph_pool = None
+        self._timer: _StageTimer | None = None
 
     # ------------------------------------------------------------------ buffers
 
@@ -307,18 +330,23 @@ class Decoder:
 
     # ------------------------------------------------------------------ the step
 
+    def _stage(self, name: str):
+        if self._timer is not None:
+            return self._timer(name)
+        return _nvtx(name)
+
     def _step(self, bt: _Batch, config: GenerationConfig) -> None:
         """One whole decode step on the GPU: no host reads, fixed shapes (graph-capturable)."""
         state, tree, ver = bt.state, bt.tree, bt.verify
-        with _nvtx("draft"):
+        with self._stage("draft"):
             self.drafter.propose(state, tree)
-        with _nvtx("tree"):
+        with self._stage("tree"):
             tree_mask(tree.parents, tree.num_nodes, state.cache_len, out=bt.mask)
-        with _nvtx("forward"):
+        with self._stage("forward"):
             self.runner.forward_tree(
                 tree.tokens, bt.mask.positions, bt.mask.mask, self.cache, bt.logits
             )
-        with _nvtx("verify"):
+        with self._stage("verify"):
             if config.is_sampling:
                 draw_randoms(self._rng, bt.uniforms, bt.exponentials)
                 sampling_probs(
@@ -339,7 +367,7 @@ class Decoder:
                 )
             else:
                 verify_greedy(bt.logits, tree.tokens, tree.parents, tree.num_nodes, out=ver)
-        with _nvtx("commit"):
+        with self._stage("commit"):
             kv_compact(bt.k, bt.v, state.cache_len, ver.accepted_nodes, ver.num_accepted)
             self._accumulate_stats(bt)
             commit(
@@ -358,7 +386,7 @@ class Decoder:
                 new_tokens=bt.step.new_tokens,
                 num_new=bt.step.num_new,
             )
-        with _nvtx("update"):
+        with self._stage("update"):
             self.drafter.update(state, bt.step)
 
     def _accumulate_stats(self, bt: _Batch) -> None:
@@ -404,6 +432,30 @@ class Decoder:
         self._graphs[key] = graph
         graph.replay()
 
+    def profile_stages(
+        self, prompts: list[list[int]], config: GenerationConfig, max_steps: int = 32
+    ) -> dict[str, float] | None:
+        """Mean GPU milliseconds per step of each stage (draft, tree, forward, verify, commit,
+        update) over up to `max_steps` eager steps of the first batch of `prompts`, from CUDA
+        events (which separate the stages, so the sum exceeds a graph replay's step time).
+        None on CPU."""
+        if self.device.type != "cuda" or not prompts:
+            return None
+        prompts = [list(map(int, p)) for p in prompts[: self.max_reqs]]
+        self._validate(prompts, config)
+        self._configure(config)
+        bt = self._batch(len(prompts))
+        self._prefill(bt, prompts, config)
+        self._step(bt, config)  # warm-up (compilation) outside the timing
+        self._timer = _StageTimer()
+        try:
+            steps = min(max_steps, config.max_new_tokens - 1)
+            for _ in range(steps):
+                self._step(bt, config)
+            return self._timer.mean_ms(steps)
+        finally:
+            self._timer = None
+
     # ------------------------------------------------------------------ generate
 
     def _validate(self, prompts: list[list[int]], config: GenerationConfig) -> None:
@@ -428,6 +480,17 @@ class Decoder:
             if not 0 <= t < self.vocab_size:
                 raise ValueError(f"eos token id {t} outside the vocabulary [0, {self.vocab_size})")
 
+    def _configure(self, config: GenerationConfig) -> None:
+        """Per-call device settings: EOS ids (fixed-size buffer), sampling seed and buffers."""
+        if config.is_sampling:
+            self._ensure_sampling_buffers()
+        eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
+        self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
+        seed = config.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+
     def generate(
         self,
         prompts: list[list[int]],
@@ -439,14 +502,7 @@ class Decoder:
         self._validate(prompts, config)
         if not prompts:
             return GenerationOutput(tokens=[], stats=[])
-        if config.is_sampling:
-            self._ensure_sampling_buffers()
-        eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
-        self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
-        seed = config.seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)))
-        self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+        self._configure(config)
         t0 = time.perf_counter()
         tokens: list[list[int]] = []
         stats: list[RequestStats] = []

@@ -96,6 +96,7 @@ class TestDrafter:
         self._offsets = torch.arange(d, device=self.device)
         self._slots = torch.arange(max_reqs, device=self.device)
         self._step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._error_threshold = round(options.error_rate * 1_000_000)
         # Node layout: chain node j (depth j) at index chain_idx[j]; with branching, its wrong
         # sibling at chain_idx[j] - 1 (both children of chain node j - 1).
         if options.branching:
@@ -125,7 +126,7 @@ class TestDrafter:
         x = (x + self.options.seed * 1000003) & 0xFFFFFFFF
         x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
         x = x ^ (x >> 16)
-        return (x % 1_000_000) < int(round(self.options.error_rate * 1_000_000))
+        return (x % 1_000_000) < self._error_threshold
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B, V = state.num_reqs, self.vocab_size
