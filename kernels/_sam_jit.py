@@ -1,10 +1,8 @@
-"""@triton.jit helpers shared by the automaton kernels (sam_match, sam_dynamic, sam_select,
-sam_draft).
+"""@triton.jit helpers shared by the automaton kernels (sam_match, sam_select, sam_draft).
 
 Called as module attributes (`J.csr_find(...)`) so they are inlined into each kernel and compiled
 through it (`python -m samgpu.kernels._aot` compiles the kernels, this module has none). Each helper
-has a plain-Python twin (`*_py`) used by the references, so that both sides compute the same thing,
-including the hash slots of the dynamic automaton's table.
+has a plain-Python twin (`*_py`) used by the references, so that both sides compute the same thing.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ MODE_LONGEST: int = 1  # `sam`: always the longer match, n = min(max_predicts, 1
 MODE_STATIC: int = 2  # static automaton only
 MODE_DYNAMIC: int = 3  # dynamic automaton only
 
-_HASH_MUL_STATE: int = 2654435761  # 0x9E3779B1 (golden-ratio Fibonacci multiplier)
-_HASH_MUL_MIX: int = 2246822519  # 0x85EBCA77 (murmur3 constant)
-
 
 @triton.jit
 def csr_find(
@@ -58,48 +53,6 @@ def csr_find(
     toks = tl.load(edge_token_ptr + offs, mask=in_slice, other=-1)
     dsts = tl.load(edge_dst_ptr + offs, mask=in_slice, other=-1)
     return tl.max(tl.where(in_slice & (toks == token), dsts, -1), axis=0)
-
-
-@triton.jit
-def hash_slot(state, token, hash_shift):
-    """Home slot of key (state, token) in a table of 2**(32 - hash_shift) slots (uint32 math)."""
-    x = state.to(tl.uint32) * 2654435761 + token.to(tl.uint32)
-    return ((x * 2246822519) >> hash_shift.to(tl.uint32)).to(tl.int32)
-
-
-def hash_slot_py(state: int, token: int, hash_shift: int) -> int:
-    x = (state * _HASH_MUL_STATE + (token & 0xFFFFFFFF)) & 0xFFFFFFFF
-    return ((x * _HASH_MUL_MIX) & 0xFFFFFFFF) >> hash_shift
-
-
-@triton.jit
-def hash_find(
-    hash_ptr,  # [H] int32, edge index or -1 (free), this slot's row
-    edge_src_ptr,  # [Ecap] int32, this slot's row
-    edge_token_ptr,  # [Ecap] int32, this slot's row
-    edge_dst_ptr,  # [Ecap] int32, this slot's row
-    state,  # scalar int32
-    token,  # scalar int32
-    hash_shift,  # 32 - log2(H)
-    hash_mask,  # H - 1
-):
-    """Linear probing: returns (slot, edge, dst). edge = the edge index of (state, token) or -1,
-    dst its destination (-1 if none; loaded with the key, saving a dependent round trip); slot =
-    the slot holding it, or the free slot that ended the probe (where an insert goes)."""
-    j = hash_slot(state, token, hash_shift)
-    e = tl.load(hash_ptr + j)
-    src = tl.load(edge_src_ptr + e, mask=e >= 0, other=-1)
-    tok = tl.load(edge_token_ptr + e, mask=e >= 0, other=-1)
-    dst = tl.load(edge_dst_ptr + e, mask=e >= 0, other=-1)
-    hit = (e >= 0) & (src == state) & (tok == token)
-    while (e >= 0) & (hit == 0):
-        j = (j + 1) & hash_mask
-        e = tl.load(hash_ptr + j)
-        src = tl.load(edge_src_ptr + e, mask=e >= 0, other=-1)
-        tok = tl.load(edge_token_ptr + e, mask=e >= 0, other=-1)
-        dst = tl.load(edge_dst_ptr + e, mask=e >= 0, other=-1)
-        hit = (e >= 0) & (src == state) & (tok == token)
-    return j, tl.where(hit, e, -1), tl.where(hit, dst, -1)
 
 
 @triton.jit

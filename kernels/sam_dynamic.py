@@ -4,17 +4,18 @@ Each sequence owns one preallocated slot (row b of every array) holding the suff
 committed text (prompt + emitted tokens), capacity C tokens fixed at construction:
 - states (at most 2C): `length`, `link`, `endpos` (EARLIEST end position, 0-based; the root has -1),
   `first_edge` (head of the state's edge list) -- each [R, 2C] int32;
-- edges (at most 3C transitions): `edge_src`, `edge_token`, `edge_dst`, `edge_next` (next edge of
-  the same source state) -- each [R, 3C] int32. Edges are never deleted; a clone's redirect rewrites
-  `edge_dst` in place;
-- `hash [R, H]` int32: open addressing with linear probing over edge indices (-1 = free), keyed by
-  (edge_src, edge_token) and compared through the edge arrays; H = next power of two >= 12C, so the
-  load factor stays <= 1/4 (expected probes ~1.2 hit, ~1.4 miss). Lookup, insert and clone-copy are
-  O(1) per transition;
+- transitions (at most 3C) live in `hash [R, H]` int64, open addressing with linear probing: an
+  entry packs (src << 42) | (token << 21) | dst, -1 = free; one load both checks the key and yields
+  the destination (the lookup costs one memory round trip). H = next power of two >= 6C, so the load
+  factor stays <= 1/2 (~1.5 probes per hit, ~2.5 per miss, mostly in one cache line). A clone's
+  redirect rewrites its entries' dst in place; nothing is ever deleted;
+- per-state edge lists for clone-copy: `edge_next`, `edge_slot` (the hash slot of the edge's entry)
+  -- each [R, 3C] int32;
 - `tokens [R, C]` (the text, for drafts) and per slot `num_states`, `num_edges`, `last`, `text_len`,
   and the match `match_state`, `match_len` -- [R] int32.
-Memory per slot: 2C*4*4 (states) + 3C*4*4 (edges) + 4H (hash, 48C..96C) + 4C (tokens)
-= 132..180 bytes per token of capacity (e.g. C = 8192: 1.1-1.5 MB per sequence).
+Limits of the packing: C <= 2**20 tokens, token ids < 2**21 (ids are masked to 21 bits).
+Memory per slot: 2C*4*4 (states) + 3C*2*4 (lists) + 8H (table, 48C..96C) + 4C (tokens)
+= 108..156 bytes per token of capacity (e.g. C = 8192: 0.9-1.3 MB per sequence).
 
 Per new token c (the official SAM-Decoding order, `DynSAM.add_tokens`): FIRST MATCH, THEN EXTEND.
 1. match: advance (match_state, match_len) on c in the automaton of the text so far (climb suffix
@@ -30,9 +31,11 @@ Tokens past the capacity are matched but not added (the automaton is frozen when
 Example: prompt "1 2 3 1 2": after prefill match_len = 2 ("1 2", earliest endpos 1), so a draft is
 text[2:] = "3 1 2"; extending by "3" gives match_len 3 ("1 2 3", endpos 2).
 
-One program per sequence, sequential over its tokens (prefill: the whole prompt). num_warps = 1 and
-a block barrier after every group of stores that the program reads back: a scalar store is done by
-one thread while every thread loads, so without the barrier another thread could read a stale value.
+One program per sequence, sequential over its tokens (prefill: the whole prompt). Latency-bound
+(a chain of dependent loads): suffix links are loaded together with the hash probe of the same
+state, so a climb costs one round trip. num_warps = 1 and a block barrier after every group of
+stores that the program reads back: a scalar store is done by one thread while every thread
+loads, so without the barrier another thread could read a stale value.
 """
 
 from __future__ import annotations
@@ -41,26 +44,66 @@ import torch
 import triton
 import triton.language as tl
 
-from samgpu.kernels import _sam_jit as J
+from samgpu.kernels import _sam_jit
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import debug_checks, use_triton
 
 NO_STATE: int = -1  # = samgpu.types.NO_STATE
-NO_EDGE: int = -1  # free hash slot / end of an edge list
+NO_EDGE: int = -1  # end of an edge list
+EMPTY: int = -1  # free hash entry
 NO_POS: int = -1  # endpos of the root
 ROOT: int = 0
+FIELD_BITS: int = 21  # bits per packed field (src, token, dst)
+FIELD_MASK: int = (1 << FIELD_BITS) - 1
+MAX_CAPACITY: int = 1 << (FIELD_BITS - 1)  # states < 2C <= 2**21
+MAX_VOCAB: int = 1 << FIELD_BITS
 _NO_STATE = tl.constexpr(NO_STATE)
 _NO_EDGE = tl.constexpr(NO_EDGE)
+_EMPTY = tl.constexpr(EMPTY)
 _ROOT = tl.constexpr(ROOT)
+_BITS = tl.constexpr(FIELD_BITS)
+_MASK = tl.constexpr(FIELD_MASK)
+_HASH_MUL_STATE: int = 2654435761  # 0x9E3779B1 (golden-ratio Fibonacci multiplier)
+_HASH_MUL_MIX: int = 2246822519  # 0x85EBCA77 (murmur3 constant)
 
-FIELDS_STATE = ("length", "link", "endpos", "first_edge")  # [R, 2C]
-FIELDS_EDGE = ("edge_src", "edge_token", "edge_dst", "edge_next")  # [R, 3C]
+FIELDS_STATE = ("length", "link", "endpos", "first_edge")  # [R, 2C] int32
+FIELDS_EDGE = ("edge_next", "edge_slot")  # [R, 3C] int32
 FIELDS_SLOT = ("num_states", "num_edges", "last", "text_len", "match_state", "match_len")  # [R]
 
 
 def hash_size(capacity: int) -> int:
-    """Slots of the transition table: a power of two >= 4 x the 3C transition bound."""
-    return triton.next_power_of_2(max(16, 12 * capacity))
+    """Entries of the transition table: a power of two >= 2 x the 3C transition bound."""
+    return triton.next_power_of_2(max(16, 6 * capacity))
+
+
+@triton.jit
+def _hash_slot(state, token, h_shift):
+    """Home slot of key (state, token) in a table of 2**(32 - h_shift) entries (uint32 math)."""
+    x = state.to(tl.uint32) * 2654435761 + token.to(tl.uint32)
+    return ((x * 2246822519) >> h_shift.to(tl.uint32)).to(tl.int32)
+
+
+def _hash_slot_py(state: int, token: int, h_shift: int) -> int:
+    x = (state * _HASH_MUL_STATE + token) & 0xFFFFFFFF
+    return ((x * _HASH_MUL_MIX) & 0xFFFFFFFF) >> h_shift
+
+
+@triton.jit
+def _probe(hash_ptr, state, token, h_shift, h_mask):
+    """(slot, entry): the entry keyed (state, token), or EMPTY and the free slot ending the probe.
+    `token` is already masked to 21 bits; entries are >= 0, so EMPTY never matches a key."""
+    key = (state.to(tl.int64) << _BITS) | token.to(tl.int64)
+    j = _hash_slot(state, token, h_shift)
+    entry = tl.load(hash_ptr + j)
+    while (entry != _EMPTY) & ((entry >> _BITS) != key):
+        j = (j + 1) & h_mask
+        entry = tl.load(hash_ptr + j)
+    return j, entry
+
+
+@triton.jit
+def _pack(src, token, dst):
+    return (src.to(tl.int64) << (2 * _BITS)) | (token.to(tl.int64) << _BITS) | dst.to(tl.int64)
 
 
 @triton.jit(do_not_specialize=["stride_new_b", "capacity", "h_shift", "h_mask"])
@@ -71,11 +114,9 @@ def _sam_dynamic_extend_kernel(
     link_ptr,  # [R, 2C] int32 (in/out)
     endpos_ptr,  # [R, 2C] int32 (in/out)
     first_edge_ptr,  # [R, 2C] int32 (in/out)
-    e_src_ptr,  # [R, 3C] int32 edge_src (in/out)
-    e_tok_ptr,  # [R, 3C] int32 edge_token (in/out)
-    e_dst_ptr,  # [R, 3C] int32 edge_dst (in/out)
     edge_next_ptr,  # [R, 3C] int32 (in/out)
-    hash_ptr,  # [R, H] int32 (in/out)
+    edge_slot_ptr,  # [R, 3C] int32 (in/out)
+    hash_ptr,  # [R, H] int64 (in/out)
     tokens_ptr,  # [R, C] int32 (in/out)
     num_states_ptr,  # [R] int32 (in/out)
     num_edges_ptr,  # [R] int32 (in/out)
@@ -95,10 +136,8 @@ def _sam_dynamic_extend_kernel(
     link_ptr += b * 2 * cap
     endpos_ptr += b * 2 * cap
     first_edge_ptr += b * 2 * cap
-    e_src_ptr += b * 3 * cap
-    e_tok_ptr += b * 3 * cap
-    e_dst_ptr += b * 3 * cap
     edge_next_ptr += b * 3 * cap
+    edge_slot_ptr += b * 3 * cap
     hash_ptr += b * (h_mask.to(tl.int64) + 1)
     tokens_ptr += b * cap
 
@@ -111,16 +150,18 @@ def _sam_dynamic_extend_kernel(
     num_new = tl.load(num_new_ptr + b)
     for i in range(0, num_new):
         c = tl.load(new_tokens_ptr + b * stride_new_b + i)
-        # 1. match in the automaton of the text before c
-        _, e, d = J.hash_find(hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, state, c, h_shift, h_mask)
-        while (e < 0) & (state != _ROOT):
-            state = tl.load(link_ptr + state)
+        c = c & _MASK
+        # 1. match in the automaton of the text before c (each climb: one round trip, the link
+        # and length loads go out with the probe of the same state)
+        lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_NO_STATE)
+        unused_slot, entry = _probe(hash_ptr, state, c, h_shift, h_mask)
+        while (entry == _EMPTY) & (state != _ROOT):
+            state = lk
             match_len = tl.load(length_ptr + state)
-            _, e, d = J.hash_find(
-                hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, state, c, h_shift, h_mask
-            )
-        state = tl.where(e >= 0, d, _ROOT)
-        match_len = tl.where(e >= 0, match_len + 1, 0)
+            lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_NO_STATE)
+            unused_slot, entry = _probe(hash_ptr, state, c, h_shift, h_mask)
+        state = tl.where(entry != _EMPTY, (entry & _MASK).to(tl.int32), _ROOT)
+        match_len = tl.where(entry != _EMPTY, match_len + 1, 0)
         # 2. extend (frozen when full)
         if pos < capacity:
             cur = num_states
@@ -129,22 +170,21 @@ def _sam_dynamic_extend_kernel(
             tl.store(endpos_ptr + cur, pos)
             tl.store(first_edge_ptr + cur, _NO_EDGE)
             p = last
-            j, e, q = J.hash_find(hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, p, c, h_shift, h_mask)
-            while (p != _NO_STATE) & (e < 0):
-                tl.store(e_src_ptr + num_edges, p)
-                tl.store(e_tok_ptr + num_edges, c)
-                tl.store(e_dst_ptr + num_edges, cur)
+            lp = tl.load(link_ptr + p)
+            j, entry = _probe(hash_ptr, p, c, h_shift, h_mask)
+            while (p != _NO_STATE) & (entry == _EMPTY):
+                tl.store(hash_ptr + j, _pack(p, c, cur))
+                tl.store(edge_slot_ptr + num_edges, j)
                 tl.store(edge_next_ptr + num_edges, tl.load(first_edge_ptr + p))
                 tl.store(first_edge_ptr + p, num_edges)
-                tl.store(hash_ptr + j, num_edges)
                 num_edges += 1
                 tl.debug_barrier()
-                p = tl.load(link_ptr + p)
-                j, e, q = J.hash_find(
-                    hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, p, c, h_shift, h_mask
-                )
+                p = lp
+                lp = tl.load(link_ptr + p, mask=p != _NO_STATE, other=_NO_STATE)
+                j, entry = _probe(hash_ptr, p, c, h_shift, h_mask)
             link_cur = tl.full([], _ROOT, tl.int32)
             if p != _NO_STATE:
+                q = (entry & _MASK).to(tl.int32)
                 len_p = tl.load(length_ptr + p)
                 if len_p + 1 == tl.load(length_ptr + q):
                     link_cur = q
@@ -154,34 +194,31 @@ def _sam_dynamic_extend_kernel(
                     tl.store(length_ptr + clone, len_p + 1)
                     tl.store(link_ptr + clone, tl.load(link_ptr + q))
                     tl.store(endpos_ptr + clone, tl.load(endpos_ptr + q))
-                    tl.store(first_edge_ptr + clone, _NO_EDGE)
-                    tl.debug_barrier()
                     # clone-copy q's edges (prepended: the clone's list is q's reversed)
+                    head = tl.full([], _NO_EDGE, tl.int32)
                     f = tl.load(first_edge_ptr + q)
                     while f != _NO_EDGE:
-                        t = tl.load(e_tok_ptr + f)
-                        d = tl.load(e_dst_ptr + f)
-                        j2, _, _ = J.hash_find(
-                            hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, clone, t, h_shift, h_mask
-                        )
-                        tl.store(e_src_ptr + num_edges, clone)
-                        tl.store(e_tok_ptr + num_edges, t)
-                        tl.store(e_dst_ptr + num_edges, d)
-                        tl.store(edge_next_ptr + num_edges, tl.load(first_edge_ptr + clone))
-                        tl.store(first_edge_ptr + clone, num_edges)
-                        tl.store(hash_ptr + j2, num_edges)
+                        f_entry = tl.load(hash_ptr + tl.load(edge_slot_ptr + f))
+                        f_next = tl.load(edge_next_ptr + f)
+                        t = ((f_entry >> _BITS) & _MASK).to(tl.int32)
+                        j2, unused_entry = _probe(hash_ptr, clone, t, h_shift, h_mask)
+                        tl.store(hash_ptr + j2, _pack(clone, t, f_entry & _MASK))
+                        tl.store(edge_slot_ptr + num_edges, j2)
+                        tl.store(edge_next_ptr + num_edges, head)
+                        head = num_edges
                         num_edges += 1
                         tl.debug_barrier()
-                        f = tl.load(edge_next_ptr + f)
+                        f = f_next
+                    tl.store(first_edge_ptr + clone, head)
                     # redirect the c-edges of p and its suffix-link ancestors from q to the clone
-                    while e >= 0:
-                        tl.store(e_dst_ptr + e, clone)
+                    redirect = entry != _EMPTY
+                    while redirect:
+                        tl.store(hash_ptr + j, _pack(p, c, clone))
                         tl.debug_barrier()
-                        p = tl.load(link_ptr + p)
-                        _, e, d = J.hash_find(
-                            hash_ptr, e_src_ptr, e_tok_ptr, e_dst_ptr, p, c, h_shift, h_mask
-                        )
-                        e = tl.where(d == q, e, -1)
+                        p = lp
+                        lp = tl.load(link_ptr + p, mask=p != _NO_STATE, other=_NO_STATE)
+                        j, entry = _probe(hash_ptr, p, c, h_shift, h_mask)
+                        redirect = (p != _NO_STATE) & (entry != _EMPTY) & ((entry & _MASK) == q)
                     tl.store(link_ptr + q, clone)
                     link_cur = clone
                     # 3. normalise the match: q lost its strings of length <= len_p + 1 to the
@@ -221,14 +258,14 @@ def _check(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
             f"new_tokens on {new_tokens.device} but the automata on {slots.length.device}"
         )
     if debug_checks():
-        J.debug_check_new_tokens(new_tokens, num_new)
+        _sam_jit.debug_check_new_tokens(new_tokens, num_new)
 
 
 def sam_dynamic_extend_triton(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
     """For b < B: match then extend slot b's automaton with new_tokens[b, :num_new[b]], in place.
 
-    `slots` has the [R, ...] int32 tensors named in FIELDS_STATE, FIELDS_EDGE, FIELDS_SLOT plus
-    `hash` and `tokens` (e.g. `samgpu.automata.DynamicAutomata`). No host sync.
+    `slots` has the [R, ...] int32 tensors named in FIELDS_STATE, FIELDS_EDGE, FIELDS_SLOT, plus
+    `hash` [R, H] int64 and `tokens` [R, C] (e.g. `samgpu.automata.DynamicAutomata`). No sync.
     """
     _check(slots, new_tokens, num_new)
     num_reqs = new_tokens.shape[0]
@@ -256,8 +293,8 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
     """Loop-level reference of `sam_dynamic_extend_triton`: same arrays, same edge order, same hash
     slots, so every output array is bitwise identical.
 
-    Memory traffic per token: ~3 hash probes (1 slot + 2 edge fields each) for the match and per
-    suffix-link step of the extension, 4 int32 stores per new edge, 4 per new state.
+    Memory traffic per token: one 8-byte probe (plus collisions) per state visited by the match
+    and by the extension's suffix-link walk, 8 + 8 bytes stored per new edge, 16 per new state.
     """
     _check(slots, new_tokens, num_new)
     capacity = slots.tokens.shape[1]
@@ -266,50 +303,50 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
     hmask = hash_slots - 1
     for b in range(new_tokens.shape[0]):
         row = {f: getattr(slots, f)[b].tolist() for f in FIELDS_STATE + FIELDS_EDGE}
-        hash_ = slots.hash[b].tolist()
+        table = slots.hash[b].tolist()
         tokens = slots.tokens[b].tolist()
         length, link, endpos, first = (row[f] for f in FIELDS_STATE)
-        esrc, etok, edst, enext = (row[f] for f in FIELDS_EDGE)
+        enext, eslot = (row[f] for f in FIELDS_EDGE)
         meta = {f: int(getattr(slots, f)[b]) for f in FIELDS_SLOT}
         num_states, num_edges, last = meta["num_states"], meta["num_edges"], meta["last"]
         pos, state, match_len = meta["text_len"], meta["match_state"], meta["match_len"]
 
-        def find(s: int, t: int, hash_=hash_, esrc=esrc, etok=etok) -> tuple[int, int]:
-            """(slot, edge) as J.hash_find: linear probing from the home slot."""
-            j = J.hash_slot_py(s, t, shift)
-            while hash_[j] != NO_EDGE:
-                e = hash_[j]
-                if esrc[e] == s and etok[e] == t:
-                    return j, e
+        def find(s: int, t: int, table=table) -> tuple[int, int]:
+            """(slot, dst) of key (s, t), or (free slot ending the probe, NO_STATE)."""
+            j = _hash_slot_py(s & 0xFFFFFFFF, t, shift)
+            while table[j] != EMPTY:
+                if table[j] >> FIELD_BITS == (s << FIELD_BITS) | t:
+                    return j, table[j] & FIELD_MASK
                 j = (j + 1) & hmask
-            return j, NO_EDGE
+            return j, NO_STATE
+
+        def pack(src: int, t: int, dst: int) -> int:
+            return (src << (2 * FIELD_BITS)) | (t << FIELD_BITS) | dst
 
         for i in range(int(num_new[b])):
-            c = int(new_tokens[b, i])
-            _, e = find(state, c)
-            while e == NO_EDGE and state != ROOT:
+            c = int(new_tokens[b, i]) & FIELD_MASK
+            _, dst = find(state, c)
+            while dst == NO_STATE and state != ROOT:
                 state = link[state]
                 match_len = length[state]
-                _, e = find(state, c)
-            state, match_len = (edst[e], match_len + 1) if e != NO_EDGE else (ROOT, 0)
+                _, dst = find(state, c)
+            state, match_len = (dst, match_len + 1) if dst != NO_STATE else (ROOT, 0)
             if pos >= capacity:
                 continue
             cur = num_states
             num_states += 1
             length[cur], endpos[cur], first[cur] = length[last] + 1, pos, NO_EDGE
             p = last
-            j, e = find(p, c)
-            while p != NO_STATE and e == NO_EDGE:
-                esrc[num_edges], etok[num_edges], edst[num_edges] = p, c, cur
-                enext[num_edges] = first[p]
+            j, q = find(p, c)
+            while p != NO_STATE and q == NO_STATE:
+                table[j] = pack(p, c, cur)
+                eslot[num_edges], enext[num_edges] = j, first[p]
                 first[p] = num_edges
-                hash_[j] = num_edges
                 num_edges += 1
                 p = link[p]
-                j, e = find(p, c)
+                j, q = find(p, c)
             link_cur = ROOT
             if p != NO_STATE:
-                q = edst[e]
                 if length[p] + 1 == length[q]:
                     link_cur = q
                 else:
@@ -319,19 +356,20 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
                     first[clone] = NO_EDGE
                     f = first[q]
                     while f != NO_EDGE:
-                        j2, _ = find(clone, etok[f])
-                        esrc[num_edges], etok[num_edges], edst[num_edges] = clone, etok[f], edst[f]
-                        enext[num_edges] = first[clone]
+                        entry = table[eslot[f]]
+                        t, d = (entry >> FIELD_BITS) & FIELD_MASK, entry & FIELD_MASK
+                        j2, _ = find(clone, t)
+                        table[j2] = pack(clone, t, d)
+                        eslot[num_edges], enext[num_edges] = j2, first[clone]
                         first[clone] = num_edges
-                        hash_[j2] = num_edges
                         num_edges += 1
                         f = enext[f]
-                    while e != NO_EDGE:
-                        edst[e] = clone
+                    while p != NO_STATE and q != NO_STATE:
+                        table[j] = pack(p, c, clone)
                         p = link[p]
-                        _, e = find(p, c)
-                        if e != NO_EDGE and edst[e] != q:
-                            e = NO_EDGE
+                        j, dst = find(p, c)
+                        if dst != q:
+                            break
                     link[q] = clone
                     link_cur = clone
             link[cur] = link_cur
@@ -344,7 +382,7 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
         dev = slots.length.device
         for f in FIELDS_STATE + FIELDS_EDGE:
             getattr(slots, f)[b] = torch.tensor(row[f], dtype=torch.int32, device=dev)
-        slots.hash[b] = torch.tensor(hash_, dtype=torch.int32, device=dev)
+        slots.hash[b] = torch.tensor(table, dtype=torch.int64, device=dev)
         slots.tokens[b] = torch.tensor(tokens, dtype=torch.int32, device=dev)
         values = (num_states, num_edges, last, pos, state, match_len)
         for f, v in zip(FIELDS_SLOT, values, strict=True):
@@ -365,9 +403,8 @@ AOT_SPECS = [
         {
             "new_tokens_ptr": "*i32",
             "num_new_ptr": "*i32",
-            **{f"{f}_ptr": "*i32" for f in FIELDS_STATE},
-            **{f"{f}_ptr": "*i32" for f in ("e_src", "e_tok", "e_dst", "edge_next")},
-            "hash_ptr": "*i32",
+            **{f"{f}_ptr": "*i32" for f in FIELDS_STATE + FIELDS_EDGE},
+            "hash_ptr": "*i64",
             "tokens_ptr": "*i32",
             **{f"{f}_ptr": "*i32" for f in FIELDS_SLOT},
             "stride_new_b": "i32",

@@ -122,9 +122,10 @@ class StaticAutomaton:
 class DynamicAutomata:
     """One suffix automaton per sequence slot, of capacity `capacity` tokens, built on the device.
 
-    Layout and algorithm: `samgpu.kernels.sam_dynamic` (states [R, 2C], edges [R, 3C], an
-    open-addressing transition table [R, H] with H = next_pow2(12C), text [R, C]).
-    Memory: `bytes_per_token` = 132..180 bytes per slot and token of capacity (`nbytes` in total).
+    Layout and algorithm: `samgpu.kernels.sam_dynamic` (states [R, 2C], edge lists [R, 3C], an
+    open-addressing table [R, H] of packed int64 transitions with H = next_pow2(6C), text [R, C]).
+    Memory: `bytes_per_token` = 108..156 bytes per slot and token of capacity (`nbytes` in total).
+    Limits: capacity <= 2**20 tokens, vocab_size <= 2**21.
     The match (`matches`) is advanced together with every extension, match first.
     """
 
@@ -134,8 +135,12 @@ class DynamicAutomata:
         for name, v in (("max_reqs", max_reqs), ("capacity", capacity), ("vocab_size", vocab_size)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if 3 * capacity >= 2**31 or hash_size(capacity) >= 2**31:
-            raise ValueError(f"capacity {capacity} too large for int32 edge indices")
+        if capacity > _dyn.MAX_CAPACITY:
+            raise ValueError(
+                f"capacity {capacity} exceeds {_dyn.MAX_CAPACITY} tokens (packed 21-bit states)"
+            )
+        if vocab_size > _dyn.MAX_VOCAB:
+            raise ValueError(f"vocab_size {vocab_size} exceeds {_dyn.MAX_VOCAB} (21-bit token ids)")
         self.max_reqs = max_reqs
         self.capacity = capacity
         self.vocab_size = vocab_size
@@ -148,11 +153,11 @@ class DynamicAutomata:
         self.link = i32(max_reqs, s_cap, fill=NO_STATE)  # [R, 2C]
         self.endpos = i32(max_reqs, s_cap, fill=NO_POSITION)  # [R, 2C]
         self.first_edge = i32(max_reqs, s_cap, fill=NO_EDGE)  # [R, 2C]
-        self.edge_src = i32(max_reqs, e_cap)  # [R, 3C]
-        self.edge_token = i32(max_reqs, e_cap)  # [R, 3C]
-        self.edge_dst = i32(max_reqs, e_cap)  # [R, 3C]
         self.edge_next = i32(max_reqs, e_cap, fill=NO_EDGE)  # [R, 3C]
-        self.hash = i32(max_reqs, hash_size(capacity), fill=NO_EDGE)  # [R, H]
+        self.edge_slot = i32(max_reqs, e_cap)  # [R, 3C]; hash slot of the edge's entry
+        self.hash = torch.full(  # [R, H] int64 packed (src, token, dst), EMPTY = -1
+            (max_reqs, hash_size(capacity)), _dyn.EMPTY, dtype=torch.int64, device=device
+        )
         self.tokens = i32(max_reqs, capacity)  # [R, C]
         self.num_states = i32(max_reqs, fill=1)  # [R]; the root
         self.num_edges = i32(max_reqs)  # [R]
@@ -187,7 +192,7 @@ class DynamicAutomata:
         self.link[:b, 0] = NO_STATE
         self.endpos[:b, 0] = NO_POSITION
         self.first_edge[:b, 0] = NO_EDGE
-        self.hash[:b].fill_(NO_EDGE)
+        self.hash[:b].fill_(_dyn.EMPTY)
         self.num_states[:b] = 1
         for t in (self.num_edges, self.last, self.text_len, self.match_state, self.match_len):
             t[:b] = 0

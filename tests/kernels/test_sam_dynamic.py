@@ -174,10 +174,10 @@ def test_real_text_long_prompt(device):
 
 
 def test_memory_per_token():
-    """Documented footprint: 132..180 bytes per slot and token of capacity."""
+    """Documented footprint: 108..156 bytes per slot and token of capacity."""
     for cap in (64, 100, 1000, 8192):
         bpt = DynamicAutomata(2, cap, 10, "cpu").bytes_per_token
-        assert 132 <= bpt <= 180 + 24 * 8 / cap, (cap, bpt)
+        assert 108 <= bpt <= 156 + 24 * 8 / cap, (cap, bpt)
 
 
 def test_dispatch_uses_reference_on_cpu():
@@ -208,6 +208,10 @@ def test_bad_inputs():
         auto.prefill(torch.zeros(1, 2, dtype=torch.int64), i32([2]))
     with pytest.raises(ValueError, match="capacity must be a positive int"):
         DynamicAutomata(1, 0, 4, "cpu")
+    with pytest.raises(ValueError, match="exceeds 1048576 tokens"):
+        DynamicAutomata(1, 2**20 + 1, 4, "cpu")
+    with pytest.raises(ValueError, match="21-bit token ids"):
+        DynamicAutomata(1, 8, 2**21 + 1, "cpu")
 
 
 def test_debug_checks_catch_bad_counts(monkeypatch):
