@@ -52,6 +52,7 @@ ARRAY_NAMES: tuple[str, ...] = (
     "tokens",
 )
 _CHUNK_TOKENS: int = 1 << 20  # tokens per call into the numba core (progress granularity)
+_MIN_CAPACITY: int = 1 << 16  # initial construction capacity (tokens) without a size hint
 _VALIDATE_ERRORS = {
     1: "edge_offsets must start at 0 and end at num_edges",
     2: "edge_offsets must be non-decreasing",
@@ -355,14 +356,14 @@ class _Builder:
         self.num_doc_tokens = 0
         self.started = time.perf_counter()
         self.compute_seconds = 0.0  # time inside the build itself (not waiting for documents)
-        cap_tokens = max(expected_tokens, 1 << 16) + 2 * vocab_size
+        cap_tokens = max(expected_tokens, _MIN_CAPACITY) + 2 * vocab_size
         # Measured on the datastore text: ~1.4 states and ~0.8 overflow edges (edges beyond a
         # state's first) per token. Capacities grow on demand; the table rehashes at load 1/2.
         self.st = _build.new_state_records(cap_tokens * 3 // 2 + 16)
         cap_over = cap_tokens * 7 // 8 + vocab_size
         self.o_tok = np.empty(cap_over, dtype=np.int32)
         self.o_next = np.empty(cap_over, dtype=np.int32)
-        num_slots = 2 * cap_over + 1024
+        num_slots = 2 * cap_over + 16
         self.ht = np.full(2 * num_slots, -1, dtype=np.int64)
         self.meta = np.array([1, 0, 0, 0, num_slots, 0], dtype=np.int64)
         self.tokens = np.empty(cap_tokens, dtype=np.int32)

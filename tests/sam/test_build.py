@@ -161,6 +161,27 @@ def test_chunked_streaming_matches_one_chunk(monkeypatch):
     whole.validate()
 
 
+def test_growing_every_construction_array_changes_nothing(monkeypatch):
+    """Tiny initial capacities force every growth path (state records, overflow lists, hash-table
+    rehash, text buffer) many times; the automaton must equal a presized build and the oracle."""
+    from samgpu.sam import index as index_mod
+
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, 3, size=int(rng.integers(1, 60))).tolist() for _ in range(40)]
+    docs += [rng.integers(0, 40, size=200).tolist()]  # many distinct ids: many overflow edges
+    presized = SamIndex.build(docs, vocab_size=40, eos_id=1, expected_tokens=10_000)
+    monkeypatch.setattr(index_mod, "_MIN_CAPACITY", 1)
+    monkeypatch.setattr(index_mod, "_CHUNK_TOKENS", 5)
+    grown = SamIndex.build(docs, vocab_size=40, eos_id=1)
+    assert grown.equal(presized)
+    grown.validate()
+    text = grown.tokens.numpy().astype(np.int64)
+    for s in range(1, grown.num_states):
+        length, endpos = int(grown.length[s]), int(grown.endpos[s])
+        ends = end_positions(text, text[endpos - length + 1 : endpos + 1])
+        assert ends[0] == endpos and ends.size == grown.count[s]
+
+
 def test_stats_sizes():
     index = SamIndex.build([[1, 2, 3, 1, 2]], vocab_size=4, eos_id=0)
     s = index.stats()
