@@ -66,6 +66,10 @@ def _sam_match_advance_kernel(
         token = tl.load(new_tokens_ptr + b * stride_new_b + i)
         in_vocab = (token >= 0) & (token < vocab_size)
         nxt = tl.full([], _NO_STATE, tl.int32)
+        # the suffix link (and its length) go out with the edge search of the same state, so a
+        # climb costs the search's round trips only
+        lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_ROOT)
+        lk_len = tl.load(length_ptr + lk)
         searching = 1
         while searching == 1:
             if state == _ROOT:
@@ -76,8 +80,10 @@ def _sam_match_advance_kernel(
                     edge_offsets_ptr, edge_token_ptr, edge_dst_ptr, state, token, BLOCK_E
                 )
                 if nxt == _NO_STATE:
-                    state = tl.load(link_ptr + state)
-                    match_len = tl.load(length_ptr + state)
+                    state = lk
+                    match_len = lk_len
+                    lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_ROOT)
+                    lk_len = tl.load(length_ptr + lk)
                 else:
                     searching = 0
         state = tl.where(nxt == _NO_STATE, _ROOT, nxt)
