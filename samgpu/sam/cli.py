@@ -76,7 +76,7 @@ def run_index(args: argparse.Namespace, *, load_tokenizer: TokenizerLoader | Non
                 "index build needs a tokenizer loader (run it as `samgpu index build`)"
             )
         return _build(args, load_tokenizer)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, unreadable or unwritable paths
         print(f"samgpu: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
@@ -85,6 +85,8 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
     fields = tuple(f.strip() for f in args.fields.split(",") if f.strip())
     if not fields:
         raise ValueError(f"--fields {args.fields!r} names no field")
+    if args.out is not None and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the index file's path")
     for name in args.corpus:  # before the (slow) tokenizer load
         if not Path(name).is_file():
             raise ValueError(f"corpus file {name} does not exist")
