@@ -48,9 +48,11 @@ from samgpu.io import InputError, UserError
 __all__ = ["Completion", "SamDecoder", "SetupError", "generate", "resolve_device", "resolve_dtype"]
 
 DEFAULT_METHOD = "sam+tr"
-# Room past prompt + max_new_tokens for one step's draft tree, rounded generously; checked against
-# the drafter's real max_nodes after it is built.
-TREE_MARGIN = 256
+# Sequence capacity is rounded up to a multiple of this (reuse across calls of similar length;
+# the CPU attention path costs time in proportion to the capacity, so no power-of-two growth).
+LEN_QUANTUM = 128
+# Tree budget on CPU models: default_budget's size for this batch size (see _build_drafter).
+CPU_BUDGET_BATCH = 64
 
 # transformers' global generation defaults (GenerationConfig._get_default_generation_params), used
 # when neither the call nor model.generation_config sets a value.
@@ -547,17 +549,33 @@ class SamDecoder:
         """Unknown or invalid drafter options fail at construction, not at the first generate: build
         a one-sequence drafter on the CPU (no static index, so it is cheap) and drop it."""
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None) or 8
-        self._build_drafter(num_reqs=1, max_len=64, device="cpu", index=None, vocab_size=vocab)
+        probe = self._build_drafter(
+            num_reqs=1, max_len=256, device="cpu", index=None, vocab_size=vocab
+        )
+        # at one sequence the tree budget is the largest: an upper bound for every batch size
+        self._max_nodes = int(getattr(probe, "max_nodes", 1))
+
+    def needed_len(self, longest_prompt: int, max_new_tokens: int) -> int:
+        """Per-sequence capacity for prompts up to `longest_prompt` tokens (Decoder contract:
+        prompt + max_new_tokens + draft nodes)."""
+        return longest_prompt + max_new_tokens + self._max_nodes + 1
 
     def _build_drafter(self, *, num_reqs: int, max_len: int, device, index, vocab_size: int):
         """build_drafter with the batch-size-dependent default tree budget (`max_nodes`) unless
-        the user set one; methods whose options have no `max_nodes` are built without it."""
+        the user set one; methods whose options have no `max_nodes` are built without it.
+
+        On a CPU model the budget is the one for a batch of CPU_BUDGET_BATCH or more: a CPU has no
+        idle parallel units, so verifying N nodes costs about N tokens' forward, and the GPU-sized
+        81-node tree at batch 1 would make each step ~80x a plain decoding step."""
         from samgpu.drafters import build_drafter, default_budget
 
         kw = dict(vocab_size=vocab_size, max_reqs=num_reqs, max_len=max_len, device=device)
         if "max_nodes" not in self.options and self.method not in ("ar", "test"):
             try:
-                budget = default_budget(self.method, num_reqs)
+                budget_batch = num_reqs
+                if self.device.type == "cpu":
+                    budget_batch = max(num_reqs, CPU_BUDGET_BATCH)
+                budget = default_budget(self.method, budget_batch)
                 return build_drafter(
                     self.method, index=index, **kw, **self.options, max_nodes=budget
                 )
@@ -583,14 +601,15 @@ class SamDecoder:
         return getattr(cfg, "max_position_embeddings", None)
 
     def _ensure(self, num_reqs: int, max_len: int):
-        """A Decoder for num_reqs sequences of max_len tokens (capacity grows by powers of two)."""
+        """A Decoder for num_reqs sequences of max_len tokens. Capacity only grows: the batch
+        dimension by powers of two, the length in multiples of LEN_QUANTUM."""
         cap_reqs, cap_len = self._capacity
         if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
             return self._decoder
         from samgpu.decoding.loop import Decoder
 
         new_reqs = max(cap_reqs, 1 << (num_reqs - 1).bit_length())
-        new_len = max(cap_len, 1 << (max_len - 1).bit_length())
+        new_len = max(cap_len, -(-max_len // LEN_QUANTUM) * LEN_QUANTUM)
         self._decoder = None  # free the old buffers before allocating the new ones
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -653,11 +672,7 @@ class SamDecoder:
                 if min(p) < 0 or max(p) >= vocab:
                     raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
         num_reqs = min(len(prompts), batch_size or len(prompts))
-        decoder = self._ensure(num_reqs, longest + max_new_tokens + TREE_MARGIN)
-        drafter = getattr(decoder, "drafter", None)
-        needed = longest + max_new_tokens + getattr(drafter, "max_nodes", 0) + 1
-        if needed > self._capacity[1]:
-            decoder = self._ensure(num_reqs, needed)
+        decoder = self._ensure(num_reqs, self.needed_len(longest, max_new_tokens))
         cfg_kw: dict[str, Any] = dict(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature),

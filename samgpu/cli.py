@@ -321,7 +321,7 @@ class _Session:
 
     def warm_up(self, num_reqs: int, longest: int) -> None:
         """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice."""
-        self.decoder._ensure(num_reqs, longest + self.args.max_new_tokens + 256)
+        self.decoder._ensure(num_reqs, self.decoder.needed_len(longest, self.args.max_new_tokens))
 
     def generate(self, prompts: list[list[int]], on_progress=None):
         from torch.profiler import record_function
@@ -381,7 +381,7 @@ def _profiler(args: argparse.Namespace, rank_suffix: str):
 
     @contextlib.contextmanager
     def run():
-        with profile(activities=activities, record_shapes=False) as prof:
+        with _stage_ranges(), profile(activities=activities, record_shapes=False) as prof:
             yield prof
         trace = out_dir / f"trace{rank_suffix}.json"
         prof.export_chrome_trace(str(trace))
@@ -393,6 +393,36 @@ def _profiler(args: argparse.Namespace, rank_suffix: str):
         )
 
     return run()
+
+
+@contextlib.contextmanager
+def _stage_ranges():
+    """While profiling, give each decode-loop stage a torch.profiler range (`samgpu.<stage>`) next
+    to its NVTX range: the loop's `_nvtx` helper emits NVTX only on CUDA, which Nsight shows but the
+    torch profiler trace does not. Adapter around samgpu.decoding.loop._nvtx, restored on exit."""
+    from torch.profiler import record_function
+
+    try:
+        from samgpu.decoding import loop
+    except ImportError:
+        yield
+        return
+    original = getattr(loop, "_nvtx", None)
+    if original is None:
+        yield
+        return
+
+    def both(name: str):
+        stack = contextlib.ExitStack()
+        stack.enter_context(original(name))
+        stack.enter_context(record_function(f"samgpu.{name}"))
+        return stack
+
+    loop._nvtx = both
+    try:
+        yield
+    finally:
+        loop._nvtx = original
 
 
 def _oom_during_run(e: BaseException, args: argparse.Namespace) -> UserError:

@@ -122,6 +122,8 @@ def test_profile_writes_a_trace(capsys, tmp_path, tiny_model_dir):
     trace = json.loads((prof / "trace.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
     assert "samgpu.cli.batch" in names
+    # the decode loop's stages, named as its NVTX ranges (samgpu.decoding.loop.NVTX_STAGES)
+    assert {"samgpu.draft", "samgpu.forward", "samgpu.verify", "samgpu.commit"} <= names
     assert (prof / "summary.txt").read_text().strip()
 
 
