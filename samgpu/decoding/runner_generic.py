@@ -151,12 +151,11 @@ class GenericRunner:
             use_cache=True,
             **{self._cache_kwarg: past},
         )
-        slot = (cache_len[:, None] + torch.arange(n, device=self.device))[:, None]  # [B, 1, N]
-        seq = torch.arange(b, device=self.device)[:, None, None]
-        head = torch.arange(self.num_kv_heads, device=self.device)[None, :, None]
+        slot = cache_len[:, None] + torch.arange(n, device=self.device)  # [B, N]
+        slot = slot[:, None, :, None].expand(b, self.num_kv_heads, n, self.head_dim)
         for li in range(self.num_layers):
             k, v = _layer_kv(past, li)
-            cache.k[li].index_put_((seq, head, slot), k[:, :, max_len:])
-            cache.v[li].index_put_((seq, head, slot), v[:, :, max_len:])
+            cache.k[li, :b].scatter_(2, slot, k[:, :, max_len:])
+            cache.v[li, :b].scatter_(2, slot, v[:, :, max_len:])
         out.copy_(result.logits)
         return out

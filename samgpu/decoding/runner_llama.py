@@ -272,16 +272,15 @@ class LlamaRunner:
         check_tree_inputs(tokens, positions, tree_mask, cache, out, self.vocab_size, self.device)
         b, n = tokens.shape
         cache_len = cache.cache_len[:b]
-        # Scatter indices for the nodes' K/V: node i of sequence b goes to slot cache_len[b] + i.
-        slot = (cache_len[:, None].to(torch.int64) + torch.arange(n, device=self.device))[:, None]
-        seq = torch.arange(b, device=self.device)[:, None, None]
-        head = torch.arange(self.num_kv_heads, device=self.device)[None, :, None]
+        # Node i of sequence b goes to slot cache_len[b] + i: scatter on the slot axis (no sync).
+        slot = cache_len[:, None].to(torch.int64) + torch.arange(n, device=self.device)  # [B, N]
+        slot = slot[:, None, :, None].expand(b, self.num_kv_heads, n, self.head_dim)
         cos, sin = self._rope(positions)
         h = F.embedding(tokens, self.embed)
         for li, w in enumerate(self.layers):
             q, k, v = self._qkv(w, self._rms_norm(h, w.input_norm), cos, sin)
-            cache.k[li].index_put_((seq, head, slot), k.transpose(1, 2))
-            cache.v[li].index_put_((seq, head, slot), v.transpose(1, 2))
+            cache.k[li, :b].scatter_(2, slot, k.transpose(1, 2))
+            cache.v[li, :b].scatter_(2, slot, v.transpose(1, 2))
             attn = tree_attention(
                 q, cache.k[li], cache.v[li], cache_len, tree_mask, scale=self.scale
             )
