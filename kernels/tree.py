@@ -9,9 +9,12 @@ Outputs (`TreeMask`):
 - `positions [B, N] int32` (when `cache_len [B]` is given): cache_len[:, None] + depth, the
   position ids of the nodes (the root sits at cache_len: it is the next token to enter the cache).
 
-Algorithm (EAGLE's, one program per sequence): walk the nodes in topological order; row i = row of
-parent(i) OR {i}; depth(i) = popcount(row i) - 1. The parent's row was written earlier by the same
-program, so a block barrier between rows makes it visible to every thread. O(N^2) per sequence.
+Algorithm (one program per sequence, all in registers): M = I + P with P[i, parent(i)] = 1; after
+k boolean squarings M[i, j] says "j is an ancestor of i within 2^k edges", so ceil(log2 N)
+squarings (tl.dot on 0/1 fp16 tiles, exact) give the ancestor mask; depth(i) = popcount(row i) - 1
+(EAGLE's rule). O(N^3 log N) tensor-core work but no sequential dependency over the nodes: a
+row-by-row walk needs N dependent global round trips (~1 µs each), the squarings a handful of dots.
+The reference walks rows in topological order: row i = row parent(i) OR {i}.
 
 Example: parents = [-1, 0, 0, 1], num_nodes = 4, cache_len = 7
   -> depth = [0, 1, 1, 2], positions = [7, 8, 8, 9], mask rows 0:{0} 1:{0,1} 2:{0,2} 3:{0,1,3}.
@@ -19,6 +22,7 @@ Example: parents = [-1, 0, 0, 1], num_nodes = 4, cache_len = 7
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,32 +59,43 @@ def _tree_mask_kernel(
     depth_ptr,  # [B, N] int32 (out)
     positions_ptr,  # [B, N] int32 (out, written only when HAS_POSITIONS)
     MAX_NODES: tl.constexpr,  # N
-    BLOCK_N: tl.constexpr,  # next power of two >= N
+    BLOCK_N: tl.constexpr,  # next power of two >= max(N, 16) (tl.dot's minimum)
+    NUM_SQUARINGS: tl.constexpr,  # ceil(log2(N)): paths have at most N - 1 edges
     HAS_POSITIONS: tl.constexpr,
 ):
-    """One program per sequence; rows in topological order, each built from its parent's row."""
+    """One program per sequence; the whole [N, N] mask lives in registers."""
     b = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK_N)
-    in_range = offs < MAX_NODES
+    rows = tl.arange(0, BLOCK_N)
     num_nodes = tl.load(num_nodes_ptr + b)
-    base = mask_ptr + b * MAX_NODES * MAX_NODES
-    depth = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for i in range(MAX_NODES):
-        parent = tl.load(parents_ptr + b * MAX_NODES + i)
-        has_parent = (i < num_nodes) & (parent >= 0)
-        # The parent's row was stored by this program in an earlier iteration (barrier below).
-        # (a scalar-bool & vector-bool mask trips the interpreter: fold the scalar into a bound)
-        bound = tl.where(has_parent, MAX_NODES, 0)
-        row = tl.load(base + parent * MAX_NODES + offs, mask=offs < bound, other=0)
-        row = (row != 0) | (offs == i)
-        tl.store(base + i * MAX_NODES + offs, row.to(tl.uint8), mask=in_range)
-        d = tl.sum(row.to(tl.int32), axis=0) - 1
-        depth = tl.where(offs == i, d, depth)
-        tl.debug_barrier()
-    tl.store(depth_ptr + b * MAX_NODES + offs, depth, mask=in_range)
+    # Pad nodes (and the root) get no parent: their rows stay {self}.
+    parents = tl.load(parents_ptr + b * MAX_NODES + rows, mask=rows < num_nodes, other=-1)
+    m = (rows[None, :] == rows[:, None]) | (rows[None, :] == parents[:, None])
+    m = m.to(tl.float16)
+    for _ in tl.static_range(NUM_SQUARINGS):
+        # (I + P)^(2^k) > 0: ancestors within 2^k edges. fp16 0/1 inputs, fp32 sums: exact.
+        m = (tl.dot(m, m) > 0.5).to(tl.float16)
+    is_anc = m > 0.5
+    depth = tl.sum(is_anc.to(tl.int32), axis=1) - 1
+    in_range = rows < MAX_NODES
+    out = mask_ptr + b * MAX_NODES * MAX_NODES + rows[:, None] * MAX_NODES + rows[None, :]
+    tl.store(out, is_anc.to(tl.uint8), mask=in_range[:, None] & in_range[None, :])
+    tl.store(depth_ptr + b * MAX_NODES + rows, depth, mask=in_range)
     if HAS_POSITIONS:
         cache_len = tl.load(cache_len_ptr + b)
-        tl.store(positions_ptr + b * MAX_NODES + offs, cache_len + depth, mask=in_range)
+        tl.store(positions_ptr + b * MAX_NODES + rows, cache_len + depth, mask=in_range)
+
+
+def _launch_params(max_nodes: int) -> dict:
+    block = max(16, triton.next_power_of_2(max_nodes))
+    return dict(
+        MAX_NODES=max_nodes,
+        BLOCK_N=block,
+        NUM_SQUARINGS=max(0, math.ceil(math.log2(max_nodes))) if max_nodes > 1 else 0,
+    )
+
+
+def _num_warps(max_nodes: int) -> int:
+    return 8 if max_nodes > 64 else 4
 
 
 def _check(parents: torch.Tensor, num_nodes: torch.Tensor, cache_len: torch.Tensor | None) -> None:
@@ -138,9 +153,9 @@ def tree_mask_triton(
         out.mask.view(torch.uint8),  # bool -> uint8: same bytes, plain integer loads/stores
         out.depth,
         out.positions if has_positions else out.depth,
-        MAX_NODES=max_nodes,
-        BLOCK_N=triton.next_power_of_2(max_nodes),
         HAS_POSITIONS=has_positions,
+        num_warps=_num_warps(max_nodes),
+        **_launch_params(max_nodes),
     )
     return out
 
@@ -198,13 +213,15 @@ _SIG = {
     "positions_ptr": "*i32",
     "MAX_NODES": "constexpr",
     "BLOCK_N": "constexpr",
+    "NUM_SQUARINGS": "constexpr",
     "HAS_POSITIONS": "constexpr",
 }
 AOT_SPECS = [
     AotSpec(
         _tree_mask_kernel,
         _SIG,
-        {"MAX_NODES": n, "BLOCK_N": triton.next_power_of_2(n), "HAS_POSITIONS": hp},
+        {**_launch_params(n), "HAS_POSITIONS": hp},
+        num_warps=_num_warps(n),
     )
-    for n, hp in [(1, True), (7, True), (64, True), (80, False), (128, True)]
+    for n, hp in [(1, True), (7, True), (64, True), (81, False), (128, True)]
 ]

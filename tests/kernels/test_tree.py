@@ -106,3 +106,15 @@ def test_bad_shapes_raise():
         tree_mask_ref(_i32([[P, 0]]), _i32([2, 2]))
     with pytest.raises(ValueError, match="parents must be"):
         tree_mask_ref(_i32([P, 0]), _i32([2]))
+
+
+@pytest.mark.parametrize("max_nodes", [2, 16, 17, 40])
+def test_full_chains_triton_equals_ref(max_nodes, device):
+    """A chain is the deepest tree (N - 1 edges): the last row holds every node, depth N - 1."""
+    parents = torch.arange(-1, max_nodes - 1, dtype=torch.int32)[None]
+    num_nodes = _i32([max_nodes])
+    a = tree_mask_triton(parents.to(device), num_nodes.to(device))
+    b = tree_mask_ref(parents, num_nodes)
+    assert torch.equal(a.mask.cpu(), b.mask) and torch.equal(a.depth.cpu(), b.depth)
+    assert torch.equal(b.mask[0], torch.ones(max_nodes, max_nodes, dtype=torch.bool).tril())
+    assert int(a.depth[0, -1]) == max_nodes - 1
