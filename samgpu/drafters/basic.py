@@ -112,6 +112,7 @@ class TestDrafter:
 
     def prefill(self, state: DecodeState) -> None:
         B = check_batch(state, self.max_reqs, self.name)
+        self._step.zero_()  # same prompts -> same drafts, batch after batch (seeded sampling)
         text = state.text.cpu()
         prompt_len = state.prompt_len.cpu().tolist()
         self._cont.fill_(PAD_TOKEN)
