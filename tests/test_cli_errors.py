@@ -225,3 +225,18 @@ def test_bench_dispatches_to_profiling(capsys):
         cli.main(["bench", "--help"])
     assert e.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_index_subcommand_is_wired(capsys, tmp_path):
+    """`samgpu index stats PATH` runs samgpu.sam.cli (one JSON line); a bad file is one error."""
+    import numpy as np
+
+    from samgpu.sam import SamIndex
+
+    idx = SamIndex.build([np.array([3, 4, 3, 4], dtype=np.int32)], vocab_size=8, eos_id=0)
+    path = idx.save(tmp_path / "i.samidx")
+    assert cli.main(["index", "stats", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["states"] == idx.num_states
+    (tmp_path / "junk.samidx").write_bytes(b"junk")
+    assert cli.main(["index", "stats", str(tmp_path / "junk.samidx")]) == 2
+    assert "error" in capsys.readouterr().err

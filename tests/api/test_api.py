@@ -21,6 +21,7 @@ def left_padded_batch(tok):
     return tok(["Hello there, how are", "x"], return_tensors="pt", padding=True)
 
 
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
 @pytest.mark.parametrize("method", ["ar", "sam+tr"])
 def test_greedy_matches_transformers_generate(tiny, method):
     """A left-padded batch of two prompts of different lengths: the result has the same shape as
@@ -108,6 +109,8 @@ def test_bad_inputs(tiny):
         dec.generate(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="empty prompt"):
         dec.generate([""])
+    with pytest.raises(ValueError, match=r"outside \[0, 49152\)"):
+        dec.generate(torch.tensor([[5, 49152]]), max_new_tokens=2)
     with pytest.raises(ValueError, match="row 0 .* no tokens"):
         dec.generate(torch.ones(1, 3, dtype=torch.long), attention_mask=torch.zeros(1, 3))
 
