@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from samgpu import cli
+from samgpu import cli, cli_generate
 from tests.api import fixtures
 
 tiny_model_dir = fixtures.tiny_model_dir
@@ -85,7 +85,7 @@ def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_
 
     out = tmp_path / "out.jsonl"
     argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--batch-size", "2")
-    real = cli._Session.generate
+    real = cli_generate._Session.generate
     calls = []
 
     def interrupt_second(self, prompts, on_progress=None):
@@ -94,7 +94,7 @@ def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_
             raise KeyboardInterrupt
         return real(self, prompts, on_progress)
 
-    monkeypatch.setattr(cli._Session, "generate", interrupt_second)
+    monkeypatch.setattr(cli_generate._Session, "generate", interrupt_second)
     capsys.readouterr()
     assert cli.main(argv) == 130
     assert "resumes" in capsys.readouterr().err
@@ -102,7 +102,7 @@ def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_
     partial = out.with_name("out.jsonl.partial").read_text().splitlines()
     assert len(partial) == 1 + 2  # header + first batch
 
-    monkeypatch.setattr(cli._Session, "generate", real)
+    monkeypatch.setattr(cli_generate._Session, "generate", real)
     calls.clear()
     assert cli.main(argv) == 0
     assert "resuming" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import samgpu
-from samgpu.api import SamDecoder, cut_tokens_at_stop, first_stop
+from samgpu.api import SamDecoder
+from samgpu.hf_args import cut_tokens_at_stop, first_stop
 
 
 @pytest.fixture(scope="module")
@@ -180,18 +181,18 @@ def test_sampling_defaults_follow_transformers(tiny):
     """do_sample=True alone samples at temperature 1 with top_k 50 (transformers' global defaults);
     values in model.generation_config come next; the call's arguments win; do_sample=False is greedy
     whatever the temperature."""
-    from samgpu.api import _resolve_request
+    from samgpu.hf_args import resolve_request
 
     model, _ = tiny
-    r = _resolve_request(model, {"do_sample": True}, [4])
+    r = resolve_request(model, {"do_sample": True}, [4])
     assert (r.temperature, r.top_k, r.top_p, r.max_new_tokens) == (1.0, 50, 1.0, 20)
-    assert _resolve_request(model, {"temperature": 0.7}, [4]).temperature == 0.0
+    assert resolve_request(model, {"temperature": 0.7}, [4]).temperature == 0.0
     cfg = model.generation_config
     cfg.do_sample, cfg.temperature, cfg.top_p = True, 0.6, 0.9
     try:
-        r = _resolve_request(model, {"top_p": 0.5, "max_length": 10}, [4], 6)
+        r = resolve_request(model, {"top_p": 0.5, "max_length": 10}, [4], 6)
         assert (r.temperature, r.top_k, r.top_p, r.max_new_tokens) == (0.6, 50, 0.5, 4)
     finally:
         cfg.do_sample, cfg.temperature, cfg.top_p = None, None, None
-    r = _resolve_request(model, {"eos_token_id": [5, 6], "stop_strings": "END"}, [4])
+    r = resolve_request(model, {"eos_token_id": [5, 6], "stop_strings": "END"}, [4])
     assert r.eos_token_ids == (5, 6) and r.stop == ("END",) and r.pad_token_id == 2

@@ -1,0 +1,579 @@
+"""`samgpu generate`: one prompt streamed to the terminal, or a JSONL file in resumable batches
+(one process, or one per GPU under torchrun). The parser and entry point are in samgpu/cli.py.
+
+Flow of a file run: read and check every input line (samgpu.io) -> join the torchrun group, if any
+(samgpu.distributed) -> rank 0 opens the output, resuming `<output>.partial`, and tells every rank
+which records are done -> each rank loads the model and index, tokenizes its round-robin shard,
+skips (or, with --strict, rejects) empty and over-long prompts, and allocates its buffers (out of
+memory here is an error naming a batch size) -> rounds of one batch per rank, gathered on rank 0,
+which appends them to the partial file -> rank 0 writes the final file in input order and renames
+it into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from samgpu.cli import _error, _warn
+from samgpu.io import UserError
+
+# ----------------------------------------------------------------------------- generate: checks
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"option {item!r} must look like KEY=VALUE, e.g. -O l_threshold=5")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = {"true": True, "false": False}.get(raw.lower(), raw)
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from samgpu.api import user_methods
+
+    methods = user_methods()
+    if args.method not in methods:
+        import difflib
+
+        close = difflib.get_close_matches(args.method, methods, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown method {args.method!r}{hint}; choose one of {', '.join(methods)}")
+    if args.input is not None and not args.output:
+        raise UserError("--input needs --output FILE (results are written there, in input order)")
+    if args.prompt is not None and args.output:
+        raise UserError("--output goes with --input; --prompt prints the completion to stdout")
+    checks = [
+        (args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1"),
+        (args.max_new_tokens >= 1, f"--max-new-tokens {args.max_new_tokens} must be >= 1"),
+        (args.temperature >= 0, f"--temperature {args.temperature} must be >= 0 (0 = greedy)"),
+        (0 < args.top_p <= 1, f"--top-p {args.top_p} must be in (0, 1]"),
+        (args.top_k >= 0, f"--top-k {args.top_k} must be >= 0 (0 = off)"),
+        (args.limit is None or args.limit >= 1, f"--limit {args.limit} must be >= 1"),
+        (
+            args.check_every is None or args.check_every >= 1,
+            f"--check-every {args.check_every} must be >= 1",
+        ),
+        (all(args.stop), "--stop needs a non-empty string"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+# ----------------------------------------------------------------------------- generate: set-up
+
+
+class _Session:
+    """Model, tokenizer and SamDecoder for one CLI run."""
+
+    def __init__(self, args: argparse.Namespace, device, *, num_reqs: int, max_len: int):
+        import torch
+
+        from samgpu import api
+
+        self.args = args
+        dtype = api.resolve_dtype(args.dtype, device)
+        api.quiet_transformers()
+        t0 = time.perf_counter()
+        try:
+            self.model, self.tokenizer = api.load_model(args.model, device, dtype)
+        except torch.OutOfMemoryError as e:
+            raise api.SetupError(
+                api.out_of_memory_message(
+                    e, batch_size=num_reqs, max_len=max_len, what="loading the model"
+                )
+            ) from None
+        self.load_seconds = time.perf_counter() - t0
+        options = _parse_options(args.option)
+        try:
+            self.decoder = api.SamDecoder(
+                self.model,
+                self.tokenizer,
+                args.method,
+                api.resolve_index(
+                    args.index, self.tokenizer, args.method, progress=not args.no_progress
+                ),
+                use_cuda_graphs=not args.no_cuda_graphs,
+                check_every=args.check_every,
+                **options,
+            )
+        except (ValueError, TypeError) as e:
+            raise UserError(str(e)) from None
+        self.eos = api._eos_ids(self.model, self.tokenizer)
+        self.stop_ids = api.SamDecoder._single_token_stops(args.stop, self.tokenizer)
+        self.context = self.decoder.context_length()
+
+    def encode(self, prompt: str | None, messages: list[dict] | None) -> list[int]:
+        from samgpu.api import encode_chat
+
+        try:
+            if messages is not None:
+                return encode_chat(self.tokenizer, messages)
+            if self.args.raw:
+                return list(self.tokenizer(prompt).input_ids)
+            return encode_chat(self.tokenizer, [{"role": "user", "content": prompt}])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    def too_long(self, ids: list[int]) -> str | None:
+        if self.context is None or len(ids) + self.args.max_new_tokens <= self.context:
+            return None
+        return (
+            f"prompt of {len(ids)} tokens + --max-new-tokens {self.args.max_new_tokens} exceeds"
+            f" the model's context of {self.context} tokens"
+        )
+
+    def warm_up(self, num_reqs: int, longest: int) -> None:
+        """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice."""
+        self.decoder._ensure(num_reqs, self.decoder.needed_len(longest, self.args.max_new_tokens))
+
+    def generate(self, prompts: list[list[int]], on_progress=None):
+        from torch.profiler import record_function
+
+        with record_function("samgpu.cli.batch"):
+            return self._generate(prompts, on_progress)
+
+    def _generate(self, prompts: list[list[int]], on_progress=None):
+        a = self.args
+        return self.decoder.generate_ids(
+            prompts,
+            max_new_tokens=a.max_new_tokens,
+            temperature=a.temperature,
+            top_k=a.top_k,
+            top_p=a.top_p,
+            eos_token_ids=self.eos + self.stop_ids,
+            seed=a.seed,
+            on_progress=on_progress,
+            batch_size=a.batch_size,
+        )
+
+
+def _device(args: argparse.Namespace, info=None):
+    import torch
+
+    from samgpu import api
+
+    device = api.resolve_device(args.device)
+    if info is not None and info.is_distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank)
+    return device
+
+
+def _profiler(args: argparse.Namespace, rank_suffix: str):
+    """torch.profiler around generation when --profile is set; exports on exit."""
+    if not args.profile:
+        return contextlib.nullcontext()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    out_dir = Path(args.profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+
+    @contextlib.contextmanager
+    def run():
+        with _stage_ranges(), profile(activities=activities, record_shapes=False) as prof:
+            yield prof
+        trace = out_dir / f"trace{rank_suffix}.json"
+        prof.export_chrome_trace(str(trace))
+        sort = "cuda_time_total" if ProfilerActivity.CUDA in activities else "cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=40)
+        (out_dir / f"summary{rank_suffix}.txt").write_text(table + "\n")
+        print(
+            f"samgpu: profiler trace written to {trace} (open in ui.perfetto.dev)", file=sys.stderr
+        )
+
+    return run()
+
+
+@contextlib.contextmanager
+def _stage_ranges():
+    """While profiling, give each decode-loop stage a torch.profiler range (`samgpu.<stage>`) next
+    to its NVTX range: the loop's `_nvtx` helper emits NVTX only on CUDA, which Nsight shows but the
+    torch profiler trace does not. Adapter around samgpu.decoding.loop._nvtx, restored on exit."""
+    from torch.profiler import record_function
+
+    try:
+        from samgpu.decoding import loop
+    except ImportError:
+        yield
+        return
+    original = getattr(loop, "_nvtx", None)
+    if original is None:
+        yield
+        return
+
+    def both(name: str):
+        stack = contextlib.ExitStack()
+        stack.enter_context(original(name))
+        stack.enter_context(record_function(f"samgpu.{name}"))
+        return stack
+
+    loop._nvtx = both
+    try:
+        yield
+    finally:
+        loop._nvtx = original
+
+
+def _oom_during_run(e: BaseException, args: argparse.Namespace) -> UserError:
+    from samgpu import api
+
+    msg = api.out_of_memory_message(
+        e, batch_size=args.batch_size, max_len=0, what="generating"
+    ).replace(" and 0 tokens per sequence", "")
+    if args.input:
+        msg += "; finished records are kept and the same command resumes"
+    return api.SetupError(msg)
+
+
+# ----------------------------------------------------------------------------- generate: run
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    _check_args(args)
+    if args.prompt is not None:
+        return _generate_one(args)
+    return _generate_file(args)
+
+
+class _Streamer:
+    """on_progress -> print the new text of request 0 (decoded in full each time, so that multi-byte
+    characters split across tokens print once complete)."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.printed = ""
+
+    def text_of(self, tokens: list[int]) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if self.stop:
+            from samgpu.api import first_stop
+
+            p = first_stop(text, self.stop)
+            if p >= 0:
+                return text[:p]
+            # hold back a tail that could be the start of a stop string
+            hold = max(len(s) - 1 for s in self.stop)
+            text = text[: max(len(self.printed), len(text) - hold)]
+        return text
+
+    def show(self, text: str) -> None:
+        if text.endswith("\ufffd"):
+            return
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            sys.stdout.write(text[len(self.printed) :])
+            sys.stdout.flush()
+            self.printed = text
+
+    def __call__(self, info: Any) -> None:
+        from samgpu.api import progress_tokens
+
+        toks = progress_tokens(info)
+        if toks is not None:
+            self.show(self.text_of(toks))
+
+
+def _generate_one(args: argparse.Namespace) -> int:
+    import torch
+
+    from samgpu.api import make_completion
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise UserError("the prompt is empty: pass some text with --prompt")
+    device = _device(args)
+    session = _Session(args, device, num_reqs=1, max_len=args.max_new_tokens)
+    ids = session.encode(prompt, None)
+    reason = session.too_long(ids)
+    if reason:
+        raise UserError(reason + "; shorten it or lower --max-new-tokens")
+    streamer = _Streamer(session.tokenizer, args.stop)
+    t0 = time.perf_counter()
+    try:
+        session.warm_up(1, len(ids))
+        with _profiler(args, ""):
+            out = session.generate([ids], on_progress=streamer)
+    except torch.OutOfMemoryError as e:
+        raise _oom_during_run(e, args) from None
+    seconds = time.perf_counter() - t0
+    stats = session.decoder.last_stats[0] if session.decoder.last_stats else {}
+    done = make_completion(list(out.tokens[0]), stats, session.tokenizer, session.eos, args.stop)
+    if done.text.startswith(streamer.printed):
+        sys.stdout.write(done.text[len(streamer.printed) :])
+    else:  # the stream showed text that a stop string later cut: print the final text whole
+        sys.stdout.write("\n" + done.text)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    n = len(done.tokens)
+    mat = stats.get("mat")
+    mat_txt = f", mean accepted tokens per step {mat:.2f}" if isinstance(mat, (int, float)) else ""
+    print(
+        f"[{n} tokens in {seconds:.2f} s, {n / max(seconds, 1e-9):.1f} tokens/s{mat_txt};"
+        f" method {args.method}, {device.type}; stop: {done.finish_reason}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _settings(args: argparse.Namespace, input_fp: str, num_records: int) -> dict[str, Any]:
+    """What decides the output text: a partial file from other settings is not resumed."""
+    return {
+        "input_sha256": input_fp,
+        "num_records": num_records,
+        "field": args.field,
+        "raw": args.raw,
+        "model": args.model,
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "stop": list(args.stop),
+        "output_field": args.output_field,
+    }
+
+
+class _Progress:
+    """tqdm bar over records with live tokens/s and mean accepted tokens per step (rank 0)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="req", dynamic_ncols=True, file=sys.stderr)
+        self.t0 = time.perf_counter()
+        self.tokens = 0  # tokens of finished batches
+        self.steps = 0.0  # sum over finished requests of decode steps
+        self.live_tokens = 0
+        self.live_steps = 0.0
+
+    def on_step(self, info: Any) -> None:
+        gen, steps = progress_counts(info)
+        if gen is not None:
+            self.live_tokens = gen
+        if steps is not None:
+            self.live_steps = steps
+        self._postfix()
+
+    def batch_done(self, num_records: int, tokens: int, steps: float) -> None:
+        self.tokens += tokens
+        self.steps += steps
+        self.live_tokens = self.live_steps = 0
+        if self.bar is not None:
+            self.bar.update(num_records)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is None:
+            return
+        tokens = self.tokens + self.live_tokens
+        steps = self.steps + self.live_steps
+        rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
+        post = f"{rate:.0f} tok/s"
+        if steps:
+            post += f", MAT {tokens / steps:.2f}"
+        self.bar.set_postfix_str(post, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def progress_counts(info: Any) -> tuple[int | None, float | None]:
+    """(tokens generated so far, decode steps summed over requests) from a loop ProgressInfo."""
+    import torch
+
+    def total(name: str):
+        v = getattr(info, name, None)
+        if v is None:
+            return None
+        if isinstance(v, torch.Tensor):
+            return float(v.sum())
+        if isinstance(v, (list, tuple)):
+            return float(sum(v))
+        return float(v)
+
+    gen = total("num_generated")
+    steps = total("num_steps")
+    if steps is None:
+        s = total("steps")
+        reqs = getattr(info, "num_reqs", None)
+        steps = s * reqs if s is not None and isinstance(reqs, int) else s
+    return (int(gen) if gen is not None else None), steps
+
+
+def _generate_file(args: argparse.Namespace) -> int:
+    import torch
+
+    from samgpu import distributed as dist
+    from samgpu.io import OutputWriter, fingerprint_file, read_records
+
+    records = read_records(args.input, field=args.field)
+    if args.limit is not None:
+        records = records[: args.limit]
+    device = _device(args)
+    info = dist.init(device.type)
+    device = _device(args, info)
+    rank_suffix = f"-rank{info.rank}" if info.is_distributed else ""
+
+    # rank 0 opens (and maybe resumes) the output; every rank learns which records are done
+    writer, status = None, {"error": None, "exit": 0, "done": []}
+    if info.is_main:
+        try:
+            settings = _settings(args, fingerprint_file(args.input), len(records))
+            writer = OutputWriter.open(args.output, settings, overwrite=args.overwrite)
+            status["done"] = sorted(writer.done)
+        except UserError as e:
+            status = {"error": str(e), "exit": e.exit_code, "done": []}
+    status = dist.broadcast(status, info)
+    if status["error"] is not None:
+        if info.is_main:
+            (_warn if status["exit"] == 0 else _error)(status["error"])
+        dist.shutdown()
+        return status["exit"]
+    done = set(status["done"])
+    pending = [r for r in records if r.index not in done]
+    if not pending:
+        if writer is not None:
+            writer.finalize(len(records))
+            print(f"samgpu: {args.output} complete ({len(records)} records)", file=sys.stderr)
+        dist.shutdown()
+        return 0
+    if done and info.is_main:
+        print(
+            f"samgpu: resuming {args.output}: {len(done)} of {len(records)} records already done",
+            file=sys.stderr,
+        )
+
+    mine = dist.shard(pending, info)
+    error: UserError | None = None
+    session = None
+    try:
+        session = _Session(args, device, num_reqs=args.batch_size, max_len=args.max_new_tokens)
+        work, skipped = _prepare(session, mine, args)
+        longest = max((len(ids) for _, ids in work), default=1)
+        session.warm_up(min(args.batch_size, max(len(work), 1)), longest)
+    except UserError as e:
+        error = e
+    if not dist.all_ok(error is None, info):
+        if error is not None:
+            _error(str(error))
+        if writer is not None:
+            writer.close()
+        dist.shutdown()
+        return error.exit_code if error is not None else 1
+
+    progress = _Progress(len(pending), enabled=info.is_main and not args.no_progress)
+    rounds = dist.num_rounds(len(pending), args.batch_size, info)
+    try:
+        with _profiler(args, rank_suffix):
+            for t in range(rounds):
+                results = list(skipped) if t == 0 else []
+                batch = work[t * args.batch_size : (t + 1) * args.batch_size]
+                tokens = steps = 0.0
+                if batch:
+                    try:
+                        out = session.generate(
+                            [ids for _, ids in batch], on_progress=progress.on_step
+                        )
+                    except torch.OutOfMemoryError as e:
+                        raise _oom_during_run(e, args) from None
+                    for (rec, _), toks, st in zip(
+                        batch, out.tokens, session.decoder.last_stats, strict=True
+                    ):
+                        results.append((rec.index, _output_record(session, rec, list(toks), st)))
+                        tokens += len(toks)
+                        steps += float(st.get("steps") or 0)
+                gathered = dist.gather((results, tokens, steps), info)
+                if writer is not None:
+                    for part, part_tokens, part_steps in gathered:
+                        writer.add_many(part)
+                        progress.batch_done(len(part), int(part_tokens), part_steps)
+        if writer is not None:
+            writer.finalize(len(records))
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
+    if info.is_main:
+        n_tok = progress.tokens
+        secs = time.perf_counter() - progress.t0
+        print(
+            f"samgpu: wrote {args.output} ({len(records)} records; {n_tok} new tokens in"
+            f" {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s"
+            + (
+                f", mean accepted tokens per step {n_tok / progress.steps:.2f}"
+                if progress.steps
+                else ""
+            )
+            + ")",
+            file=sys.stderr,
+        )
+    dist.shutdown()
+    return 0
+
+
+def _prepare(session: _Session, records, args):
+    """Tokenize; split into (record, ids) to generate and finished 'skipped' output records."""
+    work, skipped = [], []
+    for rec in records:
+        problem = "empty prompt" if rec.is_empty else None
+        ids: list[int] = []
+        if problem is None:
+            ids = session.encode(rec.prompt, rec.messages)
+            problem = session.too_long(ids)
+        if problem is None:
+            work.append((rec, ids))
+            continue
+        where = f"{args.input}:{rec.line}"
+        if args.strict:
+            raise UserError(f"{where}: {problem} (--strict)")
+        _warn(f"{where}: {problem}; skipped (its output record has an 'error' field)")
+        out = dict(rec.data)
+        out.update({args.output_field: None, "finish_reason": "skipped", "error": problem})
+        skipped.append((rec.index, out))
+    return work, skipped
+
+
+def _output_record(session: _Session, rec, tokens: list[int], stats: dict) -> dict[str, Any]:
+    from samgpu.api import make_completion
+
+    done = make_completion(tokens, stats, session.tokenizer, session.eos, session.args.stop)
+    out = dict(rec.data)
+    out[session.args.output_field] = done.text
+    out["finish_reason"] = done.finish_reason
+    out["num_tokens"] = len(done.tokens)
+    out["stats"] = _jsonable(done.stats)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,261 @@
+"""transformers `generate` arguments -> what samgpu runs (transformers' precedence and defaults),
+and stop strings.
+
+Precedence (as in transformers): the call's arguments, then a `generation_config` passed to the call
+or the model's own, then transformers' global defaults (`GenerationConfig._get_default_generation_
+params`: max_length 20 -> 20 new tokens, top_k 50 when sampling, temperature 1). Arguments whose
+non-neutral value would change the result and that samgpu cannot honour raise ValueError, naming
+where the value came from (the call, or model.generation_config) and the fix; unknown names raise
+TypeError. Arguments without effect on the result (beam-search-only or implementation choices) are
+accepted.
+
+Example: resolve_request(model, {"do_sample": True}, prompt_lens=[4]) -> GenerationRequest(
+max_new_tokens=20, temperature=1.0, top_k=50, top_p=1.0, ...); {"num_beams": 4} -> ValueError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# transformers' global generation defaults (GenerationConfig._get_default_generation_params), used
+# when neither the call nor model.generation_config sets a value.
+HF_DEFAULTS: dict[str, Any] = {
+    "max_length": 20,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+}
+
+# Arguments whose non-default value would change the result and which samgpu cannot honour:
+# name -> the neutral value(s) that are accepted.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "num_beams": (None, 1),
+    "num_beam_groups": (None, 1),
+    "num_return_sequences": (None, 1),
+    "diversity_penalty": (None, 0.0),
+    "penalty_alpha": (None,),
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "force_words_ids": (None,),
+    "sequence_bias": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "min_p": (None,),
+    "typical_p": (None, 1.0),
+    "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+    "top_h": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+    "remove_invalid_values": (None, False),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "token_healing": (None, False),
+    "dola_layers": (None,),
+    "max_time": (None,),
+    "return_dict_in_generate": (None, False),
+    "output_scores": (None, False),
+    "output_logits": (None, False),
+    "output_attentions": (None, False),
+    "output_hidden_states": (None, False),
+    "logits_processor": (None,),
+    "stopping_criteria": (None,),
+    "prefix_allowed_tokens_fn": (None,),
+    "assistant_model": (None,),
+    "prompt_lookup_num_tokens": (None,),
+    "negative_prompt_ids": (None,),
+    "negative_prompt_attention_mask": (None,),
+    "past_key_values": (None,),
+    "inputs_embeds": (None,),
+    "synced_gpus": (None, False),
+    "use_cache": (None, True),
+}
+# Accepted and without effect on the result (beam-search-only or implementation choices).
+NO_EFFECT = {
+    "length_penalty",
+    "early_stopping",
+    "cache_implementation",
+    "cache_config",
+    "low_memory",
+    "bos_token_id",
+    "decoder_start_token_id",
+    "num_assistant_tokens",
+    "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold",
+    "compile_config",
+    "disable_compile",
+}
+UNSUPPORTED_HINTS = {
+    "num_beams": "samgpu decodes greedily or by sampling; beam search is not supported",
+    "num_return_sequences": "repeat the prompt in the batch instead",
+    "return_dict_in_generate": "read per-request statistics from decoder.last_stats instead",
+    "inputs_embeds": "pass token ids",
+}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_k: int
+    top_p: float
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+def as_id_tuple(x: Any) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, torch.Tensor):
+        x = x.flatten().tolist()
+    if isinstance(x, int):
+        return (int(x),)
+    return tuple(int(v) for v in x)
+
+
+def resolve_request(
+    model, kwargs: dict[str, Any], prompt_lens: list[int], input_width: int | None = None
+) -> GenerationRequest:
+    """HF precedence: call kwargs > generation_config (call's, else model's) > global defaults."""
+    gen_cfg = kwargs.pop("generation_config", None) or getattr(model, "generation_config", None)
+    cfg_values: dict[str, Any] = {}
+    if gen_cfg is not None:
+        source = gen_cfg.to_dict() if hasattr(gen_cfg, "to_dict") else dict(vars(gen_cfg))
+        cfg_values = {k: v for k, v in source.items() if v is not None}
+
+    def get(name: str, default: Any = None) -> Any:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+        if name in cfg_values:
+            return cfg_values[name]
+        return HF_DEFAULTS.get(name, default)
+
+    for name, neutral in UNSUPPORTED.items():
+        from_call = name in kwargs and kwargs[name] is not None
+        value = kwargs[name] if from_call else cfg_values.get(name)
+        if value is None or any(value is n or value == n for n in neutral if n is not None):
+            continue
+        hint = UNSUPPORTED_HINTS.get(name, "samgpu cannot apply it without changing the result")
+        where = "" if from_call else " (set in model.generation_config)"
+        fix = "" if from_call else f"; pass {name}={neutral[-1]!r} to generate without it"
+        raise ValueError(f"{name}={value!r}{where} is not supported: {hint}{fix}")
+
+    # transformers: max_new_tokens wins; an explicit max_length counts the (padded) input; the
+    # global default max_length (20) means 20 new tokens, capped by the model's context.
+    input_len = input_width or max(prompt_lens)
+    if kwargs.get("max_new_tokens") is not None:
+        max_new = int(kwargs["max_new_tokens"])
+    elif kwargs.get("max_length") is not None:
+        max_new = int(kwargs["max_length"]) - input_len
+    elif cfg_values.get("max_new_tokens") is not None:
+        max_new = int(cfg_values["max_new_tokens"])
+    elif (
+        cfg_values.get("max_length") is not None
+        and cfg_values["max_length"] != HF_DEFAULTS["max_length"]
+    ):
+        max_new = int(cfg_values["max_length"]) - input_len
+    else:
+        max_new = HF_DEFAULTS["max_length"]
+        ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if ctx is not None:
+            max_new = min(max_new, int(ctx) - input_len)
+    if max_new < 1:
+        raise ValueError(
+            f"nothing to generate: max_new_tokens={max_new} (max_length must exceed the longest"
+            f" prompt, {max(prompt_lens)} tokens)"
+        )
+
+    do_sample = bool(get("do_sample"))
+    temperature, top_k, top_p = 0.0, 0, 1.0
+    if do_sample:
+        temperature = float(get("temperature"))
+        top_k = int(get("top_k") or 0)
+        top_p = float(get("top_p"))
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature={temperature} with do_sample=True: use a positive temperature,"
+                " or do_sample=False for greedy decoding"
+            )
+    if top_k < 0:
+        raise ValueError(f"top_k={top_k} must be >= 0 (0 disables it)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+
+    eos = as_id_tuple(get("eos_token_id"))
+    pad = get("pad_token_id")
+    if pad is None:
+        pad = eos[0] if eos else 0
+    stop = kwargs.get("stop_strings") or kwargs.get("stop") or cfg_values.get("stop_strings")
+    if isinstance(stop, str):
+        stop = (stop,)
+    stop = tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
+    seed = kwargs.get("seed")
+    return GenerationRequest(max_new, temperature, top_k, top_p, eos, int(pad), stop, seed)
+
+
+def check_kwargs(kwargs: dict[str, Any]) -> None:
+    known = (
+        set(UNSUPPORTED)
+        | NO_EFFECT
+        | {
+            "generation_config",
+            "max_new_tokens",
+            "max_length",
+            "do_sample",
+            "temperature",
+            "top_k",
+            "top_p",
+            "eos_token_id",
+            "pad_token_id",
+            "stop",
+            "stop_strings",
+            "tokenizer",
+            "seed",
+        }
+    )
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(
+            f"SamDecoder.generate() got unexpected keyword argument(s) {', '.join(unknown)}"
+        )
+
+
+# Stop strings
+
+
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Position of the earliest stop string in `text`, or -1."""
+    hits = [p for p in (text.find(s) for s in stop) if p >= 0]
+    return min(hits) if hits else -1
+
+
+def cut_tokens_at_stop(tokens: list[int], tokenizer, stop: Sequence[str]) -> tuple[list[int], bool]:
+    """Shortest prefix of `tokens` whose text contains a stop string (stop string kept, as
+    transformers' stop_strings does); (tokens, False) when none occurs. Binary search over prefixes:
+    containment only grows with the prefix."""
+    if not stop or first_stop(tokenizer.decode(tokens), stop) < 0:
+        return tokens, False
+    lo, hi = 1, len(tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if first_stop(tokenizer.decode(tokens[:mid]), stop) >= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return tokens[:lo], True
