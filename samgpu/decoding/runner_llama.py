@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from samgpu.decoding.runner import KVCache, check_prefill_inputs, check_tree_inputs
+from samgpu.kernels.rms_norm import rms_norm
+from samgpu.kernels.rope_kv import rope_kv
+from samgpu.kernels.silu_mul import silu_mul
 from samgpu.kernels.tree_attention import tree_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -184,46 +187,45 @@ class LlamaRunner:
 
     # ------------------------------------------------------------------------------- pieces
 
-    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # transformers' LlamaRMSNorm: statistics in fp32, scale applied in the input dtype.
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * h.to(x.dtype)
-
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, T, 1, D] in the runner dtype for int positions [B, T]."""
+    def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, D / 2] fp32 for int positions [B, T] (transformers' formula), computed
+        once per forward and shared by all layers."""
         freqs = positions[..., None].to(torch.float32) * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scaling).to(self.dtype)
-        sin = (emb.sin() * self.rope_scaling).to(self.dtype)
-        return cos[:, :, None, :], sin[:, :, None, :]
+        cos = freqs.cos() * self.rope_scaling
+        sin = freqs.sin() * self.rope_scaling
+        return cos.contiguous(), sin.contiguous()
 
-    @staticmethod
-    def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
-    def _qkv(self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x [B, T, H] -> q [B, T, Hq, D], k and v [B, T, Hkv, D], RoPE applied to q and k."""
-        b, t, _ = x.shape
-        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+    def _qkv_rope(self, li: int, x, cos, sin, slot_start, cache: KVCache) -> torch.Tensor:
+        """x [B, T, H] -> rotated q [B, T, Hq, D]; rotated k and v stored in layer li's cache at
+        slots slot_start[b] + t."""
+        w = self.layers[li]
+        b = x.shape[0]
         qkv = F.linear(x, w.qkv, w.qkv_bias)
-        q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
-        q = q.view(b, t, hq, d)
-        k = k.view(b, t, hkv, d)
-        v = v.view(b, t, hkv, d)
-        if w.q_norm is not None:
-            q = self._rms_norm(q, w.q_norm)
-            k = self._rms_norm(k, w.k_norm)
-        return self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin), v
+        if w.q_norm is not None:  # Qwen3: RMSNorm of every q and k head before RoPE
+            hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+            q = rms_norm(q.unflatten(-1, (hq, d)).contiguous(), w.q_norm, self.eps)[0]
+            k = rms_norm(k.unflatten(-1, (hkv, d)).contiguous(), w.k_norm, self.eps)[0]
+            qkv = torch.cat([q.flatten(-2), k.flatten(-2), v], dim=-1)
+        return rope_kv(
+            qkv, cos, sin, slot_start, cache.k[li, :b], cache.v[li, :b], num_q_heads=self.num_heads
+        )
 
-    def _mlp_block(self, w: LayerWeights, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        b, t = attn.shape[:2]
-        h = h + F.linear(attn.reshape(b, t, -1), w.o_proj, w.o_bias)
-        x = self._rms_norm(h, w.post_norm)
-        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, w.down)
+    def _layers(self, h: torch.Tensor, positions: torch.Tensor, slot_start, cache, attend):
+        """The decoder stack over h [B, T, H] (the residual stream, updated in place); returns the
+        final-normed hidden states. attend(li, q) -> [B, T, Hq, D] reads layer li's cache."""
+        cos, sin = self._rope_tables(positions)
+        b, t, _ = h.shape
+        x, _ = rms_norm(h, self.layers[0].input_norm, self.eps)
+        for li, w in enumerate(self.layers):
+            q = self._qkv_rope(li, x, cos, sin, slot_start, cache)
+            attn = attend(li, q).reshape(b, t, -1)
+            x, h = rms_norm(F.linear(attn, w.o_proj, w.o_bias), w.post_norm, self.eps, residual=h)
+            mlp = F.linear(silu_mul(F.linear(x, w.gate_up)), w.down)
+            last = li + 1 == len(self.layers)
+            norm = self.final_norm if last else self.layers[li + 1].input_norm
+            x, h = rms_norm(mlp, norm, self.eps, residual=h)
+        return x
 
     # ------------------------------------------------------------------------------ prefill
 
@@ -233,25 +235,26 @@ class LlamaRunner:
         b, t = input_ids.shape
         if t > 0:
             positions = torch.arange(t, device=self.device).expand(b, t)
-            cos, sin = self._rope(positions)
-            h = F.embedding(input_ids, self.embed)
-            for li, w in enumerate(self.layers):
-                q, k, v = self._qkv(w, self._rms_norm(h, w.input_norm), cos, sin)
+            slot_start = torch.zeros(b, dtype=torch.int32, device=self.device)
+
+            def attend(li, q):
                 # Right padding + causal attention: a real token never sees a pad; pad slots
                 # beyond lengths[b] get overwritten later and are never attended to.
-                cache.k[li, :b, :, :t] = k.transpose(1, 2)
-                cache.v[li, :b, :, :t] = v.transpose(1, 2)
-                h = self._mlp_block(w, h, self._causal_attention(q, k, v))
+                return self._causal_attention(q, cache.k[li, :b, :, :t], cache.v[li, :b, :, :t])
+
+            self._layers(F.embedding(input_ids, self.embed), positions, slot_start, cache, attend)
         cache.cache_len[:b].copy_(lengths)
 
     def _causal_attention(self, q, k, v) -> torch.Tensor:
-        """q [B, T, Hq, D], k/v [B, T, Hkv, D] -> [B, T, Hq, D], causal."""
+        """q [B, T, Hq, D], k/v [B, Hkv, T, D] -> [B, T, Hq, D], causal."""
         if _flash_attn_func is not None and q.is_cuda and q.dtype != torch.float32:
-            return _flash_attn_func(q, k, v, softmax_scale=self.scale, causal=True)
+            return _flash_attn_func(
+                q, k.transpose(1, 2), v.transpose(1, 2), softmax_scale=self.scale, causal=True
+            )
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
+            k,
+            v,
             is_causal=True,
             scale=self.scale,
             enable_gqa=self.num_heads != self.num_kv_heads,
@@ -270,21 +273,15 @@ class LlamaRunner:
         out: torch.Tensor,
     ) -> torch.Tensor:
         check_tree_inputs(tokens, positions, tree_mask, cache, out, self.vocab_size, self.device)
-        b, n = tokens.shape
+        b = tokens.shape[0]
         cache_len = cache.cache_len[:b]
-        # Node i of sequence b goes to slot cache_len[b] + i: scatter on the slot axis (no sync).
-        slot = cache_len[:, None].to(torch.int64) + torch.arange(n, device=self.device)  # [B, N]
-        slot = slot[:, None, :, None].expand(b, self.num_kv_heads, n, self.head_dim)
-        cos, sin = self._rope(positions)
-        h = F.embedding(tokens, self.embed)
-        for li, w in enumerate(self.layers):
-            q, k, v = self._qkv(w, self._rms_norm(h, w.input_norm), cos, sin)
-            cache.k[li, :b].scatter_(2, slot, k.transpose(1, 2))
-            cache.v[li, :b].scatter_(2, slot, v.transpose(1, 2))
-            attn = tree_attention(
+
+        def attend(li, q):
+            return tree_attention(
                 q, cache.k[li], cache.v[li], cache_len, tree_mask, scale=self.scale
             )
-            h = self._mlp_block(w, h, attn)
-        h = self._rms_norm(h, self.final_norm)
-        out.copy_(F.linear(h, self.lm_head))
+
+        # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
+        x = self._layers(F.embedding(tokens, self.embed), positions, cache_len, cache, attend)
+        out.copy_(F.linear(x, self.lm_head))
         return out

@@ -46,11 +46,18 @@ def prefill_and_chain(runner, seqs: list[list[int]], prefix_lens: list[int], n: 
     return out, cache
 
 
-@pytest.mark.parametrize("prefer", ["fast", "generic"])
-@pytest.mark.parametrize("kind", FAST_KINDS)
-def test_prefill_then_chain_matches_transformers(kind, prefer):
+@pytest.mark.parametrize(
+    "kind, prefer",
+    [(kind, prefer) for kind in FAST_KINDS for prefer in ("fast", "generic")]
+    + [("qwen2", "fast-triton"), ("qwen3", "fast-triton")],
+)
+def test_prefill_then_chain_matches_transformers(kind, prefer, monkeypatch):
     """Ragged batch of 3: 7, 3 and 0 tokens in the cache (an empty prefix: the root is the
-    prompt's only token), then a 4-node chain each."""
+    prompt's only token), then a 4-node chain each. fast-triton runs every Triton kernel of the
+    fast runner (the interpreter on CPU)."""
+    if prefer == "fast-triton":
+        monkeypatch.setenv("SAMGPU_BACKEND", "triton")
+        prefer = "fast"
     model = tiny_model(kind)
     runner = make_runner(model, prefer=prefer)
     assert isinstance(runner, LlamaRunner if prefer == "fast" else GenericRunner)

@@ -1,0 +1,241 @@
+"""Rotary embedding of q and k straight out of the fused QKV projection, with k and v written into
+one layer of the static KV cache: one launch instead of ~14 (slices, cat, muls, adds, scatters).
+
+Inputs: `qkv [B, T, (Hq + 2 * Hkv) * D]` (q heads, then k heads, then v heads), `cos, sin
+[B, T, D / 2] fp32` (the RoPE table of each token's position, computed once per forward by
+the runner and shared by all layers), `slot_start [B] int32` (token t of sequence b is stored at
+cache slot slot_start[b] + t: cache_len for a verify step, 0 for a prefill). Outputs:
+`q_out [B, T, Hq, D]` (rotated q), `k_cache, v_cache [B, Hkv, L, D]` (one layer; rotated k and
+plain v written at the slots).
+
+RoPE as transformers' Llama computes it: f = position * inv_freq (fp32), cos/sin = cos(f), sin(f)
+times the RoPE type's attention scaling (1 but YaRN), rounded to the model dtype; x1, x2 = the
+halves of a head;
+    out = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]   (each product and sum rounded to the dtype)
+Example: D = 2, inv_freq = [1], position 0 -> identity; position pi/2 -> [x1, x2] -> [-x2, x1].
+
+Kernel: one program per (token, head) over the q and k heads (k programs also copy the v head).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from samgpu.kernels._aot import AotSpec
+from samgpu.kernels._dispatch import use_triton
+
+
+@triton.jit
+def _rope_kv_kernel(
+    qkv_ptr,  # [B, T, (Hq + 2 * Hkv) * D]
+    cos_ptr,  # [B, T, D / 2] fp32 (contiguous)
+    sin_ptr,  # [B, T, D / 2] fp32 (contiguous)
+    slot_ptr,  # [B] int32: cache slot of token 0
+    q_out_ptr,  # [B, T, Hq, D] (out)
+    k_cache_ptr,  # [B, Hkv, L, D] (out at slot_start + t)
+    v_cache_ptr,  # [B, Hkv, L, D] (out at slot_start + t)
+    stride_qkv_b,
+    stride_qkv_t,
+    stride_q_b,
+    stride_q_t,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
+    seq_len,  # T
+    num_q_heads,  # Hq
+    num_kv_heads,  # Hkv
+    HALF: tl.constexpr,  # D / 2
+    BLOCK_HALF: tl.constexpr,  # next power of two >= D / 2
+):
+    """Grid (B * T, Hq + Hkv): heads below Hq rotate q, the others rotate k and copy v."""
+    bt = tl.program_id(0)
+    head = tl.program_id(1)
+    b = (bt // seq_len).to(tl.int64)
+    t = (bt % seq_len).to(tl.int64)
+    offs = tl.arange(0, BLOCK_HALF)
+    ok = offs < HALF
+    head_dim = 2 * HALF
+
+    table = bt.to(tl.int64) * HALF + offs
+    cos = tl.load(cos_ptr + table, mask=ok, other=0.0)
+    sin = tl.load(sin_ptr + table, mask=ok, other=0.0)
+    row = qkv_ptr + b * stride_qkv_b + t * stride_qkv_t
+    x1 = tl.load(row + head * head_dim + offs, mask=ok, other=0.0)
+    x2 = tl.load(row + head * head_dim + HALF + offs, mask=ok, other=0.0)
+    dtype = x1.dtype
+    cos = cos.to(dtype).to(tl.float32)
+    sin = sin.to(dtype).to(tl.float32)
+    a1 = x1.to(tl.float32)
+    a2 = x2.to(tl.float32)
+    # Each product rounded to the dtype, then the sum (torch: x * cos + rotate_half(x) * sin).
+    o1 = (a1 * cos).to(dtype).to(tl.float32) + (-a2 * sin).to(dtype).to(tl.float32)
+    o2 = (a2 * cos).to(dtype).to(tl.float32) + (a1 * sin).to(dtype).to(tl.float32)
+    o1 = o1.to(dtype)
+    o2 = o2.to(dtype)
+
+    if head < num_q_heads:
+        dst = q_out_ptr + b * stride_q_b + t * stride_q_t + head * head_dim
+        tl.store(dst + offs, o1, mask=ok)
+        tl.store(dst + HALF + offs, o2, mask=ok)
+    else:
+        kvh = (head - num_q_heads).to(tl.int64)
+        slot = tl.load(slot_ptr + b).to(tl.int64) + t
+        kdst = k_cache_ptr + b * stride_kb + kvh * stride_kh + slot * stride_kl
+        tl.store(kdst + offs, o1, mask=ok)
+        tl.store(kdst + HALF + offs, o2, mask=ok)
+        vsrc = row + (num_q_heads + num_kv_heads + kvh) * head_dim
+        vdst = v_cache_ptr + b * stride_vb + kvh * stride_vh + slot * stride_vl
+        v1 = tl.load(vsrc + offs, mask=ok, other=0.0)
+        v2 = tl.load(vsrc + HALF + offs, mask=ok, other=0.0)
+        tl.store(vdst + offs, v1, mask=ok)
+        tl.store(vdst + HALF + offs, v2, mask=ok)
+
+
+def _aot_specs() -> list[AotSpec]:
+    specs = []
+    ints = (
+        "stride_qkv_b stride_qkv_t stride_q_b stride_q_t stride_kb stride_kh "
+        "stride_kl stride_vb stride_vh stride_vl seq_len num_q_heads num_kv_heads"
+    ).split()
+    for dtype in ("fp32", "bf16", "fp16"):
+        ptr = f"*{dtype}"
+        sig = {"qkv_ptr": ptr, "cos_ptr": "*fp32", "sin_ptr": "*fp32", "slot_ptr": "*i32"}
+        sig |= {"q_out_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr}
+        sig |= dict.fromkeys(ints, "i32")
+        sig |= {"HALF": "constexpr", "BLOCK_HALF": "constexpr"}
+        for half in (32, 64):  # head_dim 64 (SmolLM2), 128 (Llama-7B)
+            specs.append(AotSpec(_rope_kv_kernel, sig, {"HALF": half, "BLOCK_HALF": half}))
+    return specs
+
+
+AOT_SPECS = _aot_specs()
+
+
+def _validate(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads):
+    if qkv.dim() != 3:
+        raise ValueError(f"rope_kv: qkv must be [B, T, (Hq + 2 Hkv) * D], got {tuple(qkv.shape)}")
+    b, t, width = qkv.shape
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.shape[0] < b:
+        raise ValueError(
+            f"rope_kv: k_cache/v_cache must be [B>={b}, Hkv, L, D], got "
+            f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}"
+        )
+    hkv, d = k_cache.shape[1], k_cache.shape[3]
+    if width != (num_q_heads + 2 * hkv) * d or d % 2:
+        raise ValueError(
+            f"rope_kv: qkv width {width} != (Hq={num_q_heads} + 2 * Hkv={hkv}) * D={d} (D even)"
+        )
+    for name, x in (("cos", cos), ("sin", sin)):
+        if x.shape != (b, t, d // 2) or x.dtype != torch.float32 or not x.is_contiguous():
+            raise ValueError(
+                f"rope_kv: {name} must be contiguous [B={b}, T={t}, D/2={d // 2}] float32, got "
+                f"{tuple(x.shape)} {x.dtype}"
+            )
+    if slot_start.dim() != 1 or slot_start.shape[0] < b or slot_start.dtype != torch.int32:
+        raise ValueError(
+            f"rope_kv: slot_start must be [B>={b}] int32, got "
+            f"{tuple(slot_start.shape)} {slot_start.dtype}"
+        )
+    if k_cache.dtype != qkv.dtype or v_cache.dtype != qkv.dtype:
+        raise ValueError(f"rope_kv: cache dtype {k_cache.dtype} != qkv dtype {qkv.dtype}")
+    return b, t, hkv, d
+
+
+def rope_kv_triton(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_start: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    num_q_heads: int,
+    q_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rotate q into q_out [B, T, Hq, D] (returned); rotate k and store k, v into the caches."""
+    b, t, hkv, d = _validate(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
+    if q_out is None:
+        q_out = torch.empty(b, t, num_q_heads, d, dtype=qkv.dtype, device=qkv.device)
+    elif q_out.shape != (b, t, num_q_heads, d) or not q_out.is_contiguous():
+        raise ValueError(f"rope_kv: q_out must be contiguous [B, T, Hq, D], got {q_out.shape}")
+    for name, x in (("qkv", qkv), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if x.stride(-1) != 1:
+            raise ValueError(f"rope_kv: {name} needs a contiguous last dim, strides {x.stride()}")
+    if b * t == 0:
+        return q_out
+    _rope_kv_kernel[(b * t, num_q_heads + hkv)](
+        qkv,
+        cos,
+        sin,
+        slot_start,
+        q_out,
+        k_cache,
+        v_cache,
+        qkv.stride(0),
+        qkv.stride(1),
+        q_out.stride(0),
+        q_out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        t,
+        num_q_heads,
+        hkv,
+        HALF=d // 2,
+        BLOCK_HALF=triton.next_power_of_2(d // 2),
+    )
+    return q_out
+
+
+def rope_kv_ref(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_start: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    num_q_heads: int,
+    q_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """transformers' Llama RoPE op by op, then a scatter of k and v into the cache slots."""
+    b, t, hkv, d = _validate(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
+    q, k, v = qkv.split([num_q_heads * d, hkv * d, hkv * d], dim=-1)
+    cos = torch.cat((cos, cos), dim=-1).to(qkv.dtype)[:, :, None, :]
+    sin = torch.cat((sin, sin), dim=-1).to(qkv.dtype)[:, :, None, :]
+
+    def rotate(x):
+        x = x.reshape(b, t, -1, d)
+        rotated = torch.cat((-x[..., d // 2 :], x[..., : d // 2]), dim=-1)
+        return x * cos + rotated * sin
+
+    slot = slot_start[:b, None].to(torch.int64) + torch.arange(t, device=qkv.device)  # [B, T]
+    slot = slot[:, None, :, None].expand(b, hkv, t, d)
+    k_cache[:b].scatter_(2, slot, rotate(k).transpose(1, 2))
+    v_cache[:b].scatter_(2, slot, v.reshape(b, t, hkv, d).transpose(1, 2))
+    rq = rotate(q)
+    return rq.contiguous() if q_out is None else q_out.copy_(rq)
+
+
+def rope_kv(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_start: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    num_q_heads: int,
+    q_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dispatch: Triton on CUDA tensors, the torch reference otherwise."""
+    impl = rope_kv_triton if use_triton(qkv) else rope_kv_ref
+    return impl(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads=num_q_heads, q_out=q_out)
