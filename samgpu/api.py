@@ -26,8 +26,9 @@ Statistics of the last call, one entry per request (steps, accepted tokens per s
 sources used), are in `decoder.last_stats`; `samgpu.generate` returns them on each `Completion`.
 
 Capacity: the KV cache, automata and CUDA graphs are sized for (batch, length) on first use and
-regrown (rounded up to a power of two) when a call needs more; repeated calls of the same size reuse
-them.
+regrown when a call needs more (length in multiples of 128); calls that fit reuse them. The draft
+tree budget follows the batch size (samgpu.drafters.default_budget), and on a CPU model it is the
+small one of a large batch, since there verifying N nodes costs about N decoding steps.
 """
 
 from __future__ import annotations
@@ -377,14 +378,14 @@ class SamDecoder:
         return getattr(cfg, "max_position_embeddings", None)
 
     def _ensure(self, num_reqs: int, max_len: int):
-        """A Decoder for num_reqs sequences of max_len tokens. Capacity only grows: the batch
-        dimension by powers of two, the length in multiples of LEN_QUANTUM."""
+        """A Decoder for num_reqs sequences of max_len tokens. Capacity only grows (the length in
+        multiples of LEN_QUANTUM); the Decoder runs more prompts than its capacity in batches."""
         cap_reqs, cap_len = self._capacity
         if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
             return self._decoder
         from samgpu.decoding.loop import Decoder
 
-        new_reqs = max(cap_reqs, 1 << (num_reqs - 1).bit_length())
+        new_reqs = max(cap_reqs, num_reqs)
         new_len = max(cap_len, -(-max_len // LEN_QUANTUM) * LEN_QUANTUM)
         self._decoder = None  # free the old buffers before allocating the new ones
         if self.device.type == "cuda":
