@@ -8,6 +8,8 @@ samgpu chain may end with one extra token, the root itself, where the official t
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
 from samgpu.kernels.sam_draft import sam_draft_chain
@@ -247,3 +249,36 @@ def test_dynamic_prefill_resets_slots():
     assert torch.equal(a.tokens[2], kept[0]) and a.num_states[2].item() == kept[1]
     assert 108 <= a.bytes_per_token <= 156 + 8 and a.matches.match_len is a.match_len
     assert isinstance(a.matches, Matches)
+
+
+def _earlier_match_brute_force(text: list[int]) -> tuple[int, int]:
+    """Longest suffix of text also ending at an earlier position, and its earliest end."""
+    for length in range(len(text) - 1, 0, -1):
+        suffix = text[len(text) - length :]
+        for end in range(length - 1, len(text) - 1):
+            if text[end - length + 1 : end + 1] == suffix:
+                return length, end
+    return 0, -1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.lists(st.integers(0, 2), min_size=1, max_size=40),
+    cuts=st.lists(st.integers(0, 6), min_size=1, max_size=8),
+)
+def test_dynamic_match_property(text, cuts):
+    """Any text over 3 symbols, fed as a prompt then in arbitrary steps: after every step the
+    match is the longest suffix that ends earlier, at its earliest end (brute-force substring
+    search, no automaton involved)."""
+    auto = DynamicAutomata(1, 48, 3, "cpu")
+    first = cuts[0] % (len(text) + 1)
+    auto.prefill(i32([text[:first] or [0]]), i32([first]))
+    fed = first
+    for k in [*cuts[1:], len(text)]:
+        chunk = text[fed : fed + k]
+        if chunk:
+            auto.extend(i32([chunk]), i32([len(chunk)]))
+        fed += len(chunk)
+        state = auto.match_state[0].item()
+        got = (auto.match_len[0].item(), auto.endpos[0, state].item() if state else -1)
+        assert got == _earlier_match_brute_force(text[:fed])
