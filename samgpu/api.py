@@ -508,7 +508,7 @@ class SamDecoder:
         req = resolve_request(self.model, kwargs, [len(p) for p in prompts], width)
         if req.stop and tokenizer is None:
             raise ValueError("stop strings need a tokenizer: SamDecoder(model, tok)")
-        eos = req.eos_token_ids + self._single_token_stops(req.stop, tokenizer)
+        eos = eos_with_stops(req.eos_token_ids, self._single_token_stops(req.stop, tokenizer))
 
         on_progress = None
         if streamer is not None:
@@ -591,6 +591,19 @@ class SamDecoder:
             if len(enc) == 1 and tokenizer.decode(enc) == s:
                 ids.append(int(enc[0]))
         return tuple(ids)
+
+
+def eos_with_stops(eos: Sequence[int], stop_ids: Sequence[int]) -> tuple[int, ...]:
+    """EOS ids plus single-token stop ids, within the loop's fixed EOS buffer (MAX_EOS). Stop ids
+    that do not fit are still honoured after generation (cut_tokens_at_stop); too many EOS ids are
+    an error rather than silently dropped."""
+    from samgpu.decoding.loop import MAX_EOS
+
+    eos = tuple(dict.fromkeys(int(t) for t in eos))
+    if len(eos) > MAX_EOS:
+        raise ValueError(f"at most {MAX_EOS} eos_token_id values are supported, got {len(eos)}")
+    extra = [int(t) for t in dict.fromkeys(stop_ids) if int(t) not in eos]
+    return eos + tuple(extra[: MAX_EOS - len(eos)])
 
 
 def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
@@ -723,7 +736,7 @@ def generate(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        eos_token_ids=eos + SamDecoder._single_token_stops(stops, tok),
+        eos_token_ids=eos_with_stops(eos, SamDecoder._single_token_stops(stops, tok)),
         seed=seed,
         batch_size=batch_size,
     )

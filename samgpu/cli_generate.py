@@ -146,6 +146,8 @@ class _Session:
             return self._generate(prompts, on_progress)
 
     def _generate(self, prompts: list[list[int]], on_progress=None):
+        from samgpu import api
+
         a = self.args
         return self.decoder.generate_ids(
             prompts,
@@ -153,7 +155,7 @@ class _Session:
             temperature=a.temperature,
             top_k=a.top_k,
             top_p=a.top_p,
-            eos_token_ids=self.eos + self.stop_ids,
+            eos_token_ids=api.eos_with_stops(self.eos, self.stop_ids),
             seed=a.seed,
             on_progress=on_progress,
             batch_size=a.batch_size,

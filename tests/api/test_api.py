@@ -196,3 +196,14 @@ def test_sampling_defaults_follow_transformers(tiny):
         cfg.do_sample, cfg.temperature, cfg.top_p = None, None, None
     r = resolve_request(model, {"eos_token_id": [5, 6], "stop_strings": "END"}, [4])
     assert r.eos_token_ids == (5, 6) and r.stop == ("END",) and r.pad_token_id == 2
+
+
+def test_eos_with_stops_fits_the_loop_buffer():
+    """EOS ids first, then single-token stop ids while the loop's 8-slot EOS buffer has room (the
+    rest are cut after generation); more than 8 EOS ids is an error, never a silent drop."""
+    from samgpu.api import eos_with_stops
+
+    assert eos_with_stops((2, 5), (5, 7, 7)) == (2, 5, 7)
+    assert eos_with_stops(tuple(range(6)), (10, 11, 12)) == (0, 1, 2, 3, 4, 5, 10, 11)
+    with pytest.raises(ValueError, match="at most 8"):
+        eos_with_stops(tuple(range(9)), ())
