@@ -157,3 +157,18 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert without_timing(read_jsonl(two)) == without_timing(read_jsonl(one))
     assert [r["id"] for r in read_jsonl(two)] == list("abcde")
+
+
+def test_seeded_sampling_is_reproducible(tmp_path, tiny_model_dir, prompts_file):
+    """--temperature/--top-k/--top-p/--seed reach the sampler: the same seed gives the same file,
+    another seed (almost surely) another one."""
+    src = prompts_file(PROMPTS[:1])
+    sample = ["--temperature", "1.5", "--top-k", "50", "--top-p", "0.95", "--raw"]
+    outs = []
+    for seed, name in ((3, "a"), (3, "b"), (4, "c")):
+        out = tmp_path / f"{name}.jsonl"
+        argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--seed", seed, *sample)
+        assert cli.main(argv) == 0
+        outs.append([r["completion"] for r in read_jsonl(out)])
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
