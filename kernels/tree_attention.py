@@ -21,10 +21,17 @@ share one pass over K/V. Two loops over key blocks of BLOCK_N: the prefix [0, ca
 loaded per block). Online softmax in fp32 (exp2 with log2(e) folded into the scale), with a guard
 so that fully masked blocks never make NaNs. Reads K/V once per kv head: memory traffic
 ~ 2 * B * Hkv * (cache_len + N) * D * bytes.
+
+Split-KV (flash-decoding) for small batches: with few programs (B * Hkv * row blocks below the SM
+count) the prefix is cut into `num_splits` equal chunks, one program each (chunk computed in the
+kernel from cache_len, so the grid is static and graph-safe); the last split also takes the tree
+part. Each writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
+`_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,6 +43,7 @@ from samgpu.kernels._dispatch import use_triton
 
 BLOCK_M: int = 64  # query rows (head-in-group x node) per program
 BLOCK_N: int = 64  # keys per inner iteration
+MAX_SPLITS: int = 16  # split-KV chunks per (row block, kv head, sequence)
 LOG2E: float = 1.4426950408889634
 
 
@@ -46,7 +54,10 @@ def _tree_attention_kernel(
     v_ptr,  # [B, Hkv, L, D] same dtype
     cache_len_ptr,  # [B] int32
     mask_ptr,  # [B, N, N] uint8 view of the bool tree mask
-    out_ptr,  # [B, N, Hq, D] same dtype as q (out)
+    out_ptr,  # [B, N, Hq, D] same dtype as q (out, when not SPLIT)
+    ws_acc_ptr,  # [B, N, Hq, S, D] fp32 unnormalised partial outputs (out, when SPLIT)
+    ws_m_ptr,  # [B, N, Hq, S] fp32 running max, log2 domain (out, when SPLIT)
+    ws_l_ptr,  # [B, N, Hq, S] fp32 softmax denominators (out, when SPLIT)
     stride_qb,
     stride_qn,
     stride_qh,
@@ -63,15 +74,19 @@ def _tree_attention_kernel(
     stride_oh,
     num_nodes,  # N
     group,  # Hq // Hkv
+    num_heads,  # Hq
+    num_splits,  # S (1 when not SPLIT)
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_D: tl.constexpr,  # next power of two >= D
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
 ):
-    """Grid (cdiv(group * N, BLOCK_M), Hkv, B). Head-dim stride is 1 for q, k, v and out."""
+    """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out."""
     pid_m = tl.program_id(0)
-    kvh = tl.program_id(1).to(tl.int64)
+    kvh = (tl.program_id(1) // num_splits).to(tl.int64)
+    split = tl.program_id(1) % num_splits
     b = tl.program_id(2).to(tl.int64)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -93,10 +108,14 @@ def _tree_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
 
+    # This split's share of the prefix: [lo, hi), whole blocks (one split: [0, cache_len)).
+    chunk = tl.cdiv(tl.cdiv(cache_len, num_splits), BLOCK_N) * BLOCK_N
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, cache_len)
     # Prefix: every row sees every position < cache_len, so each block has a finite entry per row.
-    for start in range(0, cache_len, BLOCK_N):
+    for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
-        key_ok = pos < cache_len
+        key_ok = pos < hi
         kv_mask = key_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -109,9 +128,10 @@ def _tree_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
-    # Tree nodes at cache_len + j, visible per tree_mask[b, node, j].
+    # Tree nodes at cache_len + j, visible per tree_mask[b, node, j] (the last split only).
     m_base = mask_ptr + b * stride_mb + node[:, None] * stride_mi
-    for start in range(0, num_nodes, BLOCK_N):
+    tree_hi = tl.where(split == num_splits - 1, num_nodes, 0)
+    for start in range(0, tree_hi, BLOCK_N):
         j = start + offs_n
         j_ok = j < num_nodes
         pos = cache_len + j
@@ -130,13 +150,63 @@ def _tree_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
-    acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    o_ptrs = out_ptr + b * stride_ob + node[:, None] * stride_on + head[:, None] * stride_oh
-    tl.store(
-        o_ptrs + offs_d[None, :],
-        acc.to(out_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & d_ok[None, :],
+    if SPLIT:
+        # Partial of (b, node, head, split); contiguous workspace [B, N, Hq, S, (D)].
+        part = ((b * num_nodes + node) * num_heads + head) * num_splits + split
+        tl.store(ws_m_ptr + part, m_i, mask=row_ok)
+        tl.store(ws_l_ptr + part, l_i, mask=row_ok)
+        a_ptrs = ws_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(a_ptrs, acc, mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        o_ptrs = out_ptr + b * stride_ob + node[:, None] * stride_on + head[:, None] * stride_oh
+        tl.store(
+            o_ptrs + offs_d[None, :],
+            acc.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
+
+
+@triton.jit
+def _tree_attention_combine_kernel(
+    ws_acc_ptr,  # [B, N, Hq, S, D] fp32
+    ws_m_ptr,  # [B, N, Hq, S] fp32
+    ws_l_ptr,  # [B, N, Hq, S] fp32
+    out_ptr,  # [B, N, Hq, D] (out)
+    stride_ob,
+    stride_on,
+    stride_oh,
+    num_nodes,  # N
+    num_heads,  # Hq
+    num_splits,  # S
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # power of two >= S
+):
+    """Grid (B * N, Hq): merge the S partials of one (sequence, node, head)."""
+    bn = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    b = bn // num_nodes
+    node = bn % num_nodes
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    part = (bn * num_heads + head) * num_splits + offs_s
+    m = tl.load(ws_m_ptr + part, mask=s_ok, other=float("-inf"))
+    l_s = tl.load(ws_l_ptr + part, mask=s_ok, other=0.0)
+    acc = tl.load(
+        ws_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=s_ok[:, None] & d_ok[None, :],
+        other=0.0,
     )
+    m_max = tl.max(m, axis=0)
+    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_safe)  # 0 for empty splits (m = -inf)
+    denom = tl.sum(w * l_s, axis=0)
+    res = tl.sum(w[:, None] * acc, axis=0) / tl.where(denom == 0.0, 1.0, denom)
+    o_ptrs = out_ptr + b * stride_ob + node * stride_on + head * stride_oh + offs_d
+    tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def _aot_specs() -> list[AotSpec]:
@@ -152,25 +222,37 @@ def _aot_specs() -> list[AotSpec]:
             "cache_len_ptr": "*i32",
             "mask_ptr": "*u8",
             "out_ptr": ptr,
+            "ws_acc_ptr": "*fp32",
+            "ws_m_ptr": "*fp32",
+            "ws_l_ptr": "*fp32",
         }
         for name in (
             "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh "
-            "stride_vl stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group"
+            "stride_vl stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group "
+            "num_heads num_splits"
         ).split():
             sig[name] = "i32"
         sig["qk_scale"] = "fp32"
+        combine_sig = {"ws_acc_ptr": "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32"}
+        combine_sig["out_ptr"] = ptr
+        for name in "stride_ob stride_on stride_oh num_nodes num_heads num_splits".split():
+            combine_sig[name] = "i32"
         for head_dim in head_dims:
-            consts = {
-                "HEAD_DIM": head_dim,
-                "BLOCK_D": head_dim,
-                "BLOCK_M": BLOCK_M,
-                "BLOCK_N": BLOCK_N,
-            }
-            specs.append(
-                AotSpec(
-                    _tree_attention_kernel, {**sig, **dict.fromkeys(consts, "constexpr")}, consts
-                )
-            )
+            # fp32 (slow IEEE-dot compile) checks the single-pass variant only; the split variant
+            # differs in its epilogue alone and is checked in bf16/fp16.
+            for split in (False,) if dtype == "fp32" else (False, True):
+                consts = {
+                    "HEAD_DIM": head_dim,
+                    "BLOCK_D": head_dim,
+                    "BLOCK_M": BLOCK_M,
+                    "BLOCK_N": BLOCK_N,
+                    "SPLIT": split,
+                }
+                full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+                specs.append(AotSpec(_tree_attention_kernel, full_sig, consts))
+            consts = {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_S": MAX_SPLITS}
+            full_sig = {**combine_sig, **dict.fromkeys(consts, "constexpr")}
+            specs.append(AotSpec(_tree_attention_combine_kernel, full_sig, consts))
     return specs
 
 
@@ -226,8 +308,11 @@ def tree_attention_triton(
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
-    """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D)."""
+    """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D);
+    `num_splits` (split-KV chunks, 1..MAX_SPLITS) defaults to a choice from the batch geometry and
+    the GPU's SM count (1 off CUDA)."""
     b, n, hq, hkv, d = _validate(q, k_cache, v_cache, cache_len, tree_mask)
     if out is None:
         out = torch.empty_like(q)
@@ -245,7 +330,20 @@ def tree_attention_triton(
         tree_mask = tree_mask.contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     group = hq // hkv
-    grid = (triton.cdiv(group * n, BLOCK_M), hkv, b)
+    row_blocks = triton.cdiv(group * n, BLOCK_M)
+    if num_splits is None:
+        num_splits = _default_splits(b * hkv * row_blocks, k_cache.shape[2], q.device)
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"tree_attention: num_splits={num_splits} outside 1..{MAX_SPLITS}")
+    split = num_splits > 1
+    if split:
+        ws_acc = torch.empty(b, n, hq, num_splits, d, dtype=torch.float32, device=q.device)
+        ws_m = torch.empty(b, n, hq, num_splits, dtype=torch.float32, device=q.device)
+        ws_l = torch.empty_like(ws_m)
+    else:
+        ws_acc = ws_m = ws_l = out  # unused: SPLIT is a constexpr False
+    block_d = triton.next_power_of_2(max(d, 16))
+    grid = (row_blocks, hkv * num_splits, b)
     _tree_attention_kernel[grid](
         q,
         k_cache,
@@ -253,6 +351,9 @@ def tree_attention_triton(
         cache_len,
         tree_mask.view(torch.uint8),
         out,
+        ws_acc,
+        ws_m,
+        ws_l,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -269,13 +370,48 @@ def tree_attention_triton(
         out.stride(2),
         n,
         group,
+        hq,
+        num_splits,
         scale * LOG2E,
         HEAD_DIM=d,
-        BLOCK_D=triton.next_power_of_2(max(d, 16)),
+        BLOCK_D=block_d,
         BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N,
+        SPLIT=split,
     )
+    if split:
+        _tree_attention_combine_kernel[(b * n, hq)](
+            ws_acc,
+            ws_m,
+            ws_l,
+            out,
+            out.stride(0),
+            out.stride(1),
+            out.stride(2),
+            n,
+            hq,
+            num_splits,
+            HEAD_DIM=d,
+            BLOCK_D=block_d,
+            BLOCK_S=MAX_SPLITS,
+        )
     return out
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _default_splits(programs: int, max_len: int, device: torch.device) -> int:
+    """Split the prefix only when the unsplit grid leaves SMs idle, aiming at ~2 programs per SM,
+    and only as far as the cache capacity gives each split at least 4 key blocks."""
+    if device.type != "cuda":
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if programs >= sms:
+        return 1
+    return max(1, min(MAX_SPLITS, triton.cdiv(2 * sms, programs), max_len // (4 * BLOCK_N)))
 
 
 def _visible_slots(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -81,15 +81,18 @@ TREES = [[-1, 0, 0, 1, 3], [-1, 0, 1, 2, 3]]
         ),
     ],
 )
-def test_kernel_matches_branch_equivalence(dtype, atol):
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_kernel_matches_branch_equivalence(dtype, atol, num_splits):
     """Ragged batch (cache_len 70 and 0: two prefix blocks of 64, and none), GQA 4 q heads on 2 kv
-    heads, head_dim 24 (padded to 32 inside the kernel)."""
+    heads, head_dim 24 (padded to 32 inside the kernel). With 3 splits the prefix of 70 is cut into
+    [0, 64), [64, 70) and an empty third chunk, which also holds the tree part."""
     b, n, hq, hkv, d, max_len = 2, 5, 4, 2, 24, 80
     device = "cuda" if CUDA else "cpu"
     q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [70, 0], TREES, dtype)
     scale = 1 / math.sqrt(d)
     want = path_attention(q, k, v, cache_len, TREES, scale)
-    got = tree_attention_triton(*(t.to(device) for t in (q, k, v, cache_len, mask))).cpu()
+    inputs = (t.to(device) for t in (q, k, v, cache_len, mask))
+    got = tree_attention_triton(*inputs, num_splits=num_splits).cpu()
     ref = tree_attention_ref(q, k, v, cache_len, mask)
     # Error judged against PyTorch's own error in the same dtype (flash-attention's yardstick).
     torch_err = (ref.double() - want).abs().max().item()
@@ -106,7 +109,8 @@ def test_reference_matches_branch_equivalence():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_many_rows_and_tree_blocks():
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_many_rows_and_tree_blocks(num_splits):
     """group * N = 2 * 70 rows (3 row blocks of 64), N = 70 nodes (2 key blocks in the tree part):
     a chain, so node i sees the whole prefix and nodes 0..i; keys beyond cache_len + N are never
     read (filled with NaN to prove it)."""
@@ -115,7 +119,7 @@ def test_many_rows_and_tree_blocks():
     q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [9], chain, torch.float32)
     k[:, :, 9 + n :] = float("nan")
     v[:, :, 9 + n :] = float("nan")
-    got = tree_attention_triton(q, k, v, cache_len, mask)
+    got = tree_attention_triton(q, k, v, cache_len, mask, num_splits=num_splits)
     want = path_attention(q, k, v, cache_len, chain, 1 / math.sqrt(d))
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
@@ -124,9 +128,10 @@ def test_query_seeing_nothing_outputs_zeros():
     """A pad row with an empty mask over an empty cache: zeros, not NaN, in both implementations."""
     q, k, v, cache_len, mask = make_case(1, 2, 2, 2, 16, 4, [0], [[-1, 0]], torch.float32)
     mask[0, 1] = False
-    for impl in (tree_attention_triton, tree_attention_ref):
+    split = lambda *a: tree_attention_triton(*a, num_splits=2)
+    for impl in (tree_attention_triton, split, tree_attention_ref):
         out = impl(q, k, v, cache_len, mask)
-        assert torch.equal(out[0, 1], torch.zeros(2, 16)), impl.__name__
+        assert torch.equal(out[0, 1], torch.zeros(2, 16))
         assert torch.isfinite(out).all()
 
 
@@ -153,3 +158,5 @@ def test_bad_shapes_raise_value_error():
         tree_attention_triton(q, k.half(), v.half(), cache_len, mask)
     with pytest.raises(ValueError, match="out must be"):
         tree_attention_triton(q, k, v, cache_len, mask, out=torch.empty(2, 5, 4, 8))
+    with pytest.raises(ValueError, match="num_splits=17"):
+        tree_attention_triton(q, k, v, cache_len, mask, num_splits=17)
