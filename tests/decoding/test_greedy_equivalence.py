@@ -1,6 +1,8 @@
 """Losslessness on the real default model: samgpu greedy decoding (fp32) equals transformers
 `model.generate` greedy decoding token for token, whatever the drafts (error-injecting test
-drafter, chains and trees), for batch 1 and a ragged batch of 3."""
+drafter, chains and trees), for batch 1 and a ragged batch of 3. (Plain AR through the loop is
+covered on a toy model in test_loop.py; here drafts are rejected often enough that many steps
+emit only the bonus, which is an AR step.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from samgpu.decoding.loop import Decoder, GenerationConfig
-from samgpu.drafters.basic import ArDrafter, TestDrafter, TestOptions
+from samgpu.drafters.basic import TestDrafter, TestOptions
 
 TEXTS = [
     "The capital of France is",
@@ -49,12 +51,6 @@ def test_prompts_have_different_lengths(setup):
 def _decode(runner, drafter, prompts, max_reqs):
     dec = Decoder(runner, drafter, max_reqs=max_reqs, max_len=64, use_cuda_graphs=False)
     return dec.generate(prompts, GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=(EOS,)))
-
-
-def test_ar_batch3_equals_hf_greedy(setup):
-    runner, prompts, refs = setup
-    out = _decode(runner, ArDrafter(max_reqs=3, device="cpu"), prompts, 3)
-    assert out.tokens == refs
 
 
 @pytest.mark.parametrize(
