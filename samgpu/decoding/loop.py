@@ -67,7 +67,7 @@ from samgpu.types import (
     StepOutput,
 )
 
-MAX_EOS: int = 8  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
+MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
 SOURCE_NAMES: dict[int, str] = {
     SOURCE_NONE: "none",
     SOURCE_STATIC: "static",
