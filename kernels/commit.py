@@ -270,5 +270,5 @@ AOT_SPECS = [
         _SIG,
         {"MAX_NODES": n, "K": k, "BLOCK_K": triton.next_power_of_2(k), "BLOCK_E": e},
     )
-    for n, k, e in [(1, 1, 1), (7, 4, 2), (64, 17, 4), (80, 9, 1), (128, 65, 8)]
+    for n, k, e in [(1, 1, 16), (7, 4, 2), (64, 17, 16), (81, 9, 16), (128, 65, 8)]
 ]
