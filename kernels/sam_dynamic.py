@@ -106,8 +106,9 @@ def _pack(src, token, dst):
     return (src.to(tl.int64) << (2 * _BITS)) | (token.to(tl.int64) << _BITS) | dst.to(tl.int64)
 
 
-@triton.jit(do_not_specialize=["stride_new_b", "capacity", "h_shift", "h_mask"])
-def _sam_dynamic_extend_kernel(
+@triton.jit
+def dynamic_extend_seq(
+    b,  # sequence index = slot, int64
     new_tokens_ptr,  # [B, K] int32, PAD_TOKEN past num_new
     num_new_ptr,  # [B] int32
     length_ptr,  # [R, 2C] int32 (in/out)
@@ -129,8 +130,8 @@ def _sam_dynamic_extend_kernel(
     h_shift,  # 32 - log2(H)
     h_mask,  # H - 1
 ):
-    """One program per sequence (slot b = row b); tokens consumed in order."""
-    b = tl.program_id(0).to(tl.int64)
+    """Match then extend slot b over its new tokens, in order (the body of the kernel below,
+    shared with the fused sam_update kernel)."""
     cap = capacity.to(tl.int64)
     length_ptr += b * 2 * cap
     link_ptr += b * 2 * cap
@@ -236,6 +237,55 @@ def _sam_dynamic_extend_kernel(
     tl.store(text_len_ptr + b, pos)
     tl.store(match_state_ptr + b, state)
     tl.store(match_len_ptr + b, match_len)
+
+
+@triton.jit(do_not_specialize=["stride_new_b", "capacity", "h_shift", "h_mask"])
+def _sam_dynamic_extend_kernel(
+    new_tokens_ptr,  # [B, K] int32, PAD_TOKEN past num_new
+    num_new_ptr,  # [B] int32
+    length_ptr,  # [R, 2C] int32 (in/out)
+    link_ptr,  # [R, 2C] int32 (in/out)
+    endpos_ptr,  # [R, 2C] int32 (in/out)
+    first_edge_ptr,  # [R, 2C] int32 (in/out)
+    edge_next_ptr,  # [R, 3C] int32 (in/out)
+    edge_slot_ptr,  # [R, 3C] int32 (in/out)
+    hash_ptr,  # [R, H] int64 (in/out)
+    tokens_ptr,  # [R, C] int32 (in/out)
+    num_states_ptr,  # [R] int32 (in/out)
+    num_edges_ptr,  # [R] int32 (in/out)
+    last_ptr,  # [R] int32 (in/out)
+    text_len_ptr,  # [R] int32 (in/out)
+    match_state_ptr,  # [R] int32 (in/out)
+    match_len_ptr,  # [R] int32 (in/out)
+    stride_new_b,  # row stride of new_tokens
+    capacity,  # C
+    h_shift,  # 32 - log2(H)
+    h_mask,  # H - 1
+):
+    """One program per sequence (slot b = row b); tokens consumed in order."""
+    dynamic_extend_seq(
+        tl.program_id(0).to(tl.int64),
+        new_tokens_ptr,
+        num_new_ptr,
+        length_ptr,
+        link_ptr,
+        endpos_ptr,
+        first_edge_ptr,
+        edge_next_ptr,
+        edge_slot_ptr,
+        hash_ptr,
+        tokens_ptr,
+        num_states_ptr,
+        num_edges_ptr,
+        last_ptr,
+        text_len_ptr,
+        match_state_ptr,
+        match_len_ptr,
+        stride_new_b,
+        capacity,
+        h_shift,
+        h_mask,
+    )
 
 
 def _check(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:

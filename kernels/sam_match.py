@@ -41,8 +41,9 @@ _NO_STATE = tl.constexpr(NO_STATE)  # the sentinels as seen from inside @triton.
 _ROOT = tl.constexpr(ROOT)
 
 
-@triton.jit(do_not_specialize=["vocab_size", "stride_new_b"])
-def _sam_match_advance_kernel(
+@triton.jit
+def static_advance_seq(
+    b,  # sequence index, int64
     edge_offsets_ptr,  # [S+1] int32
     edge_token_ptr,  # [E] int32
     edge_dst_ptr,  # [E] int32
@@ -57,8 +58,8 @@ def _sam_match_advance_kernel(
     stride_new_b,  # row stride of new_tokens
     BLOCK_E: tl.constexpr,
 ):
-    """One program per sequence; tokens consumed in order."""
-    b = tl.program_id(0).to(tl.int64)
+    """Advance sequence b's match over its new tokens, in order (the body of the kernel below,
+    shared with the fused sam_update kernel)."""
     state = tl.load(state_ptr + b)
     match_len = tl.load(match_len_ptr + b)
     num_new = tl.load(num_new_ptr + b)
@@ -90,6 +91,41 @@ def _sam_match_advance_kernel(
         match_len = tl.where(nxt == _NO_STATE, 0, match_len + 1)
     tl.store(state_ptr + b, state)
     tl.store(match_len_ptr + b, match_len)
+
+
+@triton.jit(do_not_specialize=["vocab_size", "stride_new_b"])
+def _sam_match_advance_kernel(
+    edge_offsets_ptr,  # [S+1] int32
+    edge_token_ptr,  # [E] int32
+    edge_dst_ptr,  # [E] int32
+    length_ptr,  # [S] int32
+    link_ptr,  # [S] int32
+    root_next_ptr,  # [V] int32, NO_STATE where the root has no edge
+    new_tokens_ptr,  # [B, K] int32, PAD_TOKEN past num_new
+    num_new_ptr,  # [B] int32
+    state_ptr,  # [B] int32 (in/out)
+    match_len_ptr,  # [B] int32 (in/out)
+    vocab_size,  # V
+    stride_new_b,  # row stride of new_tokens
+    BLOCK_E: tl.constexpr,
+):
+    """One program per sequence; tokens consumed in order."""
+    static_advance_seq(
+        tl.program_id(0).to(tl.int64),
+        edge_offsets_ptr,
+        edge_token_ptr,
+        edge_dst_ptr,
+        length_ptr,
+        link_ptr,
+        root_next_ptr,
+        new_tokens_ptr,
+        num_new_ptr,
+        state_ptr,
+        match_len_ptr,
+        vocab_size,
+        stride_new_b,
+        BLOCK_E,
+    )
 
 
 def _check(automaton, new_tokens, num_new, state, match_len) -> None:
