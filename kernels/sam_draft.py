@@ -22,9 +22,11 @@ tree width get token 0 and NO_PARENT (padding); num_nodes[b] = node_offset + n.
 Also written: `source [B]`, `chain_len [B]` (= n).
 
 Example (dynamic only, mode "dynamic", n_predicts 4): text "1 2 3 1 2" (root 2), match "1 2"
-(length 2, earliest endpos 1). 5 - 2 - 1 = 2 < 4, so climb to the link "2" (endpos 1), whose link
-is the root: stop. Chain = text[2:5] = "3 1 2" (nodes - 1 = 3 tokens) -> tree tokens [2, 3, 1, 2],
-parents [-1, 0, 1, 2], num_nodes 4, source SOURCE_DYNAMIC.
+(length 2, earliest endpos 1). 5 - 2 - 1 = 2 < 4, but the state {"1 2", "2"} links to the root:
+no climb. Chain = text[2:5] = "3 1 2" (nodes - 1 = 3 tokens) -> tree tokens [2, 3, 1, 2],
+parents [-1, 0, 1, 2], num_nodes 4, source SOURCE_DYNAMIC. (Climbing example: text
+"7 7 7 7 7": the match "7 7 7 7" first ends at 3, leaving 0 tokens; the climb goes "7 7 7",
+"7 7", "7" (ending at 0), whose link is the root: chain "7 7 7".)
 
 One program per sequence; the chain is gathered with one vector load of BLOCK_N tokens. No sync.
 """

@@ -56,8 +56,8 @@ def _draft(impl, static, smatch, dyn, roots, config, max_nodes, device, node_off
 @pytest.mark.parametrize("impl", IMPLS)
 def test_golden_dynamic_chain(impl, device):
     """Text "1 2 3 1 2" (root 2), mode "dynamic", n_predicts 4: the match "1 2" first ends at 1;
-    the continuation after it is short (5 - 2 - 1 < 4) so the draft climbs to "2" (also ending at
-    1), whose link is the root. Chain "3 1 2": tokens [2, 3, 1, 2], parents [-1, 0, 1, 2]."""
+    the continuation after it is short (5 - 2 - 1 < 4) but its state {"1 2", "2"} links to the
+    root, so no climb. Chain "3 1 2": tokens [2, 3, 1, 2], parents [-1, 0, 1, 2]."""
     dyn = _dynamic([[1, 2, 3, 1, 2]], 16, 8, device)
     cfg = SamSelectConfig(mode="dynamic", n_predicts=4)
     tree, source, chain_len = _draft(impl, None, None, dyn, [2], cfg, 6, device)
