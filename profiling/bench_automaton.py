@@ -3,7 +3,8 @@
     python -m profiling.bench_automaton [--index PATH] [--batch 1 8 64] [--prefill 512 2048 8192]
                                         [--n-predicts 40] [--accepted 4] [--reps 200]
 
-Static index: --index PATH (a .samidx file), else the default index built from the shipped corpus
+Static index: --index PATH (a .samidx file), or --datastore DIR (built from that folder's corpora,
+e.g. ../shared/data/datastore_corpus), else the default index built from the shipped corpus
 (samgpu/data/corpus) with the default SmolLM2 tokenizer (cached under $SAMGPU_CACHE), else -- when
 the tokenizer cannot load -- a synthetic corpus (Zipf unigrams mixed with repeated phrases). No
 network, no ../shared: runs from a copy of the repository. Prompts are Spec-Bench turns
@@ -30,6 +31,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -80,10 +82,16 @@ def _synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
 
 
 def load_static(args, tokenizer):
-    from samgpu.sam import SamIndex, build_default_index
+    from samgpu.sam import SamIndex, build_default_index, build_index_from_files
 
     if args.index:
         return SamIndex.load(args.index), "file:" + str(args.index)
+    if args.datastore and tokenizer is not None:
+        folder = Path(args.datastore)
+        paths = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".jsonl", ".gz"))
+        if paths:
+            return build_index_from_files(paths, tokenizer), "datastore:" + folder.name
+        print(f"no corpus files in {folder}; using the shipped corpus")
     if tokenizer is not None:
         return SamIndex.load(build_default_index(tokenizer, progress=False)), "default-corpus"
     tokens = _synthetic_tokens(2_000_000, seed=0)
@@ -306,6 +314,12 @@ def bench_prefill(static, stream, batch, length, args, device) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", default=None, help="a .samidx static index (default: shipped)")
+    ap.add_argument(
+        "--datastore",
+        default=None,
+        help="build the static index from every .json/.jsonl(.gz) file in this folder "
+        "(e.g. ../shared/data/datastore_corpus) instead of the shipped corpus",
+    )
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--prefill", type=int, nargs="+", default=[512, 2048, 8192])
     ap.add_argument("--n-predicts", type=int, default=40)
