@@ -147,7 +147,8 @@ def sam_update_triton(
         d_args += [getattr(dynamic, f) for f in D.FIELDS_SLOT]
         capacity, hash_slots = dynamic.tokens.shape[1], dynamic.hash.shape[1]
     else:
-        d_args = [dummy] * 6 + [new_tokens.new_empty(0, dtype=torch.int64)] + [dummy] * 7
+        # (a 1-element int64 stand-in for the table: never read, but a real device pointer)
+        d_args = [dummy] * 6 + [new_tokens.new_full((1,), -1, dtype=torch.int64)] + [dummy] * 7
         capacity, hash_slots = 1, 16
     _sam_update_kernel[(num_reqs * (int(has_s) + int(has_d)),)](
         new_tokens,
