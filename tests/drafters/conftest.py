@@ -1,0 +1,86 @@
+"""Fixtures for the drafters' end-to-end tests: the default SmolLM2 in float32 (the idea of
+tests/decoding's `default_model_fp32`, kept local so the two test folders stay independent), its
+embedded default static index, and the autoregressive reference outputs (computed once)."""
+
+import pytest
+import torch
+
+SUMMARY_TEXT = (
+    "The city council met on Monday to discuss the new park. The new park will have a playground, "
+    "a pond and a garden. The council said the new park will open in June. Residents asked whether "
+    "the new park will have parking. The council said the new park will have parking for fifty "
+    "cars. The new park will cost two million dollars."
+)
+CODE_PROMPT = "Write a Python function that returns the list of prime numbers below n."
+QUESTION = "What is the capital of France? Answer in one sentence."
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="session")
+def default_model_fp32():
+    from samgpu.models import load_default
+
+    return load_default("cpu", torch.float32)
+
+
+@pytest.fixture(scope="session")
+def default_index(default_model_fp32):
+    from samgpu.sam import SamIndex, build_default_index
+
+    _, tokenizer = default_model_fp32
+    return SamIndex.load(build_default_index(tokenizer, progress=False))
+
+
+@pytest.fixture(scope="session")
+def chat_prompts(default_model_fp32):
+    """[summarise (repetitive), code, question] as chat-templated token ids."""
+    _, tok = default_model_fp32
+    texts = [f"Summarize this text:\n{SUMMARY_TEXT}", CODE_PROMPT, QUESTION]
+    chats = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
+        )
+        for t in texts
+    ]
+    return [list(tok(c, add_special_tokens=False).input_ids) for c in chats]
+
+
+@pytest.fixture(scope="session")
+def runner(default_model_fp32):
+    from samgpu.decoding.runner import make_runner
+
+    return make_runner(default_model_fp32[0])
+
+
+@pytest.fixture(scope="session")
+def generate(runner, default_index):
+    """generate(method, prompts, **options) -> GenerationOutput, max_new_tokens = MAX_NEW."""
+    from samgpu.decoding.loop import Decoder, GenerationConfig
+    from samgpu.drafters import build_drafter
+    from samgpu.models import default_eos_ids
+
+    def run(method, prompts, **options):
+        max_len = max(len(p) for p in prompts) + MAX_NEW + 128
+        drafter = build_drafter(
+            method,
+            vocab_size=runner.vocab_size,
+            max_reqs=len(prompts),
+            max_len=max_len,
+            device="cpu",
+            index=default_index,
+            **options,
+        )
+        decoder = Decoder(runner, drafter, max_reqs=len(prompts), max_len=max_len)
+        config = GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=default_eos_ids())
+        return decoder.generate(prompts, config)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def ar_outputs(generate, chat_prompts):
+    """Autoregressive reference tokens: {"b1": [summary], "b3": [summary, code, question]}."""
+    return {
+        "b1": generate("ar", chat_prompts[:1]).tokens,
+        "b3": generate("ar", chat_prompts).tokens,
+    }
