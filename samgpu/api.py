@@ -554,11 +554,18 @@ class SamDecoder:
             )
         ids_cpu = ids.detach().to("cpu", torch.int64)  # API boundary: one copy to the host
         if mask is None:
-            # transformers infers the mask from pad_token_id when it is not also an EOS id
-            pad = kwargs.get("pad_token_id")
-            if pad is None:
-                pad = getattr(getattr(self.model, "generation_config", None), "pad_token_id", None)
-            eos = set(as_id_tuple(kwargs.get("eos_token_id")))
+            # transformers infers the mask from pad_token_id when that is not also an EOS id
+            # (SmolLM2 pads with its EOS, which chat prompts contain: no inference there)
+            gen_cfg = kwargs.get("generation_config") or getattr(
+                self.model, "generation_config", None
+            )
+
+            def setting(name: str):
+                value = kwargs.get(name)
+                return value if value is not None else getattr(gen_cfg, name, None)
+
+            pad = setting("pad_token_id")
+            eos = set(as_id_tuple(setting("eos_token_id")))
             if pad is not None and int(pad) not in eos and bool((ids_cpu == int(pad)).any()):
                 mask_cpu = ids_cpu != int(pad)
             else:
@@ -728,7 +735,7 @@ def generate(
             encoded.append(encode_chat(tok, list(p)))
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    eos = _eos_ids(dec.model, tok)
+    eos = eos_ids(dec.model, tok)
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     out = dec.generate_ids(
         encoded,
@@ -747,7 +754,8 @@ def generate(
     return results[0] if single else results
 
 
-def _eos_ids(model, tokenizer) -> tuple[int, ...]:
+def eos_ids(model, tokenizer) -> tuple[int, ...]:
+    """The ids that end a response: model.generation_config.eos_token_id, else the tokenizer's."""
     ids = as_id_tuple(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     if not ids and getattr(tokenizer, "eos_token_id", None) is not None:
         ids = (int(tokenizer.eos_token_id),)
@@ -766,3 +774,6 @@ def make_completion(
     if stop and (p := first_stop(text, stop)) >= 0:
         text = text[:p]
     return Completion(text=text, tokens=tokens, finish_reason=reason, stats=dict(stats))
+
+
+_eos_ids = eos_ids  # earlier name, used by profiling/bench_e2e.py

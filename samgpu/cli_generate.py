@@ -111,7 +111,7 @@ class _Session:
             )
         except (ValueError, TypeError) as e:
             raise UserError(str(e)) from None
-        self.eos = api._eos_ids(self.model, self.tokenizer)
+        self.eos = api.eos_ids(self.model, self.tokenizer)
         self.stop_ids = api.SamDecoder._single_token_stops(args.stop, self.tokenizer)
         self.context = self.decoder.context_length()
 

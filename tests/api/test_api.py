@@ -41,6 +41,24 @@ def test_greedy_matches_transformers_generate(tiny, method):
     assert {"steps", "mat"} <= set(dec.last_stats[0])
 
 
+def test_prompt_containing_the_pad_id_keeps_it(tiny):
+    """SmolLM2 pads with its EOS id, which every chat prompt contains (<|im_end|> closes the system
+    turn). Without an attention_mask transformers keeps those tokens (pad == EOS: no mask is
+    inferred), and so must SamDecoder."""
+    model, tok = tiny
+    chat = [{"role": "user", "content": "Hi"}]
+    ids = tok(
+        tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
+        return_tensors="pt",
+    ).input_ids
+    assert (ids == model.generation_config.pad_token_id).any()
+    dec = SamDecoder(model, tok, method="ar")
+    prompts, _ = dec._prompts_from_tensor(ids, None, {})
+    assert prompts == [ids[0].tolist()]
+    want = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(dec.generate(ids, max_new_tokens=4), want)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
