@@ -110,9 +110,10 @@ class GenerationConfig:
 class RequestStats:
     steps: int  # decode steps while the request was live
     generated: int  # tokens emitted (EOS included)
-    mat: float  # mean accepted tokens per step, bonus included (mean of num_accepted + 1)
+    mat: float  # tokens emitted per step, bonus included (generated / steps; the last step may be
+    # cut by EOS / max_new_tokens, so this is at most the mean of num_accepted + 1)
     tokens_per_s: float  # generated / decode time of its batch
-    accepted_hist: list[int]  # accepted_hist[a]: steps that accepted a draft tokens (a+1 emitted)
+    accepted_hist: list[int]  # accepted_hist[a]: steps that accepted a draft tokens (before cuts)
     sources: dict[str, int]  # steps per draft source (drafters with `last_source`), else {}
     prefill_s: float  # prefill time of its batch
     decode_s: float  # decode time of its batch (prefill excluded)
@@ -616,12 +617,11 @@ class Decoder:
         stats = []
         for b in range(st.num_reqs):
             steps = num_steps[b]
-            emitted = sum((a + 1) * n for a, n in enumerate(hist[b]))
             stats.append(
                 RequestStats(
                     steps=steps,
                     generated=num_generated[b],
-                    mat=emitted / steps if steps else 0.0,
+                    mat=num_generated[b] / steps if steps else 0.0,
                     tokens_per_s=num_generated[b] / decode_s if decode_s > 0 else 0.0,
                     accepted_hist=hist[b],
                     sources=(
