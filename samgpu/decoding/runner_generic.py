@@ -60,6 +60,13 @@ class GenericRunner:
             raise ValueError("GenericRunner: the model has no parameters")
         self.model = model.eval()
         self.device = params[0].device
+        # Tree masks are arbitrary 4D masks, which flash-attention / flex backends do not take.
+        impl = getattr(model.config, "_attn_implementation", None) or ""
+        if impl not in ("eager", "sdpa") and hasattr(model, "set_attn_implementation"):
+            try:
+                model.set_attn_implementation("sdpa")
+            except (ValueError, ImportError):
+                model.set_attn_implementation("eager")
         self._cache_kwarg = _cache_kwarg(model)
         # Probe once: one token through the model gives the cache geometry and the vocabulary.
         probe = torch.zeros(1, 1, dtype=torch.long, device=self.device)

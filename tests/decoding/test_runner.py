@@ -108,6 +108,39 @@ def test_default_smollm2_matches_transformers(default_model_fp32):
     assert torch.equal(out[0].argmax(-1), want_long.argmax(-1))
 
 
+def test_greedy_decoding_matches_transformers_generate(default_model_fp32):
+    """Autoregressive greedy decoding with the fast runner alone (one-node trees, cache_len += 1
+    per step), two prompts of different lengths in one batch: the same 8 tokens as transformers'
+    greedy generate for each prompt."""
+    model, tok = default_model_fp32
+    runner = make_runner(model)
+    prompts = [
+        tok(p, add_special_tokens=False)["input_ids"]
+        for p in ("The capital of France is", "def fibonacci(n):")
+    ]
+    steps = 8
+    cache = runner.allocate_cache(2, 64)
+    ids = torch.zeros(2, max(map(len, prompts)), dtype=torch.int32)
+    for b, p in enumerate(prompts):
+        ids[b, : len(p) - 1] = torch.tensor(p[:-1])
+    runner.prefill(ids, torch.tensor([len(p) - 1 for p in prompts], dtype=torch.int32), cache)
+    root = torch.tensor([[p[-1]] for p in prompts], dtype=torch.int32)
+    mask = torch.ones(2, 1, 1, dtype=torch.bool)
+    out = torch.empty(2, 1, runner.vocab_size)
+    generated = []
+    for _ in range(steps):
+        runner.forward_tree(root, cache.cache_len[:, None].clone(), mask, cache, out)
+        root = out.argmax(-1).to(torch.int32)
+        generated.append(root[:, 0])
+        cache.cache_len += 1
+    ours = torch.stack(generated, dim=1)
+    for b, p in enumerate(prompts):
+        want = model.generate(
+            torch.tensor([p]), max_new_tokens=steps, do_sample=False, min_new_tokens=steps
+        )[0, len(p) :]
+        assert ours[b].tolist() == want.tolist()
+
+
 def test_unsupported_architecture_falls_back_with_one_warning():
     """GPT-2 is not Llama-family: make_runner warns once, returns the generic runner, and that
     runner is still exact."""
