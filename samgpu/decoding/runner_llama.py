@@ -144,7 +144,10 @@ class LlamaRunner:
         self.inv_freq = rotary.inv_freq.detach().to(self.device, torch.float32)  # [D / 2]
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         # Sliding-window models equal full attention while every position is inside the window.
+        # (Mistral reads config.sliding_window; Qwen2/3 set it on their sliding layers only.)
         windows = [getattr(layer.self_attn, "sliding_window", None) for layer in inner.layers]
+        if config.model_type == "mistral":
+            windows.append(getattr(config, "sliding_window", None))
         windows = [w for w in windows if w]
         self.max_context = min(windows) if windows else None
         self.layers = [self._layer_weights(layer) for layer in inner.layers]

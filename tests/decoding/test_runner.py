@@ -186,8 +186,6 @@ def test_sliding_window_limits_the_fast_cache():
     """Mistral-style sliding window 16: full attention equals it only up to 16 slots."""
     model = tiny_model("mistral")
     model.config.sliding_window = 16
-    for layer in model.model.layers:
-        layer.self_attn.sliding_window = 16
     runner = LlamaRunner(model)
     assert isinstance(runner.allocate_cache(2, 16), KVCache)
     with pytest.raises(ValueError, match="sliding window"):
