@@ -31,20 +31,25 @@ from samgpu.drafters._common import check_batch, check_options, int32, rows
 from samgpu.drafters.tr import TR_TEMPLATE_NODES, TokenRecyclingTable, template_tree
 from samgpu.kernels.sam_draft import sam_draft_chain
 from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_update import sam_update
 from samgpu.types import SOURCE_FALLBACK, SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
 
-def load_static(index, device) -> StaticAutomaton | None:
-    """SamIndex | path | None -> StaticAutomaton on device (None: no static automaton)."""
+def load_static(index, device, *, with_count: bool = False) -> StaticAutomaton | None:
+    """SamIndex | path | StaticAutomaton | None -> StaticAutomaton on device (None: no static
+    automaton). Chain drafters skip the occurrence counts (4 bytes per state), tree drafters need
+    them; a StaticAutomaton is used as given (share one between drafters)."""
     if index is None:
         return None
     if isinstance(index, StaticAutomaton):
+        if with_count and index.count.numel() == 0:
+            raise ValueError("this drafter needs a StaticAutomaton built with_count=True")
         return index
     from samgpu.sam import SamIndex
 
     if not isinstance(index, SamIndex):
         index = SamIndex.load(index)
-    return StaticAutomaton.from_index(index, device)
+    return StaticAutomaton.from_index(index, device, with_count=with_count)
 
 
 class SamAutomata:
@@ -60,9 +65,10 @@ class SamAutomata:
         index,
         use_static: bool,
         use_dynamic: bool,
+        with_count: bool = False,
     ):
         self.max_reqs = max_reqs
-        self.static = load_static(index, device) if use_static else None
+        self.static = load_static(index, device, with_count=with_count) if use_static else None
         if self.static is not None and self.static.vocab_size > vocab_size:
             raise ValueError(
                 f"static index vocab_size {self.static.vocab_size} exceeds the model's {vocab_size}"
@@ -91,11 +97,9 @@ class SamAutomata:
             self.static.prefill(self._static_matches, text, text_len)
 
     def update(self, step: StepOutput) -> None:
-        if self.dynamic is not None:
-            self.dynamic.extend(step.new_tokens, step.num_new)
-        if self.static is not None:
-            B = step.new_tokens.shape[0]
-            self.static.advance(self.static_matches(B), step.new_tokens, step.num_new)
+        """Dynamic extension and static match advance over the emitted tokens, in one launch."""
+        B = step.new_tokens.shape[0]
+        sam_update(self.static, self.static_matches(B), self.dynamic, step.new_tokens, step.num_new)
 
     def draft_chain(
         self, root: torch.Tensor, tree: DraftTree, config: SamSelectConfig, source, chain_len

@@ -91,6 +91,7 @@ class SamTreeDrafter:
             index=index,
             use_static=o.use_static,
             use_dynamic=o.use_dynamic,
+            with_count=True,
         )
         N = o.max_nodes
         self.max_nodes = N
