@@ -29,6 +29,16 @@ MODE_LONGEST: int = 1  # `sam`: always the longer match, n = min(max_predicts, 1
 MODE_STATIC: int = 2  # static automaton only
 MODE_DYNAMIC: int = 3  # dynamic automaton only
 
+# The same values as seen from inside @triton.jit code (module attributes: J.SRC_STATIC, ...).
+SRC_NONE = tl.constexpr(SOURCE_NONE)
+SRC_STATIC = tl.constexpr(SOURCE_STATIC)
+SRC_DYNAMIC = tl.constexpr(SOURCE_DYNAMIC)
+SRC_FALLBACK = tl.constexpr(SOURCE_FALLBACK)
+M_THRESHOLD = tl.constexpr(MODE_THRESHOLD)
+M_LONGEST = tl.constexpr(MODE_LONGEST)
+M_STATIC = tl.constexpr(MODE_STATIC)
+NO_MATCH_DYN = tl.constexpr(-1)  # dyn_len standing for "no dynamic automaton"
+
 
 @triton.jit
 def csr_find(
@@ -70,20 +80,20 @@ def select_source(
     biased = static_len - l_bias
     use_dyn = dyn_len >= biased
     best = tl.where(use_dyn, dyn_len, biased)
-    auto_src = tl.where(use_dyn, 2, 1)  # SOURCE_DYNAMIC, SOURCE_STATIC
+    auto_src = tl.where(use_dyn, SRC_DYNAMIC, SRC_STATIC)
     long_nodes = tl.minimum(
         max_predicts, 1 + (alpha * tl.maximum(best, 0).to(tl.float32)).to(tl.int32)
     )
-    is_thr = mode == 0
-    is_long = mode == 1
-    is_static = mode == 2
+    is_thr = mode == M_THRESHOLD
+    is_long = mode == M_LONGEST
+    is_static = mode == M_STATIC
     ok = tl.where(
         is_thr,
         best >= l_threshold,
         tl.where(is_long, best > 0, tl.where(is_static, static_len > 0, dyn_len > 0)),
     )
-    chosen = tl.where(is_thr | is_long, auto_src, tl.where(is_static, 1, 2))
-    src = tl.where(ok, chosen, tl.where(is_thr, 3, 0))  # SOURCE_FALLBACK / SOURCE_NONE
+    chosen = tl.where(is_thr | is_long, auto_src, tl.where(is_static, SRC_STATIC, SRC_DYNAMIC))
+    src = tl.where(ok, chosen, tl.where(is_thr, SRC_FALLBACK, SRC_NONE))
     nodes = tl.where(ok, tl.where(is_long, long_nodes, n_predicts), 1)
     return src, nodes
 

@@ -94,12 +94,12 @@ def _sam_draft_chain_kernel(
     if HAS_DYNAMIC:
         d_len = tl.load(d_len_ptr + b)
     else:
-        d_len = tl.full([], -1, tl.int32)
+        d_len = tl.full([], J.NO_MATCH_DYN, tl.int32)
     src, nodes = J.select_source(
         s_len, d_len, mode, l_bias, l_threshold, n_predicts, max_predicts, alpha
     )
-    use_dyn = src == 2
-    use_static = src == 1
+    use_dyn = src == J.SRC_DYNAMIC
+    use_static = src == J.SRC_STATIC
     budget = tl.maximum(tl.minimum(nodes - 1, max_nodes - node_offset), 0)
     start = tl.full([], 0, tl.int64)
     end = tl.full([], 0, tl.int64)
@@ -141,7 +141,7 @@ def _sam_draft_chain_kernel(
         d_toks = tl.load(d_tokens_ptr + b * capacity + start + offs, mask=d_want, other=0)
         toks = tl.where(d_want, d_toks, toks)
     chain = offs < avail
-    empty_src = tl.where(mode == 0, 3, 0)  # SOURCE_FALLBACK in "threshold" mode, else SOURCE_NONE
+    empty_src = tl.where(mode == J.M_THRESHOLD, J.SRC_FALLBACK, J.SRC_NONE)
     src = tl.where((avail == 0) & (use_dyn | use_static), empty_src, src)
     node = node_offset + offs
     in_tree = node < max_nodes

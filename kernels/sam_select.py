@@ -119,7 +119,7 @@ def _sam_select_kernel(
     if HAS_DYNAMIC:
         dyn_len = tl.load(dyn_len_ptr + offs, mask=live, other=0)
     else:
-        dyn_len = tl.full([BLOCK_B], -1, tl.int32)
+        dyn_len = tl.full([BLOCK_B], J.NO_MATCH_DYN, tl.int32)
     src, nodes = J.select_source(
         static_len, dyn_len, mode, l_bias, l_threshold, n_predicts, max_predicts, alpha
     )
