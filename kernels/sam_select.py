@@ -10,7 +10,9 @@ code's `n_predicts` counts the start token. The rule (`SamSelectConfig.mode`, DE
 - "longest" (`sam`, official `samd_sam_only`): the same winner without a threshold and
   nodes = min(max_predicts, 1 + floor(alpha * winner's length)) (static length biased); SOURCE_NONE
   when the winner's length is <= 0. `SamSelectConfig.sam_only()` gives the official script's values
-  (l_bias 0, max_predicts 60, alpha 4, no dynamic climb).
+  (l_bias 0, max_predicts 60, alpha 4, no dynamic climb). Note: when the static automaton wins,
+  the official code drafts a count-ranked TREE of that many nodes (kernels/sam_tree.py); a chain
+  here is the chain variant of it.
 - "static" / "dynamic": that automaton whenever its match is non-empty, n_predicts nodes.
 A missing static automaton counts as static_len 0 (the official NullStaticSAM), a missing dynamic
 one is never chosen. The fused `sam_draft_chain` applies the same rule and then turns an empty chain
