@@ -6,9 +6,11 @@ by importing it. `SAMGPU_DEFAULT_GGUF` overrides the path; `/root/models/<name>.
 
 Loading: transformers dequantizes the GGUF (Q4_1 -> float weights, ~15-25 s on a CPU). The first
 load saves a converted copy (safetensors, float32, plus the tokenizer and the generation config)
-under `$SAMGPU_CACHE` (default `~/.cache/samgpu`) keyed by the GGUF's name, size and mtime, written
-to a temporary folder and renamed into place so that a crash never leaves a half-written cache.
-Later loads read the copy in about a second. Nothing touches the network.
+under `$SAMGPU_CACHE` (default `~/.cache/samgpu`) keyed by the GGUF's name, size and a hash of its
+first and last MiB (not its mtime: a copy reassembled on another machine still hits), written to a
+temporary folder and renamed into place so that a crash never leaves a half-written cache; an
+unwritable cache only costs the conversion each time (a warning says so). Later loads read the copy
+in about a second. Nothing touches the network.
 
 EOS: SmolLM2-Instruct ends a turn with `<|im_end|>` (id 2), which is also the model's own
 `eos_token_id`. transformers 5.17 reads the GGUF tokenizer's EOS as `<|im_start|>` (id 1);
@@ -19,11 +21,13 @@ EOS: SmolLM2-Instruct ends a turn with `<|im_end|>` (id 2), which is also the mo
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -68,11 +72,31 @@ def cache_root() -> Path:
 
 
 def converted_dir(gguf: Path | None = None) -> Path:
-    """Cache folder of the converted default model, keyed by the GGUF's name, size and mtime."""
+    """Cache folder of the converted default model: the GGUF's name, size, and a hash of its first
+    and last MiB."""
     gguf = gguf or default_gguf_path()
-    st = gguf.stat()
-    key = f"{gguf.stem}-{st.st_size}-{st.st_mtime_ns}-v{CACHE_FORMAT_VERSION}"
+    size = gguf.stat().st_size
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    key = f"{gguf.stem}-{size}-{digest.hexdigest()[:16]}-v{CACHE_FORMAT_VERSION}"
     return cache_root() / key
+
+
+def _cache_best_effort(dest: Path, write) -> bool:
+    """_write_atomically, but an unwritable cache is a warning, not an error."""
+    try:
+        _write_atomically(dest, write)
+    except OSError as exc:
+        warnings.warn(
+            f"samgpu: could not cache the converted default model in {dest} ({exc}); set "
+            "SAMGPU_CACHE to a writable folder to skip the GGUF conversion next time",
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
 def _write_atomically(dest: Path, write) -> None:
@@ -116,7 +140,7 @@ def load_default_tokenizer():
     tokenizer = _fix_eos(
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     )
-    _write_atomically(tok_dir, tokenizer.save_pretrained)
+    _cache_best_effort(tok_dir, tokenizer.save_pretrained)
     return tokenizer
 
 
@@ -125,7 +149,8 @@ def default_eos_ids() -> tuple[int, ...]:
     return (EOS_TOKEN_ID,)
 
 
-def _convert_gguf(gguf: Path, model_dir: Path) -> None:
+def _convert_gguf(gguf: Path, model_dir: Path):
+    """Dequantize the GGUF into a float32 model and cache it; returns the model."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -138,7 +163,8 @@ def _convert_gguf(gguf: Path, model_dir: Path) -> None:
         del model.config.quantization_config
     model.generation_config.eos_token_id = EOS_TOKEN_ID
     model.generation_config.pad_token_id = EOS_TOKEN_ID
-    _write_atomically(model_dir, model.save_pretrained)
+    _cache_best_effort(model_dir, model.save_pretrained)
+    return model
 
 
 def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -151,9 +177,10 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
 
     gguf = default_gguf_path()
     model_dir = converted_dir(gguf) / "model"
-    if not (model_dir / "COMPLETE").is_file():
-        _convert_gguf(gguf, model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+    if (model_dir / "COMPLETE").is_file():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+    else:
+        model = _convert_gguf(gguf, model_dir).to(dtype)
     model.generation_config.eos_token_id = EOS_TOKEN_ID
     model.generation_config.pad_token_id = EOS_TOKEN_ID
     model.to(device).eval()

@@ -35,6 +35,20 @@ def test_env_override_and_clear_error(monkeypatch, tmp_path):
         models.default_gguf_path()
 
 
+def test_unwritable_cache_is_a_warning(monkeypatch, tmp_path):
+    """A cache folder that cannot be created: the tokenizer still loads, with a warning."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SAMGPU_CACHE", str(blocker / "cache"))
+    models.load_default_tokenizer.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="could not cache"):
+            tok = models.load_default_tokenizer()
+        assert tok.eos_token_id == 2
+    finally:
+        models.load_default_tokenizer.cache_clear()
+
+
 def test_chat_template_and_eos():
     """A user turn renders as `<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n`; EOS is
     `<|im_end|>` = 2 (not `<|im_start|>` = 1, which transformers 5.17 reads from the GGUF)."""
