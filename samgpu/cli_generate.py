@@ -70,6 +70,7 @@ def _check_args(args: argparse.Namespace) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    _parse_options(args.option)  # syntax errors before any model loads
 
 
 # ----------------------------------------------------------------------------- generate: set-up

@@ -217,11 +217,14 @@ def test_sampling_defaults_follow_transformers(tiny):
 
 
 def test_eos_with_stops_fits_the_loop_buffer():
-    """EOS ids first, then single-token stop ids while the loop's 8-slot EOS buffer has room (the
-    rest are cut after generation); more than 8 EOS ids is an error, never a silent drop."""
+    """EOS ids first, then single-token stop ids while the loop's EOS buffer (MAX_EOS slots) has
+    room (the rest are cut after generation); more EOS ids than slots is an error, never a silent
+    drop."""
     from samgpu.api import eos_with_stops
+    from samgpu.decoding.loop import MAX_EOS
 
     assert eos_with_stops((2, 5), (5, 7, 7)) == (2, 5, 7)
-    assert eos_with_stops(tuple(range(6)), (10, 11, 12)) == (0, 1, 2, 3, 4, 5, 10, 11)
-    with pytest.raises(ValueError, match="at most 8"):
-        eos_with_stops(tuple(range(9)), ())
+    eos = tuple(range(MAX_EOS - 2))
+    assert eos_with_stops(eos, (100, 101, 102)) == (*eos, 100, 101)
+    with pytest.raises(ValueError, match=f"at most {MAX_EOS}"):
+        eos_with_stops(tuple(range(MAX_EOS + 1)), ())
