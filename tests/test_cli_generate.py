@@ -59,7 +59,7 @@ def test_prompt_on_default_model_streams_same_text(capsys):
             "--prompt",
             "List three colours.",
             "--max-new-tokens",
-            "12",
+            "8",
             "--device",
             "cpu",
             "--method",
