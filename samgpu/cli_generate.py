@@ -44,6 +44,8 @@ def _check_args(args: argparse.Namespace) -> None:
     from samgpu.api import user_methods
 
     methods = user_methods()
+    if args.method.lower() in methods:
+        args.method = args.method.lower()
     if args.method not in methods:
         import difflib
 
