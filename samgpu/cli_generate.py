@@ -392,7 +392,7 @@ class _Progress:
         tokens = self.tokens + self.live_tokens
         steps = self.steps + self.live_steps
         rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
-        post = f"{rate:.0f} tok/s"
+        post = f"{rate:.3g} tok/s"
         if steps:
             post += f", MAT {tokens / steps:.2f}"
         self.bar.set_postfix_str(post, refresh=True)
