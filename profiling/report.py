@@ -52,16 +52,14 @@ def e2e_table(recs: list[dict], dataset: str, batch_size: int) -> str:
             cells.append(f"{r['tok_s'] / base['tok_s']:.2f}x" if r and base else "—")
         o, base = cats.get("Overall"), ar.get("Overall")
         ident = o.get("identical_to_ar") if o else None
-        lines.append(
-            f"| {method} | "
-            + " | ".join(cells)
-            + f" | {o['mat']:.2f}" * bool(o and o.get("mat"))
-            + " | —" * (not (o and o.get("mat")))
-            + (f" | {o['tok_s'] / base['tok_s']:.2f}x" if o and base else " | —")
-            + (f" | {o['tok_s']:.0f}" if o else " | —")
-            + (f" | {ident:.0%}" if ident is not None else " | —")
-            + " |"
-        )
+        mat = o.get("mat") if o else None
+        cells += [
+            f"{mat:.2f}" if mat else "—",
+            f"{o['tok_s'] / base['tok_s']:.2f}x" if o and base else "—",
+            f"{o['tok_s']:.0f}" if o else "—",
+            f"{ident:.0%}" if ident is not None else "—",
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
