@@ -16,7 +16,7 @@ def test_unknown_method_names_valid_ones():
         build_drafter("eagle", **COMMON)
 
 
-@pytest.mark.parametrize("method", ["pld", "tr"])
+@pytest.mark.parametrize("method", ["pld", "tr", "sam", "sam+tr", "sam-tree", "merged"])
 def test_unknown_option_names_valid_ones(method):
     with pytest.raises(ValueError, match="unknown option.*valid"):
         build_drafter(method, **COMMON, bogus=1)
@@ -37,3 +37,14 @@ def test_default_budget_shrinks_with_batch():
     assert default_budget("ar", 1) == 1
     with pytest.raises(ValueError):
         default_budget("nope", 1)
+
+
+def test_sam_methods_budget_option_sets_tree_width():
+    """max_nodes (the batch budget) caps the tree width of every SAM method; sam+tr keeps the
+    chain within it too (n_predicts 40 -> 16)."""
+    for method in ("sam", "sam+tr", "sam-tree", "merged"):
+        d = build_drafter(method, **COMMON, max_nodes=16)
+        assert d.max_nodes == 16, method
+        assert 0 <= d.max_depth < 16
+    assert build_drafter("sam+tr", **COMMON, max_nodes=16).config.n_predicts == 16
+    assert build_drafter("sam", **COMMON).max_nodes == 60
