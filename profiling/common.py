@@ -91,8 +91,12 @@ def env() -> dict:
         "transformers": _version("transformers"),
         "numba": _version("numba"),
         "numpy": _version("numpy"),
-        "samgpu_sha": _git("rev-parse", "--short=12", "HEAD"),
-        "dirty": None if dirty is None else bool(dirty),
+        # A copy without .git (the lent GPU machine gets the work tree only) names its commit in
+        # SAMGPU_GIT_SHA / SAMGPU_GIT_DIRTY, set by whoever ships the tree.
+        "samgpu_sha": _git("rev-parse", "--short=12", "HEAD") or os.environ.get("SAMGPU_GIT_SHA"),
+        "dirty": bool(dirty)
+        if dirty is not None
+        else (os.environ["SAMGPU_GIT_DIRTY"] == "1" if "SAMGPU_GIT_DIRTY" in os.environ else None),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
