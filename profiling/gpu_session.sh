@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The curated GPU runs behind profiling/results and the README, in phases that each fit one call of
+# the lent machine (<= 10 minutes). Usage on that machine, after the GGUF parts are staged:
+#   SAMGPU_GIT_SHA=<sha> bash profiling/gpu_session.sh PHASE
+# Logs and results go to $OUT (or profiling/results/tmp when OUT is unset).
+set -uo pipefail
+source profiling/gpu_stage.sh >/dev/null 2>&1 || { echo "staging failed"; exit 1; }
+OUT=${OUT:-profiling/results/tmp}; mkdir -p "$OUT"
+SELF=samgpu/data/corpus/smollm2_self_responses.jsonl.gz
+IDX_SELF=/root/idx-self.samidx
+run() {  # run NAME SECONDS CMD...: log to $OUT/NAME.log, print the tail
+  local name=$1 secs=$2; shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
+  grep -v -E "Converting|Loading weights|Writing model|it/s\]" "$OUT/$name.log" | tail -n 22
+}
+e2e() { python -m profiling.bench_e2e "$@"; }
+case "${1:-}" in
+  corpus)  # the model's own responses for the static corpus, then the index with them
+    run self_corpus 260 python -m profiling.self_corpus --out "$OUT/smollm2_self_responses.jsonl.gz" \
+      --batch-size 64 --seconds 200
+    cp "$OUT/smollm2_self_responses.jsonl.gz" "$SELF"
+    run index_self 120 samgpu index build --corpus samgpu/data/corpus/*.json*.gz --out "$IDX_SELF"
+    run runtime 200 python -m profiling.bench_runtime --model-path "$SAMGPU_DEFAULT_GGUF" --batch 1 32
+    ;;
+  specbench)  # all methods, B=1, with and without the model's own responses in the corpus
+    [ -f "$IDX_SELF" ] || { echo "run the corpus phase first"; exit 1; }
+    run e2e_spec 400 e2e --dataset spec_bench --limit 180 --hf-limit 4 --index "$IDX_SELF" --tag self
+    run e2e_spec_noself 140 e2e --dataset spec_bench --limit 180 --methods ar,sam+tr,merged --tag noself
+    ;;
+  batch)  # speedup vs batch size, HumanEval, HAGRID
+    for b in 4 16 64; do
+      run "e2e_b$b" 150 e2e --dataset spec_bench --limit 192 --batch-size $b --methods ar,sam+tr,merged \
+        --index "$IDX_SELF" --tag self
+    done
+    run e2e_humaneval 120 e2e --dataset humaneval --limit 80 --methods ar,pld,tr,sam,sam+tr,merged --index "$IDX_SELF"
+    ;;
+  ablation)  # the paper's ablations on sam+tr, fp32 losslessness, HAGRID
+    for kv in l_bias=5 l_bias=0 l_bias=2 l_bias=8 l_threshold=0 l_threshold=2 l_threshold=8 n_predicts=10 \
+              n_predicts=20 n_predicts=60 use_static=false use_dynamic=false; do
+      run "abl_$kv" 45 e2e --dataset spec_bench --limit 60 --methods sam+tr --option "$kv" \
+        --index "$IDX_SELF" --tag "ablation:$kv"
+    done
+    run e2e_fp32 150 e2e --dataset spec_bench --limit 30 --max-new-tokens 128 --dtype float32 \
+      --methods ar,pld,tr,sam,sam+tr,sam-tree,merged --index "$IDX_SELF" --tag fp32
+    run e2e_hagrid 100 e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged --index "$IDX_SELF"
+    ;;
+  *) echo "phases: corpus specbench batch ablation"; exit 2 ;;
+esac
+cp profiling/results/*.jsonl "$OUT"/ 2>/dev/null
+(cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
+ls "$OUT"
