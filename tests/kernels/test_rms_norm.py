@@ -11,11 +11,11 @@ CUDA = torch.cuda.is_available()
 DTYPES = [(torch.float32, 1e-6), (torch.float16, 1e-3), (torch.bfloat16, 1e-2 if CUDA else 3e-2)]
 
 
-def test_worked_example():
+def test_worked_example(device):
     """x = [3, 4], weight = [1, 2], eps = 0: mean(x^2) = 12.5 -> [3, 4] / 3.5355 * [1, 2]."""
-    x = torch.tensor([[3.0, 4.0]])
-    w = torch.tensor([1.0, 2.0])
-    want = torch.tensor([[0.848528, 2.262742]])
+    x = torch.tensor([[3.0, 4.0]], device=device)
+    w = torch.tensor([1.0, 2.0], device=device)
+    want = torch.tensor([[0.848528, 2.262742]], device=device)
     for impl in (rms_norm_triton, rms_norm_ref):
         out, h = impl(x, w, 0.0)
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
@@ -24,16 +24,16 @@ def test_worked_example():
 
 @pytest.mark.parametrize("dtype, tol", DTYPES)
 @pytest.mark.parametrize("hidden", [64, 576])
-def test_matches_llama_rmsnorm_with_residual(dtype, tol, hidden):
+def test_matches_llama_rmsnorm_with_residual(dtype, tol, hidden, device):
     """Rows of a [2, 3, H] batch; H = 576 (SmolLM2) is not a power of two. The residual stream is
     updated in place to residual + x, rounded to the dtype exactly as torch's add."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, hidden, generator=g).to(dtype)
-    res = torch.randn(2, 3, hidden, generator=g).to(dtype)
-    norm = LlamaRMSNorm(hidden, eps=1e-5)
-    norm.weight.data = (1 + torch.randn(hidden, generator=g)).to(dtype)
+    x = torch.randn(2, 3, hidden, generator=g).to(device, dtype)
+    res = torch.randn(2, 3, hidden, generator=g).to(device, dtype)
+    norm = LlamaRMSNorm(hidden, eps=1e-5).to(device)
+    norm.weight.data = (1 + torch.randn(hidden, generator=g)).to(device, dtype)
     with torch.no_grad():
         want_h = res + x
         want = norm(want_h)
@@ -49,12 +49,13 @@ def test_matches_llama_rmsnorm_with_residual(dtype, tol, hidden):
     assert torch.equal(ref_out, want) and torch.equal(ref_h, want_h)
 
 
-def test_out_buffers_and_dispatch():
-    x = torch.randn(4, 64)
-    w = torch.randn(64)
-    out = torch.empty(4, 64)
-    res_out = torch.empty(4, 64)
-    res = torch.randn(4, 64)
+def test_out_buffers_and_dispatch(device):
+    """On CUDA `rms_norm` dispatches to the kernel, on CPU to the reference."""
+    x = torch.randn(4, 64, device=device)
+    w = torch.randn(64, device=device)
+    out = torch.empty(4, 64, device=device)
+    res_out = torch.empty(4, 64, device=device)
+    res = torch.randn(4, 64, device=device)
     got, h = rms_norm(x, w, 1e-6, residual=res, out=out, residual_out=res_out)
     assert got is out and h is res_out
     want, want_h = rms_norm_ref(x, w, 1e-6, residual=res.clone())
@@ -62,11 +63,13 @@ def test_out_buffers_and_dispatch():
     torch.testing.assert_close(res_out, want_h)
 
 
-def test_bad_shapes():
-    x = torch.randn(4, 64)
+def test_bad_shapes(device):
+    x = torch.randn(4, 64, device=device)
     with pytest.raises(ValueError, match=r"weight must be \[H=64\]"):
-        rms_norm_triton(x, torch.randn(32), 1e-6)
+        rms_norm_triton(x, torch.randn(32, device=device), 1e-6)
     with pytest.raises(ValueError, match="residual must be"):
-        rms_norm_ref(x, torch.randn(64), 1e-6, residual=torch.randn(4, 32))
+        rms_norm_ref(
+            x, torch.randn(64, device=device), 1e-6, residual=torch.randn(4, 32, device=device)
+        )
     with pytest.raises(ValueError, match="contiguous"):
-        rms_norm_triton(x.t(), torch.randn(4), 1e-6)
+        rms_norm_triton(x.t(), torch.randn(4, device=device), 1e-6)

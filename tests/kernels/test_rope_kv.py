@@ -19,16 +19,18 @@ def tables(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0
     return (freqs.cos() * scaling).contiguous(), (freqs.sin() * scaling).contiguous()
 
 
-def test_worked_example_quarter_turn():
+def test_worked_example_quarter_turn(device):
     """D = 2, one q head and one kv head, inv_freq = [pi/2], position 1: [x1, x2] -> [-x2, x1];
     k rotates the same way, v is copied; token 0 lands in slot 3."""
-    qkv = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]])  # q = [1, 2], k = [3, 4], v = [5, 6]
-    cos, sin = tables(torch.tensor([[1]]), torch.tensor([math.pi / 2]))
+    # q = [1, 2], k = [3, 4], v = [5, 6]
+    qkv = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]], device=device)
+    cos, sin = (x.to(device) for x in tables(torch.tensor([[1]]), torch.tensor([math.pi / 2])))
     for impl in (rope_kv_triton, rope_kv_ref):
-        k_cache = torch.full((1, 1, 5, 2), SENTINEL)
-        v_cache = torch.full((1, 1, 5, 2), SENTINEL)
-        slot = torch.tensor([3], dtype=torch.int32)
-        q = impl(qkv, cos, sin, slot, k_cache, v_cache, num_q_heads=1)
+        k_cache = torch.full((1, 1, 5, 2), SENTINEL, device=device)
+        v_cache = torch.full((1, 1, 5, 2), SENTINEL, device=device)
+        slot = torch.tensor([3], dtype=torch.int32, device=device)
+        q = impl(qkv, cos, sin, slot, k_cache, v_cache, num_q_heads=1).cpu()
+        k_cache, v_cache = k_cache.cpu(), v_cache.cpu()
         torch.testing.assert_close(q, torch.tensor([[[[-2.0, 1.0]]]]), atol=1e-6, rtol=0)
         torch.testing.assert_close(k_cache[0, 0, 3], torch.tensor([-4.0, 3.0]), atol=1e-6, rtol=0)
         assert torch.equal(v_cache[0, 0, 3], torch.tensor([5.0, 6.0]))
@@ -36,7 +38,7 @@ def test_worked_example_quarter_turn():
 
 
 @pytest.mark.parametrize("dtype, tol", DTYPES)
-def test_matches_transformers_rope_and_cache_slots(dtype, tol):
+def test_matches_transformers_rope_and_cache_slots(dtype, tol, device):
     """B = 2, T = 3, 4 q heads on 2 kv heads, D = 16; sequence 0 writes slots 5..7 (a verify step at
     cache_len 5, tree depths 0, 1, 1), sequence 1 slots 0..2 (a prefill); YaRN-like scaling 1.1."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -48,6 +50,7 @@ def test_matches_transformers_rope_and_cache_slots(dtype, tol):
     slot_start = torch.tensor([5, 0], dtype=torch.int32)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     cos, sin = tables(positions, inv_freq, 1.1)
+    qkv, cos, sin, slot_start = (t.to(device) for t in (qkv, cos, sin, slot_start))
     q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
     full_cos = torch.cat((cos, cos), -1).to(dtype)
     full_sin = torch.cat((sin, sin), -1).to(dtype)
@@ -55,8 +58,8 @@ def test_matches_transformers_rope_and_cache_slots(dtype, tol):
         q.view(b, t, hq, d), k.view(b, t, hkv, d), full_cos, full_sin, unsqueeze_dim=2
     )
     for impl, exact in ((rope_kv_ref, True), (rope_kv_triton, False)):
-        k_cache = torch.full((b, hkv, max_len, d), SENTINEL, dtype=dtype)
-        v_cache = torch.full((b, hkv, max_len, d), SENTINEL, dtype=dtype)
+        k_cache = torch.full((b, hkv, max_len, d), SENTINEL, dtype=dtype, device=device)
+        v_cache = torch.full((b, hkv, max_len, d), SENTINEL, dtype=dtype, device=device)
         q_out = impl(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads=hq)
         check = (
             (lambda a, w: torch.testing.assert_close(a, w, rtol=0, atol=0))
@@ -69,21 +72,27 @@ def test_matches_transformers_rope_and_cache_slots(dtype, tol):
             assert torch.equal(
                 v_cache[s, :, start : start + t], v[s].view(t, hkv, d).transpose(0, 1)
             )
-            untouched = torch.ones(max_len, dtype=torch.bool)
+            untouched = torch.ones(max_len, dtype=torch.bool, device=device)
             untouched[start : start + t] = False
             assert (k_cache[s, :, untouched] == SENTINEL).all()
             assert (v_cache[s, :, untouched] == SENTINEL).all()
 
 
-def test_dispatch_out_buffer_and_bad_shapes():
+def test_dispatch_out_buffer_and_bad_shapes(device):
+    """On CUDA `rope_kv` dispatches to the kernel, on CPU to the reference."""
     b, t, hq, hkv, d = 1, 2, 2, 1, 8
-    qkv = torch.randn(b, t, (hq + 2 * hkv) * d)
-    cos, sin = tables(torch.tensor([[0, 1]]), torch.rand(d // 2))
-    k_cache = torch.zeros(b, hkv, 4, d)
-    v_cache = torch.zeros(b, hkv, 4, d)
-    slot = torch.zeros(b, dtype=torch.int32)
-    q_out = torch.empty(b, t, hq, d)
+    qkv = torch.randn(b, t, (hq + 2 * hkv) * d, device=device)
+    cos, sin = (x.to(device) for x in tables(torch.tensor([[0, 1]]), torch.rand(d // 2)))
+    k_cache = torch.zeros(b, hkv, 4, d, device=device)
+    v_cache = torch.zeros(b, hkv, 4, d, device=device)
+    slot = torch.zeros(b, dtype=torch.int32, device=device)
+    q_out = torch.empty(b, t, hq, d, device=device)
     assert rope_kv(qkv, cos, sin, slot, k_cache, v_cache, num_q_heads=hq, q_out=q_out) is q_out
+    want_k, want_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    want_q = rope_kv_ref(qkv, cos, sin, slot, want_k, want_v, num_q_heads=hq)
+    torch.testing.assert_close(q_out, want_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k_cache, want_k, rtol=1e-6, atol=1e-6)
+    assert torch.equal(v_cache, want_v)
     with pytest.raises(ValueError, match="qkv width"):
         rope_kv_triton(qkv, cos, sin, slot, k_cache, v_cache, num_q_heads=3)
     with pytest.raises(ValueError, match="cos must be"):

@@ -82,12 +82,11 @@ TREES = [[-1, 0, 0, 1, 3], [-1, 0, 1, 2, 3]]
     ],
 )
 @pytest.mark.parametrize("num_splits", [1, 3])
-def test_kernel_matches_branch_equivalence(dtype, atol, num_splits):
+def test_kernel_matches_branch_equivalence(dtype, atol, num_splits, device):
     """Ragged batch (cache_len 70 and 0: two prefix blocks of 64, and none), GQA 4 q heads on 2 kv
     heads, head_dim 24 (padded to 32 inside the kernel). With 3 splits the prefix of 70 is cut into
     [0, 64), [64, 70) and an empty third chunk, which also holds the tree part."""
     b, n, hq, hkv, d, max_len = 2, 5, 4, 2, 24, 80
-    device = "cuda" if CUDA else "cpu"
     q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [70, 0], TREES, dtype)
     scale = 1 / math.sqrt(d)
     want = path_attention(q, k, v, cache_len, TREES, scale)
@@ -110,7 +109,7 @@ def test_reference_matches_branch_equivalence():
 
 
 @pytest.mark.parametrize("num_splits", [1, 4])
-def test_many_rows_and_tree_blocks(num_splits):
+def test_many_rows_and_tree_blocks(num_splits, device):
     """group * N = 2 * 70 rows (3 row blocks of 64), N = 70 nodes (2 key blocks in the tree part):
     a chain, so node i sees the whole prefix and nodes 0..i; keys beyond cache_len + N are never
     read (filled with NaN to prove it)."""
@@ -119,35 +118,41 @@ def test_many_rows_and_tree_blocks(num_splits):
     q, k, v, cache_len, mask = make_case(b, n, hq, hkv, d, max_len, [9], chain, torch.float32)
     k[:, :, 9 + n :] = float("nan")
     v[:, :, 9 + n :] = float("nan")
-    got = tree_attention_triton(q, k, v, cache_len, mask, num_splits=num_splits)
+    inputs = (t.to(device) for t in (q, k, v, cache_len, mask))
+    got = tree_attention_triton(*inputs, num_splits=num_splits).cpu()
     want = path_attention(q, k, v, cache_len, chain, 1 / math.sqrt(d))
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_query_seeing_nothing_outputs_zeros():
+def test_query_seeing_nothing_outputs_zeros(device):
     """A pad row with an empty mask over an empty cache: zeros, not NaN, in both implementations."""
     q, k, v, cache_len, mask = make_case(1, 2, 2, 2, 16, 4, [0], [[-1, 0]], torch.float32)
     mask[0, 1] = False
+    q, k, v, cache_len, mask = (t.to(device) for t in (q, k, v, cache_len, mask))
     split = lambda *a: tree_attention_triton(*a, num_splits=2)
     for impl in (tree_attention_triton, split, tree_attention_ref):
         out = impl(q, k, v, cache_len, mask)
-        assert torch.equal(out[0, 1], torch.zeros(2, 16))
+        assert torch.equal(out[0, 1], torch.zeros(2, 16, device=device))
         assert torch.isfinite(out).all()
 
 
-def test_out_buffer_and_dispatch():
-    q, k, v, cache_len, mask = make_case(2, 5, 4, 2, 16, 12, [4, 6], TREES, torch.float32)
+def test_out_buffer_and_dispatch(device):
+    """On CUDA `tree_attention` dispatches to the kernel, on CPU to the reference."""
+    case = make_case(2, 5, 4, 2, 16, 12, [4, 6], TREES, torch.float32)
+    q, k, v, cache_len, mask = (t.to(device) for t in case)
     out = torch.full_like(q, float("nan"))
     res = tree_attention(q, k, v, cache_len, mask, out=out)
     assert res.data_ptr() == out.data_ptr()
-    torch.testing.assert_close(out, tree_attention_ref(q, k, v, cache_len, mask))
+    want = tree_attention_ref(q, k, v, cache_len, mask)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     out2 = torch.full_like(q, float("nan"))
     tree_attention_triton(q, k, v, cache_len, mask, out=out2)
-    torch.testing.assert_close(out2, out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out2, want, rtol=1e-5, atol=1e-5)
 
 
-def test_bad_shapes_raise_value_error():
-    q, k, v, cache_len, mask = make_case(2, 5, 4, 2, 16, 12, [4, 6], TREES, torch.float32)
+def test_bad_shapes_raise_value_error(device):
+    case = make_case(2, 5, 4, 2, 16, 12, [4, 6], TREES, torch.float32)
+    q, k, v, cache_len, mask = (t.to(device) for t in case)
     with pytest.raises(ValueError, match="tree_mask must be"):
         tree_attention_ref(q, k, v, cache_len, mask[:, :4, :4])
     with pytest.raises(ValueError, match="not a multiple"):
@@ -157,6 +162,6 @@ def test_bad_shapes_raise_value_error():
     with pytest.raises(ValueError, match="differ"):
         tree_attention_triton(q, k.half(), v.half(), cache_len, mask)
     with pytest.raises(ValueError, match="out must be"):
-        tree_attention_triton(q, k, v, cache_len, mask, out=torch.empty(2, 5, 4, 8))
+        tree_attention_triton(q, k, v, cache_len, mask, out=torch.empty(2, 5, 4, 8, device=device))
     with pytest.raises(ValueError, match="num_splits=17"):
         tree_attention_triton(q, k, v, cache_len, mask, num_splits=17)
