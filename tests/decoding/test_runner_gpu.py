@@ -1,6 +1,8 @@
 """GPU-only runner properties (skipped without CUDA): the verify step makes no host sync, replays
-from a CUDA graph with the same logits as eager, and bf16 logits of the fast runner stay close to
-transformers' own bf16 forward (same argmax wherever transformers' top-2 gap is not a near-tie)."""
+from a CUDA graph with the same logits as eager, and bf16 logits of the fast runner err from an fp32
+forward no more than ~2x transformers' own bf16 forward does (same argmax outside near-ties)."""
+
+import copy
 
 import pytest
 import torch
@@ -67,22 +69,40 @@ def test_verify_step_is_sync_free_and_graph_replay_matches_eager(smollm2_bf16):
 
 
 def test_bf16_fast_runner_tracks_transformers(smollm2_bf16):
-    """Chains after a prefill: argmax equal to transformers' bf16 forward except at near-ties."""
+    """Chains after a prefill, judged the flash-attention way against an fp32 forward of the same
+    (bf16-rounded) weights: our bf16 logits may err at most ~2x as much as transformers' own bf16
+    forward (plus a small atol), and the argmax must match the fp32 one wherever the fp32 top-2 gap
+    exceeds both errors. A plain argmax comparison with transformers' bf16 fails at gaps of ~0.1,
+    which is bf16 rounding noise on logits of magnitude ~20."""
     model = smollm2_bf16
     runner = LlamaRunner(model)
-    cache, ids, lengths = prefilled(runner, b=1, t=40)
-    tokens = ids[:, 30:40]
-    cache.cache_len.fill_(30)
-    positions = (30 + torch.arange(10, device="cuda", dtype=torch.int32))[None]
-    mask = torch.tril(torch.ones(1, 10, 10, dtype=torch.bool, device="cuda"))
-    out = torch.empty(1, 10, runner.vocab_size, device="cuda")
+    start, n = 40, 32  # 32 positions: random tokens make many near-ties, the argmax needs some
+    cache, ids, lengths = prefilled(runner, b=1, t=start + n)
+    tokens = ids[:, start:]
+    cache.cache_len.fill_(start)
+    positions = (start + torch.arange(n, device="cuda", dtype=torch.int32))[None]
+    mask = torch.tril(torch.ones(1, n, n, dtype=torch.bool, device="cuda"))
+    out = torch.empty(1, n, runner.vocab_size, device="cuda")
     runner.forward_tree(tokens, positions, mask, cache, out)
-    with torch.no_grad():
-        want = model(ids[:, :40].long()).logits[0, 30:40].float()
-    top2 = want.topk(2, dim=-1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 0.1
-    assert torch.equal(out[0].argmax(-1)[clear], want.argmax(-1)[clear])
-    assert (out[0] - want).abs().max() < 0.5
+    ours = out[0]
+    # nn.Module.float: transformers' override refuses models loaded from a GGUF ("quantized").
+    reference = torch.nn.Module.float(copy.deepcopy(model))
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # a true fp32 yardstick, no TF32
+    try:
+        with torch.no_grad():
+            hf = model(ids.long()).logits[0, start:].float()
+            ref = reference(ids.long()).logits[0, start:].double()
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    del reference
+    our_err = (ours.double() - ref).abs().amax(-1)  # [n] per position
+    hf_err = (hf.double() - ref).abs().amax(-1)
+    assert our_err.max() <= 2 * hf_err.max() + 0.05, (our_err.tolist(), hf_err.tolist())
+    top2 = ref.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > torch.maximum(our_err, hf_err)
+    assert clear.sum() >= 3, "too few positions without a near-tie to judge the argmax"
+    assert torch.equal(ours.argmax(-1)[clear], ref.argmax(-1)[clear])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
