@@ -199,15 +199,17 @@ def sam_tree_ref(
     """Reference: explicit best-first search over all children, sorted by (count desc, edge asc);
     ties between candidates go to the one pushed first."""
     _check(automaton, state, match_len, root, tokens, parents, num_nodes)
-    off = automaton.edge_offsets.tolist()
-    etok = automaton.edge_token.tolist()
-    edst = automaton.edge_dst.tolist()
-    cnt = automaton.count.tolist()
+    # element access on CPU copies of the arrays, never whole-array lists (indices are millions)
+    off, etok, edst, cnt = (
+        getattr(automaton, n).cpu() for n in ("edge_offsets", "edge_token", "edge_dst", "count")
+    )
     B, N = tokens.shape
 
     def ranked(s):
-        lo, hi = off[s], min(off[s + 1], off[s] + max_scan)
-        return sorted(range(lo, hi), key=lambda e: (-cnt[edst[e]], e))
+        lo = int(off[s])
+        hi = min(int(off[s + 1]), lo + max_scan)
+        keys = (-cnt[edst[lo:hi].long()].long()) * (hi - lo + 1) + torch.arange(hi - lo)
+        return (lo + torch.argsort(keys)).tolist()
 
     out_tok = [[FILL_TOKEN] * N for _ in range(B)]
     out_par = [[NO_PARENT] * N for _ in range(B)]
@@ -223,24 +225,24 @@ def sam_tree_ref(
         pushes = 0
         first = ranked(s0)
         if first:
-            frontier.append((cnt[edst[first[0]]], pushes, first[0], 0, 0))
+            frontier.append((int(cnt[edst[first[0]]]), pushes, first[0], 0, 0))
             pushes += 1
         while len(node_state) < N and frontier:
             best = min(frontier, key=lambda f: (-f[0], f[1]))
             frontier.remove(best)
             _, _, edge, parent, rank = best
             node = len(node_state)
-            out_tok[b][node] = etok[edge]
+            out_tok[b][node] = int(etok[edge])
             out_par[b][node] = parent
-            node_state.append(edst[edge])
-            kids = ranked(edst[edge])
+            node_state.append(int(edst[edge]))
+            kids = ranked(node_state[-1])
             if kids:
-                frontier.append((cnt[edst[kids[0]]], pushes, kids[0], node, 0))
+                frontier.append((int(cnt[edst[kids[0]]]), pushes, kids[0], node, 0))
                 pushes += 1
             sibs = ranked(node_state[parent])
             if rank + 1 < len(sibs):
                 nxt = sibs[rank + 1]
-                frontier.append((cnt[edst[nxt]], pushes, nxt, parent, rank + 1))
+                frontier.append((int(cnt[edst[nxt]]), pushes, nxt, parent, rank + 1))
                 pushes += 1
         out_num[b] = len(node_state)
     tokens.copy_(torch.tensor(out_tok, dtype=torch.int32))

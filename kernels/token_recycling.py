@@ -283,22 +283,21 @@ def token_recycling_fill_ref(
     parents: torch.Tensor,
     num_nodes: torch.Tensor,
 ) -> None:
-    """Reference: node by node in topological order, token = adj[token of parent, own rank]."""
+    """Reference: node by node in topological order, token = adj[token of parent, own rank]
+    (one gather over the batch per node; the table is never copied whole)."""
     _check_fill(adj, root, paths, depth, tpl_parents, tokens, parents, num_nodes)
     T = depth.shape[0]
-    table = adj.tolist()
     tpar = tpl_parents.tolist()
-    ranks = [paths[i, depth[i] - 1].item() if depth[i] > 0 else NO_RANK for i in range(T)]
+    dep = depth.tolist()
+    ranks = [int(paths[i, dep[i] - 1]) if dep[i] > 0 else NO_RANK for i in range(T)]
     B, N = tokens.shape
-    out_tok = [[FILL_TOKEN] * N for _ in range(B)]
-    out_par = [[NO_PARENT] * N for _ in range(B)]
-    for b, r in enumerate(root.tolist()):
-        out_tok[b][0] = r
-        for i in range(1, T):
-            out_tok[b][i] = table[out_tok[b][tpar[i]]][ranks[i]]
-        out_par[b][:T] = tpar
-    tokens.copy_(torch.tensor(out_tok, dtype=torch.int32))
-    parents.copy_(torch.tensor(out_par, dtype=torch.int32))
+    out = torch.full((B, N), FILL_TOKEN, dtype=torch.int32, device=tokens.device)
+    out[:, 0] = root
+    for i in range(1, T):
+        out[:, i] = adj[out[:, tpar[i]].long(), ranks[i]]
+    tokens.copy_(out)
+    parents.fill_(NO_PARENT)
+    parents[:, :T] = tpl_parents
     num_nodes.fill_(T)
 
 
