@@ -37,6 +37,7 @@ class MergedOptions:
     chain_nodes: int | None = None  # chain cap (root included); None: min(40, max(2, max_nodes//2))
     l_bias: int = 5
     l_threshold: int = 3
+    prompt_bigrams: bool = True  # seed the TR table from the prompts' bigrams at prefill
     use_static: bool = True
     use_dynamic: bool = True
     climb_dynamic: bool = True
@@ -107,6 +108,8 @@ class MergedDrafter:
     def prefill(self, state: DecodeState) -> None:
         check_batch(state, self.max_reqs, self.name)
         self.automata.prefill(state)
+        if self.options.prompt_bigrams:
+            self.table.seed_from_text(state.text, state.text_len)
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs

@@ -152,6 +152,7 @@ class SamTrOptions:
     l_threshold: int = 5
     n_predicts: int = 40  # chain nodes, root included
     max_nodes: int = TR_TEMPLATE_NODES  # tree width: TR template nodes kept; caps the chain too
+    prompt_bigrams: bool = True  # seed the TR table from the prompts' bigrams at prefill
     use_static: bool = True
     use_dynamic: bool = True
     climb_dynamic: bool = True
@@ -222,6 +223,8 @@ class SamDrafter:
     def prefill(self, state: DecodeState) -> None:
         check_batch(state, self.max_reqs, self.name)
         self.automata.prefill(state)
+        if self.has_tr and self.options.prompt_bigrams:
+            self.table.seed_from_text(state.text, state.text_len)
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs

@@ -48,6 +48,7 @@ class SamTreeOptions:
     min_match: int = 2  # static tree only from matches at least this long
     max_scan: int = 4096  # edges ranked per state at most (bounds very short matches)
     with_tr: bool = False  # merge the Token Recycling tree into the remaining budget
+    prompt_bigrams: bool = True  # with_tr: seed the TR table from the prompts' bigrams
     use_static: bool = True
     use_dynamic: bool = True
 
@@ -120,6 +121,8 @@ class SamTreeDrafter:
     def prefill(self, state: DecodeState) -> None:
         check_batch(state, self.max_reqs, self.name)
         self.automata.prefill(state)
+        if self.table is not None and self.options.prompt_bigrams:
+            self.table.seed_from_text(state.text, state.text_len)
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs

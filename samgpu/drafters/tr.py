@@ -7,8 +7,11 @@ sequence refreshes `adj[tokens[b, i]] = top-8(logits[b, i])` (all verified posit
 not: the rejected candidates' logits are the recycled "trash"). The table is shared by the batch and
 kept across `generate` calls (the paper's hot start); `reset()` clears it.
 Initial value: zeros, i.e. every successor of an unseen token is token 0. Any valid id is lossless
-(verification rejects wrong drafts); unseen rows just draft nothing useful. Prompt logits are not
-recycled: the runner's prefill does not expose them (the official code also seeds from the prompt).
+(verification rejects wrong drafts); unseen rows just draft nothing useful. The official code also
+recycles the prompt's prefill logits; the runner's prefill does not expose them, so instead (option
+`prompt_bigrams`, on by default) each prompt's own bigrams seed rank 0 at prefill:
+adj[p[i]] = [p[i+1], previous row[0:7]] (later occurrences win). Example: prompt "a b a c" ->
+adj[a] = [c, ...], adj[b] = [a, ...]; the first verification of a or b replaces the row.
 
 Draft: the published static template tree (80 nodes + root, 6 levels, Token Recycling's "general"
 template as shipped in Spec-Bench's recycling baseline; the same tree as SAM-Decoding's
@@ -120,6 +123,24 @@ class TokenRecyclingTable:
             self.adj, root, paths, depth, parents, tree.tokens, tree.parents, tree.num_nodes
         )
 
+    def seed_from_text(self, text: torch.Tensor, text_len: torch.Tensor, chunk: int = 512) -> None:
+        """Set-up (one host read): the prompts' own bigrams become rank-0 successors.
+
+        For every position i < text_len - 1: adj[text[i]] = [text[i+1], old row[0:7]] (the old row
+        shifts down a rank, so what the model taught earlier is kept); later positions and later
+        sequences win, as in `update`. A stand-in for the paper's seeding from the prefill logits,
+        which the runner does not expose; the first verified step replaces these rows."""
+        length = int(text_len.max()) if text_len.numel() else 0
+        for start in range(0, max(length - 1, 0), chunk):
+            stop = min(start + chunk, length - 1)
+            toks = text[:, start:stop].clamp(min=0).contiguous()
+            succ = text[:, start + 1 : stop + 1].clamp(min=0)
+            rows = torch.cat([succ.unsqueeze(-1), self.adj[toks.long()][..., : TOPK - 1]], -1)
+            num_valid = (text_len - 1 - start).clamp(0, stop - start).to(torch.int32)
+            token_recycling_update(
+                self.adj, toks, rows.to(torch.int32).contiguous(), num_valid, self._winner
+            )
+
     def update(self, step: StepOutput) -> None:
         """Recycle the logits of every node of every sequence that emitted tokens this step."""
         tree = step.tree
@@ -133,6 +154,7 @@ class TokenRecyclingTable:
 @dataclass(frozen=True, kw_only=True)
 class TrOptions:
     max_nodes: int = TR_TEMPLATE_NODES  # template nodes kept (root included), best-first
+    prompt_bigrams: bool = True  # seed the table from the prompts' bigrams at prefill
 
     def __post_init__(self):
         if not 1 <= self.max_nodes:
@@ -162,6 +184,8 @@ class TokenRecyclingDrafter:
 
     def prefill(self, state: DecodeState) -> None:
         check_batch(state, self.max_reqs, self.name)
+        if self.options.prompt_bigrams:
+            self.table.seed_from_text(state.text, state.text_len)
 
     def fill(self, root: torch.Tensor, tree: DraftTree) -> None:
         self.table.fill((self._paths, self._depth, self._parents), root, tree)

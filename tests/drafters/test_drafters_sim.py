@@ -148,3 +148,30 @@ def test_index_vocab_larger_than_model_is_a_value_error():
     index = SamIndex.build([np.arange(1, 30)], vocab_size=40, eos_id=0)
     with pytest.raises(ValueError, match="vocab_size"):
         _build("sam+tr", index=index)
+
+
+def test_tr_prompt_bigrams_seed_the_table():
+    """Prompt "3 5 3 7": adj[3] = [7, ...] (the later bigram wins), adj[5] = [3, ...]; without the
+    option the table stays zero. With the period-4 oracle (next = token 4 back) and the prompt
+    "1 2 3 4 1 2 3", the very first step already accepts along the bigram chain 4 1 2 3 ..."""
+    import torch
+
+    from samgpu.types import DecodeState
+
+    drafter = _build("tr", max_reqs=1)
+    text = torch.tensor([[3, 5, 3, 7, -1]], dtype=torch.int32)
+    lens = torch.tensor([4], dtype=torch.int32)
+    zeros = torch.zeros(1, dtype=torch.int32)
+    state = DecodeState(
+        root=text[:, 3].clone(), cache_len=lens - 1, text=text, text_len=lens, prompt_len=lens,
+        num_generated=zeros, max_new_tokens=zeros + 8, finished=zeros.bool(),
+    )  # fmt: skip
+    drafter.prefill(state)
+    assert drafter.table.adj[3, 0] == 7 and drafter.table.adj[5, 0] == 3
+    assert int(drafter.table.adj[7].abs().sum()) == 0
+    off = _build("tr", max_reqs=1, prompt_bigrams=False)
+    off.prefill(state)
+    assert int(off.table.adj.abs().sum()) == 0
+    period = lambda ctx: ctx[-4]  # noqa: E731
+    res = simulate(_build("tr", max_reqs=1), period, [[1, 2, 3, 4, 1, 2, 3]], 20, V)
+    assert res.accepted[0][0] == 6
