@@ -5,6 +5,7 @@
 # Logs and results go to $OUT (or profiling/results/tmp when OUT is unset).
 set -uo pipefail
 source profiling/gpu_stage.sh >/dev/null 2>&1 || { echo "staging failed"; exit 1; }
+set +e  # gpu_stage.sh sets -e; a timed-out step must not end the phase
 OUT=${OUT:-profiling/results/tmp}; mkdir -p "$OUT"
 SELF=samgpu/data/corpus/smollm2_self_responses.jsonl.gz
 IDX_SELF=/root/idx-self.samidx
@@ -14,7 +15,6 @@ run() {  # run NAME SECONDS CMD...: log to $OUT/NAME.log, print the tail
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
   grep -v -E "Converting|Loading weights|Writing model|it/s\]" "$OUT/$name.log" | tail -n 22
 }
-e2e() { python -m profiling.bench_e2e "$@"; }
 case "${1:-}" in
   corpus)  # the model's own responses for the static corpus, then the index with them
     run self_corpus 260 python -m profiling.self_corpus --out "$OUT/smollm2_self_responses.jsonl.gz" \
@@ -25,25 +25,25 @@ case "${1:-}" in
     ;;
   specbench)  # all methods, B=1, with and without the model's own responses in the corpus
     [ -f "$IDX_SELF" ] || { echo "run the corpus phase first"; exit 1; }
-    run e2e_spec 400 e2e --dataset spec_bench --limit 180 --hf-limit 4 --index "$IDX_SELF" --tag self
-    run e2e_spec_noself 140 e2e --dataset spec_bench --limit 180 --methods ar,sam+tr,merged --tag noself
+    run e2e_spec 400 python -m profiling.bench_e2e --dataset spec_bench --limit 180 --hf-limit 4 --index "$IDX_SELF" --tag self
+    run e2e_spec_noself 140 python -m profiling.bench_e2e --dataset spec_bench --limit 180 --methods ar,sam+tr,merged --tag noself
     ;;
   batch)  # speedup vs batch size, HumanEval, HAGRID
     for b in 4 16 64; do
-      run "e2e_b$b" 150 e2e --dataset spec_bench --limit 192 --batch-size $b --methods ar,sam+tr,merged \
-        --index "$IDX_SELF" --tag self
+      run "e2e_b$b" 150 python -m profiling.bench_e2e --dataset spec_bench --limit 384 --batch-size $b \
+        --methods ar,sam+tr,merged
     done
-    run e2e_humaneval 120 e2e --dataset humaneval --limit 80 --methods ar,pld,tr,sam,sam+tr,merged --index "$IDX_SELF"
+    run e2e_humaneval 120 python -m profiling.bench_e2e --dataset humaneval --limit 80 --methods ar,pld,tr,sam,sam+tr,merged
     ;;
   ablation)  # the paper's ablations on sam+tr, fp32 losslessness, HAGRID
     for kv in l_bias=5 l_bias=0 l_bias=2 l_bias=8 l_threshold=0 l_threshold=2 l_threshold=8 n_predicts=10 \
               n_predicts=20 n_predicts=60 use_static=false use_dynamic=false; do
-      run "abl_$kv" 45 e2e --dataset spec_bench --limit 60 --methods sam+tr --option "$kv" \
-        --index "$IDX_SELF" --tag "ablation:$kv"
+      run "abl_$kv" 45 python -m profiling.bench_e2e --dataset spec_bench --limit 60 --methods sam+tr --option "$kv" \
+        --tag "ablation:$kv"
     done
-    run e2e_fp32 150 e2e --dataset spec_bench --limit 30 --max-new-tokens 128 --dtype float32 \
-      --methods ar,pld,tr,sam,sam+tr,sam-tree,merged --index "$IDX_SELF" --tag fp32
-    run e2e_hagrid 100 e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged --index "$IDX_SELF"
+    run e2e_fp32 150 python -m profiling.bench_e2e --dataset spec_bench --limit 30 --max-new-tokens 128 --dtype float32 \
+      --methods ar,pld,tr,sam,sam+tr,sam-tree,merged --tag fp32
+    run e2e_hagrid 100 python -m profiling.bench_e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged
     ;;
   *) echo "phases: corpus specbench batch ablation"; exit 2 ;;
 esac
