@@ -30,19 +30,21 @@ from samgpu.drafters._common import check_options
 METHODS: tuple[str, ...] = ("ar", "test", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged")
 TREE_METHODS: tuple[str, ...] = ("tr", "sam+tr", "sam-tree", "merged")
 
-# (max batch size, nodes per sequence) rows, first row whose bound covers B wins. Starting guesses:
-# B=1 affords the full 81-node TR template; at B=64 a verify step over 64 x 8 nodes already costs
-# about as much as a prefill chunk of 512 tokens on a small model.
+# (max batch size, nodes per sequence) rows, first row whose bound covers B wins. From the measured
+# verify cost t(B, N) (profiling/results/logs/runtime.log, H200, SmolLM2-135M bf16): at B=1 a step
+# is launch-bound and flat up to N=128, so the full 81-node TR template is free; at B=64 t(N)/t(1)
+# is 1.13 (N=2), 1.21 (4), 1.40 (8), 1.81 (16), and a batch also waits for its slowest sequence,
+# so 8-node trees lost to plain decoding there (sam+tr 0.96x at B=64 with 8 nodes).
 _BUDGETS: dict[str, tuple[tuple[int, int], ...]] = {
-    "tree": ((1, 81), (2, 64), (4, 48), (8, 32), (16, 24), (32, 16), (64, 8), (1 << 30, 4)),
-    "chain": ((4, 61), (16, 41), (32, 21), (64, 11), (1 << 30, 6)),
+    "tree": ((1, 81), (2, 64), (4, 48), (8, 32), (16, 16), (32, 8), (64, 4), (1 << 30, 2)),
+    "chain": ((4, 61), (16, 21), (32, 11), (64, 4), (1 << 30, 2)),
 }
 
 
 def default_budget(method: str, batch_size: int) -> int:
     """Draft tree size (root included) for `method` at batch size `batch_size`.
 
-    Tree methods get a table shrinking from 81 nodes (B=1) to 8 (B=64); chain methods (sam, pld)
+    Tree methods get a table shrinking from 81 nodes (B=1) to 4 (B=64); chain methods (sam, pld)
     a chain cap; `ar` gets 1."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
