@@ -35,6 +35,12 @@ case "${1:-}" in
     done
     run e2e_humaneval 120 python -m profiling.bench_e2e --dataset humaneval --limit 80 --methods ar,pld,tr,sam,sam+tr,merged
     ;;
+  batch2)  # the batch curve again after re-deriving the tree budgets from the verify cost
+    for b in 16 32 64; do
+      run "e2e_b$b" 150 python -m profiling.bench_e2e --dataset spec_bench --limit 384 --batch-size $b \
+        --methods ar,sam+tr,merged --tag budgets-v2
+    done
+    ;;
   ablation)  # the paper's ablations on sam+tr, fp32 losslessness, HAGRID
     for kv in l_bias=5 l_bias=0 l_bias=2 l_bias=8 l_threshold=0 l_threshold=2 l_threshold=8 n_predicts=10 \
               n_predicts=20 n_predicts=60 use_static=false use_dynamic=false; do
@@ -45,7 +51,7 @@ case "${1:-}" in
       --methods ar,pld,tr,sam,sam+tr,sam-tree,merged --tag fp32
     run e2e_hagrid 100 python -m profiling.bench_e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged
     ;;
-  *) echo "phases: corpus specbench batch ablation"; exit 2 ;;
+  *) echo "phases: corpus specbench batch batch2 ablation"; exit 2 ;;
 esac
 cp profiling/results/*.jsonl "$OUT"/ 2>/dev/null
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
