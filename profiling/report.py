@@ -26,10 +26,17 @@ def read(paths: list[str]) -> list[dict]:
     return recs
 
 
-def e2e_table(recs: list[dict], dataset: str, batch_size: int) -> str:
+def run_key(r: dict) -> tuple:
+    """Records of one table: same dataset, batch size, dtype and tag (one bench_e2e invocation's
+    setting; the `ar` row of the same key is the speedup baseline)."""
+    return (r["dataset"], r["batch_size"], r["params"].get("dtype"), r["params"].get("tag", ""))
+
+
+def e2e_table(recs: list[dict], dataset: str, batch_size: int, key: tuple | None = None) -> str:
     rows = [
         r for r in recs
         if r.get("bench") == "e2e" and r["dataset"] == dataset and r["batch_size"] == batch_size
+        and (key is None or run_key(r) == key)
     ]  # fmt: skip
     if not rows:
         return ""
@@ -41,7 +48,16 @@ def e2e_table(recs: list[dict], dataset: str, batch_size: int) -> str:
         {c for m in by.values() for c in m if c != "Overall"}
     )
     gpu = rows[0].get("env", {}).get("gpu", "?")
-    head = f"**{dataset}**, B={batch_size}, {rows[0]['params'].get('model', '?')}, {gpu}\n\n"
+    p = rows[0]["params"]
+    first = rows[0]["method"]
+    num_requests = sum(
+        r["num_requests"] for r in rows if r["category"] != "Overall" and r["method"] == first
+    )
+    head = (
+        f"**{dataset}**, B={batch_size}, {p.get('model', '?')} {p.get('dtype', '')}, "
+        f"{p.get('max_new_tokens')} new tokens, "
+        f"{num_requests} requests" + (f", tag {p['tag']}" if p.get("tag") else "") + f", {gpu}\n\n"
+    )
     head += "| method | " + " | ".join(cols) + " | MAT | Overall | tok/s | identical to ar |\n"
     head += "|---" * (len(cols) + 5) + "|\n"
     lines = []
@@ -63,14 +79,23 @@ def e2e_table(recs: list[dict], dataset: str, batch_size: int) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def batch_curve(recs: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    rows = [r for r in recs if r.get("bench") == "e2e" and r["category"] == "Overall"]
-    ar = {(r["dataset"], r["batch_size"]): r["tok_s"] for r in rows if r["method"] == "ar"}
-    curve = defaultdict(list)
+def batch_curve(recs: list[dict], dataset: str = "spec_bench") -> dict[str, list[tuple]]:
+    """Speedup over `ar` vs batch size for bf16 runs of `dataset`; where a batch size was run
+    under several tags, the latest record wins (records are in run order)."""
+    rows = [
+        r for r in recs
+        if r.get("bench") == "e2e" and r["category"] == "Overall" and r["dataset"] == dataset
+        and r["params"].get("dtype") == "bfloat16"
+        and not str(r["params"].get("tag", "")).startswith("ablation")
+    ]  # fmt: skip
+    ar = {run_key(r): r["tok_s"] for r in rows if r["method"] == "ar"}
+    latest: dict[tuple[str, int], float] = {}
     for r in rows:
-        key = (r["dataset"], r["batch_size"])
-        if r["method"] != "ar" and key in ar:
-            curve[r["method"]].append((r["batch_size"], r["tok_s"] / ar[key]))
+        if r["method"] != "ar" and run_key(r) in ar:
+            latest[(r["method"], r["batch_size"])] = r["tok_s"] / ar[run_key(r)]
+    curve = defaultdict(list)
+    for (method, b), speedup in latest.items():
+        curve[method].append((b, speedup))
     return {m: sorted(v) for m, v in curve.items()}
 
 
@@ -86,17 +111,22 @@ def plots(recs: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
         rows = [
             r for r in recs
             if r.get("bench") == "e2e" and r["dataset"] == dataset and r["batch_size"] == 1
+            and r["params"].get("dtype") == "bfloat16"
+            and not str(r["params"].get("tag", "")).startswith("ablation")
         ]  # fmt: skip
-        ar = {r["category"]: r["tok_s"] for r in rows if r["method"] == "ar"}
-        methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "ar"]
-        cats = [c for c in dict.fromkeys(r["category"] for r in rows) if c in ar]
+        ar = {(run_key(r), r["category"]): r["tok_s"] for r in rows if r["method"] == "ar"}
+        speedup: dict[tuple[str, str], float] = {}  # latest run of each method wins
+        for r in rows:
+            if r["method"] != "ar" and (run_key(r), r["category"]) in ar:
+                speedup[(r["method"], r["category"])] = r["tok_s"] / ar[(run_key(r), r["category"])]
+        methods = list(dict.fromkeys(m for m, _ in speedup))
+        cats = [c for c in dict.fromkeys(c for _, c in speedup)]
         if not methods or not cats:
             continue
         fig, ax = plt.subplots(figsize=(1.2 * len(cats) + 4, 4))
         width = 0.8 / len(methods)
         for i, m in enumerate(methods):
-            tok_s = {r["category"]: r["tok_s"] for r in rows if r["method"] == m}
-            vals = [tok_s.get(c, 0.0) / ar[c] for c in cats]
+            vals = [speedup.get((m, c), 0.0) for c in cats]
             ax.bar([j + i * width for j in range(len(cats))], vals, width, label=m)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats)
@@ -132,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", type=pathlib.Path, default=None)
     args = ap.parse_args(argv)
     recs = read(args.results)
-    keys = sorted({(r["dataset"], r["batch_size"]) for r in recs if r.get("bench") == "e2e"})
-    for dataset, b in keys:
-        print(e2e_table(recs, dataset, b))
+    keys = list(dict.fromkeys(run_key(r) for r in recs if r.get("bench") == "e2e"))
+    for key in keys:
+        print(e2e_table(recs, key[0], key[1], key))
     curve = batch_curve(recs)
     if curve:
         print("speedup vs batch size:")
