@@ -13,9 +13,15 @@ def normalise(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+SELF_RESPONSES = "smollm2_self_responses.jsonl.gz"  # shipped beside the default corpus
+
+
 @pytest.fixture(scope="module")
 def corpus_records() -> list[str]:
-    return [normalise(t) for t in read_texts(default_corpus_paths(), DEFAULT_FIELDS)]
+    paths = default_corpus_paths()
+    paths.append(paths[0].parent / SELF_RESPONSES)
+    assert paths[-1].is_file()
+    return [normalise(t) for t in read_texts(paths, DEFAULT_FIELDS)]
 
 
 def benchmark_prompts() -> list[str]:
