@@ -16,24 +16,25 @@ def _text(rows, width=None):
     return text, torch.tensor([len(r) for r in rows], dtype=torch.int32)
 
 
-def _run(fn, rows, N=8, **kw):
-    text, lens = _text(rows)
+def _run(fn, rows, N=8, device="cpu", **kw):
+    """Inputs and out buffers on `device`; the outputs come back on the CPU."""
+    text, lens = (t.to(device) for t in _text(rows))
     B = len(rows)
-    tok = torch.full((B, N), 99, dtype=torch.int32)
-    par = torch.full((B, N), 99, dtype=torch.int32)
-    num = torch.zeros(B, dtype=torch.int32)
+    tok = torch.full((B, N), 99, dtype=torch.int32, device=device)
+    par = torch.full((B, N), 99, dtype=torch.int32, device=device)
+    num = torch.zeros(B, dtype=torch.int32, device=device)
     fn(text, lens, tok, par, num, **kw)
-    return tok, par, num
+    return tok.cpu(), par.cpu(), num.cpu()
 
 
 @pytest.mark.parametrize("fn", BACKENDS)
-def test_golden_cases(fn):
+def test_golden_cases(fn, device):
     """Row 0: the 3-gram [5 7 9] first occurs at 0 -> draft [2 5 7 9] (earliest, not the later [4]).
     Row 1: no 3- or 2-gram repeats, the 1-gram [3] occurs at 1 -> draft [8 3] (cut by the text end).
     Row 2: the last token never occurred before -> root only.
     Row 3: a single-token text -> root only."""
     rows = [[5, 7, 9, 2, 5, 7, 9, 4, 5, 7, 9], [1, 3, 8, 3], [1, 2, 3, 4], [6]]
-    tok, par, num = _run(fn, rows, num_draft=4)
+    tok, par, num = _run(fn, rows, device=device, num_draft=4)
     F, P = FILL_TOKEN, NO_PARENT
     assert torch.equal(num, torch.tensor([5, 3, 1, 1], dtype=torch.int32))
     assert tok.tolist() == [
@@ -51,18 +52,18 @@ def test_golden_cases(fn):
 
 
 @pytest.mark.parametrize("fn", BACKENDS)
-def test_longer_ngram_beats_earlier_shorter(fn):
+def test_longer_ngram_beats_earlier_shorter(fn, device):
     """[1 2] at 0 and [0 1 2] at 4: the 3-gram suffix [0 1 2] wins although [1 2] occurs earlier;
     min_ngram=3 drops a text whose only repeat is a 2-gram."""
-    tok, _, num = _run(fn, [[1, 2, 6, 6, 0, 1, 2, 7, 7, 0, 1, 2]], num_draft=3)
+    tok, _, num = _run(fn, [[1, 2, 6, 6, 0, 1, 2, 7, 7, 0, 1, 2]], device=device, num_draft=3)
     assert tok[0, :4].tolist() == [2, 7, 7, 0] and num.item() == 4
-    _, _, num = _run(fn, [[1, 2, 6, 3, 1, 2]], num_draft=3, min_ngram=3)
+    _, _, num = _run(fn, [[1, 2, 6, 3, 1, 2]], device=device, num_draft=3, min_ngram=3)
     assert num.item() == 1
 
 
 @pytest.mark.parametrize("num_reqs", [1, 3])
 @pytest.mark.parametrize("seq_len", [2, 300])
-def test_random_sweep_matches_reference(num_reqs, seq_len):
+def test_random_sweep_matches_reference(num_reqs, seq_len, device):
     """Small alphabets force repeats; lengths vary per row; text longer than one scan block."""
     g = torch.Generator().manual_seed(seq_len + num_reqs)
     rows = []
@@ -70,8 +71,8 @@ def test_random_sweep_matches_reference(num_reqs, seq_len):
         L = int(torch.randint(1, seq_len + 1, (1,), generator=g))
         rows.append(torch.randint(0, 3 + b, (L,), generator=g).tolist())
     for N, num_draft in ((11, 10), (4, 3)):
-        got = _run(pld_draft_triton, rows, N=N, num_draft=num_draft)
-        want = _run(pld_draft_ref, rows, N=N, num_draft=num_draft)
+        got = _run(pld_draft_triton, rows, N=N, device=device, num_draft=num_draft)
+        want = _run(pld_draft_ref, rows, N=N, device=device, num_draft=num_draft)
         for g_, w_ in zip(got, want, strict=True):
             assert torch.equal(g_, w_)
 

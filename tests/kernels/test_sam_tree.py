@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from samgpu.automata import StaticAutomaton
 from samgpu.kernels.sam_tree import FILL_TOKEN, NO_PARENT, sam_tree_ref, sam_tree_triton
 from samgpu.sam import SamIndex
 
@@ -15,17 +16,20 @@ def _i32(x):
     return torch.tensor(x, dtype=torch.int32)
 
 
-def _run(fn, index, states, lens, roots, N, **kw):
+def _run(fn, index, states, lens, roots, N, device="cpu", **kw):
+    """The index's arrays, inputs and out buffers on `device`; the outputs come back on the CPU."""
+    auto = StaticAutomaton.from_index(index, device)
     B = len(states)
-    tok = torch.full((B, N), 99, dtype=torch.int32)
-    par = torch.full((B, N), 99, dtype=torch.int32)
-    num = torch.zeros(B, dtype=torch.int32)
-    fn(index, _i32(states), _i32(lens), _i32(roots), tok, par, num, **kw)
-    return tok, par, num
+    tok = torch.full((B, N), 99, dtype=torch.int32, device=device)
+    par = torch.full((B, N), 99, dtype=torch.int32, device=device)
+    num = torch.zeros(B, dtype=torch.int32, device=device)
+    state, match_len, root = (_i32(x).to(device) for x in (states, lens, roots))
+    fn(auto, state, match_len, root, tok, par, num, **kw)
+    return tok.cpu(), par.cpu(), num.cpu()
 
 
 @pytest.mark.parametrize("fn", BACKENDS)
-def test_golden_worked_example(fn):
+def test_golden_worked_example(fn, device):
     """Corpus "a b c" "a b d" "a b c" (EOS after each): after "a b", c occurs twice and d once;
     c is followed by EOS twice. Budget 4: [b, c, EOS, d], parents [-1, 0, 1, 0]. A sequence with
     match_len below min_match and one at the root get root-only trees."""
@@ -33,11 +37,11 @@ def test_golden_worked_example(fn):
     index = SamIndex.build([[a, b, c], [a, b, d], [a, b, c]], vocab_size=5, eos_id=EOS)
     s, L = index.match_state([a, b])
     assert L == 2 and int(index.count[s]) == 3
-    tok, par, num = _run(fn, index, [s, s, 0], [L, L, 0], [b, b, 7], 4, min_match=2)
+    tok, par, num = _run(fn, index, [s, s, 0], [L, L, 0], [b, b, 7], 4, device, min_match=2)
     F, P = FILL_TOKEN, NO_PARENT
     assert tok[0].tolist() == [b, c, EOS, d] and par[0].tolist() == [P, 0, 1, 0]
     assert num.tolist() == [4, 4, 1]
-    tok, par, num = _run(fn, index, [s, 0], [1, 0], [b, 7], 4, min_match=2)
+    tok, par, num = _run(fn, index, [s, 0], [1, 0], [b, 7], 4, device, min_match=2)
     assert tok.tolist() == [[b, F, F, F], [7, F, F, F]] and num.tolist() == [1, 1]
     assert par.tolist() == [[P] * 4] * 2
 
@@ -49,7 +53,7 @@ def _corpus(seed, vocab):
 
 @pytest.mark.parametrize("budget", [2, 9, 33])
 @pytest.mark.parametrize("max_scan", [4096, 2])
-def test_random_matches_reference_and_ranking(budget, max_scan):
+def test_random_matches_reference_and_ranking(budget, max_scan, device):
     vocab = 5
     index = SamIndex.build(_corpus(budget, vocab), vocab_size=vocab, eos_id=EOS)
     g = np.random.default_rng(7)
@@ -60,8 +64,8 @@ def test_random_matches_reference_and_ranking(budget, max_scan):
         states.append(s)
         lens.append(L)
         roots.append(q[-1])
-    got = _run(sam_tree_triton, index, states, lens, roots, budget, max_scan=max_scan)
-    want = _run(sam_tree_ref, index, states, lens, roots, budget, max_scan=max_scan)
+    got = _run(sam_tree_triton, index, states, lens, roots, budget, device, max_scan=max_scan)
+    want = _run(sam_tree_ref, index, states, lens, roots, budget, device, max_scan=max_scan)
     for x, y in zip(got, want, strict=True):
         assert torch.equal(x, y)
     if max_scan < 4096:
