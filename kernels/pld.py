@@ -70,7 +70,10 @@ def _pld_draft_kernel(
         eq = e < L - 1
         m = tl.zeros([BLOCK], dtype=tl.int32)
         for s in tl.static_range(MAX_NGRAM):
-            suffix_tok = tl.load(row + L - 1 - s)  # L-1-s > e-s >= 0 wherever eq holds
+            # Masked: for short rows L-1-s < 0 would read before the row (before the tensor for
+            # row 0: an illegal address on the GPU; the interpreter did not catch it). Where the
+            # mask is off, eq is already false for every e (e - s < 0), so -1 changes nothing.
+            suffix_tok = tl.load(row + L - 1 - s, mask=s < L, other=-1)
             ok = eq & (e - s >= 0)
             x = tl.load(row + e - s, mask=ok, other=-1)
             eq = ok & (x == suffix_tok)
