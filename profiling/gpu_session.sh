@@ -41,6 +41,10 @@ case "${1:-}" in
         --methods ar,sam+tr,merged --tag budgets-v2
     done
     ;;
+  full)  # all 480 Spec-Bench questions (both MT-Bench turns) for the headline methods
+    run e2e_spec_full 420 python -m profiling.bench_e2e --dataset spec_bench --methods ar,sam+tr,merged \
+      --tag full480
+    ;;
   ablation)  # the paper's ablations on sam+tr, fp32 losslessness, HAGRID
     for kv in l_bias=5 l_bias=0 l_bias=2 l_bias=8 l_threshold=0 l_threshold=2 l_threshold=8 n_predicts=10 \
               n_predicts=20 n_predicts=60 use_static=false use_dynamic=false; do
@@ -51,7 +55,7 @@ case "${1:-}" in
       --methods ar,pld,tr,sam,sam+tr,sam-tree,merged --tag fp32
     run e2e_hagrid 100 python -m profiling.bench_e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged
     ;;
-  *) echo "phases: corpus specbench batch batch2 ablation"; exit 2 ;;
+  *) echo "phases: corpus specbench batch batch2 full ablation"; exit 2 ;;
 esac
 cp profiling/results/*.jsonl "$OUT"/ 2>/dev/null
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
