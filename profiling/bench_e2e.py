@@ -81,38 +81,22 @@ class OurMethod:
     def __init__(self, model, tokenizer, method: str, args, index, max_len: int):
         from samgpu.decoding.loop import Decoder, GenerationConfig
         from samgpu.decoding.runner import make_runner
-        from samgpu.drafters import build_drafter, default_budget
+        from samgpu.drafters import budget_options, build_drafter
 
         self.runner = getattr(model, "_samgpu_runner", None) or make_runner(model)
         model._samgpu_runner = self.runner  # one runner (weights view) for every method
-        options = dict(args.option)
-        if method not in ("ar",) and "max_nodes" not in options:
-            options["max_nodes"] = default_budget(method, args.batch_size)
+        options = {**budget_options(method, args.batch_size), **dict(args.option)}
         if method not in ("sam", "sam+tr", "sam-tree", "merged"):
             index = None
-        try:
-            drafter = build_drafter(
-                method,
-                vocab_size=self.runner.vocab_size,
-                max_reqs=args.batch_size,
-                max_len=max_len,
-                device=self.runner.device,
-                index=index,
-                **options,
-            )
-        except ValueError as e:  # options that only some methods take (e.g. max_nodes for pld)
-            if "max_nodes" not in str(e):
-                raise
-            options.pop("max_nodes")
-            drafter = build_drafter(
-                method,
-                vocab_size=self.runner.vocab_size,
-                max_reqs=args.batch_size,
-                max_len=max_len,
-                device=self.runner.device,
-                index=index,
-                **options,
-            )
+        drafter = build_drafter(
+            method,
+            vocab_size=self.runner.vocab_size,
+            max_reqs=args.batch_size,
+            max_len=max_len,
+            device=self.runner.device,
+            index=index,
+            **options,
+        )
         self.drafter = drafter
         self.decoder = Decoder(self.runner, drafter, max_reqs=args.batch_size, max_len=max_len)
         self.config = GenerationConfig(

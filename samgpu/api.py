@@ -344,22 +344,21 @@ class SamDecoder:
         On a CPU model the budget is the one for a batch of CPU_BUDGET_BATCH or more: a CPU has no
         idle parallel units, so verifying N nodes costs about N tokens' forward, and the GPU-sized
         81-node tree at batch 1 would make each step ~80x a plain decoding step."""
-        from samgpu.drafters import build_drafter, default_budget
+        from samgpu.drafters import budget_options, build_drafter
 
-        kw = dict(vocab_size=vocab_size, max_reqs=num_reqs, max_len=max_len, device=device)
-        if "max_nodes" not in self.options and self.method not in ("ar", "test"):
-            try:
-                budget_batch = num_reqs
-                if self.device.type == "cpu":
-                    budget_batch = max(num_reqs, CPU_BUDGET_BATCH)
-                budget = default_budget(self.method, budget_batch)
-                return build_drafter(
-                    self.method, index=index, **kw, **self.options, max_nodes=budget
-                )
-            except ValueError as e:
-                if "max_nodes" not in str(e):
-                    raise
-        return build_drafter(self.method, index=index, **kw, **self.options)
+        budget_batch = num_reqs
+        if self.device.type == "cpu":
+            budget_batch = max(num_reqs, CPU_BUDGET_BATCH)
+        options = {**budget_options(self.method, budget_batch), **self.options}
+        return build_drafter(
+            self.method,
+            index=index,
+            vocab_size=vocab_size,
+            max_reqs=num_reqs,
+            max_len=max_len,
+            device=device,
+            **options,
+        )
 
     @property
     def device(self) -> torch.device:

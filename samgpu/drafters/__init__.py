@@ -29,6 +29,8 @@ from samgpu.drafters._common import check_options
 
 METHODS: tuple[str, ...] = ("ar", "test", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged")
 TREE_METHODS: tuple[str, ...] = ("tr", "sam+tr", "sam-tree", "merged")
+# Methods whose options take a tree width `max_nodes` (pld sizes its chain with `num_draft`).
+BUDGETED_METHODS: tuple[str, ...] = ("sam", *TREE_METHODS)
 
 # (max batch size, nodes per sequence) rows, first row whose bound covers B wins. From the measured
 # verify cost t(B, N) (profiling/results/logs/runtime.log, H200, SmolLM2-135M bf16): at B=1 a step
@@ -56,6 +58,15 @@ def default_budget(method: str, batch_size: int) -> int:
         return 11
     table = _BUDGETS["tree" if method in TREE_METHODS else "chain"]
     return next(n for bound, n in table if batch_size <= bound)
+
+
+def budget_options(method: str, batch_size: int) -> dict[str, int]:
+    """Options giving `method` its default tree budget for a batch of `batch_size`:
+    {"max_nodes": default_budget(...)} for methods with a tree width, {} for ar, test and pld."""
+    if method not in BUDGETED_METHODS:
+        default_budget(method, batch_size)  # validates method and batch size
+        return {}
+    return {"max_nodes": default_budget(method, batch_size)}
 
 
 def build_drafter(
@@ -133,4 +144,11 @@ def build_drafter(
     )
 
 
-__all__ = ["METHODS", "TREE_METHODS", "build_drafter", "default_budget"]
+__all__ = [
+    "BUDGETED_METHODS",
+    "METHODS",
+    "TREE_METHODS",
+    "budget_options",
+    "build_drafter",
+    "default_budget",
+]

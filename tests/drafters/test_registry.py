@@ -48,3 +48,20 @@ def test_sam_methods_budget_option_sets_tree_width():
         assert 0 <= d.max_depth < 16
     assert build_drafter("sam+tr", **COMMON, max_nodes=16).config.n_predicts == 16
     assert build_drafter("sam", **COMMON).max_nodes == 60
+
+
+def test_budget_options_only_for_methods_with_a_tree_width():
+    """pld sizes its chain with num_draft and ar has no draft: no max_nodes for them; the tree
+    methods and sam get default_budget's width, which build_drafter accepts."""
+    from samgpu.drafters import budget_options
+
+    assert budget_options("ar", 1) == {} and budget_options("pld", 8) == {}
+    for method in ("tr", "sam", "sam+tr", "sam-tree", "merged"):
+        opts = budget_options(method, 16)
+        assert opts == {"max_nodes": default_budget(method, 16)}
+        drafter = build_drafter(
+            method, vocab_size=64, max_reqs=1, max_len=128, device="cpu", **opts
+        )
+        assert drafter.max_nodes == opts["max_nodes"]
+    with pytest.raises(ValueError):
+        budget_options("nope", 1)
