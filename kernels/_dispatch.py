@@ -1,9 +1,10 @@
 """Backend choice for every kernel family, in one place.
 
 `use_triton(t)` is True for CUDA tensors when triton is importable; CPU tensors take the PyTorch
-references (fast enough for CPU inference of small models, and the spec the kernels are tested against).
-`SAMGPU_BACKEND=ref` forces the references everywhere (debugging); `SAMGPU_BACKEND=triton` forces the
-Triton kernels, which on CPU needs the interpreter (`TRITON_INTERPRET=1`, how CI runs them).
+references (fast enough for CPU inference of small models, and the spec the kernels are tested
+against). `SAMGPU_BACKEND=ref` forces the references everywhere (debugging);
+`SAMGPU_BACKEND=triton` forces the Triton kernels, which on CPU needs the interpreter
+(`TRITON_INTERPRET=1`, how CI runs them).
 Tests call `<op>_triton` and `<op>_ref` explicitly and do not depend on this choice.
 """
 

@@ -29,26 +29,26 @@ from samgpu.decoding.runner_llama import LlamaRunner
 from samgpu.kernels.tree_attention import tree_attention_ref, tree_attention_triton
 
 try:
-    from profiling.common import bench_cpu, bench_gpu, hardware_line, print_table, write_jsonl
+    from profiling.common import (
+        bench_cpu,
+        bench_gpu,
+        hardware_line,
+        llama2_7b_config,
+        print_table,
+        write_jsonl,
+    )
 except ImportError:  # run as `python profiling/bench_runner.py`
-    from common import bench_cpu, bench_gpu, hardware_line, print_table, write_jsonl
+    from common import (
+        bench_cpu,
+        bench_gpu,
+        hardware_line,
+        llama2_7b_config,
+        print_table,
+        write_jsonl,
+    )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HEADS = {"smollm2": (9, 3, 64), "llama7b": (32, 32, 128), "tiny": (4, 2, 16)}
-
-
-def llama7b_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-    )
 
 
 def tiny_config():
@@ -71,7 +71,7 @@ def load_model(name: str, device: str, dtype: torch.dtype):
         return load_default(device=device, dtype=dtype)[0]
     from transformers import AutoModelForCausalLM
 
-    config = llama7b_config() if name == "llama7b" else tiny_config()
+    config = llama2_7b_config() if name == "llama7b" else tiny_config()
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()

@@ -34,9 +34,21 @@ from pathlib import Path
 import torch
 
 try:
-    from profiling.common import bench_gpu, hardware_line, print_table, write_jsonl
+    from profiling.common import (
+        bench_gpu,
+        hardware_line,
+        llama2_7b_config,
+        print_table,
+        write_jsonl,
+    )
 except ImportError:  # run as `python profiling/bench_runtime.py`
-    from common import bench_gpu, hardware_line, print_table, write_jsonl
+    from common import (
+        bench_gpu,
+        hardware_line,
+        llama2_7b_config,
+        print_table,
+        write_jsonl,
+    )
 
 PROMPT = (
     "You are a helpful assistant. Explain in a few paragraphs how a suffix automaton can be used "
@@ -65,18 +77,10 @@ def load_model(path: str | None, device: torch.device, dtype: torch.dtype):
 
 
 def llama7b_shaped(device: torch.device, dtype: torch.dtype):
-    """Random-weight Llama-2-7B shapes: 4096 hidden, 32 layers, 32 heads, 11008 MLP, 32000 vocab."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Random-weight Llama-2-7B-shaped model (profiling.common.llama2_7b_config)."""
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-    )
+    cfg = llama2_7b_config()
     with torch.device(device):
         model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
     return model.eval()

@@ -185,3 +185,20 @@ def hardware_line(e: dict | None = None) -> str:
         f"{device}; driver {e['driver'] or '—'}; torch {e['torch']}, triton {e['triton']}, "
         f"transformers {e['transformers']}; samgpu {sha}; {e['timestamp']}"
     )
+
+
+# ----------------------------------------------------------------------------- model shapes
+def llama2_7b_config():
+    """Llama-2-7B shapes for random-weight cost benchmarks (no download): 4096 hidden, 32 layers,
+    32 heads (no GQA), 11008 MLP, 32000 vocab."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+    )

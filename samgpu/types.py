@@ -1,8 +1,8 @@
-"""Vocabulary of the decode loop, defined once (after vLLM's rejection sampler) and the tensor bundles
-that cross module boundaries.
+"""Vocabulary of the decode loop, defined once (after vLLM's rejection sampler), and the tensor
+bundles that cross module boundaries.
 
-- committed text: prompt + every token emitted so far. Its last token is the *root* of the next tree;
-  the root is not yet in the KV cache (the cache holds committed text minus the root).
+- committed text: prompt + every token emitted so far. Its last token is the *root* of the next
+  tree; the root is not yet in the KV cache (the cache holds committed text minus the root).
 - draft: tokens proposed by a drafter, as a tree of `num_nodes` nodes per sequence; node 0 is the
   root, parents in topological order (parent index < child index). A chain is a tree.
 - accepted: draft nodes on the deepest root-to-node path that verification keeps.
@@ -74,16 +74,18 @@ class StepOutput:
 
     tree: DraftTree  # the tree just verified
     logits: torch.Tensor  # [B, N, V] float; logits[b, i] = target distribution after node i
-    accepted_nodes: torch.Tensor  # [B, K] int32; root + accepted path node indices, NO_PARENT-padded
+    accepted_nodes: torch.Tensor  # [B, K] int32; root + accepted path nodes, NO_PARENT-padded
     num_accepted: torch.Tensor  # [B] int32; accepted draft nodes (root excluded)
     bonus: torch.Tensor  # [B] int32; the bonus token (next root)
-    new_tokens: torch.Tensor  # [B, K] int32; emitted tokens (accepted drafts, then bonus), PAD_TOKEN-padded
-    num_new: torch.Tensor  # [B] int32; emitted tokens kept (0 for finished; cut at EOS/max_new_tokens)
+    # [B, K] int32; emitted tokens (accepted drafts, then bonus), PAD_TOKEN-padded
+    new_tokens: torch.Tensor
+    # [B] int32; emitted tokens kept (0 for finished; cut at EOS / max_new_tokens)
+    num_new: torch.Tensor
 
 
 @dataclass
 class DecodeState:
-    """Per-batch decode state, preallocated at capacity and updated in place (CUDA-graph friendly)."""
+    """Per-batch decode state, preallocated at capacity, updated in place (CUDA-graph friendly)."""
 
     root: torch.Tensor  # [B] int32; last committed token (not in the KV cache)
     cache_len: torch.Tensor  # [B] int32; committed tokens in the KV cache (= text length - 1)

@@ -1,5 +1,6 @@
-"""Shared fixtures. On machines without CUDA the Triton kernels run under the interpreter, which must be
-switched on before any @triton.jit decorator runs, hence before samgpu.kernels is imported."""
+"""Shared fixtures. On machines without CUDA the Triton kernels run under the interpreter, which
+must be switched on before any @triton.jit decorator runs, hence before samgpu.kernels is
+imported."""
 
 import os
 

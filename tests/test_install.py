@@ -14,7 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("runner", ["pytest", "python -m pytest"])
 def test_both_pytest_entry_points_collect(runner):
-    cmd = [shutil.which("pytest") or "pytest"] if runner == "pytest" else [sys.executable, "-m", "pytest"]
+    cmd = [sys.executable, "-m", "pytest"]
+    if runner == "pytest":
+        cmd = [shutil.which("pytest") or "pytest"]
     proc = subprocess.run(
         [*cmd, "-q", "-p", "no:cacheprovider", "tests/test_layering.py"],
         cwd=ROOT,

@@ -34,8 +34,8 @@ def test_kernels_import_only_torch_and_triton():
 
 
 def test_index_knows_nothing_of_models():
-    allowed = lambda m: m.split(".")[0] in {"numpy", "numba", "torch", "tqdm"} or m.startswith(
-        "samgpu.sam"
+    allowed = lambda m: (
+        m.split(".")[0] in {"numpy", "numba", "torch", "tqdm"} or m.startswith("samgpu.sam")
     )
     assert offending("samgpu/sam", allowed) == []
 
@@ -52,9 +52,9 @@ def test_only_runtime_touches_transformers():
 
 
 def test_kernels_folder_does_not_pose_as_hf_kernels_package():
-    """Run from the repository root (as `python -m pytest` does, putting it on sys.path): transformers'
-    probe for Hugging Face's `kernels` package must not take our folder for it, and the Triton code
-    resolves as `samgpu.kernels` from kernels/."""
+    """Run from the repository root (as `python -m pytest` does, putting it on sys.path):
+    transformers' probe for Hugging Face's `kernels` package must not take our folder for it, and
+    the Triton code resolves as `samgpu.kernels` from kernels/."""
     import subprocess
 
     code = (
