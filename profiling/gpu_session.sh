@@ -55,7 +55,15 @@ case "${1:-}" in
       --methods ar,pld,tr,sam,sam+tr,sam-tree,merged --tag fp32
     run e2e_hagrid 100 python -m profiling.bench_e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged
     ;;
-  *) echo "phases: corpus specbench batch batch2 full ablation"; exit 2 ;;
+  multigpu)  # on nvidia-h100-x2: `samgpu generate` on 1 GPU vs torchrun on 2, all 480 first turns
+    run multigpu_bf16 500 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
+      --batch-size 64 --tag multigpu
+    ;;
+  multigpu_fp32)  # the same on fewer prompts in float32: the 2-GPU files must equal the 1-GPU ones
+    run multigpu_fp32 400 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
+      --dtype float32 --limit 96 --batch-size 16 --max-new-tokens 128 --tag multigpu-fp32
+    ;;
+  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu_fp32"; exit 2 ;;
 esac
 cp profiling/results/*.jsonl "$OUT"/ 2>/dev/null
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back

@@ -92,6 +92,11 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the step eagerly")
     p.add_argument("--profile", metavar="DIR", help="write a torch profiler trace to DIR")
+    p.add_argument(
+        "--stats-json",
+        metavar="PATH",
+        help="with --input: write the run's totals (tokens, seconds, tokens/s, GPUs) as JSON",
+    )
     return p
 
 

@@ -56,6 +56,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--input needs --output FILE (results are written there, in input order)")
     if args.prompt is not None and args.output:
         raise UserError("--output goes with --input; --prompt prints the completion to stdout")
+    if args.prompt is not None and args.stats_json:
+        raise UserError("--stats-json goes with --input (it totals a file run)")
     checks = [
         (args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1"),
         (args.max_new_tokens >= 1, f"--max-new-tokens {args.max_new_tokens} must be >= 1"),
@@ -87,6 +89,7 @@ class _Session:
         from samgpu import api
 
         self.args = args
+        self.device = device
         dtype = api.resolve_dtype(args.dtype, device)
         api.quiet_transformers()
         t0 = time.perf_counter()
@@ -521,6 +524,10 @@ def _generate_file(args: argparse.Namespace) -> int:
     if info.is_main:
         n_tok = progress.tokens
         secs = time.perf_counter() - progress.t0
+        if args.stats_json:
+            _write_stats(
+                args, info, session, len(records), len(pending), n_tok, progress.steps, secs
+            )
         print(
             f"samgpu: wrote {args.output} ({len(records)} records; {n_tok} new tokens in"
             f" {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s"
@@ -534,6 +541,29 @@ def _generate_file(args: argparse.Namespace) -> int:
         )
     dist.shutdown()
     return 0
+
+
+def _write_stats(args, info, session, num_records, num_new, tokens, steps, seconds) -> None:
+    """--stats-json: the totals; generation time counts from after warm-up to the last write."""
+    import torch
+
+    stats = {
+        "records": num_records,
+        "new_records": num_new,
+        "new_tokens": int(tokens),
+        "generate_seconds": round(seconds, 4),
+        "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
+        "mean_accepted_tokens": round(tokens / steps, 4) if steps else None,
+        "load_seconds": round(session.load_seconds, 3),
+        "world_size": info.world_size,
+        "batch_size": args.batch_size,
+        "method": args.method,
+        "max_new_tokens": args.max_new_tokens,
+        "device": torch.cuda.get_device_name() if session.device.type == "cuda" else "cpu",
+    }
+    path = Path(args.stats_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stats, indent=1) + "\n")
 
 
 def _prepare(session: _Session, records, args):

@@ -97,6 +97,8 @@ def test_bad_values(capsys, flags, pattern):
 def test_output_without_input_and_input_without_output(capsys, tmp_path, prompts_file):
     code, _, err = run(capsys, *gen("--prompt", "hi", "--output", tmp_path / "o.jsonl"))
     assert code == 2 and "--output goes with --input" in one_error_line(err)
+    code, _, err = run(capsys, *gen("--prompt", "hi", "--stats-json", tmp_path / "s.json"))
+    assert code == 2 and "--stats-json goes with --input" in one_error_line(err)
     code, _, err = run(capsys, *gen("--input", prompts_file([{"prompt": "a"}])))
     assert code == 2 and "--input needs --output" in one_error_line(err)
 

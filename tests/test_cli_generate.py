@@ -132,7 +132,9 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
     writes the same file as one process."""
     src = prompts_file(PROMPTS)
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    assert cli.main(tiny_args(tiny_model_dir, "--input", src, "--output", one, "--raw")) == 0
+    stats_one, stats_two = tmp_path / "one.json", tmp_path / "two.json"
+    argv = tiny_args(tiny_model_dir, "--input", src, "--output", one, "--raw")
+    assert cli.main([*argv, "--stats-json", str(stats_one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [
@@ -145,7 +147,16 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
             "-m",
             "samgpu",
             *tiny_args(
-                tiny_model_dir, "--input", src, "--output", two, "--raw", "--batch-size", "2"
+                tiny_model_dir,
+                "--input",
+                src,
+                "--output",
+                two,
+                "--raw",
+                "--batch-size",
+                "2",
+                "--stats-json",
+                stats_two,
             ),
         ],
         cwd=ROOT,
@@ -157,6 +168,12 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert without_timing(read_jsonl(two)) == without_timing(read_jsonl(one))
     assert [r["id"] for r in read_jsonl(two)] == list("abcde")
+    # --stats-json totals: the tokens actually written, and how many processes made them
+    for path, world in ((stats_one, 1), (stats_two, 2)):
+        stats = json.loads(path.read_text())
+        assert stats["world_size"] == world and stats["records"] == 5
+        assert stats["new_tokens"] == sum(r["num_tokens"] for r in read_jsonl(one)) > 0
+        assert stats["tokens_per_second"] > 0
 
 
 def test_seeded_sampling_is_reproducible(tmp_path, tiny_model_dir, prompts_file):
