@@ -79,10 +79,16 @@ def run_one(gpus: int, method: str, prompts: Path, work: Path, args) -> dict:
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"{method} on {gpus} GPU(s) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        sys.exit(
+            f"{method} on {gpus} GPU(s) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
     stats = json.loads(stats_path.read_text())
     records = [json.loads(line) for line in out.read_text().splitlines()]
     return {"stats": stats, "wall_seconds": wall, "records": records}
+
+
+def count_same(records: list[dict], reference: list[dict]) -> int:
+    return sum(a["completion"] == b["completion"] for a, b in zip(records, reference, strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ids = [json.loads(line)["id"] for line in prompts.read_text().splitlines()]
 
     rows, results = [], []
+    ar_records: list[dict] | None = None  # the first run of method "ar", when asked for
     for method in args.methods.split(","):
         base: dict | None = None
         for gpus in sorted(args.gpus):
@@ -116,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
             in_order = [r["id"] for r in recs] == ids
             if base is None:
                 base = run
-            same = sum(
-                a["completion"] == b["completion"]
-                for a, b in zip(recs, base["records"], strict=True)
-            )
+            if ar_records is None and method == "ar":
+                ar_records = recs
+            same = count_same(recs, base["records"])
+            same_ar = count_same(recs, ar_records) if ar_records is not None else None
             row = {
                 "method": method,
                 "GPUs": gpus,
@@ -133,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 "MAT": st["mean_accepted_tokens"],
                 "wall s": run["wall_seconds"],
                 f"same text as {min(args.gpus)} GPU": f"{same}/{len(recs)}",
+                "same text as ar": None if same_ar is None else f"{same_ar}/{len(recs)}",
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                     "wall_seconds": run["wall_seconds"],
                     "records_in_input_order": in_order,
                     "same_text_as_1gpu": same,
+                    "same_text_as_ar": same_ar,
                     "num_records": len(recs),
                 }
             )
