@@ -91,12 +91,12 @@ def env() -> dict:
         "transformers": _version("transformers"),
         "numba": _version("numba"),
         "numpy": _version("numpy"),
-        # A copy without .git (the lent GPU machine gets the work tree only) names its commit in
-        # SAMGPU_GIT_SHA / SAMGPU_GIT_DIRTY, set by whoever ships the tree.
-        "samgpu_sha": _git("rev-parse", "--short=12", "HEAD") or os.environ.get("SAMGPU_GIT_SHA"),
-        "dirty": bool(dirty)
-        if dirty is not None
-        else (os.environ["SAMGPU_GIT_DIRTY"] == "1" if "SAMGPU_GIT_DIRTY" in os.environ else None),
+        # A shipped copy (the lent GPU machine gets the work tree, with a stale or no .git) names
+        # its commit in SAMGPU_GIT_SHA / SAMGPU_GIT_DIRTY, set by whoever ships it; they win.
+        "samgpu_sha": os.environ.get("SAMGPU_GIT_SHA") or _git("rev-parse", "--short=12", "HEAD"),
+        "dirty": os.environ["SAMGPU_GIT_DIRTY"] == "1"
+        if "SAMGPU_GIT_DIRTY" in os.environ
+        else (bool(dirty) if dirty is not None else None),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -56,14 +56,16 @@ case "${1:-}" in
     run e2e_hagrid 100 python -m profiling.bench_e2e --dataset hagrid --limit 60 --methods ar,sam+tr,merged
     ;;
   multigpu)  # on nvidia-h100-x2: `samgpu generate` on 1 GPU vs torchrun on 2, all 480 first turns
-    run multigpu_bf16 500 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
+    run multigpu_b64 560 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
       --batch-size 64 --tag multigpu
     ;;
-  multigpu_fp32)  # the same on fewer prompts in float32: the 2-GPU files must equal the 1-GPU ones
-    run multigpu_fp32 400 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
-      --dtype float32 --limit 96 --batch-size 16 --max-new-tokens 128 --tag multigpu-fp32
+  multigpu2)  # B=16 per GPU; then float32 on fewer prompts: the files must equal ar's and 1 GPU's
+    run multigpu_b16 360 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
+      --batch-size 16 --tag multigpu
+    run multigpu_fp32 200 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
+      --dtype float32 --limit 96 --batch-size 16 --max-new-tokens 128 --passes 1 --tag multigpu-fp32
     ;;
-  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu_fp32"; exit 2 ;;
+  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2"; exit 2 ;;
 esac
 cp profiling/results/*.jsonl "$OUT"/ 2>/dev/null
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
