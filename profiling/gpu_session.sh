@@ -7,6 +7,7 @@ set -uo pipefail
 source profiling/gpu_stage.sh >/dev/null 2>&1 || { echo "staging failed"; exit 1; }
 set +e  # gpu_stage.sh sets -e; a timed-out step must not end the phase
 OUT=${OUT:-profiling/results/tmp}; mkdir -p "$OUT"
+STAMP=$(mktemp); touch "$STAMP"  # results files this phase writes are the ones newer than this
 SELF=samgpu/data/corpus/smollm2_self_responses.jsonl.gz
 IDX_SELF=/root/idx-self.samidx
 run() {  # run NAME SECONDS CMD...: log to $OUT/NAME.log, print the tail
@@ -67,6 +68,6 @@ case "${1:-}" in
     ;;
   *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2"; exit 2 ;;
 esac
-cp profiling/results/*.jsonl "$OUT"/ 2>/dev/null
+find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
 ls "$OUT"
