@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"x vs {min(args.gpus)} GPU": st["tokens_per_second"]
                 / base["stats"]["tokens_per_second"],
                 "MAT": st["mean_accepted_tokens"],
+                # share of the generation time the ranks spent generating (not waiting/writing)
+                "busy %": 100 * sum(busy) / len(busy) / st["generate_seconds"]
+                if (busy := st.get("rank_generate_seconds"))
+                else None,
                 "wall s": run["wall_seconds"],
                 "pass-1 tok/s": first["stats"]["tokens_per_second"] if args.passes > 1 else None,
                 f"same text as {min(args.gpus)} GPU": f"{same}/{len(recs)}",

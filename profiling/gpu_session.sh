@@ -66,7 +66,13 @@ case "${1:-}" in
     run multigpu_fp32 200 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
       --dtype float32 --limit 96 --batch-size 16 --max-new-tokens 128 --passes 1 --tag multigpu-fp32
     ;;
-  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2"; exit 2 ;;
+  multigpu3)  # after per-rank busy times and lazy progress tokens: where the 2-GPU time goes
+    run multigpu_b64 300 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr \
+      --batch-size 64 --tag multigpu-busy
+    run multigpu_b16 200 python -m profiling.bench_multigpu --gpus 1 2 --methods ar \
+      --batch-size 16 --tag multigpu-busy
+    ;;
+  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back

@@ -491,30 +491,34 @@ def _generate_file(args: argparse.Namespace) -> int:
 
     progress = _Progress(len(pending), enabled=info.is_main and not args.no_progress)
     rounds = dist.num_rounds(len(pending), args.batch_size, info)
+    rank_busy = [0.0] * info.world_size  # seconds each rank spent generating (rank 0 sums them)
     try:
         with _profiler(args, rank_suffix):
             for t in range(rounds):
                 results = list(skipped) if t == 0 else []
                 batch = work[t * args.batch_size : (t + 1) * args.batch_size]
-                tokens = steps = 0.0
+                tokens = steps = busy = 0.0
                 if batch:
+                    t_batch = time.perf_counter()
                     try:
                         out = session.generate(
                             [ids for _, ids in batch], on_progress=progress.on_step
                         )
                     except torch.OutOfMemoryError as e:
                         raise _oom_during_run(e, args) from None
+                    busy = time.perf_counter() - t_batch
                     for (rec, _), toks, st in zip(
                         batch, out.tokens, session.decoder.last_stats, strict=True
                     ):
                         results.append((rec.index, _output_record(session, rec, list(toks), st)))
                         tokens += len(toks)
                         steps += float(st.get("steps") or 0)
-                gathered = dist.gather((results, tokens, steps), info)
+                gathered = dist.gather((results, tokens, steps, busy), info)
                 if writer is not None:
-                    for part, part_tokens, part_steps in gathered:
+                    for r, (part, part_tokens, part_steps, part_busy) in enumerate(gathered):
                         writer.add_many(part)
                         progress.batch_done(len(part), int(part_tokens), part_steps)
+                        rank_busy[r] += part_busy
         if writer is not None:
             writer.finalize(len(records))
     finally:
@@ -525,9 +529,8 @@ def _generate_file(args: argparse.Namespace) -> int:
         n_tok = progress.tokens
         secs = time.perf_counter() - progress.t0
         if args.stats_json:
-            _write_stats(
-                args, info, session, len(records), len(pending), n_tok, progress.steps, secs
-            )
+            totals = (len(records), len(pending), n_tok, progress.steps, secs, rank_busy, rounds)
+            _write_stats(args, info, session, *totals)
         print(
             f"samgpu: wrote {args.output} ({len(records)} records; {n_tok} new tokens in"
             f" {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s"
@@ -543,8 +546,12 @@ def _generate_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_stats(args, info, session, num_records, num_new, tokens, steps, seconds) -> None:
-    """--stats-json: the totals; generation time counts from after warm-up to the last write."""
+def _write_stats(
+    args, info, session, num_records, num_new, tokens, steps, seconds, rank_busy, rounds
+) -> None:
+    """--stats-json: the totals; generation time counts from after warm-up to the last write.
+    rank_generate_seconds: time each rank spent inside generate; the rest of a rank's share of
+    generate_seconds is waiting for the other ranks (each round ends with a gather) and writing."""
     import torch
 
     stats = {
@@ -556,6 +563,8 @@ def _write_stats(args, info, session, num_records, num_new, tokens, steps, secon
         "mean_accepted_tokens": round(tokens / steps, 4) if steps else None,
         "load_seconds": round(session.load_seconds, 3),
         "world_size": info.world_size,
+        "rounds": rounds,
+        "rank_generate_seconds": [round(b, 4) for b in rank_busy],
         "batch_size": args.batch_size,
         "method": args.method,
         "max_new_tokens": args.max_new_tokens,

@@ -174,6 +174,8 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
         assert stats["world_size"] == world and stats["records"] == 5
         assert stats["new_tokens"] == sum(r["num_tokens"] for r in read_jsonl(one)) > 0
         assert stats["tokens_per_second"] > 0
+        busy = stats["rank_generate_seconds"]
+        assert len(busy) == world and 0 < max(busy) <= stats["generate_seconds"]
 
 
 def test_seeded_sampling_is_reproducible(tmp_path, tiny_model_dir, prompts_file):

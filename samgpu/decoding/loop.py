@@ -39,6 +39,7 @@ Example: Decoder(runner, build_drafter("ar", ...), max_reqs=8, max_len=2048).gen
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -121,7 +122,10 @@ class RequestStats:
 
 @dataclass
 class ProgressInfo:
-    """Passed to `on_progress` every `check_every` steps (when the host reads the flags anyway)."""
+    """Passed to `on_progress` every `check_every` steps (when the host reads the flags anyway).
+
+    `tokens` (generated so far, per sequence of this batch) is read from the GPU only when a
+    callback asks for it, and only during the callback: the next steps run after it returns."""
 
     batch_index: int
     num_batches: int
@@ -131,7 +135,11 @@ class ProgressInfo:
     num_generated: list[int]  # per sequence of this batch
     num_finished: int
     elapsed_s: float  # since generate() started
-    tokens: list[list[int]] | None = None  # generated so far, per sequence of this batch
+    read_tokens: Callable[[], list[list[int]]] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def tokens(self) -> list[list[int]] | None:
+        return self.read_tokens() if self.read_tokens is not None else None
 
 
 @dataclass
@@ -589,7 +597,7 @@ class Decoder:
                         num_generated=num_generated,
                         num_finished=sum(finished),
                         elapsed_s=time.perf_counter() - t0,
-                        tokens=self._host_tokens(bt, num_generated),
+                        read_tokens=functools.partial(self._host_tokens, bt, num_generated),
                     )
                 )
             if all(finished) or steps >= max_steps:
