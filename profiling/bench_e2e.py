@@ -223,18 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("warning: no CUDA device; timings are CPU timings and not comparable to the paper's")
 
-    from samgpu import api
+    from samgpu import api, resolve
 
     device = api.resolve_device("auto")
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     model, tokenizer = api.load_model(args.model, device, dtype)
     load_s = time.perf_counter() - t0
-    args.eos_ids = api._eos_ids(model, tokenizer)
+    args.eos_ids = api.eos_ids(model, tokenizer)
     index = None
     if args.index != "none":
-        index = api.load_index(
-            api.default_index(tokenizer, progress=True) if args.index == "default" else args.index,
+        index = resolve.load_index(
+            resolve.default_index(tokenizer, progress=True)
+            if args.index == "default"
+            else args.index,
             tokenizer,
         )
     items = datasets.load(args.dataset, args.limit)

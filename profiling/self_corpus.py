@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     device = api.resolve_device("auto")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = api.load_model("default", device, dtype)
-    eos = api._eos_ids(model, tokenizer)
+    eos = api.eos_ids(model, tokenizer)
     prompts = corpus_prompts()
     random.Random(0).shuffle(prompts)
     prompts = prompts[: args.limit]

@@ -86,12 +86,12 @@ class _Session:
     def __init__(self, args: argparse.Namespace, device, *, num_reqs: int, max_len: int):
         import torch
 
-        from samgpu import api
+        from samgpu import api, resolve
 
         self.args = args
         self.device = device
         dtype = api.resolve_dtype(args.dtype, device)
-        api.quiet_transformers()
+        resolve.quiet_transformers()
         t0 = time.perf_counter()
         try:
             self.model, self.tokenizer = api.load_model(args.model, device, dtype)

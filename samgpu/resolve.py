@@ -1,0 +1,196 @@
+"""Resolving what a run needs: device, dtype, model, static index; set-up errors and
+out-of-memory messages. Shared by the Python API (samgpu.api re-exports these names) and the CLI;
+every failure a user can cause is a UserError (samgpu.io) with a message naming the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samgpu.io import InputError, UserError
+
+
+class SetupError(UserError, RuntimeError):
+    """The environment cannot run the request (CUDA missing, out of memory at set-up, ...)."""
+
+    exit_code = 1
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """ "auto" -> cuda when available, else cpu. Asking for CUDA without it is a SetupError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SetupError(
+            f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N", exit_code=2
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable GPU"
+            raise SetupError(
+                f"CUDA was requested (device {str(device)!r}) but is not available ({build},"
+                f" torch {torch.__version__}); use --device cpu, or install a CUDA build of torch"
+                " on a machine with an NVIDIA driver"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SetupError(
+                f"device {str(device)!r} does not exist: this machine has"
+                f" {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise SetupError(f"device type {dev.type!r} is not supported: use cuda or cpu", exit_code=2)
+    return dev
+
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """ "auto" -> bfloat16 on CUDA (float16 if the card lacks bf16), float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
+    return _DTYPES[dtype]
+
+
+def out_of_memory_message(exc: BaseException, *, batch_size: int, max_len: int, what: str) -> str:
+    smaller = max(1, batch_size // 2)
+    hint = (
+        f"try batch size {smaller} (--batch-size {smaller})"
+        if batch_size > 1
+        else "try a shorter --max-new-tokens, a smaller model, or --dtype bfloat16"
+    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+    return (
+        f"out of GPU memory while {what} for batch size {batch_size} and {max_len} tokens per"
+        f" sequence ({first[:160]}); {hint}"
+    )
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+# ----------------------------------------------------------------------------- models and indexes
+
+
+def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype):
+    """ "default" -> the embedded SmolLM2-135M-Instruct; else a transformers checkpoint (local
+    folder or hub id). Returns (model, tokenizer); failures are SetupErrors naming the fix."""
+    if name_or_path == "default":
+        from samgpu import models
+
+        try:
+            return models.load_default(device=device, dtype=dtype)
+        except FileNotFoundError as e:
+            raise SetupError(str(e)) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~"))
+    if looks_local and not path.is_dir():
+        raise SetupError(
+            f"model {name_or_path!r} not found: pass a local transformers checkpoint folder"
+            " (with config.json) or 'default'",
+            exit_code=2,
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SetupError(
+            f"could not load model {name_or_path!r}: {first[:300]}", exit_code=2
+        ) from None
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def quiet_transformers() -> None:
+    """For the CLI: no transformers weight-loading bars and info logs (they would interleave with
+    samgpu's progress bar and streamed text)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# Methods that draft from a static index (the others ignore one).
+INDEX_METHODS = ("sam", "sam+tr", "sam-tree", "merged")
+
+
+def default_index(tokenizer, *, progress: bool = False) -> Path:
+    """The embedded corpus's static index for `tokenizer`, built (a few seconds for SmolLM2) and
+    cached under $SAMGPU_CACHE on first use."""
+    from samgpu.sam.default import build_default_index
+
+    return build_default_index(tokenizer, progress=progress)
+
+
+def resolve_index(index: Any, tokenizer, method: str, *, progress: bool = False):
+    """ "default" | "none" | None | path | SamIndex -> SamIndex or None for `method`. "default" is
+    the embedded corpus index (built on first use) for methods that draft from a static index."""
+    if index is None or (isinstance(index, str) and index.lower() == "none"):
+        return None
+    if isinstance(index, str) and index == "default":
+        if method not in INDEX_METHODS or tokenizer is None:
+            return None
+        return load_index(default_index(tokenizer, progress=progress), tokenizer)
+    return load_index(index, tokenizer)
+
+
+def load_index(index: Any, tokenizer=None):
+    """None | path | SamIndex -> SamIndex or None, checked against `tokenizer` when given."""
+    if index is None:
+        return None
+    from samgpu.sam import SamIndex
+
+    hint = ""
+    if not isinstance(index, SamIndex):
+        path = Path(index).expanduser()
+        hint = str(path)
+        if not path.is_file():
+            raise InputError(
+                f"index file {str(index)!r} not found; build one with `samgpu index build`"
+                " (see `samgpu index build --help`)"
+            )
+        try:
+            index = SamIndex.load(path)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(
+                f"index {str(path)!r} is corrupt or not a samgpu index ({e}); rebuild it with"
+                " `samgpu index build`"
+            ) from None
+    if tokenizer is not None:
+        from samgpu.sam.corpus import tokenizer_fingerprint
+
+        try:
+            index.check_tokenizer(tokenizer_fingerprint(tokenizer), hint)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    return index
