@@ -39,11 +39,29 @@ M_LONGEST = tl.constexpr(MODE_LONGEST)
 M_STATIC = tl.constexpr(MODE_STATIC)
 NO_MATCH_DYN = tl.constexpr(-1)  # dyn_len standing for "no dynamic automaton"
 
+# Static edge labels may be uint16 (vocabularies of <= 65,536 ids; 2 bytes less per edge): the
+# kernels widen each load to int32. Every other automaton array is int32.
+EDGE_TOKEN_DTYPES = (torch.int32, torch.uint16)
+
+
+def check_static_arrays(automaton, names, device: torch.device) -> None:
+    """Each named array of a static automaton is 1-D on `device`, int32 (edge_token: int32 or
+    uint16); a ValueError naming the array otherwise."""
+    for name in names:
+        t = getattr(automaton, name)
+        dtypes = EDGE_TOKEN_DTYPES if name == "edge_token" else (torch.int32,)
+        if t.dtype not in dtypes or t.ndim != 1 or t.device != device:
+            want = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+            raise ValueError(
+                f"automaton.{name} must be a 1-D {want} tensor on {device}, got "
+                f"{tuple(t.shape)} {t.dtype} on {t.device}"
+            )
+
 
 @triton.jit
 def csr_find(
     edge_offsets_ptr,  # [S+1] int32
-    edge_token_ptr,  # [E] int32, sorted within each state
+    edge_token_ptr,  # [E] int32 or uint16 (EDGE_TOKEN_DTYPES), sorted within each state
     edge_dst_ptr,  # [E] int32
     state,  # scalar int32, not the root
     token,  # scalar int32
@@ -55,12 +73,12 @@ def csr_find(
     hi = tl.load(edge_offsets_ptr + state + 1)
     while hi - lo > BLOCK_E:
         mid = (lo + hi) // 2
-        t = tl.load(edge_token_ptr + mid)
+        t = tl.load(edge_token_ptr + mid).to(tl.int32)
         lo = tl.where(t < token, mid + 1, lo)
         hi = tl.where(t < token, hi, mid + 1)
     offs = lo + tl.arange(0, BLOCK_E)
     in_slice = offs < hi
-    toks = tl.load(edge_token_ptr + offs, mask=in_slice, other=-1)
+    toks = tl.load(edge_token_ptr + offs, mask=in_slice, other=0).to(tl.int32)
     dsts = tl.load(edge_dst_ptr + offs, mask=in_slice, other=-1)
     return tl.max(tl.where(in_slice & (toks == token), dsts, -1), axis=0)
 

@@ -45,7 +45,7 @@ _ROOT = tl.constexpr(ROOT)
 def static_advance_seq(
     b,  # sequence index, int64
     edge_offsets_ptr,  # [S+1] int32
-    edge_token_ptr,  # [E] int32
+    edge_token_ptr,  # [E] int32 or uint16
     edge_dst_ptr,  # [E] int32
     length_ptr,  # [S] int32
     link_ptr,  # [S] int32
@@ -96,7 +96,7 @@ def static_advance_seq(
 @triton.jit(do_not_specialize=["vocab_size", "stride_new_b"])
 def _sam_match_advance_kernel(
     edge_offsets_ptr,  # [S+1] int32
-    edge_token_ptr,  # [E] int32
+    edge_token_ptr,  # [E] int32 or uint16
     edge_dst_ptr,  # [E] int32
     length_ptr,  # [S] int32
     link_ptr,  # [S] int32
@@ -129,13 +129,8 @@ def _sam_match_advance_kernel(
 
 
 def _check(automaton, new_tokens, num_new, state, match_len) -> None:
-    for name in ("edge_offsets", "edge_token", "edge_dst", "length", "link", "root_next"):
-        t = getattr(automaton, name)
-        if t.dtype != torch.int32 or t.ndim != 1 or t.device != new_tokens.device:
-            raise ValueError(
-                f"automaton.{name} must be a 1-D int32 tensor on {new_tokens.device}, got "
-                f"{tuple(t.shape)} {t.dtype} on {t.device}"
-            )
+    names = ("edge_offsets", "edge_token", "edge_dst", "length", "link", "root_next")
+    J.check_static_arrays(automaton, names, new_tokens.device)
     if new_tokens.ndim != 2 or new_tokens.dtype != torch.int32:
         raise ValueError(
             f"new_tokens must be [B, K] int32, got {tuple(new_tokens.shape)} {new_tokens.dtype}"
@@ -163,7 +158,8 @@ def sam_match_triton(
     """Advance (state, match_len) [B] in place over new_tokens[b, :num_new[b]].
 
     `automaton` has int32 tensors `edge_offsets, edge_token, edge_dst, length, link, root_next`
-    (e.g. `samgpu.automata.StaticAutomaton`). No host sync; capturable in a CUDA graph.
+    (edge_token may be uint16; e.g. `samgpu.automata.StaticAutomaton`). No host sync; capturable
+    in a CUDA graph.
     """
     _check(automaton, new_tokens, num_new, state, match_len)
     num_reqs = new_tokens.shape[0]
@@ -251,7 +247,7 @@ AOT_SPECS = [
         _sam_match_advance_kernel,
         {
             "edge_offsets_ptr": "*i32",
-            "edge_token_ptr": "*i32",
+            "edge_token_ptr": edge_sig,
             "edge_dst_ptr": "*i32",
             "length_ptr": "*i32",
             "link_ptr": "*i32",
@@ -266,5 +262,6 @@ AOT_SPECS = [
         },
         {"BLOCK_E": BLOCK_E},
         num_warps=1,
-    ),
+    )
+    for edge_sig in ("*i32", "*u16")
 ]

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
 from samgpu.kernels._sam_tree_jit import best_edge
@@ -51,7 +52,7 @@ _BIG = tl.constexpr(2147483647)
 @triton.jit(do_not_specialize=["min_match", "max_scan", "num_nodes_cap"])
 def _sam_tree_kernel(
     edge_offsets_ptr,  # [S+1] int32
-    edge_token_ptr,  # [E] int32
+    edge_token_ptr,  # [E] int32 or uint16
     edge_dst_ptr,  # [E] int32
     count_ptr,  # [S] int32
     state_ptr,  # [B] int32: static match state
@@ -95,7 +96,7 @@ def _sam_tree_kernel(
         parent = tl.sum(tl.where(at, f_parent, 0), axis=0)
         f_count = tl.where(at, -1, f_count)
         dst = tl.load(edge_dst_ptr + edge)
-        tok = tl.load(edge_token_ptr + edge)
+        tok = tl.load(edge_token_ptr + edge).to(tl.int32)
         here = ii == count
         out_tok = tl.where(here, tok, out_tok)
         out_par = tl.where(here, parent, out_par)
@@ -125,13 +126,9 @@ def _sam_tree_kernel(
 
 
 def _check(automaton, state, match_len, root, tokens, parents, num_nodes):
-    for name in ("edge_offsets", "edge_token", "edge_dst", "count"):
-        t = getattr(automaton, name)
-        if t.dtype != torch.int32 or t.ndim != 1 or t.device != tokens.device:
-            raise ValueError(
-                f"automaton.{name} must be a 1-D int32 tensor on {tokens.device}, got "
-                f"{tuple(t.shape)} {t.dtype} on {t.device}"
-            )
+    J.check_static_arrays(
+        automaton, ("edge_offsets", "edge_token", "edge_dst", "count"), tokens.device
+    )
     if tokens.dim() != 2 or tokens.dtype != torch.int32 or parents.shape != tokens.shape:
         raise ValueError(
             f"tree tokens {tuple(tokens.shape)} {tokens.dtype} / parents {tuple(parents.shape)}: "
@@ -281,7 +278,7 @@ AOT_SPECS = [
         _sam_tree_kernel,
         {
             "edge_offsets_ptr": "*i32",
-            "edge_token_ptr": "*i32",
+            "edge_token_ptr": edge_sig,
             "edge_dst_ptr": "*i32",
             "count_ptr": "*i32",
             "state_ptr": "*i32",
@@ -301,4 +298,5 @@ AOT_SPECS = [
         {"OUT_BLOCK": 64, "F_BLOCK": 128, "SCAN": SCAN_BLOCK},
         num_warps=1,
     )
+    for edge_sig in ("*i32", "*u16")
 ]

@@ -33,7 +33,7 @@ def _sam_update_kernel(
     num_new_ptr,  # [B] int32
     # static automaton (read when HAS_STATIC)
     s_edge_offsets_ptr,  # [S+1] int32
-    s_edge_token_ptr,  # [E] int32
+    s_edge_token_ptr,  # [E] int32 or uint16
     s_edge_dst_ptr,  # [E] int32
     s_length_ptr,  # [S] int32
     s_link_ptr,  # [S] int32
@@ -216,9 +216,10 @@ _SIG = {
 AOT_SPECS = [
     AotSpec(
         _sam_update_kernel,
-        _SIG,
+        {**_SIG, "s_edge_token_ptr": edge_sig},
         {"HAS_STATIC": hs, "HAS_DYNAMIC": hd, "BLOCK_E": M.BLOCK_E},
         num_warps=1,
     )
     for hs, hd in ((True, True), (True, False), (False, True))
+    for edge_sig in (("*i32", "*u16") if hs else ("*i32",))
 ]

@@ -27,6 +27,7 @@ from samgpu.types import NO_STATE
 ROOT: int = 0
 NO_POSITION: int = -1  # endpos of the root
 NO_EDGE: int = _dyn.NO_EDGE
+EDGE_TOKEN_U16_VOCAB: int = 1 << 16  # largest vocabulary whose edge labels fit uint16
 
 
 @dataclass
@@ -58,7 +59,7 @@ class StaticAutomaton:
     endpos: torch.Tensor  # [S] int32; earliest end position; NO_POSITION for the root
     count: torch.Tensor  # [S] int32; occurrences (for tree drafts; [0] if loaded without)
     edge_offsets: torch.Tensor  # [S+1] int32; CSR, leading 0
-    edge_token: torch.Tensor  # [E] int32; sorted within each state
+    edge_token: torch.Tensor  # [E] uint16 when vocab_size <= 65,536, else int32; sorted per state
     edge_dst: torch.Tensor  # [E] int32
     root_next: torch.Tensor  # [V] int32; root's transition per token, NO_STATE if none
     tokens: torch.Tensor  # [T] int32; the corpus text (documents + EOS, then singletons)
@@ -67,11 +68,18 @@ class StaticAutomaton:
 
     @classmethod
     def from_index(
-        cls, index, device: torch.device | str, *, with_count: bool = True
+        cls,
+        index,
+        device: torch.device | str,
+        *,
+        with_count: bool = True,
+        compact_edges: bool = True,
     ) -> StaticAutomaton:
         """Copy a `SamIndex`'s arrays to `device` once (int32, contiguous). Chain drafts never
         read `count` (tree drafts do): with_count=False leaves it empty and saves 4 bytes per
-        state (~5.5 bytes per corpus token)."""
+        state (~5.5 bytes per corpus token). compact_edges stores edge labels as uint16 when the
+        vocabulary fits (<= 65,536 ids; the kernels widen each load): 2 bytes per edge, ~4.3
+        per corpus token on the default corpus."""
         names = ("length", "link", "endpos", "count", "edge_offsets", "edge_token", "edge_dst")
         arrays = {}
         for name in (*names, "root_next", "tokens"):
@@ -82,6 +90,8 @@ class StaticAutomaton:
             if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.ndim != 1:
                 raise ValueError(f"index.{name} must be a 1-D int32 tensor, got {t!r:.80}")
             arrays[name] = t.to(device).contiguous()
+        if compact_edges and index.vocab_size <= EDGE_TOKEN_U16_VOCAB:
+            arrays["edge_token"] = arrays["edge_token"].to(torch.uint16)
         if arrays["root_next"].shape[0] != index.vocab_size:
             raise ValueError(
                 f"index.root_next has {arrays['root_next'].shape[0]} entries for vocab_size "

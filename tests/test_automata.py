@@ -198,12 +198,18 @@ def test_static_automaton_from_index_and_prefill():
     vocab = max(max(t) for t in texts) + 2
     index = SamIndex.build(texts[:3], vocab_size=vocab, eos_id=vocab - 1)
     static = StaticAutomaton.from_index(index, "cpu")
-    for name in ("length", "link", "endpos", "count", "edge_offsets", "edge_token", "root_next"):
+    for name in ("length", "link", "endpos", "count", "edge_offsets", "root_next"):
         assert torch.equal(getattr(static, name), getattr(index, name))
+    # edge labels as uint16 (the vocabulary fits), same values
+    assert static.edge_token.dtype == torch.uint16
+    assert torch.equal(static.edge_token.to(torch.int32), index.edge_token)
     assert static.vocab_size == vocab and static.eos_id == vocab - 1
     assert static.num_tokens == index.num_tokens and static.nbytes > 0
     slim = StaticAutomaton.from_index(index, "cpu", with_count=False)
     assert slim.count.numel() == 0 and slim.nbytes == static.nbytes - 4 * index.num_states
+    wide = StaticAutomaton.from_index(index, "cpu", compact_edges=False)
+    assert wide.edge_token.dtype == torch.int32 and torch.equal(wide.edge_token, index.edge_token)
+    assert wide.nbytes == static.nbytes + 2 * index.num_edges
     matches = static.new_matches(4)
     matches.state.fill_(3), matches.match_len.fill_(9)
     queries = [texts[3], texts[0][10:60], texts[4][:1]]
