@@ -16,6 +16,7 @@ if [ -d .gpu/whl ] && [ ! -d /tmp/site ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+  || { echo "editable install failed: linking samgpu/kernels"; ln -sfn ../kernels samgpu/kernels; }
 nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv,noheader || true
 ls -la /root/models

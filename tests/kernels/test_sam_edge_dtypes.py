@@ -17,13 +17,15 @@ VOCAB = 65_536  # the largest vocabulary whose labels fit uint16
 HIGH = 65_000  # ids are offset into the top of it: labels above 32,767 and near 65,535
 
 
-def _corpora():
+def _corpora() -> list:
     gen = torch.Generator().manual_seed(7)
     docs = [[HIGH + t for t in random_text(gen, 200, 6)] for _ in range(4)]
     queries = [[HIGH + t for t in random_text(gen, 40, 6)] for _ in range(5)]
-    yield pytest.param(docs, queries, id="random-high-ids")
     texts = real_texts(8, 120)
-    yield pytest.param(texts[:5], texts[5:] + [texts[0][30:90]], id="real-text")
+    return [
+        pytest.param(docs, queries, id="random-high-ids"),
+        pytest.param(texts[:5], texts[5:] + [texts[0][30:90]], id="real-text"),
+    ]
 
 
 def _pair(docs, device):
