@@ -17,9 +17,11 @@ documents + EOS only):
   counts included); corpus_tok_s: corpus tokens per second;
 - B/tok: bytes of all saved arrays per text token; B/tok no root: without the dense root_next row;
   B/corpus tok: all arrays per corpus token (the singletons' overhead shows on small corpora);
+- GPU B/tok: bytes per text token of the index as the chain drafters hold it on the GPU
+  (samgpu.automata.StaticAutomaton: no `count`, uint16 edge labels when the vocabulary fits);
 - states/tok, edges/tok; save and mmap-load times of the index file.
 Targets (DESIGN.md §8 and the index brief): build >= 1 M tokens/s per core; <= 48 bytes per
-token for the flattened arrays.
+token for the flattened arrays; <= 40 GPU bytes per corpus token.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samgpu.automata import StaticAutomaton
 from samgpu.sam import SamIndex, hf_encode_batch, read_texts
 
 try:
@@ -105,6 +108,7 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         assert loaded.num_states == index.num_states
         del loaded
     corpus_tokens = index.extra["corpus_tokens"]
+    gpu_bytes = StaticAutomaton.from_index(index, "cpu", with_count=False).nbytes
     return {
         "bench": "index_build",
         "provider": "numba",
@@ -122,6 +126,7 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         "bytes_per_token": stats["bytes"] / stats["tokens"],
         "bytes_per_token_no_root": stats["bytes_no_root"] / stats["tokens"],
         "bytes_per_corpus_token": stats["bytes"] / corpus_tokens,
+        "gpu_bytes_per_token": gpu_bytes / stats["tokens"],
         "states_per_token": stats["states"] / stats["tokens"],
         "edges_per_token": stats["edges"] / stats["tokens"],
         "states_degree_1_frac": stats["states_degree_1"] / stats["states"],
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "B/tok": r["bytes_per_token"],
             "B/tok no root": r["bytes_per_token_no_root"],
             "B/corpus tok": r["bytes_per_corpus_token"],
+            "GPU B/tok": r.get("gpu_bytes_per_token"),
             "states/tok": r["states_per_token"],
             "edges/tok": r["edges_per_token"],
             "deg-1 states": r["states_degree_1_frac"],
