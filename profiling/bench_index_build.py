@@ -17,6 +17,7 @@ documents + EOS only):
   counts included); corpus_tok_s: corpus tokens per second;
 - B/tok: bytes of all saved arrays per text token; B/tok no root: without the dense root_next row;
   B/corpus tok: all arrays per corpus token (the singletons' overhead shows on small corpora);
+- file B/tok: the saved file per text token (token arrays as uint16 when the vocabulary fits);
 - GPU B/tok: bytes per text token of the index as the chain drafters hold it on the GPU
   (samgpu.automata.StaticAutomaton: no `count`, uint16 edge labels when the vocabulary fits);
 - states/tok, edges/tok; save and mmap-load times of the index file.
@@ -102,6 +103,7 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         start = time.perf_counter()
         index.save(path)
         save_s = time.perf_counter() - start
+        file_bytes = path.stat().st_size
         start = time.perf_counter()
         loaded = SamIndex.load(path, mmap=True, verify=True)
         load_s = time.perf_counter() - start
@@ -127,6 +129,8 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         "bytes_per_token_no_root": stats["bytes_no_root"] / stats["tokens"],
         "bytes_per_corpus_token": stats["bytes"] / corpus_tokens,
         "gpu_bytes_per_token": gpu_bytes / stats["tokens"],
+        "file_bytes": file_bytes,
+        "file_bytes_per_token": file_bytes / stats["tokens"],
         "states_per_token": stats["states"] / stats["tokens"],
         "edges_per_token": stats["edges"] / stats["tokens"],
         "states_degree_1_frac": stats["states_degree_1"] / stats["states"],
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             "B/tok": r["bytes_per_token"],
             "B/tok no root": r["bytes_per_token_no_root"],
             "B/corpus tok": r["bytes_per_corpus_token"],
+            "file B/tok": r.get("file_bytes_per_token"),
             "GPU B/tok": r.get("gpu_bytes_per_token"),
             "states/tok": r["states_per_token"],
             "edges/tok": r["edges_per_token"],

@@ -2,17 +2,20 @@
 
 Layout (little-endian):
   offset 0   8 B   magic b"SAMGPUIX"
-         8   u32   format version (FORMAT_VERSION)
+         8   u32   format version (FORMAT_VERSION; version 1 files are read too)
         12   u32   header length H (bytes of JSON)
         16   u32   crc32 of the JSON header
         20   H B   JSON header: vocab_size, eos_id, tokenizer_fingerprint, file_size, extra (JSON
-                   provenance: corpus, build rate), and per array {name, offset, count, crc32}
-                   (dtype int32 for all)
+                   provenance: corpus, build rate), and per array {name, offset, count, crc32,
+                   dtype}; dtype "int32", or "uint16" for the token arrays (edge_token, tokens)
+                   when vocab_size <= 65,536 (version 1: int32 for all, no dtype key)
   then every array at a 64-byte aligned offset, in ARRAY_NAMES order; the file ends at file_size.
+In memory every array is int32 (uint16 arrays are widened on load, the others stay memory-mapped).
 
 Example header: {"vocab_size": 49152, "eos_id": 2, "tokenizer_fingerprint": "9f2c...",
  "file_size": 1234560, "extra": {...},
- "arrays": [{"name": "length", "offset": 512, "count": 4097, "crc32": 1234}, ...]}
+ "arrays": [{"name": "length", "offset": 512, "count": 4097, "crc32": 1234, "dtype": "int32"},
+            ...]}
 
 Checks on load, each a ValueError naming the file and the fix: wrong magic, other format version,
 short/truncated file, header CRC mismatch, unparsable header, payload CRC mismatch (verify=True),
@@ -35,7 +38,12 @@ import torch
 from samgpu.sam.index import ARRAY_NAMES, SamIndex
 
 MAGIC: bytes = b"SAMGPUIX"
-FORMAT_VERSION: int = 1
+FORMAT_VERSION: int = 2
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+# Arrays of token ids, stored as uint16 when every id fits (2 bytes per edge and per text token).
+TOKEN_ARRAYS: tuple[str, ...] = ("edge_token", "tokens")
+U16_VOCAB: int = 1 << 16
+_DTYPES = {"int32": np.int32, "uint16": np.uint16}
 ALIGN: int = 64
 _PREFIX = struct.Struct("<8sIII")  # magic, version, header length, header crc32
 _CRC_BLOCK = 1 << 24
@@ -67,8 +75,21 @@ def save_index(index: SamIndex, path: str | os.PathLike) -> Path:
     for name, arr in arrays.items():
         if arr.dtype != np.int32 or arr.ndim != 1:
             raise ValueError(f"{name} must be a 1-D int32 array, got {arr.dtype} {arr.shape}")
+    if index.vocab_size <= U16_VOCAB:
+        for name in TOKEN_ARRAYS:  # ids are checked < vocab_size at build; checked again here
+            arr = arrays[name]
+            if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= U16_VOCAB):
+                raise ValueError(f"{name} holds ids outside [0, {U16_VOCAB})")
+            arrays[name] = arr.astype(np.uint16)
     entries = [
-        {"name": n, "offset": 0, "count": int(a.size), "crc32": _crc(a)} for n, a in arrays.items()
+        {
+            "name": n,
+            "offset": 0,
+            "count": int(a.size),
+            "crc32": _crc(a),
+            "dtype": a.dtype.name,
+        }
+        for n, a in arrays.items()
     ]
     meta = {
         "vocab_size": int(index.vocab_size),
@@ -84,7 +105,7 @@ def save_index(index: SamIndex, path: str | os.PathLike) -> Path:
         pos = _align(_PREFIX.size + len(header) + 64)
         for e in entries:
             e["offset"] = pos
-            pos = _align(pos + 4 * e["count"])
+            pos = _align(pos + arrays[e["name"]].itemsize * e["count"])
         meta["file_size"] = pos
     header = json.dumps(meta, sort_keys=True).encode()
     if _PREFIX.size + len(header) > entries[0]["offset"]:
@@ -122,10 +143,11 @@ def read_header(path: str | os.PathLike) -> dict:
                 f"{path} is not a samgpu SAM index (magic {magic!r}, expected {MAGIC!r}); "
                 f"{_fix(path)}"
             )
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
             raise ValueError(
-                f"SAM index {path} has format version {version}, this samgpu reads version "
-                f"{FORMAT_VERSION}; {_fix(path)}"
+                f"SAM index {path} has format version {version}, this samgpu reads versions "
+                f"{readable}; {_fix(path)}"
             )
         header = f.read(header_len)
     if len(header) < header_len:
@@ -154,7 +176,13 @@ def read_header(path: str | os.PathLike) -> dict:
             f"SAM index {path} has {size - file_size} trailing bytes after its arrays; {_fix(path)}"
         )
     for e in meta["arrays"]:
-        if e["offset"] % ALIGN or e["offset"] + 4 * e["count"] > file_size:
+        e.setdefault("dtype", "int32")  # version 1
+        if e["dtype"] not in _DTYPES or (e["dtype"] != "int32" and e["name"] not in TOKEN_ARRAYS):
+            raise ValueError(
+                f"SAM index {path}: array {e['name']} has dtype {e['dtype']!r}; {_fix(path)}"
+            )
+        itemsize = np.dtype(_DTYPES[e["dtype"]]).itemsize
+        if e["offset"] % ALIGN or e["offset"] + itemsize * e["count"] > file_size:
             raise ValueError(
                 f"SAM index {path}: array {e['name']} lies outside the file; {_fix(path)}"
             )
@@ -173,12 +201,13 @@ def load_index(path: str | os.PathLike, *, mmap: bool = True, verify: bool = Tru
         raw = np.fromfile(path, dtype=np.uint8)
     arrays = {}
     for e in meta["arrays"]:
-        arr = raw[e["offset"] : e["offset"] + 4 * e["count"]].view(np.int32)
+        dtype = np.dtype(_DTYPES[e["dtype"]])
+        arr = raw[e["offset"] : e["offset"] + dtype.itemsize * e["count"]].view(dtype)
         if verify and _crc(arr) != e["crc32"]:
             raise ValueError(
                 f"SAM index {path} is corrupt: checksum mismatch in array {e['name']}; {_fix(path)}"
             )
-        arrays[e["name"]] = torch.from_numpy(arr)
+        arrays[e["name"]] = torch.from_numpy(arr if dtype == np.int32 else arr.astype(np.int32))
     index = SamIndex(
         **arrays,
         vocab_size=int(meta["vocab_size"]),

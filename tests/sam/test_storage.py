@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from samgpu.sam import ARRAY_NAMES, FORMAT_VERSION, MAGIC, SamIndex, read_header
+from samgpu.sam.storage import TOKEN_ARRAYS
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,12 @@ def test_mmap_load_maps_the_file_instead_of_copying(saved):
     ]
     for name in ARRAY_NAMES:
         ptr = getattr(loaded, name).data_ptr()
-        assert any(lo <= ptr < hi for lo, hi in ranges), f"{name} is not a view of the mapped file"
+        mapped = any(lo <= ptr < hi for lo, hi in ranges)
+        # token arrays are uint16 in the file (small vocabulary) and widened to int32 on load
+        assert mapped == (name not in TOKEN_ARRAYS), f"{name}: mapped={mapped}"
     # Copy-on-write: writing to a loaded tensor never reaches the file.
     before = saved.read_bytes()
-    loaded.tokens[0] = 5
+    loaded.length[0] = 5
     del loaded
     assert saved.read_bytes() == before
 
@@ -132,6 +135,68 @@ def test_version_mismatch(saved):
     data[8:12] = struct.pack("<I", FORMAT_VERSION + 1)
     saved.write_bytes(bytes(data))
     _expect(saved, f"version {FORMAT_VERSION + 1}")
+
+
+def _rewrite_header(path, edit, version=None):
+    """Patch the JSON header in place (`edit(meta)`), keeping the arrays where they are."""
+    data = path.read_bytes()
+    magic, old_version, hlen, _ = struct.unpack("<8sIII", data[:20])
+    meta = json.loads(data[20 : 20 + hlen])
+    edit(meta)
+    header = json.dumps(meta, sort_keys=True).encode().ljust(hlen)  # may grow into the padding
+    assert 20 + len(header) <= min(e["offset"] for e in meta["arrays"])
+    prefix = struct.pack("<8sIII", magic, version or old_version, len(header), zlib.crc32(header))
+    path.write_bytes(prefix + header + data[20 + len(header) :])
+
+
+def test_token_arrays_are_uint16_when_the_vocabulary_fits(index, saved, tmp_path):
+    """vocab_size <= 65,536: edge_token and tokens are stored as uint16 (2 bytes less per edge and
+    per token), widened to the same int32 values on load; a larger vocabulary keeps int32."""
+    dtypes = {e["name"]: e["dtype"] for e in read_header(saved)["arrays"]}
+    assert dtypes == {n: "uint16" if n in TOKEN_ARRAYS else "int32" for n in ARRAY_NAMES}
+    wide = SamIndex.build(
+        [[70_000, 1, 65_536], [1, 2]], vocab_size=70_001, eos_id=3, tokenizer_fingerprint="w"
+    )
+    wide_path = wide.save(tmp_path / "wide.samidx")
+    assert {e["dtype"] for e in read_header(wide_path)["arrays"]} == {"int32"}
+    assert SamIndex.load(wide_path).equal(wide)
+    # the same index with its largest ids just inside uint16 round-trips exactly
+    edge = SamIndex.build(
+        [[65_535, 1, 65_534], [1, 65_535]], vocab_size=65_536, eos_id=3, tokenizer_fingerprint="e"
+    )
+    assert SamIndex.load(edge.save(tmp_path / "edge.samidx")).equal(edge)
+    narrow_bytes = sum(4 * getattr(index, n).numel() for n in ARRAY_NAMES)
+    saved_bytes = sum(
+        e["count"] * (2 if e["dtype"] == "uint16" else 4) for e in read_header(saved)["arrays"]
+    )
+    assert saved_bytes == narrow_bytes - 2 * (index.num_edges + index.num_tokens)
+
+
+def test_version_1_files_still_load(index, saved):
+    """A version 1 file (every array int32, no dtype keys) loads as before."""
+    v1 = SamIndex.build([[1, 2, 3], [1, 2]], vocab_size=70_000, eos_id=3, tokenizer_fingerprint="x")
+    path = v1.save(saved.parent / "v1.samidx")  # large vocabulary: all int32, as version 1 wrote
+
+    def drop_dtypes(meta):
+        for e in meta["arrays"]:
+            del e["dtype"]
+
+    _rewrite_header(path, drop_dtypes, version=1)
+    assert struct.unpack("<I", path.read_bytes()[8:12]) == (1,)
+    assert SamIndex.load(path).equal(v1)
+
+
+def test_unknown_or_misplaced_dtype(saved):
+    """A dtype the format does not know, or uint16 for an array that is not a token array."""
+    data = saved.read_bytes()
+    for name, dtype in (("length", "float64"), ("edge_dst", "uint16")):
+
+        def bad_dtype(meta, name=name, dtype=dtype):
+            next(e for e in meta["arrays"] if e["name"] == name)["dtype"] = dtype
+
+        _rewrite_header(saved, bad_dtype)
+        _expect(saved, "dtype", name)
+        saved.write_bytes(data)
 
 
 def test_trailing_garbage(saved):
