@@ -6,6 +6,8 @@ End-to-end records (bench == "e2e") become the paper's layout: one row per metho
 MT, Trans, Summ, QA, Math, RAG (speedup over our `ar`), then MAT and Overall speedup, plus tokens/s.
 Batch-curve records (bench == "e2e", several batch sizes) become speedup vs batch size.
 Cost-model records (bench == "cost_model") become projected 7B speedups.
+Multi-GPU records (bench == "multigpu", profiling/bench_multigpu.py) become one table per setting:
+tokens/s on 1 and N GPUs per method, the ratio, MAT, busy share and same-text counts.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def plots(recs: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         made.append(path)
+    for table in multigpu_tables(recs):
+        print(table)
     curve = batch_curve(recs)
     if any(len(v) > 1 for v in curve.values()):
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -156,6 +160,58 @@ def plots(recs: list[dict], out: pathlib.Path) -> list[pathlib.Path]:
     return made
 
 
+def multigpu_tables(recs: list[dict]) -> list[str]:
+    """One markdown table per (prompts, batch size, tokens, dtype, tag, samgpu commit) of
+    bench_multigpu records: a row per method, tokens/s per GPU count."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in recs:
+        if r.get("bench") == "multigpu":
+            p = r["params"]
+            key = (p["prompts"], p["batch_size"], p["max_new_tokens"], p["dtype"], p.get("tag", ""))
+            groups[(*key, r.get("passes"), r["env"].get("samgpu_sha"), r["env"].get("gpu"))].append(
+                r
+            )
+    tables = []
+    for (prompts, batch, tokens, dtype, tag, passes, sha, gpu), rows in groups.items():
+        counts = sorted({r["params"]["gpus"] for r in rows})
+        head = [f"{g} GPU{'s' if g > 1 else ''} tok/s" for g in counts]
+        lines = [
+            f"**multi-GPU** `samgpu generate`, {prompts} prompts, B={batch} per GPU, {tokens} new"
+            f" tokens, {dtype}, tag {tag or '—'}, samgpu {sha}, {gpu}; "
+            + (
+                f"pass {passes} of each command (kernels compiled)"
+                if passes and passes > 1
+                else "one pass (includes Triton compilation: tokens/s not comparable)"
+            ),
+            "",
+            "| method | " + " | ".join(head) + f" | {counts[-1]} vs {counts[0]} | MAT | busy % "
+            f"({counts[-1]} GPUs) | same text as {counts[0]} GPU | same text as ar |",
+            "|---|" + "---|" * (len(counts) + 5),
+        ]
+        for method in dict.fromkeys(r["provider"] for r in rows):
+            by_gpus = {r["params"]["gpus"]: r for r in rows if r["provider"] == method}
+            top = by_gpus.get(counts[-1])
+            cells = [f"{by_gpus[g]['tok_s']:,.0f}" if g in by_gpus else "—" for g in counts]
+            ratio = f"{top['speedup_vs_1gpu']:.2f}x" if top else "—"
+            mat = f"{top['cli_stats']['mean_accepted_tokens']:.2f}" if top else "—"
+            busy = top["cli_stats"].get("rank_generate_seconds") if top else None
+            busy_pct = (
+                f"{100 * sum(busy) / len(busy) / top['cli_stats']['generate_seconds']:.0f}"
+                if busy
+                else "—"
+            )
+            same = f"{top['same_text_as_1gpu']}/{top['num_records']}" if top else "—"
+            same_ar = top.get("same_text_as_ar") if top else None
+            same_ar = f"{same_ar}/{top['num_records']}" if same_ar is not None else "—"
+            lines.append(
+                f"| {method} | "
+                + " | ".join(cells)
+                + f" | {ratio} | {mat} | {busy_pct} | {same} | {same_ar} |"
+            )
+        tables.append("\n".join(lines) + "\n")
+    return tables
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+")
@@ -165,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = list(dict.fromkeys(run_key(r) for r in recs if r.get("bench") == "e2e"))
     for key in keys:
         print(e2e_table(recs, key[0], key[1], key))
+    for table in multigpu_tables(recs):
+        print(table)
     curve = batch_curve(recs)
     if curve:
         print("speedup vs batch size:")
