@@ -498,29 +498,45 @@ def _generate_file(args: argparse.Namespace) -> int:
                 results = list(skipped) if t == 0 else []
                 batch = work[t * args.batch_size : (t + 1) * args.batch_size]
                 tokens = steps = busy = 0.0
+                failure: BaseException | None = None
                 if batch:
                     t_batch = time.perf_counter()
                     try:
                         out = session.generate(
                             [ids for _, ids in batch], on_progress=progress.on_step
                         )
+                        for (rec, _), toks, st in zip(
+                            batch, out.tokens, session.decoder.last_stats, strict=True
+                        ):
+                            record = _output_record(session, rec, list(toks), st)
+                            results.append((rec.index, record))
+                            tokens += len(toks)
+                            steps += float(st.get("steps") or 0)
                     except torch.OutOfMemoryError as e:
-                        raise _oom_during_run(e, args) from None
+                        failure, results = _oom_during_run(e, args), []
+                    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
+                        failure, results = e, []
                     busy = time.perf_counter() - t_batch
-                    for (rec, _), toks, st in zip(
-                        batch, out.tokens, session.decoder.last_stats, strict=True
-                    ):
-                        results.append((rec.index, _output_record(session, rec, list(toks), st)))
-                        tokens += len(toks)
-                        steps += float(st.get("steps") or 0)
+                # The healthy ranks' records of this round are saved, then every rank stops if
+                # one failed (a rank leaving alone would hang the gather, or get the others killed
+                # by torchrun with their records unsaved).
                 gathered = dist.gather((results, tokens, steps, busy), info)
                 if writer is not None:
                     for r, (part, part_tokens, part_steps, part_busy) in enumerate(gathered):
                         writer.add_many(part)
                         progress.batch_done(len(part), int(part_tokens), part_steps)
                         rank_busy[r] += part_busy
+                if not dist.all_ok(failure is None, info):
+                    raise failure or UserError(
+                        "stopped because another process failed (its error is above); finished"
+                        " records are kept and the same command resumes",
+                        exit_code=1,
+                    )
         if writer is not None:
             writer.finalize(len(records))
+    except BaseException:
+        dist.shutdown()
+        raise
     finally:
         progress.close()
         if writer is not None:

@@ -178,6 +178,27 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):
         assert len(busy) == world and 0 < max(busy) <= stats["generate_seconds"]
 
 
+def test_torchrun_rank_failure_stops_every_rank(tmp_path, tiny_model_dir, prompts_file):
+    """One rank running out of memory mid-run: every rank stops at the end of that round with a
+    message and a non-zero exit, and rank 0 first saves the records the healthy rank finished in
+    it (before, torchrun killed rank 0 with them unsaved); no complete output file appears."""
+    src = prompts_file(PROMPTS)
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--raw", "--batch-size", "2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "tests._fail_rank", *map(str, argv)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "out of GPU memory" in proc.stderr and "another process failed" in proc.stderr
+    assert not out.exists()
+    partial = read_jsonl(str(out) + ".partial")
+    assert [r["index"] for r in partial[1:]] == [0, 2]  # rank 0's first batch
+    assert all(r["record"]["completion"] for r in partial[1:])
+
+
 def test_seeded_sampling_is_reproducible(tmp_path, tiny_model_dir, prompts_file):
     """--temperature/--top-k/--top-p/--seed reach the sampler: the same seed gives the same file,
     another seed (almost surely) another one."""
