@@ -120,6 +120,15 @@ class StaticAutomaton:
         """Advance matches [B] over new_tokens[b, :num_new[b]] (no sync; capturable)."""
         sam_match(self, new_tokens, num_new, matches.state, matches.match_len)
 
+    def prefill_rows(
+        self, matches: Matches, prompts: torch.Tensor, prompt_lens: torch.Tensor, rows: torch.Tensor
+    ) -> None:
+        """Continuous batching: matches[rows] from the root over prompts [n, T]; others kept."""
+        fresh = Matches.empty(prompts.shape[0], self.device)
+        self.prefill(fresh, prompts, prompt_lens)
+        matches.state.index_copy_(0, rows, fresh.state)
+        matches.match_len.index_copy_(0, rows, fresh.match_len)
+
     def prefill(self, matches: Matches, prompts: torch.Tensor, prompt_lens: torch.Tensor) -> None:
         """Reset the first B matches to the root and advance them over the prompts [B, T]."""
         _check_prompts(prompts, prompt_lens, self.vocab_size, matches.state.shape[0], None)
@@ -214,6 +223,15 @@ class DynamicAutomata:
         _check_prompts(prompts, prompt_lens, self.vocab_size, self.max_reqs, self.capacity)
         self.reset(prompts.shape[0])
         sam_dynamic_extend(self, prompts, prompt_lens)
+
+    def prefill_rows(self, prompts: torch.Tensor, prompt_lens: torch.Tensor, rows: torch.Tensor):
+        """Continuous batching: rebuild only the slots `rows` [n] (distinct) from prompts [n, T];
+        built in n scratch slots, then copied in (every per-slot array, all of its capacity)."""
+        scratch = DynamicAutomata(prompts.shape[0], self.capacity, self.vocab_size, self.device)
+        scratch.prefill(prompts, prompt_lens)
+        for name, t in vars(self).items():
+            if isinstance(t, torch.Tensor):
+                t.index_copy_(0, rows, getattr(scratch, name))
 
     def extend(self, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
         """Decode step: match then extend slot b with new_tokens[b, :num_new[b]] (no sync;

@@ -29,8 +29,12 @@ CPU). Same seed, same prompts, same batch composition -> same tokens.
 
 Prefill: prompts of different lengths in one ragged batch; the runner gets prompt[:-1] (right
 padded) and the last prompt token is the first root (docs/ARCHITECTURE.md). Prompts beyond
-max_reqs run in successive batches. Statistics (steps, accepted-length histogram, draft sources)
-accumulate on the GPU and are read once per batch.
+max_reqs run in successive batches, or, with `config.continuous`, in one batch whose finished
+slots take the next prompts at each host check (`_refill`: the new prompts are prefilled into a
+scratch cache whose rows are copied into the freed slots; `drafter.prefill_rows` sets up their
+drafting state; the other slots carry on, and the captured graph is reused since buffers and B do
+not change). Statistics (steps, accepted-length histogram, draft sources) accumulate on the GPU and
+are read once per batch, or per request as it finishes.
 
 Example: Decoder(runner, build_drafter("ar", ...), max_reqs=8, max_len=2048).generate(
     [[1, 2, 3]], GenerationConfig(max_new_tokens=32)) -> GenerationOutput(tokens=[[...32 ids]], ...)
@@ -87,6 +91,9 @@ class GenerationConfig:
     eos_token_ids: tuple[int, ...] = ()
     seed: int | None = None  # sampling seed; None: a fresh one per call
     check_every: int = 8  # steps between host reads of the finished flags
+    # Continuous batching: a finished sequence's slot takes the next waiting prompt (at the next
+    # host check) instead of idling until the batch's longest sequence ends.
+    continuous: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -136,6 +143,10 @@ class ProgressInfo:
     num_finished: int
     elapsed_s: float  # since generate() started
     read_tokens: Callable[[], list[list[int]]] | None = field(default=None, repr=False)
+    # continuous batching: tokens and steps of the requests already finished in this call (the
+    # per-slot lists above cover only the slots' current requests)
+    done_tokens: int = 0
+    done_steps: int = 0
 
     @functools.cached_property
     def tokens(self) -> list[list[int]] | None:
@@ -515,6 +526,9 @@ class Decoder:
         t0 = time.perf_counter()
         tokens: list[list[int]] = []
         stats: list[RequestStats] = []
+        if config.continuous and len(prompts) > self.max_reqs:
+            tokens, stats = self._generate_continuous(prompts, config, on_progress, t0)
+            return GenerationOutput(tokens=tokens, stats=stats)
         starts = list(range(0, len(prompts), self.max_reqs))
         for batch_index, start in enumerate(starts):
             chunk = prompts[start : start + self.max_reqs]
@@ -554,6 +568,148 @@ class Decoder:
             prefix_len = torch.tensor([n - 1 for n in lengths], dtype=torch.int32, device=dev)
             self.runner.prefill(input_ids.to(dev), prefix_len, self.cache)
         self.drafter.prefill(st)
+
+    def _refill(self, bt: _Batch, slots: list[int], prompts: list[list[int]], config) -> None:
+        """Put `prompts` into the finished `slots` of a running batch (continuous batching): their
+        rows of every state buffer are reset as _prefill does, prompt[:-1] goes through the
+        runner's prefill into a scratch cache of len(slots) rows whose K/V rows are copied into
+        the slots, and the drafter sets up those rows only. Other slots are not touched."""
+        n, dev, st = len(slots), self.device, bt.state
+        rows = torch.tensor(slots, dtype=torch.long, device=dev)
+        lengths = [len(p) for p in prompts]
+        text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
+        for i, p in enumerate(prompts):
+            text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
+        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+        st.text.index_copy_(0, rows, text.to(dev))
+        st.text_len.index_copy_(0, rows, lens)
+        st.prompt_len.index_copy_(0, rows, lens)
+        last = torch.tensor([p[-1] for p in prompts], dtype=torch.int32, device=dev)
+        st.root.index_copy_(0, rows, last)
+        st.max_new_tokens.index_fill_(0, rows, config.max_new_tokens)
+        for t in (
+            st.num_generated,
+            bt.num_steps,
+            bt.accepted_hist,
+            bt.source_counts,
+            bt.step.num_new,
+        ):
+            t.index_fill_(0, rows, 0)
+        bt.step.new_tokens.index_fill_(0, rows, PAD_TOKEN)
+        width = max(lengths) - 1
+        if width > 0:
+            input_ids = torch.zeros(n, width, dtype=torch.int32)
+            for i, p in enumerate(prompts):
+                input_ids[i, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.int32)
+            scratch = self.runner.allocate_cache(n, width)
+            self.runner.prefill(input_ids.to(dev), lens - 1, scratch)
+            self.cache.k[:, :, :, :width].index_copy_(1, rows, scratch.k)
+            self.cache.v[:, :, :, :width].index_copy_(1, rows, scratch.v)
+        self.cache.cache_len.index_copy_(0, rows, lens - 1)
+        self.drafter.prefill_rows(st, rows)
+        st.finished.index_fill_(0, rows, False)  # last: the slots are live again
+
+    def _generate_continuous(self, prompts, config, on_progress, t0):
+        """All prompts through one batch of min(max_reqs, len(prompts)) slots; see _refill."""
+        if not hasattr(self.drafter, "prefill_rows"):
+            raise ValueError(
+                f"drafter {self.drafter.name!r} has no prefill_rows: continuous batching needs it"
+            )
+        B = min(self.max_reqs, len(prompts))
+        bt = self._batch(B)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        tokens: list[list[int] | None] = [None] * len(prompts)
+        stats: list[RequestStats | None] = [None] * len(prompts)
+        occupant: list[int | None] = list(range(B))  # request index held by each slot
+        waiting = list(range(B, len(prompts)))
+        sync()
+        start = time.perf_counter()
+        self._prefill(bt, prompts[:B], config)
+        sync()
+        started = [time.perf_counter()] * B  # decode start of each slot's request
+        prefill_s = [started[0] - start] * B
+        done_tokens = done_steps = steps = 0
+        # every step emits >= 1 token per live sequence: a safety bound on the whole call
+        max_steps = len(prompts) * config.max_new_tokens + config.check_every
+        while True:
+            for _ in range(config.check_every):
+                self._run_step(bt, config)
+            steps += config.check_every
+            finished, num_generated = self._read_flags(bt)
+            ended = [b for b in range(B) if finished[b] and occupant[b] is not None]
+            if steps >= max_steps:
+                ended = [b for b in range(B) if occupant[b] is not None]
+            if ended:
+                now = time.perf_counter()
+                for b, (toks, stat) in zip(ended, self._collect_rows(bt, ended), strict=True):
+                    req = occupant[b]
+                    stat.prefill_s, stat.decode_s = prefill_s[b], now - started[b]
+                    stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
+                    tokens[req], stats[req] = toks, stat
+                    done_tokens += stat.generated
+                    done_steps += stat.steps
+                    occupant[b] = None
+                refill = ended[: len(waiting)] if steps < max_steps else []
+                if refill:
+                    new, waiting = waiting[: len(refill)], waiting[len(refill) :]
+                    t_refill = time.perf_counter()
+                    self._refill(bt, refill, [prompts[i] for i in new], config)
+                    sync()
+                    t_done = time.perf_counter()
+                    for b, req in zip(refill, new, strict=True):
+                        occupant[b], started[b], prefill_s[b] = req, t_done, t_done - t_refill
+                    finished, num_generated = self._read_flags(bt)
+            if on_progress is not None:
+                live = [b for b in range(B) if occupant[b] is not None]
+                on_progress(
+                    ProgressInfo(
+                        batch_index=0,
+                        num_batches=1,
+                        request_ids=[occupant[b] for b in live],
+                        num_reqs=len(live),
+                        steps=steps,
+                        num_generated=[num_generated[b] for b in live],
+                        num_finished=sum(t is not None for t in tokens),
+                        elapsed_s=time.perf_counter() - t0,
+                        done_tokens=done_tokens,
+                        done_steps=done_steps,
+                    )
+                )
+            if all(o is None for o in occupant):
+                break
+        return tokens, stats
+
+    def _collect_rows(self, bt: _Batch, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
+        """Tokens and statistics of the requests in `rows` (one host read of those rows)."""
+        st = bt.state
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        text = st.text.index_select(0, idx).cpu()
+        prompt_len = st.prompt_len.index_select(0, idx).cpu().tolist()
+        num_generated = st.num_generated.index_select(0, idx).cpu().tolist()
+        num_steps = bt.num_steps.index_select(0, idx).cpu().tolist()
+        hist = bt.accepted_hist.index_select(0, idx).cpu().tolist()
+        sources = bt.source_counts.index_select(0, idx).cpu().tolist()
+        has_sources = getattr(self.drafter, "last_source", None) is not None
+        out = []
+        for i in range(len(rows)):
+            gen, steps = num_generated[i], num_steps[i]
+            toks = text[i, prompt_len[i] : prompt_len[i] + gen].tolist()
+            stat = RequestStats(
+                steps=steps,
+                generated=gen,
+                mat=gen / steps if steps else 0.0,
+                tokens_per_s=0.0,
+                accepted_hist=hist[i],
+                sources=(
+                    {SOURCE_NAMES[s]: n for s, n in enumerate(sources[i]) if n}
+                    if has_sources
+                    else {}
+                ),
+                prefill_s=0.0,
+                decode_s=0.0,
+            )
+            out.append((toks, stat))
+        return out
 
     def _read_flags(self, bt: _Batch) -> tuple[list[int], list[int]]:
         """The one host read of the loop, every check_every steps: finished flags and lengths."""

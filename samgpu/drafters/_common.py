@@ -32,6 +32,11 @@ def check_batch(state: DecodeState, max_reqs: int, name: str) -> int:
     return B
 
 
+def row_text(state: DecodeState, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text [n, L], text_len [n]) of the slots `rows` (copies): the prompts of refilled slots."""
+    return state.text.index_select(0, rows), state.text_len.index_select(0, rows)
+
+
 def int32(shape, fill: int, device) -> torch.Tensor:
     return torch.full(shape, fill, dtype=torch.int32, device=device)
 

@@ -43,6 +43,9 @@ class ArDrafter:
     def prefill(self, state: DecodeState) -> None:
         check_batch(state, self.max_reqs, self.name)
 
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        pass
+
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         tree.tokens[:, 0].copy_(state.root)
         tree.parents[:, 0].fill_(NO_PARENT)
@@ -118,6 +121,16 @@ class TestDrafter:
         self._cont.fill_(PAD_TOKEN)
         for b in range(B):
             cont = self._refs.get(tuple(text[b, : prompt_len[b]].tolist()))
+            if cont:
+                self._cont[b, : len(cont)] = torch.tensor(cont, dtype=torch.int32)
+
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Continuous batching: the references of the prompts now in `rows`."""
+        text = state.text.index_select(0, rows).cpu()
+        prompt_len = state.prompt_len.index_select(0, rows).cpu().tolist()
+        for i, b in enumerate(rows.tolist()):
+            self._cont[b].fill_(PAD_TOKEN)
+            cont = self._refs.get(tuple(text[i, : prompt_len[i]].tolist()))
             if cont:
                 self._cont[b, : len(cont)] = torch.tensor(cont, dtype=torch.int32)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.drafters._common import check_batch, check_options, int32, rows
+from samgpu.drafters._common import check_batch, check_options, int32, row_text, rows
 from samgpu.drafters.sam import SamAutomata
 from samgpu.drafters.tr import TR_TEMPLATE_NODES, TokenRecyclingTable, template_tree
 from samgpu.kernels.merge_tree import merge_tree
@@ -110,6 +110,11 @@ class MergedDrafter:
         self.automata.prefill(state)
         if self.options.prompt_bigrams:
             self.table.seed_from_text(state.text, state.text_len)
+
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self.automata.prefill_rows(state, rows)
+        if self.options.prompt_bigrams:
+            self.table.seed_from_text(*row_text(state, rows))
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs

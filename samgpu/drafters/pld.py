@@ -48,6 +48,9 @@ class PldDrafter:
     def prefill(self, state: DecodeState) -> None:
         check_batch(state, self.max_reqs, self.name)
 
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        pass  # drafts from the committed text alone
+
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         o = self.options
         pld_draft(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
-from samgpu.drafters._common import check_batch, check_options, int32, rows
+from samgpu.drafters._common import check_batch, check_options, int32, row_text, rows
 from samgpu.drafters.tr import TR_TEMPLATE_NODES, TokenRecyclingTable, template_tree
 from samgpu.kernels.sam_draft import sam_draft_chain
 from samgpu.kernels.sam_select import SamSelectConfig
@@ -95,6 +95,14 @@ class SamAutomata:
             self.dynamic.prefill(text, text_len)
         if self.static is not None:
             self.static.prefill(self._static_matches, text, text_len)
+
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Continuous batching: set up the slots `rows` only (their text was just replaced)."""
+        text, text_len = row_text(state, rows)
+        if self.dynamic is not None:
+            self.dynamic.prefill_rows(text, text_len, rows)
+        if self.static is not None:
+            self.static.prefill_rows(self._static_matches, text, text_len, rows)
 
     def update(self, step: StepOutput) -> None:
         """Dynamic extension and static match advance over the emitted tokens, in one launch."""
@@ -225,6 +233,11 @@ class SamDrafter:
         self.automata.prefill(state)
         if self.has_tr and self.options.prompt_bigrams:
             self.table.seed_from_text(state.text, state.text_len)
+
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self.automata.prefill_rows(state, rows)
+        if self.has_tr and self.options.prompt_bigrams:
+            self.table.seed_from_text(*row_text(state, rows))
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs

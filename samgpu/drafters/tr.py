@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.drafters._common import check_batch, int32
+from samgpu.drafters._common import check_batch, int32, row_text
 from samgpu.kernels.token_recycling import (
     NO_CLAIM,
     NO_RANK,
@@ -186,6 +186,10 @@ class TokenRecyclingDrafter:
         check_batch(state, self.max_reqs, self.name)
         if self.options.prompt_bigrams:
             self.table.seed_from_text(state.text, state.text_len)
+
+    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+        if self.options.prompt_bigrams:
+            self.table.seed_from_text(*row_text(state, rows))
 
     def fill(self, root: torch.Tensor, tree: DraftTree) -> None:
         self.table.fill((self._paths, self._depth, self._parents), root, tree)

@@ -209,3 +209,64 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="top_p"):
         GenerationConfig(top_p=0.0)
     assert dec.generate([], GenerationConfig()).tokens == []
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+MANY = [
+    [3, 1, 4],
+    [9],
+    [2, 6, 5, 3, 5, 8, 9, 7],
+    [0, 0],
+    [7, 7, 1],
+    [5],
+    [1, 2, 3, 4, 5, 6],
+    [8, 2],
+]
+
+
+@pytest.mark.parametrize("max_reqs", [1, 3])
+@pytest.mark.parametrize("drafter_kind", ["ar", "test", "test-branching"])
+def test_continuous_batching_equals_reference_greedy(max_reqs, drafter_kind):
+    """8 ragged prompts through max_reqs slots, finished slots refilled with the next prompt; an
+    EOS makes requests end at different steps, so slots are refilled while others run. Every
+    output equals the toy's greedy continuation (so the refilled slots' KV rows, text, root,
+    counters and drafter state are right, and the other slots are untouched)."""
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    if drafter_kind == "ar":
+        drafter = ArDrafter(max_reqs=max_reqs, device="cpu")
+    else:
+        branching = drafter_kind == "test-branching"
+        drafter = _test_drafter(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
+    dec = Decoder(runner, drafter, max_reqs=max_reqs, max_len=64)
+    cfg = GenerationConfig(max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True)
+    seen: list[ProgressInfo] = []
+    out = dec.generate(MANY, cfg, on_progress=seen.append)
+    want = [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    assert out.tokens == want
+    assert len({len(t) for t in want}) > 1  # requests really end at different steps
+    for s, w in zip(out.stats, want, strict=True):
+        assert s.generated == len(w) and sum(s.accepted_hist) == s.steps >= 1
+        assert s.decode_s > 0 and s.mat == pytest.approx(s.generated / s.steps)
+    # progress counts finished requests' tokens apart from the live slots'
+    last = seen[-1]
+    assert last.num_finished == len(MANY) and last.num_reqs == 0
+    assert last.done_tokens == sum(map(len, want))
+    assert max(len(i.request_ids) for i in seen) == max_reqs
+    # the same Decoder then runs a plain batched call correctly
+    cfg_batched = GenerationConfig(max_new_tokens=14, eos_token_ids=(eos,))
+    assert dec.generate(MANY[:max_reqs], cfg_batched).tokens == want[:max_reqs]
+
+
+def test_continuous_batching_sets_up_the_drafter_of_refilled_slots():
+    """Perfect drafts (error rate 0, depth 3): every request, refilled ones included, takes 12
+    tokens in 3 steps. A refilled slot still drafting from its previous prompt's reference would
+    be rejected and need more steps (drafter.prefill_rows is what prevents that)."""
+    runner = ToyRunner(seed=7)
+    drafter = _test_drafter(runner, MANY, 2, depth=3, error_rate=0.0)
+    dec = Decoder(runner, drafter, max_reqs=2, max_len=64)
+    cfg = GenerationConfig(max_new_tokens=12, check_every=1, continuous=True)
+    out = dec.generate(MANY, cfg)
+    assert out.tokens == [reference_greedy(runner, p, 12) for p in MANY]
+    assert [(s.steps, s.accepted_hist) for s in out.stats] == [(3, [0, 0, 0, 3])] * len(MANY)
