@@ -59,19 +59,25 @@ def generate(runner, default_index):
     from samgpu.drafters import build_drafter
     from samgpu.models import default_eos_ids
 
-    def run(method, prompts, **options):
+    def run(method, prompts, *, max_reqs=None, continuous=False, **options):
         max_len = max(len(p) for p in prompts) + MAX_NEW + 128
+        max_reqs = max_reqs or len(prompts)
         drafter = build_drafter(
             method,
             vocab_size=runner.vocab_size,
-            max_reqs=len(prompts),
+            max_reqs=max_reqs,
             max_len=max_len,
             device="cpu",
             index=default_index,
             **options,
         )
-        decoder = Decoder(runner, drafter, max_reqs=len(prompts), max_len=max_len)
-        config = GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=default_eos_ids())
+        decoder = Decoder(runner, drafter, max_reqs=max_reqs, max_len=max_len)
+        config = GenerationConfig(
+            max_new_tokens=MAX_NEW,
+            eos_token_ids=default_eos_ids(),
+            continuous=continuous,
+            check_every=4,
+        )
         return decoder.generate(prompts, config)
 
     return run

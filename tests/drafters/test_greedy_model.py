@@ -29,3 +29,14 @@ def test_batch_of_three_equals_ar(method, generate, chat_prompts, ar_outputs):
 def test_batch_of_one_equals_ar(method, generate, chat_prompts, ar_outputs):
     out = generate(method, chat_prompts[:1], **OPTIONS[method])
     assert out.tokens == ar_outputs["b1"]
+
+
+@pytest.mark.parametrize("method", list(OPTIONS))
+def test_continuous_batching_equals_ar(method, generate, chat_prompts, ar_outputs):
+    """Three prompts through two slots with refill (continuous batching): the third prompt goes
+    into whichever slot finishes first, mid-run, with its automata / Token Recycling seeds set up
+    for that slot alone."""
+    out = generate(method, chat_prompts, max_reqs=2, continuous=True, **OPTIONS[method])
+    assert out.tokens == ar_outputs["b3"]
+    assert sum(s.steps for s in out.stats) < sum(len(t) for t in out.tokens)
+
