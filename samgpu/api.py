@@ -111,7 +111,9 @@ class SamDecoder:
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
     tokenizer, built and cached on first use) or None. options: drafter options (build_drafter's
     keywords);
-    `use_cuda_graphs` (default True) and `check_every` are decode-loop options.
+    `use_cuda_graphs` (default True), `check_every` and `continuous_batching` (finished
+    sequences' slots take the next prompts when more prompts than `batch_size` are given; default
+    False) are decode-loop options.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class SamDecoder:
         *,
         use_cuda_graphs: bool = True,
         check_every: int | None = None,
+        continuous_batching: bool = False,
         **options: Any,
     ):
         if method not in user_methods():
@@ -136,6 +139,7 @@ class SamDecoder:
         self.options = dict(options)
         self.use_cuda_graphs = use_cuda_graphs
         self.check_every = check_every
+        self.continuous_batching = bool(continuous_batching)
         self.last_stats: list[dict[str, Any]] = []
         self._runner = None
         self._decoder = None
@@ -279,6 +283,7 @@ class SamDecoder:
             top_p=float(top_p),
             eos_token_ids=tuple(int(t) for t in eos_token_ids),
             seed=seed,
+            continuous=self.continuous_batching,
         )
         if self.check_every is not None:
             cfg_kw["check_every"] = int(self.check_every)

@@ -90,6 +90,12 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--check-every", type=int, default=None, help="steps between host checks / progress calls"
     )
+    p.add_argument(
+        "--continuous-batching",
+        action="store_true",
+        help="refill finished sequences' slots with waiting prompts instead of waiting for the"
+        " batch's longest sequence (with --input)",
+    )
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the step eagerly")
     p.add_argument("--profile", metavar="DIR", help="write a torch profiler trace to DIR")
     p.add_argument(

@@ -113,6 +113,7 @@ class _Session:
                 ),
                 use_cuda_graphs=not args.no_cuda_graphs,
                 check_every=args.check_every,
+                continuous_batching=args.continuous_batching,
                 **options,
             )
         except (ValueError, TypeError) as e:
@@ -421,11 +422,20 @@ def progress_counts(info: Any) -> tuple[int | None, float | None]:
 
     gen = total("num_generated")
     steps = total("num_steps")
+    # continuous batching: requests already finished in this call are not in the per-slot lists
+    done_tokens, done_steps = getattr(info, "done_tokens", 0), getattr(info, "done_steps", 0)
     if steps is None:
         s = total("steps")
         reqs = getattr(info, "num_reqs", None)
         steps = s * reqs if s is not None and isinstance(reqs, int) else s
+    if gen is not None:
+        gen += done_tokens
+    if steps is not None:
+        steps += done_steps
     return (int(gen) if gen is not None else None), steps
+
+
+ROUND_BATCHES = 8  # --continuous-batching: batches' worth of prompts per round (written after it)
 
 
 def _generate_file(args: argparse.Namespace) -> int:
@@ -490,13 +500,16 @@ def _generate_file(args: argparse.Namespace) -> int:
         return error.exit_code if error is not None else 1
 
     progress = _Progress(len(pending), enabled=info.is_main and not args.no_progress)
-    rounds = dist.num_rounds(len(pending), args.batch_size, info)
+    # A round is one batch per rank; with continuous batching, ROUND_BATCHES batches' worth of
+    # prompts flowing through the batch's slots (results are written after each round).
+    round_size = args.batch_size * (ROUND_BATCHES if args.continuous_batching else 1)
+    rounds = dist.num_rounds(len(pending), round_size, info)
     rank_busy = [0.0] * info.world_size  # seconds each rank spent generating (rank 0 sums them)
     try:
         with _profiler(args, rank_suffix):
             for t in range(rounds):
                 results = list(skipped) if t == 0 else []
-                batch = work[t * args.batch_size : (t + 1) * args.batch_size]
+                batch = work[t * round_size : (t + 1) * round_size]
                 tokens = steps = busy = 0.0
                 failure: BaseException | None = None
                 if batch:

@@ -147,6 +147,7 @@ class ProgressInfo:
     # per-slot lists above cover only the slots' current requests)
     done_tokens: int = 0
     done_steps: int = 0
+    num_steps: list[int] | None = None  # continuous batching: steps of each live request so far
 
     @functools.cached_property
     def tokens(self) -> list[list[int]] | None:
@@ -627,6 +628,7 @@ class Decoder:
         self._prefill(bt, prompts[:B], config)
         sync()
         started = [time.perf_counter()] * B  # decode start of each slot's request
+        start_step = [0] * B  # loop step at which each slot's request started
         prefill_s = [started[0] - start] * B
         done_tokens = done_steps = steps = 0
         # every step emits >= 1 token per live sequence: a safety bound on the whole call
@@ -658,6 +660,7 @@ class Decoder:
                     t_done = time.perf_counter()
                     for b, req in zip(refill, new, strict=True):
                         occupant[b], started[b], prefill_s[b] = req, t_done, t_done - t_refill
+                        start_step[b] = steps
                     finished, num_generated = self._read_flags(bt)
             if on_progress is not None:
                 live = [b for b in range(B) if occupant[b] is not None]
@@ -673,6 +676,7 @@ class Decoder:
                         elapsed_s=time.perf_counter() - t0,
                         done_tokens=done_tokens,
                         done_steps=done_steps,
+                        num_steps=[steps - start_step[b] for b in live],
                     )
                 )
             if all(o is None for o in occupant):

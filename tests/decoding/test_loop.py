@@ -253,6 +253,7 @@ def test_continuous_batching_equals_reference_greedy(max_reqs, drafter_kind):
     last = seen[-1]
     assert last.num_finished == len(MANY) and last.num_reqs == 0
     assert last.done_tokens == sum(map(len, want))
+    assert last.done_steps == sum(s.steps for s in out.stats)
     assert max(len(i.request_ids) for i in seen) == max_reqs
     # the same Decoder then runs a plain batched call correctly
     cfg_batched = GenerationConfig(max_new_tokens=14, eos_token_ids=(eos,))
