@@ -73,7 +73,7 @@ def run_one(gpus: int, method: str, prompts: Path, work: Path, args) -> dict:
         "--method", method, "--batch-size", str(args.batch_size),
         "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype,
         "--stats-json", str(stats_path), "--device", args.device,
-    ]  # fmt: skip
+    ] + (["--continuous-batching"] if args.continuous_batching else [])  # fmt: skip
     env = {**os.environ, **NCCL_ENV, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))}
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--methods", default="ar,sam+tr,merged")
+    ap.add_argument(
+        "--continuous-batching", action="store_true", help="pass --continuous-batching to the CLI"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                         "prompts": n_prompts,
                         "dataset": "spec_bench first turns",
                         "tag": args.tag,
+                        "continuous_batching": args.continuous_batching,
                     },
                     "metric": "generation throughput",
                     "unit": "tokens/s",
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(hardware_line())
     title = (
-        f"samgpu generate, {n_prompts} Spec-Bench prompts, B={args.batch_size} per GPU, "
+        f"samgpu generate{' --continuous-batching' if args.continuous_batching else ''}, "
+        f"{n_prompts} Spec-Bench prompts, B={args.batch_size} per GPU, "
         f"{args.max_new_tokens} new tokens, {args.dtype}"
     )
     print_table(rows, list(rows[0]), title=title)

@@ -72,7 +72,11 @@ case "${1:-}" in
     run multigpu_b16 200 python -m profiling.bench_multigpu --gpus 1 2 --methods ar \
       --batch-size 16 --tag multigpu-busy
     ;;
-  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3"; exit 2 ;;
+  continuous)  # --continuous-batching, 1 vs 2 GPUs (compare with the multigpu phase's plain runs)
+    run continuous_b64 560 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
+      --batch-size 64 --continuous-batching --tag continuous
+    ;;
+  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back

@@ -167,7 +167,9 @@ def multigpu_tables(recs: list[dict]) -> list[str]:
     for r in recs:
         if r.get("bench") == "multigpu":
             p = r["params"]
+            mode = "continuous" if p.get("continuous_batching") else "plain"
             key = (p["prompts"], p["batch_size"], p["max_new_tokens"], p["dtype"], p.get("tag", ""))
+            key = (*key[:4], f"{key[4] or '—'}, {mode} batching")
             groups[(*key, r.get("passes"), r["env"].get("samgpu_sha"), r["env"].get("gpu"))].append(
                 r
             )
@@ -177,7 +179,7 @@ def multigpu_tables(recs: list[dict]) -> list[str]:
         head = [f"{g} GPU{'s' if g > 1 else ''} tok/s" for g in counts]
         lines = [
             f"**multi-GPU** `samgpu generate`, {prompts} prompts, B={batch} per GPU, {tokens} new"
-            f" tokens, {dtype}, tag {tag or '—'}, samgpu {sha}, {gpu}; "
+            f" tokens, {dtype}, tag {tag}, samgpu {sha}, {gpu}; "
             + (
                 f"pass {passes} of each command (kernels compiled)"
                 if passes and passes > 1

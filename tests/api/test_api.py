@@ -41,6 +41,19 @@ def test_greedy_matches_transformers_generate(tiny, method):
     assert {"steps", "mat"} <= set(dec.last_stats[0])
 
 
+def test_continuous_batching_gives_the_same_ids(tiny):
+    """SamDecoder(continuous_batching=True): five prompts through two slots, refilled as requests
+    end, give the same token ids (and per-request stats) as plain batches."""
+    model, tok = tiny
+    prompts = [list(tok(t).input_ids) for t in ("Hello there", "x", "a b c d e f", "1 2", "The")]
+    plain = SamDecoder(model, tok, method="sam+tr", index=None)
+    cont = SamDecoder(model, tok, method="sam+tr", index=None, continuous_batching=True)
+    kw = {"max_new_tokens": 10, "batch_size": 2}
+    want = plain.generate_ids(prompts, **kw).tokens
+    assert cont.generate_ids(prompts, **kw).tokens == want
+    assert [s["generated"] for s in cont.last_stats] == [len(t) for t in want]
+
+
 def test_prompt_containing_the_pad_id_keeps_it(tiny):
     """SmolLM2 pads with its EOS id, which every chat prompt contains (<|im_end|> closes the system
     turn). Without an attention_mask transformers keeps those tokens (pad == EOS: no mask is
