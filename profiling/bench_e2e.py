@@ -99,8 +99,11 @@ class OurMethod:
         )
         self.drafter = drafter
         self.decoder = Decoder(self.runner, drafter, max_reqs=args.batch_size, max_len=max_len)
+        self.continuous = bool(args.continuous_batching)
         self.config = GenerationConfig(
-            max_new_tokens=args.max_new_tokens, eos_token_ids=tuple(args.eos_ids)
+            max_new_tokens=args.max_new_tokens,
+            eos_token_ids=tuple(args.eos_ids),
+            continuous=self.continuous,
         )
         self.stats: list = []
 
@@ -157,13 +160,15 @@ def run_method(fn, tokenizer, items, batch_size: int) -> Run:
         for turn in range(max(num_turns(it) for it in group)):
             todo = [it for it in group if num_turns(it) > turn]
             prompts = [encode_turn(tokenizer, it, tokens[it.item_id]) for it in todo]
-            for start in range(0, len(prompts), batch_size):
+            # continuous batching: the whole group in one call, through batch_size slots
+            chunk = len(prompts) if getattr(fn, "continuous", False) else batch_size
+            for start in range(0, len(prompts), chunk):
                 sync()
                 t0 = time.perf_counter()
-                outs = fn(prompts[start : start + batch_size])
+                outs = fn(prompts[start : start + chunk])
                 sync()
                 elapsed += time.perf_counter() - t0
-                for it, out in zip(todo[start : start + batch_size], outs, strict=True):
+                for it, out in zip(todo[start : start + chunk], outs, strict=True):
                     tokens[it.item_id].append(list(out))
         seconds[cat] = elapsed
         generated[cat] = sum(len(t) for it in group for t in tokens[it.item_id])
@@ -213,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--option", action="append", default=[], type=_kv, help="drafter KEY=VALUE")
     ap.add_argument("--tag", default="", help="free-form label stored with every record")
+    ap.add_argument(
+        "--continuous-batching",
+        action="store_true",
+        help="samgpu methods refill finished slots (one call per category and turn)",
+    )
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in DEFAULT_METHODS]
@@ -256,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         index=args.index,
         options=dict(args.option),
         tag=args.tag,
+        continuous_batching=args.continuous_batching,
     )
     runs: dict[str, Run] = {}
     records = []

@@ -76,7 +76,13 @@ case "${1:-}" in
     run continuous_b64 560 python -m profiling.bench_multigpu --gpus 1 2 --methods ar,sam+tr,merged \
       --batch-size 64 --continuous-batching --tag continuous
     ;;
-  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous"; exit 2 ;;
+  continuous_e2e)  # the batch curve with continuous batching (all 480 first and second turns)
+    for b in 16 64; do
+      run "e2e_cont_b$b" 250 python -m profiling.bench_e2e --dataset spec_bench --batch-size $b \
+        --methods ar,sam+tr,merged --continuous-batching --tag continuous
+    done
+    ;;
+  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
