@@ -775,30 +775,11 @@ class Decoder:
         ]
 
     def _collect(self, bt: _Batch, prefill_s: float, decode_s: float):
-        st = bt.state
-        num_generated = st.num_generated.cpu().tolist()
-        tokens = self._host_tokens(bt, num_generated)
-        num_steps = bt.num_steps.cpu().tolist()
-        hist = bt.accepted_hist.cpu().tolist()
-        has_sources = getattr(self.drafter, "last_source", None) is not None
-        sources = bt.source_counts.cpu().tolist()
-        stats = []
-        for b in range(st.num_reqs):
-            steps = num_steps[b]
-            stats.append(
-                RequestStats(
-                    steps=steps,
-                    generated=num_generated[b],
-                    mat=num_generated[b] / steps if steps else 0.0,
-                    tokens_per_s=num_generated[b] / decode_s if decode_s > 0 else 0.0,
-                    accepted_hist=hist[b],
-                    sources=(
-                        {SOURCE_NAMES[s]: n for s, n in enumerate(sources[b]) if n}
-                        if has_sources
-                        else {}
-                    ),
-                    prefill_s=prefill_s,
-                    decode_s=decode_s,
-                )
-            )
+        """Tokens and statistics of every request of a finished batch."""
+        tokens, stats = [], []
+        for toks, stat in self._collect_rows(bt, list(range(bt.state.num_reqs))):
+            stat.prefill_s, stat.decode_s = prefill_s, decode_s
+            stat.tokens_per_s = stat.generated / decode_s if decode_s > 0 else 0.0
+            tokens.append(toks)
+            stats.append(stat)
         return tokens, stats
