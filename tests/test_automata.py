@@ -257,6 +257,37 @@ def test_dynamic_prefill_resets_slots():
     assert isinstance(a.matches, Matches)
 
 
+def test_prefill_rows_rebuilds_only_those_slots():
+    """Continuous batching: prefill_rows on slots [2, 0] gives exactly the automata / matches of a
+    fresh prefill of those prompts, and slot 1 keeps what it had (dynamic and static)."""
+    gen = torch.Generator().manual_seed(3)
+    docs = [random_text(gen, 60, 4) for _ in range(3)]
+    static = StaticAutomaton.from_index(SamIndex.build(docs, vocab_size=6, eos_id=5), "cpu")
+    first = [[1, 2, 1, 2, 3], [4, 4, 4, 0, 1], [0, 1]]
+    new = [[3, 3, 1, 0, 2, 3], [2]]  # into slots 2 and 0
+    dyn = DynamicAutomata(3, 32, 6, "cpu")
+    dyn.prefill(*pad_rows(first))
+    matches = static.new_matches(3)
+    static.prefill(matches, *pad_rows(first))
+    before = {n: t[1].clone() for n, t in vars(dyn).items() if isinstance(t, torch.Tensor)}
+    kept = matches.state[1].item(), matches.match_len[1].item()
+    rows = torch.tensor([2, 0])
+    dyn.prefill_rows(*pad_rows(new), rows)
+    static.prefill_rows(matches, *pad_rows(new), rows)
+    fresh = DynamicAutomata(2, 32, 6, "cpu")
+    fresh.prefill(*pad_rows(new))
+    fresh_matches = static.new_matches(2)
+    static.prefill(fresh_matches, *pad_rows(new))
+    for name, t in vars(dyn).items():
+        if isinstance(t, torch.Tensor):
+            assert torch.equal(t[rows], getattr(fresh, name)), name
+            assert torch.equal(t[1], before[name]), name
+    assert torch.equal(matches.state[rows], fresh_matches.state)
+    assert torch.equal(matches.match_len[rows], fresh_matches.match_len)
+    assert (matches.state[1].item(), matches.match_len[1].item()) == kept
+    assert int(fresh_matches.match_len.max()) > 0  # the matches are not all trivial
+
+
 def _earlier_match_brute_force(text: list[int]) -> tuple[int, int]:
     """Longest suffix of text also ending at an earlier position, and its earliest end."""
     for length in range(len(text) - 1, 0, -1):
