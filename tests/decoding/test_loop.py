@@ -271,3 +271,16 @@ def test_continuous_batching_sets_up_the_drafter_of_refilled_slots():
     out = dec.generate(MANY, cfg)
     assert out.tokens == [reference_greedy(runner, p, 12) for p in MANY]
     assert [(s.steps, s.accepted_hist) for s in out.stats] == [(3, [0, 0, 0, 3])] * len(MANY)
+
+
+def test_continuous_batching_with_sampling_is_reproducible():
+    """Sampling through refilled slots: every request gets max_new_tokens ids from the vocabulary,
+    and the same seed gives the same outputs."""
+    runner = ToyRunner(seed=8)
+    drafter = _test_drafter(runner, MANY, 3, error_rate=0.3)
+    dec = Decoder(runner, drafter, max_reqs=3, max_len=64)
+    cfg = GenerationConfig(max_new_tokens=9, temperature=1.0, seed=11, continuous=True)
+    first = dec.generate(MANY, cfg).tokens
+    assert [len(t) for t in first] == [9] * len(MANY)
+    assert all(0 <= x < runner.vocab_size for t in first for x in t)
+    assert dec.generate(MANY, cfg).tokens == first
