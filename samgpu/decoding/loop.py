@@ -44,13 +44,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from samgpu.decoding.config import (  # noqa: F401 (re-exported: the loop's public types)
+    MAX_EOS,
+    GenerationConfig,
+    GenerationOutput,
+    ProgressInfo,
+    RequestStats,
+)
+from samgpu.decoding.continuous import ContinuousBatching
 from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
 from samgpu.kernels.tree import TreeMask, tree_mask
@@ -72,7 +79,6 @@ from samgpu.types import (
     StepOutput,
 )
 
-MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
 SOURCE_NAMES: dict[int, str] = {
     SOURCE_NONE: "none",
     SOURCE_STATIC: "static",
@@ -80,84 +86,6 @@ SOURCE_NAMES: dict[int, str] = {
     SOURCE_FALLBACK: "fallback",
 }
 NVTX_STAGES: tuple[str, ...] = ("draft", "tree", "forward", "verify", "commit", "update")
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerationConfig:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy; > 0: sampling (verify_sample)
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    eos_token_ids: tuple[int, ...] = ()
-    seed: int | None = None  # sampling seed; None: a fresh one per call
-    check_every: int = 8  # steps between host reads of the finished flags
-    # Continuous batching: a finished sequence's slot takes the next waiting prompt (at the next
-    # host check) instead of idling until the batch's longest sequence ends.
-    continuous: bool = False
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature={self.temperature} must be a finite number >= 0")
-        if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables top-p)")
-        if self.check_every < 1:
-            raise ValueError(f"check_every={self.check_every} must be >= 1")
-        if len(self.eos_token_ids) > MAX_EOS:
-            raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
-
-    @property
-    def is_sampling(self) -> bool:
-        return self.temperature > 0
-
-
-@dataclass
-class RequestStats:
-    steps: int  # decode steps while the request was live
-    generated: int  # tokens emitted (EOS included)
-    mat: float  # tokens emitted per step, bonus included (generated / steps; the last step may be
-    # cut by EOS / max_new_tokens, so this is at most the mean of num_accepted + 1)
-    tokens_per_s: float  # generated / decode time of its batch
-    accepted_hist: list[int]  # accepted_hist[a]: steps that accepted a draft tokens (before cuts)
-    sources: dict[str, int]  # steps per draft source (drafters with `last_source`), else {}
-    prefill_s: float  # prefill time of its batch
-    decode_s: float  # decode time of its batch (prefill excluded)
-
-
-@dataclass
-class ProgressInfo:
-    """Passed to `on_progress` every `check_every` steps (when the host reads the flags anyway).
-
-    `tokens` (generated so far, per sequence of this batch) is read from the GPU only when a
-    callback asks for it, and only during the callback: the next steps run after it returns."""
-
-    batch_index: int
-    num_batches: int
-    request_ids: list[int]  # prompt indices of this batch
-    num_reqs: int  # sequences in this batch
-    steps: int  # steps run in this batch so far
-    num_generated: list[int]  # per sequence of this batch
-    num_finished: int
-    elapsed_s: float  # since generate() started
-    read_tokens: Callable[[], list[list[int]]] | None = field(default=None, repr=False)
-    # continuous batching: tokens and steps of the requests already finished in this call (the
-    # per-slot lists above cover only the slots' current requests)
-    done_tokens: int = 0
-    done_steps: int = 0
-    num_steps: list[int] | None = None  # continuous batching: steps of each live request so far
-
-    @functools.cached_property
-    def tokens(self) -> list[list[int]] | None:
-        return self.read_tokens() if self.read_tokens is not None else None
-
-
-@dataclass
-class GenerationOutput:
-    tokens: list[list[int]]  # generated tokens per prompt, EOS included when produced
-    stats: list[RequestStats] = field(default_factory=list)
 
 
 @dataclass
@@ -209,7 +137,7 @@ class _StageTimer:
         return {name: ms / max(steps, 1) for name, ms in total.items()}
 
 
-class Decoder:
+class Decoder(ContinuousBatching):
     """Batched speculative decoding with `drafter` on `runner`; see the module docstring.
 
     max_reqs: sequences per batch (capacity of every buffer); max_len: per-sequence capacity of
@@ -569,119 +497,6 @@ class Decoder:
             prefix_len = torch.tensor([n - 1 for n in lengths], dtype=torch.int32, device=dev)
             self.runner.prefill(input_ids.to(dev), prefix_len, self.cache)
         self.drafter.prefill(st)
-
-    def _refill(self, bt: _Batch, slots: list[int], prompts: list[list[int]], config) -> None:
-        """Put `prompts` into the finished `slots` of a running batch (continuous batching): their
-        rows of every state buffer are reset as _prefill does, prompt[:-1] goes through the
-        runner's prefill into a scratch cache of len(slots) rows whose K/V rows are copied into
-        the slots, and the drafter sets up those rows only. Other slots are not touched."""
-        n, dev, st = len(slots), self.device, bt.state
-        rows = torch.tensor(slots, dtype=torch.long, device=dev)
-        lengths = [len(p) for p in prompts]
-        text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
-        for i, p in enumerate(prompts):
-            text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
-        st.text.index_copy_(0, rows, text.to(dev))
-        st.text_len.index_copy_(0, rows, lens)
-        st.prompt_len.index_copy_(0, rows, lens)
-        last = torch.tensor([p[-1] for p in prompts], dtype=torch.int32, device=dev)
-        st.root.index_copy_(0, rows, last)
-        st.max_new_tokens.index_fill_(0, rows, config.max_new_tokens)
-        for t in (
-            st.num_generated,
-            bt.num_steps,
-            bt.accepted_hist,
-            bt.source_counts,
-            bt.step.num_new,
-        ):
-            t.index_fill_(0, rows, 0)
-        bt.step.new_tokens.index_fill_(0, rows, PAD_TOKEN)
-        width = max(lengths) - 1
-        if width > 0:
-            input_ids = torch.zeros(n, width, dtype=torch.int32)
-            for i, p in enumerate(prompts):
-                input_ids[i, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.int32)
-            scratch = self.runner.allocate_cache(n, width)
-            self.runner.prefill(input_ids.to(dev), lens - 1, scratch)
-            self.cache.k[:, :, :, :width].index_copy_(1, rows, scratch.k)
-            self.cache.v[:, :, :, :width].index_copy_(1, rows, scratch.v)
-        self.cache.cache_len.index_copy_(0, rows, lens - 1)
-        self.drafter.prefill_rows(st, rows)
-        st.finished.index_fill_(0, rows, False)  # last: the slots are live again
-
-    def _generate_continuous(self, prompts, config, on_progress, t0):
-        """All prompts through one batch of min(max_reqs, len(prompts)) slots; see _refill."""
-        if not hasattr(self.drafter, "prefill_rows"):
-            raise ValueError(
-                f"drafter {self.drafter.name!r} has no prefill_rows: continuous batching needs it"
-            )
-        B = min(self.max_reqs, len(prompts))
-        bt = self._batch(B)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        tokens: list[list[int] | None] = [None] * len(prompts)
-        stats: list[RequestStats | None] = [None] * len(prompts)
-        occupant: list[int | None] = list(range(B))  # request index held by each slot
-        waiting = list(range(B, len(prompts)))
-        sync()
-        start = time.perf_counter()
-        self._prefill(bt, prompts[:B], config)
-        sync()
-        started = [time.perf_counter()] * B  # decode start of each slot's request
-        start_step = [0] * B  # loop step at which each slot's request started
-        prefill_s = [started[0] - start] * B
-        done_tokens = done_steps = steps = 0
-        # every step emits >= 1 token per live sequence: a safety bound on the whole call
-        max_steps = len(prompts) * config.max_new_tokens + config.check_every
-        while True:
-            for _ in range(config.check_every):
-                self._run_step(bt, config)
-            steps += config.check_every
-            finished, num_generated = self._read_flags(bt)
-            ended = [b for b in range(B) if finished[b] and occupant[b] is not None]
-            if steps >= max_steps:
-                ended = [b for b in range(B) if occupant[b] is not None]
-            if ended:
-                now = time.perf_counter()
-                for b, (toks, stat) in zip(ended, self._collect_rows(bt, ended), strict=True):
-                    req = occupant[b]
-                    stat.prefill_s, stat.decode_s = prefill_s[b], now - started[b]
-                    stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
-                    tokens[req], stats[req] = toks, stat
-                    done_tokens += stat.generated
-                    done_steps += stat.steps
-                    occupant[b] = None
-                refill = ended[: len(waiting)] if steps < max_steps else []
-                if refill:
-                    new, waiting = waiting[: len(refill)], waiting[len(refill) :]
-                    t_refill = time.perf_counter()
-                    self._refill(bt, refill, [prompts[i] for i in new], config)
-                    sync()
-                    t_done = time.perf_counter()
-                    for b, req in zip(refill, new, strict=True):
-                        occupant[b], started[b], prefill_s[b] = req, t_done, t_done - t_refill
-                        start_step[b] = steps
-                    finished, num_generated = self._read_flags(bt)
-            if on_progress is not None:
-                live = [b for b in range(B) if occupant[b] is not None]
-                on_progress(
-                    ProgressInfo(
-                        batch_index=0,
-                        num_batches=1,
-                        request_ids=[occupant[b] for b in live],
-                        num_reqs=len(live),
-                        steps=steps,
-                        num_generated=[num_generated[b] for b in live],
-                        num_finished=sum(t is not None for t in tokens),
-                        elapsed_s=time.perf_counter() - t0,
-                        done_tokens=done_tokens,
-                        done_steps=done_steps,
-                        num_steps=[steps - start_step[b] for b in live],
-                    )
-                )
-            if all(o is None for o in occupant):
-                break
-        return tokens, stats
 
     def _collect_rows(self, bt: _Batch, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
         """Tokens and statistics of the requests in `rows` (one host read of those rows)."""

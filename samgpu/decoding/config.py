@@ -1,0 +1,89 @@
+"""What a decode call takes and gives: GenerationConfig, RequestStats, ProgressInfo,
+GenerationOutput (re-exported by samgpu.decoding.loop, where they are documented in context)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy; > 0: sampling (verify_sample)
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    eos_token_ids: tuple[int, ...] = ()
+    seed: int | None = None  # sampling seed; None: a fresh one per call
+    check_every: int = 8  # steps between host reads of the finished flags
+    # Continuous batching: a finished sequence's slot takes the next waiting prompt (at the next
+    # host check) instead of idling until the batch's longest sequence ends.
+    continuous: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature={self.temperature} must be a finite number >= 0")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables top-p)")
+        if self.check_every < 1:
+            raise ValueError(f"check_every={self.check_every} must be >= 1")
+        if len(self.eos_token_ids) > MAX_EOS:
+            raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
+
+    @property
+    def is_sampling(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclass
+class RequestStats:
+    steps: int  # decode steps while the request was live
+    generated: int  # tokens emitted (EOS included)
+    mat: float  # tokens emitted per step, bonus included (generated / steps; the last step may be
+    # cut by EOS / max_new_tokens, so this is at most the mean of num_accepted + 1)
+    tokens_per_s: float  # generated / decode time of its batch
+    accepted_hist: list[int]  # accepted_hist[a]: steps that accepted a draft tokens (before cuts)
+    sources: dict[str, int]  # steps per draft source (drafters with `last_source`), else {}
+    prefill_s: float  # prefill time of its batch
+    decode_s: float  # decode time of its batch (prefill excluded)
+
+
+@dataclass
+class ProgressInfo:
+    """Passed to `on_progress` every `check_every` steps (when the host reads the flags anyway).
+
+    `tokens` (generated so far, per sequence of this batch) is read from the GPU only when a
+    callback asks for it, and only during the callback: the next steps run after it returns."""
+
+    batch_index: int
+    num_batches: int
+    request_ids: list[int]  # prompt indices of this batch
+    num_reqs: int  # sequences in this batch
+    steps: int  # steps run in this batch so far
+    num_generated: list[int]  # per sequence of this batch
+    num_finished: int
+    elapsed_s: float  # since generate() started
+    read_tokens: Callable[[], list[list[int]]] | None = field(default=None, repr=False)
+    # continuous batching: tokens and steps of the requests already finished in this call (the
+    # per-slot lists above cover only the slots' current requests)
+    done_tokens: int = 0
+    done_steps: int = 0
+    num_steps: list[int] | None = None  # continuous batching: steps of each live request so far
+
+    @functools.cached_property
+    def tokens(self) -> list[list[int]] | None:
+        return self.read_tokens() if self.read_tokens is not None else None
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # generated tokens per prompt, EOS included when produced
+    stats: list[RequestStats] = field(default_factory=list)
