@@ -20,6 +20,7 @@ Results: profiling/results/<date>-<card>-<sha>.jsonl; `python -m profiling.repor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -120,6 +121,9 @@ class OurMethod:
         config = GenerationConfig(max_new_tokens=32, eos_token_ids=self.config.eos_token_ids)
         for p in prompts:
             self.decoder.generate([p] * self.decoder.max_reqs, config)
+        if self.continuous:  # refills: prefills of a few rows at a time, scratch automata
+            refill = dataclasses.replace(config, continuous=True, max_new_tokens=8)
+            self.decoder.generate(prompts * (1 + self.decoder.max_reqs // len(prompts)), refill)
 
 
 class HFMethod:
