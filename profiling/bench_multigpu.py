@@ -89,6 +89,13 @@ def run_one(gpus: int, method: str, prompts: Path, work: Path, args) -> dict:
     return {"stats": stats, "wall_seconds": wall, "records": records}
 
 
+def busy_percent(cli_stats: dict) -> float | None:
+    """Share of the generation time the ranks spent generating (not waiting or writing), from
+    `samgpu generate --stats-json`; None for records without per-rank times."""
+    busy = cli_stats.get("rank_generate_seconds")
+    return 100 * sum(busy) / len(busy) / cli_stats["generate_seconds"] if busy else None
+
+
 def count_same(records: list[dict], reference: list[dict]) -> int:
     return sum(a["completion"] == b["completion"] for a, b in zip(records, reference, strict=True))
 
@@ -146,10 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"x vs {min(args.gpus)} GPU": st["tokens_per_second"]
                 / base["stats"]["tokens_per_second"],
                 "MAT": st["mean_accepted_tokens"],
-                # share of the generation time the ranks spent generating (not waiting/writing)
-                "busy %": 100 * sum(busy) / len(busy) / st["generate_seconds"]
-                if (busy := st.get("rank_generate_seconds"))
-                else None,
+                "busy %": busy_percent(st),
                 "wall s": run["wall_seconds"],
                 "pass-1 tok/s": first["stats"]["tokens_per_second"] if args.passes > 1 else None,
                 f"same text as {min(args.gpus)} GPU": f"{same}/{len(recs)}",

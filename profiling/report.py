@@ -17,6 +17,7 @@ import json
 import pathlib
 from collections import defaultdict
 
+from profiling.bench_multigpu import busy_percent
 from profiling.datasets import TABLE_COLUMNS
 
 
@@ -196,12 +197,8 @@ def multigpu_tables(recs: list[dict]) -> list[str]:
             cells = [f"{by_gpus[g]['tok_s']:,.0f}" if g in by_gpus else "—" for g in counts]
             ratio = f"{top['speedup_vs_1gpu']:.2f}x" if top else "—"
             mat = f"{top['cli_stats']['mean_accepted_tokens']:.2f}" if top else "—"
-            busy = top["cli_stats"].get("rank_generate_seconds") if top else None
-            busy_pct = (
-                f"{100 * sum(busy) / len(busy) / top['cli_stats']['generate_seconds']:.0f}"
-                if busy
-                else "—"
-            )
+            busy = busy_percent(top["cli_stats"]) if top else None
+            busy_pct = f"{busy:.0f}" if busy is not None else "—"
             same = f"{top['same_text_as_1gpu']}/{top['num_records']}" if top else "—"
             same_ar = top.get("same_text_as_ar") if top else None
             same_ar = f"{same_ar}/{top['num_records']}" if same_ar is not None else "—"

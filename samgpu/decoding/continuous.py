@@ -9,7 +9,6 @@ import time
 import torch
 
 from samgpu.decoding.config import ProgressInfo, RequestStats
-from samgpu.types import PAD_TOKEN
 
 
 class ContinuousBatching:
@@ -17,43 +16,20 @@ class ContinuousBatching:
 
     def _refill(self, bt, slots: list[int], prompts: list[list[int]], config) -> None:
         """Put `prompts` into the finished `slots` of a running batch (continuous batching): their
-        rows of every state buffer are reset as _prefill does, prompt[:-1] goes through the
-        runner's prefill into a scratch cache of len(slots) rows whose K/V rows are copied into
-        the slots, and the drafter sets up those rows only. Other slots are not touched."""
-        n, dev, st = len(slots), self.device, bt.state
-        rows = torch.tensor(slots, dtype=torch.long, device=dev)
-        lengths = [len(p) for p in prompts]
-        text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
-        for i, p in enumerate(prompts):
-            text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
-        st.text.index_copy_(0, rows, text.to(dev))
-        st.text_len.index_copy_(0, rows, lens)
-        st.prompt_len.index_copy_(0, rows, lens)
-        last = torch.tensor([p[-1] for p in prompts], dtype=torch.int32, device=dev)
-        st.root.index_copy_(0, rows, last)
-        st.max_new_tokens.index_fill_(0, rows, config.max_new_tokens)
-        for t in (
-            st.num_generated,
-            bt.num_steps,
-            bt.accepted_hist,
-            bt.source_counts,
-            bt.step.num_new,
-        ):
-            t.index_fill_(0, rows, 0)
-        bt.step.new_tokens.index_fill_(0, rows, PAD_TOKEN)
-        width = max(lengths) - 1
+        rows of every state buffer are reset (_load_prompts, as for a batch), prompt[:-1] goes
+        through the runner's prefill into a scratch cache of len(slots) rows whose K/V rows are
+        copied into the slots, and the drafter sets up those rows only. Other slots are not
+        touched."""
+        rows = torch.tensor(slots, dtype=torch.long, device=self.device)
+        input_ids, prefix_len = self._load_prompts(bt, rows, prompts, config)
+        width = input_ids.shape[1]
         if width > 0:
-            input_ids = torch.zeros(n, width, dtype=torch.int32)
-            for i, p in enumerate(prompts):
-                input_ids[i, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.int32)
-            scratch = self.runner.allocate_cache(n, width)
-            self.runner.prefill(input_ids.to(dev), lens - 1, scratch)
+            scratch = self.runner.allocate_cache(len(slots), width)
+            self.runner.prefill(input_ids, prefix_len, scratch)
             self.cache.k[:, :, :, :width].index_copy_(1, rows, scratch.k)
             self.cache.v[:, :, :, :width].index_copy_(1, rows, scratch.v)
-        self.cache.cache_len.index_copy_(0, rows, lens - 1)
-        self.drafter.prefill_rows(st, rows)
-        st.finished.index_fill_(0, rows, False)  # last: the slots are live again
+        self.cache.cache_len.index_copy_(0, rows, prefix_len)
+        self.drafter.prefill_rows(bt.state, rows)
 
     def _generate_continuous(self, prompts, config, on_progress, t0):
         """All prompts through one batch of min(max_reqs, len(prompts)) slots; see _refill."""
@@ -105,8 +81,7 @@ class ContinuousBatching:
                     t_done = time.perf_counter()
                     for b, req in zip(refill, new, strict=True):
                         occupant[b], started[b], prefill_s[b] = req, t_done, t_done - t_refill
-                        start_step[b] = steps
-                    finished, num_generated = self._read_flags(bt)
+                        start_step[b], num_generated[b] = steps, 0
             if on_progress is not None:
                 live = [b for b in range(B) if occupant[b] is not None]
                 on_progress(

@@ -469,34 +469,39 @@ class Decoder(ContinuousBatching):
             stats += out_stats
         return GenerationOutput(tokens=tokens, stats=stats)
 
-    def _prefill(self, bt: _Batch, prompts: list[list[int]], config: GenerationConfig) -> None:
-        B, dev, st = len(prompts), self.device, bt.state
+    def _load_prompts(self, bt: _Batch, rows: torch.Tensor, prompts: list[list[int]], config):
+        """Give slots `rows` [n] new prompts: reset their text, lengths, root, counters and
+        finished flag. Returns the runner's prefill input: prompt[:-1] right-padded [n, W] on the
+        device (W = 0 when every prompt is one token) and its lengths [n]."""
+        n, dev, st = len(prompts), self.device, bt.state
         lengths = [len(p) for p in prompts]
-        text = torch.full((B, self.max_len), PAD_TOKEN, dtype=torch.int32)
-        for b, p in enumerate(prompts):
-            text[b, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        st.text.copy_(text.to(dev))
-        st.text_len.copy_(torch.tensor(lengths, dtype=torch.int32))
-        st.prompt_len.copy_(st.text_len)
-        st.root.copy_(torch.tensor([p[-1] for p in prompts], dtype=torch.int32))
-        st.num_generated.zero_()
-        st.max_new_tokens.fill_(config.max_new_tokens)
-        st.finished.zero_()
-        bt.num_steps.zero_()
-        bt.accepted_hist.zero_()
-        bt.source_counts.zero_()
-        bt.step.new_tokens.fill_(PAD_TOKEN)
-        bt.step.num_new.zero_()
         width = max(lengths) - 1
-        if width == 0:
-            st.cache_len.zero_()
-        else:
-            input_ids = torch.zeros(B, width, dtype=torch.int32)
-            for b, p in enumerate(prompts):
-                input_ids[b, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.int32)
-            prefix_len = torch.tensor([n - 1 for n in lengths], dtype=torch.int32, device=dev)
-            self.runner.prefill(input_ids.to(dev), prefix_len, self.cache)
-        self.drafter.prefill(st)
+        text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
+        input_ids = torch.zeros(n, width, dtype=torch.int32)
+        for i, p in enumerate(prompts):
+            text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
+            input_ids[i, : len(p) - 1] = text[i, : len(p) - 1]
+        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+        st.text.index_copy_(0, rows, text.to(dev))
+        st.text_len.index_copy_(0, rows, lens)
+        st.prompt_len.index_copy_(0, rows, lens)
+        last = torch.tensor([p[-1] for p in prompts], dtype=torch.int32, device=dev)
+        st.root.index_copy_(0, rows, last)
+        st.max_new_tokens.index_fill_(0, rows, config.max_new_tokens)
+        for t in (st.num_generated, bt.num_steps, bt.accepted_hist, bt.source_counts):
+            t.index_fill_(0, rows, 0)
+        bt.step.num_new.index_fill_(0, rows, 0)
+        bt.step.new_tokens.index_fill_(0, rows, PAD_TOKEN)
+        st.finished.index_fill_(0, rows, False)
+        return input_ids.to(dev), lens - 1
+
+    def _prefill(self, bt: _Batch, prompts: list[list[int]], config: GenerationConfig) -> None:
+        rows = torch.arange(len(prompts), device=self.device)
+        input_ids, prefix_len = self._load_prompts(bt, rows, prompts, config)
+        if input_ids.shape[1] > 0:
+            self.runner.prefill(input_ids, prefix_len, self.cache)
+        bt.state.cache_len.copy_(prefix_len)
+        self.drafter.prefill(bt.state)
 
     def _collect_rows(self, bt: _Batch, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
         """Tokens and statistics of the requests in `rows` (one host read of those rows)."""

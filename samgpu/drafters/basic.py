@@ -116,20 +116,14 @@ class TestDrafter:
     def prefill(self, state: DecodeState) -> None:
         B = check_batch(state, self.max_reqs, self.name)
         self._step.zero_()  # same prompts -> same drafts, batch after batch (seeded sampling)
-        text = state.text.cpu()
-        prompt_len = state.prompt_len.cpu().tolist()
-        self._cont.fill_(PAD_TOKEN)
-        for b in range(B):
-            cont = self._refs.get(tuple(text[b, : prompt_len[b]].tolist()))
-            if cont:
-                self._cont[b, : len(cont)] = torch.tensor(cont, dtype=torch.int32)
+        self.prefill_rows(state, torch.arange(B, device=self.device))
 
     def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
-        """Continuous batching: the references of the prompts now in `rows`."""
+        """The references of the prompts now in `rows` (all of a batch at prefill)."""
         text = state.text.index_select(0, rows).cpu()
         prompt_len = state.prompt_len.index_select(0, rows).cpu().tolist()
+        self._cont.index_fill_(0, rows, PAD_TOKEN)
         for i, b in enumerate(rows.tolist()):
-            self._cont[b].fill_(PAD_TOKEN)
             cont = self._refs.get(tuple(text[i, : prompt_len[i]].tolist()))
             if cont:
                 self._cont[b, : len(cont)] = torch.tensor(cont, dtype=torch.int32)
