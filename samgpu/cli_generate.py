@@ -50,6 +50,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--output goes with --input; --prompt prints the completion to stdout")
     if args.prompt is not None and args.stats_json:
         raise UserError("--stats-json goes with --input (it totals a file run)")
+    if args.prompt is not None and args.continuous_batching:
+        raise UserError(
+            "--continuous-batching goes with --input (one prompt has no slots to refill)"
+        )
+    if args.stats_json and Path(args.stats_json).is_dir():
+        raise UserError(f"--stats-json {args.stats_json!r} is a directory, expected a file name")
     checks = [
         (args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1"),
         (args.max_new_tokens >= 1, f"--max-new-tokens {args.max_new_tokens} must be >= 1"),

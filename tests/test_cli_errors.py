@@ -99,6 +99,13 @@ def test_output_without_input_and_input_without_output(capsys, tmp_path, prompts
     assert code == 2 and "--output goes with --input" in one_error_line(err)
     code, _, err = run(capsys, *gen("--prompt", "hi", "--stats-json", tmp_path / "s.json"))
     assert code == 2 and "--stats-json goes with --input" in one_error_line(err)
+    code, _, err = run(capsys, *gen("--prompt", "hi", "--continuous-batching"))
+    assert code == 2 and "--continuous-batching goes with --input" in one_error_line(err)
+    src = prompts_file([{"prompt": "a"}])
+    code, _, err = run(
+        capsys, *gen("--input", src, "--output", tmp_path / "o.jsonl", "--stats-json", tmp_path)
+    )
+    assert code == 2 and "is a directory" in one_error_line(err)
     code, _, err = run(capsys, *gen("--input", prompts_file([{"prompt": "a"}])))
     assert code == 2 and "--input needs --output" in one_error_line(err)
 

@@ -39,4 +39,3 @@ def test_continuous_batching_equals_ar(method, generate, chat_prompts, ar_output
     out = generate(method, chat_prompts, max_reqs=2, continuous=True, **OPTIONS[method])
     assert out.tokens == ar_outputs["b3"]
     assert sum(s.steps for s in out.stats) < sum(len(t) for t in out.tokens)
-
