@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from samgpu.io import UserError
+from samgpu.errors import UserError
 
 EXIT_USAGE = 2
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from samgpu.cli import _error, _warn
 from samgpu.cli_generate import _device, _oom_during_run, _profiler, _Session
-from samgpu.io import UserError
+from samgpu.errors import UserError
 
 
 def _settings(args: argparse.Namespace, input_fp: str, num_records: int) -> dict[str, Any]:

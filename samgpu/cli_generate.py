@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from samgpu.io import UserError
+from samgpu.errors import UserError
 
 # ----------------------------------------------------------------------------- generate: checks
 

@@ -34,28 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samgpu.errors import InputError, UserError
+
 PARTIAL_SUFFIX = ".partial"
 TMP_SUFFIX = ".tmp"
 PARTIAL_FORMAT = "samgpu-partial-v1"
 DEFAULT_TEXT_FIELDS = ("prompt", "text")
 MESSAGES_FIELD = "messages"
-
-
-class UserError(Exception):
-    """A problem with what the user asked for (input, options, environment): the CLI prints the
-    message alone, without a traceback, and exits with `exit_code`."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, exit_code: int | None = None):
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class InputError(UserError, ValueError):
-    """Bad input: a malformed input file or record (the message names file and line), a missing
-    or corrupt index, an unknown dtype. A ValueError for API callers."""
 
 
 @dataclass

@@ -9,13 +9,7 @@ from typing import Any
 
 import torch
 
-from samgpu.io import InputError, UserError
-
-
-class SetupError(UserError, RuntimeError):
-    """The environment cannot run the request (CUDA missing, out of memory at set-up, ...)."""
-
-    exit_code = 1
+from samgpu.errors import InputError, SetupError, UserError
 
 
 # ----------------------------------------------------------------------------- environment

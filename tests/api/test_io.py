@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from samgpu.io import InputError, OutputWriter, UserError, parse_record, read_records
+from samgpu.errors import InputError, UserError
+from samgpu.io import OutputWriter, parse_record, read_records
 
 
 def write(path, lines):
