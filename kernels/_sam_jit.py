@@ -11,15 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
-NO_STATE: int = -1  # = samgpu.types.NO_STATE
-NO_EDGE: int = -1  # free hash slot / end of an edge list
-ROOT: int = 0
-
-# Source codes, equal to samgpu.types.SOURCE_* (kernels may not import samgpu.types; a test checks).
-SOURCE_NONE: int = 0
-SOURCE_STATIC: int = 1
-SOURCE_DYNAMIC: int = 2
-SOURCE_FALLBACK: int = 3
+from samgpu.kernels.types import (
+    SOURCE_DYNAMIC,
+    SOURCE_FALLBACK,
+    SOURCE_NONE,
+    SOURCE_STATIC,
+)
 
 # Selection modes (runtime ints, not constexprs: switching modes does not recompile).
 MODE_THRESHOLD: int = (

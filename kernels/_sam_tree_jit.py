@@ -6,7 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NO_EDGE: int = -1
+from samgpu.kernels.types import NO_EDGE
+
 _NO_EDGE = tl.constexpr(NO_EDGE)
 _BIG = tl.constexpr(2147483647)
 

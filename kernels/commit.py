@@ -10,9 +10,10 @@ The kept tokens are written to text[b, text_len:text_len + num_new] and to new_t
 kept token (the bonus unless cut); finished is set when an EOS was kept or num_generated reached
 max_new_tokens. EOS ids come as a small int32 vector (PAD_TOKEN entries never match).
 
-State layout (all [B] int32 unless said): text [B, max_len] int32, text_len, cache_len,
-num_generated, max_new_tokens, finished [B] bool, root. Outputs: new_tokens [B, K] int32,
-num_new [B].
+Inputs: `step` (StepOutput: tree tokens, verify's accepted path and bonus) and `state` (DecodeState:
+text [B, max_len] int32, text_len, cache_len, num_generated, max_new_tokens, finished [B] bool,
+root; all [B] int32 unless said), updated in place. Outputs: step.new_tokens [B, K] int32,
+step.num_new [B].
 One program per sequence; a [K] vector of emitted tokens in registers.
 
 Example: accepted_nodes [0, 2, 3], num_accepted 2, tokens [C, X, D, E], bonus F, eos {E}:
@@ -27,8 +28,7 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-
-PAD_TOKEN: int = -1
+from samgpu.kernels.types import PAD_TOKEN, DecodeState, StepOutput
 
 
 @triton.jit
@@ -88,24 +88,36 @@ def _commit_append_kernel(
     tl.store(finished_ptr + b, is_done.to(tl.uint8))
 
 
-def _check(tokens, accepted_nodes, num_accepted, bonus, eos_ids, state) -> None:
+def _unpack(state: DecodeState, step: StepOutput) -> tuple[torch.Tensor, ...]:
+    """The step's verification and the state fields commit reads and writes, checked."""
+    tokens, ver = step.tree.tokens, step.verify
     if tokens.ndim != 2 or tokens.dtype != torch.int32:
         raise ValueError(f"tokens must be [B, N] int32, got {tuple(tokens.shape)} {tokens.dtype}")
     num_reqs = tokens.shape[0]
-    if accepted_nodes.ndim != 2 or accepted_nodes.shape[0] != num_reqs:
+    if ver.accepted_nodes.ndim != 2 or ver.accepted_nodes.shape[0] != num_reqs:
         raise ValueError(
-            f"accepted_nodes {tuple(accepted_nodes.shape)} must be [{num_reqs}, K] "
+            f"accepted_nodes {tuple(ver.accepted_nodes.shape)} must be [{num_reqs}, K] "
             f"with tokens {tuple(tokens.shape)}"
         )
-    if eos_ids.ndim != 1 or eos_ids.dtype != torch.int32:
-        raise ValueError(f"eos_ids must be [E] int32, got {tuple(eos_ids.shape)} {eos_ids.dtype}")
-    vectors = {"num_accepted": num_accepted, "bonus": bonus, **state}
+    vectors = {
+        "num_accepted": ver.num_accepted,
+        "bonus": ver.bonus,
+        "text": state.text,
+        "text_len": state.text_len,
+        "cache_len": state.cache_len,
+        "num_generated": state.num_generated,
+        "max_new_tokens": state.max_new_tokens,
+        "finished": state.finished,
+        "root": state.root,
+        "new_tokens": step.new_tokens,
+        "num_new": step.num_new,
+    }
     for name, t in vectors.items():
         if name == "text":
             ok = t.ndim == 2 and t.shape[0] == num_reqs and t.dtype == torch.int32
             ok = ok and t.is_contiguous()
         elif name == "new_tokens":
-            ok = t.shape == accepted_nodes.shape and t.dtype == torch.int32
+            ok = t.shape == ver.accepted_nodes.shape and t.dtype == torch.int32
         elif name == "finished":
             ok = t.shape == (num_reqs,) and t.dtype == torch.bool
         else:
@@ -113,39 +125,23 @@ def _check(tokens, accepted_nodes, num_accepted, bonus, eos_ids, state) -> None:
         if not ok:
             raise ValueError(
                 f"{name} {tuple(t.shape)} {t.dtype} does not fit tokens {tuple(tokens.shape)} "
-                f"and accepted_nodes {tuple(accepted_nodes.shape)}"
+                f"and accepted_nodes {tuple(ver.accepted_nodes.shape)}"
             )
+    return tuple(vectors.values())
 
 
-def commit_triton(
-    tokens: torch.Tensor,
-    accepted_nodes: torch.Tensor,
-    num_accepted: torch.Tensor,
-    bonus: torch.Tensor,
-    eos_ids: torch.Tensor,
-    *,
-    text: torch.Tensor,
-    text_len: torch.Tensor,
-    cache_len: torch.Tensor,
-    num_generated: torch.Tensor,
-    max_new_tokens: torch.Tensor,
-    finished: torch.Tensor,
-    root: torch.Tensor,
-    new_tokens: torch.Tensor,
-    num_new: torch.Tensor,
-) -> None:
-    state = dict(
-        text=text,
-        text_len=text_len,
-        cache_len=cache_len,
-        num_generated=num_generated,
-        max_new_tokens=max_new_tokens,
-        finished=finished,
-        root=root,
-        new_tokens=new_tokens,
-        num_new=num_new,
-    )
-    _check(tokens, accepted_nodes, num_accepted, bonus, eos_ids, state)
+def _check_eos(eos_ids: torch.Tensor) -> None:
+    if eos_ids.ndim != 1 or eos_ids.dtype != torch.int32:
+        raise ValueError(f"eos_ids must be [E] int32, got {tuple(eos_ids.shape)} {eos_ids.dtype}")
+
+
+def commit_triton(state: DecodeState, step: StepOutput, eos_ids: torch.Tensor) -> None:
+    """Append the emitted tokens of `step` to `state` (module docstring); eos_ids [E] int32."""
+    fields = _unpack(state, step)
+    _check_eos(eos_ids)
+    (num_accepted, bonus, text, text_len, cache_len, num_generated, max_new_tokens, finished,
+     root, new_tokens, num_new) = fields  # fmt: skip
+    tokens, accepted_nodes = step.tree.tokens, step.verify.accepted_nodes
     num_reqs, max_nodes = tokens.shape
     k_slots = accepted_nodes.shape[1]
     _commit_append_kernel[(num_reqs,)](
@@ -172,74 +168,43 @@ def commit_triton(
     )
 
 
-def commit_ref(
-    tokens: torch.Tensor,
-    accepted_nodes: torch.Tensor,
-    num_accepted: torch.Tensor,
-    bonus: torch.Tensor,
-    eos_ids: torch.Tensor,
-    *,
-    text: torch.Tensor,
-    text_len: torch.Tensor,
-    cache_len: torch.Tensor,
-    num_generated: torch.Tensor,
-    max_new_tokens: torch.Tensor,
-    finished: torch.Tensor,
-    root: torch.Tensor,
-    new_tokens: torch.Tensor,
-    num_new: torch.Tensor,
-) -> None:
+def commit_ref(state: DecodeState, step: StepOutput, eos_ids: torch.Tensor) -> None:
     """Reference: one sequence at a time, on python lists."""
-    state = dict(
-        text=text,
-        text_len=text_len,
-        cache_len=cache_len,
-        num_generated=num_generated,
-        max_new_tokens=max_new_tokens,
-        finished=finished,
-        root=root,
-        new_tokens=new_tokens,
-        num_new=num_new,
-    )
-    _check(tokens, accepted_nodes, num_accepted, bonus, eos_ids, state)
+    _unpack(state, step)
+    _check_eos(eos_ids)
     eos = set(eos_ids.tolist())
-    toks, acc = tokens.tolist(), accepted_nodes.tolist()
+    tokens, ver = step.tree.tokens, step.verify
+    toks, acc = tokens.tolist(), ver.accepted_nodes.tolist()
+    text, new_tokens = state.text, step.new_tokens
     new_tokens.fill_(PAD_TOKEN)
     for b in range(tokens.shape[0]):
-        n = int(num_accepted[b])
-        emitted = [toks[b][acc[b][t + 1]] for t in range(n)] + [int(bonus[b])]
-        budget = int(max_new_tokens[b]) - int(num_generated[b])
+        n = int(ver.num_accepted[b])
+        emitted = [toks[b][acc[b][t + 1]] for t in range(n)] + [int(ver.bonus[b])]
+        budget = int(state.max_new_tokens[b]) - int(state.num_generated[b])
         kept = []
-        if not bool(finished[b]):
+        if not bool(state.finished[b]):
             for tok in emitted[: max(budget, 0)]:
                 kept.append(tok)
                 if tok in eos:
                     break
         keep = len(kept)
-        start = int(text_len[b])
+        start = int(state.text_len[b])
         room = max(0, min(keep, text.shape[1] - start))
         text[b, start : start + room] = torch.tensor(kept[:room], dtype=torch.int32)
         new_tokens[b, :keep] = torch.tensor(kept, dtype=torch.int32)
-        num_new[b] = keep
-        text_len[b] += keep
-        cache_len[b] += keep
-        num_generated[b] += keep
+        step.num_new[b] = keep
+        state.text_len[b] += keep
+        state.cache_len[b] += keep
+        state.num_generated[b] += keep
         if keep:
-            root[b] = kept[-1]
+            state.root[b] = kept[-1]
         hit_eos = keep > 0 and kept[-1] in eos
-        finished[b] = bool(finished[b]) or hit_eos or keep >= budget
+        state.finished[b] = bool(state.finished[b]) or hit_eos or keep >= budget
 
 
-def commit(
-    tokens: torch.Tensor,
-    accepted_nodes: torch.Tensor,
-    num_accepted: torch.Tensor,
-    bonus: torch.Tensor,
-    eos_ids: torch.Tensor,
-    **state: torch.Tensor,
-) -> None:
-    impl = commit_triton if use_triton(tokens) else commit_ref
-    impl(tokens, accepted_nodes, num_accepted, bonus, eos_ids, **state)
+def commit(state: DecodeState, step: StepOutput, eos_ids: torch.Tensor) -> None:
+    impl = commit_triton if use_triton(step.tree.tokens) else commit_ref
+    impl(state, step, eos_ids)
 
 
 _SIG = {

@@ -30,8 +30,6 @@ import triton.language as tl
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
 
-NO_PARENT: int = -1
-
 
 @triton.jit
 def _kv_compact_move_kernel(

@@ -41,12 +41,11 @@ from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
 from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.types import NO_PARENT, ROOT_STATE
 
-NO_PARENT: int = -1  # = samgpu.types.NO_PARENT
 PAD_NODE_TOKEN: int = 0  # token of pad nodes (a valid id: the runner embeds pad nodes too)
-ROOT: int = 0
 _NO_PARENT = tl.constexpr(NO_PARENT)
-_ROOT = tl.constexpr(ROOT)
+_ROOT = tl.constexpr(ROOT_STATE)
 
 
 @triton.jit(
@@ -312,8 +311,8 @@ def sam_draft_chain_ref(
             d = int(dynamic.match_state[i])
             text_len = int(dynamic.text_len[i])
             ep = int(dynamic.endpos[i, d])
-            if config.climb_dynamic and d != ROOT:
-                while int(dynamic.link[i, d]) != ROOT and text_len - 2 - ep < nodes:
+            if config.climb_dynamic and d != ROOT_STATE:
+                while int(dynamic.link[i, d]) != ROOT_STATE and text_len - 2 - ep < nodes:
                     d = int(dynamic.link[i, d])
                     ep = int(dynamic.endpos[i, d])
             chain = dynamic.tokens[i, ep + 1 : min(ep + 1 + budget, text_len)].tolist()

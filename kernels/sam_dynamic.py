@@ -47,12 +47,9 @@ import triton.language as tl
 from samgpu.kernels import _sam_jit
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import debug_checks, use_triton
+from samgpu.kernels.types import NO_EDGE, NO_STATE, ROOT_STATE
 
-NO_STATE: int = -1  # = samgpu.types.NO_STATE
-NO_EDGE: int = -1  # end of an edge list
 EMPTY: int = -1  # free hash entry
-NO_POS: int = -1  # endpos of the root
-ROOT: int = 0
 FIELD_BITS: int = 21  # bits per packed field (src, token, dst)
 FIELD_MASK: int = (1 << FIELD_BITS) - 1
 MAX_CAPACITY: int = 1 << (FIELD_BITS - 1)  # states < 2C <= 2**21
@@ -60,7 +57,7 @@ MAX_VOCAB: int = 1 << FIELD_BITS
 _NO_STATE = tl.constexpr(NO_STATE)
 _NO_EDGE = tl.constexpr(NO_EDGE)
 _EMPTY = tl.constexpr(EMPTY)
-_ROOT = tl.constexpr(ROOT)
+_ROOT = tl.constexpr(ROOT_STATE)
 _BITS = tl.constexpr(FIELD_BITS)
 _MASK = tl.constexpr(FIELD_MASK)
 _HASH_MUL_STATE: int = 2654435761  # 0x9E3779B1 (golden-ratio Fibonacci multiplier)
@@ -376,11 +373,11 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
         for i in range(int(num_new[b])):
             c = int(new_tokens[b, i]) & FIELD_MASK
             _, dst = find(state, c)
-            while dst == NO_STATE and state != ROOT:
+            while dst == NO_STATE and state != ROOT_STATE:
                 state = link[state]
                 match_len = length[state]
                 _, dst = find(state, c)
-            state, match_len = (dst, match_len + 1) if dst != NO_STATE else (ROOT, 0)
+            state, match_len = (dst, match_len + 1) if dst != NO_STATE else (ROOT_STATE, 0)
             if pos >= capacity:
                 continue
             cur = num_states
@@ -395,7 +392,7 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
                 num_edges += 1
                 p = link[p]
                 j, q = find(p, c)
-            link_cur = ROOT
+            link_cur = ROOT_STATE
             if p != NO_STATE:
                 if length[p] + 1 == length[q]:
                     link_cur = q
@@ -426,7 +423,7 @@ def sam_dynamic_extend_ref(slots, new_tokens: torch.Tensor, num_new: torch.Tenso
             tokens[pos] = c
             last = cur
             pos += 1
-            while state != ROOT and match_len <= length[link[state]]:
+            while state != ROOT_STATE and match_len <= length[link[state]]:
                 state = link[state]
 
         dev = slots.length.device

@@ -33,12 +33,11 @@ import triton.language as tl
 from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import debug_checks, use_triton
+from samgpu.kernels.types import NO_STATE, ROOT_STATE
 
-NO_STATE: int = -1  # = samgpu.types.NO_STATE
-ROOT: int = 0
 BLOCK_E: int = 16  # CSR slices up to this many edges are scanned with one vector load
 _NO_STATE = tl.constexpr(NO_STATE)  # the sentinels as seen from inside @triton.jit code
-_ROOT = tl.constexpr(ROOT)
+_ROOT = tl.constexpr(ROOT_STATE)
 
 
 @triton.jit
@@ -212,7 +211,7 @@ def sam_match_ref(
         for i in range(int(num_new[b])):
             token = int(new_tokens[b, i])
             while True:
-                if s == ROOT:
+                if s == ROOT_STATE:
                     nxt = int(automaton.root_next[token]) if 0 <= token < vocab_size else NO_STATE
                     break
                 nxt = _csr_find_ref(automaton, s, token)
@@ -221,7 +220,7 @@ def sam_match_ref(
                 s = int(automaton.link[s])
                 length = int(automaton.length[s])
             if nxt == NO_STATE:
-                s, length = ROOT, 0
+                s, length = ROOT_STATE, 0
             else:
                 s, length = nxt, length + 1
         state[b] = s

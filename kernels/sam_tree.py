@@ -37,10 +37,8 @@ from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
 from samgpu.kernels._sam_tree_jit import best_edge
+from samgpu.kernels.types import NO_EDGE, NO_PARENT, ROOT_STATE
 
-NO_PARENT: int = -1
-NO_EDGE: int = -1
-ROOT: int = 0
 FILL_TOKEN: int = 0  # token of pad nodes: a valid id, because the runner embeds every node
 SCAN_BLOCK: int = 32
 _NO_PARENT = tl.constexpr(NO_PARENT)
@@ -214,7 +212,7 @@ def sam_tree_ref(
     for b in range(B):
         s0, ml = int(state[b]), int(match_len[b])
         out_tok[b][0] = int(root[b])
-        if ml < min_match or s0 <= ROOT or N < 2:
+        if ml < min_match or s0 <= ROOT_STATE or N < 2:
             continue
         node_state = [s0]
         # frontier entries: [count, push order, edge, parent node, rank within the parent]

@@ -35,8 +35,8 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels.types import NO_PARENT
 
-NO_PARENT: int = -1
 NO_CLAIM: int = -1
 NO_RANK: int = -1
 FILL_TOKEN: int = 0  # token of pad nodes: a valid id, because the runner embeds every node

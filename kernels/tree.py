@@ -23,7 +23,6 @@ Example: parents = [-1, 0, 0, 1], num_nodes = 4, cache_len = 7
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -31,23 +30,7 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import debug_checks, use_triton
-
-NO_PARENT: int = -1
-
-
-@dataclass
-class TreeMask:
-    mask: torch.Tensor  # [B, N, N] bool; mask[b, i, j]: j is an ancestor of i or i itself
-    depth: torch.Tensor  # [B, N] int32
-    positions: torch.Tensor | None  # [B, N] int32; cache_len[:, None] + depth, or None
-
-    @staticmethod
-    def empty(num_reqs: int, max_nodes: int, device: torch.device | str) -> TreeMask:
-        return TreeMask(
-            mask=torch.zeros(num_reqs, max_nodes, max_nodes, dtype=torch.bool, device=device),
-            depth=torch.zeros(num_reqs, max_nodes, dtype=torch.int32, device=device),
-            positions=torch.zeros(num_reqs, max_nodes, dtype=torch.int32, device=device),
-        )
+from samgpu.kernels.types import NO_PARENT, TreeMask
 
 
 @triton.jit

@@ -34,36 +34,15 @@ Complexity per sequence: greedy O(K N) after the O(N V) argmax; sampling O(N^2 +
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels.types import NO_PARENT, VerifyOutput
 
-NO_PARENT: int = -1
 _BLOCK_V: int = 1024
-
-
-@dataclass
-class VerifyOutput:
-    accepted_nodes: torch.Tensor  # [B, K] int32; root + accepted path, NO_PARENT-padded
-    num_accepted: torch.Tensor  # [B] int32; accepted draft nodes (root excluded)
-    bonus: torch.Tensor  # [B] int32
-    argmax: torch.Tensor  # [B, N] int64 workspace (greedy: target argmax per node)
-
-    @staticmethod
-    def empty(num_reqs: int, max_nodes: int, max_depth: int, device) -> VerifyOutput:
-        return VerifyOutput(
-            accepted_nodes=torch.full(
-                (num_reqs, max_depth + 1), NO_PARENT, dtype=torch.int32, device=device
-            ),
-            num_accepted=torch.zeros(num_reqs, dtype=torch.int32, device=device),
-            bonus=torch.zeros(num_reqs, dtype=torch.int32, device=device),
-            argmax=torch.zeros(num_reqs, max_nodes, dtype=torch.int64, device=device),
-        )
 
 
 @triton.jit

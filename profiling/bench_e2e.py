@@ -81,7 +81,7 @@ class OurMethod:
 
     def __init__(self, model, tokenizer, method: str, args, index, max_len: int):
         from samgpu.decoding.loop import Decoder, GenerationConfig
-        from samgpu.decoding.runner import make_runner
+        from samgpu.decoding.runners import make_runner
         from samgpu.drafters import budget_options, build_drafter
 
         self.runner = getattr(model, "_samgpu_runner", None) or make_runner(model)

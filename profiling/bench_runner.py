@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from samgpu.decoding.runner_llama import LlamaRunner
+from samgpu.decoding.runners.llama import LlamaRunner
 from samgpu.kernels.tree_attention import tree_attention_ref, tree_attention_triton
 
 try:

@@ -94,7 +94,7 @@ def _sync():
 # ----------------------------------------------------------------------------- 1. AR tokens/s
 def bench_ar(model, tok, batches, max_new, device) -> list[dict]:
     from samgpu.decoding.loop import Decoder, GenerationConfig
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
     from samgpu.drafters.basic import ArDrafter
 
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
@@ -191,7 +191,7 @@ def _time_forward(runner, cache, B, N, device) -> dict:
 
 
 def bench_verify_curve(model, label, Ns, Bs, device) -> list[dict]:
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
     cache = runner.allocate_cache(max(Bs), PREFIX + max(Ns) + 1)
@@ -242,7 +242,7 @@ def _test_drafter(runner, prompts, B, device):
 
 def bench_syncs(model, tok, device) -> list[dict]:
     from samgpu.decoding.loop import Decoder, GenerationConfig
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
@@ -380,7 +380,7 @@ def _nm_row(name, params, t, accepted):
 
 def bench_stages(model, tok, device) -> list[dict]:
     from samgpu.decoding.loop import Decoder, GenerationConfig
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]

@@ -2,7 +2,7 @@
 (a one-liner on the embedded default model).
 
 `SamDecoder(model, tokenizer, method="sam+tr", index=None)` wraps any transformers causal LM:
-`samgpu.decoding.runner.make_runner` picks the fast Llama-family runner where the architecture
+`samgpu.decoding.runners.make_runner` picks the fast Llama-family runner where the architecture
 allows and the generic transformers runner otherwise. `SamDecoder.generate` takes the arguments of
 `model.generate` that make sense for lossless speculative decoding and returns what it returns:
 
@@ -26,9 +26,10 @@ Statistics of the last call, one entry per request (steps, accepted tokens per s
 sources used), are in `decoder.last_stats`; `samgpu.generate` returns them on each `Completion`.
 
 Capacity: the KV cache, automata and CUDA graphs are sized for (batch, length) on first use and
-regrown when a call needs more (length in multiples of 128); calls that fit reuse them. The draft
-tree budget follows the batch size (samgpu.drafters.default_budget), and on a CPU model it is the
-small one of a large batch, since there verifying N nodes costs about N decoding steps.
+regrown when a call needs more (length in multiples of 128); calls that fit reuse them. Decoders
+are built by `samgpu.factory.build_decoder`, the one factory the CLI and the benchmarks use too:
+the draft tree budget follows the batch size, and on a CPU model it is the small one of a large
+batch, since there verifying N nodes costs about N decoding steps.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ from typing import Any
 
 import torch
 
+from samgpu.decoding.config import MAX_EOS, GenerationConfig, GenerationOutput, ProgressInfo
+from samgpu.decoding.engine import StageRange, nvtx_range
+from samgpu.drafters import method_names
+from samgpu.factory import DEFAULT_METHOD, build_decoder, draft_nodes
 from samgpu.hf_args import (
     as_id_tuple,
     check_kwargs,
@@ -62,19 +67,9 @@ from samgpu.resolve import (  # re-exported: samgpu.api is where users and the C
 
 __all__ = ["Completion", "SamDecoder", "SetupError", "generate", "resolve_device", "resolve_dtype"]
 
-DEFAULT_METHOD = "sam+tr"
 # Sequence capacity is rounded up to a multiple of this (reuse across calls of similar length;
 # the CPU attention path costs time in proportion to the capacity, so no power-of-two growth).
 LEN_QUANTUM = 128
-# Tree budget on CPU models: default_budget's size for this batch size (see _build_drafter).
-CPU_BUDGET_BATCH = 64
-
-
-def user_methods() -> tuple[str, ...]:
-    """samgpu.drafters.METHODS less the error-injecting `test` drafter."""
-    from samgpu.drafters import METHODS
-
-    return tuple(m for m in METHODS if m != "test")
 
 
 @dataclass
@@ -107,13 +102,15 @@ class SamDecoder:
     """Lossless speculative decoding for a transformers causal LM; see the module docstring.
 
     model: a transformers causal LM (eval mode, on its device). tokenizer: needed for string and
-    chat inputs and stop strings. method: one of samgpu.drafters.METHODS ("ar" = no drafting).
+    chat inputs and stop strings. method: one of samgpu.drafters.method_names() ("ar" = no
+    drafting).
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
     tokenizer, built and cached on first use) or None. options: drafter options (build_drafter's
     keywords);
     `use_cuda_graphs` (default True), `check_every` and `continuous_batching` (finished
     sequences' slots take the next prompts when more prompts than `batch_size` are given; default
-    False) are decode-loop options.
+    False) are decode-loop options; `stage_range` (name -> context manager) wraps each stage of
+    a step (default: NVTX ranges on CUDA).
     """
 
     def __init__(
@@ -126,11 +123,12 @@ class SamDecoder:
         use_cuda_graphs: bool = True,
         check_every: int | None = None,
         continuous_batching: bool = False,
+        stage_range: StageRange = nvtx_range,
         **options: Any,
     ):
-        if method not in user_methods():
+        if method not in method_names():
             raise ValueError(
-                f"unknown method {method!r}: choose one of {', '.join(user_methods())}"
+                f"unknown method {method!r}: choose one of {', '.join(method_names())}"
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -140,6 +138,7 @@ class SamDecoder:
         self.use_cuda_graphs = use_cuda_graphs
         self.check_every = check_every
         self.continuous_batching = bool(continuous_batching)
+        self.stage_range = stage_range
         self.last_stats: list[dict[str, Any]] = []
         self._runner = None
         self._decoder = None
@@ -150,42 +149,14 @@ class SamDecoder:
     # -- set-up
 
     def _validate_options(self) -> None:
-        """Unknown or invalid drafter options fail at construction, not at the first generate: build
-        a one-sequence drafter on the CPU (no static index, so it is cheap) and drop it."""
-        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None) or 8
-        probe = self._build_drafter(
-            num_reqs=1, max_len=256, device="cpu", index=None, vocab_size=vocab
-        )
-        # at one sequence the tree budget is the largest: an upper bound for every batch size
-        self._max_nodes = int(getattr(probe, "max_nodes", 1))
+        """Unknown or invalid options fail at construction, not at the first generate. At one
+        sequence the tree budget is the largest: an upper bound for every batch size."""
+        self._max_nodes = draft_nodes(self.method, 1, self.device, self.options)
 
     def needed_len(self, longest_prompt: int, max_new_tokens: int) -> int:
-        """Per-sequence capacity for prompts up to `longest_prompt` tokens (Decoder contract:
+        """Per-sequence capacity for prompts up to `longest_prompt` tokens (Engine contract:
         prompt + max_new_tokens + draft nodes)."""
         return longest_prompt + max_new_tokens + self._max_nodes + 1
-
-    def _build_drafter(self, *, num_reqs: int, max_len: int, device, index, vocab_size: int):
-        """build_drafter with the batch-size-dependent default tree budget (`max_nodes`) unless
-        the user set one; methods whose options have no `max_nodes` are built without it.
-
-        On a CPU model the budget is the one for a batch of CPU_BUDGET_BATCH or more: a CPU has no
-        idle parallel units, so verifying N nodes costs about N tokens' forward, and the GPU-sized
-        81-node tree at batch 1 would make each step ~80x a plain decoding step."""
-        from samgpu.drafters import budget_options, build_drafter
-
-        budget_batch = num_reqs
-        if self.device.type == "cpu":
-            budget_batch = max(num_reqs, CPU_BUDGET_BATCH)
-        options = {**budget_options(self.method, budget_batch), **self.options}
-        return build_drafter(
-            self.method,
-            index=index,
-            vocab_size=vocab_size,
-            max_reqs=num_reqs,
-            max_len=max_len,
-            device=device,
-            **options,
-        )
 
     @property
     def device(self) -> torch.device:
@@ -194,7 +165,7 @@ class SamDecoder:
     @property
     def runner(self):
         if self._runner is None:
-            from samgpu.decoding.runner import make_runner
+            from samgpu.decoding.runners import make_runner
 
             self._runner = make_runner(self.model)
         return self._runner
@@ -203,30 +174,29 @@ class SamDecoder:
         cfg = getattr(self.model, "config", None)
         return getattr(cfg, "max_position_embeddings", None)
 
-    def _ensure(self, num_reqs: int, max_len: int):
-        """A Decoder for num_reqs sequences of max_len tokens. Capacity only grows (the length in
-        multiples of LEN_QUANTUM); the Decoder runs more prompts than its capacity in batches."""
+    def ensure_capacity(self, num_reqs: int, max_len: int):
+        """The decoder (a Scheduler) for num_reqs slots of max_len tokens, built now if needed (so
+        out-of-memory shows at set-up). Capacity only grows (the length in multiples of
+        LEN_QUANTUM); more prompts than slots run through the slots in turn."""
         cap_reqs, cap_len = self._capacity
         if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
             return self._decoder
-        from samgpu.decoding.loop import Decoder
-
         new_reqs = max(cap_reqs, num_reqs)
         new_len = max(cap_len, -(-max_len // LEN_QUANTUM) * LEN_QUANTUM)
         self._decoder = None  # free the old buffers before allocating the new ones
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        kw: dict[str, Any] = {"use_cuda_graphs": self.use_cuda_graphs}
         try:
-            runner = self.runner
-            drafter = self._build_drafter(
-                num_reqs=new_reqs,
+            self._decoder = build_decoder(
+                self.runner,
+                self.method,
+                batch_size=new_reqs,
                 max_len=new_len,
-                device=self.device,
                 index=self.index,
-                vocab_size=runner.vocab_size,
+                options=self.options,
+                use_cuda_graphs=self.use_cuda_graphs,
+                stage_range=self.stage_range,
             )
-            self._decoder = Decoder(runner, drafter, max_reqs=new_reqs, max_len=new_len, **kw)
         except Exception as e:
             if is_oom(e):
                 raise SetupError(
@@ -251,11 +221,12 @@ class SamDecoder:
         eos_token_ids: Sequence[int] = (),
         seed: int | None = None,
         on_progress: Callable[[Any], None] | None = None,
+        on_finish: Callable[[int, list[int], Any], None] | None = None,
         batch_size: int | None = None,
     ):
-        """Token ids in, samgpu.decoding.loop.GenerationOutput out (tokens and stats per prompt)."""
-        from samgpu.decoding.loop import GenerationConfig
-
+        """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
+        prompt). on_progress(ProgressInfo) runs at every host check; on_finish(prompt index,
+        tokens, RequestStats) as each request finishes."""
         if not prompts:
             return _empty_output()
         for i, p in enumerate(prompts):
@@ -275,7 +246,7 @@ class SamDecoder:
                 if min(p) < 0 or max(p) >= vocab:
                     raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
         num_reqs = min(len(prompts), batch_size or len(prompts))
-        decoder = self._ensure(num_reqs, self.needed_len(longest, max_new_tokens))
+        decoder = self.ensure_capacity(num_reqs, self.needed_len(longest, max_new_tokens))
         cfg_kw: dict[str, Any] = dict(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature),
@@ -289,7 +260,9 @@ class SamDecoder:
             cfg_kw["check_every"] = int(self.check_every)
         config = GenerationConfig(**cfg_kw)
         with self._lock:
-            out = decoder.generate([list(map(int, p)) for p in prompts], config, on_progress)
+            out = decoder.generate(
+                [list(map(int, p)) for p in prompts], config, on_progress, on_finish
+            )
         self.last_stats = [_stats_dict(s) for s in out.stats]
         return out
 
@@ -431,8 +404,6 @@ def eos_with_stops(eos: Sequence[int], stop_ids: Sequence[int]) -> tuple[int, ..
     """EOS ids plus single-token stop ids, within the loop's fixed EOS buffer (MAX_EOS). Stop ids
     that do not fit are still honoured after generation (cut_tokens_at_stop); too many EOS ids are
     an error rather than silently dropped."""
-    from samgpu.decoding.loop import MAX_EOS
-
     eos = tuple(dict.fromkeys(int(t) for t in eos))
     if len(eos) > MAX_EOS:
         raise ValueError(f"at most {MAX_EOS} eos_token_id values are supported, got {len(eos)}")
@@ -460,21 +431,16 @@ def _pack_like_hf(rows: torch.Tensor, tokens: list[list[int]], pad: int) -> torc
     return torch.cat([rows.to(torch.long), new.to(rows.device)], dim=1)
 
 
-def _empty_output():
-    from samgpu.decoding.loop import GenerationOutput
-
+def _empty_output() -> GenerationOutput:
     return GenerationOutput(tokens=[], stats=[])
 
 
-def progress_tokens(info: Any, request: int = 0) -> list[int] | None:
-    """Tokens generated so far by `request`, from a loop ProgressInfo (None if it does not carry
-    them)."""
-    for name in ("tokens", "new_tokens", "generated_tokens"):
-        seqs = getattr(info, name, None)
-        if seqs is not None:
-            seq = seqs[request]
-            return seq.tolist() if isinstance(seq, torch.Tensor) else list(seq)
-    return None
+def progress_tokens(info: ProgressInfo, request: int = 0) -> list[int] | None:
+    """Tokens generated so far by prompt `request`, from a ProgressInfo; None once it is no longer
+    live (finished requests come back in the output)."""
+    if request not in info.request_ids:
+        return None
+    return list(info.tokens[info.request_ids.index(request)])
 
 
 class _StreamerAdapter:

@@ -22,11 +22,8 @@ import torch
 from samgpu.kernels import sam_dynamic as _dyn
 from samgpu.kernels.sam_dynamic import hash_size, sam_dynamic_extend
 from samgpu.kernels.sam_match import sam_match
-from samgpu.types import NO_STATE
+from samgpu.types import NO_EDGE, NO_POSITION, NO_STATE, ROOT_STATE
 
-ROOT: int = 0
-NO_POSITION: int = -1  # endpos of the root
-NO_EDGE: int = _dyn.NO_EDGE
 EDGE_TOKEN_U16_VOCAB: int = 1 << 16  # largest vocabulary whose edge labels fit uint16
 
 
@@ -34,7 +31,7 @@ EDGE_TOKEN_U16_VOCAB: int = 1 << 16  # largest vocabulary whose edge labels fit 
 class Matches:
     """Per-sequence match in one automaton: the longest suffix of the committed text found in it."""
 
-    state: torch.Tensor  # [B] int32; ROOT when nothing matches
+    state: torch.Tensor  # [B] int32; ROOT_STATE when nothing matches
     match_len: torch.Tensor  # [B] int32; 0 when nothing matches
 
     @staticmethod
@@ -46,8 +43,13 @@ class Matches:
 
     def reset(self) -> None:
         """Back to the root (no sync; capturable)."""
-        self.state.zero_()
+        self.state.fill_(ROOT_STATE)
         self.match_len.zero_()
+
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Rows `rows` [n] int64 back to the root (no sync)."""
+        self.state.index_fill_(0, rows, ROOT_STATE)
+        self.match_len.index_fill_(0, rows, 0)
 
 
 @dataclass(eq=False)
@@ -120,14 +122,14 @@ class StaticAutomaton:
         """Advance matches [B] over new_tokens[b, :num_new[b]] (no sync; capturable)."""
         sam_match(self, new_tokens, num_new, matches.state, matches.match_len)
 
-    def prefill_rows(
-        self, matches: Matches, prompts: torch.Tensor, prompt_lens: torch.Tensor, rows: torch.Tensor
+    def start_rows(
+        self, matches: Matches, rows: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor
     ) -> None:
-        """Continuous batching: matches[rows] from the root over prompts [n, T]; others kept."""
-        fresh = Matches.empty(prompts.shape[0], self.device)
-        self.prefill(fresh, prompts, prompt_lens)
-        matches.state.index_copy_(0, rows, fresh.state)
-        matches.match_len.index_copy_(0, rows, fresh.match_len)
+        """Slots `rows` got new prompts: their matches restart at the root and advance over
+        text[b, :lengths[b]] ([B, T]; lengths [B] int32, 0 on every other row, which keeps its
+        match). No validation and no sync (the engine validated the prompts)."""
+        matches.reset_rows(rows)
+        self.advance(matches, text, lengths)
 
     def prefill(self, matches: Matches, prompts: torch.Tensor, prompt_lens: torch.Tensor) -> None:
         """Reset the first B matches to the root and advance them over the prompts [B, T]."""
@@ -224,14 +226,26 @@ class DynamicAutomata:
         self.reset(prompts.shape[0])
         sam_dynamic_extend(self, prompts, prompt_lens)
 
-    def prefill_rows(self, prompts: torch.Tensor, prompt_lens: torch.Tensor, rows: torch.Tensor):
-        """Continuous batching: rebuild only the slots `rows` [n] (distinct) from prompts [n, T];
-        built in n scratch slots, then copied in (every per-slot array, all of its capacity)."""
-        scratch = DynamicAutomata(prompts.shape[0], self.capacity, self.vocab_size, self.device)
-        scratch.prefill(prompts, prompt_lens)
-        for name, t in vars(self).items():
-            if isinstance(t, torch.Tensor):
-                t.index_copy_(0, rows, getattr(scratch, name))
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Empty the slots `rows` [n] int64 (root only, empty table), in place, no sync."""
+        for t, root_value in (
+            (self.length, 0),
+            (self.link, NO_STATE),
+            (self.endpos, NO_POSITION),
+            (self.first_edge, NO_EDGE),
+        ):
+            t[:, 0].index_fill_(0, rows, root_value)
+        self.hash.index_fill_(0, rows, _dyn.EMPTY)
+        self.num_states.index_fill_(0, rows, 1)
+        for t in (self.num_edges, self.last, self.text_len, self.match_state, self.match_len):
+            t.index_fill_(0, rows, 0)
+
+    def start_rows(self, rows: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Slots `rows` got new prompts: empty them, then build each from text[b, :lengths[b]]
+        ([B, T]; lengths [B] int32, 0 on every other row, which is left as it is). No scratch
+        automaton, no copies, no validation and no sync (the engine validated the prompts)."""
+        self.reset_rows(rows)
+        sam_dynamic_extend(self, text, lengths)
 
     def extend(self, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
         """Decode step: match then extend slot b with new_tokens[b, :num_new[b]] (no sync;

@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from samgpu.errors import InputError, SetupError, UserError
-
+from samgpu.errors import InputError, SetupError
 
 # ----------------------------------------------------------------------------- environment
 

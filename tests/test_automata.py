@@ -257,9 +257,23 @@ def test_dynamic_prefill_resets_slots():
     assert isinstance(a.matches, Matches)
 
 
-def test_prefill_rows_rebuilds_only_those_slots():
-    """Continuous batching: prefill_rows on slots [2, 0] gives exactly the automata / matches of a
-    fresh prefill of those prompts, and slot 1 keeps what it had (dynamic and static)."""
+def _live_equal(a: DynamicAutomata, row: int, fresh: DynamicAutomata, frow: int) -> None:
+    """Slot `row` of `a` holds the same automaton as slot `frow` of `fresh` (live entries only:
+    states, edges and text past the counts are scratch that the kernels overwrite)."""
+    for name in ("hash", "num_states", "num_edges", "text_len", "last", "match_state", "match_len"):
+        assert torch.equal(getattr(a, name)[row], getattr(fresh, name)[frow]), name
+    ns, ne, nt = (int(getattr(fresh, n)[frow]) for n in ("num_states", "num_edges", "text_len"))
+    for name, n in (("length", ns), ("link", ns), ("endpos", ns), ("first_edge", ns)):
+        assert torch.equal(getattr(a, name)[row, :n], getattr(fresh, name)[frow, :n]), name
+    for name in ("edge_next", "edge_slot"):
+        assert torch.equal(getattr(a, name)[row, :ne], getattr(fresh, name)[frow, :ne]), name
+    assert torch.equal(a.tokens[row, :nt], fresh.tokens[frow, :nt])
+
+
+def test_start_rows_rebuilds_only_those_slots():
+    """Continuous batching: start_rows on slots [2, 0] (in place: reset, then build over the
+    batch's text with length 0 on the other rows) gives exactly the automata / matches of a fresh
+    prefill of those prompts, and slot 1 keeps what it had (dynamic and static)."""
     gen = torch.Generator().manual_seed(3)
     docs = [random_text(gen, 60, 4) for _ in range(3)]
     static = StaticAutomaton.from_index(SamIndex.build(docs, vocab_size=6, eos_id=5), "cpu")
@@ -272,20 +286,33 @@ def test_prefill_rows_rebuilds_only_those_slots():
     before = {n: t[1].clone() for n, t in vars(dyn).items() if isinstance(t, torch.Tensor)}
     kept = matches.state[1].item(), matches.match_len[1].item()
     rows = torch.tensor([2, 0])
-    dyn.prefill_rows(*pad_rows(new), rows)
-    static.prefill_rows(matches, *pad_rows(new), rows)
+    text, lengths = pad_rows([new[1], [4, 4], new[0]])  # row 1's text is ignored (length 0)
+    lengths[1] = 0
+    dyn.start_rows(rows, text, lengths)
+    static.start_rows(matches, rows, text, lengths)
     fresh = DynamicAutomata(2, 32, 6, "cpu")
     fresh.prefill(*pad_rows(new))
     fresh_matches = static.new_matches(2)
     static.prefill(fresh_matches, *pad_rows(new))
+    for row, frow in ((2, 0), (0, 1)):
+        _live_equal(dyn, row, fresh, frow)
     for name, t in vars(dyn).items():
         if isinstance(t, torch.Tensor):
-            assert torch.equal(t[rows], getattr(fresh, name)), name
             assert torch.equal(t[1], before[name]), name
     assert torch.equal(matches.state[rows], fresh_matches.state)
     assert torch.equal(matches.match_len[rows], fresh_matches.match_len)
     assert (matches.state[1].item(), matches.match_len[1].item()) == kept
     assert int(fresh_matches.match_len.max()) > 0  # the matches are not all trivial
+
+
+def test_start_rows_negative_control():
+    """The live-entry comparison can fail: a slot built from another prompt differs."""
+    dyn = DynamicAutomata(2, 32, 6, "cpu")
+    dyn.prefill(*pad_rows([[1, 2, 1, 2, 3], [4, 4]]))
+    fresh = DynamicAutomata(1, 32, 6, "cpu")
+    fresh.prefill(*pad_rows([[1, 2, 1, 2, 4]]))
+    with pytest.raises(AssertionError):
+        _live_equal(dyn, 0, fresh, 0)
 
 
 def _earlier_match_brute_force(text: list[int]) -> tuple[int, int]:

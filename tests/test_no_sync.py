@@ -87,7 +87,7 @@ def test_scan_catches_a_sync():
 @pytest.mark.parametrize("use_cuda_graphs", [False, True], ids=["eager", "graphs"])
 def test_step_runs_without_sync_on_cuda(tiny_llama, temperature, use_cuda_graphs):
     from samgpu.decoding.loop import Decoder, GenerationConfig
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
     from samgpu.drafters.basic import TestDrafter, TestOptions
 
     model = copy.deepcopy(tiny_llama).to("cuda")

@@ -1,5 +1,6 @@
-"""What a decode call takes and gives: GenerationConfig, RequestStats, ProgressInfo,
-GenerationOutput (re-exported by samgpu.decoding.loop, where they are documented in context)."""
+"""What a decode call takes and gives: GenerationConfig in; GenerationOutput (tokens and
+RequestStats per prompt) out; ProgressInfo to the progress callback at every host check. The
+scheduler (samgpu.decoding.scheduler) documents how they are produced."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ class GenerationConfig:
     eos_token_ids: tuple[int, ...] = ()
     seed: int | None = None  # sampling seed; None: a fresh one per call
     check_every: int = 8  # steps between host reads of the finished flags
-    # Continuous batching: a finished sequence's slot takes the next waiting prompt (at the next
-    # host check) instead of idling until the batch's longest sequence ends.
+    # Continuous batching: a finished request's slot takes the next waiting prompt (at the next
+    # host check) instead of idling until the batch's longest request ends.
     continuous: bool = False
 
     def __post_init__(self):
@@ -49,34 +50,31 @@ class RequestStats:
     generated: int  # tokens emitted (EOS included)
     mat: float  # tokens emitted per step, bonus included (generated / steps; the last step may be
     # cut by EOS / max_new_tokens, so this is at most the mean of num_accepted + 1)
-    tokens_per_s: float  # generated / decode time of its batch
+    tokens_per_s: float  # generated / decode_s
     accepted_hist: list[int]  # accepted_hist[a]: steps that accepted a draft tokens (before cuts)
     sources: dict[str, int]  # steps per draft source (drafters with `last_source`), else {}
-    prefill_s: float  # prefill time of its batch
-    decode_s: float  # decode time of its batch (prefill excluded)
+    prefill_s: float  # the prefill that admitted it (shared with the requests admitted with it)
+    decode_s: float  # from its admission's end to the host check that collected it
 
 
 @dataclass
 class ProgressInfo:
-    """Passed to `on_progress` every `check_every` steps (when the host reads the flags anyway).
+    """Passed to `on_progress` at every host check (every `check_every` steps).
 
-    `tokens` (generated so far, per sequence of this batch) is read from the GPU only when a
-    callback asks for it, and only during the callback: the next steps run after it returns."""
+    Live requests are listed in slot order. `tokens` (generated so far, per live request) is read
+    from the GPU only when a callback asks for it, and only during the callback: the next steps
+    run after it returns."""
 
-    batch_index: int
-    num_batches: int
-    request_ids: list[int]  # prompt indices of this batch
-    num_reqs: int  # sequences in this batch
-    steps: int  # steps run in this batch so far
-    num_generated: list[int]  # per sequence of this batch
-    num_finished: int
+    request_ids: list[int]  # prompt indices of the live requests
+    num_generated: list[int]  # tokens so far, per live request
+    num_steps: list[int]  # steps so far, per live request
+    num_requests: int  # prompts in this call
+    num_finished: int  # requests finished in this call so far
+    done_tokens: int  # tokens of the finished requests
+    done_steps: int  # steps of the finished requests
+    steps: int  # loop steps so far
     elapsed_s: float  # since generate() started
     read_tokens: Callable[[], list[list[int]]] | None = field(default=None, repr=False)
-    # continuous batching: tokens and steps of the requests already finished in this call (the
-    # per-slot lists above cover only the slots' current requests)
-    done_tokens: int = 0
-    done_steps: int = 0
-    num_steps: list[int] | None = None  # continuous batching: steps of each live request so far
 
     @functools.cached_property
     def tokens(self) -> list[list[int]] | None:

@@ -23,27 +23,17 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.drafters._common import check_batch, check_options
+from samgpu.drafters.protocol import DrafterBase, NewRequests
+from samgpu.drafters.registry import DrafterContext, Method, register
 from samgpu.types import NO_PARENT, PAD_TOKEN, DecodeState, DraftTree, StepOutput
 
 
-class ArDrafter:
+class ArDrafter(DrafterBase):
     """`ar`: root only."""
 
     name = "ar"
-    max_nodes = 1
-    max_depth = 0
-    graph_safe = True
-    last_source = None
 
-    def __init__(self, *, max_reqs: int, device: torch.device | str):
-        self.max_reqs = max_reqs
-        self.device = torch.device(device)
-
-    def prefill(self, state: DecodeState) -> None:
-        check_batch(state, self.max_reqs, self.name)
-
-    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
+    def __init__(self, ctx: DrafterContext | None = None, options: ArOptions | None = None):
         pass
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
@@ -51,8 +41,10 @@ class ArDrafter:
         tree.parents[:, 0].fill_(NO_PARENT)
         tree.num_nodes.fill_(1)
 
-    def update(self, state: DecodeState, step: StepOutput) -> None:
-        pass
+
+@dataclass(frozen=True)
+class ArOptions:
+    """`ar` takes no options."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,32 +65,27 @@ class TestOptions:
             raise ValueError(f"error_rate={self.error_rate} must be in [0, 1]")
 
 
-class TestDrafter:
+class TestDrafter(DrafterBase):
     """`test`: drafts a known continuation with injected errors; see the module docstring."""
 
     __test__ = False  # not a pytest class
     name = "test"
-    graph_safe = True
-    last_source = None
 
-    def __init__(
-        self, *, vocab_size: int, max_reqs: int, device: torch.device | str, options: TestOptions
-    ):
-        if vocab_size < 3:
-            raise ValueError(f"the test drafter needs vocab_size >= 3, got {vocab_size}")
+    def __init__(self, ctx: DrafterContext, options: TestOptions):
+        if ctx.vocab_size < 3:
+            raise ValueError(f"the test drafter needs vocab_size >= 3, got {ctx.vocab_size}")
         self.options = options
-        self.vocab_size = vocab_size
-        self.max_reqs = max_reqs
-        self.device = torch.device(device)
+        self.vocab_size = ctx.vocab_size
+        self.device = device = ctx.device
         d = options.depth
         self.max_depth = d
         self.max_nodes = 2 * d + 1 if options.branching else d + 1
         self._refs = {tuple(map(int, p)): list(map(int, c)) for p, c in options.references}
         width = max((len(c) for c in self._refs.values()), default=0) + d + 1
-        self._cont = torch.full((max_reqs, width), PAD_TOKEN, dtype=torch.int32, device=device)
-        self._offsets = torch.arange(d, device=self.device)
-        self._slots = torch.arange(max_reqs, device=self.device)
-        self._step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._cont = torch.full((ctx.max_reqs, width), PAD_TOKEN, dtype=torch.int32, device=device)
+        self._offsets = torch.arange(d, device=device)
+        self._slots = torch.arange(ctx.max_reqs, device=device)
+        self._step = torch.zeros((), dtype=torch.int64, device=device)
         self._error_threshold = round(options.error_rate * 1_000_000)
         # Node layout: chain node j (depth j) at index chain_idx[j]; with branching, its wrong
         # sibling at chain_idx[j] - 1 (both children of chain node j - 1).
@@ -110,20 +97,18 @@ class TestDrafter:
         else:
             chain_idx = list(range(d + 1))
             parents = [NO_PARENT] + list(range(d))
-        self._chain_idx = torch.tensor(chain_idx[1:], dtype=torch.long, device=self.device)
-        self._parents = torch.tensor(parents, dtype=torch.int32, device=self.device)
+        self._chain_idx = torch.tensor(chain_idx[1:], dtype=torch.long, device=device)
+        self._parents = torch.tensor(parents, dtype=torch.int32, device=device)
 
-    def prefill(self, state: DecodeState) -> None:
-        B = check_batch(state, self.max_reqs, self.name)
-        self._step.zero_()  # same prompts -> same drafts, batch after batch (seeded sampling)
-        self.prefill_rows(state, torch.arange(B, device=self.device))
-
-    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
-        """The references of the prompts now in `rows` (all of a batch at prefill)."""
-        text = state.text.index_select(0, rows).cpu()
-        prompt_len = state.prompt_len.index_select(0, rows).cpu().tolist()
-        self._cont.index_fill_(0, rows, PAD_TOKEN)
-        for i, b in enumerate(rows.tolist()):
+    def start(self, state: DecodeState, new: NewRequests) -> None:
+        """The references of the prompts now in `new.rows` (a host read: a test drafter). The
+        error hash restarts when a whole batch starts (same prompts -> same drafts)."""
+        if new.rows.numel() == state.num_reqs:
+            self._step.zero_()
+        text = state.text.index_select(0, new.rows).cpu()
+        prompt_len = state.prompt_len.index_select(0, new.rows).cpu().tolist()
+        self._cont.index_fill_(0, new.rows, PAD_TOKEN)
+        for i, b in enumerate(new.rows.tolist()):
             cont = self._refs.get(tuple(text[i, : prompt_len[i]].tolist()))
             if cont:
                 self._cont[b, : len(cont)] = torch.tensor(cont, dtype=torch.int32)
@@ -153,19 +138,22 @@ class TestDrafter:
         self._step.add_(1)
 
 
-def build(method: str, *, vocab_size: int, max_reqs: int, device, **options):
-    """Entry point of samgpu.drafters.build_drafter for `ar` and `test`."""
-    if method == "ar":
-        check_options(_NoOptions, method, options)
-        return ArDrafter(max_reqs=max_reqs, device=device)
-    if method == "test":
-        check_options(TestOptions, method, options)
-        return TestDrafter(
-            vocab_size=vocab_size, max_reqs=max_reqs, device=device, options=TestOptions(**options)
-        )
-    raise ValueError(f"basic drafters are 'ar' and 'test', got {method!r}")
-
-
-@dataclass(frozen=True)
-class _NoOptions:
-    pass
+register(
+    Method(
+        name="ar",
+        summary="plain autoregressive decoding",
+        options=ArOptions,
+        build=ArDrafter,
+        node_bound=lambda options: 1,
+    )
+)
+register(
+    Method(
+        name="test",
+        summary="error-injecting drafter of known continuations (tests and benchmarks)",
+        options=TestOptions,
+        build=TestDrafter,
+        node_bound=lambda o: 2 * o.depth + 1 if o.branching else o.depth + 1,
+        listed=False,
+    )
+)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from samgpu.drafters._common import check_batch, check_options, int32, row_text, rows
-from samgpu.drafters.sam import SamAutomata
-from samgpu.drafters.tr import TR_TEMPLATE_NODES, TokenRecyclingTable, template_tree
+from samgpu.drafters.parts import int32
+from samgpu.drafters.parts.automata import SamAutomata
+from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TokenRecycling
+from samgpu.drafters.protocol import DrafterBase, NewRequests
+from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
 from samgpu.kernels.merge_tree import merge_tree
 from samgpu.kernels.sam_select import SamSelectConfig
 from samgpu.types import SOURCE_NONE, DecodeState, DraftTree, StepOutput
@@ -56,29 +56,17 @@ class MergedOptions:
         return min(40, max(2, self.max_nodes // 2), self.max_nodes)
 
 
-class MergedDrafter:
+class MergedDrafter(DrafterBase):
     name = "merged"
-    graph_safe = True
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        max_reqs: int,
-        max_len: int,
-        device: torch.device | str,
-        index,
-        options: MergedOptions,
-    ):
+    def __init__(self, ctx: DrafterContext, options: MergedOptions):
         self.options = options
-        self.max_reqs = max_reqs
-        self.device = torch.device(device)
         self.automata = SamAutomata(
-            vocab_size=vocab_size,
-            max_reqs=max_reqs,
-            max_len=max_len,
-            device=self.device,
-            index=index,
+            vocab_size=ctx.vocab_size,
+            max_reqs=ctx.max_reqs,
+            max_len=ctx.max_len,
+            device=ctx.device,
+            index=ctx.index,
             use_static=options.use_static,
             use_dynamic=options.use_dynamic,
         )
@@ -91,37 +79,27 @@ class MergedDrafter:
             climb_dynamic=options.climb_dynamic,
             stop_at_eos=options.stop_at_eos,
         )
-        self.template = template_tree(min(options.max_nodes, TR_TEMPLATE_NODES))
-        self._tpl = self.template.tensors(self.device)
-        self.table = TokenRecyclingTable(vocab_size, self.device)
+        self.recycling = TokenRecycling(
+            ctx.vocab_size, options.max_nodes, ctx.device, options.prompt_bigrams
+        )
         self.max_nodes = options.max_nodes
-        self.max_depth = min(options.max_nodes - 1, max(chain - 1, self.template.max_depth))
-        self._chain = DraftTree.empty(max_reqs, chain, self.device)
-        self._tr = DraftTree.empty(max_reqs, self.template.num_nodes, self.device)
-        self._source = int32((max_reqs,), SOURCE_NONE, self.device)
-        self._chain_len = int32((max_reqs,), 0, self.device)
+        self.max_depth = min(options.max_nodes - 1, max(chain - 1, self.recycling.max_depth))
+        self._chain = DraftTree.empty(ctx.max_reqs, chain, ctx.device)
+        self._tr = DraftTree.empty(ctx.max_reqs, self.recycling.num_nodes, ctx.device)
+        self._source = int32((ctx.max_reqs,), SOURCE_NONE, ctx.device)
+        self._chain_len = int32((ctx.max_reqs,), 0, ctx.device)
         self.last_source = self._source
 
-    def reset(self) -> None:
-        self.table.reset()
-
-    def prefill(self, state: DecodeState) -> None:
-        check_batch(state, self.max_reqs, self.name)
-        self.automata.prefill(state)
-        if self.options.prompt_bigrams:
-            self.table.seed_from_text(state.text, state.text_len)
-
-    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
-        self.automata.prefill_rows(state, rows)
-        if self.options.prompt_bigrams:
-            self.table.seed_from_text(*row_text(state, rows))
+    def start(self, state: DecodeState, new: NewRequests) -> None:
+        self.automata.start(state, new)
+        self.recycling.start(state, new)
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs
-        chain, tr = rows(self._chain, B), rows(self._tr, B)
+        chain, tr = self._chain.rows(B), self._tr.rows(B)
         source, chain_len = self._source[:B], self._chain_len[:B]
         self.automata.draft_chain(state.root, chain, self.config, source, chain_len)
-        self.table.fill(self._tpl, state.root, tr)
+        self.recycling.fill(state.root, tr)
         merge_tree(
             chain.tokens,
             chain.parents,
@@ -133,20 +111,19 @@ class MergedDrafter:
             tree.parents,
             tree.num_nodes,
         )
-        self.last_source = source
 
     def update(self, state: DecodeState, step: StepOutput) -> None:
         self.automata.update(step)
-        self.table.update(step)
+        self.recycling.update(step)
 
 
-def build_merged(*, vocab_size, max_reqs, max_len, device, index, options: dict) -> MergedDrafter:
-    check_options(MergedOptions, "merged", options)
-    return MergedDrafter(
-        vocab_size=vocab_size,
-        max_reqs=max_reqs,
-        max_len=max_len,
-        device=device,
-        index=index,
-        options=MergedOptions(**options),
+register(
+    Method(
+        name="merged",
+        summary="SAM chain and Token Recycling branches in one tree, de-duplicated, in a budget",
+        options=MergedOptions,
+        build=MergedDrafter,
+        needs_index=True,
+        budget=tree_budget,
     )
+)

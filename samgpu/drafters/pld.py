@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from samgpu.drafters._common import check_batch
+from samgpu.drafters.protocol import DrafterBase
+from samgpu.drafters.registry import DrafterContext, Method, register
 from samgpu.kernels.pld import pld_draft
-from samgpu.types import DecodeState, DraftTree, StepOutput
+from samgpu.types import DecodeState, DraftTree
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,23 +32,15 @@ class PldOptions:
             )
 
 
-class PldDrafter:
-    name = "pld"
-    graph_safe = True
+class PldDrafter(DrafterBase):
+    """Drafts from the committed text alone: no per-slot state to start, update or finish."""
 
-    def __init__(self, *, max_reqs: int, device: torch.device | str, options: PldOptions):
+    name = "pld"
+
+    def __init__(self, ctx: DrafterContext, options: PldOptions):
         self.options = options
-        self.max_reqs = max_reqs
-        self.device = torch.device(device)
         self.max_nodes = options.num_draft + 1
         self.max_depth = options.num_draft
-        self.last_source = None  # a single source: the text itself
-
-    def prefill(self, state: DecodeState) -> None:
-        check_batch(state, self.max_reqs, self.name)
-
-    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
-        pass  # drafts from the committed text alone
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         o = self.options
@@ -64,5 +55,13 @@ class PldDrafter:
             min_ngram=o.min_ngram,
         )
 
-    def update(self, state: DecodeState, step: StepOutput) -> None:
-        pass  # the committed text is the whole state
+
+register(
+    Method(
+        name="pld",
+        summary="prompt lookup: longest n-gram (3..1) suffix match, earliest occurrence",
+        options=PldOptions,
+        build=PldDrafter,
+        node_bound=lambda options: options.num_draft + 1,
+    )
+)

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.drafters._common import check_batch, check_options, int32, row_text, rows
-from samgpu.drafters.sam import SamAutomata
-from samgpu.drafters.tr import TR_TEMPLATE_NODES, TokenRecyclingTable, template_tree
+from samgpu.drafters.parts import int32
+from samgpu.drafters.parts.automata import SamAutomata
+from samgpu.drafters.parts.recycling import TokenRecycling
+from samgpu.drafters.protocol import DrafterBase, NewRequests
+from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
 from samgpu.kernels.merge_tree import merge_tree
 from samgpu.kernels.sam_draft import sam_draft_chain
 from samgpu.kernels.sam_select import SamSelectConfig
@@ -67,72 +69,48 @@ class SamTreeOptions:
         return min(40, max(1, self.max_nodes // 2))
 
 
-class SamTreeDrafter:
+class SamTreeDrafter(DrafterBase):
     name = "sam-tree"
-    graph_safe = True
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        max_reqs: int,
-        max_len: int,
-        device: torch.device | str,
-        index,
-        options: SamTreeOptions,
-    ):
+    def __init__(self, ctx: DrafterContext, options: SamTreeOptions):
         self.options = o = options
-        self.max_reqs = max_reqs
-        self.device = torch.device(device)
         self.automata = SamAutomata(
-            vocab_size=vocab_size,
-            max_reqs=max_reqs,
-            max_len=max_len,
-            device=self.device,
-            index=index,
+            vocab_size=ctx.vocab_size,
+            max_reqs=ctx.max_reqs,
+            max_len=ctx.max_len,
+            device=ctx.device,
+            index=ctx.index,
             use_static=o.use_static,
             use_dynamic=o.use_dynamic,
             with_count=True,
         )
-        N = o.max_nodes
+        N, R, dev = o.max_nodes, ctx.max_reqs, ctx.device
         self.max_nodes = N
         self.max_depth = N - 1
         self.config = SamSelectConfig(
             mode="longest", l_bias=0, max_predicts=o.chain_cap, alpha=o.alpha, climb_dynamic=False
         )
-        self._chain = DraftTree.empty(max_reqs, o.chain_cap, self.device)
-        self._static = DraftTree.empty(max_reqs, N, self.device)
-        self._merged = DraftTree.empty(max_reqs, N, self.device) if o.with_tr else None
-        self.table = None
+        self._chain = DraftTree.empty(R, o.chain_cap, dev)
+        self._static = DraftTree.empty(R, N, dev)
+        self._merged = DraftTree.empty(R, N, dev) if o.with_tr else None
+        self.recycling = None
         if o.with_tr:
-            self.template = template_tree(min(N, TR_TEMPLATE_NODES))
-            self._tpl = self.template.tensors(self.device)
-            self._tr = DraftTree.empty(max_reqs, self.template.num_nodes, self.device)
-            self.table = TokenRecyclingTable(vocab_size, self.device)
-        self._chain_source = int32((max_reqs,), SOURCE_NONE, self.device)
-        self._chain_len = int32((max_reqs,), 0, self.device)
-        self._source = int32((max_reqs,), SOURCE_NONE, self.device)
+            self.recycling = TokenRecycling(ctx.vocab_size, N, dev, o.prompt_bigrams)
+            self._tr = DraftTree.empty(R, self.recycling.num_nodes, dev)
+        self._chain_source = int32((R,), SOURCE_NONE, dev)
+        self._chain_len = int32((R,), 0, dev)
+        self._source = int32((R,), SOURCE_NONE, dev)
         self.last_source = self._source
 
-    def reset(self) -> None:
-        if self.table is not None:
-            self.table.reset()
-
-    def prefill(self, state: DecodeState) -> None:
-        check_batch(state, self.max_reqs, self.name)
-        self.automata.prefill(state)
-        if self.table is not None and self.options.prompt_bigrams:
-            self.table.seed_from_text(state.text, state.text_len)
-
-    def prefill_rows(self, state: DecodeState, rows: torch.Tensor) -> None:
-        self.automata.prefill_rows(state, rows)
-        if self.table is not None and self.options.prompt_bigrams:
-            self.table.seed_from_text(*row_text(state, rows))
+    def start(self, state: DecodeState, new: NewRequests) -> None:
+        self.automata.start(state, new)
+        if self.recycling is not None:
+            self.recycling.start(state, new)
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         B = state.num_reqs
         o = self.options
-        chain, static = rows(self._chain, B), rows(self._static, B)
+        chain, static = self._chain.rows(B), self._static.rows(B)
         auto = self.automata
         if auto.dynamic is not None:
             sam_draft_chain(
@@ -164,7 +142,7 @@ class SamTreeDrafter:
             )
         else:
             static.num_nodes.fill_(1)
-        out = rows(self._merged, B) if o.with_tr else tree
+        out = self._merged.rows(B) if o.with_tr else tree
         merge_tree(
             chain.tokens,
             chain.parents,
@@ -178,8 +156,8 @@ class SamTreeDrafter:
         )
         fallback = SOURCE_NONE
         if o.with_tr:
-            tr = rows(self._tr, B)
-            self.table.fill(self._tpl, state.root, tr)
+            tr = self._tr.rows(B)
+            self.recycling.fill(state.root, tr)
             merge_tree(
                 out.tokens,
                 out.parents,
@@ -202,21 +180,20 @@ class SamTreeDrafter:
                 torch.where(has_static, SOURCE_STATIC, fallback),
             ).to(torch.int32)
         )
-        self.last_source = source
 
     def update(self, state: DecodeState, step: StepOutput) -> None:
         self.automata.update(step)
-        if self.table is not None:
-            self.table.update(step)
+        if self.recycling is not None:
+            self.recycling.update(step)
 
 
-def build_sam_tree(*, vocab_size, max_reqs, max_len, device, index, options: dict):
-    check_options(SamTreeOptions, "sam-tree", options)
-    return SamTreeDrafter(
-        vocab_size=vocab_size,
-        max_reqs=max_reqs,
-        max_len=max_len,
-        device=device,
-        index=index,
-        options=SamTreeOptions(**options),
+register(
+    Method(
+        name="sam-tree",
+        summary="tree from the automata: static children ranked by occurrence count, dynamic chain",
+        options=SamTreeOptions,
+        build=SamTreeDrafter,
+        needs_index=True,
+        budget=tree_budget,
     )
+)

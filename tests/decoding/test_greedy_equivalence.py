@@ -23,7 +23,7 @@ EOS = 2  # <|im_end|>
 
 @pytest.fixture(scope="module")
 def setup(default_model_fp32):
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
 
     model, tok = default_model_fp32
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]

@@ -41,7 +41,7 @@ def cuda_llama(tiny_llama):
 
 
 def _decoder(model, refs, graphs, branching):
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
     opts = TestOptions(

@@ -11,9 +11,9 @@ import warnings
 import pytest
 import torch
 
-from samgpu.decoding.runner import KVCache, make_runner
-from samgpu.decoding.runner_generic import GenericRunner
-from samgpu.decoding.runner_llama import LlamaRunner
+from samgpu.decoding.runners import KVCache, make_runner
+from samgpu.decoding.runners.generic import GenericRunner
+from samgpu.decoding.runners.llama import LlamaRunner
 from tests.decoding.conftest import TINY_VOCAB, tiny_model
 
 FAST_KINDS = ["llama", "llama3", "qwen2", "qwen3", "mistral"]

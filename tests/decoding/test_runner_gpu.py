@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from samgpu.decoding.runner import make_runner
-from samgpu.decoding.runner_llama import LlamaRunner
+from samgpu.decoding.runners import make_runner
+from samgpu.decoding.runners.llama import LlamaRunner
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,8 +11,8 @@ cache slot 6 + 5 and equals the K/V a causal prefill of that path puts at slot 6
 import pytest
 import torch
 
-from samgpu.decoding.runner import make_runner
-from samgpu.decoding.runner_llama import LlamaRunner
+from samgpu.decoding.runners import make_runner
+from samgpu.decoding.runners.llama import LlamaRunner
 from tests.decoding.conftest import TINY_VOCAB
 
 PARENTS = [

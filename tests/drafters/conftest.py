@@ -47,7 +47,7 @@ def chat_prompts(default_model_fp32):
 
 @pytest.fixture(scope="session")
 def runner(default_model_fp32):
-    from samgpu.decoding.runner import make_runner
+    from samgpu.decoding.runners import make_runner
 
     return make_runner(default_model_fp32[0])
 

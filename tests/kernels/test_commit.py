@@ -4,9 +4,38 @@
 import pytest
 import torch
 
-from samgpu.kernels.commit import PAD_TOKEN, commit, commit_ref, commit_triton
+from samgpu.kernels.commit import commit, commit_ref, commit_triton
+from samgpu.kernels.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput, VerifyOutput
 
 IMPLS = [pytest.param(commit_triton, id="triton"), pytest.param(commit_ref, id="ref")]
+
+
+def _bundles(tokens, accepted, num_accepted, bonus, state: dict) -> tuple[DecodeState, StepOutput]:
+    """The loose tensors of a case as the DecodeState / StepOutput that commit takes (views)."""
+    fields = {k: state[k] for k in ("root", "cache_len", "text", "text_len", "num_generated")}
+    decode = DecodeState(
+        **fields,
+        prompt_len=state["text_len"].clone(),
+        max_new_tokens=state["max_new_tokens"],
+        finished=state["finished"],
+    )
+    tree = DraftTree(tokens, torch.full_like(tokens, -1), torch.ones_like(num_accepted))
+    ver = VerifyOutput(accepted, num_accepted, bonus, torch.zeros_like(tokens, dtype=torch.int64))
+    step = StepOutput(
+        tree=tree,
+        logits=torch.zeros(0),
+        verify=ver,
+        start_len=state["cache_len"].clone(),
+        new_tokens=state["new_tokens"],
+        num_new=state["num_new"],
+    )
+    return decode, step
+
+
+def _run(impl, tokens, accepted, num_accepted, bonus, eos, **state) -> None:
+    impl(*_bundles(tokens, accepted, num_accepted, bonus, state), eos)
+
+
 X = PAD_TOKEN
 NP = -1  # NO_PARENT padding of accepted_nodes
 
@@ -58,7 +87,7 @@ def test_golden_batch(impl, device):
         finished=[False, False, False, True, False],
         device=device,
     )
-    impl(tokens, accepted, num_accepted, bonus, _i32([3, 7], device), **state)
+    _run(impl, tokens, accepted, num_accepted, bonus, _i32([3, 7], device), **state)
     got = _lists(state)
     assert got["num_new"] == [2, 2, 2, 0, 1]
     assert got["new_tokens"] == [[2, 3, X], [2, 3, X], [2, 3, X], [X, X, X], [7, X, X]]
@@ -71,7 +100,7 @@ def test_golden_batch(impl, device):
     assert got["finished"] == [True, True, True, True, True]
 
     state = _state([[5, 1]], 8, [0], [10], [False], device)
-    impl(tokens[:1], accepted[:1], num_accepted[:1], bonus[:1], _i32([7], device), **state)
+    _run(impl, tokens[:1], accepted[:1], num_accepted[:1], bonus[:1], _i32([7], device), **state)
     got = _lists(state)
     assert got["new_tokens"] == [[2, 3, 4]] and got["num_new"] == [3]
     assert got["text"] == [[5, 1, 2, 3, 4, X, X, X]] and got["root"] == [4]
@@ -83,7 +112,8 @@ def test_golden_batch(impl, device):
 def test_no_eos_ids_and_exact_budget(impl, device):
     """No EOS ids at all (empty vector); max_new_tokens reached exactly by the full emission."""
     state = _state([[4]], 6, [1], [4], [False], device)
-    impl(
+    _run(
+        impl,
         _i32([[4, 5, 6]], device),
         _i32([[0, 1, 2]], device),
         _i32([2], device),
@@ -119,16 +149,16 @@ def test_random_triton_equals_ref(num_reqs, max_nodes, k_slots, device):
     sa["new_tokens"] = torch.zeros(num_reqs, k_slots, dtype=torch.int32, device=device)
     sb["new_tokens"] = torch.zeros(num_reqs, k_slots, dtype=torch.int32)
     args = (tokens, accepted, num_acc, bonus, eos)
-    commit_triton(*(a.to(device) for a in args), **sa)
-    commit_ref(*args, **sb)
+    _run(commit_triton, *(a.to(device) for a in args), **sa)
+    _run(commit_ref, *args, **sb)
     for key in sa:
         assert torch.equal(sa[key].cpu(), sb[key]), key
 
 
 def test_dispatch_and_bad_shapes():
     state = _state([[4]], 6, [0], [4], [False], "cpu")
-    commit(_i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **state)
+    _run(commit, _i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **state)
     assert state["text"].tolist() == [[4, 5, 7, X, X, X]]
     with pytest.raises(ValueError, match="finished"):
         bad = dict(state, finished=torch.zeros(1, dtype=torch.int32))
-        commit_ref(_i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **bad)
+        _run(commit_ref, _i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **bad)

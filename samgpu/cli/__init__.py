@@ -4,7 +4,7 @@
   samgpu generate --input prompts.jsonl --output out.jsonl      # batched, resumable
   torchrun --nproc-per-node 8 -m samgpu generate --input ... --output ...   # one process per GPU
   samgpu index build | stats PATH                               # static SAM index (samgpu.sam.cli)
-  samgpu bench ...                                              # profiling.bench_e2e, if present
+  samgpu bench ...                                              # profiling.bench_e2e (a checkout)
 
 Errors a user can cause (missing or malformed input, unknown method or option, CUDA unavailable,
 out of memory at set-up, a corrupt index or one built for another tokenizer, ...) print one line
@@ -20,14 +20,11 @@ as named ranges, plus `DIR/summary[-rankN].txt`, the top operators by time.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from samgpu.cli.output import error
 from samgpu.errors import UserError
-
-EXIT_USAGE = 2
-
 
 # ----------------------------------------------------------------------------- parser
 
@@ -132,21 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark's own parser
-        return _run_bench(argv[1:])
+        from samgpu.cli.bench import run_bench
+
+        return run_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
-            from samgpu.cli_generate import run_generate
+            from samgpu.cli.generate import run_generate
 
             return run_generate(args)
         if args.command == "index":
             from samgpu.sam.cli import run_index
 
-            return run_index(args, load_tokenizer=_load_tokenizer)
+            return run_index(args, load_tokenizer=load_tokenizer)
         parser.error(f"unknown command {args.command!r}")
     except UserError as e:
-        _error(str(e))
+        error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         output = getattr(args, "output", None)
@@ -155,49 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             if output
             else ""
         )
-        _error(f"interrupted{kept}")
+        error(f"interrupted{kept}")
         return 130
     return 0
 
 
-def _error(msg: str) -> None:
-    rank = os.environ.get("RANK")
-    prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-    print(f"samgpu: error: {prefix}{msg}", file=sys.stderr, flush=True)
-
-
-def _warn(msg: str) -> None:
-    print(f"samgpu: warning: {msg}", file=sys.stderr, flush=True)
-
-
-def _run_bench(argv: list[str]) -> int:
-    """`samgpu bench ARGS` = `python -m profiling.bench_e2e ARGS`. profiling/ is not installed with
-    the package: from a source checkout (editable install) it runs in a child process with the
-    checkout on PYTHONPATH, so relative paths in ARGS keep meaning the caller's folder."""
-    try:
-        from profiling import bench_e2e
-    except ImportError:
-        bench_e2e = None
-    if bench_e2e is not None:
-        return int(bench_e2e.main(argv) or 0)
-    import subprocess
-
-    import samgpu
-
-    checkout = Path(samgpu.__file__).resolve().parents[1]
-    if not (checkout / "profiling" / "bench_e2e.py").is_file():
-        _error(
-            "`samgpu bench` needs the repository's profiling/ folder (profiling.bench_e2e), which"
-            " is not installed with the package: run it from a source checkout"
-        )
-        return EXIT_USAGE
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "profiling.bench_e2e", *argv]
-    return subprocess.run(cmd, env=env).returncode
-
-
-def _load_tokenizer(name: str):
+def load_tokenizer(name: str):
     """`samgpu index build --tokenizer` loader: 'default' or a local tokenizer folder."""
     if name == "default":
         from samgpu.models import load_default_tokenizer

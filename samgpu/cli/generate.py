@@ -1,6 +1,6 @@
 """`samgpu generate`: argument checks, the model session, and one prompt streamed to the terminal.
-A JSONL file run (resumable batches, one process or one per GPU under torchrun) is in
-samgpu/cli_file.py; the parser and entry point are in samgpu/cli.py.
+A JSONL file run (resumable, one process or one per GPU under torchrun) is in samgpu/cli/file.py;
+the parser and entry point are in samgpu/cli/__init__.py.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from samgpu.decoding.engine import nvtx_range
 from samgpu.errors import UserError
 
 # ----------------------------------------------------------------------------- generate: checks
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -32,10 +33,10 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    from samgpu.api import user_methods
+def check_args(args: argparse.Namespace) -> None:
+    from samgpu.drafters import method_names
 
-    methods = user_methods()
+    methods = method_names()
     if args.method.lower() in methods:
         args.method = args.method.lower()
     if args.method not in methods:
@@ -72,13 +73,13 @@ def _check_args(args: argparse.Namespace) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    _parse_options(args.option)  # syntax errors before any model loads
+    parse_options(args.option)  # syntax errors before any model loads
 
 
 # ----------------------------------------------------------------------------- generate: set-up
 
 
-class _Session:
+class Session:
     """Model, tokenizer and SamDecoder for one CLI run."""
 
     def __init__(self, args: argparse.Namespace, device, *, num_reqs: int, max_len: int):
@@ -100,7 +101,7 @@ class _Session:
                 )
             ) from None
         self.load_seconds = time.perf_counter() - t0
-        options = _parse_options(args.option)
+        options = parse_options(args.option)
         try:
             self.decoder = api.SamDecoder(
                 self.model,
@@ -112,6 +113,7 @@ class _Session:
                 use_cuda_graphs=not args.no_cuda_graphs,
                 check_every=args.check_every,
                 continuous_batching=args.continuous_batching,
+                stage_range=profiled_range if args.profile else nvtx_range,
                 **options,
             )
         except (ValueError, TypeError) as e:
@@ -142,32 +144,31 @@ class _Session:
 
     def warm_up(self, num_reqs: int, longest: int) -> None:
         """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice."""
-        self.decoder._ensure(num_reqs, self.decoder.needed_len(longest, self.args.max_new_tokens))
+        needed = self.decoder.needed_len(longest, self.args.max_new_tokens)
+        self.decoder.ensure_capacity(num_reqs, needed)
 
-    def generate(self, prompts: list[list[int]], on_progress=None):
+    def generate(self, prompts: list[list[int]], on_progress=None, on_finish=None):
         from torch.profiler import record_function
 
-        with record_function("samgpu.cli.batch"):
-            return self._generate(prompts, on_progress)
-
-    def _generate(self, prompts: list[list[int]], on_progress=None):
         from samgpu import api
 
         a = self.args
-        return self.decoder.generate_ids(
-            prompts,
-            max_new_tokens=a.max_new_tokens,
-            temperature=a.temperature,
-            top_k=a.top_k,
-            top_p=a.top_p,
-            eos_token_ids=api.eos_with_stops(self.eos, self.stop_ids),
-            seed=a.seed,
-            on_progress=on_progress,
-            batch_size=a.batch_size,
-        )
+        with record_function("samgpu.cli.generate"):
+            return self.decoder.generate_ids(
+                prompts,
+                max_new_tokens=a.max_new_tokens,
+                temperature=a.temperature,
+                top_k=a.top_k,
+                top_p=a.top_p,
+                eos_token_ids=api.eos_with_stops(self.eos, self.stop_ids),
+                seed=a.seed,
+                on_progress=on_progress,
+                on_finish=on_finish,
+                batch_size=a.batch_size,
+            )
 
 
-def _device(args: argparse.Namespace, info=None):
+def run_device(args: argparse.Namespace, info=None):
     import torch
 
     from samgpu import api
@@ -178,7 +179,7 @@ def _device(args: argparse.Namespace, info=None):
     return device
 
 
-def _profiler(args: argparse.Namespace, rank_suffix: str):
+def profiler(args: argparse.Namespace, rank_suffix: str):
     """torch.profiler around generation when --profile is set; exports on exit."""
     if not args.profile:
         return contextlib.nullcontext()
@@ -193,7 +194,7 @@ def _profiler(args: argparse.Namespace, rank_suffix: str):
 
     @contextlib.contextmanager
     def run():
-        with _stage_ranges(), profile(activities=activities, record_shapes=False) as prof:
+        with profile(activities=activities, record_shapes=False) as prof:
             yield prof
         trace = out_dir / f"trace{rank_suffix}.json"
         prof.export_chrome_trace(str(trace))
@@ -208,36 +209,18 @@ def _profiler(args: argparse.Namespace, rank_suffix: str):
 
 
 @contextlib.contextmanager
-def _stage_ranges():
-    """While profiling, give each decode-loop stage a torch.profiler range (`samgpu.<stage>`) next
-    to its NVTX range: the loop's `_nvtx` helper emits NVTX only on CUDA, which Nsight shows but the
-    torch profiler trace does not. Adapter around samgpu.decoding.loop._nvtx, restored on exit."""
+def profiled_range(name: str):
+    """A decode-step stage as an NVTX range (Nsight) and a torch.profiler range `samgpu.<stage>`
+    (the --profile trace), passed to the decoder as its stage_range."""
     from torch.profiler import record_function
 
-    try:
-        from samgpu.decoding import loop
-    except ImportError:
+    from samgpu.decoding.engine import nvtx_range
+
+    with nvtx_range(name), record_function(f"samgpu.{name}"):
         yield
-        return
-    original = getattr(loop, "_nvtx", None)
-    if original is None:
-        yield
-        return
-
-    def both(name: str):
-        stack = contextlib.ExitStack()
-        stack.enter_context(original(name))
-        stack.enter_context(record_function(f"samgpu.{name}"))
-        return stack
-
-    loop._nvtx = both
-    try:
-        yield
-    finally:
-        loop._nvtx = original
 
 
-def _oom_during_run(e: BaseException, args: argparse.Namespace) -> UserError:
+def oom_error(e: BaseException, args: argparse.Namespace) -> UserError:
     from samgpu import api
 
     msg = api.out_of_memory_message(
@@ -252,10 +235,10 @@ def _oom_during_run(e: BaseException, args: argparse.Namespace) -> UserError:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    _check_args(args)
+    check_args(args)
     if args.prompt is not None:
         return _generate_one(args)
-    from samgpu.cli_file import generate_file
+    from samgpu.cli.file import generate_file
 
     return generate_file(args)
 
@@ -306,8 +289,8 @@ def _generate_one(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise UserError("the prompt is empty: pass some text with --prompt")
-    device = _device(args)
-    session = _Session(args, device, num_reqs=1, max_len=args.max_new_tokens)
+    device = run_device(args)
+    session = Session(args, device, num_reqs=1, max_len=args.max_new_tokens)
     ids = session.encode(prompt, None)
     reason = session.too_long(ids)
     if reason:
@@ -316,10 +299,10 @@ def _generate_one(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         session.warm_up(1, len(ids))
-        with _profiler(args, ""):
+        with profiler(args, ""):
             out = session.generate([ids], on_progress=streamer)
     except torch.OutOfMemoryError as e:
-        raise _oom_during_run(e, args) from None
+        raise oom_error(e, args) from None
     seconds = time.perf_counter() - t0
     stats = session.decoder.last_stats[0] if session.decoder.last_stats else {}
     done = make_completion(list(out.tokens[0]), stats, session.tokenizer, session.eos, args.stop)

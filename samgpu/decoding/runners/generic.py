@@ -17,7 +17,12 @@ import inspect
 
 import torch
 
-from samgpu.decoding.runner import KVCache, check_prefill_inputs, check_tree_inputs
+from samgpu.decoding.runners.base import (
+    KVCache,
+    RunnerBase,
+    check_prefill_inputs,
+    check_tree_inputs,
+)
 
 
 def _dynamic_cache():
@@ -49,7 +54,7 @@ def _num_layers(cache) -> int:
     return len(cache)
 
 
-class GenericRunner:
+class GenericRunner(RunnerBase):
     """transformers-forward runner for any causal LM (see module doc)."""
 
     graph_safe = False
@@ -88,24 +93,9 @@ class GenericRunner:
         self.num_layers = _num_layers(cache)
         self.dtype = _layer_kv(cache, 0)[0].dtype
         self.vocab_size = result.logits.shape[-1]
+        self.hidden_size = int(model.config.hidden_size)
         window = getattr(model.config, "sliding_window", None)
         self.max_context = window if isinstance(window, int) and window > 0 else None
-
-    def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache:
-        if self.max_context is not None and max_len > self.max_context:
-            raise ValueError(
-                f"GenericRunner: max_len={max_len} exceeds the model's sliding window "
-                f"{self.max_context}"
-            )
-        return KVCache.empty(
-            self.num_layers,
-            max_reqs,
-            self.num_kv_heads,
-            max_len,
-            self.head_dim,
-            dtype=self.dtype,
-            device=self.device,
-        )
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: KVCache) -> None:
@@ -136,8 +126,11 @@ class GenericRunner:
         tree_mask: torch.Tensor,
         cache: KVCache,
         out: torch.Tensor,
+        hidden_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        check_tree_inputs(tokens, positions, tree_mask, cache, out, self.vocab_size, self.device)
+        check_tree_inputs(
+            tokens, positions, tree_mask, cache, out, self.vocab_size, self.device, hidden_out
+        )
         b, n = tokens.shape
         max_len = cache.max_len
         cache_len = cache.cache_len[:b].to(torch.int64)
@@ -156,8 +149,11 @@ class GenericRunner:
             position_ids=positions.long(),
             attention_mask=mask[:, None],
             use_cache=True,
+            output_hidden_states=hidden_out is not None,
             **{self._cache_kwarg: past},
         )
+        if hidden_out is not None:
+            hidden_out.copy_(result.hidden_states[-1])
         slot = cache_len[:, None] + torch.arange(n, device=self.device)  # [B, N]
         slot = slot[:, None, :, None].expand(b, self.num_kv_heads, n, self.head_dim)
         for li in range(self.num_layers):

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from samgpu.decoding.runner import KVCache, check_prefill_inputs, check_tree_inputs
+from samgpu.decoding.runners.base import (
+    KVCache,
+    RunnerBase,
+    check_prefill_inputs,
+    check_tree_inputs,
+)
 from samgpu.kernels.rms_norm import rms_norm
 from samgpu.kernels.rope_kv import rope_kv
 from samgpu.kernels.silu_mul import silu_mul
@@ -83,7 +88,7 @@ def _fuse(modules: list[torch.nn.Linear], attr: str) -> torch.Tensor | None:
     return fused
 
 
-class LlamaRunner:
+class LlamaRunner(RunnerBase):
     """Static-cache, ragged-batch runner for Llama-family transformers models (see module doc)."""
 
     graph_safe = True
@@ -131,6 +136,7 @@ class LlamaRunner:
         self.num_layers = len(inner.layers)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
+        self.hidden_size = config.hidden_size
         self.head_dim = attn0.head_dim
         self.scale = float(getattr(attn0, "scaling", 1.0 / math.sqrt(self.head_dim)))
         self.embed = inner.embed_tokens.weight  # [V, H]
@@ -168,24 +174,6 @@ class LlamaRunner:
             post_norm=layer.post_attention_layernorm.weight,
             gate_up=_fuse([mlp.gate_proj, mlp.up_proj], "weight"),
             down=mlp.down_proj.weight,
-        )
-
-    # ---------------------------------------------------------------------------------- cache
-
-    def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache:
-        if self.max_context is not None and max_len > self.max_context:
-            raise ValueError(
-                f"LlamaRunner: max_len={max_len} exceeds the model's sliding window "
-                f"{self.max_context}; use a shorter max_len or make_runner(prefer='generic')"
-            )
-        return KVCache.empty(
-            self.num_layers,
-            max_reqs,
-            self.num_kv_heads,
-            max_len,
-            self.head_dim,
-            dtype=self.dtype,
-            device=self.device,
         )
 
     # ------------------------------------------------------------------------------- pieces
@@ -274,8 +262,11 @@ class LlamaRunner:
         tree_mask: torch.Tensor,
         cache: KVCache,
         out: torch.Tensor,
+        hidden_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        check_tree_inputs(tokens, positions, tree_mask, cache, out, self.vocab_size, self.device)
+        check_tree_inputs(
+            tokens, positions, tree_mask, cache, out, self.vocab_size, self.device, hidden_out
+        )
         b = tokens.shape[0]
         cache_len = cache.cache_len[:b]
 
@@ -286,5 +277,7 @@ class LlamaRunner:
 
         # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
         x = self._layers(F.embedding(tokens, self.embed), positions, cache_len, cache, attend)
+        if hidden_out is not None:
+            hidden_out.copy_(x)
         out.copy_(F.linear(x, self.lm_head))
         return out

@@ -1,14 +1,15 @@
-"""`samgpu generate --input ... --output ...`: a JSONL file in resumable batches, in one process
-or one per GPU under torchrun (argument checks and the model session: samgpu/cli_generate.py).
+"""`samgpu generate --input ... --output ...`: a JSONL file, resumable, in one process or one per
+GPU under torchrun (argument checks and the model session: samgpu/cli/generate.py).
 
 Flow: read and check every input line (samgpu.io) -> join the torchrun group, if any
 (samgpu.distributed) -> rank 0 opens the output, resuming `<output>.partial`, and tells every rank
 which records are done -> each rank loads the model and index, tokenizes its round-robin shard,
 skips (or, with --strict, rejects) empty and over-long prompts, and allocates its buffers (out of
-memory here is an error naming a batch size) -> rounds of one batch per rank (with
---continuous-batching, ROUND_BATCHES batches' worth of prompts through the batch's slots), gathered
-on rank 0, which appends them to the partial file -> rank 0 writes the final file in input order
-and renames it into place.
+memory here is an error naming a batch size) -> one process: every pending prompt goes through the
+scheduler in one call, and each record is appended to the partial file as its request finishes;
+under torchrun: rounds (one batch per rank, or ROUND_BATCHES batches' worth with
+--continuous-batching) gathered on rank 0, which appends them -> rank 0 writes the final file in
+input order and renames it into place.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from samgpu.cli import _error, _warn
-from samgpu.cli_generate import _device, _oom_during_run, _profiler, _Session
+from samgpu.cli.generate import Session, oom_error, profiler, run_device
+from samgpu.cli.output import error, warn
 from samgpu.errors import UserError
 
 
@@ -44,7 +45,7 @@ def _settings(args: argparse.Namespace, input_fp: str, num_records: int) -> dict
     }
 
 
-class _Progress:
+class Progress:
     """tqdm bar over records with live tokens/s and mean accepted tokens per step (rank 0)."""
 
     def __init__(self, total: int, enabled: bool):
@@ -54,32 +55,32 @@ class _Progress:
 
             self.bar = tqdm(total=total, unit="req", dynamic_ncols=True, file=sys.stderr)
         self.t0 = time.perf_counter()
-        self.tokens = 0  # tokens of finished batches
-        self.steps = 0.0  # sum over finished requests of decode steps
-        self.live_tokens = 0
-        self.live_steps = 0.0
+        self.tokens = 0  # tokens of finished rounds
+        self.steps = 0.0  # decode steps of finished rounds, summed over requests
+        self.call_tokens = 0  # the running round so far (finished and live requests)
+        self.call_steps = 0.0
 
     def on_step(self, info: Any) -> None:
-        gen, steps = progress_counts(info)
-        if gen is not None:
-            self.live_tokens = gen
-        if steps is not None:
-            self.live_steps = steps
+        """ProgressInfo of the running generate call."""
+        self.call_tokens = info.done_tokens + sum(info.num_generated)
+        self.call_steps = float(info.done_steps + sum(info.num_steps))
         self._postfix()
 
-    def batch_done(self, num_records: int, tokens: int, steps: float) -> None:
+    def records_done(self, num_records: int) -> None:
+        if self.bar is not None and num_records:
+            self.bar.update(num_records)
+
+    def round_done(self, tokens: int, steps: float) -> None:
         self.tokens += tokens
         self.steps += steps
-        self.live_tokens = self.live_steps = 0
-        if self.bar is not None:
-            self.bar.update(num_records)
+        self.call_tokens, self.call_steps = 0, 0.0
         self._postfix()
 
     def _postfix(self) -> None:
         if self.bar is None:
             return
-        tokens = self.tokens + self.live_tokens
-        steps = self.steps + self.live_steps
+        tokens = self.tokens + self.call_tokens
+        steps = self.steps + self.call_steps
         rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
         post = f"{rate:.3g} tok/s"
         if steps:
@@ -91,36 +92,8 @@ class _Progress:
             self.bar.close()
 
 
-def progress_counts(info: Any) -> tuple[int | None, float | None]:
-    """(tokens generated so far, decode steps summed over requests) from a loop ProgressInfo."""
-    import torch
-
-    def total(name: str):
-        v = getattr(info, name, None)
-        if v is None:
-            return None
-        if isinstance(v, torch.Tensor):
-            return float(v.sum())
-        if isinstance(v, (list, tuple)):
-            return float(sum(v))
-        return float(v)
-
-    gen = total("num_generated")
-    steps = total("num_steps")
-    # continuous batching: requests already finished in this call are not in the per-slot lists
-    done_tokens, done_steps = getattr(info, "done_tokens", 0), getattr(info, "done_steps", 0)
-    if steps is None:
-        s = total("steps")
-        reqs = getattr(info, "num_reqs", None)
-        steps = s * reqs if s is not None and isinstance(reqs, int) else s
-    if gen is not None:
-        gen += done_tokens
-    if steps is not None:
-        steps += done_steps
-    return (int(gen) if gen is not None else None), steps
-
-
-ROUND_BATCHES = 8  # --continuous-batching: batches' worth of prompts per round (written after it)
+# torchrun with --continuous-batching: batches' worth of prompts per round (gathered after it)
+ROUND_BATCHES = 8
 
 
 def generate_file(args: argparse.Namespace) -> int:
@@ -132,9 +105,9 @@ def generate_file(args: argparse.Namespace) -> int:
     records = read_records(args.input, field=args.field)
     if args.limit is not None:
         records = records[: args.limit]
-    device = _device(args)
+    device = run_device(args)
     info = dist.init(device.type)
-    device = _device(args, info)
+    device = run_device(args, info)
     rank_suffix = f"-rank{info.rank}" if info.is_distributed else ""
 
     # rank 0 opens (and maybe resumes) the output; every rank learns which records are done
@@ -149,7 +122,7 @@ def generate_file(args: argparse.Namespace) -> int:
     status = dist.broadcast(status, info)
     if status["error"] is not None:
         if info.is_main:
-            (_warn if status["exit"] == 0 else _error)(status["error"])
+            (warn if status["exit"] == 0 else error)(status["error"])
         dist.shutdown()
         return status["exit"]
     done = set(status["done"])
@@ -167,31 +140,35 @@ def generate_file(args: argparse.Namespace) -> int:
         )
 
     mine = dist.shard(pending, info)
-    error: UserError | None = None
+    setup_error: UserError | None = None
     session = None
     try:
-        session = _Session(args, device, num_reqs=args.batch_size, max_len=args.max_new_tokens)
+        session = Session(args, device, num_reqs=args.batch_size, max_len=args.max_new_tokens)
         work, skipped = _prepare(session, mine, args)
         longest = max((len(ids) for _, ids in work), default=1)
         session.warm_up(min(args.batch_size, max(len(work), 1)), longest)
     except UserError as e:
-        error = e
-    if not dist.all_ok(error is None, info):
-        if error is not None:
-            _error(str(error))
+        setup_error = e
+    if not dist.all_ok(setup_error is None, info):
+        if setup_error is not None:
+            error(str(setup_error))
         if writer is not None:
             writer.close()
         dist.shutdown()
-        return error.exit_code if error is not None else 1
+        return setup_error.exit_code if setup_error is not None else 1
 
-    progress = _Progress(len(pending), enabled=info.is_main and not args.no_progress)
-    # A round is one batch per rank; with continuous batching, ROUND_BATCHES batches' worth of
-    # prompts flowing through the batch's slots (results are written after each round).
-    round_size = args.batch_size * (ROUND_BATCHES if args.continuous_batching else 1)
+    progress = Progress(len(pending), enabled=info.is_main and not args.no_progress)
+    # One process: a single round of everything, each record written as it finishes. torchrun:
+    # rounds of one batch per rank (continuous batching: ROUND_BATCHES batches' worth), gathered
+    # and written by rank 0 after each round.
+    if info.is_distributed:
+        round_size = args.batch_size * (ROUND_BATCHES if args.continuous_batching else 1)
+    else:
+        round_size = max(len(work), 1)
     rounds = dist.num_rounds(len(pending), round_size, info)
     rank_busy = [0.0] * info.world_size  # seconds each rank spent generating (rank 0 sums them)
     try:
-        with _profiler(args, rank_suffix):
+        with profiler(args, rank_suffix):
             for t in range(rounds):
                 results = list(skipped) if t == 0 else []
                 batch = work[t * round_size : (t + 1) * round_size]
@@ -199,19 +176,27 @@ def generate_file(args: argparse.Namespace) -> int:
                 failure: BaseException | None = None
                 if batch:
                     t_batch = time.perf_counter()
+
+                    def finished(i: int, toks: list[int], st, batch=batch, results=results):
+                        rec = batch[i][0]
+                        record = _output_record(session, rec, list(toks), vars(st))
+                        if writer is not None and not info.is_distributed:
+                            writer.add(rec.index, record)  # written as it finishes
+                            writer.flush()
+                            progress.records_done(1)
+                        else:
+                            results.append((rec.index, record))
+
                     try:
                         out = session.generate(
-                            [ids for _, ids in batch], on_progress=progress.on_step
+                            [ids for _, ids in batch],
+                            on_progress=progress.on_step,
+                            on_finish=finished,
                         )
-                        for (rec, _), toks, st in zip(
-                            batch, out.tokens, session.decoder.last_stats, strict=True
-                        ):
-                            record = _output_record(session, rec, list(toks), st)
-                            results.append((rec.index, record))
-                            tokens += len(toks)
-                            steps += float(st.get("steps") or 0)
+                        tokens = sum(len(t) for t in out.tokens)
+                        steps = sum(float(st.steps) for st in out.stats)
                     except torch.OutOfMemoryError as e:
-                        failure, results = _oom_during_run(e, args), []
+                        failure, results = oom_error(e, args), []
                     except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
                         failure, results = e, []
                     busy = time.perf_counter() - t_batch
@@ -222,7 +207,8 @@ def generate_file(args: argparse.Namespace) -> int:
                 if writer is not None:
                     for r, (part, part_tokens, part_steps, part_busy) in enumerate(gathered):
                         writer.add_many(part)
-                        progress.batch_done(len(part), int(part_tokens), part_steps)
+                        progress.records_done(len(part))
+                        progress.round_done(int(part_tokens), part_steps)
                         rank_busy[r] += part_busy
                 if not dist.all_ok(failure is None, info):
                     raise failure or UserError(
@@ -289,7 +275,7 @@ def _write_stats(
     path.write_text(json.dumps(stats, indent=1) + "\n")
 
 
-def _prepare(session: _Session, records, args):
+def _prepare(session: Session, records, args):
     """Tokenize; split into (record, ids) to generate and finished 'skipped' output records."""
     work, skipped = [], []
     for rec in records:
@@ -304,14 +290,14 @@ def _prepare(session: _Session, records, args):
         where = f"{args.input}:{rec.line}"
         if args.strict:
             raise UserError(f"{where}: {problem} (--strict)")
-        _warn(f"{where}: {problem}; skipped (its output record has an 'error' field)")
+        warn(f"{where}: {problem}; skipped (its output record has an 'error' field)")
         out = dict(rec.data)
         out.update({args.output_field: None, "finish_reason": "skipped", "error": problem})
         skipped.append((rec.index, out))
     return work, skipped
 
 
-def _output_record(session: _Session, rec, tokens: list[int], stats: dict) -> dict[str, Any]:
+def _output_record(session: Session, rec, tokens: list[int], stats: dict) -> dict[str, Any]:
     from samgpu.api import make_completion
 
     done = make_completion(tokens, stats, session.tokenizer, session.eos, session.args.stop)

@@ -1,4 +1,8 @@
-"""Model runners: the target model's forward over a prompt (prefill) and over a draft tree (verify).
+"""What every model runner shares: the KV cache, the Runner protocol, cache allocation and the cheap
+input checks. The runners themselves are `llama.LlamaRunner` and `generic.GenericRunner`;
+`samgpu.decoding.runners.make_runner` picks one.
+
+Model runners: the target model's forward over a prompt (prefill) and over a draft tree (verify).
 
 Contract (docs/ARCHITECTURE.md "Runner"):
 - `allocate_cache(max_reqs, max_len) -> KVCache`: one static K and one static V tensor
@@ -6,31 +10,30 @@ Contract (docs/ARCHITECTURE.md "Runner"):
   `cache_len [max_reqs] int32` (ragged batch: each sequence has its own length).
 - `prefill(input_ids [B, T], lengths [B], cache)`: right-padded prompts; writes the K/V of
   `input_ids[b, :lengths[b]]` at positions `0 .. lengths[b]-1`; sets `cache_len[:B] = lengths`.
-- `forward_tree(tokens [B, N], positions [B, N], tree_mask [B, N, N] bool, cache, out [B, N, V])`:
-  writes node i's K/V at `cache_len + i`; query i attends to `cache[:cache_len]` and to the tree
-  nodes j with `tree_mask[b, i, j]`; logits go to `out` (float32). `cache_len` is not advanced
-  (commit / kv_compact do that).
+- `forward_tree(tokens [B, N], positions [B, N], tree_mask [B, N, N] bool, cache, out [B, N, V],
+  hidden_out=None)`: writes node i's K/V at `cache_len + i`; query i attends to `cache[:cache_len]`
+  and to the tree nodes j with `tree_mask[b, i, j]`; logits go to `out` (float32); with
+  `hidden_out [B, N, H]` (runner dtype) the last hidden states (after the final norm, the input of
+  the lm_head) go there too, for model-based drafters. `cache_len` is not advanced (commit /
+  kv_compact do that).
   `B` may be smaller than the cache's capacity: the first `B` slots are used.
 
 Two implementations:
-- `LlamaRunner` (runner_llama.py): Llama / Mistral / Qwen2 / Qwen3 / SmolLM2 in plain torch plus the
+- `LlamaRunner` (llama.py): Llama / Mistral / Qwen2 / Qwen3 / SmolLM2 in plain torch plus the
   Triton tree-attention kernel; static shapes, no host sync, CUDA-graph capturable.
-- `GenericRunner` (runner_generic.py): any transformers causal LM through its own forward with a 4D
+- `GenericRunner` (generic.py): any transformers causal LM through its own forward with a 4D
   mask; correct and slower (concatenates the cache every step, attends over all `max_len` slots).
 
-`make_runner(model)` picks the fast one when `LlamaRunner.supports(model)` and otherwise warns once
-and falls back to the generic one.
+`make_runner(model)` picks the fast one when `LlamaRunner.unsupported_reason(model)` is None and
+otherwise warns once and falls back to the generic one.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-
-PREFER_CHOICES = ("auto", "fast", "generic")
 
 
 @dataclass
@@ -74,6 +77,7 @@ class KVCache:
 
 class Runner(Protocol):
     vocab_size: int
+    hidden_size: int
     num_layers: int
     device: torch.device
     dtype: torch.dtype
@@ -90,7 +94,36 @@ class Runner(Protocol):
         tree_mask: torch.Tensor,
         cache: KVCache,
         out: torch.Tensor,
+        hidden_out: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
+
+
+class RunnerBase:
+    """Cache allocation shared by the runners. Subclasses set num_layers, num_kv_heads, head_dim,
+    dtype, device and max_context (a sliding window bounding max_len, or None)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    max_context: int | None = None
+
+    def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache:
+        if self.max_context is not None and max_len > self.max_context:
+            raise ValueError(
+                f"{type(self).__name__}: max_len={max_len} exceeds the model's sliding window "
+                f"{self.max_context}; use a shorter max_len or make_runner(prefer='generic')"
+            )
+        return KVCache.empty(
+            self.num_layers,
+            max_reqs,
+            self.num_kv_heads,
+            max_len,
+            self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
 
 
 # Input validation shared by the runners: cheap metadata only (shapes, dtypes, devices), no sync.
@@ -128,6 +161,7 @@ def check_tree_inputs(
     out: torch.Tensor,
     vocab_size: int,
     device: torch.device,
+    hidden_out: torch.Tensor | None = None,
 ) -> None:
     if tokens.dim() != 2 or tokens.dtype not in _INDEX_DTYPES:
         raise ValueError(
@@ -151,6 +185,13 @@ def check_tree_inputs(
             f"{tuple(out.shape)} {out.dtype}"
         )
     _check_cache(cache, b, "forward_tree")
+    if hidden_out is not None and (
+        hidden_out.shape[:2] != (b, n) or hidden_out.device != out.device
+    ):
+        raise ValueError(
+            f"forward_tree: hidden_out must be [B={b}, N={n}, H] on {out.device}, got "
+            f"{tuple(hidden_out.shape)} on {hidden_out.device}"
+        )
     if n > cache.max_len:
         raise ValueError(f"forward_tree: N={n} nodes exceed the cache's max_len={cache.max_len}")
     for name, x in (
@@ -176,29 +217,3 @@ def _check_cache(cache: KVCache, b: int, where: str) -> None:
         )
     if b > cache.max_reqs:
         raise ValueError(f"{where}: batch of {b} exceeds the cache's max_reqs={cache.max_reqs}")
-
-
-def make_runner(model, *, prefer: str = "auto") -> Runner:
-    """The fast Llama-family runner where `model` allows it, else the generic transformers runner.
-
-    prefer: "auto" (fast if supported, else generic with a warning), "fast" (ValueError naming the
-    reason if unsupported), "generic" (always the transformers path, no warning).
-    """
-    from samgpu.decoding.runner_generic import GenericRunner
-    from samgpu.decoding.runner_llama import LlamaRunner
-
-    if prefer not in PREFER_CHOICES:
-        raise ValueError(f"make_runner: prefer={prefer!r}, expected one of {PREFER_CHOICES}")
-    if prefer == "generic":
-        return GenericRunner(model)
-    reason = LlamaRunner.unsupported_reason(model)
-    if reason is None:
-        return LlamaRunner(model)
-    if prefer == "fast":
-        raise ValueError(f"make_runner: the fast runner does not support this model: {reason}")
-    msg = (
-        f"samgpu: {type(model).__name__} runs on the generic transformers runner ({reason}): "
-        "correct but slower, without Triton tree attention or CUDA graphs"
-    )
-    warnings.warn(msg, stacklevel=2)
-    return GenericRunner(model)

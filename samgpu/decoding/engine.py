@@ -1,0 +1,524 @@
+"""The engine: preallocated buffers, one decode step on the GPU, and the CUDA graphs that replay it.
+
+One step, for the B leading slots of the buffers (B = the width the scheduler set):
+  1. draft   `drafter.propose(state, tree)`              tree tokens/parents/num_nodes [B, N]
+  2. tree    `tree_mask(parents, num_nodes, cache_len)`  ancestor mask [B, N, N], positions [B, N]
+  3. forward `runner.forward_tree(...)`                  logits [B, N, V] fp32, K/V at cache_len+i
+  4. verify  greedy walk, or recursive rejection sampling (temperature > 0)
+  5. commit  `kv_compact` (accepted K/V -> contiguous) then `commit` (text, lengths, EOS, finished)
+  6. update  `drafter.update(state, step)`
+Each stage is one or a few kernels over the whole batch, with no host synchronisation (nothing in
+the step reads a GPU value on the host; tests/test_no_sync.py scans `_step` and, on CUDA, runs
+steps under torch.cuda.set_sync_debug_mode("error")). Finished sequences stay in the batch, masked
+by `commit` (they emit nothing). Each stage runs inside `stage_range(name)`: NVTX ranges by
+default (Nsight), the CLI's --profile adds torch.profiler ranges, `profile_stages` CUDA events.
+
+CUDA graphs: with a CUDA device, a graph-safe drafter and runner and `use_cuda_graphs`, the first
+step of each (B, mode) bucket runs eagerly on a side stream (Triton compilation, allocator
+warm-up; it is a real step), the second is captured as ONE graph of the whole step and every later
+step replays it. The mode holds the sampling parameters (temperature, top_k, top_p), which are
+baked into the graph; EOS ids live in a fixed-size device buffer, so they are not.
+
+Randomness (sampling): uniforms [B, N] and exponentials [B, V] are drawn each step into
+preallocated buffers by `draw_randoms` from a device-side (seed, step) pair (Philox in Triton on
+CUDA, so replays draw fresh numbers without generator registration; a seeded torch.Generator on
+CPU). Same seed, same prompts, same batch composition -> same tokens.
+
+Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prompts into slots
+(their rows of every buffer reset, prompt[:-1] through the runner into the KV cache, the last
+prompt token as the first root; DESIGN "the root is not in the cache") and calls
+`drafter.start`; `read_flags()` is the one host read of the loop (finished flags and lengths,
+through pinned memory); `collect(rows)` reads finished requests' tokens and statistics and calls
+`drafter.finish`. Statistics (steps, accepted-length histogram, draft sources) accumulate on the
+GPU per slot.
+
+Example: Engine(runner, drafter, max_reqs=8, max_len=2048); engine.configure(config, width=2);
+engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step() ...; engine.collect([0, 1]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
+from samgpu.drafters.protocol import Drafter, NewRequests
+from samgpu.kernels.commit import commit
+from samgpu.kernels.kv_compact import kv_compact
+from samgpu.kernels.tree import tree_mask
+from samgpu.kernels.verify import draw_randoms, sampling_probs, verify_greedy, verify_sample
+from samgpu.types import (
+    PAD_TOKEN,
+    SOURCE_NAMES,
+    DecodeState,
+    DraftTree,
+    StepOutput,
+    TreeMask,
+    VerifyOutput,
+)
+
+STAGES: tuple[str, ...] = ("draft", "tree", "forward", "verify", "commit", "update")
+StageRange = Callable[[str], contextlib.AbstractContextManager]
+
+
+def nvtx_range(name: str) -> contextlib.AbstractContextManager:
+    """The default stage range: an NVTX range on CUDA machines (Nsight shows it), else nothing."""
+    if torch.cuda.is_available():
+        return torch.cuda.nvtx.range(name)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class _Views:
+    """The B leading rows of every capacity buffer (stable across calls with the same B, so
+    captured graphs keep pointing at them)."""
+
+    state: DecodeState
+    tree: DraftTree
+    mask: TreeMask
+    step: StepOutput
+    k: torch.Tensor  # [L, B, Hkv, max_len, D] view of the cache
+    v: torch.Tensor
+    probs: torch.Tensor  # [B, N, V] float32 (sampling)
+    uniforms: torch.Tensor  # [B, N] float32
+    exponentials: torch.Tensor  # [B, V] float32
+    num_steps: torch.Tensor  # [B] int32; live steps
+    accepted_hist: torch.Tensor  # [B, K] int32
+    source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
+
+
+class _StageTimer:
+    """CUDA events around each stage of eager steps (profile_stages only; never in graphs)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self.events.append((name, start, end))
+
+    def mean_ms(self, steps: int) -> dict[str, float]:
+        torch.cuda.synchronize()
+        total: dict[str, float] = {name: 0.0 for name in STAGES}
+        for name, start, end in self.events:
+            total[name] += start.elapsed_time(end)
+        return {name: ms / max(steps, 1) for name, ms in total.items()}
+
+
+class Engine:
+    """Buffers, the decode step and its CUDA graphs for `drafter` on `runner`; see the module doc.
+
+    max_reqs: slots (capacity of every per-sequence buffer); max_len: per-slot capacity of the KV
+    cache and the text buffer, >= prompt + max_new_tokens + drafter.max_nodes."""
+
+    def __init__(
+        self,
+        runner,
+        drafter: Drafter,
+        *,
+        max_reqs: int,
+        max_len: int,
+        use_cuda_graphs: bool = True,
+        stage_range: StageRange = nvtx_range,
+    ):
+        if max_reqs < 1:
+            raise ValueError(f"max_reqs={max_reqs} must be >= 1")
+        num_nodes, max_depth = int(drafter.max_nodes), int(drafter.max_depth)
+        if num_nodes < 1 or not 0 <= max_depth < num_nodes:
+            raise ValueError(
+                f"drafter {drafter.name!r}: need max_nodes >= 1 and 0 <= max_depth < max_nodes, "
+                f"got max_nodes={num_nodes}, max_depth={max_depth}"
+            )
+        if max_len < num_nodes + 2:
+            raise ValueError(
+                f"max_len={max_len} must be >= drafter.max_nodes + 2 = {num_nodes + 2}"
+            )
+        self.runner = runner
+        self.drafter = drafter
+        self.max_reqs = max_reqs
+        self.max_len = max_len
+        self.device = torch.device(runner.device)
+        self.num_nodes = num_nodes
+        self.k_slots = max_depth + 1
+        self.vocab_size = int(runner.vocab_size)
+        self.stage_range = stage_range
+        self.use_cuda_graphs = (
+            use_cuda_graphs
+            and self.device.type == "cuda"
+            and drafter.graph_safe
+            and bool(getattr(runner, "graph_safe", True))
+        )
+        self.cache = runner.allocate_cache(max_reqs, max_len)
+        dev, R, N, V, K = self.device, max_reqs, num_nodes, self.vocab_size, self.k_slots
+
+        def i32(*shape, fill=0):
+            return torch.full(shape, fill, dtype=torch.int32, device=dev)
+
+        self._state = DecodeState(
+            root=i32(R),
+            cache_len=self.cache.cache_len,
+            text=i32(R, max_len, fill=PAD_TOKEN),
+            text_len=i32(R),
+            prompt_len=i32(R),
+            num_generated=i32(R),
+            max_new_tokens=i32(R),
+            finished=torch.ones(R, dtype=torch.bool, device=dev),
+        )
+        self._tree = DraftTree.empty(R, N, dev)
+        self._mask = TreeMask.empty(R, N, dev)
+        hidden = None
+        if drafter.needs_hidden:
+            hidden = torch.zeros(R, N, runner.hidden_size, dtype=runner.dtype, device=dev)
+        self._step_out = StepOutput(
+            tree=self._tree,
+            logits=torch.zeros(R, N, V, dtype=torch.float32, device=dev),
+            verify=VerifyOutput.empty(R, N, max_depth, dev),
+            start_len=i32(R),
+            new_tokens=i32(R, K, fill=PAD_TOKEN),
+            num_new=i32(R),
+            hidden=hidden,
+        )
+        self._eos = i32(MAX_EOS, fill=PAD_TOKEN)
+        self._rng = torch.zeros(2, dtype=torch.int64, device=dev)  # (seed, step counter)
+        self._probs: torch.Tensor | None = None  # sampling buffers, allocated on first use
+        self._uniforms: torch.Tensor | None = None
+        self._exponentials: torch.Tensor | None = None
+        self._num_steps = i32(R)
+        self._accepted_hist = i32(R, K)
+        self._source_counts = i32(R, len(SOURCE_NAMES))
+        self._flags_host = torch.zeros(2 * R, dtype=torch.int32, pin_memory=dev.type == "cuda")
+        self._views_by_width: dict[int, _Views] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._warm: set[tuple] = set()
+        self._graph_pool = None
+        self._config = GenerationConfig()
+        self._views = self._width_views(1)
+
+    # ------------------------------------------------------------------ set-up per call
+
+    @property
+    def width(self) -> int:
+        """B: the leading slots the step runs over."""
+        return self._views.state.num_reqs
+
+    @property
+    def state(self) -> DecodeState:
+        return self._views.state
+
+    def validate(self, prompts: list[list[int]], config: GenerationConfig) -> None:
+        """Host checks of a call's prompts (the one place they are made): non-empty, ids in the
+        vocabulary, prompt + max_new_tokens + draft nodes within max_len; EOS ids in range."""
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            lo, hi = min(p), max(p)
+            if lo < 0 or hi >= self.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"prompt {i} has token id {bad} outside the vocabulary [0, {self.vocab_size})"
+                )
+            need = len(p) + config.max_new_tokens + self.num_nodes
+            if need > self.max_len:
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + max_new_tokens {config.max_new_tokens}"
+                    f" + {self.num_nodes} draft nodes = {need} exceeds max_len={self.max_len}; "
+                    "shorten the prompt, lower max_new_tokens or build the decoder with a larger "
+                    "max_len"
+                )
+        for t in config.eos_token_ids:
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(f"eos token id {t} outside the vocabulary [0, {self.vocab_size})")
+
+    def configure(self, config: GenerationConfig, width: int) -> None:
+        """Per-call device settings (EOS ids, sampling seed and buffers) and the batch width B."""
+        if not 1 <= width <= self.max_reqs:
+            raise ValueError(f"width={width} must be in [1, max_reqs={self.max_reqs}]")
+        if config.is_sampling and self._probs is None:
+            R, N, V = self.max_reqs, self.num_nodes, self.vocab_size
+            self._probs = torch.zeros(R, N, V, dtype=torch.float32, device=self.device)
+            self._uniforms = torch.zeros(R, N, dtype=torch.float32, device=self.device)
+            self._exponentials = torch.ones(R, V, dtype=torch.float32, device=self.device)
+            self._views_by_width.clear()  # views must include the new buffers
+            self._graphs.clear()
+            self._warm.clear()
+        eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
+        self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
+        seed = config.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+        self._config = config
+        self.set_width(width)
+
+    def set_width(self, width: int) -> None:
+        """Run the next steps over the `width` leading slots (all of them must be loaded or
+        finished)."""
+        self._views = self._width_views(width)
+
+    def _width_views(self, B: int) -> _Views:
+        views = self._views_by_width.get(B)
+        if views is not None:
+            return views
+        st, so = self._state, self._step_out
+        state = DecodeState(
+            root=st.root[:B],
+            cache_len=st.cache_len[:B],
+            text=st.text[:B],
+            text_len=st.text_len[:B],
+            prompt_len=st.prompt_len[:B],
+            num_generated=st.num_generated[:B],
+            max_new_tokens=st.max_new_tokens[:B],
+            finished=st.finished[:B],
+        )
+        tree = self._tree.rows(B)
+        step = StepOutput(
+            tree=tree,
+            logits=so.logits[:B],
+            verify=so.verify.rows(B),
+            start_len=so.start_len[:B],
+            new_tokens=so.new_tokens[:B],
+            num_new=so.num_new[:B],
+            hidden=None if so.hidden is None else so.hidden[:B],
+        )
+        state.step = step
+        empty = torch.zeros(0, device=self.device)
+        views = _Views(
+            state=state,
+            tree=tree,
+            mask=self._mask.rows(B),
+            step=step,
+            k=self.cache.k[:, :B],
+            v=self.cache.v[:, :B],
+            probs=self._probs[:B] if self._probs is not None else empty,
+            uniforms=self._uniforms[:B] if self._uniforms is not None else empty,
+            exponentials=self._exponentials[:B] if self._exponentials is not None else empty,
+            num_steps=self._num_steps[:B],
+            accepted_hist=self._accepted_hist[:B],
+            source_counts=self._source_counts[:B],
+        )
+        self._views_by_width[B] = views
+        return views
+
+    # ------------------------------------------------------------------ prompts in
+
+    def prefill(self, rows: list[int], prompts: list[list[int]]) -> None:
+        """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
+        prefill prompt[:-1] into the KV cache, set the root to the last prompt token, then
+        `drafter.start`. Other slots are not touched."""
+        if len(rows) != len(prompts) or not prompts:
+            raise ValueError(f"prefill: {len(rows)} rows for {len(prompts)} prompts")
+        if len(set(rows)) != len(rows) or min(rows) < 0 or max(rows) >= self.width:
+            raise ValueError(f"prefill: rows {rows} must be distinct slots below {self.width}")
+        v, dev, n = self._views, self.device, len(prompts)
+        st = v.state
+        index = torch.tensor(rows, dtype=torch.long, device=dev)
+        lengths = [len(p) for p in prompts]
+        width = max(lengths) - 1
+        text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
+        for i, p in enumerate(prompts):
+            text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
+        text = text.to(dev)
+        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+        st.text.index_copy_(0, index, text)
+        st.text_len.index_copy_(0, index, lens)
+        st.prompt_len.index_copy_(0, index, lens)
+        st.root.index_copy_(0, index, text.gather(1, (lens - 1).long()[:, None])[:, 0])
+        st.max_new_tokens.index_fill_(0, index, self._config.max_new_tokens)
+        for t in (st.num_generated, v.num_steps, v.accepted_hist, v.source_counts, v.step.num_new):
+            t.index_fill_(0, index, 0)
+        v.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
+        st.finished.index_fill_(0, index, False)
+        self._prefill_cache(rows, index, text[:, :width].contiguous(), lens - 1)
+        started = torch.zeros(self.width, dtype=torch.int32, device=dev)
+        started.index_copy_(0, index, lens)
+        self.drafter.start(st, NewRequests(rows=index, lengths=started, longest=max(lengths)))
+
+    def _prefill_cache(self, rows: list[int], index, input_ids: torch.Tensor, prefix_len) -> None:
+        """prompt[:-1] of each new request into its slot's KV cache; cache_len = its length.
+        Slots 0..n-1 take the runner's prefill in place; other slots get it through a scratch
+        cache of n rows whose K/V rows are copied in."""
+        n, width = input_ids.shape
+        if width > 0:
+            if rows == list(range(n)):
+                self.runner.prefill(input_ids, prefix_len, self.cache)
+            else:
+                scratch = self.runner.allocate_cache(n, width)
+                self.runner.prefill(input_ids, prefix_len, scratch)
+                self.cache.k[:, :, :, :width].index_copy_(1, index, scratch.k)
+                self.cache.v[:, :, :, :width].index_copy_(1, index, scratch.v)
+        self.cache.cache_len.index_copy_(0, index, prefix_len)
+
+    # ------------------------------------------------------------------ the step
+
+    def _step(self) -> None:
+        """One whole decode step on the GPU: no host reads, fixed shapes (graph-capturable)."""
+        v, config, stage = self._views, self._config, self.stage_range
+        state, tree, step = v.state, v.tree, v.step
+        ver = step.verify
+        with stage("draft"):
+            self.drafter.propose(state, tree)
+        with stage("tree"):
+            tree_mask(tree.parents, tree.num_nodes, state.cache_len, out=v.mask)
+        with stage("forward"):
+            step.start_len.copy_(state.cache_len)
+            self.runner.forward_tree(
+                tree.tokens, v.mask.positions, v.mask.mask, self.cache, step.logits, step.hidden
+            )
+        with stage("verify"):
+            if config.is_sampling:
+                draw_randoms(self._rng, v.uniforms, v.exponentials)
+                sampling_probs(
+                    step.logits,
+                    temperature=config.temperature,
+                    top_k=config.top_k,
+                    top_p=config.top_p,
+                    out=v.probs,
+                )
+                verify_sample(
+                    v.probs,
+                    tree.tokens,
+                    tree.parents,
+                    tree.num_nodes,
+                    v.uniforms,
+                    v.exponentials,
+                    out=ver,
+                )
+            else:
+                verify_greedy(step.logits, tree.tokens, tree.parents, tree.num_nodes, out=ver)
+        with stage("commit"):
+            kv_compact(v.k, v.v, state.cache_len, ver.accepted_nodes, ver.num_accepted)
+            self._accumulate_stats(v)
+            commit(state, step, self._eos)
+        with stage("update"):
+            self.drafter.update(state, step)
+
+    def _accumulate_stats(self, v: _Views) -> None:
+        """Per-slot counters for live sequences (before commit marks new finishes)."""
+        live = (~v.state.finished).to(torch.int32)
+        v.num_steps.add_(live)
+        index = v.step.verify.num_accepted.clamp(0, self.k_slots - 1).long().unsqueeze(1)
+        v.accepted_hist.scatter_add_(1, index, live.unsqueeze(1))
+        source = self.drafter.last_source
+        if source is not None:
+            src = source[: live.shape[0]].long().clamp(0, len(SOURCE_NAMES) - 1).unsqueeze(1)
+            v.source_counts.scatter_add_(1, src, live.unsqueeze(1))
+
+    def step(self) -> None:
+        """One step over the current width: a graph replay once the bucket is captured."""
+        if not self.use_cuda_graphs:
+            self._step()
+            return
+        c = self._config
+        key = (self.width, c.is_sampling, c.temperature, c.top_k, c.top_p)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        if key not in self._warm:
+            # Warm-up (a real step): Triton compilation and allocations happen outside capture.
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._warm.add(key)
+            return
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            self._step()
+        self._graphs[key] = graph
+        graph.replay()
+
+    # ------------------------------------------------------------------ host reads
+
+    def read_flags(self) -> tuple[list[bool], list[int]]:
+        """The one host read of the loop: finished flags and tokens generated, per slot."""
+        B, st = self.width, self._views.state
+        host = self._flags_host[: 2 * B]
+        packed = torch.cat([st.finished.to(torch.int32), st.num_generated])
+        if self.device.type == "cuda":
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            event.synchronize()
+        else:
+            host.copy_(packed)
+        flags = host.tolist()
+        return [bool(f) for f in flags[:B]], flags[B:]
+
+    def read_tokens(self, rows: list[int]) -> list[list[int]]:
+        """Tokens generated so far by the requests in slots `rows` (progress, streaming)."""
+        if not rows:
+            return []
+        st = self._views.state
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        text = st.text.index_select(0, idx).cpu()
+        start = st.prompt_len.index_select(0, idx).cpu().tolist()
+        stop = st.text_len.index_select(0, idx).cpu().tolist()
+        return [text[i, start[i] : stop[i]].tolist() for i in range(len(rows))]
+
+    def collect(self, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
+        """Tokens and statistics of the finished requests in slots `rows` (one host read of those
+        rows), then `drafter.finish` for them. Timing fields are left to the scheduler."""
+        if not rows:
+            return []
+        v = self._views
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        num_steps = v.num_steps.index_select(0, idx).cpu().tolist()
+        hist = v.accepted_hist.index_select(0, idx).cpu().tolist()
+        sources = v.source_counts.index_select(0, idx).cpu().tolist()
+        has_sources = self.drafter.last_source is not None
+        out = []
+        for i, toks in enumerate(self.read_tokens(rows)):
+            steps = num_steps[i]
+            stat = RequestStats(
+                steps=steps,
+                generated=len(toks),
+                mat=len(toks) / steps if steps else 0.0,
+                tokens_per_s=0.0,
+                accepted_hist=hist[i],
+                sources=(
+                    {SOURCE_NAMES[s]: n for s, n in enumerate(sources[i]) if n}
+                    if has_sources
+                    else {}
+                ),
+                prefill_s=0.0,
+                decode_s=0.0,
+            )
+            out.append((toks, stat))
+        self.drafter.finish(v.state, idx)
+        return out
+
+    # ------------------------------------------------------------------ measuring
+
+    def profile_stages(
+        self, prompts: list[list[int]], config: GenerationConfig, max_steps: int = 32
+    ) -> dict[str, float] | None:
+        """Mean GPU milliseconds per step of each stage over up to `max_steps` eager steps of the
+        first `max_reqs` prompts, from CUDA events (which separate the stages, so the sum exceeds
+        a graph replay's step time). None on CPU."""
+        if self.device.type != "cuda" or not prompts:
+            return None
+        prompts = [list(map(int, p)) for p in prompts[: self.max_reqs]]
+        self.validate(prompts, config)
+        self.configure(config, len(prompts))
+        self.prefill(list(range(len(prompts))), prompts)
+        self._step()  # warm-up (compilation) outside the timing
+        timer, saved = _StageTimer(), self.stage_range
+        self.stage_range = timer
+        try:
+            steps = min(max_steps, config.max_new_tokens - 1)
+            for _ in range(steps):
+                self._step()
+            return timer.mean_ms(steps)
+        finally:
+            self.stage_range = saved

@@ -1,0 +1,40 @@
+"""Model runners: the target model's forward over prompts (prefill) and over draft trees (verify),
+on a static KV cache. Contract in `base` (and docs/ARCHITECTURE.md "Runner"); `make_runner` picks
+the fast Llama-family runner where the model allows it, else the generic transformers runner."""
+
+from __future__ import annotations
+
+import warnings
+
+from samgpu.decoding.runners.base import KVCache, Runner, RunnerBase
+
+PREFER_CHOICES = ("auto", "fast", "generic")
+
+
+def make_runner(model, *, prefer: str = "auto") -> Runner:
+    """The fast Llama-family runner where `model` allows it, else the generic transformers runner.
+
+    prefer: "auto" (fast if supported, else generic with a warning), "fast" (ValueError naming the
+    reason if unsupported), "generic" (always the transformers path, no warning).
+    """
+    from samgpu.decoding.runners.generic import GenericRunner
+    from samgpu.decoding.runners.llama import LlamaRunner
+
+    if prefer not in PREFER_CHOICES:
+        raise ValueError(f"make_runner: prefer={prefer!r}, expected one of {PREFER_CHOICES}")
+    if prefer == "generic":
+        return GenericRunner(model)
+    reason = LlamaRunner.unsupported_reason(model)
+    if reason is None:
+        return LlamaRunner(model)
+    if prefer == "fast":
+        raise ValueError(f"make_runner: the fast runner does not support this model: {reason}")
+    msg = (
+        f"samgpu: {type(model).__name__} runs on the generic transformers runner ({reason}): "
+        "correct but slower, without Triton tree attention or CUDA graphs"
+    )
+    warnings.warn(msg, stacklevel=2)
+    return GenericRunner(model)
+
+
+__all__ = ["PREFER_CHOICES", "KVCache", "Runner", "RunnerBase", "make_runner"]

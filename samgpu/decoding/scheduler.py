@@ -1,0 +1,165 @@
+"""The scheduler: the one host loop. Requests wait in a queue, are admitted into free slots of the
+engine, decode together, and are collected as they finish.
+
+    scheduler = Scheduler(engine)
+    out = scheduler.generate(prompts, GenerationConfig(max_new_tokens=64, continuous=True))
+
+Loop: admit -> run `check_every` steps -> read the finished flags (the only host read) -> collect
+the finished requests (tokens, statistics, `drafter.finish`, `on_finish`) -> admit again -> ...
+- Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at each
+  host check, slots whose request finished take the next waiting prompts (`engine.prefill` of
+  those rows: the other slots carry on, and the captured graph is reused since B and the buffers
+  do not change).
+- Static batching (the default): the same loop, admitting only when every slot is free: each batch
+  of min(max_reqs, #waiting) prompts runs until its longest request ends.
+Every live request emits at least one token per step, so a request that has run max_new_tokens
+steps is finished; the loop collects it then whatever its flag says (a safety bound).
+
+Timing per request (`RequestStats`): `prefill_s` is the prefill call that admitted it (shared with
+the requests admitted together), `decode_s` runs from the end of that call to the host check that
+collected it, `tokens_per_s` = generated / decode_s.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from samgpu.decoding.config import GenerationConfig, GenerationOutput, ProgressInfo, RequestStats
+from samgpu.decoding.engine import Engine
+
+OnProgress = Callable[[ProgressInfo], None]
+OnFinish = Callable[[int, list[int], RequestStats], None]  # (prompt index, tokens, stats)
+
+
+@dataclass
+class _Slot:
+    request: int  # prompt index
+    start_step: int  # loop step at admission
+    prefill_s: float
+    decode_start: float  # perf_counter at the end of its admission
+
+
+class Scheduler:
+    """Runs prompts through an Engine; see the module docstring."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @property
+    def drafter(self):
+        return self.engine.drafter
+
+    @property
+    def runner(self):
+        return self.engine.runner
+
+    @property
+    def max_reqs(self) -> int:
+        return self.engine.max_reqs
+
+    @property
+    def max_len(self) -> int:
+        return self.engine.max_len
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        on_progress: OnProgress | None = None,
+        on_finish: OnFinish | None = None,
+    ) -> GenerationOutput:
+        """Generate for every prompt (token ids); outputs in prompt order."""
+        prompts = [list(map(int, p)) for p in prompts]
+        engine = self.engine
+        engine.validate(prompts, config)
+        if not prompts:
+            return GenerationOutput(tokens=[], stats=[])
+        sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        tokens: list[list[int] | None] = [None] * len(prompts)
+        stats: list[RequestStats | None] = [None] * len(prompts)
+        waiting = deque(range(len(prompts)))
+        width = min(engine.max_reqs, len(prompts))
+        engine.configure(config, width)
+        slots: list[_Slot | None] = [None] * width
+        steps = done_tokens = done_steps = 0
+
+        def admit() -> list[int]:
+            """Prefill waiting prompts into free slots; returns the slots filled."""
+            nonlocal slots
+            free = [b for b, s in enumerate(slots) if s is None]
+            if not config.continuous and len(free) < len(slots):
+                return []  # static batching: the next batch starts when every slot is free
+            if not config.continuous:
+                new_width = min(engine.max_reqs, len(waiting))
+                if new_width != engine.width:
+                    engine.set_width(new_width)
+                    slots = [None] * new_width
+                free = list(range(new_width))
+            rows = free[: len(waiting)]
+            if not rows:
+                return []
+            requests = [waiting.popleft() for _ in rows]
+            sync()
+            t_start = time.perf_counter()
+            engine.prefill(rows, [prompts[r] for r in requests])
+            sync()
+            t_end = time.perf_counter()
+            for b, r in zip(rows, requests, strict=True):
+                slots[b] = _Slot(r, steps, t_end - t_start, t_end)
+            return rows
+
+        admit()
+        while any(s is not None for s in slots):
+            oldest = min(s.start_step for s in slots if s is not None)
+            run = min(config.check_every, max(1, oldest + config.max_new_tokens - steps))
+            for _ in range(run):
+                engine.step()
+            steps += run
+            finished, num_generated = engine.read_flags()
+            ended = [
+                b
+                for b, s in enumerate(slots)
+                if s is not None and (finished[b] or steps - s.start_step >= config.max_new_tokens)
+            ]
+            if ended:
+                now = time.perf_counter()
+                for b, (toks, stat) in zip(ended, engine.collect(ended), strict=True):
+                    slot = slots[b]
+                    stat.prefill_s = slot.prefill_s
+                    stat.decode_s = now - slot.decode_start
+                    stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
+                    tokens[slot.request], stats[slot.request] = toks, stat
+                    done_tokens += stat.generated
+                    done_steps += stat.steps
+                    slots[b] = None
+                    if on_finish is not None:
+                        on_finish(slot.request, toks, stat)
+                if waiting:
+                    admitted = set(admit())  # these start at 0 tokens: no second flag read
+                    num_generated = [
+                        0 if b in admitted else num_generated[b] for b in range(len(slots))
+                    ]
+            if on_progress is not None:
+                live = [b for b, s in enumerate(slots) if s is not None]
+                on_progress(
+                    ProgressInfo(
+                        request_ids=[slots[b].request for b in live],
+                        num_generated=[num_generated[b] for b in live],
+                        num_steps=[steps - slots[b].start_step for b in live],
+                        num_requests=len(prompts),
+                        num_finished=sum(t is not None for t in tokens),
+                        done_tokens=done_tokens,
+                        done_steps=done_steps,
+                        steps=steps,
+                        elapsed_s=time.perf_counter() - t0,
+                        read_tokens=functools.partial(engine.read_tokens, live),
+                    )
+                )
+        return GenerationOutput(tokens=tokens, stats=stats)

@@ -1,0 +1,109 @@
+"""The SAM-Decoding automata of a batch, as one drafting part: an optional static automaton (the
+corpus index on the device, shared) and optional dynamic automata (one per slot, built from the
+sequence's own text on the GPU), with each sequence's match in both (samgpu.automata).
+
+Lifecycle: `start` builds the dynamic automata of newly admitted slots and walks their static
+matches over the prompts; `update` extends the dynamic automata and advances the static matches
+over each step's emitted tokens (one launch, kernels/sam_update.py); `draft_chain` writes the
+selected chain (kernels/sam_draft.py). Used by `sam`, `sam+tr`, `sam-tree` and `merged`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
+from samgpu.drafters.protocol import NewRequests
+from samgpu.kernels.sam_draft import sam_draft_chain
+from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_update import sam_update
+from samgpu.types import DecodeState, DraftTree, StepOutput
+
+
+def load_static(index, device, *, with_count: bool = False) -> StaticAutomaton | None:
+    """SamIndex | path | StaticAutomaton | None -> StaticAutomaton on device (None: no static
+    automaton). Chain drafters skip the occurrence counts (4 bytes per state), tree drafters need
+    them; a StaticAutomaton is used as given (share one between drafters)."""
+    if index is None:
+        return None
+    if isinstance(index, StaticAutomaton):
+        if with_count and index.count.numel() == 0:
+            raise ValueError("this drafter needs a StaticAutomaton built with_count=True")
+        return index
+    from samgpu.sam import SamIndex
+
+    if not isinstance(index, SamIndex):
+        index = SamIndex.load(index)
+    return StaticAutomaton.from_index(index, device, with_count=with_count)
+
+
+class SamAutomata:
+    """The automata of a batch: optional static index, optional dynamic slots, their matches."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_reqs: int,
+        max_len: int,
+        device: torch.device | str,
+        index,
+        use_static: bool,
+        use_dynamic: bool,
+        with_count: bool = False,
+    ):
+        self.max_reqs = max_reqs
+        self.static = load_static(index, device, with_count=with_count) if use_static else None
+        if self.static is not None and self.static.vocab_size > vocab_size:
+            raise ValueError(
+                f"static index vocab_size {self.static.vocab_size} exceeds the model's {vocab_size}"
+            )
+        self.dynamic = (
+            DynamicAutomata(max_reqs, max_len, vocab_size, device) if use_dynamic else None
+        )
+        if self.static is None and self.dynamic is None:
+            raise ValueError(
+                "no automaton: pass a static index (SamIndex or path) or keep use_dynamic=True"
+            )
+        self._static_matches = Matches.empty(max_reqs, device)
+
+    def static_matches(self, num_reqs: int) -> Matches | None:
+        if self.static is None:
+            return None
+        m = self._static_matches
+        return Matches(m.state[:num_reqs], m.match_len[:num_reqs])
+
+    def start(self, state: DecodeState, new: NewRequests) -> None:
+        """Slots `new.rows` got new prompts: build their dynamic automata and static matches over
+        the committed text (the prompt); other slots are untouched."""
+        if self.dynamic is not None:
+            self.dynamic.start_rows(new.rows, state.text, new.lengths)
+        if self.static is not None:
+            matches = self.static_matches(state.num_reqs)
+            self.static.start_rows(matches, new.rows, state.text, new.lengths)
+
+    def update(self, step: StepOutput) -> None:
+        """Dynamic extension and static match advance over the emitted tokens, in one launch."""
+        B = step.new_tokens.shape[0]
+        sam_update(self.static, self.static_matches(B), self.dynamic, step.new_tokens, step.num_new)
+
+    def draft_chain(
+        self,
+        root: torch.Tensor,
+        tree: DraftTree,
+        config: SamSelectConfig,
+        source: torch.Tensor,
+        chain_len: torch.Tensor,
+    ) -> None:
+        """Select the source per sequence and write its chain into `tree` (sam_draft_chain)."""
+        B = root.shape[0]
+        sam_draft_chain(
+            self.static,
+            self.static_matches(B),
+            self.dynamic,
+            root,
+            tree,
+            config,
+            source=source,
+            chain_len=chain_len,
+        )

@@ -1,0 +1,88 @@
+"""The drafter protocol: what the engine and the scheduler call, and when.
+
+Lifecycle of one request in a slot (row b of every [B, ...] buffer):
+  start(state, new)      the scheduler admitted prompts into slots `new.rows` (their text is in
+                         state.text; `new.lengths` is their length on those rows, 0 elsewhere):
+                         set up per-slot state (automaton builds, matches, table seeding).
+  propose(state, tree)   every step, before the target's forward: fill the draft tree in place
+                         (tree.tokens[:, 0] = state.root; at most tree.max_nodes nodes).
+  update(state, step)    every step, after verify and commit: advance over the emitted tokens
+                         (step.new_tokens[:, :step.num_new]); recycle step.logits / step.hidden.
+  finish(state, rows)    at the host check that collects finished requests, before their slots
+                         are reused: their whole text (prompt + response) is still in state.text.
+propose and update run inside the captured CUDA graph of a step when `graph_safe`: fixed shapes,
+no host reads, no allocation. start and finish run between steps and may allocate and launch
+kernels, but should not read GPU values on the host (they sit on the decode critical path when
+slots are refilled).
+
+Declared needs: `needs_hidden` asks the engine for the target's last hidden states of every tree
+node (`step.hidden [B, N, H]`, e.g. for an EAGLE head). A drafter that keeps its own KV cache
+compacts it in `update` with the accepted path (`step.accepted_nodes`, `step.num_accepted`, node
+slots based at `step.start_len`), as the engine does for the target's cache.
+
+`DrafterBase` gives the defaults: graph-safe, no hidden states, a single draft source
+(`last_source = None`; multi-source drafters keep a [max_reqs] int32 buffer of SOURCE_* codes),
+no-op start and finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from samgpu.types import DecodeState, DraftTree, StepOutput
+
+
+@dataclass
+class NewRequests:
+    """Slots that just received prompts (the argument of `Drafter.start`)."""
+
+    rows: torch.Tensor  # [n] int64, distinct slot indices
+    lengths: torch.Tensor  # [B] int32; prompt length on `rows`, 0 on every other row
+    longest: int  # the longest of these prompts (a host value: loops need no sync)
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    name: str
+    max_nodes: int  # N of the trees it writes (tree buffers are [B, N])
+    max_depth: int  # deepest node depth it can write (accepted-path buffers are [B, max_depth+1])
+    graph_safe: bool  # propose/update can be captured in a CUDA graph
+    needs_hidden: bool  # wants step.hidden (the target's last hidden states)
+    last_source: torch.Tensor | None  # [max_reqs] int32 SOURCE_* of the last propose, or None
+
+    def start(self, state: DecodeState, new: NewRequests) -> None: ...
+
+    def propose(self, state: DecodeState, tree: DraftTree) -> None: ...
+
+    def update(self, state: DecodeState, step: StepOutput) -> None: ...
+
+    def finish(self, state: DecodeState, rows: torch.Tensor) -> None: ...
+
+
+class DrafterBase:
+    """Defaults of the protocol; subclasses set name, max_nodes, max_depth and propose."""
+
+    name: str = "?"
+    max_nodes: int = 1
+    max_depth: int = 0
+    graph_safe: bool = True
+    needs_hidden: bool = False
+    last_source: torch.Tensor | None = None
+
+    def start(self, state: DecodeState, new: NewRequests) -> None:
+        pass
+
+    def propose(self, state: DecodeState, tree: DraftTree) -> None:
+        raise NotImplementedError
+
+    def update(self, state: DecodeState, step: StepOutput) -> None:
+        pass
+
+    def finish(self, state: DecodeState, rows: torch.Tensor) -> None:
+        pass
+
+
+__all__ = ["Drafter", "DrafterBase", "NewRequests"]

@@ -1,0 +1,97 @@
+"""The one way to build a decoder: `build_decoder`. The Python API (SamDecoder, samgpu.generate),
+the CLI and every benchmark in profiling/ call it, so a benchmark measures what users run.
+
+    from samgpu.factory import build_decoder
+    decoder = build_decoder(model, "sam+tr", batch_size=16, max_len=2048, index=samindex)
+    out = decoder.generate(prompts, GenerationConfig(max_new_tokens=256))
+
+It resolves the runner (the fast Llama-family runner where the model allows it; a runner object
+is used as given), the method's entry in the registry, the options (the method's budget rule for
+this batch size, then the caller's options, validated), builds the drafter, the Engine and the
+Scheduler.
+
+Budgets: the draft tree size follows the batch size (`samgpu.drafters.registry`). On a CPU model
+the budget is the one for a batch of CPU_BUDGET_BATCH or more: a CPU has no idle parallel units,
+so verifying N nodes costs about N tokens' forward, and the GPU-sized 81-node tree at batch 1
+would make each step ~80x a plain decoding step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from samgpu.decoding.engine import Engine, StageRange, nvtx_range
+from samgpu.decoding.scheduler import Scheduler
+from samgpu.drafters import budget_options, build_drafter, get_method
+from samgpu.drafters.registry import make_options
+
+DEFAULT_METHOD = "sam+tr"
+CPU_BUDGET_BATCH = 64
+
+
+def method_options(
+    method: str, batch_size: int, device: torch.device | str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The options `method` is built with at `batch_size` on `device`: its budget rule's
+    max_nodes (unless the caller set one), then the caller's options. Validated (unknown names
+    and bad values are ValueErrors naming the option)."""
+    budget_batch = batch_size
+    if torch.device(device).type == "cpu":
+        budget_batch = max(batch_size, CPU_BUDGET_BATCH)
+    merged = {**budget_options(method, budget_batch), **(options or {})}
+    make_options(get_method(method), merged)
+    return merged
+
+
+def draft_nodes(
+    method: str, batch_size: int, device: torch.device | str, options: dict[str, Any] | None = None
+) -> int:
+    """The most tree nodes `method` drafts per sequence with these options (sizes the cache)."""
+    entry = get_method(method)
+    return entry.max_nodes(make_options(entry, method_options(method, batch_size, device, options)))
+
+
+def build_decoder(
+    model,
+    method: str = DEFAULT_METHOD,
+    *,
+    batch_size: int,
+    max_len: int,
+    index: Any = None,
+    options: dict[str, Any] | None = None,
+    use_cuda_graphs: bool = True,
+    stage_range: StageRange = nvtx_range,
+) -> Scheduler:
+    """A decoder (Scheduler over an Engine) for `batch_size` slots of `max_len` tokens each.
+
+    model: a transformers causal LM or a runner (`samgpu.decoding.runners`). index: the static
+    automaton for methods that draft from one (SamIndex, path, StaticAutomaton) or None. options:
+    the method's options (e.g. {"l_threshold": 5}); max_nodes defaults to the budget rule."""
+    from samgpu.decoding.runners import make_runner
+
+    runner = model if hasattr(model, "forward_tree") else make_runner(model)
+    opts = method_options(method, batch_size, runner.device, options)
+    drafter = build_drafter(
+        method,
+        vocab_size=runner.vocab_size,
+        max_reqs=batch_size,
+        max_len=max_len,
+        device=runner.device,
+        index=index,
+        hidden_size=getattr(runner, "hidden_size", None),
+        **opts,
+    )
+    engine = Engine(
+        runner,
+        drafter,
+        max_reqs=batch_size,
+        max_len=max_len,
+        use_cuda_graphs=use_cuda_graphs,
+        stage_range=stage_range,
+    )
+    return Scheduler(engine)
+
+
+__all__ = ["CPU_BUDGET_BATCH", "DEFAULT_METHOD", "build_decoder", "draft_nodes", "method_options"]
