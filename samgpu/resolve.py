@@ -133,10 +133,6 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-# Methods that draft from a static index (the others ignore one).
-INDEX_METHODS = ("sam", "sam+tr", "sam-tree", "merged")
-
-
 def default_index(tokenizer, *, progress: bool = False) -> Path:
     """The embedded corpus's static index for `tokenizer`, built (a few seconds for SmolLM2) and
     cached under $SAMGPU_CACHE on first use."""
@@ -151,7 +147,9 @@ def resolve_index(index: Any, tokenizer, method: str, *, progress: bool = False)
     if index is None or (isinstance(index, str) and index.lower() == "none"):
         return None
     if isinstance(index, str) and index == "default":
-        if method not in INDEX_METHODS or tokenizer is None:
+        from samgpu.drafters import get_method
+
+        if not get_method(method).needs_index or tokenizer is None:
             return None
         return load_index(default_index(tokenizer, progress=progress), tokenizer)
     return load_index(index, tokenizer)

@@ -6,9 +6,10 @@ import sys
 
 import torch
 
-from samgpu import cli, cli_generate
+from samgpu import cli
+from samgpu.cli import generate as cli_generate
 
-_real_generate = cli_generate._Session.generate
+_real_generate = cli_generate.Session.generate
 
 
 def _generate(self, *args, **kwargs):
@@ -17,7 +18,7 @@ def _generate(self, *args, **kwargs):
     return _real_generate(self, *args, **kwargs)
 
 
-cli_generate._Session.generate = _generate
+cli_generate.Session.generate = _generate
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

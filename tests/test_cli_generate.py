@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from samgpu import cli, cli_generate
+from samgpu import cli
+from samgpu.cli import generate as cli_generate
 from tests.api import fixtures
 
 tiny_model_dir = fixtures.tiny_model_dir
@@ -85,25 +86,27 @@ def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_
 
     out = tmp_path / "out.jsonl"
     argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--batch-size", "2")
-    real = cli_generate._Session.generate
-    calls = []
+    real = cli_generate.Session.generate
+    written = []
 
-    def interrupt_second(self, prompts, on_progress=None):
-        calls.append(len(prompts))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, prompts, on_progress)
+    def interrupt_after_two_records(self, prompts, on_progress=None, on_finish=None):
+        def finish(*args):  # records are written as their requests finish
+            on_finish(*args)
+            written.append(args[0])
+            if len(written) == 2:
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_generate._Session, "generate", interrupt_second)
+        return real(self, prompts, on_progress, finish)
+
+    monkeypatch.setattr(cli_generate.Session, "generate", interrupt_after_two_records)
     capsys.readouterr()
     assert cli.main(argv) == 130
     assert "resumes" in capsys.readouterr().err
     assert not out.exists()
     partial = out.with_name("out.jsonl.partial").read_text().splitlines()
-    assert len(partial) == 1 + 2  # header + first batch
+    assert len(partial) == 1 + 2  # header + the two records finished before the interrupt
 
-    monkeypatch.setattr(cli_generate._Session, "generate", real)
-    calls.clear()
+    monkeypatch.setattr(cli_generate.Session, "generate", real)
     assert cli.main(argv) == 0
     assert "resuming" in capsys.readouterr().err
     assert without_timing(read_jsonl(out)) == without_timing(read_jsonl(ref))
@@ -121,8 +124,8 @@ def test_profile_writes_a_trace(capsys, tmp_path, tiny_model_dir):
     assert cli.main(argv) == 0
     trace = json.loads((prof / "trace.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
-    assert "samgpu.cli.batch" in names
-    # the decode loop's stages, named as its NVTX ranges (samgpu.decoding.loop.NVTX_STAGES)
+    assert "samgpu.cli.generate" in names
+    # the decode step's stages, named as its NVTX ranges (samgpu.decoding.engine.STAGES)
     assert {"samgpu.draft", "samgpu.forward", "samgpu.verify", "samgpu.commit"} <= names
     assert (prof / "summary.txt").read_text().strip()
 

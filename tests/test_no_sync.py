@@ -35,14 +35,14 @@ def _violations(fn) -> list[str]:
 
 
 def _step_functions():
-    from samgpu.decoding import loop
+    from samgpu.decoding import engine
     from samgpu.drafters import basic
     from samgpu.kernels import commit, kv_compact, tree, verify
 
     return [
-        loop.Decoder._step,
-        loop.Decoder._accumulate_stats,
-        loop.Decoder._run_step,
+        engine.Engine._step,
+        engine.Engine._accumulate_stats,
+        engine.Engine.step,
         basic.ArDrafter.propose,
         basic.ArDrafter.update,
         basic.TestDrafter.propose,
@@ -86,31 +86,33 @@ def test_scan_catches_a_sync():
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampling"])
 @pytest.mark.parametrize("use_cuda_graphs", [False, True], ids=["eager", "graphs"])
 def test_step_runs_without_sync_on_cuda(tiny_llama, temperature, use_cuda_graphs):
-    from samgpu.decoding.loop import Decoder, GenerationConfig
+    from samgpu.decoding.config import GenerationConfig
     from samgpu.decoding.runners import make_runner
-    from samgpu.drafters.basic import TestDrafter, TestOptions
+    from samgpu.factory import build_decoder
 
     model = copy.deepcopy(tiny_llama).to("cuda")
     runner = make_runner(model)
     prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
-    opts = TestOptions(
+    options = dict(
         references=[(p, list(range(10, 40))) for p in prompts],
         depth=3,
         branching=True,
         error_rate=0.3,
     )
-    drafter = TestDrafter(vocab_size=runner.vocab_size, max_reqs=3, device="cuda", options=opts)
-    dec = Decoder(runner, drafter, max_reqs=3, max_len=64, use_cuda_graphs=use_cuda_graphs)
+    dec = build_decoder(
+        runner, "test", batch_size=3, max_len=64, options=options, use_cuda_graphs=use_cuda_graphs
+    )
     config = GenerationConfig(max_new_tokens=20, temperature=temperature, seed=0)
     dec.generate(prompts, config)  # compiles kernels, captures graphs
-    bt = dec._batch(3)
-    dec._prefill(bt, prompts, config)
+    engine = dec.engine
+    engine.configure(config, 3)
+    engine.prefill([0, 1, 2], prompts)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(4):
-            dec._run_step(bt, config)
+            engine.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    assert int(bt.state.num_generated.min()) >= 4
+    assert int(engine.state.num_generated.min()) >= 4

@@ -212,6 +212,11 @@ class Engine:
     def state(self) -> DecodeState:
         return self._views.state
 
+    @property
+    def graph_keys(self) -> list[tuple]:
+        """The (width, sampling mode) buckets captured as CUDA graphs so far."""
+        return list(self._graphs)
+
     def validate(self, prompts: list[list[int]], config: GenerationConfig) -> None:
         """Host checks of a call's prompts (the one place they are made): non-empty, ids in the
         vocabulary, prompt + max_new_tokens + draft nodes within max_len; EOS ids in range."""
@@ -335,7 +340,9 @@ class Engine:
             t.index_fill_(0, index, 0)
         v.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
         st.finished.index_fill_(0, index, False)
-        self._prefill_cache(rows, index, text[:, :width].contiguous(), lens - 1)
+        # the runner embeds the padding too (right padding, never attended to): any valid id
+        input_ids = text[:, :width].clamp(min=0).contiguous()
+        self._prefill_cache(rows, index, input_ids, lens - 1)
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
         self.drafter.start(st, NewRequests(rows=index, lengths=started, longest=max(lengths)))
@@ -368,8 +375,9 @@ class Engine:
             tree_mask(tree.parents, tree.num_nodes, state.cache_len, out=v.mask)
         with stage("forward"):
             step.start_len.copy_(state.cache_len)
+            hidden = {} if step.hidden is None else {"hidden_out": step.hidden}
             self.runner.forward_tree(
-                tree.tokens, v.mask.positions, v.mask.mask, self.cache, step.logits, step.hidden
+                tree.tokens, v.mask.positions, v.mask.mask, self.cache, step.logits, **hidden
             )
         with stage("verify"):
             if config.is_sampling:

@@ -43,6 +43,14 @@ class NewRequests:
     lengths: torch.Tensor  # [B] int32; prompt length on `rows`, 0 on every other row
     longest: int  # the longest of these prompts (a host value: loops need no sync)
 
+    @staticmethod
+    def whole_batch(state: DecodeState) -> NewRequests:
+        """Every row of `state` starts from its committed text (tests, benchmarks; reads the
+        lengths on the host once, which the engine never does)."""
+        lengths = state.text_len.clone()
+        rows = torch.arange(state.num_reqs, device=lengths.device)
+        return NewRequests(rows=rows, lengths=lengths, longest=int(lengths.max()))
+
 
 @runtime_checkable
 class Drafter(Protocol):

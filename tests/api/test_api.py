@@ -234,7 +234,7 @@ def test_eos_with_stops_fits_the_loop_buffer():
     room (the rest are cut after generation); more EOS ids than slots is an error, never a silent
     drop."""
     from samgpu.api import eos_with_stops
-    from samgpu.decoding.loop import MAX_EOS
+    from samgpu.decoding.config import MAX_EOS
 
     assert eos_with_stops((2, 5), (5, 7, 7)) == (2, 5, 7)
     eos = tuple(range(MAX_EOS - 2))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samgpu.decoding.loop import Decoder, GenerationConfig
-from samgpu.drafters.basic import TestDrafter, TestOptions
+from samgpu.decoding.config import GenerationConfig
+from samgpu.factory import build_decoder
 
 TEXTS = [
     "The capital of France is",
@@ -48,8 +48,10 @@ def test_prompts_have_different_lengths(setup):
     assert all(len(r) >= 8 for r in refs)  # the references are real continuations
 
 
-def _decode(runner, drafter, prompts, max_reqs):
-    dec = Decoder(runner, drafter, max_reqs=max_reqs, max_len=64, use_cuda_graphs=False)
+def _decode(runner, options, prompts, max_reqs):
+    dec = build_decoder(
+        runner, "test", batch_size=max_reqs, max_len=64, options=options, use_cuda_graphs=False
+    )
     return dec.generate(prompts, GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=(EOS,)))
 
 
@@ -62,15 +64,14 @@ def test_spec_decode_equals_hf_greedy(setup, batch, branching, error_rate):
     """The test drafter proposes the reference continuation (depth 5) with injected errors; each
     rejected draft must be replaced by the target's own argmax, so the output is the reference."""
     runner, prompts, refs = setup
-    opts = TestOptions(
+    options = dict(
         references=list(zip(prompts, refs, strict=True)),
         depth=5,
         error_rate=error_rate,
         branching=branching,
         seed=11,
     )
-    drafter = TestDrafter(vocab_size=runner.vocab_size, max_reqs=batch, device="cpu", options=opts)
-    out = _decode(runner, drafter, prompts, batch)
+    out = _decode(runner, options, prompts, batch)
     assert out.tokens == refs
     # some drafts were accepted, some rejected: both paths of verification ran
     assert all(1.0 < s.mat < 6.0 for s in out.stats)

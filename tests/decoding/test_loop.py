@@ -1,5 +1,5 @@
-"""The decode loop against a toy runner whose logits depend on the whole committed context through
-its KV cache, so any error in tree masks, positions, verification, KV compaction or commit changes
+"""The engine and scheduler (built by samgpu.factory.build_decoder) against a toy runner whose
+logits depend on the whole committed context through its KV cache, so any error in tree masks, positions, verification, KV compaction or commit changes
 the output. Greedy output must equal the toy's own autoregressive greedy decoding token for token,
 for every drafter setting (errors, branches), ragged batches and successive batches."""
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from samgpu.decoding.loop import Decoder, GenerationConfig, ProgressInfo
-from samgpu.drafters.basic import ArDrafter, TestDrafter, TestOptions
+from samgpu.decoding.config import GenerationConfig, ProgressInfo
+from samgpu.factory import build_decoder
 
 
 @dataclass
@@ -95,17 +95,18 @@ def reference_greedy(runner: ToyRunner, prompt, max_new_tokens, eos=()):
 PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7], [0, 0]]
 
 
-def _test_drafter(runner, prompts, max_reqs, *, depth=3, extra=6, **kw):
+def _test_decoder(runner, prompts, max_reqs, *, depth=3, extra=6, max_len=64, **kw):
+    """A decoder whose `test` drafter knows the toy's greedy continuations of `prompts`."""
     refs = [(p, reference_greedy(runner, p, 40 + extra)) for p in prompts]
-    opts = TestOptions(references=refs, depth=depth, **kw)
-    return TestDrafter(vocab_size=runner.vocab_size, max_reqs=max_reqs, device="cpu", options=opts)
+    options = dict(references=refs, depth=depth, **kw)
+    return build_decoder(runner, "test", batch_size=max_reqs, max_len=max_len, options=options)
 
 
 def test_ar_equals_reference_greedy_across_batches():
     """Drafter `ar` (root only), 4 ragged prompts (lengths 5, 1, 8, 2) with max_reqs 3: two
     successive batches; each output equals the toy's greedy continuation."""
     runner = ToyRunner()
-    dec = Decoder(runner, ArDrafter(max_reqs=3, device="cpu"), max_reqs=3, max_len=64)
+    dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
     out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=12))
     assert out.tokens == [reference_greedy(runner, p, 12) for p in PROMPTS]
     for s in out.stats:
@@ -121,10 +122,9 @@ def test_test_drafter_equals_reference_greedy(error_rate, branching):
     """Whatever the draft quality or tree shape, greedy output = AR greedy output, and each
     request's accepted-length histogram accounts for its steps and tokens."""
     runner = ToyRunner(seed=1)
-    drafter = _test_drafter(
+    dec = _test_decoder(
         runner, PROMPTS, 4, depth=3, error_rate=error_rate, branching=branching, seed=5
     )
-    dec = Decoder(runner, drafter, max_reqs=4, max_len=64)
     out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=20))
     assert out.tokens == [reference_greedy(runner, p, 20) for p in PROMPTS]
     for s in out.stats:
@@ -150,11 +150,9 @@ def test_accepted_length_accounting_with_known_errors():
     corrupted = list(ref)
     for i in (2, 5):
         corrupted[i] = (ref[i] + 1) % runner.vocab_size
-    opts = TestOptions(references=[(prompt, corrupted)], depth=3)
-    drafter = TestDrafter(vocab_size=runner.vocab_size, max_reqs=1, device="cpu", options=opts)
-    out = Decoder(runner, drafter, max_reqs=1, max_len=32).generate(
-        [prompt], GenerationConfig(max_new_tokens=10)
-    )
+    options = dict(references=[(prompt, corrupted)], depth=3)
+    dec = build_decoder(runner, "test", batch_size=1, max_len=32, options=options)
+    out = dec.generate([prompt], GenerationConfig(max_new_tokens=10))
     assert out.tokens == [ref[:10]]
     s = out.stats[0]
     assert (s.steps, s.generated, s.accepted_hist) == (3, 10, [0, 0, 2, 1])
@@ -166,8 +164,7 @@ def test_eos_cut_and_masking_of_finished_sequences():
     others run to max_new_tokens (unless they produce that token too), in the same batch."""
     runner = ToyRunner(seed=3)
     eos = reference_greedy(runner, PROMPTS[0], 4)[3]
-    drafter = _test_drafter(runner, PROMPTS, 4, depth=4, error_rate=0.2)
-    dec = Decoder(runner, drafter, max_reqs=4, max_len=64)
+    dec = _test_decoder(runner, PROMPTS, 4, depth=4, error_rate=0.2)
     out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=16, eos_token_ids=(eos,)))
     want = [reference_greedy(runner, p, 16, eos=(eos,)) for p in PROMPTS]
     assert out.tokens == want
@@ -179,23 +176,31 @@ def test_progress_callback_and_reuse():
     """on_progress runs every check_every steps with the batch's progress; a second generate on
     the same Decoder gives the same result."""
     runner = ToyRunner(seed=4)
-    drafter = _test_drafter(runner, PROMPTS[:2], 2, depth=2, error_rate=0.5)
-    dec = Decoder(runner, drafter, max_reqs=2, max_len=64)
+    dec = _test_decoder(runner, PROMPTS[:2], 2, depth=2, error_rate=0.5)
     seen: list[ProgressInfo] = []
+    live_tokens: list[list[list[int]]] = []  # read during the callback, as documented
+
+    def on_progress(info: ProgressInfo) -> None:
+        seen.append(info)
+        live_tokens.append(info.tokens)
+
     cfg = GenerationConfig(max_new_tokens=9, check_every=2)
-    out = dec.generate(PROMPTS[:2], cfg, on_progress=seen.append)
-    assert seen and all(
-        info.num_reqs == 2 and info.steps % 2 == 0 or info.steps == 9 for info in seen
-    )
+    out = dec.generate(PROMPTS[:2], cfg, on_progress=on_progress)
+    assert seen and all(info.num_requests == 2 and info.steps % 2 == 0 for info in seen[:-1])
+    assert seen[0].request_ids == [0, 1] and seen[0].num_finished == 0
+    for info, tokens in zip(seen, live_tokens, strict=True):  # prefixes of the outputs
+        for rid, toks, n in zip(info.request_ids, tokens, info.num_generated, strict=True):
+            assert len(toks) == n and toks == out.tokens[rid][:n]
+        assert info.num_finished + len(info.request_ids) == 2
     last = seen[-1]
-    assert last.num_finished == 2 and last.num_generated == [9, 9] and last.tokens == out.tokens
+    assert last.num_finished == 2 and last.request_ids == [] and last.done_tokens == 18
     assert [i.steps for i in seen] == sorted(i.steps for i in seen)
     assert dec.generate(PROMPTS[:2], cfg).tokens == out.tokens
 
 
 def test_bad_inputs_raise_clear_errors():
     runner = ToyRunner()
-    dec = Decoder(runner, ArDrafter(max_reqs=2, device="cpu"), max_reqs=2, max_len=16)
+    dec = build_decoder(runner, "ar", batch_size=2, max_len=16)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         dec.generate([[1], []], GenerationConfig(max_new_tokens=2))
     with pytest.raises(
@@ -235,11 +240,10 @@ def test_continuous_batching_equals_reference_greedy(max_reqs, drafter_kind):
     runner = ToyRunner(seed=6)
     eos = reference_greedy(runner, MANY[0], 5)[4]
     if drafter_kind == "ar":
-        drafter = ArDrafter(max_reqs=max_reqs, device="cpu")
+        dec = build_decoder(runner, "ar", batch_size=max_reqs, max_len=64)
     else:
         branching = drafter_kind == "test-branching"
-        drafter = _test_drafter(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
-    dec = Decoder(runner, drafter, max_reqs=max_reqs, max_len=64)
+        dec = _test_decoder(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
     cfg = GenerationConfig(max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True)
     seen: list[ProgressInfo] = []
     out = dec.generate(MANY, cfg, on_progress=seen.append)
@@ -251,7 +255,7 @@ def test_continuous_batching_equals_reference_greedy(max_reqs, drafter_kind):
         assert s.decode_s > 0 and s.mat == pytest.approx(s.generated / s.steps)
     # progress counts finished requests' tokens apart from the live slots'
     last = seen[-1]
-    assert last.num_finished == len(MANY) and last.num_reqs == 0
+    assert last.num_finished == len(MANY) and last.request_ids == []
     assert last.done_tokens == sum(map(len, want))
     assert last.done_steps == sum(s.steps for s in out.stats)
     assert max(len(i.request_ids) for i in seen) == max_reqs
@@ -263,10 +267,9 @@ def test_continuous_batching_equals_reference_greedy(max_reqs, drafter_kind):
 def test_continuous_batching_sets_up_the_drafter_of_refilled_slots():
     """Perfect drafts (error rate 0, depth 3): every request, refilled ones included, takes 12
     tokens in 3 steps. A refilled slot still drafting from its previous prompt's reference would
-    be rejected and need more steps (drafter.prefill_rows is what prevents that)."""
+    be rejected and need more steps (drafter.start is what prevents that)."""
     runner = ToyRunner(seed=7)
-    drafter = _test_drafter(runner, MANY, 2, depth=3, error_rate=0.0)
-    dec = Decoder(runner, drafter, max_reqs=2, max_len=64)
+    dec = _test_decoder(runner, MANY, 2, depth=3, error_rate=0.0)
     cfg = GenerationConfig(max_new_tokens=12, check_every=1, continuous=True)
     out = dec.generate(MANY, cfg)
     assert out.tokens == [reference_greedy(runner, p, 12) for p in MANY]
@@ -277,8 +280,7 @@ def test_continuous_batching_with_sampling_is_reproducible():
     """Sampling through refilled slots: every request gets max_new_tokens ids from the vocabulary,
     and the same seed gives the same outputs."""
     runner = ToyRunner(seed=8)
-    drafter = _test_drafter(runner, MANY, 3, error_rate=0.3)
-    dec = Decoder(runner, drafter, max_reqs=3, max_len=64)
+    dec = _test_decoder(runner, MANY, 3, error_rate=0.3)
     cfg = GenerationConfig(max_new_tokens=9, temperature=1.0, seed=11, continuous=True)
     first = dec.generate(MANY, cfg).tokens
     assert [len(t) for t in first] == [9] * len(MANY)

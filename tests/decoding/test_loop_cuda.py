@@ -10,8 +10,8 @@ import copy
 import pytest
 import torch
 
-from samgpu.decoding.loop import Decoder, GenerationConfig
-from samgpu.drafters.basic import TestDrafter, TestOptions
+from samgpu.decoding.config import GenerationConfig
+from samgpu.factory import build_decoder
 
 pytestmark = [
     pytest.mark.gpu,
@@ -44,14 +44,15 @@ def _decoder(model, refs, graphs, branching):
     from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
-    opts = TestOptions(
+    options = dict(
         references=list(zip(PROMPTS, refs, strict=True)),
         depth=4,
         branching=branching,
         error_rate=0.3,
     )
-    drafter = TestDrafter(vocab_size=runner.vocab_size, max_reqs=3, device="cuda", options=opts)
-    return Decoder(runner, drafter, max_reqs=3, max_len=64, use_cuda_graphs=graphs)
+    return build_decoder(
+        runner, "test", batch_size=3, max_len=64, options=options, use_cuda_graphs=graphs
+    )
 
 
 @pytest.mark.parametrize("branching", [False, True], ids=["chain", "tree"])
@@ -63,7 +64,7 @@ def test_graphs_equal_eager_and_hf_greedy(cuda_llama, branching):
     first = dec.generate(PROMPTS, cfg).tokens  # warm-up, capture (B=3 and B=1), replays
     again = dec.generate(PROMPTS, cfg).tokens  # replays only
     assert eager == first == again == refs
-    assert len(dec._graphs) == 2
+    assert len(dec.engine.graph_keys) == 2
 
 
 def test_graphs_equal_eager_sampling(cuda_llama):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import samgpu.decoding.loop as loop
-from samgpu.decoding.loop import Decoder, GenerationConfig
-from samgpu.drafters.basic import TestDrafter, TestOptions
+import samgpu.decoding.engine as engine
+from samgpu.decoding.config import GenerationConfig
+from samgpu.factory import build_decoder
 from samgpu.kernels.verify import sampling_probs
 from tests.decoding.test_loop import ToyRunner, reference_greedy
 
@@ -23,11 +23,8 @@ ALPHA_BROKEN = 1e-8  # broken rules must be rejected at this level
 
 def _decoder(runner, num_reqs, branching=True, error_rate=0.3):
     refs = [(PROMPT, reference_greedy(runner, PROMPT, 4))]
-    opts = TestOptions(references=refs, depth=2, branching=branching, error_rate=error_rate)
-    drafter = TestDrafter(
-        vocab_size=runner.vocab_size, max_reqs=num_reqs, device="cpu", options=opts
-    )
-    return Decoder(runner, drafter, max_reqs=num_reqs, max_len=24)
+    options = dict(references=refs, depth=2, branching=branching, error_rate=error_rate)
+    return build_decoder(runner, "test", batch_size=num_reqs, max_len=24, options=options)
 
 
 def _expected_joint(runner, config):
@@ -86,7 +83,7 @@ def test_two_token_distribution_matches_direct_sampling(config):
 
 
 def _broken(rule):
-    real = loop.verify_sample
+    real = engine.verify_sample
 
     def verify_sample(probs, tokens, parents, num_nodes, uniforms, exponentials, **kw):
         if rule == "accept-always":
@@ -101,7 +98,7 @@ def _broken(rule):
 @pytest.mark.parametrize("rule", ["accept-always", "over-accept"])
 def test_negative_control_broken_rule_is_rejected(monkeypatch, rule):
     """The same chi-square test, same sample size, rejects a wrong acceptance rule."""
-    monkeypatch.setattr(loop, "verify_sample", _broken(rule))
+    monkeypatch.setattr(engine, "verify_sample", _broken(rule))
     runner = ToyRunner(vocab_size=6, seed=7, scale=1.0)
     config = GenerationConfig(max_new_tokens=2, temperature=0.8, seed=1)
     counts, _ = _joint_counts(runner, config, 6)

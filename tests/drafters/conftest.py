@@ -55,23 +55,28 @@ def runner(default_model_fp32):
 @pytest.fixture(scope="session")
 def generate(runner, default_index):
     """generate(method, prompts, **options) -> GenerationOutput, max_new_tokens = MAX_NEW."""
-    from samgpu.decoding.loop import Decoder, GenerationConfig
-    from samgpu.drafters import build_drafter
+    import dataclasses
+
+    from samgpu.decoding.config import GenerationConfig
+    from samgpu.drafters import get_method
+    from samgpu.factory import build_decoder
     from samgpu.models import default_eos_ids
 
     def run(method, prompts, *, max_reqs=None, continuous=False, **options):
         max_len = max(len(p) for p in prompts) + MAX_NEW + 128
         max_reqs = max_reqs or len(prompts)
-        drafter = build_drafter(
+        # the method's full default tree, not the small CPU budget: the strongest lossless check
+        fields = {f.name: f.default for f in dataclasses.fields(get_method(method).options)}
+        if "max_nodes" in fields and fields["max_nodes"] is not None:
+            options.setdefault("max_nodes", fields["max_nodes"])
+        decoder = build_decoder(
+            runner,
             method,
-            vocab_size=runner.vocab_size,
-            max_reqs=max_reqs,
+            batch_size=max_reqs,
             max_len=max_len,
-            device="cpu",
             index=default_index,
-            **options,
+            options=options,
         )
-        decoder = Decoder(runner, drafter, max_reqs=max_reqs, max_len=max_len)
         config = GenerationConfig(
             max_new_tokens=MAX_NEW,
             eos_token_ids=default_eos_ids(),

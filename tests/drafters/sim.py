@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput
+from samgpu.drafters.protocol import NewRequests
+from samgpu.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput, VerifyOutput
 
 Oracle = Callable[[list[int]], int]  # context -> next token
 
@@ -81,7 +82,7 @@ def simulate(drafter, oracle: Oracle, prompts: list[list[int]], max_new: int, vo
     )
     N, K = drafter.max_nodes, drafter.max_depth + 1
     tree = DraftTree.empty(B, N, "cpu")
-    drafter.prefill(state)
+    drafter.start(state, NewRequests.whole_batch(state))
     out: list[list[int]] = [[] for _ in range(B)]
     res = SimResult(out, [0] * B, [[] for _ in range(B)], [[] for _ in range(B)])
     while not bool(state.finished.all()):
@@ -133,7 +134,9 @@ def simulate(drafter, oracle: Oracle, prompts: list[list[int]], max_new: int, vo
             state.root[b] = emitted[-1]
             state.num_generated[b] = len(out[b])
             state.finished[b] = len(out[b]) >= max_new
-        step = StepOutput(tree, logits, accepted_nodes, num_accepted, bonus, new_tokens, num_new)
+        verify = VerifyOutput(accepted_nodes, num_accepted, bonus, logits.argmax(-1))
+        start_len = state.cache_len - num_new  # cache length when the step began
+        step = StepOutput(tree, logits, verify, start_len, new_tokens, num_new)
         state.step = step
         drafter.update(state, step)
     return res

@@ -156,6 +156,7 @@ def test_tr_prompt_bigrams_seed_the_table():
     "1 2 3 4 1 2 3", the very first step already accepts along the bigram chain 4 1 2 3 ..."""
     import torch
 
+    from samgpu.drafters.protocol import NewRequests
     from samgpu.types import DecodeState
 
     drafter = _build("tr", max_reqs=1)
@@ -166,12 +167,13 @@ def test_tr_prompt_bigrams_seed_the_table():
         root=text[:, 3].clone(), cache_len=lens - 1, text=text, text_len=lens, prompt_len=lens,
         num_generated=zeros, max_new_tokens=zeros + 8, finished=zeros.bool(),
     )  # fmt: skip
-    drafter.prefill(state)
-    assert drafter.table.adj[3, 0] == 7 and drafter.table.adj[5, 0] == 3
-    assert int(drafter.table.adj[7].abs().sum()) == 0
+    drafter.start(state, NewRequests.whole_batch(state))
+    adj = drafter.recycling.table.adj
+    assert adj[3, 0] == 7 and adj[5, 0] == 3
+    assert int(adj[7].abs().sum()) == 0
     off = _build("tr", max_reqs=1, prompt_bigrams=False)
-    off.prefill(state)
-    assert int(off.table.adj.abs().sum()) == 0
+    off.start(state, NewRequests.whole_batch(state))
+    assert int(off.recycling.table.adj.abs().sum()) == 0
     period = lambda ctx: ctx[-4]  # noqa: E731
     res = simulate(_build("tr", max_reqs=1), period, [[1, 2, 3, 4, 1, 2, 3]], 20, V)
     assert res.accepted[0][0] == 6

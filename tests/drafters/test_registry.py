@@ -1,14 +1,26 @@
-"""build_drafter / METHODS / default_budget: names, option validation, budgets."""
+"""The method registry: names, option validation, budgets, and adding a method from outside the
+package (one file and one registry entry), run end to end through the CLI."""
+
+import json
 
 import pytest
 
-from samgpu.drafters import METHODS, build_drafter, default_budget
+from samgpu.drafters import (
+    budget_options,
+    build_drafter,
+    get_method,
+    method_names,
+    register,
+    unregister,
+)
+from samgpu.drafters.registry import Method, tree_budget
 
 COMMON = dict(vocab_size=50, max_reqs=2, max_len=64, device="cpu")
 
 
 def test_methods_listed():
-    assert set(METHODS) >= {"ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged", "test"}
+    assert method_names() == ("ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged")
+    assert "test" in method_names(listed_only=False) and "test" not in method_names()
 
 
 def test_unknown_method_names_valid_ones():
@@ -31,12 +43,12 @@ def test_pld_and_tr_shapes():
     assert small.max_nodes == 8 and small.max_depth == 3
 
 
-def test_default_budget_shrinks_with_batch():
-    sizes = [default_budget("merged", b) for b in (1, 2, 4, 8, 16, 32, 64)]
+def test_tree_budget_shrinks_with_batch():
+    sizes = [tree_budget(b) for b in (1, 2, 4, 8, 16, 32, 64)]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] >= 64 and sizes[-1] <= 8
-    assert default_budget("ar", 1) == 1
+    assert budget_options("ar", 1) == {}
     with pytest.raises(ValueError):
-        default_budget("nope", 1)
+        budget_options("nope", 1)
 
 
 def test_sam_methods_budget_option_sets_tree_width():
@@ -52,16 +64,69 @@ def test_sam_methods_budget_option_sets_tree_width():
 
 def test_budget_options_only_for_methods_with_a_tree_width():
     """pld sizes its chain with num_draft and ar has no draft: no max_nodes for them; the tree
-    methods and sam get default_budget's width, which build_drafter accepts."""
-    from samgpu.drafters import budget_options
-
+    methods and sam get their budget rule's width, which build_drafter accepts, and every method's
+    declared node bound covers what it builds."""
     assert budget_options("ar", 1) == {} and budget_options("pld", 8) == {}
     for method in ("tr", "sam", "sam+tr", "sam-tree", "merged"):
         opts = budget_options(method, 16)
-        assert opts == {"max_nodes": default_budget(method, 16)}
+        assert opts == {"max_nodes": get_method(method).budget(16)}
         drafter = build_drafter(
             method, vocab_size=64, max_reqs=1, max_len=128, device="cpu", **opts
         )
-        assert drafter.max_nodes == opts["max_nodes"]
-    with pytest.raises(ValueError):
-        budget_options("nope", 1)
+        entry = get_method(method)
+        assert drafter.max_nodes == opts["max_nodes"] <= entry.max_nodes(entry.options(**opts))
+
+
+def test_register_refuses_a_taken_name_and_a_budget_without_max_nodes():
+    ar = get_method("ar")
+    with pytest.raises(ValueError, match="already registered"):
+        register(Method(name="ar", summary="", options=ar.options, build=ar.build))
+    with pytest.raises(TypeError, match="budget rule but no max_nodes"):
+        register(
+            Method(name="x", summary="", options=ar.options, build=ar.build, budget=tree_budget)
+        )
+    assert "x" not in method_names(listed_only=False)
+
+
+@pytest.fixture
+def prompt_echo():
+    from tests.drafters.prompt_echo import register_method
+
+    method = register_method()
+    yield method
+    unregister(method.name)
+
+
+def _cli(tmp_path, method: str, prompts) -> list[dict]:
+    from samgpu.cli import main
+
+    src, out = tmp_path / f"in-{method}.jsonl", tmp_path / f"out-{method}.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    argv = ["generate", "--input", str(src), "--output", str(out), "--method", method]
+    argv += ["--max-new-tokens", "12", "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    argv += ["--batch-size", "2", "--index", "none"]
+    assert main(argv) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_a_method_added_from_outside_runs_through_the_cli(prompt_echo, tmp_path):
+    """tests/drafters/prompt_echo.py is a whole new method; once registered, the CLI lists and
+    runs it, and greedy output equals ar's (its drafts are mostly wrong: verification keeps only
+    what the model would say)."""
+    assert "prompt-echo" in method_names()
+    prompts = ["Name three primes.", "Say hello.", "Count to five."]
+    echo = _cli(tmp_path, "prompt-echo", prompts)
+    ar = _cli(tmp_path, "ar", prompts)
+    assert [r["completion"] for r in echo] == [r["completion"] for r in ar]
+    assert all(r["stats"]["steps"] >= 1 for r in echo)
+
+
+def test_an_unregistered_method_is_a_usage_error(tmp_path, capsys):
+    """Negative control: without the registration the same command is refused (exit 2)."""
+    from samgpu.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "hi"}\n')
+    argv = ["generate", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]
+    assert main([*argv, "--method", "prompt-echo", "--device", "cpu"]) == 2
+    assert "unknown method 'prompt-echo'" in capsys.readouterr().err

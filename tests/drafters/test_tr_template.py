@@ -2,7 +2,7 @@
 
 import pytest
 
-from samgpu.drafters.tr import TR_TEMPLATE_NODES, TR_TEMPLATE_PATHS, template_tree
+from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TR_TEMPLATE_PATHS, template_tree
 from samgpu.types import NO_PARENT
 
 

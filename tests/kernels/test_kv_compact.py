@@ -4,7 +4,8 @@ the Triton kernel (interpreter on CPU) must match the reference bitwise, overlap
 import pytest
 import torch
 
-from samgpu.kernels.kv_compact import NO_PARENT, kv_compact, kv_compact_ref, kv_compact_triton
+from samgpu.kernels.kv_compact import kv_compact, kv_compact_ref, kv_compact_triton
+from samgpu.kernels.types import NO_PARENT
 
 P = NO_PARENT
 IMPLS = [pytest.param(kv_compact_triton, id="triton"), pytest.param(kv_compact_ref, id="ref")]

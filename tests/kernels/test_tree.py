@@ -4,7 +4,8 @@ trees against the reference, Triton (interpreter on CPU) compared exactly."""
 import pytest
 import torch
 
-from samgpu.kernels.tree import NO_PARENT, tree_mask, tree_mask_ref, tree_mask_triton
+from samgpu.kernels.tree import tree_mask, tree_mask_ref, tree_mask_triton
+from samgpu.kernels.types import NO_PARENT
 
 IMPLS = [pytest.param(tree_mask_triton, id="triton"), pytest.param(tree_mask_ref, id="ref")]
 P = NO_PARENT
