@@ -1,7 +1,8 @@
 """The engine and scheduler (built by samgpu.factory.build_decoder) against a toy runner whose
-logits depend on the whole committed context through its KV cache, so any error in tree masks, positions, verification, KV compaction or commit changes
-the output. Greedy output must equal the toy's own autoregressive greedy decoding token for token,
-for every drafter setting (errors, branches), ragged batches and successive batches."""
+logits depend on the whole committed context through its KV cache, so any error in tree masks,
+positions, verification, KV compaction or commit changes the output. Greedy output must equal the
+toy's own autoregressive greedy decoding token for token, for every drafter setting (errors,
+branches), ragged batches, successive batches and continuous batching."""
 
 from __future__ import annotations
 
