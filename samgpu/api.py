@@ -45,15 +45,19 @@ from typing import Any
 import torch
 
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, GenerationOutput, ProgressInfo
-from samgpu.decoding.engine import StageRange, nvtx_range
+from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import method_names
 from samgpu.factory import DEFAULT_METHOD, build_decoder, draft_nodes
 from samgpu.hf_args import (
+    StreamerAdapter,
     as_id_tuple,
     check_kwargs,
     cut_tokens_at_stop,
     first_stop,
+    pack_like_hf,
+    prompts_from_tensor,
     resolve_request,
+    single_token_stops,
 )
 from samgpu.resolve import (  # re-exported: samgpu.api is where users and the CLI find them
     SetupError,
@@ -288,7 +292,7 @@ class SamDecoder:
         tokenizer = kwargs.pop("tokenizer", None) or self.tokenizer
 
         if isinstance(inputs, torch.Tensor):
-            prompts, rows = self._prompts_from_tensor(inputs, attention_mask, kwargs)
+            prompts, rows = prompts_from_tensor(self.model, inputs, attention_mask, kwargs)
             as_text = False
         elif isinstance(inputs, (list, tuple)):
             if attention_mask is not None:
@@ -308,14 +312,14 @@ class SamDecoder:
         req = resolve_request(self.model, kwargs, [len(p) for p in prompts], width)
         if req.stop and tokenizer is None:
             raise ValueError("stop strings need a tokenizer: SamDecoder(model, tok)")
-        eos = eos_with_stops(req.eos_token_ids, self._single_token_stops(req.stop, tokenizer))
+        eos = eos_with_stops(req.eos_token_ids, single_token_stops(req.stop, tokenizer))
 
         on_progress = None
         if streamer is not None:
             if len(prompts) != 1:
                 raise ValueError("streamer supports batch size 1 only, as in transformers")
             streamer.put(torch.tensor([prompts[0]]))
-            on_progress = _StreamerAdapter(streamer)
+            on_progress = StreamerAdapter(streamer)
         out = self.generate_ids(
             prompts,
             max_new_tokens=req.max_new_tokens,
@@ -337,46 +341,7 @@ class SamDecoder:
             if req.stop:
                 texts = [t[:p] if (p := first_stop(t, req.stop)) >= 0 else t for t in texts]
             return texts
-        return _pack_like_hf(rows, tokens, req.pad_token_id)
-
-    def _prompts_from_tensor(self, ids: torch.Tensor, mask: torch.Tensor | None, kwargs) -> tuple:
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"input_ids must be an integer tensor [B, T], got {tuple(ids.shape)} {ids.dtype}"
-            )
-        if mask is not None and mask.dim() == 1:
-            mask = mask[None]
-        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
-            raise ValueError(
-                f"attention_mask {tuple(mask.shape)} and input_ids {tuple(ids.shape)} disagree"
-            )
-        ids_cpu = ids.detach().to("cpu", torch.int64)  # API boundary: one copy to the host
-        if mask is None:
-            # transformers infers the mask from pad_token_id when that is not also an EOS id
-            # (SmolLM2 pads with its EOS, which chat prompts contain: no inference there)
-            gen_cfg = kwargs.get("generation_config") or getattr(
-                self.model, "generation_config", None
-            )
-
-            def setting(name: str):
-                value = kwargs.get(name)
-                return value if value is not None else getattr(gen_cfg, name, None)
-
-            pad = setting("pad_token_id")
-            eos = set(as_id_tuple(setting("eos_token_id")))
-            if pad is not None and int(pad) not in eos and bool((ids_cpu == int(pad)).any()):
-                mask_cpu = ids_cpu != int(pad)
-            else:
-                mask_cpu = torch.ones_like(ids_cpu, dtype=torch.bool)
-        else:
-            mask_cpu = mask.detach().to("cpu").bool()
-        prompts = [row[m].tolist() for row, m in zip(ids_cpu, mask_cpu, strict=True)]
-        for b, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"row {b} of input_ids has no tokens under attention_mask")
-        return prompts, ids
+        return pack_like_hf(rows, tokens, req.pad_token_id)
 
     def _encode(self, prompt: Any, tokenizer) -> list[int]:
         if isinstance(prompt, str):
@@ -388,16 +353,6 @@ class SamDecoder:
         raise TypeError(
             f"each prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
         )
-
-    @staticmethod
-    def _single_token_stops(stop: Sequence[str], tokenizer) -> tuple[int, ...]:
-        """Stop strings that are exactly one token end generation on the GPU, like an EOS."""
-        ids = []
-        for s in stop:
-            enc = tokenizer(s, add_special_tokens=False).input_ids
-            if len(enc) == 1 and tokenizer.decode(enc) == s:
-                ids.append(int(enc[0]))
-        return tuple(ids)
 
 
 def eos_with_stops(eos: Sequence[int], stop_ids: Sequence[int]) -> tuple[int, ...]:
@@ -421,16 +376,6 @@ def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def _pack_like_hf(rows: torch.Tensor, tokens: list[list[int]], pad: int) -> torch.Tensor:
-    """[B, T] input rows + generated tokens -> [B, T + max_new], right-padded with `pad`."""
-    width = max((len(t) for t in tokens), default=0)
-    new = torch.full((rows.shape[0], width), pad, dtype=torch.long)
-    for b, t in enumerate(tokens):
-        if t:
-            new[b, : len(t)] = torch.tensor(t, dtype=torch.long)
-    return torch.cat([rows.to(torch.long), new.to(rows.device)], dim=1)
-
-
 def _empty_output() -> GenerationOutput:
     return GenerationOutput(tokens=[], stats=[])
 
@@ -441,25 +386,6 @@ def progress_tokens(info: ProgressInfo, request: int = 0) -> list[int] | None:
     if request not in info.request_ids:
         return None
     return list(info.tokens[info.request_ids.index(request)])
-
-
-class _StreamerAdapter:
-    """on_progress -> transformers streamer.put(new tokens) (batch size 1)."""
-
-    def __init__(self, streamer):
-        self.streamer = streamer
-        self.sent = 0
-
-    def __call__(self, info: Any) -> None:
-        toks = progress_tokens(info)
-        if toks is not None and len(toks) > self.sent:
-            self.streamer.put(torch.tensor(toks[self.sent :]))
-            self.sent = len(toks)
-
-    def flush(self, final: list[int]) -> None:
-        if len(final) > self.sent:
-            self.streamer.put(torch.tensor(final[self.sent :]))
-            self.sent = len(final)
 
 
 # ----------------------------------------------------------------------------- one-liner
@@ -536,7 +462,7 @@ def generate(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        eos_token_ids=eos_with_stops(eos, SamDecoder._single_token_stops(stops, tok)),
+        eos_token_ids=eos_with_stops(eos, single_token_stops(stops, tok)),
         seed=seed,
         batch_size=batch_size,
     )

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from samgpu.decoding.engine import Engine, StageRange, nvtx_range
+from samgpu.decoding.engine import Engine
 from samgpu.decoding.scheduler import Scheduler
+from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import budget_options, build_drafter, get_method
 from samgpu.drafters.registry import make_options
 

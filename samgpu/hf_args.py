@@ -259,3 +259,82 @@ def cut_tokens_at_stop(tokens: list[int], tokenizer, stop: Sequence[str]) -> tup
         else:
             lo = mid + 1
     return tokens[:lo], True
+
+
+def prompts_from_tensor(model, ids: torch.Tensor, mask: torch.Tensor | None, kwargs) -> tuple:
+    """input_ids [B, T] (+ attention_mask, or one inferred from pad_token_id as transformers
+    does) -> (prompts as token lists without padding, the [B, T] ids)."""
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"input_ids must be an integer tensor [B, T], got {tuple(ids.shape)} {ids.dtype}"
+        )
+    if mask is not None and mask.dim() == 1:
+        mask = mask[None]
+    if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(
+            f"attention_mask {tuple(mask.shape)} and input_ids {tuple(ids.shape)} disagree"
+        )
+    ids_cpu = ids.detach().to("cpu", torch.int64)  # API boundary: one copy to the host
+    if mask is None:
+        # transformers infers the mask from pad_token_id when that is not also an EOS id
+        # (SmolLM2 pads with its EOS, which chat prompts contain: no inference there)
+        gen_cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+
+        def setting(name: str):
+            value = kwargs.get(name)
+            return value if value is not None else getattr(gen_cfg, name, None)
+
+        pad = setting("pad_token_id")
+        eos = set(as_id_tuple(setting("eos_token_id")))
+        if pad is not None and int(pad) not in eos and bool((ids_cpu == int(pad)).any()):
+            mask_cpu = ids_cpu != int(pad)
+        else:
+            mask_cpu = torch.ones_like(ids_cpu, dtype=torch.bool)
+    else:
+        mask_cpu = mask.detach().to("cpu").bool()
+    prompts = [row[m].tolist() for row, m in zip(ids_cpu, mask_cpu, strict=True)]
+    for b, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"row {b} of input_ids has no tokens under attention_mask")
+    return prompts, ids
+
+
+def single_token_stops(stop: Sequence[str], tokenizer) -> tuple[int, ...]:
+    """Stop strings that are exactly one token end generation on the GPU, like an EOS."""
+    ids = []
+    for s in stop:
+        enc = tokenizer(s, add_special_tokens=False).input_ids
+        if len(enc) == 1 and tokenizer.decode(enc) == s:
+            ids.append(int(enc[0]))
+    return tuple(ids)
+
+
+def pack_like_hf(rows: torch.Tensor, tokens: list[list[int]], pad: int) -> torch.Tensor:
+    """[B, T] input rows + generated tokens -> [B, T + max_new], right-padded with `pad`."""
+    width = max((len(t) for t in tokens), default=0)
+    new = torch.full((rows.shape[0], width), pad, dtype=torch.long)
+    for b, t in enumerate(tokens):
+        if t:
+            new[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return torch.cat([rows.to(torch.long), new.to(rows.device)], dim=1)
+
+
+class StreamerAdapter:
+    """on_progress -> transformers streamer.put(new tokens) (batch size 1)."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+        self.sent = 0
+
+    def __call__(self, info: Any) -> None:
+        toks = info.tokens[0] if info.request_ids[:1] == [0] else None
+        if toks is not None and len(toks) > self.sent:
+            self.streamer.put(torch.tensor(toks[self.sent :]))
+            self.sent = len(toks)
+
+    def flush(self, final: list[int]) -> None:
+        if len(final) > self.sent:
+            self.streamer.put(torch.tensor(final[self.sent :]))
+            self.sent = len(final)

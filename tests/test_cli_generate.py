@@ -125,7 +125,7 @@ def test_profile_writes_a_trace(capsys, tmp_path, tiny_model_dir):
     trace = json.loads((prof / "trace.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
     assert "samgpu.cli.generate" in names
-    # the decode step's stages, named as its NVTX ranges (samgpu.decoding.engine.STAGES)
+    # the decode step's stages, named as its NVTX ranges (samgpu.decoding.stages.STAGES)
     assert {"samgpu.draft", "samgpu.forward", "samgpu.verify", "samgpu.commit"} <= names
     assert (prof / "summary.txt").read_text().strip()
 

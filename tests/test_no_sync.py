@@ -37,7 +37,7 @@ def _violations(fn) -> list[str]:
 def _step_functions():
     from samgpu.decoding import engine
     from samgpu.drafters import basic
-    from samgpu.kernels import commit, kv_compact, tree, verify
+    from samgpu.kernels import commit, kv_compact, randoms, tree, verify
 
     return [
         engine.Engine._step,
@@ -55,8 +55,8 @@ def _step_functions():
         verify.verify_sample,
         verify.verify_sample_triton,
         verify.sampling_probs,
-        verify.draw_randoms,
-        verify.draw_randoms_triton,
+        randoms.draw_randoms,
+        randoms.draw_randoms_triton,
         kv_compact.kv_compact,
         kv_compact.kv_compact_triton,
         commit.commit,

@@ -136,9 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
-            from samgpu.cli.generate import run_generate
+            from samgpu.cli.generate import check_args, generate_one
 
-            return run_generate(args)
+            check_args(args)
+            if args.prompt is not None:
+                return generate_one(args)
+            from samgpu.cli.file import generate_file
+
+            return generate_file(args)
         if args.command == "index":
             from samgpu.sam.cli import run_index
 

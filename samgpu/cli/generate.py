@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from samgpu.decoding.engine import nvtx_range
+from samgpu.decoding.stages import nvtx_range
 from samgpu.errors import UserError
+from samgpu.hf_args import single_token_stops
 
 # ----------------------------------------------------------------------------- generate: checks
 
@@ -119,7 +120,7 @@ class Session:
         except (ValueError, TypeError) as e:
             raise UserError(str(e)) from None
         self.eos = api.eos_ids(self.model, self.tokenizer)
-        self.stop_ids = api.SamDecoder._single_token_stops(args.stop, self.tokenizer)
+        self.stop_ids = single_token_stops(args.stop, self.tokenizer)
         self.context = self.decoder.context_length()
 
     def encode(self, prompt: str | None, messages: list[dict] | None) -> list[int]:
@@ -214,7 +215,7 @@ def profiled_range(name: str):
     (the --profile trace), passed to the decoder as its stage_range."""
     from torch.profiler import record_function
 
-    from samgpu.decoding.engine import nvtx_range
+    from samgpu.decoding.stages import nvtx_range
 
     with nvtx_range(name), record_function(f"samgpu.{name}"):
         yield
@@ -232,15 +233,6 @@ def oom_error(e: BaseException, args: argparse.Namespace) -> UserError:
 
 
 # ----------------------------------------------------------------------------- generate: run
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    check_args(args)
-    if args.prompt is not None:
-        return _generate_one(args)
-    from samgpu.cli.file import generate_file
-
-    return generate_file(args)
 
 
 class _Streamer:
@@ -281,7 +273,8 @@ class _Streamer:
             self.show(self.text_of(toks))
 
 
-def _generate_one(args: argparse.Namespace) -> int:
+def generate_one(args: argparse.Namespace) -> int:
+    """`samgpu generate --prompt`: one prompt, streamed to stdout."""
     import torch
 
     from samgpu.api import make_completion

@@ -38,18 +38,18 @@ engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step() ...; engine.collect([
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
+from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
 from samgpu.drafters.protocol import Drafter, NewRequests
 from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
+from samgpu.kernels.randoms import draw_randoms
 from samgpu.kernels.tree import tree_mask
-from samgpu.kernels.verify import draw_randoms, sampling_probs, verify_greedy, verify_sample
+from samgpu.kernels.verify import sampling_probs, verify_greedy, verify_sample
 from samgpu.types import (
     PAD_TOKEN,
     SOURCE_NAMES,
@@ -59,16 +59,6 @@ from samgpu.types import (
     TreeMask,
     VerifyOutput,
 )
-
-STAGES: tuple[str, ...] = ("draft", "tree", "forward", "verify", "commit", "update")
-StageRange = Callable[[str], contextlib.AbstractContextManager]
-
-
-def nvtx_range(name: str) -> contextlib.AbstractContextManager:
-    """The default stage range: an NVTX range on CUDA machines (Nsight shows it), else nothing."""
-    if torch.cuda.is_available():
-        return torch.cuda.nvtx.range(name)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -88,28 +78,6 @@ class _Views:
     num_steps: torch.Tensor  # [B] int32; live steps
     accepted_hist: torch.Tensor  # [B, K] int32
     source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
-
-
-class _StageTimer:
-    """CUDA events around each stage of eager steps (profile_stages only; never in graphs)."""
-
-    def __init__(self):
-        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        yield
-        end.record()
-        self.events.append((name, start, end))
-
-    def mean_ms(self, steps: int) -> dict[str, float]:
-        torch.cuda.synchronize()
-        total: dict[str, float] = {name: 0.0 for name in STAGES}
-        for name, start, end in self.events:
-            total[name] += start.elapsed_time(end)
-        return {name: ms / max(steps, 1) for name, ms in total.items()}
 
 
 class Engine:
@@ -521,7 +489,7 @@ class Engine:
         self.configure(config, len(prompts))
         self.prefill(list(range(len(prompts))), prompts)
         self._step()  # warm-up (compilation) outside the timing
-        timer, saved = _StageTimer(), self.stage_range
+        timer, saved = StageTimer(), self.stage_range
         self.stage_range = timer
         try:
             steps = min(max_steps, config.max_new_tokens - 1)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import samgpu
 from samgpu.api import SamDecoder
-from samgpu.hf_args import cut_tokens_at_stop, first_stop
+from samgpu.hf_args import cut_tokens_at_stop, first_stop, prompts_from_tensor
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_prompt_containing_the_pad_id_keeps_it(tiny):
     ).input_ids
     assert (ids == model.generation_config.pad_token_id).any()
     dec = SamDecoder(model, tok, method="ar")
-    prompts, _ = dec._prompts_from_tensor(ids, None, {})
+    prompts, _ = prompts_from_tensor(model, ids, None, {})
     assert prompts == [ids[0].tolist()]
     want = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert torch.equal(dec.generate(ids, max_new_tokens=4), want)

@@ -84,7 +84,7 @@ def test_fill_golden(fn, device):
 
 @pytest.mark.parametrize("num_reqs", [1, 3])
 def test_fill_full_template_matches_reference(num_reqs, device):
-    from samgpu.drafters.tr import template_tree
+    from samgpu.drafters.parts.recycling import template_tree
 
     V = 40
     adj = torch.randint(0, V, (V, 8), dtype=torch.int32).to(device)
