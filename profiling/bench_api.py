@@ -58,13 +58,13 @@ def equivalence(model, tokenizer, prompts, max_new_tokens: int, method: str) -> 
 
 def overhead(model, tokenizer, prompts, max_new_tokens: int, method: str, batch: int) -> dict:
     from samgpu.api import SamDecoder, eos_ids
-    from samgpu.decoding.loop import GenerationConfig
+    from samgpu.decoding.config import GenerationConfig
 
     dec = SamDecoder(model, tokenizer, method, index="default")
     eos = eos_ids(model, tokenizer)
     kw = dict(max_new_tokens=max_new_tokens, eos_token_ids=eos, batch_size=batch)
     dec.generate_ids(prompts[:batch], **kw)  # warm-up: capacity, CUDA graphs, Triton compiles
-    decoder = dec._ensure(batch, dec.needed_len(max(map(len, prompts)), max_new_tokens))
+    decoder = dec.ensure_capacity(batch, dec.needed_len(max(map(len, prompts)), max_new_tokens))
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=eos)
     decoder.generate(prompts[:batch], config)
 
@@ -94,46 +94,19 @@ def cli_run(
     method: str,
     batch: int,
 ) -> dict:
-    from samgpu import cli_generate
+    from samgpu.cli import main as cli_main
 
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+        stats = Path(tmp) / "stats.json"
         src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts_text))
-        args = [
-            "generate",
-            "--input",
-            str(src),
-            "--output",
-            str(out),
-            "--model",
-            model_name,
-            "--dtype",
-            dtype,
-            "--method",
-            method,
-            "--batch-size",
-            str(batch),
-            "--max-new-tokens",
-            str(max_new_tokens),
-            "--no-progress",
-        ]
-        from samgpu.cli import build_parser
-
-        ns = build_parser().parse_args(args)
-        real = cli_generate._Session.generate
-        first = {}
-
-        def timed(self, prompts, on_progress=None):
-            first.setdefault("t", time.perf_counter())
-            return real(self, prompts, on_progress)
-
-        cli_generate._Session.generate = timed
-        try:
-            code = cli_generate.run_generate(ns)
-        finally:
-            cli_generate._Session.generate = real
-        seconds = time.perf_counter() - first["t"]
+        args = ["generate", "--input", str(src), "--output", str(out), "--model", model_name]
+        args += ["--dtype", dtype, "--method", method, "--batch-size", str(batch)]
+        args += ["--max-new-tokens", str(max_new_tokens), "--no-progress"]
+        code = cli_main([*args, "--stats-json", str(stats)])
+        totals = json.loads(stats.read_text())  # timed from after the CLI's warm-up
         records = [json.loads(x) for x in out.read_text().splitlines()]
+    seconds = totals["generate_seconds"]
     tokens = sum(r["num_tokens"] or 0 for r in records)
     return {"exit": code, "records_s": len(records) / seconds, "tok_s": tokens / seconds}
 

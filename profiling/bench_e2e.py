@@ -20,7 +20,6 @@ Results: profiling/results/<date>-<card>-<sha>.jsonl; `python -m profiling.repor
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -77,53 +76,60 @@ def sync() -> None:
 
 
 class OurMethod:
-    """A samgpu Decoder for one method, sized for the whole benchmark (one graph capture)."""
+    """A samgpu method exactly as users run it: `SamDecoder` (the API the CLI uses, built by
+    samgpu.factory.build_decoder) with the run's batch size, budgets and batching mode."""
 
-    def __init__(self, model, tokenizer, method: str, args, index, max_len: int):
-        from samgpu.decoding.loop import Decoder, GenerationConfig
-        from samgpu.decoding.runners import make_runner
-        from samgpu.drafters import budget_options, build_drafter
+    def __init__(self, model, tokenizer, method: str, args, index):
+        from samgpu.api import SamDecoder
 
-        self.runner = getattr(model, "_samgpu_runner", None) or make_runner(model)
-        model._samgpu_runner = self.runner  # one runner (weights view) for every method
-        options = {**budget_options(method, args.batch_size), **dict(args.option)}
-        if method not in ("sam", "sam+tr", "sam-tree", "merged"):
-            index = None
-        drafter = build_drafter(
+        self.decoder = SamDecoder(
+            model,
+            tokenizer,
             method,
-            vocab_size=self.runner.vocab_size,
-            max_reqs=args.batch_size,
-            max_len=max_len,
-            device=self.runner.device,
-            index=index,
-            **options,
+            index,
+            continuous_batching=bool(args.continuous_batching),
+            **dict(args.option),
         )
-        self.drafter = drafter
-        self.decoder = Decoder(self.runner, drafter, max_reqs=args.batch_size, max_len=max_len)
+        self.batch_size = args.batch_size
         self.continuous = bool(args.continuous_batching)
-        self.config = GenerationConfig(
-            max_new_tokens=args.max_new_tokens,
-            eos_token_ids=tuple(args.eos_ids),
-            continuous=self.continuous,
-        )
+        self.max_new_tokens = args.max_new_tokens
+        self.eos_ids = tuple(args.eos_ids)
         self.stats: list = []
 
+    def generate(self, prompts: list[list[int]], max_new_tokens: int):
+        return self.decoder.generate_ids(
+            prompts,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=self.eos_ids,
+            batch_size=self.batch_size,
+        )
+
     def __call__(self, prompts: list[list[int]]) -> list[list[int]]:
-        out = self.decoder.generate(prompts, self.config)
+        out = self.generate(prompts, self.max_new_tokens)
         self.stats += out.stats
         return out.tokens
 
-    def warm_up(self, prompts: list[list[int]]) -> None:
-        """Graph capture and Triton compilation for every specialisation the run will meet
-        (prompt lengths vary: integer arguments specialise on divisibility by 16)."""
-        from samgpu.decoding.loop import GenerationConfig
-
-        config = GenerationConfig(max_new_tokens=32, eos_token_ids=self.config.eos_token_ids)
+    def warm_up(self, prompts: list[list[int]], longest: int) -> None:
+        """Buffers for the longest prompt, graph capture and Triton compilation for every
+        specialisation the run will meet (prompt lengths vary: integer arguments specialise on
+        divisibility by 16), and, with continuous batching, refills."""
+        self.decoder.ensure_capacity(
+            self.batch_size, self.decoder.needed_len(longest, self.max_new_tokens)
+        )
         for p in prompts:
-            self.decoder.generate([p] * self.decoder.max_reqs, config)
-        if self.continuous:  # refills: prefills of a few rows at a time, scratch automata
-            refill = dataclasses.replace(config, continuous=True, max_new_tokens=8)
-            self.decoder.generate(prompts * (1 + self.decoder.max_reqs // len(prompts)), refill)
+            self.generate([p] * self.batch_size, 32)
+        if self.continuous:
+            self.generate(prompts * (1 + self.batch_size // len(prompts)), 8)
+
+    def profile_stages(self, prompts: list[list[int]]) -> dict[str, float] | None:
+        """Mean ms per step of each stage, from CUDA events in an eager pass."""
+        from samgpu.decoding.config import GenerationConfig
+
+        if not torch.cuda.is_available():
+            return None
+        engine = self.decoder.ensure_capacity(self.batch_size, 0).engine
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_ids=self.eos_ids)
+        return engine.profile_stages(prompts, config)
 
 
 class HFMethod:
@@ -201,14 +207,6 @@ def divergence_gaps(model, tokenizer, items, run: Run, ar: Run) -> list[float]:
     return gaps
 
 
-def stage_times(method: OurMethod, prompts: list[list[int]]) -> dict[str, float] | None:
-    """Mean ms per step of each stage, from CUDA events in an eager pass (if the loop offers it)."""
-    decoder = method.decoder
-    if not hasattr(decoder, "profile_stages") or not torch.cuda.is_available():
-        return None
-    return decoder.profile_stages(prompts, method.config)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="samgpu bench", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="spec_bench", choices=datasets.DATASETS)
@@ -258,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     longest = max(
         len(encode_turn(tokenizer, it, [dummy_answer] * (num_turns(it) - 1))) for it in items
     )
-    max_len = longest + args.max_new_tokens + 160
     print(f"{args.dataset}: {len(items)} items, longest prompt ~{longest} tokens")
     print(f"model load {load_s:.1f}s")
 
@@ -289,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 fn([encode_turn(tokenizer, subset[0], [])[:64]])
         else:
-            fn = OurMethod(model, tokenizer, method, args, index, max_len)
+            fn = OurMethod(model, tokenizer, method, args, index)
             subset = items
-            fn.warm_up([encode_turn(tokenizer, it, []) for it in items[:8]])
+            fn.warm_up([encode_turn(tokenizer, it, []) for it in items[:8]], longest)
         sync()
         warmup_s = time.perf_counter() - t0
         run = run_method(fn, tokenizer, subset, args.batch_size)
@@ -299,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[method] = run
         stages = None
         if isinstance(fn, OurMethod):
-            stages = stage_times(fn, [encode_turn(tokenizer, it, []) for it in subset[:4]])
+            stages = fn.profile_stages([encode_turn(tokenizer, it, []) for it in subset[:4]])
         ar = runs.get("ar")
         gaps = None
         if ar is not None and method != "ar":

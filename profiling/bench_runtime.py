@@ -93,22 +93,16 @@ def _sync():
 
 # ----------------------------------------------------------------------------- 1. AR tokens/s
 def bench_ar(model, tok, batches, max_new, device) -> list[dict]:
-    from samgpu.decoding.loop import Decoder, GenerationConfig
+    from samgpu.decoding.config import GenerationConfig
     from samgpu.decoding.runners import make_runner
-    from samgpu.drafters.basic import ArDrafter
+    from samgpu.factory import build_decoder
 
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
     runner = make_runner(model)
     rows = []
     for B in batches:
         prompts = [prompt] * B
-        dec = Decoder(
-            runner,
-            ArDrafter(max_reqs=B, device=device),
-            max_reqs=B,
-            max_len=len(prompt) + max_new + 8,
-            use_cuda_graphs=True,
-        )
+        dec = build_decoder(runner, "ar", batch_size=B, max_len=len(prompt) + max_new + 8)
         cfg = GenerationConfig(max_new_tokens=max_new, check_every=16)
         dec.generate(prompts, GenerationConfig(max_new_tokens=32))  # warm-up, graph capture
         _sync()
@@ -228,20 +222,23 @@ def bench_verify_curve(model, label, Ns, Bs, device) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- 3. syncs
-def _test_drafter(runner, prompts, B, device):
-    from samgpu.drafters.basic import TestDrafter, TestOptions
+def _test_decoder(runner, prompts, B, max_len, graphs):
+    """The factory's decoder with the `test` drafter: depth-4 branching trees, 30% wrong."""
+    from samgpu.factory import build_decoder
 
-    opts = TestOptions(
+    options = dict(
         references=[(p, list(range(100, 400))) for p in prompts],
         depth=4,
         branching=True,
         error_rate=0.3,
     )
-    return TestDrafter(vocab_size=runner.vocab_size, max_reqs=B, device=device, options=opts)
+    return build_decoder(
+        runner, "test", batch_size=B, max_len=max_len, options=options, use_cuda_graphs=graphs
+    )
 
 
 def bench_syncs(model, tok, device) -> list[dict]:
-    from samgpu.decoding.loop import Decoder, GenerationConfig
+    from samgpu.decoding.config import GenerationConfig
     from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
@@ -250,17 +247,12 @@ def bench_syncs(model, tok, device) -> list[dict]:
     rows = []
     for graphs in (False, True):
         for temperature in (0.0, 1.0):
-            dec = Decoder(
-                runner,
-                _test_drafter(runner, prompts, 3, device),
-                max_reqs=3,
-                max_len=len(prompt) + 64,
-                use_cuda_graphs=graphs,
-            )
+            dec = _test_decoder(runner, prompts, 3, len(prompt) + 64, graphs)
             cfg = GenerationConfig(max_new_tokens=40, temperature=temperature, seed=0)
             dec.generate(prompts, cfg)  # compile, capture
-            bt = dec._batch(3)
-            dec._prefill(bt, prompts, cfg)
+            engine = dec.engine
+            engine.configure(cfg, 3)
+            engine.prefill([0, 1, 2], prompts)
             _sync()
             steps = 8
             with warnings.catch_warnings(record=True) as caught:
@@ -268,7 +260,7 @@ def bench_syncs(model, tok, device) -> list[dict]:
                 torch.cuda.set_sync_debug_mode("warn")
                 try:
                     for _ in range(steps):
-                        dec._run_step(bt, cfg)
+                        engine.step()
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             _sync()
@@ -290,8 +282,9 @@ def bench_syncs(model, tok, device) -> list[dict]:
 def _non_model_point(model, B, N, device) -> list[dict]:
     from samgpu.kernels.commit import commit_triton
     from samgpu.kernels.kv_compact import kv_compact_triton
-    from samgpu.kernels.tree import TreeMask, tree_mask_triton
-    from samgpu.kernels.verify import VerifyOutput, verify_greedy_triton
+    from samgpu.kernels.tree import tree_mask_triton
+    from samgpu.kernels.verify import verify_greedy_triton
+    from samgpu.types import DecodeState, DraftTree, StepOutput, TreeMask, VerifyOutput
 
     cfg = model.config
     L, H = cfg.num_hidden_layers, cfg.num_key_value_heads
@@ -318,15 +311,24 @@ def _non_model_point(model, B, N, device) -> list[dict]:
     text = torch.zeros(B, max_len + N, dtype=torch.int32, device=device)
     # commit advances its own cache_len copy (kv_compact's stays at 512 over repeated calls);
     # text_len grows, but writes past the text buffer are masked.
-    state = dict(
-        text_len=torch.full((B,), 513, dtype=torch.int32, device=device),
+    i32 = lambda fill: torch.full((B,), fill, dtype=torch.int32, device=device)  # noqa: E731
+    state = DecodeState(
+        root=i32(0),
         cache_len=cache_len.clone(),
-        num_generated=torch.zeros(B, dtype=torch.int32, device=device),
-        max_new_tokens=torch.full((B,), 1 << 30, dtype=torch.int32, device=device),
+        text=text,
+        text_len=i32(513),
+        prompt_len=i32(1),
+        num_generated=i32(0),
+        max_new_tokens=i32(1 << 30),
         finished=torch.zeros(B, dtype=torch.bool, device=device),
-        root=torch.zeros(B, dtype=torch.int32, device=device),
+    )
+    step = StepOutput(
+        tree=DraftTree(tokens, parents, num_nodes),
+        logits=logits,
+        verify=ver,
+        start_len=cache_len,
         new_tokens=torch.zeros(B, N, dtype=torch.int32, device=device),
-        num_new=torch.zeros(B, dtype=torch.int32, device=device),
+        num_new=i32(0),
     )
     eos = torch.tensor([2], dtype=torch.int32, device=device)
     ops = {
@@ -335,9 +337,7 @@ def _non_model_point(model, B, N, device) -> list[dict]:
         "kv_compact": lambda: kv_compact_triton(
             k, v, cache_len, ver.accepted_nodes, ver.num_accepted
         ),
-        "commit": lambda: commit_triton(
-            tokens, ver.accepted_nodes, ver.num_accepted, ver.bonus, eos, text=text, **state
-        ),
+        "commit": lambda: commit_triton(state, step, eos),
     }
 
     def pipeline():
@@ -379,7 +379,7 @@ def _nm_row(name, params, t, accepted):
 
 
 def bench_stages(model, tok, device) -> list[dict]:
-    from samgpu.decoding.loop import Decoder, GenerationConfig
+    from samgpu.decoding.config import GenerationConfig
     from samgpu.decoding.runners import make_runner
 
     runner = make_runner(model)
@@ -387,14 +387,10 @@ def bench_stages(model, tok, device) -> list[dict]:
     rows = []
     for B in (1, 64):
         prompts = [prompt] * B
-        dec = Decoder(
-            runner,
-            _test_drafter(runner, [prompt], B, device),
-            max_reqs=B,
-            max_len=len(prompt) + 80,
-            use_cuda_graphs=False,
+        dec = _test_decoder(runner, [prompt], B, len(prompt) + 80, False)
+        stages = dec.engine.profile_stages(
+            prompts, GenerationConfig(max_new_tokens=40), max_steps=24
         )
-        stages = dec.profile_stages(prompts, GenerationConfig(max_new_tokens=40), max_steps=24)
         rows.append(
             dict(
                 bench="runtime_stages",

@@ -9,7 +9,7 @@ forward of a random-weight Llama-2-7B-shaped model on the same card:
 
     projected = MAT x (t7(1) + overhead_ar) / (t7(N) + overhead_method)
 
-N is the method's tree width at B=1 (`samgpu.drafters.default_budget`). The verify curves come
+N is the method's tree width at B=1 (`samgpu.factory.draft_nodes`). The verify curves come
 from `bench_runtime` records (bench == "runtime_verify") or, when only its log survives, from the
 markdown tables in that log (`--verify-log`). t(N) is interpolated linearly between measured N.
 """
@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from profiling.report import read, run_key
-from samgpu.drafters import default_budget
+from samgpu.factory import draft_nodes
 
 
 def curves_from_records(recs: list[dict]) -> dict[str, dict[int, float]]:
@@ -67,7 +67,7 @@ def project(recs: list[dict], small: dict[int, float], big: dict[int, float]) ->
         if base is None:
             continue
         nodes = int(
-            r["params"].get("options", {}).get("max_nodes") or default_budget(r["method"], 1)
+            r["params"].get("options", {}).get("max_nodes") or draft_nodes(r["method"], 1, "cuda")
         )
         step = r["mat"] / r["tok_s"] * 1e3  # ms per step, measured
         step_ar = 1e3 / base["tok_s"]
