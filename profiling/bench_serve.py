@@ -1,0 +1,212 @@
+"""Batched offline generation as users run it: `samgpu generate --input FILE --output ...` (the CLI
+in-process: the same factory, scheduler and file writer as a user's command) on a mixed, shuffled
+prompt file, over batch sizes, methods and batching modes.
+
+    python -m profiling.bench_serve --batch-sizes 1 16 64 256 --methods ar,pld,sam+tr,merged
+    python -m profiling.bench_serve --batch-sizes 16 --methods ar,merged --modes static,continuous
+
+Prompts: Spec-Bench first turns, HumanEval and HAGRID (chat messages; HumanEval's code prompt as
+the user turn), shuffled with a fixed seed (not sorted by category), `--limit` of them.
+
+Per run (from the CLI's --stats-json and output records): output tokens/s (generation time from
+after the CLI's warm-up to the last write), mean accepted tokens per step, request latency p50 /
+p99 (seconds from the run's start to the request's collection, queueing included), the time
+shares of prefill, decode steps and host work (the scheduler's own accounting), the GPU busy share
+(NVML utilisation sampled every 50 ms, when available), and how many completions equal `ar`'s at
+the same batch size and mode (float32: all must; bfloat16: near-ties may flip).
+Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
+compiles Triton kernels for shapes the warm-up did not meet).
+Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from profiling import datasets
+from profiling.common import hardware_line, print_table, write_jsonl
+
+MODES = ("static", "continuous")
+
+
+def write_prompts(path: Path, limit: int, seed: int = 0) -> int:
+    """The mixed file: every benchmark prompt as one chat turn, shuffled, the first `limit`."""
+    items = [*datasets.load("spec_bench"), *datasets.load("humaneval"), *datasets.load("hagrid")]
+    random.Random(seed).shuffle(items)
+    items = items[:limit]
+    with open(path, "w") as f:
+        for it in items:
+            text = it.turns[0] if it.turns else it.raw_prompt
+            msg = [{"role": "user", "content": text}]
+            f.write(json.dumps({"id": it.item_id, "category": it.category, "messages": msg}) + "\n")
+    return len(items)
+
+
+class GpuBusy:
+    """Mean GPU utilisation over a block, sampled from NVML (None without a GPU or pynvml)."""
+
+    def __init__(self, period_s: float = 0.05):
+        self.period_s = period_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        import torch
+
+        if torch.cuda.is_available():
+            try:
+                torch.cuda.utilization()
+            except Exception:  # noqa: BLE001 - no pynvml / NVML: report None
+                return self
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        import torch
+
+        while not self._stop.is_set():
+            self.samples.append(int(torch.cuda.utilization()))
+            time.sleep(self.period_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def share(self) -> float | None:
+        return statistics.fmean(self.samples) / 100 if self.samples else None
+
+
+def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> dict:
+    from samgpu.cli import main as cli_main
+
+    stats = out.with_suffix(".stats.json")
+    argv = ["generate", "--input", str(src), "--output", str(out), "--overwrite"]
+    argv += ["--method", method, "--batch-size", str(batch), "--dtype", args.dtype]
+    argv += ["--max-new-tokens", str(args.max_new_tokens), "--no-progress"]
+    argv += ["--stats-json", str(stats)]
+    if mode == "continuous":
+        argv.append("--continuous-batching")
+    with GpuBusy() as busy:
+        code = cli_main(argv)
+    if code != 0:
+        raise SystemExit(f"samgpu generate failed (exit {code}): {' '.join(argv)}")
+    totals = json.loads(stats.read_text())
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    latency = sorted(r["stats"]["finish_s"] for r in records if r.get("stats"))
+    return dict(totals, gpu_busy=busy.share, latency=latency, records=records)
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_serve", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    ap.add_argument("--methods", default="ar,pld,sam+tr,merged")
+    ap.add_argument("--modes", default="static,continuous")
+    ap.add_argument("--limit", type=int, default=600, help="prompts in the mixed file")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+
+    records, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "prompts.jsonl"
+        n = write_prompts(src, args.limit)
+        print(f"{n} prompts (Spec-Bench, HumanEval, HAGRID, shuffled), {args.dtype}")
+        for batch in args.batch_sizes:
+            for mode in modes:
+                ar_texts = None
+                for method in methods:
+                    out = Path(tmp) / f"out-{method}-{batch}-{mode}.jsonl"
+                    passes = [run_cli(src, out, args, method, batch, mode)]
+                    for _ in range(args.passes - 1):
+                        passes.append(run_cli(src, out, args, method, batch, mode))
+                    r = passes[-1]
+                    texts = [rec["completion"] for rec in r["records"]]
+                    if method == "ar":
+                        ar_texts = texts
+                    same = None
+                    if ar_texts is not None:
+                        same = sum(a == b for a, b in zip(ar_texts, texts, strict=True))
+                    timing = r.get("timing") or {}
+                    total = sum(timing.values()) or None
+                    rec = dict(
+                        bench="serve",
+                        provider="samgpu-cli",
+                        method=method,
+                        batch_size=batch,
+                        mode=mode,
+                        num_requests=len(r["records"]),
+                        new_tokens=r["new_tokens"],
+                        generate_seconds=r["generate_seconds"],
+                        tok_s=r["tokens_per_second"],
+                        pass1_tok_s=passes[0]["tokens_per_second"],
+                        mat=r["mean_accepted_tokens"],
+                        latency_p50_s=quantile(r["latency"], 0.5),
+                        latency_p99_s=quantile(r["latency"], 0.99),
+                        prefill_share=timing.get("prefill_s", 0) / total if total else None,
+                        decode_share=timing.get("steps_s", 0) / total if total else None,
+                        host_share=timing.get("host_s", 0) / total if total else None,
+                        gpu_busy=r["gpu_busy"],
+                        same_as_ar=same,
+                        params=dict(
+                            dtype=args.dtype,
+                            max_new_tokens=args.max_new_tokens,
+                            limit=args.limit,
+                            tag=args.tag,
+                        ),
+                    )
+                    records.append(rec)
+                    rows.append(rec)
+                    print(
+                        f"B={batch:<4} {mode:<10} {method:<8} {rec['tok_s']:>10,.0f} tok/s"
+                        f"  MAT {rec['mat'] or 1:.2f}  p50 {rec['latency_p50_s'] or 0:.2f}s"
+                        f"  same-as-ar {same}/{len(texts)}",
+                        flush=True,
+                    )
+    for rec in rows:
+        base = next(
+            (
+                x["tok_s"]
+                for x in rows
+                if x["method"] == "ar"
+                and x["batch_size"] == rec["batch_size"]
+                and x["mode"] == rec["mode"]
+            ),
+            None,
+        )
+        rec["vs_ar"] = rec["tok_s"] / base if base else None
+    path = write_jsonl(records)
+    columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "mat", "latency_p50_s"]
+    columns += ["latency_p99_s", "prefill_share", "decode_share", "host_share", "gpu_busy"]
+    columns += ["same_as_ar"]
+    print_table(rows, columns)
+    print(hardware_line())
+    print("results:", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
