@@ -1,4 +1,4 @@
-"""@triton.jit helpers shared by the automaton kernels (sam_match, sam_select, sam_draft).
+"""@triton.jit helpers shared by the automaton kernels (sam_match, sam_draft, sam_tree).
 
 Called as module attributes (`J.csr_find(...)`) so they are inlined into each kernel and compiled
 through it (`python -m samgpu.kernels._aot` compiles the kernels, this module has none). Each helper

@@ -1,5 +1,18 @@
-"""Fused select + chain draft: per sequence, pick the source (sam_select's rule) and write the chain
-`text[endpos + 1 : endpos + nodes]` of the chosen automaton straight into a DraftTree.
+"""Fused select + chain draft: per sequence, pick the source (the selection rule below) and write
+the chain `text[endpos + 1 : endpos + nodes]` of the chosen automaton straight into a DraftTree.
+
+Selection rule (`SamSelectConfig.mode`, DESIGN.md §3; `_sam_jit.select_source` and its Python twin
+`select_source_py`), from the static and dynamic match lengths:
+- "threshold" (`sam+tr`, official `samd`): biased = static_len - l_bias; if max(dyn_len, biased) >=
+  l_threshold: the dynamic automaton when dyn_len >= biased (ties go to the dynamic one), else the
+  static one, n_predicts nodes (root included); otherwise SOURCE_FALLBACK (the auxiliary drafter).
+- "longest" (`sam`, official `samd_sam_only`): the same winner without a threshold and
+  nodes = min(max_predicts, 1 + floor(alpha * winner's length)) (static length biased); SOURCE_NONE
+  when the winner's length is <= 0. `SamSelectConfig.sam_only()` gives the official script's values.
+- "static" / "dynamic": that automaton whenever its match is non-empty, n_predicts nodes.
+A missing static automaton counts as static_len 0 (the official NullStaticSAM), a missing dynamic
+one is never chosen. Example: static_len 12, dyn_len 6, l_bias 5, l_threshold 5 -> biased 7 > 6:
+SOURCE_STATIC, 40 nodes; static_len 8, dyn_len 3 -> max(3, 3) < 5: SOURCE_FALLBACK.
 
 Chain rule (official SAM-Decoding `gen_draft`, 0-based positions here):
 - static: from the match state's earliest end position `endpos` in the corpus `tokens[T]`; no
@@ -33,6 +46,9 @@ One program per sequence; the chain is gathered with one vector load of BLOCK_N 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import triton
 import triton.language as tl
@@ -40,12 +56,61 @@ import triton.language as tl
 from samgpu.kernels import _sam_jit as J
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-from samgpu.kernels.sam_select import SamSelectConfig
 from samgpu.kernels.types import NO_PARENT, ROOT_STATE
+
+MODES: dict[str, int] = {
+    "threshold": J.MODE_THRESHOLD,
+    "longest": J.MODE_LONGEST,
+    "static": J.MODE_STATIC,
+    "dynamic": J.MODE_DYNAMIC,
+}
 
 PAD_NODE_TOKEN: int = 0  # token of pad nodes (a valid id: the runner embeds pad nodes too)
 _NO_PARENT = tl.constexpr(NO_PARENT)
 _ROOT = tl.constexpr(ROOT_STATE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamSelectConfig:
+    """Selection and chain-length policy (defaults: the paper's `sam+tr`)."""
+
+    mode: Literal["threshold", "longest", "static", "dynamic"] = "threshold"
+    l_bias: int = 5  # subtracted from the static match length before comparing
+    l_threshold: int = 5  # "threshold": minimum (biased) match length for a chain
+    n_predicts: int = 40  # chain nodes including the root (threshold / forced modes)
+    max_predicts: int = 60  # "longest": cap on chain nodes
+    alpha: float = 4.0  # "longest": nodes = min(max_predicts, 1 + floor(alpha * match_len))
+    climb_dynamic: bool = True  # climb suffix links while the continuation is short (official samd)
+    stop_at_eos: bool = True  # static chains end at (and include) the index's EOS separator
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: expected one of {sorted(MODES)}")
+        for name in ("l_bias", "l_threshold", "n_predicts", "max_predicts"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be an int, got {getattr(self, name)!r}")
+        if self.n_predicts < 1 or self.max_predicts < 1:
+            raise ValueError(
+                f"n_predicts={self.n_predicts} and max_predicts={self.max_predicts} must be >= 1 "
+                "(node counts including the root)"
+            )
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+
+    @staticmethod
+    def sam_only() -> SamSelectConfig:
+        """The official `samd_sam_only` script: longest match, no bias, up to 60 nodes, alpha 4,
+        no dynamic climb."""
+        return SamSelectConfig(mode="longest", l_bias=0, max_predicts=60, climb_dynamic=False)
+
+    @property
+    def mode_id(self) -> int:
+        return MODES[self.mode]
+
+    @property
+    def max_chain_nodes(self) -> int:
+        """Most nodes (root included) a chain can take under this config."""
+        return self.max_predicts if self.mode == "longest" else self.n_predicts
 
 
 @triton.jit(

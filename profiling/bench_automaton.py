@@ -37,10 +37,9 @@ import numpy as np
 import torch
 
 from samgpu.automata import DynamicAutomata, StaticAutomaton
-from samgpu.kernels.sam_draft import sam_draft_chain_triton
+from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain_triton
 from samgpu.kernels.sam_dynamic import sam_dynamic_extend_triton
 from samgpu.kernels.sam_match import sam_match_triton
-from samgpu.kernels.sam_select import SamSelectConfig
 from samgpu.kernels.sam_update import sam_update_triton
 from samgpu.types import DraftTree
 

@@ -1,6 +1,6 @@
 """Device-side automaton state: the static index's arrays on the GPU, the per-sequence dynamic
 automaton slots, and the per-sequence matches. Thin holders of preallocated tensors; the work is
-done by the kernels (`samgpu.kernels.sam_match`, `sam_dynamic`, `sam_select`, `sam_draft`).
+done by the kernels (`samgpu.kernels.sam_match`, `sam_dynamic`, `sam_draft`).
 
     static = StaticAutomaton.from_index(index, "cuda")   # once; arrays moved to the device
     smatch = static.new_matches(max_reqs)                # (state, match_len) per sequence

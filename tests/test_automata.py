@@ -12,13 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
-from samgpu.kernels.sam_draft import sam_draft_chain
-from samgpu.kernels.sam_select import (
-    SOURCE_DYNAMIC,
-    SOURCE_FALLBACK,
-    SOURCE_STATIC,
-    SamSelectConfig,
-)
+from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain
+from samgpu.kernels.types import SOURCE_DYNAMIC, SOURCE_FALLBACK, SOURCE_STATIC
 from samgpu.sam import SamIndex
 from samgpu.types import DraftTree
 from tests.kernels._sam_common import i32, pad_rows, random_text, real_texts

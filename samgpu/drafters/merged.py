@@ -27,7 +27,7 @@ from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TokenRecycling
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
 from samgpu.kernels.merge_tree import merge_tree
-from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_draft import SamSelectConfig
 from samgpu.types import SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
 

@@ -31,7 +31,7 @@ from samgpu.drafters.parts.automata import SamAutomata
 from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TokenRecycling
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, chain_budget, register, tree_budget
-from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_draft import SamSelectConfig
 from samgpu.types import SOURCE_FALLBACK, SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
 

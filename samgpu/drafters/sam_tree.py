@@ -28,8 +28,7 @@ from samgpu.drafters.parts.recycling import TokenRecycling
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
 from samgpu.kernels.merge_tree import merge_tree
-from samgpu.kernels.sam_draft import sam_draft_chain
-from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain
 from samgpu.kernels.sam_tree import sam_tree
 from samgpu.types import (
     SOURCE_DYNAMIC,

@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
-from samgpu.kernels.sam_draft import sam_draft_chain, sam_draft_chain_ref, sam_draft_chain_triton
-from samgpu.kernels.sam_dynamic import sam_dynamic_extend_ref
-from samgpu.kernels.sam_select import (
-    SOURCE_DYNAMIC,
-    SOURCE_FALLBACK,
-    SOURCE_NONE,
-    SOURCE_STATIC,
+from samgpu.kernels.sam_draft import (
     SamSelectConfig,
+    sam_draft_chain,
+    sam_draft_chain_ref,
+    sam_draft_chain_triton,
 )
+from samgpu.kernels.sam_dynamic import sam_dynamic_extend_ref
+from samgpu.kernels.types import SOURCE_DYNAMIC, SOURCE_FALLBACK, SOURCE_NONE, SOURCE_STATIC
 from samgpu.sam import SamIndex
 from samgpu.types import DraftTree
 from tests.kernels._sam_common import i32, pad_rows, random_text

@@ -14,8 +14,7 @@ import torch
 
 from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
 from samgpu.drafters.protocol import NewRequests
-from samgpu.kernels.sam_draft import sam_draft_chain
-from samgpu.kernels.sam_select import SamSelectConfig
+from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain
 from samgpu.kernels.sam_update import sam_update
 from samgpu.types import DecodeState, DraftTree, StepOutput
 
