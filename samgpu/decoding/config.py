@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
+SPECULATION_MODES: tuple[str, ...] = ("adaptive", "always")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +25,9 @@ class GenerationConfig:
     # Continuous batching: a finished request's slot takes the next waiting prompt (at the next
     # host check) instead of idling until the batch's longest request ends.
     continuous: bool = False
+    # "adaptive": per window of check_every steps, draft or run plain AR steps, whichever emitted
+    # tokens faster lately (samgpu.decoding.adaptive); "always": every step drafts.
+    speculation: str = "adaptive"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -36,6 +40,10 @@ class GenerationConfig:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables top-p)")
         if self.check_every < 1:
             raise ValueError(f"check_every={self.check_every} must be >= 1")
+        if self.speculation not in SPECULATION_MODES:
+            raise ValueError(
+                f"speculation={self.speculation!r}: expected one of {', '.join(SPECULATION_MODES)}"
+            )
         if len(self.eos_token_ids) > MAX_EOS:
             raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
 
@@ -55,6 +63,8 @@ class RequestStats:
     sources: dict[str, int]  # steps per draft source (drafters with `last_source`), else {}
     prefill_s: float  # the prefill that admitted it (shared with the requests admitted with it)
     decode_s: float  # from its admission's end to the host check that collected it
+    queued_s: float = 0.0  # from the call's start to its admission
+    finish_s: float = 0.0  # from the call's start to its collection (its latency in the call)
 
 
 @dataclass
@@ -82,6 +92,20 @@ class ProgressInfo:
 
 
 @dataclass
+class RunStats:
+    """Where a generate call's time went, and how it speculated."""
+
+    seconds: float = 0.0  # the whole call
+    prefill_s: float = 0.0  # admissions: prompts into slots (runner prefill, drafter start)
+    steps_s: float = 0.0  # decode windows: first launch to flag read (the GPU's steps)
+    host_s: float = 0.0  # the rest: collection, callbacks, output records
+    steps: int = 0  # loop steps
+    drafting_steps: int = 0  # of which drafted (the others: plain AR steps, adaptive mode)
+    rates: dict[str, float] = field(default_factory=dict)  # "drafting" / "plain" tokens/s
+
+
+@dataclass
 class GenerationOutput:
     tokens: list[list[int]]  # generated tokens per prompt, EOS included when produced
     stats: list[RequestStats] = field(default_factory=list)
+    run: RunStats = field(default_factory=RunStats)

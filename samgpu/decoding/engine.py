@@ -38,10 +38,9 @@ engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step() ...; engine.collect([
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from samgpu.decoding.buffers import StepBuffers, StepViews
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
 from samgpu.drafters.protocol import Drafter, NewRequests
@@ -53,31 +52,10 @@ from samgpu.kernels.verify import sampling_probs, verify_greedy, verify_sample
 from samgpu.types import (
     PAD_TOKEN,
     SOURCE_NAMES,
+    SOURCE_NONE,
     DecodeState,
-    DraftTree,
     StepOutput,
-    TreeMask,
-    VerifyOutput,
 )
-
-
-@dataclass
-class _Views:
-    """The B leading rows of every capacity buffer (stable across calls with the same B, so
-    captured graphs keep pointing at them)."""
-
-    state: DecodeState
-    tree: DraftTree
-    mask: TreeMask
-    step: StepOutput
-    k: torch.Tensor  # [L, B, Hkv, max_len, D] view of the cache
-    v: torch.Tensor
-    probs: torch.Tensor  # [B, N, V] float32 (sampling)
-    uniforms: torch.Tensor  # [B, N] float32
-    exponentials: torch.Tensor  # [B, V] float32
-    num_steps: torch.Tensor  # [B] int32; live steps
-    accepted_hist: torch.Tensor  # [B, K] int32
-    source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
 
 
 class Engine:
@@ -139,35 +117,25 @@ class Engine:
             max_new_tokens=i32(R),
             finished=torch.ones(R, dtype=torch.bool, device=dev),
         )
-        self._tree = DraftTree.empty(R, N, dev)
-        self._mask = TreeMask.empty(R, N, dev)
-        hidden = None
-        if drafter.needs_hidden:
-            hidden = torch.zeros(R, N, runner.hidden_size, dtype=runner.dtype, device=dev)
-        self._step_out = StepOutput(
-            tree=self._tree,
-            logits=torch.zeros(R, N, V, dtype=torch.float32, device=dev),
-            verify=VerifyOutput.empty(R, N, max_depth, dev),
-            start_len=i32(R),
-            new_tokens=i32(R, K, fill=PAD_TOKEN),
-            num_new=i32(R),
-            hidden=hidden,
-        )
+        hidden_size = runner.hidden_size if drafter.needs_hidden else None
+        self._full = StepBuffers(R, N, K, V, dev, hidden_size, runner.dtype)
+        self._plain = None  # one-node steps for adaptive speculation (drafting methods only)
+        if N > 1:
+            self._plain = StepBuffers(R, 1, 1, V, dev, hidden_size, runner.dtype)
+        self._speculate = True
         self._eos = i32(MAX_EOS, fill=PAD_TOKEN)
         self._rng = torch.zeros(2, dtype=torch.int64, device=dev)  # (seed, step counter)
-        self._probs: torch.Tensor | None = None  # sampling buffers, allocated on first use
-        self._uniforms: torch.Tensor | None = None
-        self._exponentials: torch.Tensor | None = None
+        self._exponentials: torch.Tensor | None = None  # sampling, allocated on first use
         self._num_steps = i32(R)
         self._accepted_hist = i32(R, K)
         self._source_counts = i32(R, len(SOURCE_NAMES))
         self._flags_host = torch.zeros(2 * R, dtype=torch.int32, pin_memory=dev.type == "cuda")
-        self._views_by_width: dict[int, _Views] = {}
+        self._views_by_key: dict[tuple[int, bool], StepViews] = {}
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._warm: set[tuple] = set()
         self._graph_pool = None
         self._config = GenerationConfig()
-        self._views = self._width_views(1)
+        self._views = self._make_views(1, True)
 
     # ------------------------------------------------------------------ set-up per call
 
@@ -182,7 +150,7 @@ class Engine:
 
     @property
     def graph_keys(self) -> list[tuple]:
-        """The (width, sampling mode) buckets captured as CUDA graphs so far."""
+        """The (width, speculate, sampling mode) buckets captured as CUDA graphs so far."""
         return list(self._graphs)
 
     def validate(self, prompts: list[list[int]], config: GenerationConfig) -> None:
@@ -213,12 +181,13 @@ class Engine:
         """Per-call device settings (EOS ids, sampling seed and buffers) and the batch width B."""
         if not 1 <= width <= self.max_reqs:
             raise ValueError(f"width={width} must be in [1, max_reqs={self.max_reqs}]")
-        if config.is_sampling and self._probs is None:
-            R, N, V = self.max_reqs, self.num_nodes, self.vocab_size
-            self._probs = torch.zeros(R, N, V, dtype=torch.float32, device=self.device)
-            self._uniforms = torch.zeros(R, N, dtype=torch.float32, device=self.device)
+        if config.is_sampling and self._exponentials is None:
+            for buffers in (self._full, self._plain):
+                if buffers is not None:
+                    buffers.allocate_sampling()
+            R, V = self.max_reqs, self.vocab_size
             self._exponentials = torch.ones(R, V, dtype=torch.float32, device=self.device)
-            self._views_by_width.clear()  # views must include the new buffers
+            self._views_by_key.clear()  # views must include the new buffers
             self._graphs.clear()
             self._warm.clear()
         eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
@@ -233,13 +202,32 @@ class Engine:
     def set_width(self, width: int) -> None:
         """Run the next steps over the `width` leading slots (all of them must be loaded or
         finished)."""
-        self._views = self._width_views(width)
+        self._views = self._make_views(width, self._speculate)
 
-    def _width_views(self, B: int) -> _Views:
-        views = self._views_by_width.get(B)
+    @property
+    def can_skip_drafts(self) -> bool:
+        """True when the drafter drafts at all: steps can then also run as plain AR steps."""
+        return self._plain is not None
+
+    @property
+    def speculate(self) -> bool:
+        return self._speculate
+
+    def set_speculate(self, speculate: bool) -> None:
+        """Drafting steps (the drafter's tree) or plain autoregressive steps (the root alone, one
+        node verified, a graph of its own); the drafter's update runs either way, so its state
+        follows the text and drafting can resume at any step."""
+        speculate = speculate or self._plain is None
+        if speculate != self._speculate:
+            self._speculate = speculate
+            self._views = self._make_views(self.width, speculate)
+
+    def _make_views(self, B: int, speculate: bool) -> StepViews:
+        views = self._views_by_key.get((B, speculate))
         if views is not None:
             return views
-        st, so = self._state, self._step_out
+        buffers = self._full if speculate else self._plain
+        st, so = self._state, buffers.step
         state = DecodeState(
             root=st.root[:B],
             cache_len=st.cache_len[:B],
@@ -250,7 +238,7 @@ class Engine:
             max_new_tokens=st.max_new_tokens[:B],
             finished=st.finished[:B],
         )
-        tree = self._tree.rows(B)
+        tree = buffers.tree.rows(B)
         step = StepOutput(
             tree=tree,
             logits=so.logits[:B],
@@ -262,21 +250,22 @@ class Engine:
         )
         state.step = step
         empty = torch.zeros(0, device=self.device)
-        views = _Views(
+        views = StepViews(
             state=state,
             tree=tree,
-            mask=self._mask.rows(B),
+            mask=buffers.mask.rows(B),
             step=step,
             k=self.cache.k[:, :B],
             v=self.cache.v[:, :B],
-            probs=self._probs[:B] if self._probs is not None else empty,
-            uniforms=self._uniforms[:B] if self._uniforms is not None else empty,
+            speculate=speculate,
+            probs=buffers.probs[:B] if buffers.probs is not None else empty,
+            uniforms=buffers.uniforms[:B] if buffers.uniforms is not None else empty,
             exponentials=self._exponentials[:B] if self._exponentials is not None else empty,
             num_steps=self._num_steps[:B],
             accepted_hist=self._accepted_hist[:B],
             source_counts=self._source_counts[:B],
         )
-        self._views_by_width[B] = views
+        self._views_by_key[(B, speculate)] = views
         return views
 
     # ------------------------------------------------------------------ prompts in
@@ -338,7 +327,11 @@ class Engine:
         state, tree, step = v.state, v.tree, v.step
         ver = step.verify
         with stage("draft"):
-            self.drafter.propose(state, tree)
+            if v.speculate:
+                self.drafter.propose(state, tree)
+            else:  # a plain AR step: the root alone
+                tree.tokens[:, 0].copy_(state.root)
+                tree.num_nodes.fill_(1)
         with stage("tree"):
             tree_mask(tree.parents, tree.num_nodes, state.cache_len, out=v.mask)
         with stage("forward"):
@@ -375,28 +368,31 @@ class Engine:
         with stage("update"):
             self.drafter.update(state, step)
 
-    def _accumulate_stats(self, v: _Views) -> None:
+    def _accumulate_stats(self, v: StepViews) -> None:
         """Per-slot counters for live sequences (before commit marks new finishes)."""
         live = (~v.state.finished).to(torch.int32)
         v.num_steps.add_(live)
         index = v.step.verify.num_accepted.clamp(0, self.k_slots - 1).long().unsqueeze(1)
         v.accepted_hist.scatter_add_(1, index, live.unsqueeze(1))
         source = self.drafter.last_source
-        if source is not None:
+        if source is not None and v.speculate:
             src = source[: live.shape[0]].long().clamp(0, len(SOURCE_NAMES) - 1).unsqueeze(1)
             v.source_counts.scatter_add_(1, src, live.unsqueeze(1))
+        elif source is not None:  # plain AR steps draft nothing
+            v.source_counts[:, SOURCE_NONE].add_(live)
 
-    def step(self) -> None:
-        """One step over the current width: a graph replay once the bucket is captured."""
+    def step(self) -> bool:
+        """One step over the current width and mode: a graph replay once the bucket is captured.
+        Returns False when the step also compiled or captured (its time is not a step's time)."""
         if not self.use_cuda_graphs:
             self._step()
-            return
+            return True
         c = self._config
-        key = (self.width, c.is_sampling, c.temperature, c.top_k, c.top_p)
+        key = (self.width, self._speculate, c.is_sampling, c.temperature, c.top_k, c.top_p)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
-            return
+            return True
         if key not in self._warm:
             # Warm-up (a real step): Triton compilation and allocations happen outside capture.
             side = torch.cuda.Stream(device=self.device)
@@ -405,7 +401,7 @@ class Engine:
                 self._step()
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._warm.add(key)
-            return
+            return False
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
@@ -413,6 +409,7 @@ class Engine:
             self._step()
         self._graphs[key] = graph
         graph.replay()
+        return False
 
     # ------------------------------------------------------------------ host reads
 

@@ -14,10 +14,17 @@ the finished requests (tokens, statistics, `drafter.finish`, `on_finish`) -> adm
   of min(max_reqs, #waiting) prompts runs until its longest request ends.
 Every live request emits at least one token per step, so a request that has run max_new_tokens
 steps is finished; the loop collects it then whatever its flag says (a safety bound).
+Adaptive speculation (`config.speculation == "adaptive"`, the default): before each window the
+policy of samgpu.decoding.adaptive picks drafting or plain AR steps from the rates it measured.
+Greedy outputs are the same either way (lossless; in float32 bit for bit, in bfloat16 up to the
+near-ties that any change of step shape can flip); seeded sampling always drafts, so that a seed
+reproduces a run.
 
 Timing per request (`RequestStats`): `prefill_s` is the prefill call that admitted it (shared with
 the requests admitted together), `decode_s` runs from the end of that call to the host check that
-collected it, `tokens_per_s` = generated / decode_s.
+collected it, `tokens_per_s` = generated / decode_s, `queued_s` / `finish_s` are its admission
+and collection since the call started. Per call (`GenerationOutput.run`): the time in prefills, in
+decode windows and on the host, and the steps that drafted.
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.decoding.config import GenerationConfig, GenerationOutput, ProgressInfo, RequestStats
+from samgpu.decoding.adaptive import SpeculationPolicy
+from samgpu.decoding.config import (
+    GenerationConfig,
+    GenerationOutput,
+    ProgressInfo,
+    RequestStats,
+    RunStats,
+)
 from samgpu.decoding.engine import Engine
 
 OnProgress = Callable[[ProgressInfo], None]
@@ -43,6 +57,7 @@ class _Slot:
     start_step: int  # loop step at admission
     prefill_s: float
     decode_start: float  # perf_counter at the end of its admission
+    queued_s: float  # from the call's start to its admission
 
 
 class Scheduler:
@@ -89,6 +104,14 @@ class Scheduler:
         engine.configure(config, width)
         slots: list[_Slot | None] = [None] * width
         steps = done_tokens = done_steps = 0
+        run = RunStats()
+        # Seeded sampling stays reproducible: its random draws follow the steps' tree shapes,
+        # which timing-driven mode switches would change from run to run.
+        policy = SpeculationPolicy(
+            enabled=config.speculation == "adaptive"
+            and engine.can_skip_drafts
+            and not (config.is_sampling and config.seed is not None)
+        )
 
         def admit() -> list[int]:
             """Prefill waiting prompts into free slots; returns the slots filled."""
@@ -111,18 +134,30 @@ class Scheduler:
             engine.prefill(rows, [prompts[r] for r in requests])
             sync()
             t_end = time.perf_counter()
+            run.prefill_s += t_end - t_start
             for b, r in zip(rows, requests, strict=True):
-                slots[b] = _Slot(r, steps, t_end - t_start, t_end)
+                slots[b] = _Slot(r, steps, t_end - t_start, t_end, t_start - t0)
             return rows
 
         admit()
+        emitted = 0  # tokens emitted so far: finished requests' and live ones' (at the last check)
         while any(s is not None for s in slots):
             oldest = min(s.start_step for s in slots if s is not None)
-            run = min(config.check_every, max(1, oldest + config.max_new_tokens - steps))
-            for _ in range(run):
-                engine.step()
-            steps += run
+            window = min(config.check_every, max(1, oldest + config.max_new_tokens - steps))
+            speculate = policy.choose()
+            engine.set_speculate(speculate)
+            t_launch = time.perf_counter()
+            clean = True
+            for _ in range(window):
+                clean &= engine.step()
+            steps += window
             finished, num_generated = engine.read_flags()
+            t_read = time.perf_counter()
+            run.steps_s += t_read - t_launch
+            live_now = sum(num_generated[b] for b, s in enumerate(slots) if s is not None)
+            policy.record(
+                speculate, window, done_tokens + live_now - emitted, t_read - t_launch, clean
+            )
             ended = [
                 b
                 for b, s in enumerate(slots)
@@ -134,6 +169,7 @@ class Scheduler:
                     slot = slots[b]
                     stat.prefill_s = slot.prefill_s
                     stat.decode_s = now - slot.decode_start
+                    stat.queued_s, stat.finish_s = slot.queued_s, now - t0
                     stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
                     tokens[slot.request], stats[slot.request] = toks, stat
                     done_tokens += stat.generated
@@ -146,6 +182,9 @@ class Scheduler:
                     num_generated = [
                         0 if b in admitted else num_generated[b] for b in range(len(slots))
                     ]
+            emitted = done_tokens + sum(
+                num_generated[b] for b, s in enumerate(slots) if s is not None
+            )
             if on_progress is not None:
                 live = [b for b, s in enumerate(slots) if s is not None]
                 on_progress(
@@ -162,4 +201,8 @@ class Scheduler:
                         read_tokens=functools.partial(engine.read_tokens, live),
                     )
                 )
-        return GenerationOutput(tokens=tokens, stats=stats)
+        run.seconds = time.perf_counter() - t0
+        run.host_s = max(0.0, run.seconds - run.prefill_s - run.steps_s)
+        run.steps, run.drafting_steps = steps, policy.steps[True]
+        run.rates = {("drafting" if k else "plain"): v for k, v in policy.rates.items()}
+        return GenerationOutput(tokens=tokens, stats=stats, run=run)

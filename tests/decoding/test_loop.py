@@ -271,7 +271,7 @@ def test_continuous_batching_sets_up_the_drafter_of_refilled_slots():
     be rejected and need more steps (drafter.start is what prevents that)."""
     runner = ToyRunner(seed=7)
     dec = _test_decoder(runner, MANY, 2, depth=3, error_rate=0.0)
-    cfg = GenerationConfig(max_new_tokens=12, check_every=1, continuous=True)
+    cfg = GenerationConfig(max_new_tokens=12, check_every=1, continuous=True, speculation="always")
     out = dec.generate(MANY, cfg)
     assert out.tokens == [reference_greedy(runner, p, 12) for p in MANY]
     assert [(s.steps, s.accepted_hist) for s in out.stats] == [(3, [0, 0, 0, 3])] * len(MANY)
@@ -287,3 +287,53 @@ def test_continuous_batching_with_sampling_is_reproducible():
     assert [len(t) for t in first] == [9] * len(MANY)
     assert all(0 <= x < runner.vocab_size for t in first for x in t)
     assert dec.generate(MANY, cfg).tokens == first
+
+
+# ----------------------------------------------------------------------------- adaptive speculation
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_plain_windows_between_drafting_windows_stay_lossless(monkeypatch, continuous):
+    """Adaptive speculation switches between drafting and plain AR windows: forced to alternate
+    (check_every 2), outputs still equal the greedy reference, plain windows emit one token per
+    step, and drafting resumes with the drafter's state intact (perfect drafts keep being fully
+    accepted: every drafting step of depth 3 emits 4 tokens)."""
+    from samgpu.decoding import adaptive
+
+    turns = iter([True, False] * 100)
+    monkeypatch.setattr(adaptive.SpeculationPolicy, "choose", lambda self: next(turns))
+    runner = ToyRunner(seed=9)
+    dec = _test_decoder(runner, MANY, 3, depth=3, error_rate=0.0)
+    cfg = GenerationConfig(max_new_tokens=14, check_every=2, continuous=continuous)
+    out = dec.generate(MANY, cfg)
+    assert out.tokens == [reference_greedy(runner, p, 14) for p in MANY]
+    hists = [s.accepted_hist for s in out.stats]
+    assert all(set(h[1:3]) == {0} for h in hists)  # a step accepts all 3 drafts or none
+    assert all(h[0] >= 1 and h[3] >= 1 for h in hists)  # plain steps and full drafting steps
+    assert 0 < out.run.drafting_steps < out.run.steps
+
+
+def test_speculation_always_never_runs_plain_steps():
+    runner = ToyRunner(seed=9)
+    dec = _test_decoder(runner, MANY[:3], 3, depth=3, error_rate=1.0)
+    out = dec.generate(MANY[:3], GenerationConfig(max_new_tokens=10, speculation="always"))
+    assert out.run.drafting_steps == out.run.steps > 0
+
+
+def test_policy_picks_the_faster_mode_and_explores():
+    """SpeculationPolicy on synthetic windows: drafting first, then one plain window, then the
+    faster mode, with a visit to the slower one every `explore_every` windows; windows that
+    compiled (not clean) do not count."""
+    from samgpu.decoding.adaptive import SpeculationPolicy
+
+    policy = SpeculationPolicy(explore_every=4)
+    seen = []
+    for _ in range(12):
+        speculate = policy.choose()
+        seen.append(speculate)
+        rate = 100.0 if not speculate else 40.0  # plain steps are faster here
+        policy.record(speculate, 8, int(rate), 1.0, clean=len(seen) > 1)
+    assert seen[:4] == [True, True, True, False]  # 1 unclean + 2 clean drafting, then plain
+    assert seen[4:] == [False, False, False, True, False, False, False, True]
+    assert policy.rates[False] > policy.rates[True]
+    assert SpeculationPolicy(enabled=False).choose() is True

@@ -1,0 +1,58 @@
+"""Adaptive speculation: per window of steps between host checks, draft or run plain AR steps,
+whichever has emitted tokens faster on this batch lately.
+
+Drafting pays when the accepted tokens per step outgrow the extra cost of verifying a tree: at
+batch 1 on a GPU almost always, at large batches or on a CPU often not (a step then costs about
+N times a plain one). Rather than a cost model, the scheduler measures both: each window's rate
+is tokens emitted / wall time from its first launch to its flag read (the GPU's work on it; host
+work between windows is left out), kept as an exponential moving average per mode. Windows that
+compiled or captured a graph are not counted. Decisions happen at host checks only, so there is
+no extra sync. The policy explores: until each mode has a measurement, then every
+`explore_every` windows it runs the other mode once, so a change in the batch (requests ending,
+easier text) is noticed. The cost of exploring is one window in `explore_every` at the worse rate.
+
+Example: sam+tr at B=1 emits 3.5 tokens per step at 1.1x a plain step's time -> it keeps
+drafting; at B=256 it emits 1.3 tokens per step at 1.6x the time -> plain steps win and it drafts
+only to re-check, one window in 16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SpeculationPolicy:
+    enabled: bool = True  # False: always draft (the method's own behaviour)
+    explore_every: int = 16  # windows between visits to the mode currently losing
+    smoothing: float = 0.3  # weight of the newest window in the moving average
+    min_windows: int = 2  # clean drafting windows measured before plain steps are tried
+    rates: dict[bool, float] = field(default_factory=dict)  # speculate -> tokens / s
+    samples: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    steps: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    _windows: int = 0
+
+    def choose(self) -> bool:
+        """Whether the next window drafts."""
+        if not self.enabled:
+            return True
+        self._windows += 1
+        if self.samples[True] < self.min_windows:
+            return True
+        if self.samples[False] == 0:
+            return False
+        best = self.rates[True] >= self.rates[False]
+        if self._windows % self.explore_every == 0:
+            return not best
+        return best
+
+    def record(self, speculate: bool, steps: int, tokens: int, seconds: float, clean: bool):
+        """A finished window: `steps` steps emitting `tokens` in `seconds`; `clean` when no step
+        compiled or captured."""
+        self.steps[speculate] += steps
+        if not clean or tokens <= 0 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        old = self.rates.get(speculate)
+        self.rates[speculate] = rate if old is None else old + self.smoothing * (rate - old)
+        self.samples[speculate] += 1

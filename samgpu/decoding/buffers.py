@@ -1,0 +1,63 @@
+"""The engine's step buffers: one `StepBuffers` set per tree width, allocated once at capacity, and
+`StepViews`, the B leading rows of every buffer that one (width, mode) of steps runs over. Views
+are cached per key, so captured CUDA graphs keep pointing at the same memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from samgpu.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput, TreeMask, VerifyOutput
+
+
+class StepBuffers:
+    """The buffers of one step at a tree width N (capacity rows): the tree, its mask, the step's
+    outputs (logits, verification, emitted tokens, hidden states) and, once sampling is asked
+    for, its randoms. The engine keeps one set at the drafter's N and, for a drafter that drafts,
+    one at N = 1 for plain autoregressive steps (adaptive speculation)."""
+
+    def __init__(self, R: int, N: int, K: int, V: int, device, hidden_size, dtype):
+        self.R, self.N, self.V, self.device = R, N, V, device
+        self.tree = DraftTree.empty(R, N, device)
+        self.mask = TreeMask.empty(R, N, device)
+        hidden = None
+        if hidden_size is not None:
+            hidden = torch.zeros(R, N, hidden_size, dtype=dtype, device=device)
+        self.step = StepOutput(
+            tree=self.tree,
+            logits=torch.zeros(R, N, V, dtype=torch.float32, device=device),
+            verify=VerifyOutput.empty(R, N, K - 1, device),
+            start_len=torch.zeros(R, dtype=torch.int32, device=device),
+            new_tokens=torch.full((R, K), PAD_TOKEN, dtype=torch.int32, device=device),
+            num_new=torch.zeros(R, dtype=torch.int32, device=device),
+            hidden=hidden,
+        )
+        self.probs: torch.Tensor | None = None
+        self.uniforms: torch.Tensor | None = None
+
+    def allocate_sampling(self) -> None:
+        if self.probs is None:
+            R, N, V, dev = self.R, self.N, self.V, self.device
+            self.probs = torch.zeros(R, N, V, dtype=torch.float32, device=dev)
+            self.uniforms = torch.zeros(R, N, dtype=torch.float32, device=dev)
+
+
+@dataclass
+class StepViews:
+    """The B leading rows of every capacity buffer for one step width (stable across calls with
+    the same B and width, so captured graphs keep pointing at them)."""
+
+    state: DecodeState
+    tree: DraftTree
+    mask: TreeMask
+    step: StepOutput
+    k: torch.Tensor  # [L, B, Hkv, max_len, D] view of the cache
+    v: torch.Tensor
+    speculate: bool  # drafting steps (the drafter's tree) or plain AR steps (root only)
+    probs: torch.Tensor  # [B, N, V] float32 (sampling)
+    uniforms: torch.Tensor  # [B, N] float32
+    exponentials: torch.Tensor  # [B, V] float32
+    num_steps: torch.Tensor  # [B] int32; live steps
+    accepted_hist: torch.Tensor  # [B, K] int32
+    source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
