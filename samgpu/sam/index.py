@@ -284,7 +284,8 @@ class SamIndex:
                 f"{tuple(self.edge_token.shape)} disagree on num_edges"
             )
         if self.root_next.shape[0] != self.vocab_size:
-            return f"root_next {tuple(self.root_next.shape)} must have vocab_size = {self.vocab_size}"
+            shape = tuple(self.root_next.shape)
+            return f"root_next {shape} must have vocab_size = {self.vocab_size} entries"
         a = {name: getattr(self, name).numpy() for name in ARRAY_NAMES}
         args = (*(a[name] for name in ARRAY_NAMES), int(self.vocab_size))  # sam_validate's order
         if deep or not _validate.sam_is_valid(*args):

@@ -197,8 +197,7 @@ def read_header(path: str | os.PathLike) -> dict:
         meta = json.loads(header)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise ValueError(
-            f"SAM index {path} has an unreadable header ({type(exc).__name__}: {exc}); "
-            f"{_fix(path)}"
+            f"SAM index {path} has an unreadable header ({type(exc).__name__}: {exc}); {_fix(path)}"
         ) from None
     try:
         _check_header(meta, version, _PREFIX.size + header_len)
