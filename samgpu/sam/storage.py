@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 import struct
 import tempfile
 import zlib
@@ -219,12 +220,21 @@ class _HeaderError(Exception):
     """A header field that is not the schema; the message names the field."""
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist = 2, 40, 40, 10
+
+
+def _show(value) -> str:
+    """Short repr of a header value (bounded depth: a nested value cannot recurse)."""
+    return _REPR.repr(value)
+
+
 def _int_field(obj: dict, key: str, lo: int, hi: int, where: str = "") -> int:
     if key not in obj:
         raise _HeaderError(f"{where}{key} is missing")
     v = obj[key]
     if type(v) is not int or not lo <= v <= hi:  # bool is an int: refused too
-        raise _HeaderError(f"{where}{key} must be an integer in [{lo}, {hi}], got {v!r:.40}")
+        raise _HeaderError(f"{where}{key} must be an integer in [{lo}, {hi}], got {_show(v)}")
     return v
 
 
@@ -249,13 +259,15 @@ def _check_header(meta, version: int, header_end: int) -> None:
             raise _HeaderError(f"array entry {name} must be an object")
         if e.get("name") != name:
             names = [x.get("name") if isinstance(x, dict) else None for x in entries]
-            raise _HeaderError(f"arrays are {names}, expected {list(ARRAY_NAMES)}")
+            raise _HeaderError(f"arrays are {_show(names)}, expected {list(ARRAY_NAMES)}")
         where = f"array {name}: "
         if version == 1:
             e.setdefault("dtype", "int32")
         dtype = e.get("dtype")
-        if dtype not in _DTYPES or (dtype != "int32" and name not in TOKEN_ARRAYS):
-            raise _HeaderError(f"{where}dtype {dtype!r:.40} is not allowed")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise _HeaderError(f"{where}dtype {_show(dtype)} is not allowed")
+        if dtype != "int32" and name not in TOKEN_ARRAYS:
+            raise _HeaderError(f"{where}dtype {_show(dtype)} is not allowed")
         offset = _int_field(e, "offset", end, file_size, where)
         count = _int_field(e, "count", 0, MAX_COUNT, where)
         _int_field(e, "crc32", 0, 2**32 - 1, where)

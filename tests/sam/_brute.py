@@ -72,9 +72,9 @@ def structural_problems(
         bad.append("root")
     bad += [f"tokens[{i}]" for i, v in enumerate(tokens) if not 0 <= v < vocab_size]
     if offsets[0] != 0 or offsets[-1] != num_edges:
-        bad.append("offsets ends")
+        return [*bad, "offsets ends"]  # edge slices are meaningless beyond this point
     if any(offsets[s + 1] < offsets[s] for s in range(num_states)):
-        return [*bad, "offsets order"]  # edge slices are meaningless beyond this point
+        return [*bad, "offsets order"]
     for s in range(1, num_states):
         if not 0 <= link[s] < num_states:
             bad.append(f"link[{s}] range")

@@ -13,8 +13,6 @@ import os
 import struct
 import subprocess
 import sys
-import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ def cases(n: int) -> settings:
         max_examples=n,
         deadline=None,
         derandomize=True,
+        database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
 
@@ -299,3 +298,274 @@ def test_the_holes_hang_or_crash_without_validation_and_are_refused_with_it(inde
     assert status == "hang", (status, out)  # then the cycle, unvalidated: longest_match loops
     status, out = without.result(hang_after_s=30)
     assert isinstance(status, int) and status < 0, (status, out)  # killed by a signal (SIGSEGV)
+
+
+# --------------------------------------------------------------------------- malformed headers
+def _prefix_with_header_len(n: int):
+    def build(good) -> bytes:
+        data = bytearray(_craft.file_bytes(good, VOCAB, EOS))
+        data[12:16] = struct.pack("<I", n)
+        return bytes(data)
+
+    return build
+
+
+def _edit(fn):
+    return lambda good: _craft.file_bytes(good, VOCAB, EOS, header_edit=fn)
+
+
+def _raw(text: bytes):
+    return lambda good: _craft.file_bytes(good, VOCAB, EOS, raw_header=text)
+
+
+def _entry(i: int, key: str, value):
+    def edit(meta):
+        meta["arrays"][i][key] = value
+
+    return edit
+
+
+def _top(key: str, value):
+    def edit(meta):
+        meta[key] = value
+
+    return edit
+
+
+def _delete(key: str, i: int | None = None):
+    def edit(meta):
+        del (meta if i is None else meta["arrays"][i])[key]
+
+    return edit
+
+
+BAD_HEADERS = {
+    **{f"missing-{k}": _edit(_delete(k)) for k in ("vocab_size", "eos_id", "file_size", "arrays")},
+    "missing-fingerprint": _edit(_delete("tokenizer_fingerprint")),
+    "missing-count": _edit(_delete("count", 2)),
+    "missing-offset": _edit(_delete("offset", 0)),
+    "missing-crc": _edit(_delete("crc32", 5)),
+    "missing-dtype-v2": _edit(_delete("dtype", 1)),
+    "vocab-string": _edit(_top("vocab_size", "6")),
+    "vocab-float": _edit(_top("vocab_size", 6.0)),
+    "vocab-bool": _edit(_top("vocab_size", True)),
+    "vocab-zero": _edit(_top("vocab_size", 0)),
+    "vocab-huge": _edit(_top("vocab_size", 10**30)),
+    "vocab-inf": _edit(_top("vocab_size", math.inf)),
+    "eos-outside-vocab": _edit(_top("eos_id", VOCAB)),
+    "eos-negative": _edit(_top("eos_id", -1)),
+    "eos-null": _edit(_top("eos_id", None)),
+    "file-size-huge": _edit(_top("file_size", 2**70)),
+    "file-size-negative": _edit(_top("file_size", -1)),
+    "fingerprint-number": _edit(_top("tokenizer_fingerprint", 5)),
+    "extra-list": _edit(_top("extra", [1])),
+    "arrays-object": _edit(_top("arrays", {"length": 1})),
+    "arrays-short": _edit(lambda m: m["arrays"].pop()),
+    "arrays-strings": _edit(_top("arrays", [n for n in ARRAY_NAMES])),
+    "arrays-renamed": _edit(_entry(3, "name", "counts")),
+    "arrays-swapped": _edit(lambda m: m["arrays"].insert(0, m["arrays"].pop(1))),
+    "count-string": _edit(_entry(2, "count", "3")),
+    "count-negative": _edit(_entry(2, "count", -1)),
+    "count-int32-overflow": _edit(_entry(8, "count", 2**31)),
+    "count-2**64": _edit(_entry(8, "count", 2**64)),
+    "count-nan": _edit(_entry(8, "count", math.nan)),
+    "offset-unaligned": _edit(lambda m: m["arrays"][4].update(offset=m["arrays"][4]["offset"] + 4)),
+    "offset-negative": _edit(_entry(0, "offset", -64)),
+    "offset-in-header": _edit(_entry(0, "offset", 0)),
+    "offset-overlap": _edit(lambda m: m["arrays"][1].update(offset=m["arrays"][0]["offset"])),
+    "offset-past-end": _edit(_entry(8, "offset", 2**40)),
+    "crc-negative": _edit(_entry(5, "crc32", -1)),
+    "crc-33-bits": _edit(_entry(5, "crc32", 2**32)),
+    "dtype-float": _edit(_entry(0, "dtype", "float64")),
+    "dtype-u16-not-token-array": _edit(_entry(6, "dtype", "uint16")),
+    "dtype-list": _edit(_entry(6, "dtype", ["int32"])),
+    "header-not-json": _raw(b"{not json"),
+    "header-array": _raw(b"[1, 2, 3]"),
+    "header-null": _raw(b"null"),
+    "header-nested-100k": _raw(b"[" * 100_000 + b"]" * 100_000),
+    "header-not-utf8": _raw(b'{"vocab_size": "\xff\xfe"}'),
+    "header-5000-digit-int": _raw(b'{"vocab_size": ' + b"9" * 5000 + b"}"),
+    "header-nan": _raw(b'{"vocab_size": NaN}'),
+    "header-length-4gb": _prefix_with_header_len(2**32 - 1),
+    "header-length-past-file": _prefix_with_header_len(10**6),
+    "header-length-zero": _prefix_with_header_len(0),
+}
+
+
+@pytest.mark.parametrize("make", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
+def test_malformed_header_is_one_clean_error(good, tmp_path, make):
+    """Missing keys, wrong types, absurd sizes: a ValueError naming the file and the fix, never a
+    KeyError / TypeError / OverflowError / RecursionError / MemoryError."""
+    path = tmp_path / "h.samidx"
+    path.write_bytes(make(good))
+    for load in (read_header, SamIndex.load):
+        with pytest.raises(ValueError) as err:
+            load(path)
+        assert type(err.value) is ValueError
+        msg = str(err.value)
+        assert str(path) in msg and "samgpu index build" in msg and "\n" not in msg, msg
+
+
+def test_header_controls_load(good, tmp_path):
+    """Negative control of the table above: the same writer, unedited, gives a loadable file;
+    and a version 1 file (no dtype keys) still loads."""
+    for version, edit in ((2, None), (1, lambda m: [e.pop("dtype") for e in m["arrays"]])):
+        path = tmp_path / f"v{version}.samidx"
+        path.write_bytes(_craft.file_bytes(good, VOCAB, EOS, header_edit=edit, version=version))
+        loaded = SamIndex.load(path)
+        assert all(np.array_equal(getattr(loaded, n).numpy(), good[n]) for n in ARRAY_NAMES)
+
+
+# --------------------------------------------------------------------------- fuzz
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _corpus(seed: int) -> tuple[int, int, list[list[int]], list[list[int]]]:
+    """(vocab_size, eos_id, docs, queries) from a seed: cheaper to draw than nested lists, which
+    keeps 2,000 fuzz cases within seconds (the mutations are what the fuzz explores)."""
+    rng = np.random.default_rng(seed)
+    vocab_size = int(rng.integers(2, 6))
+    eos_id = int(rng.integers(0, vocab_size))
+    docs = [rng.integers(0, vocab_size, int(rng.integers(1, 11))).tolist() for _ in range(3)]
+    queries = [rng.integers(0, vocab_size, int(rng.integers(0, 9))).tolist() for _ in range(3)]
+    return vocab_size, eos_id, docs, queries
+
+
+MUTATIONS = st.tuples(
+    st.sampled_from(ARRAY_NAMES),
+    st.integers(0, 2**16),  # position, modulo the array's size
+    st.sampled_from(["delta", "small", "extreme", "copy", "resize"]),
+    st.integers(-3, 40),  # the value (small), the step (delta), the source position (copy)
+)
+_EXTREMES = (*INT32, 2**30, -(2**30))
+
+
+def _mutate(a: dict[str, np.ndarray], name: str, pos: int, how: str, value: int) -> None:
+    arr = a[name]
+    if how == "resize":
+        a[name] = arr[:-1] if value < 0 else np.append(arr, arr[-1:] if arr.size else [0])
+        return
+    if arr.size == 0:
+        return
+    i = pos % arr.size
+    if how == "delta":
+        arr[i] = np.clip(int(arr[i]) + (value % 5 - 2 or 1), *INT32)
+    elif how == "copy":
+        arr[i] = arr[value % arr.size]
+    elif how == "extreme":
+        arr[i] = _EXTREMES[value % len(_EXTREMES)]
+    else:
+        arr[i] = value
+
+
+def _check_accepted(loaded: SamIndex, original: dict, queries: list[list[int]]) -> None:
+    """What an accepted index must satisfy: the structural oracle, acyclic links, in-bounds
+    answers for any query; and, if its arrays are the original's, the substring oracle exactly."""
+    a = {n: getattr(loaded, n).numpy() for n in ARRAY_NAMES}
+    assert structural_problems(a, loaded.vocab_size, loaded.eos_id) == []
+    assert link_walks_end(a["link"].tolist(), max_steps=a["length"].size)
+    same = all(np.array_equal(a[n], original[n]) for n in ARRAY_NAMES)
+    text = a["tokens"].astype(np.int64)
+    for q in queries:
+        q = [t % loaded.vocab_size for t in q]
+        state, n = loaded.match_state(q)
+        assert 0 <= state < a["length"].size and 0 <= n <= len(q)
+        match_len, end = loaded.longest_match(q)
+        assert (match_len == 0 and end == -1) or 0 <= end < text.size
+        if same:
+            assert (match_len, end) == longest_suffix_match(text, q)
+
+
+@cases(1500)
+@given(seed=st.integers(0, 2**32 - 1), mutations=st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_fuzz_array_values(tmp_path, seed, mutations):
+    """Array values (checksums recomputed): the load accepts exactly when the brute-force
+    structural oracle finds nothing, the branch-free check agrees with the locating one at both
+    levels, and whatever loads answers queries in bounds (exactly, if unchanged)."""
+    vocab_size, eos_id, docs, queries = _corpus(seed)
+    original = _craft.arrays_of(SamIndex.build(docs, vocab_size=vocab_size, eos_id=eos_id))
+    a = {n: x.copy() for n, x in original.items()}
+    for m in mutations:
+        _mutate(a, *m)
+    path = _craft.write(tmp_path / "f.samidx", a, vocab_size, eos_id)
+    problems = structural_problems(a, vocab_size, eos_id)
+    try:
+        loaded = SamIndex.load(path)
+    except ValueError as exc:
+        assert str(path) in str(exc)
+        assert problems, f"refused a structurally valid index: {exc}"
+        return
+    assert not problems, f"accepted an invalid index: {problems}"
+    fast, code, _ = codes(a, vocab_size)
+    assert fast and code == V.OK
+    deep_problems = structural_problems(a, vocab_size, eos_id, deep=True)
+    assert (codes(a, vocab_size, deep=True)[1] == V.OK) == (not deep_problems)
+    _check_accepted(loaded, original, queries)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([0, 1, -1, 63, 64, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=4)
+    | st.sampled_from(["int32", "uint16", "length", "float64"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+TOP_KEYS = ("vocab_size", "eos_id", "file_size", "tokenizer_fingerprint", "extra", "arrays")
+ENTRY_KEYS = ("name", "offset", "count", "crc32", "dtype")
+
+
+@st.composite
+def header_edits(draw):
+    if draw(st.booleans()):
+        key, index = draw(st.sampled_from(TOP_KEYS)), None
+    else:
+        key, index = draw(st.sampled_from(ENTRY_KEYS)), draw(st.integers(0, len(ARRAY_NAMES) - 1))
+    op = draw(st.sampled_from(["set", "set", "set", "delete", "delta"]))
+    value = draw(JSON_VALUES) if op == "set" else draw(st.sampled_from([-64, -1, 1, 64]))
+    return key, index, op, value
+
+
+def _apply(meta: dict, key: str, index: int | None, op: str, value) -> None:
+    if index is None:
+        obj = meta
+    else:  # an earlier edit may have replaced the list itself
+        entries = meta.get("arrays")
+        if not isinstance(entries, list) or index >= len(entries):
+            return
+        obj = entries[index]
+        if not isinstance(obj, dict):
+            return
+    if op == "delete":
+        obj.pop(key, None)
+    elif op == "set":
+        obj[key] = value
+    elif isinstance(obj.get(key), int):
+        obj[key] += value
+
+
+@cases(600)
+@given(edits=st.lists(header_edits(), min_size=1, max_size=3), nested=st.integers(0, 3))
+def test_fuzz_header_fields(good, tmp_path, edits, nested):
+    """Header fields deleted, retyped, nudged or replaced by any JSON value (deeply nested too):
+    a ValueError naming the file, or an index that passes the oracles."""
+
+    def edit(meta):
+        for e in edits:
+            _apply(meta, *e)
+        if nested:
+            meta["extra"] = {"deep": json.loads("[" * 10**nested + "]" * 10**nested)}
+
+    path = tmp_path / "h.samidx"
+    path.write_bytes(_craft.file_bytes(good, VOCAB, EOS, header_edit=edit))
+    try:
+        loaded = SamIndex.load(path)
+    except ValueError as exc:
+        assert type(exc) is ValueError and str(path) in str(exc)
+        return
+    _check_accepted(loaded, good, [[1, 2, 3], [4, 4, 1], [5, 2, 3, 5]])
