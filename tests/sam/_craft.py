@@ -57,10 +57,12 @@ def file_bytes(
     header_edit: Callable[[dict], object] | None = None,
     version: int = FORMAT_VERSION,
     raw_header: bytes | None = None,
+    text_edit: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """A whole index file. header_edit(meta) may change the header in place (the arrays stay
-    where the unedited header put them); raw_header replaces the JSON text outright. The header
-    CRC is always recomputed."""
+    where the unedited header put them); raw_header replaces the JSON text outright; text_edit
+    rewrites the JSON text (for values too deep to build as Python objects). The header CRC is
+    always recomputed."""
     meta, size = layout(arrays, vocab_size, eos_id)
     buf = bytearray(size)
     for e, name in zip(meta["arrays"], ARRAY_NAMES, strict=True):
@@ -69,6 +71,8 @@ def file_bytes(
     if header_edit is not None:
         header_edit(meta)
     header = raw_header if raw_header is not None else json.dumps(meta).encode()
+    if text_edit is not None:
+        header = text_edit(header)
     head = PREFIX.pack(MAGIC, version, len(header), zlib.crc32(header)) + header
     buf[: len(head)] = head  # a header longer than HEADER_ROOM overwrites arrays: still a file
     return bytes(buf[: max(size, len(head))])
