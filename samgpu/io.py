@@ -11,13 +11,23 @@ Output: the input object with the result fields added (`completion`, `finish_rea
 
 Crash safety and resume (DESIGN.md §9): finished records are appended, as they finish, to
 `<output>.partial`, whose first line is a header fingerprinting the input file and the settings
-that change the text (model, sampling, max_new_tokens, ...). Only when every record is done is the
-final file written, to `<output>.tmp`, flushed, fsynced and renamed onto `<output>`; the partial
-file is then removed. A final file therefore always looks complete because it is. Re-running the
-same command finds the partial file, keeps its finished records (a torn last line from a crash is
-dropped) and generates only the rest. Settings that do not change the text (method, batch size,
-device) may differ between runs, so a run that ran out of memory can be resumed with a smaller
-`--batch-size`.
+that change the text (model, sampling, max_new_tokens, ...). The header is written, flushed and
+fsynced before `OutputWriter.open` returns, so a run killed at any later point (loading the
+model, warming up) resumes; a partial that is empty, or holds only a torn header (a kill during
+that write), counts as "nothing done yet". Each `append` hands its line to the OS at once and
+fsyncs it. Only when every record is done is the final file written, to a fresh
+`.<output name>.<random>.tmp` (created exclusively), fsynced and renamed onto `<output>`; the
+partial file is then removed. A final file therefore always looks complete because it is.
+Re-running the same command finds the partial file, keeps its finished records (a torn last line
+from a crash is dropped and cut from the file) and generates only the rest. Settings that do not
+change the text (method, batch size, device) may differ between runs, so a run that ran out of
+memory can be resumed with a smaller `--batch-size`.
+
+One run per output: `open` takes an exclusive, non-blocking `flock` on `<output>.lock`, which
+names the holder (pid, host, start time); a second run is refused with that name at once, before
+it loads anything. The kernel drops the lock when its holder dies, so a lock file left by a
+killed run is no obstacle. `<output>.partial` and `<output>.lock` are opened with O_NOFOLLOW: a
+symbolic link planted there is refused, never followed.
 
 Example: prompts.jsonl has 3 lines; the run is killed after records 0 and 2 finish.
 out.jsonl.partial = header + {"index": 0, ...} + {"index": 2, ...}; out.jsonl does not exist.
