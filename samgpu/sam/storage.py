@@ -284,12 +284,15 @@ def load_index(path: str | os.PathLike, *, mmap: bool = True, verify: bool = Tru
     verify=False skips the checksums (the structural validation always runs)."""
     path = Path(path)
     meta = read_header(path)
-    if mmap:
-        # mode "c": private copy-on-write mapping, so the tensors are writable without a copy
-        # (torch warns on read-only numpy arrays) and nothing is ever written back to the file.
-        raw = np.memmap(path, dtype=np.uint8, mode="c")
-    else:
-        raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        if mmap:
+            # mode "c": private copy-on-write mapping, so the tensors are writable without a
+            # copy (torch warns on read-only numpy arrays) and nothing is written to the file.
+            raw = np.memmap(path, dtype=np.uint8, mode="c")
+        else:
+            raw = np.fromfile(path, dtype=np.uint8)
+    except (ValueError, OSError) as exc:  # e.g. truncated since read_header
+        raise ValueError(f"SAM index {path} cannot be mapped ({exc}); load it again") from None
     if raw.size != meta["file_size"]:
         raise ValueError(f"SAM index {path} changed while it was being loaded; load it again")
     arrays = {}
