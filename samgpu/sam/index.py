@@ -74,7 +74,7 @@ class SamIndex:
     extra: dict = field(default_factory=dict)  # JSON-able provenance (corpus, sizes), saved
     build_info: dict = field(default_factory=dict)  # build timings of this process, not saved
     # validate() passed (set by build, load and validate; not saved)
-    is_validated: bool = field(default=False, repr=False)
+    is_validated: bool = field(default=False, init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -421,7 +421,7 @@ class _Builder:
         self.compute_seconds += time.perf_counter() - start
         seconds = self.compute_seconds
         t = torch.from_numpy
-        return SamIndex(
+        index = SamIndex(
             length=t(length),
             link=t(link),
             endpos=t(endpos),
@@ -440,8 +440,9 @@ class _Builder:
                 "build_wall_seconds": round(time.perf_counter() - self.started, 4),
                 "build_tokens_per_s": round(num_tokens / seconds, 1) if seconds > 0 else None,
             },
-            is_validated=True,  # valid by construction (tests/sam/test_build.py checks it)
         )
+        index.is_validated = True  # valid by construction (tests/sam/test_build.py checks it)
+        return index
 
 
 def _vocab_singletons(vocab_size: int, eos_id: int) -> np.ndarray:
