@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from samgpu.sam import SamIndex
+from samgpu.sam import SamIndex, storage
 from samgpu.sam._files import host_tag, owner_tag
+from tests._fork import in_child
 
-ROOT = Path(__file__).resolve().parents[1]
 DEAD_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have it
 OTHER_HOST = "0" * 8 if host_tag() != "0" * 8 else "1" * 8
 
@@ -31,16 +29,13 @@ def _age(path: Path, seconds: float) -> Path:
 
 def test_index_save_killed_midway_leaves_a_temporary_the_next_save_removes(tmp_path):
     target = tmp_path / "x.samidx"
-    code = (
-        "import os, signal, sys\n"
-        "from samgpu.sam import SamIndex, storage\n"
-        "index = SamIndex.build([[1, 2, 3]], vocab_size=5, eos_id=0)\n"
-        "storage.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "index.save(sys.argv[1])\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=env, timeout=120)
-    assert proc.returncode == -signal.SIGKILL
+    index = SamIndex.build([[1, 2, 3]], vocab_size=5, eos_id=0)
+
+    def save_then_die_before_the_rename():  # in a forked child: a real SIGKILL, no cleanup
+        storage.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        index.save(target)
+
+    assert in_child(save_then_die_before_the_rename, timeout=60)[0] == -signal.SIGKILL
     (leftover,) = tmp_path.iterdir()
     assert leftover.name.startswith(".x.samidx.tmp-") and not target.exists()
     SamIndex.build([[1, 2]], vocab_size=5, eos_id=0).save(target)

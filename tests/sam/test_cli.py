@@ -156,11 +156,12 @@ def _break_tokens(path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_damaged_cached_default_index_is_rebuilt(capsys, cache):
+def test_damaged_cached_default_index_is_rebuilt(capsys, cache, corpus, monkeypatch):
     """The cache is samgpu's own: a cached default index that fails validation is rebuilt (with
     a warning) by the generate path and by `index build`, instead of failing every run."""
-    from samgpu.sam import load_default_index
+    from samgpu.sam import default, load_default_index
 
+    monkeypatch.setattr(default, "default_corpus_paths", lambda: [corpus])  # 3 builds: keep small
     tok = WordTokenizer()
     path = build_default_index(tok, progress=False)
     _break_tokens(path)

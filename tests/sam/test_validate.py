@@ -1,6 +1,6 @@
 """Index files that lie (issue 13, part 1): checksums right, values wrong. Every check of
 samgpu/sam/_validate.py refuses a file crafted to break it alone (its negative control), with one
-ValueError naming the file; the hole each check closes is shown in a subprocess with validation
+ValueError naming the file; the hole each check closes is shown in a forked child with validation
 switched off (a hang, a segfault); malformed headers are one clean error, never a KeyError /
 TypeError / OverflowError; and a hypothesis fuzz over array values and header fields finds only
 clean refusals or indices that pass the brute-force oracles (tests/sam/_brute.py)."""
@@ -8,10 +8,7 @@ clean refusals or indices that pass the brute-force oracles (tests/sam/_brute.py
 from __future__ import annotations
 
 import math
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +18,11 @@ from hypothesis import strategies as st
 
 from samgpu.sam import ARRAY_NAMES, SamIndex, read_header
 from samgpu.sam import _validate as V
+from tests._fork import HANG, in_child
 
 from . import _craft
 from ._brute import expected_text, link_walks_end, longest_suffix_match, structural_problems
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCS = [[1, 2, 3, 1, 2, 4], [2, 3, 5, 2, 3], [4, 4, 1, 2]]
 VOCAB, EOS = 6, 0
 
@@ -210,54 +207,15 @@ def test_in_memory_index_is_checked_before_use(index):
 
 
 # --------------------------------------------------------------------------- holes, in a subprocess
-_PROBE = """
-import sys
-from samgpu.sam import SamIndex
-check = SamIndex.find_problem
-for arg in sys.argv[1:]:
-    mode, path, query = arg.split(":")
-    # "off" is the negative control: the load path without the validation
-    SamIndex.find_problem = check if mode == "on" else (lambda self, deep=True: None)
+def _load_and_match(path: Path, query: list[int], *, validate: bool):
+    """What a run does with an index file: load it, match the committed text."""
+    if not validate:  # the negative control: the load path without the validation
+        SamIndex.find_problem = lambda self, deep=True: None  # (in the forked child only)
     try:
         index = SamIndex.load(path)
     except ValueError as exc:
-        print("refused", exc, flush=True)
-        continue
-    print("loaded", flush=True)
-    print(index.longest_match([int(t) for t in query.split(",")]), flush=True)
-"""
-
-
-class _Probe:
-    """_PROBE in a subprocess over (mode, path, query) triples; started at once, so two probes
-    overlap (each spends seconds importing torch)."""
-
-    def __init__(self, *runs: tuple[str, Path, list[int]]):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        args = [f"{mode}:{path}:{','.join(map(str, q))}" for mode, path, q in runs]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _PROBE, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-
-    def result(self, hang_after_s: float) -> tuple[object, str]:
-        """(exit status or "hang", stdout). The clock starts at the first "loaded": importing
-        and loading take seconds on a busy machine, the matcher's walk microseconds."""
-        lines = []
-        try:
-            for line in self.proc.stdout:
-                lines.append(line)
-                if line.startswith("loaded"):
-                    break
-            out, _ = self.proc.communicate(timeout=hang_after_s)
-            return self.proc.returncode, "".join(lines) + out
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            return "hang", "".join(lines)
+        return f"refused {exc}"
+    return index.longest_match(query)
 
 
 def _cycle_file(index, good, tmp_path) -> tuple[Path, list[int]]:
@@ -283,20 +241,21 @@ def _cycle_file(index, good, tmp_path) -> tuple[Path, list[int]]:
 
 def test_the_holes_hang_or_crash_without_validation_and_are_refused_with_it(index, good, tmp_path):
     """Cyclic suffix links: longest_match loops for ever. edge_dst 8 GB out of range: SIGSEGV.
-    With the validation both loads are one clean refusal (run in a subprocess all the same)."""
+    With the validation both loads are one clean refusal (in a forked child all the same)."""
     cycle = _cycle_file(index, good, tmp_path)  # (path, query)
     a = {n: x.copy() for n, x in good.items()}
     a["edge_dst"][VOCAB:] = 2**31 - 1  # every non-root edge
     oob = (_craft.write(tmp_path / "oob.samidx", a, VOCAB, EOS), [1, 2, 3])
-    with_validation = _Probe(("on", *cycle), ("on", *oob), ("off", *cycle))
-    without = _Probe(("off", *oob))
-    status, out = with_validation.result(hang_after_s=2)
-    refusals = [line for line in out.splitlines() if line.startswith("refused")]
-    assert len(refusals) == 2, (status, out)
-    assert "a cycle fails here" in refusals[0] and "edge_dst" in refusals[1], out
-    assert status == "hang", (status, out)  # then the cycle, unvalidated: longest_match loops
-    status, out = without.result(hang_after_s=30)
-    assert isinstance(status, int) and status < 0, (status, out)  # killed by a signal (SIGSEGV)
+    # the walk loops within microseconds: a second without an answer is a hang
+    status, out = in_child(lambda: _load_and_match(*cycle, validate=False), timeout=1)
+    assert status == HANG, (status, out)
+    status, out = in_child(lambda: _load_and_match(*oob, validate=False), timeout=30)
+    assert isinstance(status, int) and status < 0, (status, out)  # killed by a signal
+    for (path, query), words in ((cycle, "a cycle fails here"), (oob, "edge_dst")):
+        status, out = in_child(
+            lambda p=path, q=query: _load_and_match(p, q, validate=True), timeout=30
+        )
+        assert status == 0 and out.startswith("refused") and words in out, (status, out)
 
 
 # --------------------------------------------------------------------------- malformed headers
