@@ -13,8 +13,9 @@ Crash safety and resume (DESIGN.md §9): finished records are appended, as they 
 `<output>.partial`, whose first line is a header fingerprinting the input file and the settings
 that change the text (model, sampling, max_new_tokens, ...). The header is written, flushed and
 fsynced before `OutputWriter.open` returns, so a run killed at any later point (loading the
-model, warming up) resumes; a partial that is empty, or holds only a torn header (a kill during
-that write), counts as "nothing done yet". Each `append` hands its line to the OS at once and
+model, warming up) resumes; a partial that is empty, holds only a torn header (a kill during
+that write), or a header and no record (then whatever its settings) counts as "nothing done
+yet". Each `append` hands its line to the OS at once and
 fsyncs it. Only when every record is done is the final file written, to a fresh
 `.<output name>.<random>.tmp` (created exclusively), fsynced and renamed onto `<output>`; the
 partial file is then removed. A final file therefore always looks complete because it is.
@@ -256,12 +257,16 @@ class OutputWriter:
             raise UserError(f"cannot open {self.partial_path}: {e.strerror}") from None
         raw = _read_all(self._fd)
         if self._is_unstarted(raw):  # empty, or killed while writing the header: nothing done
-            os.ftruncate(self._fd, 0)
-            self._write(self._line({"format": PARTIAL_FORMAT, "settings": self.settings}))
-            self.flush()
-            _fsync_dir(self.partial_path.parent)  # the file's name is durable too
+            self._start()
         else:
             self._load_partial(raw)
+
+    def _start(self) -> None:
+        """(Re)write the partial file as a bare header, durably."""
+        os.ftruncate(self._fd, 0)
+        self._write(self._line({"format": PARTIAL_FORMAT, "settings": self.settings}))
+        self.flush()
+        _fsync_dir(self.partial_path.parent)  # the file's name is durable too
 
     @staticmethod
     def _is_unstarted(raw: bytes) -> bool:
@@ -283,6 +288,9 @@ class OutputWriter:
                 f"{self.partial_path} is not a samgpu partial output; remove it or choose another"
                 " --output"
             )
+        if header.get("settings") != self.settings and len(lines) == 1:
+            self._start()  # a header alone (killed during start-up): nothing done to keep
+            return
         if header.get("settings") != self.settings:
             old, new = header.get("settings") or {}, self.settings
             if not isinstance(old, dict):
