@@ -3,7 +3,7 @@ reading, the embedded default index. Knows nothing of models or GPUs (tests/test
 
     from samgpu.sam import SamIndex, build_default_index
     index = SamIndex.build(docs, vocab_size=V, eos_id=eos)   # docs: iterable of token arrays
-    index.save("x.samidx"); index = SamIndex.load("x.samidx")  # mmap
+    index.save("x.samidx"); index = SamIndex.load("x.samidx")  # mmap, validated on every load
     path = build_default_index(tokenizer)                      # cached under $SAMGPU_CACHE
 """
 

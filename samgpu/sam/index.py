@@ -311,8 +311,11 @@ class SamIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> SamIndex:
-        """Read a file written by `save`. With mmap the arrays are copy-on-write views of the mapped
-        file (no full read). verify checks the payload checksums (reads every page once)."""
+        """Read a file written by `save`, then validate it (validate(deep=False), always): a
+        ValueError naming the file for any bad header, checksum or structure. With mmap the
+        arrays are copy-on-write views of the mapped file: never rewrite the file in place while
+        it is loaded (a truncation kills the reader with SIGBUS); `save` replaces it by rename,
+        which is safe. verify checks the payload checksums (reads every page once)."""
         from samgpu.sam.storage import load_index
 
         return load_index(path, mmap=mmap, verify=verify)
