@@ -4,7 +4,7 @@ The checksums of the file format prove that a file was not damaged, not that its
 sense, and the numba matcher and the GPU kernels do no bounds checks. Fast level (what memory
 safety and termination need; `sam_is_valid`, branch-free, and `sam_validate(deep=False)`, which
 names the first violation):
-- root: state 0 has length 0, link NO_STATE and endpos NO_POSITION;
+- root: state 0 has length 0, link NO_STATE, endpos NO_POSITION and count >= 1;
 - links: every other state's link lies in [0, S) and is strictly shorter (`length[link[s]] <
   length[s]`), so following links strictly decreases `length` and always ends at the root (no
   cycle, no hang);
@@ -49,7 +49,7 @@ _INT32_MAX: int = 2**31 - 1
 # Codes returned by sam_validate (OK = valid), in the order the checks run, each with the index
 # it reports.
 OK = 0
-ROOT = 1  # state 0 is not a root                                      (where: 0)
+ROOT = 1  # state 0 is not a root (length, link, endpos, count)         (where: 0)
 TOKENS = 2  # tokens[i] outside the vocabulary                           (where: i)
 OFFSETS_START = 3  # edge_offsets[0] != 0                                 (where: 0)
 OFFSETS_END = 4  # edge_offsets[S] != E                                   (where: S)
@@ -88,7 +88,7 @@ def sam_is_valid(
     num_states = length.shape[0]
     num_edges = edge_token.shape[0]
     num_tokens = tokens.shape[0]
-    if length[0] != 0 or link[0] != NO_STATE or endpos[0] != NO_POSITION:
+    if length[0] != 0 or link[0] != NO_STATE or endpos[0] != NO_POSITION or count[0] < 1:
         return False
     if edge_offsets[0] != 0 or edge_offsets[num_states] != num_edges:
         return False
@@ -145,7 +145,7 @@ def sam_validate(
     num_states = length.shape[0]
     num_edges = edge_token.shape[0]
     num_tokens = tokens.shape[0]
-    if length[0] != 0 or link[0] != NO_STATE or endpos[0] != NO_POSITION:
+    if length[0] != 0 or link[0] != NO_STATE or endpos[0] != NO_POSITION or count[0] < 1:
         return ROOT, 0
     for i in range(num_tokens):
         if tokens[i] < 0 or tokens[i] >= vocab_size:
@@ -231,8 +231,8 @@ def describe(code: int, where: int, a: dict[str, np.ndarray], vocab_size: int) -
     i = where
     if code == ROOT:
         return (
-            f"state 0 is not a root (length {length[0]}, link {link[0]}, endpos {endpos[0]}; "
-            f"expected 0, {NO_STATE}, {NO_POSITION})"
+            f"state 0 is not a root (length {length[0]}, link {link[0]}, endpos {endpos[0]}, "
+            f"count {count[0]}; expected 0, {NO_STATE}, {NO_POSITION}, >= 1)"
         )
     if code == TOKENS:
         return f"tokens[{i}] = {a['tokens'][i]} is outside the vocabulary [0, {vocab_size})"

@@ -68,7 +68,7 @@ def structural_problems(
     if not all(shapes):
         return ["shapes"]
     bad = []
-    if (length[0], link[0], endpos[0]) != (0, -1, -1):
+    if (length[0], link[0], endpos[0]) != (0, -1, -1) or count[0] < 1:
         bad.append("root")
     bad += [f"tokens[{i}]" for i, v in enumerate(tokens) if not 0 <= v < vocab_size]
     if offsets[0] != 0 or offsets[-1] != num_edges:

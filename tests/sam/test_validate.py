@@ -108,6 +108,7 @@ def _cycle(a):
 # (id, mutation, expected code, words in the message); fast-level codes refuse the load.
 CHECKS = [
     ("root", _set("length", 0, 1), V.ROOT, "not a root"),
+    ("root-count", _set("count", 0, 0), V.ROOT, "count 0;"),
     ("tokens-high", _set("tokens", 3, VOCAB), V.TOKENS, "tokens[3] = 6"),
     ("tokens-negative", _set("tokens", 0, -1), V.TOKENS, "tokens[0] = -1"),
     ("offsets-start", _set("edge_offsets", 0, 1), V.OFFSETS_START, "edge_offsets[0] = 1"),
