@@ -43,6 +43,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,7 +429,7 @@ class _OutputLock:
                 raise UserError(f"cannot create the lock file {path}: {e.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 owner = _read_all(fd).decode("utf-8", errors="replace").strip()
                 os.close(fd)
                 raise UserError(
@@ -437,6 +438,12 @@ class _OutputLock:
                     " choose another --output",
                     exit_code=1,
                 ) from None
+            except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without flock
+                warnings.warn(
+                    f"samgpu: cannot lock {path} ({e.strerror}); nothing stops a second run on"
+                    f" {output!r} from mixing its records in",
+                    stacklevel=3,
+                )
             try:
                 same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
             except FileNotFoundError:

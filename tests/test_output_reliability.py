@@ -298,3 +298,21 @@ def test_cli_killed_during_start_up_then_resumed(tmp_path, tiny_model_dir, promp
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))) == [
         "out.jsonl"
     ]
+
+
+def test_file_system_without_flock_warns_and_goes_on(tmp_path, monkeypatch):
+    """ENOLCK (e.g. an NFS mount without lock support) is not "another process": a warning,
+    and the run proceeds unprotected, rather than a refusal naming nobody."""
+    import errno
+
+    from samgpu import io
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(io.fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock"):
+        w = OutputWriter.open(tmp_path / "out.jsonl", SETTINGS)
+    w.add_many([(0, {"c": 0})])
+    w.finalize(1)
+    assert lines(tmp_path / "out.jsonl") == [{"c": 0}]
