@@ -1,6 +1,7 @@
 """Static-index build benchmark (CPU, one core: the numba build is single-threaded).
 
     python -m profiling.bench_index_build [--datastore DIR] [--synthetic-tokens 10000000] [--rep 3]
+        [--validate] [--index FILE ...]
 
 Measures, per corpus, the build time (p50/p20/p80 over --rep builds, compile excluded by a warm-up
 build) and the index size:
@@ -20,7 +21,11 @@ documents + EOS only):
 - file B/tok: the saved file per text token (token arrays as uint16 when the vocabulary fits);
 - GPU B/tok: bytes per text token of the index as the chain drafters hold it on the GPU
   (samgpu.automata.StaticAutomaton: no `count`, uint16 edge labels when the vocabulary fits);
-- states/tok, edges/tok; save and mmap-load times of the index file.
+- states/tok, edges/tok; save and mmap-load times of the index file;
+- with --validate (and for every --index FILE): the structural validation every load runs
+  (SamIndex.validate(deep=False)) and the deep level, against reading the file: `load` (mmap,
+  checksums, validation) page-cache hot and cold (the file's pages dropped with
+  posix_fadvise(DONTNEED) first), `read` = load minus validation, and validation / hot read.
 Targets (DESIGN.md §8 and the index brief): build >= 1 M tokens/s per core; <= 48 bytes per
 token for the flattened arrays; <= 40 GPU bytes per corpus token.
 """
@@ -28,6 +33,7 @@ token for the flattened arrays; <= 40 GPU bytes per corpus token.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -90,7 +96,65 @@ def _size(docs: list[np.ndarray]) -> int:
     return sum(d.size for d in docs) + len(docs)
 
 
-def measure(name: str, build, rep: int, params: dict) -> dict:
+def _drop_page_cache(path: Path) -> None:
+    """Evict the file's pages (no root needed; only pages nobody maps are dropped)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def validation_timings(path: Path, rep: int = 5) -> dict:
+    """Seconds to load `path` (validation included) cold and hot, and of the validation alone
+    (fast level, as every load runs it; deep level, on request): p50 over `rep`."""
+    SamIndex.load(path).validate(deep=True)  # numba cache load / compile excluded
+
+    def load_cold():
+        gc.collect()  # the previous map must be gone for its pages to drop
+        _drop_page_cache(path)
+        start = time.perf_counter()
+        SamIndex.load(path)
+        return time.perf_counter() - start
+
+    cold = float(np.median([load_cold() for _ in range(max(1, rep // 2))]))
+    hot = bench_cpu(lambda: SamIndex.load(path), rep=rep)["p50"] / 1e3
+    index = SamIndex.load(path)
+    fast = bench_cpu(lambda: index.validate(deep=False), rep=rep)["p50"] / 1e3
+    deep = bench_cpu(lambda: index.validate(deep=True), rep=rep)["p50"] / 1e3
+    return {
+        "file_bytes": path.stat().st_size,
+        "load_cold_s": cold,
+        "load_hot_s": hot,
+        "validate_s": fast,
+        "validate_deep_s": deep,
+        "read_hot_s": hot - fast,
+        "validate_over_hot_read": fast / max(hot - fast, 1e-9),
+        "validate_over_cold_read": fast / max(cold - fast, 1e-9),
+    }
+
+
+def index_file_record(path: Path, rep: int) -> dict:
+    index = SamIndex.load(path)
+    stats = index.stats()
+    del index
+    t = validation_timings(path, rep)
+    return {
+        "bench": "index_validate",
+        "provider": "numba",
+        "params": {"corpus": path.name, "vocab_size": stats["vocab_size"]},
+        "metric": "validate_time",
+        "unit": "s",
+        "p50": t["validate_s"],
+        "text_tokens": stats["tokens"],
+        "states": stats["states"],
+        "edges": stats["edges"],
+        "load_avg_1m": os.getloadavg()[0],
+        **t,
+    }
+
+
+def measure(name: str, build, rep: int, params: dict, validate: bool = False) -> dict:
     index = build()  # warm-up: numba compile/cache load excluded
     cpu_start = time.process_time()
     t = bench_cpu(build, rep=rep, warmup=0)
@@ -109,6 +173,7 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         load_s = time.perf_counter() - start
         assert loaded.num_states == index.num_states
         del loaded
+        timings = validation_timings(path) if validate else {}
     corpus_tokens = index.extra["corpus_tokens"]
     gpu_bytes = StaticAutomaton.from_index(index, "cpu", with_count=False).nbytes
     return {
@@ -140,10 +205,11 @@ def measure(name: str, build, rep: int, params: dict) -> dict:
         "load_avg_1m": os.getloadavg()[0],
         "save_s": save_s,
         "load_mmap_verify_s": load_s,
+        **timings,
     }
 
 
-def datastore_records(folder: Path, rep: int) -> list[dict]:
+def datastore_records(folder: Path, rep: int, validate: bool = False) -> list[dict]:
     from samgpu.models import load_default_tokenizer  # profiling may use the runtime
 
     tokenizer = load_default_tokenizer()
@@ -171,6 +237,7 @@ def datastore_records(folder: Path, rep: int) -> list[dict]:
                 ),
                 rep,
                 params,
+                validate,
             )
         )
     if all_docs:
@@ -183,12 +250,13 @@ def datastore_records(folder: Path, rep: int) -> list[dict]:
                 ),
                 rep,
                 params,
+                validate,
             )
         )
     return records
 
 
-def synthetic_records(num_tokens: int, rep: int) -> list[dict]:
+def synthetic_records(num_tokens: int, rep: int, validate: bool = False) -> list[dict]:
     tokens, offsets = synthetic_corpus(num_tokens)
     params = {"vocab_size": 49152, "docs": int(offsets.size - 1), "zipf": 1.1}
     name = f"synthetic {num_tokens / 1e6:g}M"
@@ -197,6 +265,7 @@ def synthetic_records(num_tokens: int, rep: int) -> list[dict]:
         lambda: SamIndex.from_text_arrays(tokens, offsets, vocab_size=49152, eos_id=2),
         rep,
         params,
+        validate,
     )
     docs = [tokens[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     streamed = measure(
@@ -214,15 +283,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-tokens", type=int, default=10_000_000)
     parser.add_argument("--rep", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="JSONL (default: results/...)")
+    parser.add_argument(
+        "--validate", action="store_true", help="also time the load-time structural validation"
+    )
+    parser.add_argument(
+        "--index",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="time loading and validating these index files (e.g. the cached default index)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     records = []
     if args.datastore and args.datastore.is_dir():
-        records += datastore_records(args.datastore, args.rep)
+        records += datastore_records(args.datastore, args.rep, args.validate)
     else:
         print(f"no datastore folder at {args.datastore}: skipping (a)")
     if args.synthetic_tokens > 0:
-        records += synthetic_records(args.synthetic_tokens, max(1, args.rep - 1))
+        records += synthetic_records(args.synthetic_tokens, max(1, args.rep - 1), args.validate)
+    files = [index_file_record(path, max(args.rep, 5)) for path in args.index]
     rows = [
         {
             "corpus": r["params"]["corpus"],
@@ -246,11 +328,31 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in records
     ]
-    print()
-    print_table(rows, list(rows[0]) if rows else ["corpus"], title="SAM index build (one core)")
+    if rows:
+        print()
+        print_table(rows, list(rows[0]), title="SAM index build (one core)")
+    checked = [r for r in records + files if "validate_s" in r]
+    if checked:
+        vrows = [
+            {
+                "index": r["params"]["corpus"],
+                "text tok": r["text_tokens"],
+                "file MB": r["file_bytes"] / 1e6,
+                "load cold s": r["load_cold_s"],
+                "load hot s": r["load_hot_s"],
+                "validate s": r["validate_s"],
+                "deep s": r["validate_deep_s"],
+                "validate / hot read": r["validate_over_hot_read"],
+                "validate / cold read": r["validate_over_cold_read"],
+                "host load": r["load_avg_1m"],
+            }
+            for r in checked
+        ]
+        print()
+        print_table(vrows, list(vrows[0]), title="Load-time validation (one core)")
     print(hardware_line(env()))
-    path = write_jsonl(records, args.out)
-    print(f"wrote {len(records)} records to {path}")
+    path = write_jsonl(records + files, args.out)
+    print(f"wrote {len(records) + len(files)} records to {path}")
     return 0
 
 

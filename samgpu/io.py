@@ -11,13 +11,24 @@ Output: the input object with the result fields added (`completion`, `finish_rea
 
 Crash safety and resume (DESIGN.md §9): finished records are appended, as they finish, to
 `<output>.partial`, whose first line is a header fingerprinting the input file and the settings
-that change the text (model, sampling, max_new_tokens, ...). Only when every record is done is the
-final file written, to `<output>.tmp`, flushed, fsynced and renamed onto `<output>`; the partial
-file is then removed. A final file therefore always looks complete because it is. Re-running the
-same command finds the partial file, keeps its finished records (a torn last line from a crash is
-dropped) and generates only the rest. Settings that do not change the text (method, batch size,
-device) may differ between runs, so a run that ran out of memory can be resumed with a smaller
-`--batch-size`.
+that change the text (model, sampling, max_new_tokens, ...). The header is written, flushed and
+fsynced before `OutputWriter.open` returns, so a run killed at any later point (loading the
+model, warming up) resumes; a partial that is empty, holds only a torn header (a kill during
+that write), or a header and no record (then whatever its settings) counts as "nothing done
+yet". Each `append` hands its line to the OS at once and
+fsyncs it. Only when every record is done is the final file written, to a fresh
+`.<output name>.<random>.tmp` (created exclusively), fsynced and renamed onto `<output>`; the
+partial file is then removed. A final file therefore always looks complete because it is.
+Re-running the same command finds the partial file, keeps its finished records (a torn last line
+from a crash is dropped and cut from the file) and generates only the rest. Settings that do not
+change the text (method, batch size, device) may differ between runs, so a run that ran out of
+memory can be resumed with a smaller `--batch-size`.
+
+One run per output: `open` takes an exclusive, non-blocking `flock` on `<output>.lock`, which
+names the holder (pid, host, start time); a second run is refused with that name at once, before
+it loads anything. The kernel drops the lock when its holder dies, so a lock file left by a
+killed run is no obstacle. `<output>.partial` and `<output>.lock` are opened with O_NOFOLLOW: a
+symbolic link planted there is refused, never followed.
 
 Example: prompts.jsonl has 3 lines; the run is killed after records 0 and 2 finish.
 out.jsonl.partial = header + {"index": 0, ...} + {"index": 2, ...}; out.jsonl does not exist.
@@ -29,6 +40,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import tempfile
+import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +51,18 @@ from typing import Any
 
 from samgpu.errors import InputError, UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked
+    fcntl = None
+
 PARTIAL_SUFFIX = ".partial"
-TMP_SUFFIX = ".tmp"
+LOCK_SUFFIX = ".lock"
+TMP_SUFFIX = ".tmp"  # final-file temporaries: `.<name>.<random>.tmp`
 PARTIAL_FORMAT = "samgpu-partial-v1"
+_HEADER_START = f'{{"format": "{PARTIAL_FORMAT}"'.encode()  # how every header line begins
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 DEFAULT_TEXT_FIELDS = ("prompt", "text")
 MESSAGES_FIELD = "messages"
 
@@ -139,6 +163,11 @@ def read_records(path: str | os.PathLike, *, field: str | None = None) -> list[R
                         f"{_where(path, line_no)}: not valid JSON ({e.msg} at column {e.colno});"
                         " expected one JSON object per line"
                     ) from None
+                except RecursionError:
+                    raise InputError(
+                        f"{_where(path, line_no)}: JSON nested too deeply; expected one JSON"
+                        " object per line"
+                    ) from None
                 records.append(
                     parse_record(obj, index=len(records), line=line_no, path=path, field=field)
                 )
@@ -162,64 +191,111 @@ class OutputWriter:
     """Append finished records to `<path>.partial`; `finalize()` writes `<path>` atomically.
 
     `settings` is any JSON-able dict of what determines the text (plus the input fingerprint); a
-    partial file written under other settings is refused rather than silently mixed.
+    partial file written under other settings is refused rather than silently mixed. One writer
+    per output at a time: `open` takes an exclusive lock (`<path>.lock`) held until `close` or
+    `finalize`. Use as a context manager, or call `close()` on every path.
     """
 
     path: Path
     settings: dict[str, Any]
     done: dict[int, dict[str, Any]] = field(default_factory=dict)  # index -> output record
-    _file: Any = None
+    _fd: int | None = None  # the partial file, O_APPEND
+    _lock: _OutputLock | None = None
 
     @property
     def partial_path(self) -> Path:
         return self.path.with_name(self.path.name + PARTIAL_SUFFIX)
 
     @property
-    def tmp_path(self) -> Path:
-        return self.path.with_name(self.path.name + TMP_SUFFIX)
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + LOCK_SUFFIX)
 
     @classmethod
     def open(
         cls, path: str | os.PathLike, settings: dict[str, Any], *, overwrite: bool = False
     ) -> OutputWriter:
-        """Open for writing, resuming from an existing partial file. Raises UserError if `path`
-        exists (unless overwrite) or if the partial file belongs to other settings."""
+        """Lock the output, then resume from an existing partial file or start one whose header
+        is on disk (written, flushed, fsynced) before this returns, so a run killed at any later
+        point resumes. UserError if `path` is a folder, its folder is missing, another process
+        holds the output (exit 1; the message names its pid), `path` is complete (exit 0, unless
+        overwrite), `<path>.partial` or `<path>.lock` is a symbolic link, or the partial file
+        belongs to other settings."""
         w = cls(Path(path), json.loads(json.dumps(settings)))
         if w.path.is_dir():
             raise UserError(f"output {str(path)!r} is a directory, expected a file name")
-        if not w.path.parent.exists():
+        if not w.path.parent.is_dir():
             raise UserError(f"output folder {str(w.path.parent)!r} does not exist")
+        w._lock = _OutputLock.acquire(w.lock_path, str(path))
+        try:
+            w._open_partial(overwrite)
+        except BaseException:
+            w.close()
+            raise
+        return w
+
+    def _open_partial(self, overwrite: bool) -> None:
+        # Under the lock: every final-file temporary in the folder is a dead run's.
+        for leftover in self.path.parent.glob(f".{_glob_escape(self.path.name)}.*{TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
         if overwrite:
-            for p in (w.path, w.partial_path, w.tmp_path):
-                p.unlink(missing_ok=True)
-        elif w.path.exists():
+            self.path.unlink(missing_ok=True)
+            self.partial_path.unlink(missing_ok=True)
+        elif self.path.exists():
             raise UserError(
-                f"output {str(path)!r} already exists and is complete;"
+                f"output {str(self.path)!r} already exists and is complete;"
                 " pass --overwrite to generate it again",
                 exit_code=0,
             )
-        if w.partial_path.exists():
-            w._load_partial()
-        w._file = open(w.partial_path, "a", encoding="utf-8")
-        if not w._file.tell():
-            w._write_line({"format": PARTIAL_FORMAT, "settings": w.settings})
-        return w
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC
+        try:
+            self._fd = os.open(self.partial_path, flags, 0o644)
+        except OSError as e:
+            if self.partial_path.is_symlink():
+                raise UserError(
+                    f"{self.partial_path} is a symbolic link; samgpu does not follow one there"
+                    " (remove it or choose another --output)"
+                ) from None
+            raise UserError(f"cannot open {self.partial_path}: {e.strerror}") from None
+        raw = _read_all(self._fd)
+        if self._is_unstarted(raw):  # empty, or killed while writing the header: nothing done
+            self._start()
+        else:
+            self._load_partial(raw)
 
-    def _load_partial(self) -> None:
-        raw = self.partial_path.read_bytes()
+    def _start(self) -> None:
+        """(Re)write the partial file as a bare header, durably."""
+        os.ftruncate(self._fd, 0)
+        self._write(self._line({"format": PARTIAL_FORMAT, "settings": self.settings}))
+        self.flush()
+        _fsync_dir(self.partial_path.parent)  # the file's name is durable too
+
+    @staticmethod
+    def _is_unstarted(raw: bytes) -> bool:
+        """No complete header line: empty, a torn prefix of a header, or a zero-filled tail."""
+        if b"\n" in raw:
+            return False
+        head = raw.rstrip(b"\0")
+        return _HEADER_START.startswith(head) or head.startswith(_HEADER_START)
+
+    def _load_partial(self, raw: bytes) -> None:
         keep = raw[: raw.rfind(b"\n") + 1]  # drop a torn last line (crash mid-write)
         lines = keep.decode("utf-8", errors="replace").splitlines()
         try:
             header = json.loads(lines[0]) if lines else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             header = None
         if not isinstance(header, dict) or header.get("format") != PARTIAL_FORMAT:
             raise UserError(
                 f"{self.partial_path} is not a samgpu partial output; remove it or choose another"
                 " --output"
             )
+        if header.get("settings") != self.settings and len(lines) == 1:
+            self._start()  # a header alone (killed during start-up): nothing done to keep
+            return
         if header.get("settings") != self.settings:
             old, new = header.get("settings") or {}, self.settings
+            if not isinstance(old, dict):
+                old = {}
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
             raise UserError(
@@ -230,47 +306,189 @@ class OutputWriter:
             try:
                 item = json.loads(text)
                 self.done[int(item["index"])] = item["record"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError):
                 raise UserError(
                     f"{self.partial_path}:{n}: damaged line; remove the file or pass --overwrite"
                 ) from None
         if len(keep) != len(raw):
-            with open(self.partial_path, "r+b") as f:
-                f.truncate(len(keep))
+            os.ftruncate(self._fd, len(keep))
 
-    def _write_line(self, obj: Any) -> None:
-        self._file.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    @staticmethod
+    def _line(obj: Any) -> bytes:
+        return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise RuntimeError(f"{self.partial_path} is closed")
+        view = memoryview(data)
+        while view:  # one write appends the whole line in practice; loop for short writes
+            view = view[os.write(self._fd, view) :]
 
     def add(self, index: int, record: dict[str, Any]) -> None:
+        """Append one record (handed to the OS at once: it survives a kill of this process; call
+        flush() for a power cut)."""
+        self._write(self._line({"index": index, "record": record}))
         self.done[index] = record
-        self._write_line({"index": index, "record": record})
+
+    def append(self, index: int, record: dict[str, Any]) -> None:
+        """Append one record as it finishes and make it durable (fsync): what a streaming loop
+        calls per finished record. An fsync costs ~0.1-10 ms; for many small records per second,
+        add() each and flush() once per round instead."""
+        self.add(index, record)
+        self.flush()
 
     def add_many(self, items: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        """Append several records, then one fsync."""
         for index, record in items:
             self.add(index, record)
         self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self.flush()
-            self._file.close()
+        """fsync and close the partial file and release the lock (idempotent)."""
+        try:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            if self._lock is not None:
+                lock, self._lock = self._lock, None
+                lock.release()
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a writer dropped without close() still releases the lock
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to report to
+            pass
 
     def finalize(self, num_records: int) -> None:
-        """Write the final file in input order (atomic rename) and remove the partial file."""
+        """Write the final file in input order (a unique temporary, fsynced, renamed onto
+        `path`), remove the partial file, release the lock."""
         missing = [i for i in range(num_records) if i not in self.done]
         if missing:
             raise RuntimeError(
                 f"finalize with {len(missing)} records unfinished (first {missing[0]})"
             )
-        self.close()
-        with open(self.tmp_path, "w", encoding="utf-8") as f:
-            for i in range(num_records):
-                f.write(json.dumps(self.done[i], ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(self.tmp_path, self.path)
+        if self._lock is None:
+            raise RuntimeError(f"finalize of {self.path} after close")
+        # mkstemp: O_EXCL, a fresh name per call (no planted symlink followed, no two runs
+        # sharing one temporary)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=TMP_SUFFIX, dir=self.path.parent
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for i in range(num_records):
+                    f.write(json.dumps(self.done[i], ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp made it 0600
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.path.parent)
         self.partial_path.unlink(missing_ok=True)
+        self.close()
+
+
+@dataclass
+class _OutputLock:
+    """An exclusive, non-blocking `flock` on `<output>.lock`, which holds the owner's pid, host
+    and start time for the message another run prints. The kernel releases the lock when the
+    process dies, so a lock file left by a killed run is no obstacle; `release` removes it."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def acquire(cls, path: Path, output: str) -> _OutputLock:
+        if fcntl is None:  # no flock (Windows): no protection, as before
+            return cls(path, -1)
+        for _ in range(8):  # retry if the file was removed between our open and our lock
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o644)
+            except OSError as e:
+                if path.is_symlink():
+                    raise UserError(
+                        f"{path} is a symbolic link; samgpu does not follow one there (remove"
+                        " it or choose another --output)"
+                    ) from None
+                raise UserError(f"cannot create the lock file {path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_all(fd).decode("utf-8", errors="replace").strip()
+                os.close(fd)
+                raise UserError(
+                    f"output {output!r} is being written by another samgpu process"
+                    f" ({owner or 'pid unknown'}; lock {path}); wait for it to finish, or"
+                    " choose another --output",
+                    exit_code=1,
+                ) from None
+            except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without flock
+                warnings.warn(
+                    f"samgpu: cannot lock {path} ({e.strerror}); nothing stops a second run on"
+                    f" {output!r} from mixing its records in",
+                    stacklevel=3,
+                )
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+                owner = f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n"
+                os.pwrite(fd, owner.encode(), 0)
+                return cls(path, fd)
+            os.close(fd)  # the holder before us removed it: lock the new one
+        raise UserError(f"could not lock {path}: it keeps being replaced", exit_code=1)
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        try:
+            self.path.unlink(missing_ok=True)  # while locked: a waiting opener then retries
+        finally:
+            os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, pos = [], 0
+    while chunk := os.pread(fd, 1 << 20, pos):
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a creation or rename in `folder` durable (samgpu.sam._files.fsync_dir without
+    importing the index package)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

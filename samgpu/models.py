@@ -8,8 +8,10 @@ Loading: transformers dequantizes the GGUF (Q4_1 -> float weights, ~15-25 s on a
 load saves a converted copy (safetensors, float32, plus the tokenizer and the generation config)
 under `$SAMGPU_CACHE` (default `~/.cache/samgpu`) keyed by the GGUF's name, size and a hash of its
 first and last MiB (not its mtime: a copy reassembled on another machine still hits), written to a
-temporary folder and renamed into place so that a crash never leaves a half-written cache; an
-unwritable cache only costs the conversion each time (a warning says so). Later loads read the copy
+temporary folder and renamed into place so that a crash never leaves a half-written cache (the
+temporary folder a killed conversion leaves behind is removed by the next load: its name carries
+the writer's host and pid); an unwritable cache only costs the conversion each time (a warning
+says so). Later loads read the copy
 in about a second. Nothing touches the network.
 
 EOS: SmolLM2-Instruct ends a turn with `<|im_end|>` (id 2), which is also the model's own
@@ -25,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -99,10 +102,25 @@ def _cache_best_effort(dest: Path, write) -> bool:
     return True
 
 
+# Temporary conversion folders: `.<model|tokenizer>.<host>-<pid>.<random>` (untagged before).
+_TMP_DIR = re.compile(r"\.(?:model|tokenizer)\.(?:(?P<tag>[0-9a-f]{8}-\d+)\.)?[a-z0-9_]{8}")
+
+
+def remove_stale_conversions(folder: Path) -> list[Path]:
+    """Remove the temporary folders a killed conversion left in `folder` (~120 MB each): a dead
+    pid of this host at once, others by age (samgpu/sam/_files.py). Returns the removed."""
+    from samgpu.sam._files import remove_stale
+
+    return remove_stale(folder, _TMP_DIR)
+
+
 def _write_atomically(dest: Path, write) -> None:
     """`write(tmp_dir)`, then rename the folder to `dest`; a concurrent winner is kept."""
+    from samgpu.sam._files import owner_tag
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    remove_stale_conversions(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{owner_tag()}.", dir=dest.parent))
     try:
         write(tmp)
         (tmp / "COMPLETE").write_text(json.dumps({"format": CACHE_FORMAT_VERSION}))
@@ -135,6 +153,7 @@ def load_default_tokenizer():
 
     gguf = default_gguf_path()
     tok_dir = converted_dir(gguf) / "tokenizer"
+    remove_stale_conversions(tok_dir.parent)
     if (tok_dir / "COMPLETE").is_file():
         return _fix_eos(AutoTokenizer.from_pretrained(tok_dir, local_files_only=True))
     tokenizer = _fix_eos(

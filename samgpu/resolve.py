@@ -151,7 +151,9 @@ def resolve_index(index: Any, tokenizer, method: str, *, progress: bool = False)
 
         if not get_method(method).needs_index or tokenizer is None:
             return None
-        return load_index(default_index(tokenizer, progress=progress), tokenizer)
+        from samgpu.sam.default import load_default_index
+
+        return load_index(load_default_index(tokenizer, progress=progress), tokenizer)
     return load_index(index, tokenizer)
 
 
@@ -171,12 +173,17 @@ def load_index(index: Any, tokenizer=None):
                 " (see `samgpu index build --help`)"
             )
         try:
-            index = SamIndex.load(path)
+            index = SamIndex.load(path)  # validated: no kernel sees an unchecked index
         except (ValueError, OSError, EOFError) as e:
             raise InputError(
                 f"index {str(path)!r} is corrupt or not a samgpu index ({e}); rebuild it with"
                 " `samgpu index build`"
             ) from None
+    else:
+        try:
+            index.ensure_valid()  # an index built in this process passed already; no second pass
+        except ValueError as e:
+            raise InputError(f"the SamIndex passed as index is not usable: {e}") from None
     if tokenizer is not None:
         from samgpu.sam.corpus import tokenizer_fingerprint
 

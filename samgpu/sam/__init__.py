@@ -3,7 +3,7 @@ reading, the embedded default index. Knows nothing of models or GPUs (tests/test
 
     from samgpu.sam import SamIndex, build_default_index
     index = SamIndex.build(docs, vocab_size=V, eos_id=eos)   # docs: iterable of token arrays
-    index.save("x.samidx"); index = SamIndex.load("x.samidx")  # mmap
+    index.save("x.samidx"); index = SamIndex.load("x.samidx")  # mmap, validated on every load
     path = build_default_index(tokenizer)                      # cached under $SAMGPU_CACHE
 """
 
@@ -22,6 +22,7 @@ from samgpu.sam.default import (
     default_corpus_paths,
     default_index_path,
     ensure_default_index,
+    load_default_index,
 )
 from samgpu.sam.index import ARRAY_NAMES, NO_POSITION, NO_STATE, SamIndex
 from samgpu.sam.storage import FORMAT_VERSION, MAGIC, read_header
@@ -41,6 +42,7 @@ __all__ = [
     "default_index_path",
     "ensure_default_index",
     "hf_encode_batch",
+    "load_default_index",
     "read_header",
     "read_texts",
     "token_docs",

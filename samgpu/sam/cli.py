@@ -3,7 +3,8 @@
   samgpu index build [--corpus FILE ...] [--fields a,b] [--tokenizer default|PATH] [--out PATH]
   samgpu index stats PATH
 
-`build` prints ONE JSON line: the index stats plus the build rate and the output path. Without
+`build` prints ONE JSON line: the index stats plus the build rate and the output path. `stats`
+also runs the deep structural validation (`"structure": "ok"`; an error line otherwise). Without
 --corpus it builds the embedded default index (shipped corpus, samgpu.sam.default) and, without
 --out, writes it to the default cache location `$SAMGPU_CACHE/default-<fingerprint[:12]>.samidx`.
 
@@ -98,8 +99,12 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
             raise ValueError("--fields applies to --corpus files; the default corpus has its own")
         path, index = ensure_default_index(tokenizer, args.out, progress, force=args.force)
         if index is None:  # an up-to-date default index was already cached
-            index = SamIndex.load(path)
-            index.build_info["cached"] = True
+            try:
+                index = SamIndex.load(path)
+                index.build_info["cached"] = True
+            except ValueError as exc:  # damaged cache: rebuild, as the generate path does
+                print(f"samgpu: rebuilding {path}: {exc}", file=sys.stderr, flush=True)
+                path, index = ensure_default_index(tokenizer, args.out, progress, force=True)
     else:
         if args.out is None:
             raise ValueError(
@@ -121,7 +126,12 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
 def _stats(path: Path) -> int:
     meta = read_header(path)
     index = SamIndex.load(path)
-    line = {"path": str(path), **index.stats(), **meta.get("extra", {}), "checksums": "ok"}
+    try:
+        index.validate(deep=True)  # load ran the fast level; an inspection can afford the rest
+    except ValueError as exc:
+        raise ValueError(f"SAM index {path} fails the deep validation: {exc}") from None
+    extra = meta.get("extra") or {}
+    line = {"path": str(path), **index.stats(), **extra, "checksums": "ok", "structure": "ok"}
     line["file_bytes"] = path.stat().st_size
     print(json.dumps(line))
     return 0

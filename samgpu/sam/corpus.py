@@ -68,7 +68,8 @@ def read_texts(
     paths: Iterable[str | os.PathLike], fields: Sequence[str] = DEFAULT_FIELDS
 ) -> Iterator[str]:
     """Yield one text per record (JSON/JSONL) or per file (plain text); empty texts are skipped.
-    Missing files and malformed JSON raise ValueError naming the file (and line, for JSONL)."""
+    Missing files and malformed JSON (too deeply nested included) raise ValueError naming the file
+    (and line, for JSONL)."""
     fields = tuple(fields)
     if not fields:
         raise ValueError("fields must name at least one record field")
@@ -89,6 +90,10 @@ def read_texts(
                             raise ValueError(
                                 f"corpus file {path}, line {lineno}: malformed JSON ({exc.msg})"
                             ) from exc
+                        except RecursionError:
+                            raise ValueError(
+                                f"corpus file {path}, line {lineno}: JSON nested too deeply"
+                            ) from None
                         text = _text_or_error(record, fields, f"{path}, line {lineno}")
                         if text:
                             yield text
@@ -99,6 +104,8 @@ def read_texts(
                         raise ValueError(
                             f"corpus file {path}: malformed JSON at line {exc.lineno} ({exc.msg})"
                         ) from exc
+                    except RecursionError:
+                        raise ValueError(f"corpus file {path}: JSON nested too deeply") from None
                     records = data if isinstance(data, list) else [data]
                     for i, record in enumerate(records):
                         text = _text_or_error(record, fields, f"{path}, record {i}")
@@ -119,6 +126,8 @@ def _text_or_error(record, fields: Sequence[str], where: str) -> str:
         return record_text(record, fields)
     except TypeError as exc:
         raise ValueError(f"corpus file {where}: {exc}") from exc
+    except RecursionError:  # json.dumps of a deeply nested field value
+        raise ValueError(f"corpus file {where}: a field is nested too deeply") from None
 
 
 def token_docs(

@@ -9,6 +9,7 @@ the same tokenizer fingerprint and default-corpus version.
 from __future__ import annotations
 
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from samgpu.sam.corpus import (
     tokenizer_vocab_size,
 )
 from samgpu.sam.index import SamIndex
+from samgpu.sam.storage import read_header, remove_stale_temporaries
 
 DEFAULT_CORPUS_FILES: tuple[str, ...] = (
     "gsm8k_train.jsonl.gz",
@@ -81,6 +83,9 @@ def ensure_default_index(
     """build_default_index, also returning the index when it was built now (None if reused)."""
     fingerprint = tokenizer_fingerprint(tokenizer)
     path = Path(out) if out is not None else default_index_path(fingerprint)
+    # a killed build leaves a ~50 MB temporary in the cache: removed here, even when the cached
+    # index is reused
+    remove_stale_temporaries(cache_dir(), r"default-[0-9a-f]+\.samidx")
     if not force and path.is_file() and _is_current_default(path, fingerprint):
         return path, None
     index = build_index_from_files(
@@ -94,6 +99,22 @@ def ensure_default_index(
     index.extra["corpus"] = DEFAULT_CORPUS_ID
     index.save(path)
     return path, index
+
+
+def load_default_index(
+    tokenizer, out: str | os.PathLike | None = None, progress: bool = True
+) -> SamIndex:
+    """The default index for `tokenizer`, loaded (and validated): built when missing or stale,
+    and rebuilt, with a warning, when the cached file exists but does not load (damaged, or
+    written by a faulty tool): the cache is samgpu's own, so it heals instead of refusing."""
+    path, index = ensure_default_index(tokenizer, out, progress)
+    if index is not None:
+        return index
+    try:
+        return SamIndex.load(path)
+    except ValueError as exc:
+        warnings.warn(f"samgpu: rebuilding the cached default index: {exc}", stacklevel=2)
+    return ensure_default_index(tokenizer, out, progress, force=True)[1]
 
 
 def build_index_from_files(
@@ -123,24 +144,29 @@ def build_index_from_files(
     return index
 
 
+# Largest uncompressed / compressed ratio believed from a .gz size trailer (text rarely exceeds
+# 10x; the hint only presizes the build, so an underestimate costs a regrowth, not a failure).
+GZIP_MAX_RATIO: int = 32
+
+
 def _text_bytes(path: Path) -> int:
-    """Uncompressed size: the file size, or for .gz the ISIZE trailer (size mod 2**32)."""
+    """Uncompressed size estimate: the file size, or for .gz the ISIZE trailer (size mod 2**32)
+    capped at GZIP_MAX_RATIO x the compressed size, since the trailer is not checked until the
+    whole stream is read (a 111-byte file may claim 4 GB)."""
     size = path.stat().st_size
     if path.suffix == ".gz" and size >= 4:
         with open(path, "rb") as f:
             f.seek(-4, os.SEEK_END)
-            return int.from_bytes(f.read(4), "little")
+            return min(int.from_bytes(f.read(4), "little"), GZIP_MAX_RATIO * size)
     return size
 
 
 def _is_current_default(path: Path, fingerprint: str) -> bool:
-    from samgpu.sam.storage import read_header
-
     try:
         meta = read_header(path)
     except ValueError:
         return False
     return (
         meta["tokenizer_fingerprint"] == fingerprint
-        and meta.get("extra", {}).get("corpus") == DEFAULT_CORPUS_ID
+        and (meta.get("extra") or {}).get("corpus") == DEFAULT_CORPUS_ID
     )

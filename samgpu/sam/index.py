@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samgpu.sam import _build
+from samgpu.sam import _build, _validate
 
 NO_STATE: int = _build.NO_STATE  # == samgpu.types.NO_STATE (samgpu.sam imports no runtime module)
 NO_POSITION: int = -1  # endpos of the root
@@ -53,18 +53,6 @@ ARRAY_NAMES: tuple[str, ...] = (
 )
 _CHUNK_TOKENS: int = 1 << 20  # tokens per call into the numba core (progress granularity)
 _MIN_CAPACITY: int = 1 << 16  # initial construction capacity (tokens) without a size hint
-_VALIDATE_ERRORS = {
-    1: "edge_offsets must start at 0 and end at num_edges",
-    2: "edge_offsets must be non-decreasing",
-    3: "edge_token outside [0, vocab_size)",
-    4: "edge_token not strictly increasing within a state",
-    5: "edge_dst outside [1, num_states)",
-    6: "an edge must lead to a longer state",
-    7: "state 0 must be the root (length 0, link NO_STATE)",
-    8: "link must point to a shorter state",
-    9: "endpos out of range or shorter than length",
-    10: "count must be >= 1 and <= count of the suffix link",
-}
 
 
 @dataclass(eq=False)
@@ -85,6 +73,8 @@ class SamIndex:
     tokenizer_fingerprint: str = ""
     extra: dict = field(default_factory=dict)  # JSON-able provenance (corpus, sizes), saved
     build_info: dict = field(default_factory=dict)  # build timings of this process, not saved
+    # validate() passed (set by build, load and validate; not saved)
+    is_validated: bool = field(default=False, init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -249,65 +239,68 @@ class SamIndex:
             "array_bytes": nbytes,
         }
 
-    def validate(self) -> None:
-        """Check shapes, dtypes and the structural invariants (offsets sorted and in range, tokens
-        sorted per state, links shorter, counts monotone, root row complete); ValueError if not."""
+    def validate(self, *, deep: bool = True) -> None:
+        """Check shapes, dtypes and the structural invariants (samgpu/sam/_validate.py) in one
+        compiled pass; ValueError naming the first violation. deep=False, what `load` runs on
+        every file, checks what memory safety and termination need: ids in range, suffix links
+        strictly shorter (so acyclic), CSR sorted, endpos in range, counts >= 1, root row
+        complete, EOS in the vocabulary. deep=True also checks that edges lead to longer states
+        and that counts are the link-tree sums (a random read per edge, ~5x the time). Neither
+        proves the automaton is the suffix automaton of `tokens` (that needs a rebuild)."""
+        problem = self.find_problem(deep=deep)
+        if problem is not None:
+            raise ValueError(f"invalid SamIndex: {problem}")
+
+    def find_problem(self, *, deep: bool = True) -> str | None:
+        """validate() as a value: None if valid (and is_validated is set), else the message."""
+        self.is_validated = False
+        try:
+            _check_vocab(self.vocab_size, self.eos_id)
+        except ValueError as exc:
+            return str(exc)
         for name in ARRAY_NAMES:
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.ndim != 1:
-                raise ValueError(f"{name} must be a 1-D int32 tensor, got {_describe(t)}")
-            if not t.is_contiguous():
-                raise ValueError(f"{name} must be contiguous")
+                return f"{name} must be a 1-D int32 tensor, got {_describe(t)}"
+            if not t.is_contiguous() or t.device.type != "cpu":
+                return f"{name} must be a contiguous CPU tensor"
         num_states = self.num_states
+        if num_states < 1:
+            return "an index needs at least the root state"
         for name in ("link", "endpos", "count"):
             if getattr(self, name).shape[0] != num_states:
-                raise ValueError(
+                return (
                     f"{name} {tuple(getattr(self, name).shape)} and length {(num_states,)} "
                     "disagree on num_states"
                 )
         if self.edge_offsets.shape[0] != num_states + 1:
-            raise ValueError(
+            return (
                 f"edge_offsets {tuple(self.edge_offsets.shape)} must have num_states + 1 = "
                 f"{num_states + 1} entries"
             )
         if self.edge_dst.shape != self.edge_token.shape:
-            raise ValueError(
+            return (
                 f"edge_dst {tuple(self.edge_dst.shape)} and edge_token "
                 f"{tuple(self.edge_token.shape)} disagree on num_edges"
             )
         if self.root_next.shape[0] != self.vocab_size:
-            raise ValueError(
-                f"root_next {tuple(self.root_next.shape)} must have vocab_size = {self.vocab_size}"
-            )
-        if num_states < 1:
-            raise ValueError("an index needs at least the root state")
-        code = _build.sam_check(
-            self.length.numpy(),
-            self.link.numpy(),
-            self.endpos.numpy(),
-            self.count.numpy(),
-            self.edge_offsets.numpy(),
-            self.edge_token.numpy(),
-            self.edge_dst.numpy(),
-            self.num_tokens,
-            self.vocab_size,
-        )
-        if code:
-            raise ValueError(f"invalid SamIndex: {_VALIDATE_ERRORS[code]}")
-        expected_root = _build.sam_root_next(
-            self.vocab_size,
-            self.edge_offsets.numpy(),
-            self.edge_token.numpy(),
-            self.edge_dst.numpy(),
-        )
-        if not np.array_equal(expected_root, self.root_next.numpy()):
-            raise ValueError("invalid SamIndex: root_next disagrees with the root's CSR edges")
-        if np.any(expected_root == NO_STATE):
-            missing = int(np.flatnonzero(expected_root == NO_STATE)[0])
-            raise ValueError(f"invalid SamIndex: the root has no transition on token {missing}")
-        tokens = self.tokens.numpy()
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"invalid SamIndex: tokens outside [0, {self.vocab_size})")
+            shape = tuple(self.root_next.shape)
+            return f"root_next {shape} must have vocab_size = {self.vocab_size} entries"
+        a = {name: getattr(self, name).numpy() for name in ARRAY_NAMES}
+        args = (*(a[name] for name in ARRAY_NAMES), int(self.vocab_size))  # sam_validate's order
+        if deep or not _validate.sam_is_valid(*args):
+            code, where = _validate.sam_validate(*args, bool(deep))
+            if code != _validate.OK:
+                return _validate.describe(code, where, a, self.vocab_size)
+        self.is_validated = True
+        return None
+
+    def ensure_valid(self) -> SamIndex:
+        """validate(deep=False) unless this object passed a validation already (build and load
+        set the flag; it does not notice later in-place edits of the tensors). Returns self."""
+        if not self.is_validated:
+            self.validate(deep=False)
+        return self
 
     # ------------------------------------------------------------------ storage
     def save(self, path: str | os.PathLike) -> Path:
@@ -318,8 +311,11 @@ class SamIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> SamIndex:
-        """Read a file written by `save`. With mmap the arrays are copy-on-write views of the mapped
-        file (no full read). verify checks the payload checksums (reads every page once)."""
+        """Read a file written by `save`, then validate it (validate(deep=False), always): a
+        ValueError naming the file for any bad header, checksum or structure. With mmap the
+        arrays are copy-on-write views of the mapped file: never rewrite the file in place while
+        it is loaded (a truncation kills the reader with SIGBUS); `save` replaces it by rename,
+        which is safe. verify checks the payload checksums (reads every page once)."""
         from samgpu.sam.storage import load_index
 
         return load_index(path, mmap=mmap, verify=verify)
@@ -428,7 +424,7 @@ class _Builder:
         self.compute_seconds += time.perf_counter() - start
         seconds = self.compute_seconds
         t = torch.from_numpy
-        return SamIndex(
+        index = SamIndex(
             length=t(length),
             link=t(link),
             endpos=t(endpos),
@@ -448,6 +444,8 @@ class _Builder:
                 "build_tokens_per_s": round(num_tokens / seconds, 1) if seconds > 0 else None,
             },
         )
+        index.is_validated = True  # valid by construction (tests/sam/test_build.py checks it)
+        return index
 
 
 def _vocab_singletons(vocab_size: int, eos_id: int) -> np.ndarray:

@@ -18,23 +18,36 @@ Example header: {"vocab_size": 49152, "eos_id": 2, "tokenizer_fingerprint": "9f2
             ...]}
 
 Checks on load, each a ValueError naming the file and the fix: wrong magic, other format version,
-short/truncated file, header CRC mismatch, unparsable header, payload CRC mismatch (verify=True),
-shape inconsistencies (SamIndex.validate runs on small indices and on request).
+short/truncated file, header CRC mismatch, a header that is not the schema above (missing keys,
+wrong types, sizes outside int32, arrays overlapping or outside the file), payload CRC mismatch
+(verify=True), then the structural validation (SamIndex.validate(deep=False): ids in range, links
+acyclic, ...; samgpu/sam/_validate.py) on every load, so no kernel ever sees an unchecked index.
 CRC-32 (zlib) ran at ~1 GB/s on the 2-core dev CPU (blake2b: 0.25 GB/s), so verifying costs about a
-second per GB of index; `load(verify=False)` skips it for trusted files.
+second per GB of index; `load(verify=False)` skips it for trusted files (not the validation).
+
+Writing: a temporary `.<name>.tmp-<host>-<pid>-<random>` in the same folder (created exclusively,
+so a planted symlink is never followed), fsynced, renamed over `<name>`; leftovers of killed
+writers are removed by the next save (samgpu/sam/_files.py). A loaded index is a memory map of
+the file: never rewrite an index file in place while a process uses it (truncating a mapped file
+kills its readers with SIGBUS). Saving over it is safe, because the rename leaves the mapped old
+file intact until its last reader closes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import reprlib
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from samgpu.sam import _files
 from samgpu.sam.index import ARRAY_NAMES, SamIndex
 
 MAGIC: bytes = b"SAMGPUIX"
@@ -47,6 +60,8 @@ _DTYPES = {"int32": np.int32, "uint16": np.uint16}
 ALIGN: int = 64
 _PREFIX = struct.Struct("<8sIII")  # magic, version, header length, header crc32
 _CRC_BLOCK = 1 << 24
+MAX_HEADER_BYTES: int = 1 << 24  # a real header is ~2 KB plus the provenance in `extra`
+MAX_COUNT: int = 2**31 - 1  # ids and offsets are int32
 
 
 def _fix(path: Path) -> str:
@@ -111,24 +126,43 @@ def save_index(index: SamIndex, path: str | os.PathLike) -> Path:
     if _PREFIX.size + len(header) > entries[0]["offset"]:
         raise RuntimeError("header does not fit before the first array")  # internal invariant
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path.parent, re.escape(path.name))
+    # mkstemp creates the name exclusively (O_EXCL): a planted symlink is never followed
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.tmp-{_files.owner_tag()}-", dir=path.parent
+    )
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)))
             f.write(header)
             for e in entries:
                 f.write(b"\0" * (e["offset"] - f.tell()))
                 f.write(arrays[e["name"]].tobytes())
             f.write(b"\0" * (meta["file_size"] - f.tell()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp made it 0600; an index is not secret
         os.replace(tmp, path)
+        _files.fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, name_regex: str) -> list[Path]:
+    """Remove dead writers' save_index temporaries in `folder` of the index files whose names
+    match `name_regex` (e.g. re.escape("x.samidx")); both tagged names and the untagged
+    `.<name>.tmp-<pid>` of older versions. Returns the removed paths."""
+    pattern = re.compile(rf"\.(?:{name_regex})\.tmp-(?P<tag>(?:[0-9a-f]{{8}}-)?\d+)(?:-\w+)?")
+    return _files.remove_stale(Path(folder), pattern)
+
+
 def read_header(path: str | os.PathLike) -> dict:
-    """Parse and check the prefix and JSON header (cheap: reads only the first bytes)."""
+    """Parse and check the prefix and JSON header (cheap: reads only the first bytes). Returns the
+    header with every field checked against the schema (module docstring) and each array's
+    `dtype` filled in; any deviation is one ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"SAM index {path} does not exist; build it with `samgpu index build`")
@@ -149,6 +183,12 @@ def read_header(path: str | os.PathLike) -> dict:
                 f"SAM index {path} has format version {version}, this samgpu reads versions "
                 f"{readable}; {_fix(path)}"
             )
+        # never size a read from an unchecked length (4 GB for a lying u32)
+        if header_len > min(size - _PREFIX.size, MAX_HEADER_BYTES):
+            raise ValueError(
+                f"SAM index {path} is truncated inside its header (header length {header_len}, "
+                f"file {size} bytes); {_fix(path)}"
+            )
         header = f.read(header_len)
     if len(header) < header_len:
         raise ValueError(f"SAM index {path} is truncated inside its header; {_fix(path)}")
@@ -156,17 +196,15 @@ def read_header(path: str | os.PathLike) -> dict:
         raise ValueError(f"SAM index {path} has a corrupt header (CRC mismatch); {_fix(path)}")
     try:
         meta = json.loads(header)
-        names = [e["name"] for e in meta["arrays"]]
-        file_size = int(meta["file_size"])
-        int(meta["vocab_size"]), int(meta["eos_id"]), str(meta["tokenizer_fingerprint"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise ValueError(
-            f"SAM index {path} has an unreadable header ({exc}); {_fix(path)}"
-        ) from exc
-    if names != list(ARRAY_NAMES):
-        raise ValueError(
-            f"SAM index {path} holds arrays {names}, expected {list(ARRAY_NAMES)}; {_fix(path)}"
-        )
+            f"SAM index {path} has an unreadable header ({type(exc).__name__}: {exc}); {_fix(path)}"
+        ) from None
+    try:
+        _check_header(meta, version, _PREFIX.size + header_len)
+    except _HeaderError as exc:
+        raise ValueError(f"SAM index {path} has a malformed header ({exc}); {_fix(path)}") from None
+    file_size = meta["file_size"]
     if size < file_size:
         raise ValueError(
             f"SAM index {path} is truncated: {size} bytes, header says {file_size}; {_fix(path)}"
@@ -175,30 +213,88 @@ def read_header(path: str | os.PathLike) -> dict:
         raise ValueError(
             f"SAM index {path} has {size - file_size} trailing bytes after its arrays; {_fix(path)}"
         )
-    for e in meta["arrays"]:
-        e.setdefault("dtype", "int32")  # version 1
-        if e["dtype"] not in _DTYPES or (e["dtype"] != "int32" and e["name"] not in TOKEN_ARRAYS):
-            raise ValueError(
-                f"SAM index {path}: array {e['name']} has dtype {e['dtype']!r}; {_fix(path)}"
-            )
-        itemsize = np.dtype(_DTYPES[e["dtype"]]).itemsize
-        if e["offset"] % ALIGN or e["offset"] + itemsize * e["count"] > file_size:
-            raise ValueError(
-                f"SAM index {path}: array {e['name']} lies outside the file; {_fix(path)}"
-            )
     return meta
 
 
+class _HeaderError(Exception):
+    """A header field that is not the schema; the message names the field."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist = 2, 40, 40, 10
+
+
+def _show(value) -> str:
+    """Short repr of a header value (bounded depth: a nested value cannot recurse)."""
+    return _REPR.repr(value)
+
+
+def _int_field(obj: dict, key: str, lo: int, hi: int, where: str = "") -> int:
+    if key not in obj:
+        raise _HeaderError(f"{where}{key} is missing")
+    v = obj[key]
+    if type(v) is not int or not lo <= v <= hi:  # bool is an int: refused too
+        raise _HeaderError(f"{where}{key} must be an integer in [{lo}, {hi}], got {_show(v)}")
+    return v
+
+
+def _check_header(meta, version: int, header_end: int) -> None:
+    """The JSON header's schema; fills in the version 1 default dtype. Bounds, not consistency:
+    the arrays' sizes are checked against each other by SamIndex.validate after the map."""
+    if not isinstance(meta, dict):
+        raise _HeaderError(f"the header must be a JSON object, got {type(meta).__name__}")
+    vocab_size = _int_field(meta, "vocab_size", 1, MAX_COUNT)
+    _int_field(meta, "eos_id", 0, vocab_size - 1)
+    file_size = _int_field(meta, "file_size", header_end, 2**63 - 1)
+    if not isinstance(meta.get("tokenizer_fingerprint"), str):
+        raise _HeaderError("tokenizer_fingerprint must be a string")
+    if meta.get("extra") is not None and not isinstance(meta["extra"], dict):
+        raise _HeaderError(f"extra must be an object, got {type(meta['extra']).__name__}")
+    entries = meta.get("arrays")
+    if not isinstance(entries, list) or len(entries) != len(ARRAY_NAMES):
+        raise _HeaderError(f"arrays must be a list of {len(ARRAY_NAMES)} entries")
+    end = header_end
+    for name, e in zip(ARRAY_NAMES, entries, strict=True):
+        if not isinstance(e, dict):
+            raise _HeaderError(f"array entry {name} must be an object")
+        if e.get("name") != name:
+            names = [x.get("name") if isinstance(x, dict) else None for x in entries]
+            raise _HeaderError(f"arrays are {_show(names)}, expected {list(ARRAY_NAMES)}")
+        where = f"array {name}: "
+        if version == 1:
+            e.setdefault("dtype", "int32")
+        dtype = e.get("dtype")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise _HeaderError(f"{where}dtype {_show(dtype)} is not allowed")
+        if dtype != "int32" and name not in TOKEN_ARRAYS:
+            raise _HeaderError(f"{where}dtype {_show(dtype)} is not allowed")
+        offset = _int_field(e, "offset", end, file_size, where)
+        count = _int_field(e, "count", 0, MAX_COUNT, where)
+        _int_field(e, "crc32", 0, 2**32 - 1, where)
+        if offset % ALIGN:
+            raise _HeaderError(f"{where}offset {offset} is not a multiple of {ALIGN}")
+        end = offset + np.dtype(_DTYPES[dtype]).itemsize * count
+        if end > file_size:
+            raise _HeaderError(f"{where}lies outside the file (ends at {end} > {file_size})")
+
+
 def load_index(path: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> SamIndex:
-    """Load a SamIndex; arrays are torch views of a copy-on-write memory map when mmap=True."""
+    """Load and validate a SamIndex; arrays are torch views of a copy-on-write memory map when
+    mmap=True (do not rewrite the file in place while it is in use: see the module docstring).
+    verify=False skips the checksums (the structural validation always runs)."""
     path = Path(path)
     meta = read_header(path)
-    if mmap:
-        # mode "c": private copy-on-write mapping, so the tensors are writable without a copy
-        # (torch warns on read-only numpy arrays) and nothing is ever written back to the file.
-        raw = np.memmap(path, dtype=np.uint8, mode="c")
-    else:
-        raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        if mmap:
+            # mode "c": private copy-on-write mapping, so the tensors are writable without a
+            # copy (torch warns on read-only numpy arrays) and nothing is written to the file.
+            raw = np.memmap(path, dtype=np.uint8, mode="c")
+        else:
+            raw = np.fromfile(path, dtype=np.uint8)
+    except (ValueError, OSError) as exc:  # e.g. truncated since read_header
+        raise ValueError(f"SAM index {path} cannot be mapped ({exc}); load it again") from None
+    if raw.size != meta["file_size"]:
+        raise ValueError(f"SAM index {path} changed while it was being loaded; load it again")
     arrays = {}
     for e in meta["arrays"]:
         dtype = np.dtype(_DTYPES[e["dtype"]])
@@ -210,30 +306,12 @@ def load_index(path: str | os.PathLike, *, mmap: bool = True, verify: bool = Tru
         arrays[e["name"]] = torch.from_numpy(arr if dtype == np.int32 else arr.astype(np.int32))
     index = SamIndex(
         **arrays,
-        vocab_size=int(meta["vocab_size"]),
-        eos_id=int(meta["eos_id"]),
-        tokenizer_fingerprint=str(meta["tokenizer_fingerprint"]),
+        vocab_size=meta["vocab_size"],
+        eos_id=meta["eos_id"],
+        tokenizer_fingerprint=meta["tokenizer_fingerprint"],
         extra=dict(meta.get("extra") or {}),
     )
-    try:
-        _check_shapes(index)
-    except ValueError as exc:
-        raise ValueError(f"SAM index {path} is inconsistent ({exc}); {_fix(path)}") from exc
+    problem = index.find_problem(deep=False)
+    if problem is not None:
+        raise ValueError(f"SAM index {path} is invalid: {problem}; {_fix(path)}")
     return index
-
-
-def _check_shapes(index: SamIndex) -> None:
-    num_states = index.num_states
-    if num_states < 1:
-        raise ValueError("no root state")
-    for name in ("link", "endpos", "count"):
-        if getattr(index, name).shape[0] != num_states:
-            raise ValueError(
-                f"{name} has {getattr(index, name).shape[0]} entries, not {num_states}"
-            )
-    if index.edge_offsets.shape[0] != num_states + 1:
-        raise ValueError("edge_offsets must have num_states + 1 entries")
-    if index.edge_dst.shape != index.edge_token.shape:
-        raise ValueError("edge_dst and edge_token disagree on num_edges")
-    if index.root_next.shape[0] != index.vocab_size:
-        raise ValueError("root_next must have vocab_size entries")

@@ -114,3 +114,27 @@ def test_writer_refuses_other_settings_and_complete_output(tmp_path):
     with pytest.raises(UserError, match="already exists") as e:
         OutputWriter.open(out, {"max_new_tokens": 8})
     assert e.value.exit_code == 0
+
+
+def test_header_only_partial_of_other_settings_restarts(tmp_path):
+    """Killed during start-up, then re-run with other settings: no record is lost by starting
+    over, so the run goes ahead (with a record, the same change is refused: the test above)."""
+    out = tmp_path / "out.jsonl"
+    OutputWriter.open(out, {"max_new_tokens": 4}).close()
+    with OutputWriter.open(out, {"max_new_tokens": 8}) as w:
+        assert w.done == {}
+    header = json.loads(out.with_name("out.jsonl.partial").read_text())
+    assert header["settings"] == {"max_new_tokens": 8}
+
+
+def test_writer_is_a_context_manager_and_close_is_idempotent(tmp_path):
+    out = tmp_path / "out.jsonl"
+    with OutputWriter.open(out, {"a": 1}) as w:
+        w.append(0, {"c": 0})
+        assert out.with_name("out.jsonl.lock").exists()
+    w.close()
+    assert not out.with_name("out.jsonl.lock").exists()  # released and removed
+    with pytest.raises(RuntimeError, match="closed"):
+        w.add(1, {"c": 1})
+    with OutputWriter.open(out, {"a": 1}) as again:
+        assert again.done == {0: {"c": 0}}

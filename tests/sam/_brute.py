@@ -44,3 +44,80 @@ def followers(text: np.ndarray, pattern) -> set[int]:
     ends = end_positions(text, pattern)
     ends = ends[ends + 1 < text.size]
     return set(text[ends + 1].tolist())
+
+
+def structural_problems(
+    a: dict[str, np.ndarray], vocab_size: int, eos_id: int, *, deep: bool = False
+) -> list[str]:
+    """Every violated structural invariant of index arrays `a` (samgpu/sam/_validate.py's spec,
+    written as plain loops over lists; empty list = valid). deep adds the two consistency checks.
+    Independent of the compiled check: no early exit, no scratch arrays, no phase order."""
+    length, link, endpos, count = (a[n].tolist() for n in ("length", "link", "endpos", "count"))
+    offsets, tok, dst = (a[n].tolist() for n in ("edge_offsets", "edge_token", "edge_dst"))
+    root_next, tokens = a["root_next"].tolist(), a["tokens"].tolist()
+    num_states, num_edges, num_tokens = len(length), len(tok), len(tokens)
+    if not 1 <= vocab_size < 2**31 or not 0 <= eos_id < vocab_size:
+        return ["vocab_size / eos_id"]
+    shapes = [
+        num_states >= 1,
+        len(link) == len(endpos) == len(count) == num_states,
+        len(offsets) == num_states + 1,
+        len(dst) == num_edges,
+        len(root_next) == vocab_size,
+    ]
+    if not all(shapes):
+        return ["shapes"]
+    bad = []
+    if (length[0], link[0], endpos[0]) != (0, -1, -1) or count[0] < 1:
+        bad.append("root")
+    bad += [f"tokens[{i}]" for i, v in enumerate(tokens) if not 0 <= v < vocab_size]
+    if offsets[0] != 0 or offsets[-1] != num_edges:
+        return [*bad, "offsets ends"]  # edge slices are meaningless beyond this point
+    if any(offsets[s + 1] < offsets[s] for s in range(num_states)):
+        return [*bad, "offsets order"]
+    for s in range(1, num_states):
+        if not 0 <= link[s] < num_states:
+            bad.append(f"link[{s}] range")
+        elif length[link[s]] >= length[s]:
+            bad.append(f"link[{s}] length")
+        if not 0 <= endpos[s] < num_tokens:
+            bad.append(f"endpos[{s}] range")
+        if length[s] > endpos[s] + 1:
+            bad.append(f"length[{s}] > endpos + 1")
+        if count[s] < 1:
+            bad.append(f"count[{s}] < 1")
+    for s in range(num_states):
+        edges = range(offsets[s], offsets[s + 1])
+        labels = [tok[k] for k in edges]
+        bad += [f"edge_token[{k}] range" for k in edges if not 0 <= tok[k] < vocab_size]
+        if any(x >= y for x, y in zip(labels, labels[1:], strict=False)):
+            bad.append(f"state {s} edge order")
+        bad += [f"edge_dst[{k}] range" for k in edges if not 1 <= dst[k] < num_states]
+    if offsets[1] != vocab_size:
+        bad.append("root degree")
+    elif root_next != dst[:vocab_size]:
+        bad.append("root_next")
+    if deep and not bad:
+        for s in range(num_states):
+            for k in range(offsets[s], offsets[s + 1]):
+                if length[dst[k]] <= length[s]:
+                    bad.append(f"edge {k} not longer")
+        children = [0] * num_states
+        for s in range(1, num_states):
+            children[link[s]] += count[s]
+        for s in range(num_states):
+            own = int(s > 0 and length[s] == endpos[s] + 1)
+            if count[s] != children[s] + own:
+                bad.append(f"count[{s}] sum")
+    return bad
+
+
+def link_walks_end(link: list[int], max_steps: int) -> bool:
+    """Every suffix-link walk reaches NO_STATE (-1) within max_steps: no cycle."""
+    for s in range(len(link)):
+        state, steps = s, 0
+        while state != -1:
+            if not 0 <= state < len(link) or steps > max_steps:
+                return False
+            state, steps = link[state], steps + 1
+    return True

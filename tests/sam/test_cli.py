@@ -133,3 +133,58 @@ def test_samgpu_cli_wires_index_commands(capsys, corpus, tmp_path):
     assert index.longest_match(q)[0] == len(q)
     assert cli.main(["index", "stats", str(out_path)]) == 0
     assert json.loads(capsys.readouterr().out)["states"] == stats["states"]
+
+
+def _break_tokens(path) -> None:
+    """tokens[0] := 4095 + 1 (outside the 4096-id vocabulary), checksums recomputed: the header
+    still says "current default index", the values lie."""
+    import struct
+    import zlib
+
+    from samgpu.sam import read_header
+
+    data = bytearray(path.read_bytes())
+    meta = read_header(path)
+    entry = next(e for e in meta["arrays"] if e["name"] == "tokens")
+    assert entry["dtype"] == "uint16"
+    data[entry["offset"] : entry["offset"] + 2] = struct.pack("<H", 4096)
+    entry["crc32"] = zlib.crc32(data[entry["offset"] : entry["offset"] + 2 * entry["count"]])
+    header = json.dumps(meta, sort_keys=True).encode()
+    assert 20 + len(header) <= meta["arrays"][0]["offset"]
+    data[:20] = struct.pack("<8sIII", data[:8], 2, len(header), zlib.crc32(header))
+    data[20 : 20 + len(header)] = header
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_cached_default_index_is_rebuilt(capsys, cache, corpus, monkeypatch):
+    """The cache is samgpu's own: a cached default index that fails validation is rebuilt (with
+    a warning) by the generate path and by `index build`, instead of failing every run."""
+    from samgpu.sam import default, load_default_index
+
+    monkeypatch.setattr(default, "default_corpus_paths", lambda: [corpus])  # 3 builds: keep small
+    tok = WordTokenizer()
+    path = build_default_index(tok, progress=False)
+    _break_tokens(path)
+    with pytest.raises(ValueError, match=r"tokens\[0\] = 4096"):  # control: the damage is real
+        SamIndex.load(path)
+    with pytest.warns(UserWarning, match="rebuilding the cached default index"):
+        index = load_default_index(tok, progress=False)
+    assert index.tokens[0] != 4096 and SamIndex.load(path).equal(index)
+    _break_tokens(path)
+    code, out, err = run(capsys, "build", "--no-progress", tokenizer=tok)
+    assert code == 0 and "rebuilding" in err, err
+    SamIndex.load(path)
+
+
+def test_stats_runs_the_deep_validation(capsys, corpus, tmp_path):
+    out_path = tmp_path / "c.samidx"
+    assert run(capsys, "build", "--corpus", str(corpus), "--out", str(out_path))[0] == 0
+    code, out, err = run(capsys, "stats", str(out_path))
+    assert code == 0 and json.loads(out)["structure"] == "ok", err
+    index = SamIndex.load(out_path)
+    leaf = next(s for s in range(1, index.num_states) if s not in set(index.link.tolist()))
+    index.count[leaf] += 1  # counts no longer the link-tree sums: only the deep level sees it
+    index.save(out_path)
+    SamIndex.load(out_path)  # the fast level (every load) accepts
+    code, out, err = run(capsys, "stats", str(out_path))
+    assert code == 2 and "fails the deep validation" in err and "count" in err, err

@@ -130,3 +130,36 @@ def test_shipped_corpus_is_present_with_licences():
     with gzip.open(paths[0], "rt") as f:
         first = json.loads(f.readline())
     assert set(first) == {"question", "answer"}
+
+
+def test_deeply_nested_json_is_a_clean_error(tmp_path):
+    """Nesting beyond the recursion limit: one ValueError naming the file (and line)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    jl = tmp_path / "deep.jsonl"
+    jl.write_text('{"question": "ok"}\n' + deep + "\n")
+    with pytest.raises(ValueError, match=r"deep\.jsonl, line 2: JSON nested too deeply"):
+        list(read_texts([jl]))
+    js = tmp_path / "deep.json"
+    js.write_text(deep)
+    with pytest.raises(ValueError, match=r"deep\.json: JSON nested too deeply"):
+        list(read_texts([js]))
+    jl.write_text('{"question": "ok", "answer": ' + "[" * 50 + "]" * 50 + "}\n")  # control
+    assert list(read_texts([jl])) == ["ok\n" + "[" * 50 + "]" * 50]
+
+
+def test_gzip_size_trailer_is_not_trusted(tmp_path):
+    """A .gz whose ISIZE trailer claims 4 GB (a 111-byte file asked the build for ~48 GB): the
+    size hint is capped by the compressed size, and reading the file is a clean error."""
+    from samgpu.sam.default import GZIP_MAX_RATIO, _text_bytes, build_index_from_files
+
+    path = tmp_path / "lie.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write('{"question": "what is 2 plus 2", "answer": "4"}\n')
+    honest = _text_bytes(path)
+    assert honest == len('{"question": "what is 2 plus 2", "answer": "4"}\n')  # control
+    data = bytearray(path.read_bytes())
+    data[-4:] = (2**32 - 1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert _text_bytes(path) == GZIP_MAX_RATIO * len(data)
+    with pytest.raises(ValueError, match=r"lie\.jsonl\.gz cannot be read"):
+        build_index_from_files([path], WordTokenizer())

@@ -216,7 +216,7 @@ def test_header_lies_about_sizes(saved):
     header = json.dumps(meta, sort_keys=True).encode().ljust(hlen)
     patched = struct.pack("<8sIII", magic, version, hlen, zlib.crc32(header)) + header
     saved.write_bytes(patched + data[len(patched) :])
-    _expect(saved, "inconsistent")
+    _expect(saved, "invalid", "disagree on num_states")
 
 
 def test_missing_file(tmp_path):
