@@ -480,7 +480,7 @@ def _glob_escape(name: str) -> str:
 
 
 def _fsync_dir(folder: Path) -> None:
-    """Make a creation or rename in `folder` durable (samgpu.sam._files.fsync_dir without
+    """Make a creation or rename in `folder` durable (samgpu.sam.files.fsync_dir without
     importing the index package)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("samgpu.kernels", "samgpu.types", "samgpu.errors"),
     ("samgpu.sam", "samgpu.automata"),
     ("samgpu.drafters", "samgpu.decoding.runners", "samgpu.decoding.config"),
-    ("samgpu.decoding.stages", "samgpu.decoding.buffers"),
+    ("samgpu.decoding.stages", "samgpu.decoding.buffers", "samgpu.decoding.adaptive"),
     ("samgpu.decoding.engine",),
     ("samgpu.decoding.scheduler",),
     ("samgpu.factory",),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from samgpu.sam import SamIndex, storage
-from samgpu.sam._files import host_tag, owner_tag
+from samgpu.sam.files import host_tag, owner_tag
 from tests._fork import in_child
 
 DEAD_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have it

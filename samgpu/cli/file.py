@@ -181,8 +181,8 @@ def generate_file(args: argparse.Namespace) -> int:
                         rec = batch[i][0]
                         record = _output_record(session, rec, list(toks), vars(st))
                         if writer is not None and not info.is_distributed:
-                            writer.add(rec.index, record)  # written as it finishes
-                            writer.flush()
+                            # written as it finishes (survives a kill; fsynced per round)
+                            writer.add(rec.index, record)
                             progress.records_done(1)
                         else:
                             results.append((rec.index, record))

@@ -37,20 +37,10 @@ import numpy as np
 import torch
 
 from samgpu.sam import _build, _validate
+from samgpu.sam.storage import ARRAY_NAMES, fix_hint, read_index, save_index
 
 NO_STATE: int = _build.NO_STATE  # == samgpu.types.NO_STATE (samgpu.sam imports no runtime module)
 NO_POSITION: int = -1  # endpos of the root
-ARRAY_NAMES: tuple[str, ...] = (
-    "length",
-    "link",
-    "endpos",
-    "count",
-    "edge_offsets",
-    "edge_token",
-    "edge_dst",
-    "root_next",
-    "tokens",
-)
 _CHUNK_TOKENS: int = 1 << 20  # tokens per call into the numba core (progress granularity)
 _MIN_CAPACITY: int = 1 << 16  # initial construction capacity (tokens) without a size hint
 
@@ -305,8 +295,6 @@ class SamIndex:
     # ------------------------------------------------------------------ storage
     def save(self, path: str | os.PathLike) -> Path:
         """Write the one-file format (samgpu.sam.storage); atomic (temporary name, then rename)."""
-        from samgpu.sam.storage import save_index
-
         return save_index(self, path)
 
     @classmethod
@@ -316,9 +304,19 @@ class SamIndex:
         arrays are copy-on-write views of the mapped file: never rewrite the file in place while
         it is loaded (a truncation kills the reader with SIGBUS); `save` replaces it by rename,
         which is safe. verify checks the payload checksums (reads every page once)."""
-        from samgpu.sam.storage import load_index
-
-        return load_index(path, mmap=mmap, verify=verify)
+        path = Path(path)
+        meta, arrays = read_index(path, mmap=mmap, verify=verify)
+        index = cls(
+            **arrays,
+            vocab_size=meta["vocab_size"],
+            eos_id=meta["eos_id"],
+            tokenizer_fingerprint=meta["tokenizer_fingerprint"],
+            extra=dict(meta.get("extra") or {}),
+        )
+        problem = index.find_problem(deep=False)
+        if problem is not None:
+            raise ValueError(f"SAM index {path} is invalid: {problem}; {fix_hint(path)}")
+        return index
 
     def check_tokenizer(self, fingerprint: str, path_hint: str | os.PathLike = "") -> None:
         """Raise ValueError unless this index was built for the tokenizer with `fingerprint`."""

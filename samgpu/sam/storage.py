@@ -27,7 +27,7 @@ second per GB of index; `load(verify=False)` skips it for trusted files (not the
 
 Writing: a temporary `.<name>.tmp-<host>-<pid>-<random>` in the same folder (created exclusively,
 so a planted symlink is never followed), fsynced, renamed over `<name>`; leftovers of killed
-writers are removed by the next save (samgpu/sam/_files.py). A loaded index is a memory map of
+writers are removed by the next save (samgpu/sam/files.py). A loaded index is a memory map of
 the file: never rewrite an index file in place while a process uses it (truncating a mapped file
 kills its readers with SIGBUS). Saving over it is safe, because the rename leaves the mapped old
 file intact until its last reader closes it.
@@ -47,8 +47,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samgpu.sam import _files
-from samgpu.sam.index import ARRAY_NAMES, SamIndex
+from samgpu.sam import files
+
+# The index's arrays, in their on-disk order (every one 1-D int32 in memory).
+ARRAY_NAMES: tuple[str, ...] = (
+    "length",
+    "link",
+    "endpos",
+    "count",
+    "edge_offsets",
+    "edge_token",
+    "edge_dst",
+    "root_next",
+    "tokens",
+)
 
 MAGIC: bytes = b"SAMGPUIX"
 FORMAT_VERSION: int = 2
@@ -64,7 +76,7 @@ MAX_HEADER_BYTES: int = 1 << 24  # a real header is ~2 KB plus the provenance in
 MAX_COUNT: int = 2**31 - 1  # ids and offsets are int32
 
 
-def _fix(path: Path) -> str:
+def fix_hint(path: Path) -> str:
     return (
         f"rebuild it with `samgpu index build --out {path}` (add --corpus/--tokenizer as when it "
         "was built)"
@@ -83,8 +95,10 @@ def _crc(buf) -> int:
     return crc
 
 
-def save_index(index: SamIndex, path: str | os.PathLike) -> Path:
-    """Write `index` to `path` atomically (a temporary file in the same folder, then rename)."""
+def save_index(index, path: str | os.PathLike) -> Path:
+    """Write `index` (a SamIndex: its ARRAY_NAMES tensors, vocab_size, eos_id,
+    tokenizer_fingerprint, extra) to `path` atomically (a temporary file in the same folder,
+    then rename)."""
     path = Path(path)
     arrays = {name: np.ascontiguousarray(getattr(index, name).numpy()) for name in ARRAY_NAMES}
     for name, arr in arrays.items():
@@ -129,7 +143,7 @@ def save_index(index: SamIndex, path: str | os.PathLike) -> Path:
     remove_stale_temporaries(path.parent, re.escape(path.name))
     # mkstemp creates the name exclusively (O_EXCL): a planted symlink is never followed
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.tmp-{_files.owner_tag()}-", dir=path.parent
+        prefix=f".{path.name}.tmp-{files.owner_tag()}-", dir=path.parent
     )
     tmp = Path(tmp_name)
     try:
@@ -144,7 +158,7 @@ def save_index(index: SamIndex, path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp made it 0600; an index is not secret
         os.replace(tmp, path)
-        _files.fsync_dir(path.parent)
+        files.fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -156,7 +170,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name_regex: str) -> list
     match `name_regex` (e.g. re.escape("x.samidx")); both tagged names and the untagged
     `.<name>.tmp-<pid>` of older versions. Returns the removed paths."""
     pattern = re.compile(rf"\.(?:{name_regex})\.tmp-(?P<tag>(?:[0-9a-f]{{8}}-)?\d+)(?:-\w+)?")
-    return _files.remove_stale(Path(folder), pattern)
+    return files.remove_stale(Path(folder), pattern)
 
 
 def read_header(path: str | os.PathLike) -> dict:
@@ -170,48 +184,53 @@ def read_header(path: str | os.PathLike) -> dict:
     with open(path, "rb") as f:
         prefix = f.read(_PREFIX.size)
         if len(prefix) < _PREFIX.size:
-            raise ValueError(f"SAM index {path} is truncated ({size} bytes); {_fix(path)}")
+            raise ValueError(f"SAM index {path} is truncated ({size} bytes); {fix_hint(path)}")
         magic, version, header_len, header_crc = _PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise ValueError(
                 f"{path} is not a samgpu SAM index (magic {magic!r}, expected {MAGIC!r}); "
-                f"{_fix(path)}"
+                f"{fix_hint(path)}"
             )
         if version not in READABLE_VERSIONS:
             readable = ", ".join(map(str, READABLE_VERSIONS))
             raise ValueError(
                 f"SAM index {path} has format version {version}, this samgpu reads versions "
-                f"{readable}; {_fix(path)}"
+                f"{readable}; {fix_hint(path)}"
             )
         # never size a read from an unchecked length (4 GB for a lying u32)
         if header_len > min(size - _PREFIX.size, MAX_HEADER_BYTES):
             raise ValueError(
                 f"SAM index {path} is truncated inside its header (header length {header_len}, "
-                f"file {size} bytes); {_fix(path)}"
+                f"file {size} bytes); {fix_hint(path)}"
             )
         header = f.read(header_len)
     if len(header) < header_len:
-        raise ValueError(f"SAM index {path} is truncated inside its header; {_fix(path)}")
+        raise ValueError(f"SAM index {path} is truncated inside its header; {fix_hint(path)}")
     if zlib.crc32(header) != header_crc:
-        raise ValueError(f"SAM index {path} has a corrupt header (CRC mismatch); {_fix(path)}")
+        raise ValueError(f"SAM index {path} has a corrupt header (CRC mismatch); {fix_hint(path)}")
     try:
         meta = json.loads(header)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise ValueError(
-            f"SAM index {path} has an unreadable header ({type(exc).__name__}: {exc}); {_fix(path)}"
+            f"SAM index {path} has an unreadable header ({type(exc).__name__}: {exc}); "
+            f"{fix_hint(path)}"
         ) from None
     try:
         _check_header(meta, version, _PREFIX.size + header_len)
     except _HeaderError as exc:
-        raise ValueError(f"SAM index {path} has a malformed header ({exc}); {_fix(path)}") from None
+        raise ValueError(
+            f"SAM index {path} has a malformed header ({exc}); {fix_hint(path)}"
+        ) from None
     file_size = meta["file_size"]
     if size < file_size:
         raise ValueError(
-            f"SAM index {path} is truncated: {size} bytes, header says {file_size}; {_fix(path)}"
+            f"SAM index {path} is truncated: {size} bytes, header says {file_size}; "
+            f"{fix_hint(path)}"
         )
     if size > file_size:
         raise ValueError(
-            f"SAM index {path} has {size - file_size} trailing bytes after its arrays; {_fix(path)}"
+            f"SAM index {path} has {size - file_size} trailing bytes after its arrays; "
+            f"{fix_hint(path)}"
         )
     return meta
 
@@ -278,10 +297,12 @@ def _check_header(meta, version: int, header_end: int) -> None:
             raise _HeaderError(f"{where}lies outside the file (ends at {end} > {file_size})")
 
 
-def load_index(path: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> SamIndex:
-    """Load and validate a SamIndex; arrays are torch views of a copy-on-write memory map when
-    mmap=True (do not rewrite the file in place while it is in use: see the module docstring).
-    verify=False skips the checksums (the structural validation always runs)."""
+def read_index(
+    path: str | os.PathLike, *, mmap: bool = True, verify: bool = True
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header, arrays) of an index file; arrays are int32 torch views of a copy-on-write memory
+    map when mmap=True (do not rewrite the file in place while it is in use: see the module
+    docstring). verify=False skips the checksums. SamIndex.load builds and validates the index."""
     path = Path(path)
     meta = read_header(path)
     try:
@@ -301,17 +322,8 @@ def load_index(path: str | os.PathLike, *, mmap: bool = True, verify: bool = Tru
         arr = raw[e["offset"] : e["offset"] + dtype.itemsize * e["count"]].view(dtype)
         if verify and _crc(arr) != e["crc32"]:
             raise ValueError(
-                f"SAM index {path} is corrupt: checksum mismatch in array {e['name']}; {_fix(path)}"
+                f"SAM index {path} is corrupt: checksum mismatch in array {e['name']}; "
+                f"{fix_hint(path)}"
             )
         arrays[e["name"]] = torch.from_numpy(arr if dtype == np.int32 else arr.astype(np.int32))
-    index = SamIndex(
-        **arrays,
-        vocab_size=meta["vocab_size"],
-        eos_id=meta["eos_id"],
-        tokenizer_fingerprint=meta["tokenizer_fingerprint"],
-        extra=dict(meta.get("extra") or {}),
-    )
-    problem = index.find_problem(deep=False)
-    if problem is not None:
-        raise ValueError(f"SAM index {path} is invalid: {problem}; {_fix(path)}")
-    return index
+    return meta, arrays
