@@ -359,7 +359,7 @@ def prefill_attention_ref(
     """SDPA with an explicit `[B, 1, T, L]` visibility mask over all L cache slots (the spec; also
     the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels).
     Memory traffic of the kernel it specifies: K/V of slots [0, start + len) once per kv head and
-    row block, q read and out written once: ~2 * B * Hkv * (start + T) * D * bytes at full blocks."""
+    row block; q read and out written once: ~2 * B * Hkv * (start + T) * D * bytes."""
     b, t, hq, hkv, d = _validate(q, k_cache, v_cache, start, lengths)
     visible = prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2])  # [B, T, L]
     dtype = torch.float32 if upcast else q.dtype
