@@ -109,43 +109,6 @@ def exact_config(group: int, head_dim: int, *, use_dot: bool = False) -> ExactCo
     return ExactConfig(block_g, rows // block_g, block_n, SPLIT_TOKENS, num_warps, False)
 
 
-@triton.jit
-def _exact_scores(q, k, USE_DOT: tl.constexpr):
-    """q [M, BD] (input dtype), k [BN, BD] -> raw scores [M, BN] fp32."""
-    if USE_DOT:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
-    return s
-
-
-@triton.jit
-def _exact_weighted(p, v, USE_DOT: tl.constexpr):
-    """p [M, BN] fp32, v [BN, BD] -> sum_j p[:, j] v[j, :] as [M, BD] fp32."""
-    if USE_DOT:
-        w = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    else:
-        w = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
-    return w
-
-
-@triton.jit
-def _exact_node_slots(
-    anc_ptr, prefix_len_ptr, num_keys_ptr, stride_ab, stride_an, b, node, num_nodes, pos
-):
-    """Cache slots [BN] of logical positions `pos` for query `node` of sequence b, and their
-    validity (pos < num_keys)."""
-    node_ok = node < num_nodes
-    pre = tl.load(prefix_len_ptr + b * num_nodes + node, mask=node_ok, other=0)
-    nk = tl.load(num_keys_ptr + b * num_nodes + node, mask=node_ok, other=0)
-    ok = pos < nk
-    in_tree = pos >= pre
-    anc = tl.load(
-        anc_ptr + b * stride_ab + node * stride_an + (pos - pre), mask=ok & in_tree, other=0
-    )
-    return tl.where(in_tree, pre + anc, pos), ok
-
-
 @triton.jit(do_not_specialize=_ARGS)
 def _exact_attention_kernel(
     q_ptr,  # [B, N, Hq, D] fp32/bf16/fp16
@@ -225,36 +188,54 @@ def _exact_attention_kernel(
         kv_mask = (pos < hi)[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.where(visible, _exact_scores(q, k, USE_DOT) * qk_scale, float("-inf"))
+        # Scores and weighted values: the same expressions, tile shapes and accumulators as in
+        # the per-query loop below (written out twice: the interpreter pays per helper call).
+        if USE_DOT:
+            raw = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            raw = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
+        s = tl.where(visible, raw * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _exact_weighted(p, v, USE_DOT)
+        # NOTE: the select keeps the dot's accumulator at zero, as in the per-query path below.
+        # `acc * alpha + dot(p, v)` would otherwise be fused into dot(p, v, acc * alpha) (Triton
+        # rewrites this sum into an FMA dot and folds the add into its accumulator), a different
+        # rounding sequence from the per-query path's: the same row would get other bits.
+        if USE_DOT:
+            w = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            w = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+        pv = tl.where(row_ok[:, None], w, 0.0)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
 
+    # A runtime loop over the program's queries (not unrolled: 16-query programs would compile
+    # for minutes); only the queries that exist (1 for a decode step).
+    num_here = tl.minimum(num_nodes - first_node, NODES)
     for start in range(shared_hi, hi, BLOCK_N):
         pos = start + offs_n
         visible = pos[None, :] < row_hi[:, None]
         raw = tl.zeros([ROWS_, BLOCK_N], dtype=tl.float32)
-        for n in tl.static_range(NODES):
-            slot, ok = _exact_node_slots(
-                anc_ptr,
-                prefix_len_ptr,
-                num_keys_ptr,
-                stride_ab,
-                stride_an,
-                b,
-                first_node + n,
-                num_nodes,
-                pos,
-            )
+        for n in range(0, num_here):
+            # Slots of query first_node + n's logical positions `pos` (module docstring).
+            pre_n = tl.load(prefix_len_ptr + b * num_nodes + first_node + n)
+            ok = pos < tl.load(num_keys_ptr + b * num_nodes + first_node + n)
+            in_tree = pos >= pre_n
+            anc_n = anc_ptr + b * stride_ab + (first_node + n) * stride_an
+            anc = tl.load(anc_n + (pos - pre_n), mask=ok & in_tree, other=0)
+            slot = tl.where(in_tree, pre_n + anc, pos)
             kv_mask = ok[:, None] & d_ok[None, :]
             k = tl.load(
                 k_base + slot[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0
             )
-            raw = tl.where(local[:, None] == n, _exact_scores(q, k, USE_DOT), raw)
+            if USE_DOT:
+                raw_n = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                raw_n = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
+            raw = tl.where(local[:, None] == n, raw_n, raw)
         s = tl.where(visible, raw * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -262,23 +243,23 @@ def _exact_attention_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         pv = tl.zeros([ROWS_, BLOCK_D], dtype=tl.float32)
-        for n in tl.static_range(NODES):
-            slot, ok = _exact_node_slots(
-                anc_ptr,
-                prefix_len_ptr,
-                num_keys_ptr,
-                stride_ab,
-                stride_an,
-                b,
-                first_node + n,
-                num_nodes,
-                pos,
-            )
+        for n in range(0, num_here):
+            # Slots of query first_node + n's logical positions `pos` (module docstring).
+            pre_n = tl.load(prefix_len_ptr + b * num_nodes + first_node + n)
+            ok = pos < tl.load(num_keys_ptr + b * num_nodes + first_node + n)
+            in_tree = pos >= pre_n
+            anc_n = anc_ptr + b * stride_ab + (first_node + n) * stride_an
+            anc = tl.load(anc_n + (pos - pre_n), mask=ok & in_tree, other=0)
+            slot = tl.where(in_tree, pre_n + anc, pos)
             kv_mask = ok[:, None] & d_ok[None, :]
             v = tl.load(
                 v_base + slot[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0
             )
-            pv = tl.where(local[:, None] == n, _exact_weighted(p, v, USE_DOT), pv)
+            if USE_DOT:
+                w = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                w = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+            pv = tl.where(local[:, None] == n, w, pv)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
 
@@ -305,33 +286,37 @@ def _exact_attention_combine_kernel(
     num_splits,  # S
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # next power of two >= Hq
     SPLIT_TOKENS: tl.constexpr,
 ):
-    """Grid (B * N, Hq): merge one row's used splits in increasing order (a fixed sequence)."""
+    """Grid (B * N,): merge one query's used splits, for all its heads, in increasing order (a
+    fixed sequence of elementwise steps per head)."""
     bn = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
     b = bn // num_nodes
     node = bn % num_nodes
+    heads = tl.arange(0, BLOCK_H)
+    h_ok = heads < num_heads
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    hd_ok = h_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     nk = tl.load(num_keys_ptr + bn)
-    base = (bn * num_heads + head) * num_splits
-    m_run = tl.full([], float("-inf"), dtype=tl.float32)
-    l_run = tl.full([], 0.0, dtype=tl.float32)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    base = (bn * num_heads + heads) * num_splits  # [BLOCK_H]
+    m_run = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_run = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     for s in range(0, tl.cdiv(nk, SPLIT_TOKENS)):
-        m_s = tl.load(ws_m_ptr + base + s)
-        l_s = tl.load(ws_l_ptr + base + s)
-        acc_s = tl.load(ws_acc_ptr + (base + s) * HEAD_DIM + offs_d, mask=d_ok, other=0.0)
+        m_s = tl.load(ws_m_ptr + base + s, mask=h_ok, other=0.0)
+        l_s = tl.load(ws_l_ptr + base + s, mask=h_ok, other=0.0)
+        a_ptrs = ws_acc_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :]
+        acc_s = tl.load(a_ptrs, mask=hd_ok, other=0.0)
         m_new = tl.maximum(m_run, m_s)
         alpha = tl.exp2(m_run - m_new)
         w = tl.exp2(m_s - m_new)
         l_run = l_run * alpha + l_s * w
-        acc = acc * alpha + acc_s * w
+        acc = acc * alpha[:, None] + acc_s * w[:, None]
         m_run = m_new
-    res = acc / tl.where(l_run == 0.0, 1.0, l_run)
-    o_ptrs = out_ptr + b * stride_ob + node * stride_on + head * stride_oh + offs_d
-    tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=d_ok)
+    res = acc / tl.where(l_run == 0.0, 1.0, l_run)[:, None]
+    o_ptrs = out_ptr + b * stride_ob + node * stride_on + heads[:, None] * stride_oh
+    tl.store(o_ptrs + offs_d[None, :], res.to(out_ptr.dtype.element_ty), mask=hd_ok)
 
 
 def _aot_specs() -> list[AotSpec]:
@@ -350,7 +335,7 @@ def _aot_specs() -> list[AotSpec]:
             "ws_acc_ptr": "*fp32",
             "ws_m_ptr": "*fp32",
             "ws_l_ptr": "*fp32",
-            **{name: "i32" for name in _ARGS if name.startswith(("stride", "num_", "group"))},
+            **{a: "i32" for a in _ARGS if not a.endswith("_ptr") and a != "qk_scale"},
             "qk_scale": "fp32",
         }
         combine_sig = {
@@ -359,9 +344,9 @@ def _aot_specs() -> list[AotSpec]:
             "ws_m_ptr": "*fp32",
             "ws_l_ptr": "*fp32",
             "out_ptr": ptr,
-            **{n: "i32" for n in _COMBINE_ARGS if n.startswith(("stride", "num_"))},
+            **{a: "i32" for a in _COMBINE_ARGS if not a.endswith("_ptr")},
         }
-        for group, head_dim in ((3, 64), (1, 128)):
+        for heads, group, head_dim in ((9, 3, 64), (32, 1, 128)):
             for use_dot in (False,) if dtype == "fp32" else (False, True):
                 cfg = exact_config(group, head_dim, use_dot=use_dot)
                 consts = {
@@ -375,7 +360,12 @@ def _aot_specs() -> list[AotSpec]:
                 }
                 full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
                 specs.append(AotSpec(_exact_attention_kernel, full_sig, consts, cfg.num_warps))
-            consts = {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "SPLIT_TOKENS": SPLIT_TOKENS}
+            consts = {
+                "HEAD_DIM": head_dim,
+                "BLOCK_D": head_dim,
+                "BLOCK_H": triton.next_power_of_2(heads),
+                "SPLIT_TOKENS": SPLIT_TOKENS,
+            }
             full_sig = {**combine_sig, **dict.fromkeys(consts, "constexpr")}
             specs.append(AotSpec(_exact_attention_combine_kernel, full_sig, consts))
     return specs
@@ -500,7 +490,7 @@ def _launch(
         num_warps=cfg.num_warps,
         num_stages=1,
     )
-    _exact_attention_combine_kernel[(b * n, hq)](
+    _exact_attention_combine_kernel[(b * n,)](
         plan.num_keys,
         ws_acc,
         ws_m,
@@ -514,6 +504,7 @@ def _launch(
         num_splits,
         HEAD_DIM=d,
         BLOCK_D=block_d,
+        BLOCK_H=triton.next_power_of_2(hq),
         SPLIT_TOKENS=split_tokens,
     )
     return out
