@@ -8,7 +8,12 @@ the bits); accuracy is checked against the references with tolerances.
 One "world" per test: a logical K/V sequence of P = CTX + 1 positions per kv head and one query q.
 It is embedded in many batches; the target row's output must never change."""
 
+import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -332,3 +337,61 @@ def test_bad_inputs_raise_value_error(device):
         plan = exact_tree_plan(cache_len, mask)
         plan.num_keys = plan.num_keys.long()
         exact_attention_triton(q, k, v, cache_len, mask, plan=plan)
+
+
+TTGIR_SCRIPT = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from samgpu.kernels import exact_attention as ea
+out = {}
+for spec in ea.AOT_SPECS:
+    c = spec.constexprs
+    if spec.kernel is ea._exact_attention_kernel and c["HEAD_DIM"] == 64:
+        src = triton.compiler.ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=c)
+        # The launcher's options (num_stages=1: no software pipelining of the key loops).
+        options = {"num_warps": spec.num_warps, "num_stages": 1}
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+        out[f"{spec.signature['q_ptr']} use_dot={c['USE_DOT']}"] = kernel.asm["ttgir"]
+print(json.dumps(out))
+"""
+
+
+def key_loop_ops(ttgir: str) -> list[list[str]]:
+    """Reductions and dots of each key loop (the kernel body's top-level `scf.for`s), with operand
+    encodings and whether the dot's accumulator is the zero constant."""
+    zeros = set(re.findall(r"(%cst\w*) = arith.constant dense<0.000000e\+00>", ttgir))
+    loops: list[list[str]] = []
+    lines = ttgir.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"    %[\w:]+ = scf\.for ", line):
+            loops.append([])
+        elif loops and '"tt.reduce"' in line:
+            close = next(x for x in lines[i:] if x.strip().startswith("})"))
+            loops[-1].append("reduce " + re.search(r"\((tensor<[^>]*>)\)", close).group(1))
+        elif loops and " tt.dot " in line:
+            acc = line.split("=", 1)[1].split(",")[2].split(":")[0].strip()
+            result = re.search(r"-> (tensor<[^>]*>)", line).group(1)
+            loops[-1].append(f"dot zero_acc={acc in zeros} -> {result}")
+    return loops
+
+
+def test_both_key_loops_compile_to_the_same_arithmetic():
+    """The real sm_90 compiler (not the interpreter) gives the shared-tile loop and the per-query
+    loop the same reductions and dots, in the same layouts, every dot accumulating from zero. A
+    row's bits then cannot depend on which loop served a block (prefix block of a tree node vs
+    the same block of a decode step). This caught Triton folding `acc * alpha + sum(p * v)` into
+    the FMA dot's accumulator in one loop only."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", TTGIR_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    variants = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(variants) == 3, list(variants)  # fp32, bf16, bf16 with dots
+    for label, ttgir in variants.items():
+        shared, per_query = key_loop_ops(ttgir)
+        assert shared == per_query, (label, shared, per_query)
+        assert any(op.startswith("dot") for op in shared), label
+        assert all("zero_acc=True" in op for op in shared if op.startswith("dot")), (label, shared)
