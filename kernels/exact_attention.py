@@ -26,15 +26,20 @@ unchanged (p = 0, alpha = 1 or a guarded 0), so batch mates that reach further d
 
 Why the bits cannot depend on the batch. One compiled binary serves every call of a run: all
 runtime arguments are `do_not_specialize` (pointers included: no alignment variants), and the
-constexprs (`exact_config`: rows per program, BLOCK_N, SPLIT_TOKENS, num_warps) depend on the
-model's heads and head_dim only. Inside it, a row's arithmetic sees only its own q, its own keys'
-values and its own mask: the scores are fp32 elementwise products reduced with `tl.sum` (one fixed
-reduction tree per tile shape, the same for every row of the tile), never `tl.dot`, whose MMA
-rounding may depend on tile shape and instruction, which the interpreter cannot reveal
-(`use_dot=True` is an opt-in variant that profiling/bench_attention.py checks on the real GPU).
-Blocks every row of the program sees at its own slot load one shared K/V tile; blocks that reach
-into a tree (per-node slots) load one tile per node of the program, evaluate the same expression on
-it and select the node's rows; both paths feed the same tile shapes to the same helpers.
+constexprs (`exact_config`: rows per program, BLOCK_N, SPLIT_TOKENS, num_warps; num_stages=1)
+depend on the model's heads and head_dim only. Inside it, a row's arithmetic sees only its own q,
+its own keys' values and its own mask, in the same lanes whatever the row's position: scores are
+fp32 elementwise products reduced with `tl.sum` over D (one reduction tree per tile layout, the
+same for every row), and sum_j p_j v_j is an fp32 FMA dot (Triton rewrites that broadcast-and-sum
+into one), which accumulates each output element sequentially over the block's keys from zero.
+No tensor-core `tl.dot` by default: MMA rounding may depend on tile shape and instruction, which
+the interpreter cannot reveal (`use_dot=True` is an opt-in variant that
+profiling/bench_attention.py checks on the real GPU). Blocks that every row of the program sees
+at its own slot load one shared K/V tile; blocks that reach into a tree (per-node slots) load one
+tile per query of the program, evaluate the same expressions on it and select that query's rows.
+tests/kernels/test_exact_attention.py checks on the sm_90 TTGIR that both loops compile to the
+same reductions and dots in the same layouts, each dot accumulating from zero (Triton otherwise
+folds `acc * alpha +` into the shared loop's dot accumulator: other rounding, other bits).
 
 Kernel: one program per (sequence, block of NODES queries, kv head, split); rows are
 (query, q head of the group) pairs, row = node_local * BLOCK_G + g, so the group's heads share the
