@@ -28,18 +28,20 @@ Why the bits cannot depend on the batch. One compiled binary serves every call o
 runtime arguments are `do_not_specialize` (pointers included: no alignment variants), and the
 constexprs (`exact_config`: rows per program, BLOCK_N, SPLIT_TOKENS, num_warps; num_stages=1)
 depend on the model's heads and head_dim only. Inside it, a row's arithmetic sees only its own q,
-its own keys' values and its own mask, in the same lanes whatever the row's position: scores are
-fp32 elementwise products reduced with `tl.sum` over D (one reduction tree per tile layout, the
-same for every row), and sum_j p_j v_j is an fp32 FMA dot (Triton rewrites that broadcast-and-sum
-into one), which accumulates each output element sequentially over the block's keys from zero.
-No tensor-core `tl.dot` by default: MMA rounding may depend on tile shape and instruction, which
-the interpreter cannot reveal (`use_dot=True` is an opt-in variant that
+its own keys' values and its own mask, the same way whatever the row's position: the scores
+q . k and the weighted sums sum_j p_j v_j are fp32 `tl.dot(..., input_precision="ieee")` on
+fp32 operands, which Triton lowers to FMA loops on the CUDA cores: each output element is one
+thread's chain of fma over the reduced axis, in index order, from zero (bf16 products are exact in
+fp32). Row maxima are exact; the row sums of p are one `tl.sum` tree, the same for every row. No
+tensor cores by default: MMA rounding may depend on tile shape and instruction, which the
+interpreter cannot reveal (`tensor_cores=True` is an opt-in variant that
 profiling/bench_attention.py checks on the real GPU). Blocks that every row of the program sees
 at its own slot load one shared K/V tile; blocks that reach into a tree (per-node slots) load one
 tile per query of the program, evaluate the same expressions on it and select that query's rows.
 tests/kernels/test_exact_attention.py checks on the sm_90 TTGIR that both loops compile to the
-same reductions and dots in the same layouts, each dot accumulating from zero (Triton otherwise
-folds `acc * alpha +` into the shared loop's dot accumulator: other rounding, other bits).
+same reductions and dots in the same layouts, FMA dots unless tensor_cores, each accumulating from
+zero (Triton otherwise folds `acc * alpha +` into the shared loop's dot: other rounding, other
+bits).
 
 Kernel: one program per (sequence, block of NODES queries, kv head, split); rows are
 (query, q head of the group) pairs, row = node_local * BLOCK_G + g, so the group's heads share the
@@ -67,7 +69,6 @@ from samgpu.kernels.tree_attention import tree_attention_ref
 LOG2E: float = 1.4426950408889634
 SPLIT_TOKENS: int = 256  # logical positions per split: a constant of the whole run, never of B/N
 ROWS: int = 16  # query rows (query x q head) per program
-ELEMENTS: int = 16384  # budget of the [rows, BLOCK_N, D] fp32 product tile of the elementwise path
 _NO_TREE = tl.constexpr(1 << 30)  # shared-tile bound of a program whose rows have no tree keys
 
 _ARGS = (
@@ -99,19 +100,16 @@ class ExactConfig:
     block_n: int  # logical positions per block
     split_tokens: int  # logical positions per split
     num_warps: int
-    use_dot: bool
+    tensor_cores: bool
 
 
-def exact_config(group: int, head_dim: int, *, use_dot: bool = False) -> ExactConfig:
+def exact_config(group: int, head_dim: int, *, tensor_cores: bool = False) -> ExactConfig:
     """The constexprs of a run: a function of the model's heads and head_dim only."""
     block_g = triton.next_power_of_2(group)
     rows = max(ROWS, block_g)
-    block_d = triton.next_power_of_2(max(head_dim, 16))
-    if use_dot:
-        return ExactConfig(block_g, rows // block_g, 64, SPLIT_TOKENS, 4, True)
-    block_n = max(8, min(64, ELEMENTS // (rows * block_d)))
-    num_warps = 4 if rows * block_n * block_d <= 8192 else 8
-    return ExactConfig(block_g, rows // block_g, block_n, SPLIT_TOKENS, num_warps, False)
+    # FMA dots stage fp32 operands in shared memory: smaller key blocks for the wider heads.
+    block_n = 64 if tensor_cores else (32 if head_dim <= 64 else 16)
+    return ExactConfig(block_g, rows // block_g, block_n, SPLIT_TOKENS, 4, tensor_cores)
 
 
 @triton.jit(do_not_specialize=_ARGS)
@@ -147,7 +145,7 @@ def _exact_attention_kernel(
     NODES: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # logical positions per block
     SPLIT_TOKENS: tl.constexpr,  # logical positions per split (a multiple of BLOCK_N)
-    USE_DOT: tl.constexpr,  # tensor-core dots (opt-in; see the module docstring)
+    TENSOR_CORES: tl.constexpr,  # tensor-core dots (opt-in; see the module docstring)
 ):
     """Grid (B * cdiv(N, NODES), Hkv, S): one program per (sequence, NODES queries, kv head,
     split). Head-dim stride is 1 for q, k, v."""
@@ -168,6 +166,7 @@ def _exact_attention_kernel(
     d_ok = offs_d < HEAD_DIM
     q_ptrs = q_ptr + b * stride_qb + node[:, None] * stride_qn + head[:, None] * stride_qh
     q = tl.load(q_ptrs + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    qf = q.to(tl.float32)
 
     nk = tl.load(num_keys_ptr + b * num_nodes + node, mask=row_ok, other=0)
     pre = tl.load(prefix_len_ptr + b * num_nodes + node, mask=row_ok, other=0)
@@ -195,24 +194,23 @@ def _exact_attention_kernel(
         v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
         # Scores and weighted values: the same expressions, tile shapes and accumulators as in
         # the per-query loop below (written out twice: the interpreter pays per helper call).
-        if USE_DOT:
+        if TENSOR_CORES:
             raw = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
-            raw = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
+            raw = tl.dot(qf, tl.trans(k.to(tl.float32)), input_precision="ieee")
         s = tl.where(visible, raw * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        # NOTE: the select keeps the dot's accumulator at zero, as in the per-query path below.
-        # `acc * alpha + dot(p, v)` would otherwise be fused into dot(p, v, acc * alpha) (Triton
-        # rewrites this sum into an FMA dot and folds the add into its accumulator), a different
-        # rounding sequence from the per-query path's: the same row would get other bits.
-        if USE_DOT:
+        # NOTE: the select keeps the dot's accumulator at zero, as in the per-query path below:
+        # Triton would fold `acc * alpha + dot(p, v)` into dot(p, v, acc * alpha), a different
+        # rounding sequence from the per-query path's, so the same row would get other bits.
+        if TENSOR_CORES:
             w = tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
-            w = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+            w = tl.dot(p, v.to(tl.float32), input_precision="ieee")
         pv = tl.where(row_ok[:, None], w, 0.0)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
@@ -236,10 +234,10 @@ def _exact_attention_kernel(
             k = tl.load(
                 k_base + slot[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0
             )
-            if USE_DOT:
+            if TENSOR_CORES:
                 raw_n = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
-                raw_n = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
+                raw_n = tl.dot(qf, tl.trans(k.to(tl.float32)), input_precision="ieee")
             raw = tl.where(local[:, None] == n, raw_n, raw)
         s = tl.where(visible, raw * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -260,10 +258,10 @@ def _exact_attention_kernel(
             v = tl.load(
                 v_base + slot[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0
             )
-            if USE_DOT:
+            if TENSOR_CORES:
                 w = tl.dot(p.to(v.dtype), v, input_precision="ieee")
             else:
-                w = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+                w = tl.dot(p, v.to(tl.float32), input_precision="ieee")
             pv = tl.where(local[:, None] == n, w, pv)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
@@ -352,8 +350,8 @@ def _aot_specs() -> list[AotSpec]:
             **{a: "i32" for a in _COMBINE_ARGS if not a.endswith("_ptr")},
         }
         for heads, group, head_dim in ((9, 3, 64), (32, 1, 128)):
-            for use_dot in (False,) if dtype == "fp32" else (False, True):
-                cfg = exact_config(group, head_dim, use_dot=use_dot)
+            for tensor_cores in (False,) if dtype == "fp32" else (False, True):
+                cfg = exact_config(group, head_dim, tensor_cores=tensor_cores)
                 consts = {
                     "HEAD_DIM": head_dim,
                     "BLOCK_D": head_dim,
@@ -361,7 +359,7 @@ def _aot_specs() -> list[AotSpec]:
                     "NODES": cfg.nodes,
                     "BLOCK_N": cfg.block_n,
                     "SPLIT_TOKENS": cfg.split_tokens,
-                    "USE_DOT": use_dot,
+                    "TENSOR_CORES": tensor_cores,
                 }
                 full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
                 specs.append(AotSpec(_exact_attention_kernel, full_sig, consts, cfg.num_warps))
@@ -413,7 +411,7 @@ def _launch(
     plan: ExactPlan,
     scale: float | None,
     out: torch.Tensor | None,
-    use_dot: bool,
+    tensor_cores: bool,
     split_tokens: int | None,
     block_n: int | None,
     name: str,
@@ -444,12 +442,12 @@ def _launch(
     if b == 0 or n == 0:
         return out
     group = hq // hkv
-    cfg = exact_config(group, d, use_dot=use_dot)
+    cfg = exact_config(group, d, tensor_cores=tensor_cores)
     split_tokens = cfg.split_tokens if split_tokens is None else split_tokens
     block_n = cfg.block_n if block_n is None else block_n
-    if block_n & (block_n - 1) or split_tokens % block_n or (use_dot and block_n < 16):
+    if block_n & (block_n - 1) or block_n < 16 or split_tokens % block_n:
         raise ValueError(
-            f"{name}: block_n={block_n} must be a power of two (>= 16 with use_dot) dividing "
+            f"{name}: block_n={block_n} must be a power of two >= 16 dividing "
             f"split_tokens={split_tokens}"
         )
     num_splits = triton.cdiv(max_len, split_tokens)
@@ -491,7 +489,7 @@ def _launch(
         NODES=cfg.nodes,
         BLOCK_N=block_n,
         SPLIT_TOKENS=split_tokens,
-        USE_DOT=use_dot,
+        TENSOR_CORES=tensor_cores,
         num_warps=cfg.num_warps,
         num_stages=1,
     )
@@ -525,19 +523,28 @@ def exact_attention_triton(
     scale: float | None = None,
     out: torch.Tensor | None = None,
     plan: ExactPlan | None = None,
-    use_dot: bool = False,
+    tensor_cores: bool = False,
     split_tokens: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
     """Tree form (inputs as `tree_attention`). `plan` = `exact_tree_plan(cache_len, tree_mask)`,
-    computed here when not given (pass it to share one plan between the layers). `use_dot`,
+    computed here when not given (pass it to share one plan between the layers). `tensor_cores`,
     `split_tokens` and `block_n` must stay the same for a whole run (changing them changes the
     bits: that is what the negative-control tests do)."""
     _validate_tree(q, k_cache, v_cache, cache_len, tree_mask)
     if plan is None:
         plan = exact_tree_plan(cache_len, tree_mask)
     return _launch(
-        q, k_cache, v_cache, plan, scale, out, use_dot, split_tokens, block_n, "exact_attention"
+        q,
+        k_cache,
+        v_cache,
+        plan,
+        scale,
+        out,
+        tensor_cores,
+        split_tokens,
+        block_n,
+        "exact_attention",
     )
 
 
@@ -584,7 +591,7 @@ def exact_prefill_attention_triton(
     scale: float | None = None,
     out: torch.Tensor | None = None,
     plan: ExactPlan | None = None,
-    use_dot: bool = False,
+    tensor_cores: bool = False,
     split_tokens: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
@@ -600,7 +607,7 @@ def exact_prefill_attention_triton(
         plan,
         scale,
         out,
-        use_dot,
+        tensor_cores,
         split_tokens,
         block_n,
         "exact_prefill_attention",

@@ -33,10 +33,9 @@ from samgpu.kernels.tree_attention import tree_attention_triton
 CUDA = torch.cuda.is_available()
 HQ, HKV, D = 4, 2, 16
 CTX = 68  # logical positions before the query: the query sits at logical 68 (69 keys)
-# Small blocks and splits so that 69 keys cross several blocks (8) and splits (32); the test
+# Small blocks and splits so that 69 keys cross several blocks (16) and splits (32); the test
 # configuration is as fixed for the whole test as the defaults are for a run.
-KNOBS = {"block_n": 8, "split_tokens": 32}
-DOT_KNOBS = {"block_n": 16, "split_tokens": 32}  # tl.dot needs >= 16 keys
+KNOBS = {"block_n": 16, "split_tokens": 32}
 MATE_CTX = 12
 VARIANTS = [
     pytest.param(torch.float32, False, id="fp32"),
@@ -58,10 +57,6 @@ VARIANTS = [
 # The interpreter's tl.dot is numpy's matmul, not the tensor cores: only the GPU can tell whether
 # the dot variant is invariant, so on CPU its logic is checked against the reference only.
 INVARIANCE_VARIANTS = [v for v in VARIANTS if v.id != "fp32-dot"]
-
-
-def knobs_for(use_dot: bool) -> dict:
-    return DOT_KNOBS if use_dot else KNOBS
 
 
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
@@ -138,23 +133,21 @@ class World:
         )
 
 
-def run_tree(world, b, slot, parents, target, max_len, device, use_dot, **knobs):
+def run_tree(world, b, slot, parents, target, max_len, device, tensor_cores, **knobs):
     inputs = [x.to(device) for x in world.tree(b, slot, parents, target, max_len)]
-    out = exact_attention_triton(*inputs, use_dot=use_dot, **{**knobs_for(use_dot), **knobs})
+    out = exact_attention_triton(*inputs, tensor_cores=tensor_cores, **{**KNOBS, **knobs})
     return out[slot, target].cpu()
 
 
-def run_prefill(world, b, slot, start, t, max_len, device, use_dot, **knobs):
+def run_prefill(world, b, slot, start, t, max_len, device, tensor_cores, **knobs):
     inputs = [x.to(device) for x in world.prefill(b, slot, start, t, max_len)]
-    out = exact_prefill_attention_triton(
-        *inputs, use_dot=use_dot, **{**knobs_for(use_dot), **knobs}
-    )
+    out = exact_prefill_attention_triton(*inputs, tensor_cores=tensor_cores, **{**KNOBS, **knobs})
     return out[slot, CTX - start].cpu()
 
 
-def decoded_alone(world, device, use_dot, b=1, slot=0, max_len=96, **knobs):
+def decoded_alone(world, device, tensor_cores, b=1, slot=0, max_len=96, **knobs):
     """The token decoded by itself after its ancestors were appended: a root-only tree."""
-    return run_tree(world, b, slot, [-1], 0, max_len, device, use_dot, **knobs)
+    return run_tree(world, b, slot, [-1], 0, max_len, device, tensor_cores, **knobs)
 
 
 CHAIN7 = [-1, 0, 1, 2, 3, 4, 5]
@@ -162,26 +155,32 @@ BUSHY7 = [-1, 0, 0, 1, 1, 2, 4]  # node 6 at depth 3 (path 0-1-4-6)
 BUSHY16 = [-1, 0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 6, 8, 8, 9, 12]  # node 15: path 0-1-4-8-12-15
 
 
-@pytest.mark.parametrize("dtype, use_dot", INVARIANCE_VARIANTS)
-def test_same_query_same_bits_everywhere(dtype, use_dot, device):
+@pytest.mark.parametrize("dtype, tensor_cores", INVARIANCE_VARIANTS)
+def test_same_query_same_bits_everywhere(dtype, tensor_cores, device):
     """Depth-d node of a tree after cache_len c == the token decoded alone at cache_len c + d ==
     the same query in a prefill chunk, for B = 1, 3, 8, N = 1, 7, 16, any slot, any capacity,
     any cache/tree split of the context."""
     world = World(dtype)
-    want = decoded_alone(world, device, use_dot)
+    want = decoded_alone(world, device, tensor_cores)
     ref = exact_attention_ref(*world.tree(1, 0, [-1], 0, 96))[0, 0]  # fp32 math: accuracy, not bits
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(want.float(), ref.float(), rtol=tol, atol=tol)
     cases = {
-        "decode B=3 slot 2": decoded_alone(world, device, use_dot, b=3, slot=2, max_len=80),
-        "decode B=8 slot 5": decoded_alone(world, device, use_dot, b=8, slot=5, max_len=128),
-        "chain N=7 depth 6, B=8 slot 6": run_tree(world, 8, 6, CHAIN7, 6, 96, device, use_dot),
-        "tree N=7 depth 3, B=3 slot 0": run_tree(world, 3, 0, BUSHY7, 6, 96, device, use_dot),
-        "tree N=16 depth 5, B=3 slot 1": run_tree(world, 3, 1, BUSHY16, 15, 96, device, use_dot),
-        "tree N=16 depth 1, B=1": run_tree(world, 1, 0, BUSHY16, 2, 100, device, use_dot),
-        "prefill whole prompt B=1": run_prefill(world, 1, 0, 0, CTX + 1, 96, device, use_dot),
-        "prefill chunk start 40, B=3 slot 1": run_prefill(world, 3, 1, 40, 29, 96, device, use_dot),
-        "prefill chunk start 60, B=8 slot 7": run_prefill(world, 8, 7, 60, 9, 112, device, use_dot),
+        "decode B=3 slot 2": decoded_alone(world, device, tensor_cores, b=3, slot=2, max_len=80),
+        "decode B=8 slot 5": decoded_alone(world, device, tensor_cores, b=8, slot=5, max_len=128),
+        "chain N=7 depth 6, B=8 slot 6": run_tree(world, 8, 6, CHAIN7, 6, 96, device, tensor_cores),
+        "tree N=7 depth 3, B=3 slot 0": run_tree(world, 3, 0, BUSHY7, 6, 96, device, tensor_cores),
+        "tree N=16 depth 5, B=3 slot 1": run_tree(
+            world, 3, 1, BUSHY16, 15, 96, device, tensor_cores
+        ),
+        "tree N=16 depth 1, B=1": run_tree(world, 1, 0, BUSHY16, 2, 100, device, tensor_cores),
+        "prefill whole prompt B=1": run_prefill(world, 1, 0, 0, CTX + 1, 96, device, tensor_cores),
+        "prefill chunk start 40, B=3 slot 1": run_prefill(
+            world, 3, 1, 40, 29, 96, device, tensor_cores
+        ),
+        "prefill chunk start 60, B=8 slot 7": run_prefill(
+            world, 8, 7, 60, 9, 112, device, tensor_cores
+        ),
     }
     differ = [name for name, got in cases.items() if not torch.equal(got, want)]
     assert differ == [], differ
@@ -198,10 +197,10 @@ def test_negative_control_split_size_following_b(device):
 
 
 def test_negative_control_block_size_following_n(device):
-    """A key block that follows N (8 for a decode step, 16 for a 7-node tree) changes the bits."""
+    """A key block that follows N (16 for a decode step, 32 for a 7-node tree) changes the bits."""
     world = World(torch.float32)
     alone = decoded_alone(world, device, False)
-    tree = run_tree(world, 1, 0, CHAIN7, 6, 96, device, False, block_n=16)
+    tree = run_tree(world, 1, 0, CHAIN7, 6, 96, device, False, block_n=32)
     assert not torch.equal(alone, tree)
     torch.testing.assert_close(alone, tree, rtol=1e-5, atol=1e-5)
 
@@ -251,9 +250,11 @@ TREE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype, use_dot", VARIANTS)
+@pytest.mark.parametrize("dtype, tensor_cores", VARIANTS)
 @pytest.mark.parametrize("b, n, cache_lens, num_nodes, max_len", TREE_CASES)
-def test_tree_form_matches_reference(b, n, cache_lens, num_nodes, max_len, dtype, use_dot, device):
+def test_tree_form_matches_reference(
+    b, n, cache_lens, num_nodes, max_len, dtype, tensor_cores, device
+):
     g = torch.Generator().manual_seed(b * 31 + n)
     trees = [random_tree(n, nn, g) for nn in num_nodes]
     q = torch.randn(b, n, HQ, D, generator=g).to(dtype)
@@ -265,17 +266,17 @@ def test_tree_form_matches_reference(b, n, cache_lens, num_nodes, max_len, dtype
     cache_len = torch.tensor(cache_lens, dtype=torch.int32)
     mask = torch.stack([ancestor_mask(p) for p in trees])
     inputs = [x.to(device) for x in (q, k, v, cache_len, mask)]
-    got = exact_attention_triton(*inputs, use_dot=use_dot, **knobs_for(use_dot)).cpu().float()
+    got = exact_attention_triton(*inputs, tensor_cores=tensor_cores, **KNOBS).cpu().float()
     want = exact_attention_ref(q, k, v, cache_len, mask).float()
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     # The default configuration (blocks, splits, rows per program) gives the same answer.
-    got_default = exact_attention_triton(*inputs, use_dot=use_dot).cpu().float()
+    got_default = exact_attention_triton(*inputs, tensor_cores=tensor_cores).cpu().float()
     torch.testing.assert_close(got_default, want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype, use_dot", VARIANTS)
-def test_prefill_form_matches_reference(dtype, use_dot, device):
+@pytest.mark.parametrize("dtype, tensor_cores", VARIANTS)
+def test_prefill_form_matches_reference(dtype, tensor_cores, device):
     """Ragged chunks: a plain prefill, an empty sequence, a chunk after 21 cached tokens with pad
     rows; pad rows output zeros."""
     b, t, max_len = 3, 20, 48
@@ -286,7 +287,7 @@ def test_prefill_form_matches_reference(dtype, use_dot, device):
     start = torch.tensor([0, 0, 21], dtype=torch.int32)
     lengths = torch.tensor([20, 0, 13], dtype=torch.int32)
     inputs = [x.to(device) for x in (q, k, v, start, lengths)]
-    got = exact_prefill_attention_triton(*inputs, use_dot=use_dot, **knobs_for(use_dot)).cpu()
+    got = exact_prefill_attention_triton(*inputs, tensor_cores=tensor_cores, **KNOBS).cpu()
     want = exact_prefill_attention_ref(q, k, v, start, lengths)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
@@ -352,7 +353,7 @@ for spec in ea.AOT_SPECS:
         # The launcher's options (num_stages=1: no software pipelining of the key loops).
         options = {"num_warps": spec.num_warps, "num_stages": 1}
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-        out[f"{spec.signature['q_ptr']} use_dot={c['USE_DOT']}"] = kernel.asm["ttgir"]
+        out[f"{spec.signature['q_ptr']} tensor_cores={c['TENSOR_CORES']}"] = kernel.asm["ttgir"]
 print(json.dumps(out))
 """
 
@@ -378,10 +379,11 @@ def key_loop_ops(ttgir: str) -> list[list[str]]:
 
 def test_both_key_loops_compile_to_the_same_arithmetic():
     """The real sm_90 compiler (not the interpreter) gives the shared-tile loop and the per-query
-    loop the same reductions and dots, in the same layouts, every dot accumulating from zero. A
-    row's bits then cannot depend on which loop served a block (prefix block of a tree node vs
-    the same block of a decode step). This caught Triton folding `acc * alpha + sum(p * v)` into
-    the FMA dot's accumulator in one loop only."""
+    loop the same reductions and dots, in the same layouts, every dot accumulating from zero; the
+    default variants' dots run on the CUDA cores (FMA, blocked layouts), never on tensor cores. A
+    row's bits then cannot depend on which loop served a block (a prefix block of a tree node vs
+    the same block of a decode step). This caught Triton folding `acc * alpha + dot(p, v)` into
+    the dot's accumulator in one loop only."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
@@ -389,9 +391,11 @@ def test_both_key_loops_compile_to_the_same_arithmetic():
     )
     assert proc.returncode == 0, proc.stderr
     variants = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(variants) == 3, list(variants)  # fp32, bf16, bf16 with dots
+    assert len(variants) == 3, list(variants)  # fp32, bf16, bf16 with tensor cores
     for label, ttgir in variants.items():
         shared, per_query = key_loop_ops(ttgir)
         assert shared == per_query, (label, shared, per_query)
-        assert any(op.startswith("dot") for op in shared), label
-        assert all("zero_acc=True" in op for op in shared if op.startswith("dot")), (label, shared)
+        dots = [op for op in shared if op.startswith("dot")]
+        assert len(dots) == 2 and all("zero_acc=True" in op for op in dots), (label, shared)
+        tensor_cores = label.endswith("tensor_cores=True")
+        assert all(("#mma" in op) == tensor_cores for op in dots), (label, dots)
