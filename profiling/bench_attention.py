@@ -406,7 +406,9 @@ def bench_tree(bench: Bench) -> list[dict]:
         cols += [f"us@{ctx}", f"GB/s@{ctx}"]
     cols += [f"default us@{mid}", "max_err"]
     table = [{**r, "best": "m{}-n{}-s{}-w{}-st{}".format(*r["best"])} for r in results]
-    print_table(table, cols, title="tree_attention: best configuration per geometry (bf16)")
+    print_table(
+        table, cols, title=f"tree_attention: best configuration per geometry ({bench.args.dtype})"
+    )
     print("\n# kernels/tree_attention.py TUNED_CONFIGS, from this run:")
     print("TUNED_CONFIGS = {")
     for r in results:
