@@ -22,17 +22,29 @@ loaded per block). Online softmax in fp32 (exp2 with log2(e) folded into the sca
 so that fully masked blocks never make NaNs. Reads K/V once per kv head: memory traffic
 ~ 2 * B * Hkv * (cache_len + N) * D * bytes.
 
-Split-KV (flash-decoding) for small batches: with few programs (B * Hkv * row blocks below the SM
-count) the prefix is cut into `num_splits` equal chunks, one program each (chunk computed in the
-kernel from cache_len, so the grid is static and graph-safe); the last split also takes the tree
-part. Each writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
+Split-KV (flash-decoding) for the few-query case: with few programs (B * Hkv * row blocks below
+a few waves of the GPU) each (row block, kv head, sequence) cuts its prefix into `num_splits`
+chunks of whole key blocks, one program each (chunk computed in the kernel from cache_len, so the
+grid is static and graph-safe); the last split also takes the tree part. Each writes its
+unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
 `_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
+
+Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
+next power of two >= group * N, at least 16 for the tensor-core dot: the 3 real rows of a SmolLM2
+decode step run in a 16-row tile, not 64), block_n (keys per iteration), num_splits, num_warps,
+num_stages (software pipelining of the K/V loads). Defaults come from `TUNED_CONFIGS` (filled from
+profiling/bench_attention.py's sweep on the GPU, keyed by heads and bucketed N and B), otherwise
+from a heuristic aiming at ~4 programs per SM. With block_m >= group * N the prefix is read once
+per (sequence, kv head) for all the tree's nodes. All ints are runtime values
+(`do_not_specialize`), so a new N, B or cache length never recompiles: one variant per (dtype, D,
+block_m, block_n, split or not, num_warps, num_stages).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -41,13 +53,24 @@ import triton.language as tl
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
 
-BLOCK_M: int = 64  # query rows (head-in-group x node) per program
-BLOCK_N: int = 64  # keys per inner iteration
-MAX_SPLITS: int = 16  # split-KV chunks per (row block, kv head, sequence)
+BLOCK_N: int = 64  # keys per inner iteration (default)
+MAX_SPLITS: int = 64  # split-KV chunks per (row block, kv head, sequence)
 LOG2E: float = 1.4426950408889634
+NODE_BUCKETS: tuple[int, ...] = (1, 4, 16, 81)
+BATCH_BUCKETS: tuple[int, ...] = (1, 16, 64, 256)
+# (Hq, Hkv, D, node bucket, batch bucket) -> (block_m, block_n, num_splits, num_warps, num_stages),
+# the best configuration of profiling/bench_attention.py's sweep on the target GPU (H200); a
+# geometry missing here takes `_heuristic_config`. N and B go to the nearest bucket (log scale).
+TUNED_CONFIGS: dict[tuple[int, int, int, int, int], tuple[int, int, int, int, int]] = {}
+
+_INT_ARGS = (
+    "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl "
+    "stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group num_heads num_splits"
+).split()
+_COMBINE_INT_ARGS = "stride_ob stride_on stride_oh num_nodes num_heads num_splits".split()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_INT_ARGS)
 def _tree_attention_kernel(
     q_ptr,  # [B, N, Hq, D] fp32/bf16/fp16
     k_ptr,  # [B, Hkv, L, D] same dtype (one layer of the cache)
@@ -79,8 +102,8 @@ def _tree_attention_kernel(
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_D: tl.constexpr,  # next power of two >= D
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # rows (q head of the group x node) per program
+    BLOCK_N: tl.constexpr,  # keys per iteration
     SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
 ):
     """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out."""
@@ -167,7 +190,7 @@ def _tree_attention_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_COMBINE_INT_ARGS)
 def _tree_attention_combine_kernel(
     ws_acc_ptr,  # [B, N, Hq, S, D] fp32
     ws_m_ptr,  # [B, N, Hq, S] fp32
@@ -210,9 +233,10 @@ def _tree_attention_combine_kernel(
 
 
 def _aot_specs() -> list[AotSpec]:
-    # NOTE: compiles are slow (fp32's IEEE dot is FMA loops, ~20 s), so the CI check covers every
-    # constexpr combination once: bf16 (the serving dtype) for both head dims and both variants,
-    # fp32 for the default model's head_dim; fp16 shares bf16's code path.
+    # NOTE: compiles are slow (fp32's IEEE dot is FMA loops), so the CI check covers each constexpr
+    # combination the defaults use once: bf16 (the serving dtype; fp16 shares its code path) for
+    # both head dims, every default block_m (16 decode/chains, 64, 256 big trees) and both variants;
+    # fp32 for the default model's head_dim, unsplit.
     specs = []
     for dtype, head_dims in (("fp32", (64,)), ("bf16", (64, 128))):
         ptr = f"*{dtype}"
@@ -226,35 +250,40 @@ def _aot_specs() -> list[AotSpec]:
             "ws_acc_ptr": "*fp32",
             "ws_m_ptr": "*fp32",
             "ws_l_ptr": "*fp32",
+            **dict.fromkeys(_INT_ARGS, "i32"),
+            "qk_scale": "fp32",
         }
-        for name in (
-            "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh "
-            "stride_vl stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group "
-            "num_heads num_splits"
-        ).split():
-            sig[name] = "i32"
-        sig["qk_scale"] = "fp32"
-        combine_sig = {"ws_acc_ptr": "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32"}
-        combine_sig["out_ptr"] = ptr
-        for name in "stride_ob stride_on stride_oh num_nodes num_heads num_splits".split():
-            combine_sig[name] = "i32"
+        combine_sig = {
+            "ws_acc_ptr": "*fp32",
+            "ws_m_ptr": "*fp32",
+            "ws_l_ptr": "*fp32",
+            "out_ptr": ptr,
+            **dict.fromkeys(_COMBINE_INT_ARGS, "i32"),
+        }
         for head_dim in head_dims:
-            # fp32 (slow IEEE-dot compile) checks the single-pass variant only; the split variant
-            # differs in its epilogue alone and is checked in bf16/fp16.
-            for split in (False,) if dtype == "fp32" else (False, True):
-                consts = {
-                    "HEAD_DIM": head_dim,
-                    "BLOCK_D": head_dim,
-                    "BLOCK_M": BLOCK_M,
-                    "BLOCK_N": BLOCK_N,
-                    "SPLIT": split,
-                }
-                full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
-                specs.append(AotSpec(_tree_attention_kernel, full_sig, consts))
+            block_ms = (16,) if dtype == "fp32" else (16, 64, _max_block_m(head_dim))
+            for block_m in block_ms:
+                for split in (False,) if dtype == "fp32" else (False, True):
+                    consts = {
+                        "HEAD_DIM": head_dim,
+                        "BLOCK_D": head_dim,
+                        "BLOCK_M": block_m,
+                        "BLOCK_N": BLOCK_N,
+                        "SPLIT": split,
+                    }
+                    full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+                    num_warps = 4 if block_m <= 64 else 8
+                    specs.append(AotSpec(_tree_attention_kernel, full_sig, consts, num_warps))
             consts = {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_S": MAX_SPLITS}
             full_sig = {**combine_sig, **dict.fromkeys(consts, "constexpr")}
             specs.append(AotSpec(_tree_attention_combine_kernel, full_sig, consts))
     return specs
+
+
+def _max_block_m(head_dim: int) -> int:
+    """Largest default row block: 256 rows (SmolLM2's 81-node tree, 3 heads per kv head) fit the
+    registers of 8 warps at D=64; 128 at D=128."""
+    return 256 if head_dim <= 64 else 128
 
 
 AOT_SPECS = _aot_specs()
@@ -300,6 +329,55 @@ def _validate(
     return b, n, hq, hkv, d
 
 
+@dataclass(frozen=True)
+class TreeAttentionConfig:
+    block_m: int  # rows (q head of the group x node) per program, power of two >= 16
+    block_n: int  # keys per iteration, power of two >= 16
+    num_splits: int  # split-KV chunks, 1..MAX_SPLITS
+    num_warps: int
+    num_stages: int
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _nearest(value: int, buckets: tuple[int, ...]) -> int:
+    return min(buckets, key=lambda x: abs(math.log(max(value, 1) / x)))
+
+
+def _heuristic_config(
+    b: int, n: int, hq: int, hkv: int, d: int, max_len: int, device: torch.device
+) -> TreeAttentionConfig:
+    """Rows in one block where possible (prefix read once per kv head); split the prefix until
+    ~4 programs per SM are in flight (memory-latency hiding), each split keeping >= 2 key blocks
+    of the cache capacity."""
+    rows = (hq // hkv) * n
+    block_m = min(max(16, triton.next_power_of_2(rows)), _max_block_m(d))
+    num_warps = 4 if block_m <= 64 else 8
+    num_splits = 1
+    if device.type == "cuda":
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        programs = b * hkv * triton.cdiv(rows, block_m)
+        cap = max(1, max_len // (2 * BLOCK_N))
+        num_splits = max(1, min(MAX_SPLITS, triton.cdiv(4 * sms, programs), cap))
+    return TreeAttentionConfig(block_m, BLOCK_N, num_splits, num_warps, 3)
+
+
+def default_config(
+    b: int, n: int, hq: int, hkv: int, d: int, max_len: int, device: torch.device
+) -> TreeAttentionConfig:
+    """The tuned configuration of the nearest (N, B) bucket for these heads, else the heuristic.
+    Off CUDA (the interpreter) always the heuristic, unsplit."""
+    if device.type == "cuda":
+        key = (hq, hkv, d, _nearest(n, NODE_BUCKETS), _nearest(b, BATCH_BUCKETS))
+        tuned = TUNED_CONFIGS.get(key)
+        if tuned is not None:
+            return TreeAttentionConfig(*tuned)
+    return _heuristic_config(b, n, hq, hkv, d, max_len, device)
+
+
 def tree_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -309,11 +387,15 @@ def tree_attention_triton(
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
     num_splits: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
-    """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D);
-    `num_splits` (split-KV chunks, 1..MAX_SPLITS) defaults to a choice from the batch geometry and
-    the GPU's SM count (1 off CUDA)."""
+    """Launch the kernel (and the combine kernel when split). Shapes as in the module docstring;
+    `scale` defaults to 1/sqrt(D). Each configuration keyword overrides `default_config`'s value
+    (block_m is also capped at the rows' next power of two: padding past it only costs)."""
     b, n, hq, hkv, d = _validate(q, k_cache, v_cache, cache_len, tree_mask)
     if out is None:
         out = torch.empty_like(q)
@@ -327,15 +409,25 @@ def tree_attention_triton(
             raise ValueError(
                 f"tree_attention: {name} needs a contiguous last dim, strides {t.stride()}"
             )
+    if b == 0 or n == 0:
+        return out
     if tree_mask.stride(2) != 1:
         tree_mask = tree_mask.contiguous()
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    max_len = k_cache.shape[2]
+    cfg = default_config(b, n, hq, hkv, d, max_len, q.device)
     group = hq // hkv
-    row_blocks = triton.cdiv(group * n, BLOCK_M)
-    if num_splits is None:
-        num_splits = _default_splits(b * hkv * row_blocks, k_cache.shape[2], q.device)
+    block_m = cfg.block_m if block_m is None else block_m
+    block_m = min(block_m, max(16, triton.next_power_of_2(group * n)))
+    block_n = cfg.block_n if block_n is None else block_n
+    num_splits = cfg.num_splits if num_splits is None else num_splits
+    num_warps = cfg.num_warps if num_warps is None else num_warps
+    num_stages = cfg.num_stages if num_stages is None else num_stages
+    for name, value in (("block_m", block_m), ("block_n", block_n)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"tree_attention: {name}={value} is not a power of two >= 16")
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"tree_attention: num_splits={num_splits} outside 1..{MAX_SPLITS}")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
     split = num_splits > 1
     if split:
         ws_acc = torch.empty(b, n, hq, num_splits, d, dtype=torch.float32, device=q.device)
@@ -344,7 +436,7 @@ def tree_attention_triton(
     else:
         ws_acc = ws_m = ws_l = out  # unused: SPLIT is a constexpr False
     block_d = triton.next_power_of_2(max(d, 16))
-    grid = (row_blocks, hkv * num_splits, b)
+    grid = (triton.cdiv(group * n, block_m), hkv * num_splits, b)
     _tree_attention_kernel[grid](
         q,
         k_cache,
@@ -376,9 +468,11 @@ def tree_attention_triton(
         scale * LOG2E,
         HEAD_DIM=d,
         BLOCK_D=block_d,
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
         SPLIT=split,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if split:
         _tree_attention_combine_kernel[(b * n, hq)](
@@ -394,25 +488,9 @@ def tree_attention_triton(
             num_splits,
             HEAD_DIM=d,
             BLOCK_D=block_d,
-            BLOCK_S=MAX_SPLITS,
+            BLOCK_S=triton.next_power_of_2(num_splits),
         )
     return out
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _default_splits(programs: int, max_len: int, device: torch.device) -> int:
-    """Split the prefix only when the unsplit grid leaves SMs idle, aiming at ~2 programs per SM,
-    and only as far as the cache capacity gives each split at least 4 key blocks."""
-    if device.type != "cuda":
-        return 1
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    if programs >= sms:
-        return 1
-    return max(1, min(MAX_SPLITS, triton.cdiv(2 * sms, programs), max_len // (4 * BLOCK_N)))
 
 
 def _visible_slots(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -443,8 +521,10 @@ def tree_attention_ref(
     visible = _visible_slots(cache_len, tree_mask, k_cache.shape[2])  # [B, N, L]
     dtype = torch.float32 if upcast else q.dtype
     qh = q.transpose(1, 2).to(dtype)  # [B, Hq, N, D]
-    kh = k_cache[:b].to(dtype).repeat_interleave(hq // hkv, dim=1)  # [B, Hq, L, D]
-    vh = v_cache[:b].to(dtype).repeat_interleave(hq // hkv, dim=1)
+    # Slots no query sees may hold anything (NaN included): zero them so 0 * NaN cannot leak in.
+    used = visible.any(1)[:, None, :, None]  # [B, 1, L, 1]
+    kh = torch.where(used, k_cache[:b].to(dtype), 0.0).repeat_interleave(hq // hkv, dim=1)
+    vh = torch.where(used, v_cache[:b].to(dtype), 0.0).repeat_interleave(hq // hkv, dim=1)
     attn = torch.nn.functional.scaled_dot_product_attention(
         qh, kh, vh, attn_mask=visible[:, None], scale=scale
     )

@@ -163,5 +163,84 @@ def test_bad_shapes_raise_value_error(device):
         tree_attention_triton(q, k.half(), v.half(), cache_len, mask)
     with pytest.raises(ValueError, match="out must be"):
         tree_attention_triton(q, k, v, cache_len, mask, out=torch.empty(2, 5, 4, 8, device=device))
-    with pytest.raises(ValueError, match="num_splits=17"):
-        tree_attention_triton(q, k, v, cache_len, mask, num_splits=17)
+    with pytest.raises(ValueError, match="num_splits=65"):
+        tree_attention_triton(q, k, v, cache_len, mask, num_splits=65)
+    with pytest.raises(ValueError, match="power of two"):
+        tree_attention_triton(q, k, v, cache_len, mask, block_n=48)
+
+
+def random_parents(n: int, num_nodes: int, g: torch.Generator) -> list[int]:
+    """Topological random tree of num_nodes real nodes; pad nodes (>= num_nodes) have no parent,
+    so their mask row holds only themselves (as kernels/tree.py writes pad rows)."""
+    parents = [-1] * n
+    for i in range(1, num_nodes):
+        parents[i] = int(torch.randint(0, i, (1,), generator=g))
+    return parents
+
+
+# (B, N, cache_lens, num_nodes): decode steps (root-only trees, one with an empty cache), a ragged
+# batch of 7-node trees with pad rows, full-capacity trees (cache_len + N = L = 48).
+DECODE = (3, 1, [0, 17, 33], [1, 1, 1])
+RAGGED = (3, 7, [5, 0, 40], [7, 3, 1])
+FULL = (8, 16, [32] * 8, [16, 16, 9, 1, 16, 5, 16, 2])
+# (block_m, block_n, num_splits, num_warps, num_stages): the knobs the GPU sweep turns.
+CONFIGS = {
+    "m16-n16-s1": (16, 16, 1, 4, 3),
+    "m16-n32-s3": (16, 32, 3, 4, 2),
+    "m32-n16-s8": (32, 16, 8, 2, 1),
+    "m64-n64-s2": (64, 64, 2, 8, 4),
+}
+CASES = [
+    pytest.param(*geometry, *CONFIGS[c], id=f"{name}-{c}")
+    for name, geometry, configs in (
+        ("B3-N1-decode-empty-cache", DECODE, CONFIGS),
+        ("B3-N7-ragged-pad-rows", RAGGED, CONFIGS),
+        ("B8-N16-full-capacity", FULL, ("m16-n32-s3",)),  # interpreter time
+    )
+    for c in configs
+]
+
+
+@pytest.mark.parametrize(
+    "b, n, cache_lens, num_nodes, block_m, block_n, num_splits, num_warps, num_stages", CASES
+)
+def test_configurations_match_branch_equivalence(
+    b, n, cache_lens, num_nodes, block_m, block_n, num_splits, num_warps, num_stages, device
+):
+    """Every configuration gives the spec's answer: GQA 4 q heads on 2 kv heads, head_dim 16;
+    slots past cache_len + N hold NaN (never read)."""
+    hq, hkv, d, max_len = 4, 2, 16, 48
+    g = torch.Generator().manual_seed(b * 100 + n)
+    trees = [random_parents(n, nn, g) for nn in num_nodes]
+    q, k, v, cache_len, mask = make_case(
+        b, n, hq, hkv, d, max_len, cache_lens, trees, torch.float32
+    )
+    for i, cl in enumerate(cache_lens):
+        k[i, :, cl + n :] = float("nan")
+        v[i, :, cl + n :] = float("nan")
+    want = path_attention(q, k, v, cache_len, trees, 1 / math.sqrt(d))
+    inputs = [t.to(device) for t in (q, k, v, cache_len, mask)]
+    got = tree_attention_triton(
+        *inputs,
+        block_m=block_m,
+        block_n=block_n,
+        num_splits=num_splits,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    ).cpu()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    ref = tree_attention_ref(q, k, v, cache_len, mask)
+    torch.testing.assert_close(ref.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_default_config_shapes_the_rows():
+    """The row block follows group * N (a SmolLM2 decode step: 3 rows in 16, not 64) and the
+    default splits fill the GPU only on CUDA."""
+    from samgpu.kernels.tree_attention import default_config
+
+    cpu = torch.device("cpu")
+    assert default_config(64, 1, 9, 3, 64, 2048, cpu).block_m == 16
+    assert default_config(64, 16, 9, 3, 64, 2048, cpu).block_m == 64
+    assert default_config(1, 81, 9, 3, 64, 2048, cpu).block_m == 256
+    assert default_config(1, 81, 32, 32, 128, 2048, cpu).block_m == 128
+    assert default_config(1, 1, 9, 3, 64, 2048, cpu).num_splits == 1

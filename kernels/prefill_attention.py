@@ -1,0 +1,395 @@
+"""Prefill attention: causal flash attention of a chunk of prompt tokens against the static cache.
+
+Layout (one layer): queries `q [B, T, Hq, D]` (the q projection viewed per head, no transpose), one
+layer of the static cache `k_cache, v_cache [B, Hkv, L, D]` in which the chunk's own keys/values
+are already written, `start [B] int32`, `lengths [B] int32`. Query t < lengths[b] of sequence b
+sits at logical position (= cache slot) start[b] + t and attends to slots [0, start[b] + t]
+(causal). start[b] = 0 is a plain prefill; start[b] > 0 is chunked prefill, the earlier chunks being
+already in the cache. Rows t >= lengths[b] are padding and output zeros. Output `out [B, T, Hq, D]`.
+Requires start[b] + lengths[b] <= L and lengths[b] <= T (checked under SAMGPU_DEBUG=1).
+
+Example: start = [0, 5], lengths = [3, 2], T = 3: sequence 0's queries see slots {0}, {0, 1},
+{0, 1, 2}; sequence 1's queries see slots 0..5 and 0..6; its row t = 2 is padding (zeros).
+
+Kernel (flash attention forward): one program per (block of BLOCK_M query rows, kv head,
+sequence). Rows are (token, q head of the kv head's group) pairs flattened token-major,
+row = t * group + g, so the group's q heads share one pass over K/V and a row block covers
+~BLOCK_M / group consecutive tokens (causal work stays tight). Two loops over key blocks of BLOCK_N:
+keys [0, start + t_first] that every row of the block sees (no mask), then the diagonal band up to
+start + t_last (causal mask per row). Online softmax in fp32, exp2 with log2(e) folded into the
+scale, tensor-core dots (IEEE fp32 when the inputs are fp32).
+
+No recompiles and no host syncs: T and every stride are runtime ints (`do_not_specialize`), the grid
+is (cdiv(T * group, BLOCK_M), Hkv, B) from shapes only, the per-sequence start and length are read
+on the device. Unlike cuDNN SDPA there is no per-length planning, so every prompt length costs the
+same host time and the call can be captured in a CUDA graph.
+Traffic: each program reads the K/V prefix it needs once per kv head; compute ~
+2 * 2 * Hq * D * sum_b (start_b * len_b + len_b^2 / 2) flops.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from samgpu.kernels._aot import AotSpec
+from samgpu.kernels._dispatch import debug_checks, use_triton
+
+LOG2E: float = 1.4426950408889634
+# head_dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for a full grid (>= 2 programs per SM) and
+# for a small one (BLOCK_M halved: a 1,000-token SmolLM2 prompt is only 72 programs at 128 rows).
+LARGE_GRID_CONFIG: dict[int, tuple[int, int, int, int]] = {
+    64: (128, 64, 8, 3),
+    128: (128, 64, 8, 2),
+}
+SMALL_GRID_CONFIG: dict[int, tuple[int, int, int, int]] = {64: (64, 64, 4, 3), 128: (64, 64, 4, 2)}
+
+_INT_ARGS = (
+    "stride_qb stride_qt stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl "
+    "stride_ob stride_ot stride_oh num_tokens group"
+).split()
+
+
+@triton.jit
+def _prefill_block(q, k, v, visible, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr):
+    """One key block of the online softmax; every row has seen >= 1 visible key by now or in this
+    block (key 0 is visible to every row and sits in the first block), so m never stays -inf."""
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    return m_new, l_i, acc
+
+
+@triton.jit(do_not_specialize=_INT_ARGS)
+def _prefill_attention_kernel(
+    q_ptr,  # [B, T, Hq, D] fp32/bf16/fp16
+    k_ptr,  # [B, Hkv, L, D] same dtype (one layer of the cache)
+    v_ptr,  # [B, Hkv, L, D] same dtype
+    start_ptr,  # [B] int32: cache slot of token 0
+    lengths_ptr,  # [B] int32: real tokens of the chunk
+    out_ptr,  # [B, T, Hq, D] same dtype as q (out)
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    num_tokens,  # T
+    group,  # Hq // Hkv
+    qk_scale,  # softmax scale * log2(e)
+    HEAD_DIM: tl.constexpr,  # D
+    BLOCK_D: tl.constexpr,  # next power of two >= D
+    BLOCK_M: tl.constexpr,  # query rows (token x q head of the group) per program
+    BLOCK_N: tl.constexpr,  # keys per inner iteration
+):
+    """Grid (cdiv(T * group, BLOCK_M), Hkv, B): one program per (row block, kv head, sequence).
+    Head-dim stride is 1 for q, k, v and out."""
+    pid_m = tl.program_id(0)
+    kvh = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+
+    start = tl.load(start_ptr + b).to(tl.int32)
+    length = tl.load(lengths_ptr + b).to(tl.int32)
+    length = tl.minimum(length, num_tokens)
+    first_row = pid_m * BLOCK_M
+    rows = first_row + tl.arange(0, BLOCK_M)
+    tok = rows // group
+    head = kvh * group + rows % group
+    row_in = tok < num_tokens
+    row_real = tok < length
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = q_ptr + b * stride_qb + tok[:, None] * stride_qt + head[:, None] * stride_qh
+    q = tl.load(q_ptrs + offs_d[None, :], mask=row_real[:, None] & d_ok[None, :], other=0.0)
+    qpos = start + tok  # logical position = cache slot of each row's token
+
+    # Keys [0, start + tok_first] are visible to every row of the block; the band up to
+    # start + tok_last needs the causal mask. No real row: both loops are empty.
+    tok_first = first_row // group
+    tok_last = tl.minimum((first_row + BLOCK_M - 1) // group, length - 1)
+    has_rows = tok_last >= tok_first
+    full_hi = tl.where(has_rows, (start + tok_first + 1) // BLOCK_N * BLOCK_N, 0)
+    band_hi = tl.where(has_rows, start + tok_last + 1, 0)
+
+    k_base = k_ptr + b * stride_kb + kvh * stride_kh
+    v_base = v_ptr + b * stride_vb + kvh * stride_vh
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    for kstart in range(0, full_hi, BLOCK_N):
+        pos = kstart + offs_n
+        kv_mask = d_ok[None, :]  # constant-true (folded) unless D is padded to BLOCK_D
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        m_i, l_i, acc = _prefill_block(q, k, v, None, m_i, l_i, acc, qk_scale, MASKED=False)
+    for kstart in range(full_hi, band_hi, BLOCK_N):
+        pos = kstart + offs_n
+        kv_mask = (pos < band_hi)[:, None] & d_ok[None, :]
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        visible = pos[None, :] <= qpos[:, None]
+        m_i, l_i, acc = _prefill_block(q, k, v, visible, m_i, l_i, acc, qk_scale, MASKED=True)
+
+    acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    acc = tl.where(row_real[:, None], acc, 0.0)  # pad rows write zeros
+    o_ptrs = out_ptr + b * stride_ob + tok[:, None] * stride_ot + head[:, None] * stride_oh
+    tl.store(
+        o_ptrs + offs_d[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_in[:, None] & d_ok[None, :],
+    )
+
+
+def _aot_specs() -> list[AotSpec]:
+    # NOTE: fp32's IEEE dot compiles to FMA loops (slow to compile): checked for D=64 at the small
+    # config only; bf16 (the serving dtype; fp16 shares its code path) for every default config.
+    specs = []
+    for dtype, head_dims in (("fp32", (64,)), ("bf16", (64, 128))):
+        ptr = f"*{dtype}"
+        sig = {
+            "q_ptr": ptr,
+            "k_ptr": ptr,
+            "v_ptr": ptr,
+            "start_ptr": "*i32",
+            "lengths_ptr": "*i32",
+            "out_ptr": ptr,
+            **dict.fromkeys(_INT_ARGS, "i32"),
+            "qk_scale": "fp32",
+        }
+        for head_dim in head_dims:
+            tables = (
+                (SMALL_GRID_CONFIG,) if dtype == "fp32" else (SMALL_GRID_CONFIG, LARGE_GRID_CONFIG)
+            )
+            for table in tables:
+                block_m, block_n, num_warps, _ = table[head_dim]
+                consts = {
+                    "HEAD_DIM": head_dim,
+                    "BLOCK_D": head_dim,
+                    "BLOCK_M": block_m,
+                    "BLOCK_N": block_n,
+                }
+                full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+                specs.append(AotSpec(_prefill_attention_kernel, full_sig, consts, num_warps))
+    return specs
+
+
+AOT_SPECS = _aot_specs()
+
+
+def _validate(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: torch.Tensor,
+    lengths: torch.Tensor,
+) -> tuple[int, int, int, int, int]:
+    if q.dim() != 4:
+        raise ValueError(f"prefill_attention: q must be [B, T, Hq, D], got {tuple(q.shape)}")
+    b, t, hq, d = q.shape
+    if k_cache.dim() != 4 or k_cache.shape[0] < b or k_cache.shape[3] != d:
+        raise ValueError(
+            f"prefill_attention: k_cache must be [B>={b}, Hkv, L, D={d}], "
+            f"got {tuple(k_cache.shape)}"
+        )
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"prefill_attention: v_cache {tuple(v_cache.shape)} != k_cache {tuple(k_cache.shape)}"
+        )
+    hkv = k_cache.shape[1]
+    if hq % hkv != 0:
+        raise ValueError(f"prefill_attention: Hq={hq} is not a multiple of Hkv={hkv}")
+    for name, x in (("start", start), ("lengths", lengths)):
+        if x.dim() != 1 or x.shape[0] < b or x.dtype != torch.int32:
+            raise ValueError(
+                f"prefill_attention: {name} must be [B>={b}] int32, got {tuple(x.shape)} {x.dtype}"
+            )
+    if q.dtype != k_cache.dtype or q.dtype != v_cache.dtype:
+        raise ValueError(
+            f"prefill_attention: q {q.dtype}, k_cache {k_cache.dtype}, "
+            f"v_cache {v_cache.dtype} differ"
+        )
+    if t > k_cache.shape[2]:
+        raise ValueError(f"prefill_attention: T={t} exceeds the cache length L={k_cache.shape[2]}")
+    if debug_checks():
+        if bool((lengths[:b] < 0).any() | (lengths[:b] > t).any()):
+            raise ValueError(f"prefill_attention: lengths outside [0, T={t}]: {lengths[:b]}")
+        if bool(((start[:b] < 0) | (start[:b] + lengths[:b] > k_cache.shape[2])).any()):
+            raise ValueError(
+                f"prefill_attention: start + lengths beyond L={k_cache.shape[2]}: "
+                f"start {start[:b]}, lengths {lengths[:b]}"
+            )
+    return b, t, hq, hkv, d
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def default_config(
+    b: int, t: int, hq: int, hkv: int, d: int, device: torch.device
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): 128-row blocks when they give >= 2 programs per
+    SM, else 64-row blocks (more programs for short prompts / small batches)."""
+    key = 64 if d <= 64 else 128
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        big = LARGE_GRID_CONFIG[key]
+        if triton.cdiv(t * (hq // hkv), big[0]) * hkv * b >= 2 * _sm_count(index):
+            return big
+    return SMALL_GRID_CONFIG[key]
+
+
+def prefill_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D). The
+    configuration defaults to `default_config`; each of its four values can be overridden (powers
+    of two, block_m and block_n >= 16)."""
+    b, t, hq, hkv, d = _validate(q, k_cache, v_cache, start, lengths)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(
+            f"prefill_attention: out must be {tuple(q.shape)} {q.dtype}, "
+            f"got {tuple(out.shape)} {out.dtype}"
+        )
+    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+        if x.stride(-1) != 1:
+            raise ValueError(
+                f"prefill_attention: {name} needs a contiguous last dim, strides {x.stride()}"
+            )
+    if b == 0 or t == 0:
+        return out
+    cfg = default_config(b, t, hq, hkv, d, q.device)
+    block_m = cfg[0] if block_m is None else block_m
+    block_n = cfg[1] if block_n is None else block_n
+    num_warps = cfg[2] if num_warps is None else num_warps
+    num_stages = cfg[3] if num_stages is None else num_stages
+    for name, value in (("block_m", block_m), ("block_n", block_n)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"prefill_attention: {name}={value} is not a power of two >= 16")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    group = hq // hkv
+    grid = (triton.cdiv(t * group, block_m), hkv, b)
+    _prefill_attention_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        start,
+        lengths,
+        out,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        t,
+        group,
+        scale * LOG2E,
+        HEAD_DIM=d,
+        BLOCK_D=triton.next_power_of_2(max(d, 16)),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
+
+
+def prefill_visible(
+    start: torch.Tensor, lengths: torch.Tensor, num_tokens: int, max_len: int
+) -> torch.Tensor:
+    """Visibility `[B, T, L] bool`: query t of sequence b sees slot p iff t < lengths[b] and
+    p <= start[b] + t."""
+    t = torch.arange(num_tokens, device=start.device)
+    p = torch.arange(max_len, device=start.device)
+    last = start[:, None].to(torch.int64) + t[None, :]  # [B, T] position of each query
+    real = t[None, :] < lengths[:, None].to(torch.int64)
+    return (p[None, None, :] <= last[:, :, None]) & real[:, :, None]
+
+
+def prefill_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """SDPA with an explicit `[B, 1, T, L]` visibility mask over all L cache slots (the spec; also
+    the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels).
+    Memory traffic of the kernel it specifies: K/V of slots [0, start + len) once per kv head and
+    row block; q read and out written once: ~2 * B * Hkv * (start + T) * D * bytes."""
+    b, t, hq, hkv, d = _validate(q, k_cache, v_cache, start, lengths)
+    visible = prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2])  # [B, T, L]
+    dtype = torch.float32 if upcast else q.dtype
+    qh = q.transpose(1, 2).to(dtype)  # [B, Hq, T, D]
+    # Slots no query sees may hold anything (NaN included): zero them so 0 * NaN cannot leak in.
+    used = visible.any(1)[:, None, :, None]  # [B, 1, L, 1]
+    kh = torch.where(used, k_cache[:b].to(dtype), 0.0).repeat_interleave(hq // hkv, dim=1)
+    vh = torch.where(used, v_cache[:b].to(dtype), 0.0).repeat_interleave(hq // hkv, dim=1)
+    attn = torch.nn.functional.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=visible[:, None], scale=scale
+    )
+    # Pad rows see nothing (SDPA gives NaN there): zeros, as the kernel writes.
+    attn = torch.where(visible.any(-1)[:, None, :, None], attn, 0.0)
+    result = attn.transpose(1, 2).to(q.dtype)
+    if out is None:
+        return result.contiguous()
+    return out.copy_(result)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dispatch: the Triton kernel for CUDA tensors, the SDPA reference otherwise."""
+    if use_triton(q):
+        return prefill_attention_triton(q, k_cache, v_cache, start, lengths, scale=scale, out=out)
+    return prefill_attention_ref(q, k_cache, v_cache, start, lengths, scale=scale, out=out)
