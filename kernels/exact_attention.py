@@ -3,19 +3,11 @@ a function of its q and of the keys/values at its logical positions alone, bit f
 B, N or T, the slot, the batch mates, how its context splits into cache and tree, or the entry
 point (prefill chunk, one-token decode, tree verify).
 
-Logical positions. Query (b, i) attends to logical positions 0 .. num_keys - 1. Position p sits at
-cache slot p when p < prefix_len, else at slot prefix_len + ancestors[p - prefix_len] (`ExactPlan`):
-- tree form (`exact_attention`, inputs as `tree_attention`): prefix_len = cache_len, num_keys =
-  cache_len + popcount(mask row), ancestors = the indices of the row's mask bits in increasing
-  order. Trees are in topological order (parent index < child index, as `tree_mask` writes them),
-  so the e-th ancestor in index order is the one at depth e: a node at depth d sees the prefix, then
-  its ancestors at logical positions cache_len + 0 .. cache_len + d (itself last), exactly the
-  sequence it would see decoded alone after its ancestors were appended to the cache.
-- chain / prefill form (`exact_prefill_attention`, inputs as `prefill_attention`): query t sees
-  slots 0 .. start + t, all at their own slot (prefix_len = num_keys = start + t + 1; pad rows
-  num_keys = 0 and output zeros).
-Example: cache_len 5, parents [-1, 0, 0, 1]: node 3 (depth 2) has mask bits {0, 1, 3}, so it sees
-logical 0..4 at slots 0..4 and logical 5, 6, 7 at slots 5 + 0, 5 + 1, 5 + 3 = 5, 6, 8.
+Logical positions (`samgpu.kernels.exact_plan`): query (b, i) attends to logical positions
+0 .. num_keys - 1; the tree form (`exact_attention`, inputs as `tree_attention`) puts the prefix at
+its slots and a node's ancestors, depth by depth (itself last), after it: exactly the sequence it
+would see decoded alone after its ancestors were appended to the cache; the chain / prefill form
+(`exact_prefill_attention`, inputs as `prefill_attention`) sees slots 0 .. start + t.
 
 Fixed reduction order. Each query row reduces over its keys in blocks of BLOCK_N logical positions
 aligned to logical 0, in increasing order, with an fp32 online softmax (exp2, log2(e) folded into
@@ -39,9 +31,8 @@ profiling/bench_attention.py checks on the real GPU). Blocks that every row of t
 at its own slot load one shared K/V tile; blocks that reach into a tree (per-node slots) load one
 tile per query of the program, evaluate the same expressions on it and select that query's rows.
 tests/kernels/test_exact_attention.py checks on the sm_90 TTGIR that both loops compile to the
-same reductions and dots in the same layouts, FMA dots unless tensor_cores, each accumulating from
-zero (Triton otherwise folds `acc * alpha +` into the shared loop's dot: other rounding, other
-bits).
+same reductions and dots, each accumulating from zero (Triton otherwise folds `acc * alpha +` into
+the shared loop's dot: other rounding, other bits).
 
 Kernel: one program per (sequence, block of NODES queries, kv head, split); rows are
 (query, q head of the group) pairs, row = node_local * BLOCK_G + g, so the group's heads share the
@@ -61,9 +52,10 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-from samgpu.kernels.prefill_attention import _validate as _validate_prefill
+from samgpu.kernels.exact_plan import ExactPlan, exact_chain_plan, exact_tree_plan
+from samgpu.kernels.prefill_attention import check_inputs as check_prefill_inputs
 from samgpu.kernels.prefill_attention import prefill_attention_ref
-from samgpu.kernels.tree_attention import _validate as _validate_tree
+from samgpu.kernels.tree_attention import check_inputs as check_tree_inputs
 from samgpu.kernels.tree_attention import tree_attention_ref
 
 LOG2E: float = 1.4426950408889634
@@ -80,17 +72,6 @@ _COMBINE_ARGS = (
     "num_keys_ptr ws_acc_ptr ws_m_ptr ws_l_ptr out_ptr stride_ob stride_on stride_oh "
     "num_nodes num_heads num_splits"
 ).split()
-
-
-@dataclass
-class ExactPlan:
-    """Where each query's logical keys live (module docstring). Computed once per forward and
-    shared by all layers."""
-
-    num_keys: torch.Tensor  # [B, N] int32: logical positions 0 .. num_keys - 1
-    prefix_len: torch.Tensor  # [B, N] int32: logical p < prefix_len sits at slot p
-    # [B, N, A] int32: logical p >= prefix_len sits at prefix_len + ancestors[.., p - prefix_len]
-    ancestors: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -377,33 +358,6 @@ def _aot_specs() -> list[AotSpec]:
 AOT_SPECS = _aot_specs()
 
 
-def exact_tree_plan(cache_len: torch.Tensor, tree_mask: torch.Tensor) -> ExactPlan:
-    """Plan of the tree form from `cache_len [>=B] int32` and `tree_mask [B, N, N] bool` (rows in
-    topological order). Fixed-shape torch ops only: graph-safe, no host sync."""
-    b, n, _ = tree_mask.shape
-    prefix = cache_len[:b].to(torch.int32)[:, None].expand(b, n).contiguous()
-    num_keys = prefix + tree_mask.sum(-1, dtype=torch.int32)
-    rank = tree_mask.to(torch.int32).cumsum(-1, dtype=torch.int32) - 1  # depth of ancestor j
-    cols = torch.arange(n, dtype=torch.int32, device=tree_mask.device).expand(b, n, n)
-    # Ancestor j goes to column rank(j); every non-ancestor to its own spare column n + j, so
-    # the scatter has no duplicate index (deterministic, also under deterministic algorithms).
-    index = torch.where(tree_mask, rank, cols + n).to(torch.int64)
-    ancestors = torch.zeros(b, n, 2 * n, dtype=torch.int32, device=tree_mask.device)
-    ancestors.scatter_(2, index, cols)
-    return ExactPlan(num_keys, prefix, ancestors[:, :, :n])
-
-
-def exact_chain_plan(start: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> ExactPlan:
-    """Plan of the chain / prefill form: query t < lengths[b] sees slots 0 .. start[b] + t."""
-    b = lengths.shape[0]
-    t = torch.arange(num_tokens, dtype=torch.int32, device=lengths.device)
-    num_keys = torch.where(
-        t[None, :] < lengths[:, None], start[:b, None].to(torch.int32) + t[None, :] + 1, 0
-    ).to(torch.int32)
-    ancestors = torch.zeros(1, 1, 1, dtype=torch.int32, device=lengths.device)
-    return ExactPlan(num_keys, num_keys, ancestors.expand(b, num_tokens, 1))
-
-
 def _launch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -531,7 +485,7 @@ def exact_attention_triton(
     computed here when not given (pass it to share one plan between the layers). `tensor_cores`,
     `split_tokens` and `block_n` must stay the same for a whole run (changing them changes the
     bits: that is what the negative-control tests do)."""
-    _validate_tree(q, k_cache, v_cache, cache_len, tree_mask)
+    check_tree_inputs(q, k_cache, v_cache, cache_len, tree_mask)
     if plan is None:
         plan = exact_tree_plan(cache_len, tree_mask)
     return _launch(
@@ -597,7 +551,7 @@ def exact_prefill_attention_triton(
 ) -> torch.Tensor:
     """Chain / prefill form (inputs as `prefill_attention`), the same kernel as the tree form.
     `plan` = `exact_chain_plan(start, lengths, T)` when not given."""
-    _validate_prefill(q, k_cache, v_cache, start, lengths)
+    check_prefill_inputs(q, k_cache, v_cache, start, lengths)
     if plan is None:
         plan = exact_chain_plan(start, lengths[: q.shape[0]], q.shape[1])
     return _launch(

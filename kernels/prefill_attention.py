@@ -194,7 +194,7 @@ def _aot_specs() -> list[AotSpec]:
 AOT_SPECS = _aot_specs()
 
 
-def _validate(
+def check_inputs(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -275,7 +275,7 @@ def prefill_attention_triton(
     """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D). The
     configuration defaults to `default_config`; each of its four values can be overridden (powers
     of two, block_m and block_n >= 16)."""
-    b, t, hq, hkv, d = _validate(q, k_cache, v_cache, start, lengths)
+    b, t, hq, hkv, d = check_inputs(q, k_cache, v_cache, start, lengths)
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype:
@@ -360,7 +360,7 @@ def prefill_attention_ref(
     the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels).
     Memory traffic of the kernel it specifies: K/V of slots [0, start + len) once per kv head and
     row block; q read and out written once: ~2 * B * Hkv * (start + T) * D * bytes."""
-    b, t, hq, hkv, d = _validate(q, k_cache, v_cache, start, lengths)
+    b, t, hq, hkv, d = check_inputs(q, k_cache, v_cache, start, lengths)
     visible = prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2])  # [B, T, L]
     dtype = torch.float32 if upcast else q.dtype
     qh = q.transpose(1, 2).to(dtype)  # [B, Hq, T, D]

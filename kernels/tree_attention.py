@@ -289,7 +289,7 @@ def _max_block_m(head_dim: int) -> int:
 AOT_SPECS = _aot_specs()
 
 
-def _validate(
+def check_inputs(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -396,7 +396,7 @@ def tree_attention_triton(
     """Launch the kernel (and the combine kernel when split). Shapes as in the module docstring;
     `scale` defaults to 1/sqrt(D). Each configuration keyword overrides `default_config`'s value
     (block_m is also capped at the rows' next power of two: padding past it only costs)."""
-    b, n, hq, hkv, d = _validate(q, k_cache, v_cache, cache_len, tree_mask)
+    b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype:
@@ -517,7 +517,7 @@ def tree_attention_ref(
 ) -> torch.Tensor:
     """SDPA with an explicit `[B, 1, N, L]` visibility mask over all L cache slots (the spec; also
     the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels)."""
-    b, n, hq, hkv, d = _validate(q, k_cache, v_cache, cache_len, tree_mask)
+    b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
     visible = _visible_slots(cache_len, tree_mask, k_cache.shape[2])  # [B, N, L]
     dtype = torch.float32 if upcast else q.dtype
     qh = q.transpose(1, 2).to(dtype)  # [B, Hq, N, D]

@@ -44,7 +44,13 @@ from typing import Any
 
 import torch
 
-from samgpu.decoding.config import MAX_EOS, GenerationConfig, GenerationOutput, ProgressInfo
+from samgpu.decoding.config import (
+    MAX_EOS,
+    SPECULATION_MODES,
+    GenerationConfig,
+    GenerationOutput,
+    ProgressInfo,
+)
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import method_names
 from samgpu.factory import DEFAULT_METHOD, build_decoder, draft_nodes
@@ -109,12 +115,14 @@ class SamDecoder:
     chat inputs and stop strings. method: one of samgpu.drafters.method_names() ("ar" = no
     drafting).
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
-    tokenizer, built and cached on first use) or None. options: drafter options (build_drafter's
-    keywords);
-    `use_cuda_graphs` (default True), `check_every` and `continuous_batching` (finished
-    sequences' slots take the next prompts when more prompts than `batch_size` are given; default
-    False) are decode-loop options; `stage_range` (name -> context manager) wraps each stage of
-    a step (default: NVTX ranges on CUDA).
+    tokenizer, built and cached on first use) or None. options: the method's options (its
+    options dataclass's fields, e.g. l_threshold=5).
+    Decode-loop options: `use_cuda_graphs` (default True); `check_every`; `continuous_batching`
+    (finished requests' slots take the next prompts when more prompts than `batch_size` are
+    given); `speculation` ("adaptive", the default: plain AR steps while drafting does not pay;
+    "always"); `exact` (the batch- and tree-invariant forward: bfloat16 outputs equal `ar`'s and
+    do not depend on the batch; Llama-family models only); `stage_range` (name -> context
+    manager around each stage of a step; default: NVTX ranges on CUDA).
     """
 
     def __init__(
@@ -128,6 +136,8 @@ class SamDecoder:
         check_every: int | None = None,
         continuous_batching: bool = False,
         stage_range: StageRange = nvtx_range,
+        exact: bool = False,
+        speculation: str = "adaptive",
         **options: Any,
     ):
         if method not in method_names():
@@ -143,6 +153,12 @@ class SamDecoder:
         self.check_every = check_every
         self.continuous_batching = bool(continuous_batching)
         self.stage_range = stage_range
+        self.exact = bool(exact)
+        if speculation not in SPECULATION_MODES:
+            raise ValueError(
+                f"speculation={speculation!r}: expected one of {', '.join(SPECULATION_MODES)}"
+            )
+        self.speculation = speculation
         self.last_stats: list[dict[str, Any]] = []
         self._runner = None
         self._decoder = None
@@ -171,7 +187,7 @@ class SamDecoder:
         if self._runner is None:
             from samgpu.decoding.runners import make_runner
 
-            self._runner = make_runner(self.model)
+            self._runner = make_runner(self.model, exact=self.exact)
         return self._runner
 
     def context_length(self) -> int | None:
@@ -259,6 +275,7 @@ class SamDecoder:
             eos_token_ids=tuple(int(t) for t in eos_token_ids),
             seed=seed,
             continuous=self.continuous_batching,
+            speculation=self.speculation,
         )
         if self.check_every is not None:
             cfg_kw["check_every"] = int(self.check_every)

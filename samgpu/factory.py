@@ -64,15 +64,17 @@ def build_decoder(
     options: dict[str, Any] | None = None,
     use_cuda_graphs: bool = True,
     stage_range: StageRange = nvtx_range,
+    exact: bool = False,
 ) -> Scheduler:
     """A decoder (Scheduler over an Engine) for `batch_size` slots of `max_len` tokens each.
 
     model: a transformers causal LM or a runner (`samgpu.decoding.runners`). index: the static
     automaton for methods that draft from one (SamIndex, path, StaticAutomaton) or None. options:
-    the method's options (e.g. {"l_threshold": 5}); max_nodes defaults to the budget rule."""
+    the method's options (e.g. {"l_threshold": 5}); max_nodes defaults to the budget rule. exact:
+    the invariant forward (a runner passed in decides this itself)."""
     from samgpu.decoding.runners import make_runner
 
-    runner = model if hasattr(model, "forward_tree") else make_runner(model)
+    runner = model if hasattr(model, "forward_tree") else make_runner(model, exact=exact)
     opts = method_options(method, batch_size, runner.device, options)
     drafter = build_drafter(
         method,

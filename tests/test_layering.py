@@ -10,7 +10,8 @@
 - no module under samgpu/ (or kernels/) imports `profiling`;
 - no import of a private name (`_x`) from another module, nor of a private module from outside its
   package (samgpu/, kernels/ and profiling/);
-- only the runtime (decoding, drafters, models, api, resolve, cli) touches transformers.
+- only the runtime (decoding, drafters, models, api, resolve, cli) touches transformers;
+- modules stay under 500 lines (kernel files, with their references and AOT specs, under 600).
 Each rule has a negative control on a planted source string."""
 
 import ast
@@ -249,12 +250,14 @@ def test_only_runtime_touches_transformers():
     assert bad == []
 
 
-@pytest.mark.parametrize("folder", ["samgpu", "kernels"])
-def test_no_file_over_500_lines(folder):
+@pytest.mark.parametrize("folder,limit", [("samgpu", 500), ("kernels", 600)])
+def test_no_long_files(folder, limit):
+    """Python modules stay under 500 lines; kernel files (a kernel family with its reference,
+    launchers and AOT specs) under STYLE.md's ~600."""
     long = [
         f"{p.relative_to(ROOT)}: {n}"
         for p in sorted((ROOT / folder).rglob("*.py"))
-        if (n := len(p.read_text().splitlines())) > 500
+        if (n := len(p.read_text().splitlines())) > limit
     ]
     assert long == []
 

@@ -11,22 +11,29 @@ from samgpu.decoding.runners.base import KVCache, Runner, RunnerBase
 PREFER_CHOICES = ("auto", "fast", "generic")
 
 
-def make_runner(model, *, prefer: str = "auto") -> Runner:
+def make_runner(model, *, prefer: str = "auto", exact: bool = False) -> Runner:
     """The fast Llama-family runner where `model` allows it, else the generic transformers runner.
 
     prefer: "auto" (fast if supported, else generic with a warning), "fast" (ValueError naming the
-    reason if unsupported), "generic" (always the transformers path, no warning).
+    reason if unsupported), "generic" (always the transformers path, no warning). exact: the
+    batch- and tree-invariant forward (exact mode); only the fast runner has it, so it is a
+    ValueError naming the reason for any other model.
     """
     from samgpu.decoding.runners.generic import GenericRunner
     from samgpu.decoding.runners.llama import LlamaRunner
 
     if prefer not in PREFER_CHOICES:
         raise ValueError(f"make_runner: prefer={prefer!r}, expected one of {PREFER_CHOICES}")
+    reason = "prefer='generic'" if prefer == "generic" else LlamaRunner.unsupported_reason(model)
+    if exact and reason is not None:
+        raise ValueError(
+            f"exact mode is not available for this model ({reason}): it needs samgpu's own "
+            "Llama-family runner (Llama, Mistral, Qwen2, Qwen3, SmolLM2)"
+        )
     if prefer == "generic":
         return GenericRunner(model)
-    reason = LlamaRunner.unsupported_reason(model)
     if reason is None:
-        return LlamaRunner(model)
+        return LlamaRunner(model, exact=exact)
     if prefer == "fast":
         raise ValueError(f"make_runner: the fast runner does not support this model: {reason}")
     msg = (

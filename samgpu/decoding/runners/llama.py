@@ -6,9 +6,11 @@ that depends on data and never synchronises with the host: it can be captured in
   embed -> L x [RMSNorm -> fused QKV (+bias, Qwen2) -> (q/k RMSNorm, Qwen3) -> RoPE at per-token
   positions -> write K/V into the static cache -> attention -> o_proj -> residual -> RMSNorm ->
   fused gate/up -> SiLU * up -> down -> residual] -> RMSNorm -> lm_head (tied or not).
-Attention: prefill is causal SDPA over the right-padded prompts (flash-attn when installed and the
-dtype is half precision); the verify step is `samgpu.kernels.tree_attention` (Triton on CUDA, SDPA
-reference on CPU).
+Attention: prefill is `samgpu.kernels.prefill_attention` (causal flash attention in Triton: no
+per-length planning, chunks at any start), the verify step `samgpu.kernels.tree_attention`
+(split-KV); both fall back to SDPA references on CPU. With `exact=True` both are the invariant
+kernels of `samgpu.kernels.exact_attention`: a token's attention output then depends on its own
+context only, whatever the batch, the tree, or prefill vs decode (exact mode, docs/ARCHITECTURE.md).
 
 Weights: q/k/v and gate/up projections are fused into one matrix each; the model's own parameters
 are re-pointed at slices of the fused matrices, so nothing is duplicated and the transformers model
@@ -34,6 +36,9 @@ from samgpu.decoding.runners.base import (
     check_prefill_inputs,
     check_tree_inputs,
 )
+from samgpu.kernels.exact_attention import exact_attention, exact_prefill_attention
+from samgpu.kernels.exact_plan import exact_chain_plan, exact_tree_plan
+from samgpu.kernels.prefill_attention import prefill_attention
 from samgpu.kernels.rms_norm import rms_norm
 from samgpu.kernels.rope_kv import rope_kv
 from samgpu.kernels.silu_mul import silu_mul
@@ -42,11 +47,6 @@ from samgpu.kernels.tree_attention import tree_attention
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-try:  # optional: flash-attn for the prefill, never required
-    from flash_attn import flash_attn_func as _flash_attn_func
-except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "not available"
-    _flash_attn_func = None
 
 
 @dataclass
@@ -124,7 +124,7 @@ class LlamaRunner(RunnerBase):
             return "weights on several devices or in several dtypes"
         return None
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, exact: bool = False) -> None:
         reason = self.unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"LlamaRunner: unsupported model: {reason}")
@@ -132,6 +132,7 @@ class LlamaRunner(RunnerBase):
         inner = model.model
         attn0 = inner.layers[0].self_attn
         self.model = model
+        self.exact = bool(exact)
         self.config = config
         self.num_layers = len(inner.layers)
         self.num_heads = config.num_attention_heads
@@ -221,36 +222,37 @@ class LlamaRunner(RunnerBase):
     # ------------------------------------------------------------------------------ prefill
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: KVCache) -> None:
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        cache: KVCache,
+        start: torch.Tensor | None = None,
+    ) -> None:
+        """Prompt tokens into the cache: token t of row b at slot start[b] + t (start: tokens of
+        the row already cached, a chunked prefill; default 0), attending causally to slots
+        0 .. start[b] + t. cache_len[:B] becomes start + lengths."""
         check_prefill_inputs(input_ids, lengths, cache, self.device)
         b, t = input_ids.shape
+        lengths = lengths.to(torch.int32)
+        if start is None:
+            start = torch.zeros(b, dtype=torch.int32, device=self.device)
         if t > 0:
-            positions = torch.arange(t, device=self.device).expand(b, t)
-            slot_start = torch.zeros(b, dtype=torch.int32, device=self.device)
+            positions = start[:, None].long() + torch.arange(t, device=self.device)
+            plan = exact_chain_plan(start, lengths, t) if self.exact else None
 
             def attend(li, q):
-                # Right padding + causal attention: a real token never sees a pad; pad slots
-                # beyond lengths[b] get overwritten later and are never attended to.
-                return self._causal_attention(q, cache.k[li, :b, :, :t], cache.v[li, :b, :, :t])
+                # Right padding: pad rows (t >= lengths[b]) output zeros; their K/V slots are
+                # overwritten later and never attended to.
+                k, v = cache.k[li, :b], cache.v[li, :b]
+                if plan is not None:
+                    return exact_prefill_attention(
+                        q, k, v, start, lengths, scale=self.scale, plan=plan
+                    )
+                return prefill_attention(q, k, v, start, lengths, scale=self.scale)
 
-            self._layers(F.embedding(input_ids, self.embed), positions, slot_start, cache, attend)
-        cache.cache_len[:b].copy_(lengths)
-
-    def _causal_attention(self, q, k, v) -> torch.Tensor:
-        """q [B, T, Hq, D], k/v [B, Hkv, T, D] -> [B, T, Hq, D], causal."""
-        if _flash_attn_func is not None and q.is_cuda and q.dtype != torch.float32:
-            return _flash_attn_func(
-                q, k.transpose(1, 2), v.transpose(1, 2), softmax_scale=self.scale, causal=True
-            )
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k,
-            v,
-            is_causal=True,
-            scale=self.scale,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
-        return out.transpose(1, 2)
+            self._layers(F.embedding(input_ids, self.embed), positions, start, cache, attend)
+        cache.cache_len[:b].copy_(start + lengths)
 
     # --------------------------------------------------------------------------- tree step
 
@@ -269,11 +271,13 @@ class LlamaRunner(RunnerBase):
         )
         b = tokens.shape[0]
         cache_len = cache.cache_len[:b]
+        plan = exact_tree_plan(cache_len, tree_mask) if self.exact else None
 
         def attend(li, q):
-            return tree_attention(
-                q, cache.k[li], cache.v[li], cache_len, tree_mask, scale=self.scale
-            )
+            k, v = cache.k[li], cache.v[li]
+            if plan is not None:
+                return exact_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=plan)
+            return tree_attention(q, k, v, cache_len, tree_mask, scale=self.scale)
 
         # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
         x = self._layers(F.embedding(tokens, self.embed), positions, cache_len, cache, attend)
