@@ -93,6 +93,19 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         help="refill finished sequences' slots with waiting prompts instead of waiting for the"
         " batch's longest sequence (with --input)",
     )
+    p.add_argument(
+        "--speculation",
+        choices=["adaptive", "always"],
+        default="adaptive",
+        help="adaptive: plain AR steps while drafting does not pay (measured as it runs);"
+        " always: draft every step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="batch- and tree-invariant forward: bfloat16 outputs equal ar's and do not depend on"
+        " the batch (Llama-family models)",
+    )
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the step eagerly")
     p.add_argument("--profile", metavar="DIR", help="write a torch profiler trace to DIR")
     p.add_argument(

@@ -42,6 +42,7 @@ def _settings(args: argparse.Namespace, input_fp: str, num_records: int) -> dict
         "seed": args.seed,
         "stop": list(args.stop),
         "output_field": args.output_field,
+        "exact": args.exact,
     }
 
 
@@ -167,6 +168,7 @@ def generate_file(args: argparse.Namespace) -> int:
         round_size = max(len(work), 1)
     rounds = dist.num_rounds(len(pending), round_size, info)
     rank_busy = [0.0] * info.world_size  # seconds each rank spent generating (rank 0 sums them)
+    timing = RunTotals()  # this rank's prefill / decode / host seconds and drafting steps
     try:
         with profiler(args, rank_suffix):
             for t in range(rounds):
@@ -195,6 +197,7 @@ def generate_file(args: argparse.Namespace) -> int:
                         )
                         tokens = sum(len(t) for t in out.tokens)
                         steps = sum(float(st.steps) for st in out.stats)
+                        timing.add(out.run)
                     except torch.OutOfMemoryError as e:
                         failure, results = oom_error(e, args), []
                     except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
@@ -230,7 +233,7 @@ def generate_file(args: argparse.Namespace) -> int:
         secs = time.perf_counter() - progress.t0
         if args.stats_json:
             totals = (len(records), len(pending), n_tok, progress.steps, secs, rank_busy, rounds)
-            _write_stats(args, info, session, *totals)
+            _write_stats(args, info, session, timing, *totals)
         print(
             f"samgpu: wrote {args.output} ({len(records)} records; {n_tok} new tokens in"
             f" {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s"
@@ -246,12 +249,29 @@ def generate_file(args: argparse.Namespace) -> int:
     return 0
 
 
+class RunTotals:
+    """The scheduler's RunStats summed over a rank's generate calls (--stats-json "timing")."""
+
+    def __init__(self):
+        self.prefill_s = self.steps_s = self.host_s = 0.0
+        self.steps = self.drafting_steps = 0
+
+    def add(self, run) -> None:
+        self.prefill_s += run.prefill_s
+        self.steps_s += run.steps_s
+        self.host_s += run.host_s
+        self.steps += run.steps
+        self.drafting_steps += run.drafting_steps
+
+
 def _write_stats(
-    args, info, session, num_records, num_new, tokens, steps, seconds, rank_busy, rounds
+    args, info, session, timing, num_records, num_new, tokens, steps, seconds, rank_busy, rounds
 ) -> None:
     """--stats-json: the totals; generation time counts from after warm-up to the last write.
     rank_generate_seconds: time each rank spent inside generate; the rest of a rank's share of
-    generate_seconds is waiting for the other ranks (each round ends with a gather) and writing."""
+    generate_seconds is waiting for the other ranks (each round ends with a gather) and writing.
+    timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
+    how many drafted (the others were plain AR steps of adaptive speculation)."""
     import torch
 
     stats = {
@@ -265,6 +285,13 @@ def _write_stats(
         "world_size": info.world_size,
         "rounds": rounds,
         "rank_generate_seconds": [round(b, 4) for b in rank_busy],
+        "timing": {
+            "prefill_s": round(timing.prefill_s, 4),
+            "steps_s": round(timing.steps_s, 4),
+            "host_s": round(timing.host_s, 4),
+        },
+        "steps": timing.steps,
+        "drafting_steps": timing.drafting_steps,
         "batch_size": args.batch_size,
         "method": args.method,
         "max_new_tokens": args.max_new_tokens,

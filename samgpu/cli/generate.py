@@ -114,6 +114,8 @@ class Session:
                 use_cuda_graphs=not args.no_cuda_graphs,
                 check_every=args.check_every,
                 continuous_batching=args.continuous_batching,
+                speculation=args.speculation,
+                exact=args.exact,
                 stage_range=profiled_range if args.profile else nvtx_range,
                 **options,
             )
