@@ -521,12 +521,17 @@ def tree_attention_ref(
     visible = _visible_slots(cache_len, tree_mask, k_cache.shape[2])  # [B, N, L]
     dtype = torch.float32 if upcast else q.dtype
     qh = q.transpose(1, 2).to(dtype)  # [B, Hq, N, D]
+    # Only the slots some query sees (a host read: the reference runs on CPU tensors, and in
+    # tests), with GQA in SDPA: the CPU path costs the context, not the cache's capacity.
+    seen = visible.flatten(0, 1).any(0)
+    width = int(seen.nonzero().max()) + 1 if bool(seen.any()) else 1
+    visible = visible[..., :width]
     # Slots no query sees may hold anything (NaN included): zero them so 0 * NaN cannot leak in.
-    used = visible.any(1)[:, None, :, None]  # [B, 1, L, 1]
-    kh = torch.where(used, k_cache[:b].to(dtype), 0.0).repeat_interleave(hq // hkv, dim=1)
-    vh = torch.where(used, v_cache[:b].to(dtype), 0.0).repeat_interleave(hq // hkv, dim=1)
+    used = visible.any(1)[:, None, :, None]  # [B, 1, L', 1]
+    kh = torch.where(used, k_cache[:b, :, :width].to(dtype), 0.0)
+    vh = torch.where(used, v_cache[:b, :, :width].to(dtype), 0.0)
     attn = torch.nn.functional.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=visible[:, None], scale=scale
+        qh, kh, vh, attn_mask=visible[:, None], scale=scale, enable_gqa=hq != hkv
     )
     # A query with nothing visible (pad row, empty cache) outputs zeros, as the kernel does.
     attn = torch.where(visible.any(-1)[:, None, :, None], attn, 0.0)

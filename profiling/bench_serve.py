@@ -13,7 +13,9 @@ after the CLI's warm-up to the last write), mean accepted tokens per step, reque
 p99 (seconds from the run's start to the request's collection, queueing included), the time
 shares of prefill, decode steps and host work (the scheduler's own accounting), the GPU busy share
 (NVML utilisation sampled every 50 ms, when available), and how many completions equal `ar`'s at
-the same batch size and mode (float32: all must; bfloat16: near-ties may flip).
+the same batch size and mode (float32: all must; bfloat16: near-ties may flip, except with
+--exact) and to `ar`'s at the first batch size listed (same prompt file when --per-slot and
+--min-requests give every batch size the same prompts: `ar` invariant across batch sizes).
 Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
 compiles Triton kernels for shapes the warm-up did not meet).
 Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
@@ -94,7 +96,9 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     argv = ["generate", "--input", str(src), "--output", str(out), "--overwrite"]
     argv += ["--method", method, "--batch-size", str(batch), "--dtype", args.dtype]
     argv += ["--max-new-tokens", str(args.max_new_tokens), "--no-progress"]
-    argv += ["--stats-json", str(stats)]
+    argv += ["--stats-json", str(stats), "--speculation", args.speculation]
+    if args.exact:
+        argv.append("--exact")
     if mode == "continuous":
         argv.append("--continuous-batching")
     with GpuBusy() as busy:
@@ -118,10 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     ap.add_argument("--methods", default="ar,pld,sam+tr,merged")
     ap.add_argument("--modes", default="static,continuous")
-    ap.add_argument("--limit", type=int, default=600, help="prompts in the mixed file")
+    ap.add_argument("--limit", type=int, default=600, help="prompts in the mixed file at most")
+    ap.add_argument(
+        "--per-slot",
+        type=int,
+        default=8,
+        help="prompts per batch slot (at least --min-requests): small batches get short files",
+    )
+    ap.add_argument("--min-requests", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--exact", action="store_true", help="samgpu generate --exact")
+    ap.add_argument("--speculation", default="adaptive", choices=["adaptive", "always"])
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -131,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown modes {bad}; choose from {', '.join(MODES)}")
 
     records, rows = [], []
+    first_ar: dict[str, list[str]] = {}  # mode -> ar's completions at the first batch size
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "prompts.jsonl"
-        n = write_prompts(src, args.limit)
-        print(f"{n} prompts (Spec-Bench, HumanEval, HAGRID, shuffled), {args.dtype}")
         for batch in args.batch_sizes:
+            src = Path(tmp) / f"prompts-{batch}.jsonl"
+            limit = min(args.limit, max(args.min_requests, args.per_slot * batch))
+            n = write_prompts(src, limit)
+            print(f"B={batch}: {n} prompts (Spec-Bench, HumanEval, HAGRID, shuffled), {args.dtype}")
             for mode in modes:
                 ar_texts = None
                 for method in methods:
@@ -147,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                     texts = [rec["completion"] for rec in r["records"]]
                     if method == "ar":
                         ar_texts = texts
-                    same = None
+                        first_ar.setdefault(mode, texts)
+                    same = same_first = None
                     if ar_texts is not None:
                         same = sum(a == b for a, b in zip(ar_texts, texts, strict=True))
+                    ref = first_ar.get(mode)
+                    if ref is not None and len(ref) == len(texts):
+                        same_first = sum(a == b for a, b in zip(ref, texts, strict=True))
                     timing = r.get("timing") or {}
                     total = sum(timing.values()) or None
                     rec = dict(
@@ -171,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
                         host_share=timing.get("host_s", 0) / total if total else None,
                         gpu_busy=r["gpu_busy"],
                         same_as_ar=same,
+                        same_as_first_b_ar=same_first,
                         params=dict(
                             dtype=args.dtype,
+                            exact=args.exact,
+                            speculation=args.speculation,
                             max_new_tokens=args.max_new_tokens,
-                            limit=args.limit,
+                            num_prompts=n,
                             tag=args.tag,
                         ),
                     )
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_jsonl(records)
     columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "mat", "latency_p50_s"]
     columns += ["latency_p99_s", "prefill_share", "decode_share", "host_share", "gpu_busy"]
-    columns += ["same_as_ar"]
+    columns += ["same_as_ar", "same_as_first_b_ar"]
     print_table(rows, columns)
     print(hardware_line())
     print("results:", path)

@@ -82,7 +82,19 @@ case "${1:-}" in
         --methods ar,sam+tr,merged --continuous-batching --tag continuous
     done
     ;;
-  *) echo "phases: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e"; exit 2 ;;
+  kernels)  # third session: every kernel test on the real compiler, then the attention sweep
+    run kernel_tests 300 python -m pytest -q -x -p no:cacheprovider tests/kernels \
+      tests/decoding/test_loop_cuda.py tests/decoding/test_runner_gpu.py tests/test_no_sync.py
+    run attention 280 python -m profiling.bench_attention
+    ;;
+  serve)  # third session: batched generation through the CLI, mixed prompts, the batch curve
+    run serve 540 python -m profiling.bench_serve --batch-sizes 1 16 64 256 \
+      --methods ar,sam+tr,merged --modes static,continuous --passes 1 --tag serve-v1
+    ;;
+  runtime7b)  # the random Llama-2-7B-shape verify step t(B, N)
+    run runtime7b 200 python -m profiling.bench_runtime --sections verify --batch 1 16 64
+    ;;
+  *) echo "phases: kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back

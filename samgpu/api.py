@@ -196,8 +196,10 @@ class SamDecoder:
 
     def ensure_capacity(self, num_reqs: int, max_len: int):
         """The decoder (a Scheduler) for num_reqs slots of max_len tokens, built now if needed (so
-        out-of-memory shows at set-up). Capacity only grows (the length in multiples of
-        LEN_QUANTUM); more prompts than slots run through the slots in turn."""
+        out-of-memory shows at set-up) and warmed up on a GPU (kernels compiled, step graphs of
+        the full width captured, so compilation stays out of the generation's time). Capacity
+        only grows (the length in multiples of LEN_QUANTUM); more prompts than slots run through
+        the slots in turn."""
         cap_reqs, cap_len = self._capacity
         if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
             return self._decoder
@@ -217,6 +219,8 @@ class SamDecoder:
                 use_cuda_graphs=self.use_cuda_graphs,
                 stage_range=self.stage_range,
             )
+            if self.device.type == "cuda":
+                self._decoder.engine.warm_up(new_reqs)
         except Exception as e:
             if is_oom(e):
                 raise SetupError(

@@ -411,6 +411,23 @@ class Engine:
         graph.replay()
         return False
 
+    def warm_up(self, width: int) -> None:
+        """Compile the kernels and capture the step graphs of `width` slots (drafting and, when
+        the drafter drafts, plain steps) on a dummy prompt, so that the first real steps are
+        replays. The slots are left finished; prefill resets every row it loads."""
+        config = GenerationConfig(max_new_tokens=8)
+        self.configure(config, width)
+        self.prefill(list(range(width)), [[0] * 4] * width)
+        saved = self._speculate
+        for speculate in (True, False) if self.can_skip_drafts else (True,):
+            self.set_speculate(speculate)
+            for _ in range(3):  # eager warm-up, capture, one replay
+                self.step()
+        self.set_speculate(saved)
+        self._state.finished.fill_(True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # ------------------------------------------------------------------ host reads
 
     def read_flags(self) -> tuple[list[bool], list[int]]:
