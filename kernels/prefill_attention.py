@@ -19,7 +19,8 @@ keys [0, start + t_first] that every row of the block sees (no mask), then the d
 start + t_last (causal mask per row). Online softmax in fp32, exp2 with log2(e) folded into the
 scale, tensor-core dots (IEEE fp32 when the inputs are fp32).
 
-No recompiles and no host syncs: T and every stride are runtime ints (`do_not_specialize`), the grid
+No recompiles and no host syncs: T is a runtime int (`do_not_specialize`; the strides keep Triton's
+divisible-by-16 hint, which every cache layout meets, so K/V loads vectorise), the grid
 is (cdiv(T * group, BLOCK_M), Hkv, B) from shapes only, the per-sequence start and length are read
 on the device. Unlike cuDNN SDPA there is no per-length planning, so every prompt length costs the
 same host time and the call can be captured in a CUDA graph.
@@ -69,7 +70,7 @@ def _prefill_block(q, k, v, visible, m_i, l_i, acc, qk_scale, MASKED: tl.constex
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=_INT_ARGS)
+@triton.jit(do_not_specialize=["num_tokens", "group"])
 def _prefill_attention_kernel(
     q_ptr,  # [B, T, Hq, D] fp32/bf16/fp16
     k_ptr,  # [B, Hkv, L, D] same dtype (one layer of the cache)

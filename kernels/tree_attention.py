@@ -35,9 +35,10 @@ decode step run in a 16-row tile, not 64), block_n (keys per iteration), num_spl
 num_stages (software pipelining of the K/V loads). Defaults come from `TUNED_CONFIGS` (filled from
 profiling/bench_attention.py's sweep on the GPU, keyed by heads and bucketed N and B), otherwise
 from a heuristic aiming at ~4 programs per SM. With block_m >= group * N the prefix is read once
-per (sequence, kv head) for all the tree's nodes. All ints are runtime values
-(`do_not_specialize`), so a new N, B or cache length never recompiles: one variant per (dtype, D,
-block_m, block_n, split or not, num_warps, num_stages).
+per (sequence, kv head) for all the tree's nodes. The counts are runtime values
+(`do_not_specialize`) and the strides are fixed by the cache layout, so a new N, B or cache length
+never recompiles: one variant per (dtype, D, block_m, block_n, split or not, num_warps,
+num_stages).
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ _INT_ARGS = (
     "stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group num_heads num_splits"
 ).split()
 _COMBINE_INT_ARGS = "stride_ob stride_on stride_oh num_nodes num_heads num_splits".split()
+# Strides stay specialised (Triton's divisible-by-16 hint lets K/V loads vectorise); they are fixed
+# by the cache layout and the tree width, so this never recompiles during a run. The counts vary.
+_VARYING = ["num_nodes", "group", "num_heads", "num_splits"]
 
 
-@triton.jit(do_not_specialize=_INT_ARGS)
+@triton.jit(do_not_specialize=_VARYING)
 def _tree_attention_kernel(
     q_ptr,  # [B, N, Hq, D] fp32/bf16/fp16
     k_ptr,  # [B, Hkv, L, D] same dtype (one layer of the cache)
@@ -190,7 +194,7 @@ def _tree_attention_kernel(
         )
 
 
-@triton.jit(do_not_specialize=_COMBINE_INT_ARGS)
+@triton.jit(do_not_specialize=["num_nodes", "num_heads", "num_splits"])
 def _tree_attention_combine_kernel(
     ws_acc_ptr,  # [B, N, Hq, S, D] fp32
     ws_m_ptr,  # [B, N, Hq, S] fp32

@@ -24,7 +24,9 @@ Sections (bf16 unless --dtype; heads: SmolLM2 9 q / 3 kv, D 64 and Llama-2-7B 32
   one query decoded alone vs the same query in batches of 1..64, in any slot, as a node at depth d
   of trees of 7..81 nodes, with other cache/tree splits, and via the prefill form; fp32, bf16 and
   bf16 with tensor cores (bf16-tc); plus the negative controls (must differ).
-Timing: triton's do_bench (L2 flushed between calls, CUDA events), compile and autotune excluded.
+Timing: triton's do_bench (L2 flushed between calls, CUDA events), compile and autotune excluded;
+the tree sweep times LAYER_COPIES calls on distinct K/V captured in one CUDA graph (the in-graph
+kernel time of a decode step, without Python's launch cost).
 Results go to profiling/results/<date>-<card>-<sha>.jsonl. A full run takes ~3-4 minutes on an
 H200 (most of it compiling sweep variants); --quick sweeps fewer configurations.
 --smoke runs tiny shapes through the Triton interpreter on the CPU (wall clock) to check the script.
@@ -69,6 +71,7 @@ except ImportError:  # run as `python profiling/bench_attention.py`
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HEADS = {"smollm2": (9, 3, 64), "llama7b": (32, 32, 128)}
 SMOLLM2_LAYERS = 30
+LAYER_COPIES = 8  # distinct K/V tensors per graph-timed geometry (L2 stays cold, as in a step)
 
 
 class Bench:
@@ -87,6 +90,23 @@ class Bench:
         fn()  # compile outside the measurement
         torch.cuda.synchronize()
         return bench_gpu(fn, rep_ms=self.args.rep_ms, warmup_ms=5)
+
+    def time_graph(self, fns: list) -> dict:
+        """Per-call GPU milliseconds of `fns` (e.g. one call per layer, each on its own K/V, as a
+        decode step runs them) captured back to back in one CUDA graph: the in-graph kernel time,
+        without the Python launch cost that dominates do_bench for microsecond kernels."""
+        if self.args.smoke:
+            t = bench_cpu(lambda: [f() for f in fns], rep=1, warmup=1)
+            return {k: v / len(fns) for k, v in t.items()}
+        for f in fns:
+            f()  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for f in fns:
+                f()
+        t = bench_gpu(graph.replay, rep_ms=self.args.rep_ms, warmup_ms=5)
+        return {k: v / len(fns) for k, v in t.items()}
 
     def record(self, bench: str, provider: str, params: dict, t: dict, **derived) -> dict:
         row = {"bench": bench, "provider": provider, "params": params, "metric": "latency",
@@ -265,6 +285,10 @@ def geometries(args) -> list[tuple[str, int, int]]:
                     out.append((name, b, n))
     if args.quick:
         out = [g for g in out if g[1] in (1, 64) or g[2] == 1]
+    if args.heads:
+        out = [g for g in out if g[0] in args.heads]
+    if args.batches:
+        out = [g for g in out if g[1] in args.batches]
     return out
 
 
@@ -279,6 +303,12 @@ class TreeSweep:
         self.bench, self.name, self.b, self.n = bench, name, b, n
         self.heads = heads_of(name)
         self.inputs = {ctx: tree_inputs(bench, b, n, self.heads, ctx) for ctx in contexts}
+        # distinct K/V per "layer" so the graph-timed calls do not read from a warm L2
+        copies = 1 if bench.args.smoke else LAYER_COPIES
+        self.layers = {
+            ctx: [(k.clone(), v.clone()) for _ in range(copies) for k, v in [inputs[1:3]]]
+            for ctx, inputs in self.inputs.items()
+        }
         self.times: dict[tuple, dict[int, float]] = {}
 
     def kv_bytes(self, ctx: int) -> int:
@@ -289,16 +319,27 @@ class TreeSweep:
         if ctx in self.times.get(cfg, {}):
             return self.times[cfg][ctx]
         bm, bn, splits, warps, stages = cfg
-        q, k, v, cache_len, mask = self.inputs[ctx]
+        q, _, _, cache_len, mask = self.inputs[ctx]
         out = torch.empty_like(q)
-
-        fn = partial(
-            tree_attention_triton, q, k, v, cache_len, mask, out=out, block_m=bm, block_n=bn,
-            num_splits=splits, num_warps=warps, num_stages=stages,
-        )  # fmt: skip
-
+        fns = [
+            partial(
+                tree_attention_triton,
+                q,
+                k,
+                v,
+                cache_len,
+                mask,
+                out=out,
+                block_m=bm,
+                block_n=bn,
+                num_splits=splits,
+                num_warps=warps,
+                num_stages=stages,
+            )  # fmt: skip
+            for k, v in self.layers[ctx]
+        ]
         try:
-            tm = self.bench.time(fn)
+            tm = self.bench.time_graph(fns)
         except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory for a config
             print(f"  skip {self.name} B={self.b} N={self.n} ctx={ctx} {cfg}: {type(exc).__name__}")
             self.times.setdefault(cfg, {})[ctx] = None
@@ -365,9 +406,13 @@ def sweep_geometry(bench: Bench, name: str, b: int, n: int) -> dict:
     # The heuristic default (what runs without a table entry), at every context.
     heuristic = {}
     for ctx in contexts:
-        q, k, v, cache_len, mask = sweep.inputs[ctx]
+        q, _, _, cache_len, mask = sweep.inputs[ctx]
         out = torch.empty_like(q)
-        tm = bench.time(partial(tree_attention_triton, q, k, v, cache_len, mask, out=out))
+        fns = [
+            partial(tree_attention_triton, q, k, v, cache_len, mask, out=out)
+            for k, v in sweep.layers[ctx]
+        ]
+        tm = bench.time_graph(fns)
         heuristic[ctx] = tm["p50"]
         params = {"heads": name, "B": b, "N": n, "ctx": ctx, "dtype": args.dtype}
         bench.record("tree_attention", "triton-default", params, tm,
@@ -654,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer geometries and configurations")
     ap.add_argument("--rep-ms", type=int, default=20, help="do_bench measuring time per point")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes in the CPU interpreter")
+    ap.add_argument("--heads", nargs="+", choices=sorted(HEADS), help="tree sweep: only these")
+    ap.add_argument("--batches", nargs="+", type=int, help="tree sweep: only these batch sizes")
     args = ap.parse_args(argv)
     if args.smoke:
         args.dtype = "fp32"

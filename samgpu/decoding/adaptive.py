@@ -1,4 +1,8 @@
-"""Adaptive speculation: per window of steps between host checks, draft or run plain AR steps,
+"""The scheduler's measured decisions: adaptive speculation (SpeculationPolicy) and, for continuous
+batching, when to refill freed slots (RefillPolicy). Both decide at host checks only, from times
+the scheduler measures anyway, so they add no sync.
+
+Adaptive speculation: per window of steps between host checks, draft or run plain AR steps,
 whichever has emitted tokens faster on this batch lately.
 
 Drafting pays when the accepted tokens per step outgrow the extra cost of verifying a tree: at
@@ -52,7 +56,41 @@ class SpeculationPolicy:
         self.steps[speculate] += steps
         if not clean or tokens <= 0 or seconds <= 0:
             return
-        rate = tokens / seconds
-        old = self.rates.get(speculate)
-        self.rates[speculate] = rate if old is None else old + self.smoothing * (rate - old)
+        self.rates[speculate] = _ema(self.rates.get(speculate), tokens / seconds, self.smoothing)
         self.samples[speculate] += 1
+
+
+@dataclass
+class RefillPolicy:
+    """Continuous batching: when to prefill waiting prompts into freed slots.
+
+    A refill stalls every live slot for one prefill call, a cost that is mostly fixed per call
+    (kernel launches), while a freed slot left empty idles for a window of steps. So at each host
+    check, with `free` of `width` slots free, refill when the idle slot-time of waiting one more
+    window would exceed the stalled slot-time of refilling now:
+        free * window_s >= (width - free) * prefill_s,
+    both from moving averages of measured times (before any measurement: refill at once). Cheap
+    prefills (or long windows) refill every check; costly ones gather several finished slots into
+    one call. With no live request left there is nothing to stall: refill.
+    """
+
+    smoothing: float = 0.3
+    prefill_s: float | None = None  # seconds per prefill call
+    window_s: float | None = None  # seconds per window of steps
+
+    def should_refill(self, free: int, width: int) -> bool:
+        if free == 0:
+            return False
+        if free == width or self.prefill_s is None or self.window_s is None:
+            return True
+        return free * self.window_s >= (width - free) * self.prefill_s
+
+    def record_prefill(self, seconds: float) -> None:
+        self.prefill_s = _ema(self.prefill_s, seconds, self.smoothing)
+
+    def record_window(self, seconds: float) -> None:
+        self.window_s = _ema(self.window_s, seconds, self.smoothing)
+
+
+def _ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else old + weight * (new - old)

@@ -6,10 +6,11 @@ engine, decode together, and are collected as they finish.
 
 Loop: admit -> run `check_every` steps -> read the finished flags (the only host read) -> collect
 the finished requests (tokens, statistics, `drafter.finish`, `on_finish`) -> admit again -> ...
-- Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at each
+- Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at a
   host check, slots whose request finished take the next waiting prompts (`engine.prefill` of
   those rows: the other slots carry on, and the captured graph is reused since B and the buffers
-  do not change).
+  do not change) when RefillPolicy finds the freed slots' idle time worth a prefill call's stall
+  of the others (samgpu.decoding.adaptive).
 - Static batching (the default): the same loop, admitting only when every slot is free: each batch
   of min(max_reqs, #waiting) prompts runs until its longest request ends.
 Every live request emits at least one token per step, so a request that has run max_new_tokens
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samgpu.decoding.adaptive import SpeculationPolicy
+from samgpu.decoding.adaptive import RefillPolicy, SpeculationPolicy
 from samgpu.decoding.config import (
     GenerationConfig,
     GenerationOutput,
@@ -107,6 +108,7 @@ class Scheduler:
         run = RunStats()
         # Seeded sampling stays reproducible: its random draws follow the steps' tree shapes,
         # which timing-driven mode switches would change from run to run.
+        refill = RefillPolicy()
         policy = SpeculationPolicy(
             enabled=config.speculation == "adaptive"
             and engine.can_skip_drafts
@@ -126,7 +128,7 @@ class Scheduler:
                     slots = [None] * new_width
                 free = list(range(new_width))
             rows = free[: len(waiting)]
-            if not rows:
+            if not rows or not refill.should_refill(len(free), len(slots)):
                 return []
             requests = [waiting.popleft() for _ in rows]
             sync()
@@ -135,6 +137,7 @@ class Scheduler:
             sync()
             t_end = time.perf_counter()
             run.prefill_s += t_end - t_start
+            refill.record_prefill(t_end - t_start)
             for b, r in zip(rows, requests, strict=True):
                 slots[b] = _Slot(r, steps, t_end - t_start, t_end, t_start - t0)
             return rows
@@ -154,6 +157,8 @@ class Scheduler:
             finished, num_generated = engine.read_flags()
             t_read = time.perf_counter()
             run.steps_s += t_read - t_launch
+            if clean:
+                refill.record_window(t_read - t_launch)
             live_now = sum(num_generated[b] for b, s in enumerate(slots) if s is not None)
             policy.record(
                 speculate, window, done_tokens + live_now - emitted, t_read - t_launch, clean
@@ -177,11 +182,11 @@ class Scheduler:
                     slots[b] = None
                     if on_finish is not None:
                         on_finish(slot.request, toks, stat)
-                if waiting:
-                    admitted = set(admit())  # these start at 0 tokens: no second flag read
-                    num_generated = [
-                        0 if b in admitted else num_generated[b] for b in range(len(slots))
-                    ]
+            if waiting and any(s is None for s in slots):
+                admitted = set(admit())  # these start at 0 tokens: no second flag read
+                num_generated = [
+                    0 if b in admitted else num_generated[b] for b in range(len(slots))
+                ]
             emitted = done_tokens + sum(
                 num_generated[b] for b, s in enumerate(slots) if s is not None
             )

@@ -337,3 +337,36 @@ def test_policy_picks_the_faster_mode_and_explores():
     assert seen[4:] == [False, False, False, True, False, False, False, True]
     assert policy.rates[False] > policy.rates[True]
     assert SpeculationPolicy(enabled=False).choose() is True
+
+
+def test_refill_policy_weighs_idle_slots_against_a_prefill_stall():
+    """RefillPolicy: refill at once before any measurement and when every slot is free; then only
+    when free * window_s >= (width - free) * prefill_s."""
+    from samgpu.decoding.adaptive import RefillPolicy
+
+    policy = RefillPolicy()
+    assert policy.should_refill(1, 64)  # nothing measured yet
+    policy.record_prefill(0.005)
+    policy.record_window(0.016)
+    assert not policy.should_refill(0, 64)
+    assert not policy.should_refill(4, 64)  # 4 * 16 ms < 60 * 5 ms
+    assert policy.should_refill(16, 64)  # 16 * 16 ms >= 48 * 5 ms
+    assert policy.should_refill(64, 64)
+    cheap = RefillPolicy(prefill_s=0.0002, window_s=0.016)
+    assert cheap.should_refill(1, 64)  # cheap prefills refill every check
+
+
+def test_deferred_refills_stay_lossless(monkeypatch):
+    """Continuous batching with refills deferred until half the slots are free: every output still
+    equals the greedy reference and every request runs."""
+    from samgpu.decoding import adaptive
+
+    monkeypatch.setattr(
+        adaptive.RefillPolicy, "should_refill", lambda self, free, width: 2 * free >= width
+    )
+    runner = ToyRunner(seed=10)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    dec = _test_decoder(runner, MANY, 4, error_rate=0.3)
+    cfg = GenerationConfig(max_new_tokens=12, eos_token_ids=(eos,), check_every=2, continuous=True)
+    out = dec.generate(MANY, cfg)
+    assert out.tokens == [reference_greedy(runner, p, 12, eos=(eos,)) for p in MANY]
