@@ -25,15 +25,15 @@ CUDA, so replays draw fresh numbers without generator registration; a seeded tor
 CPU). Same seed, same prompts, same batch composition -> same tokens.
 
 Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prompts into slots
-(their rows of every buffer reset, prompt[:-1] through the runner into the KV cache, the last
-prompt token as the first root; DESIGN "the root is not in the cache") and calls
-`drafter.start`; `read_flags()` is the one host read of the loop (finished flags and lengths,
-through pinned memory); `collect(rows)` reads finished requests' tokens and statistics and calls
-`drafter.finish`. Statistics (steps, accepted-length histogram, draft sources) accumulate on the
-GPU per slot.
+(their rows of every buffer reset, prompt[:-1] through the runner into the KV cache by
+samgpu.decoding.prefill, the last prompt token as the first root; DESIGN "the root is not in the
+cache") and calls `drafter.start`; `read_flags()` is the one host read of the loop (finished
+flags and lengths, through pinned memory); `collect(rows)` reads finished requests' tokens and
+statistics and calls `drafter.finish`. Statistics (steps, accepted-length histogram, draft
+sources) accumulate on the GPU per slot.
 
-Example: Engine(runner, drafter, max_reqs=8, max_len=2048); engine.configure(config, width=2);
-engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step() ...; engine.collect([0, 1]).
+Example: engine.configure(config, width=2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]);
+engine.step() ...; engine.collect([0, 1]).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 
 from samgpu.decoding.buffers import StepBuffers, StepViews
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
+from samgpu.decoding.prefill import Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
 from samgpu.drafters.protocol import Drafter, NewRequests
 from samgpu.kernels.commit import commit
@@ -102,6 +103,7 @@ class Engine:
             and bool(getattr(runner, "graph_safe", True))
         )
         self.cache = runner.allocate_cache(max_reqs, max_len)
+        self._prefiller = Prefiller(runner, self.cache, use_graphs=self.use_cuda_graphs)
         dev, R, N, V, K = self.device, max_reqs, num_nodes, self.vocab_size, self.k_slots
 
         def i32(*shape, fill=0):
@@ -299,25 +301,10 @@ class Engine:
         st.finished.index_fill_(0, index, False)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, :width].clamp(min=0).contiguous()
-        self._prefill_cache(rows, index, input_ids, lens - 1)
+        self._prefiller(rows, index, input_ids, lens - 1)
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
         self.drafter.start(st, NewRequests(rows=index, lengths=started, longest=max(lengths)))
-
-    def _prefill_cache(self, rows: list[int], index, input_ids: torch.Tensor, prefix_len) -> None:
-        """prompt[:-1] of each new request into its slot's KV cache; cache_len = its length.
-        Slots 0..n-1 take the runner's prefill in place; other slots get it through a scratch
-        cache of n rows whose K/V rows are copied in."""
-        n, width = input_ids.shape
-        if width > 0:
-            if rows == list(range(n)):
-                self.runner.prefill(input_ids, prefix_len, self.cache)
-            else:
-                scratch = self.runner.allocate_cache(n, width)
-                self.runner.prefill(input_ids, prefix_len, scratch)
-                self.cache.k[:, :, :, :width].index_copy_(1, index, scratch.k)
-                self.cache.v[:, :, :, :width].index_copy_(1, index, scratch.v)
-        self.cache.cache_len.index_copy_(0, index, prefix_len)
 
     # ------------------------------------------------------------------ the step
 
