@@ -19,10 +19,9 @@ warm-up; it is a real step), the second is captured as ONE graph of the whole st
 step replays it. The mode holds the sampling parameters (temperature, top_k, top_p), which are
 baked into the graph; EOS ids live in a fixed-size device buffer, so they are not.
 
-Randomness (sampling): uniforms [B, N] and exponentials [B, V] are drawn each step into
-preallocated buffers by `draw_randoms` from a device-side (seed, step) pair (Philox in Triton on
-CUDA, so replays draw fresh numbers without generator registration; a seeded torch.Generator on
-CPU). Same seed, same prompts, same batch composition -> same tokens.
+Randomness (sampling): `draw_randoms` (kernels/randoms.py) fills uniforms [B, N] and
+exponentials [B, V] each step from a device-side (seed, step) pair: replays draw fresh numbers,
+and the same seed, prompts and batch composition give the same tokens.
 
 Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prompts into slots
 (their rows of every buffer reset, prompt[:-1] through the runner into the KV cache by
