@@ -7,8 +7,9 @@ the CLI and every benchmark in profiling/ call it, so a benchmark measures what 
 
 It resolves the runner (the fast Llama-family runner where the model allows it; a runner object
 is used as given), the method's entry in the registry, the options (the method's budget rule for
-this batch size, then the caller's options, validated), builds the drafter, the Engine and the
-Scheduler.
+this batch size, then the caller's options, validated), checks that the buffers fit in the GPU's
+free memory (a SetupError naming a batch size that fits, before anything is allocated), builds
+the drafter, the Engine and the Scheduler.
 
 Budgets: the draft tree size follows the batch size (`samgpu.drafters.registry`). On a CPU model
 the budget is the one for a batch of CPU_BUDGET_BATCH or more: a CPU has no idle parallel units,
@@ -27,9 +28,13 @@ from samgpu.decoding.scheduler import Scheduler
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import budget_options, build_drafter, get_method
 from samgpu.drafters.registry import make_options
+from samgpu.errors import SetupError
 
 DEFAULT_METHOD = "sam+tr"
 CPU_BUDGET_BATCH = 64
+DYNAMIC_BYTES_PER_TOKEN = 156  # a dynamic automaton slot, per token of capacity (upper bound)
+PREFILL_GRAPH_ROWS = 16  # samgpu.decoding.prefill.GRAPH_ROWS: the scratch cache's rows
+MEMORY_HEADROOM = 0.9  # share of the free GPU memory a decoder may plan to take
 
 
 def method_options(
@@ -54,6 +59,51 @@ def draft_nodes(
     return entry.max_nodes(make_options(entry, method_options(method, batch_size, device, options)))
 
 
+def memory_estimate(
+    runner, method: str, batch_size: int, max_len: int, options: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Bytes the decoder's buffers take on the GPU (a planning figure, before allocating): the KV
+    cache, the step's logits, the dynamic automata of the SAM methods and the refill scratch
+    cache. Weights and the static index are already resident and not counted."""
+    kv_token = 2 * runner.num_layers * runner.num_kv_heads * runner.head_dim
+    kv_token *= torch.finfo(runner.dtype).bits // 8
+    nodes = draft_nodes(method, batch_size, runner.device, options)
+    parts = {
+        "kv_cache": kv_token * batch_size * max_len,
+        "logits": 4 * batch_size * (nodes + 1) * runner.vocab_size,
+        "refill_scratch": kv_token * min(batch_size, PREFILL_GRAPH_ROWS) * max_len,
+    }
+    if get_method(method).needs_index:
+        parts["dynamic_automata"] = DYNAMIC_BYTES_PER_TOKEN * batch_size * max_len
+    return parts
+
+
+def check_memory(runner, method: str, batch_size: int, max_len: int, options=None) -> None:
+    """A SetupError naming a batch size that fits when the decoder's buffers would not fit in the
+    GPU's free memory (CUDA only)."""
+    if runner.device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(runner.device)
+    need = sum(memory_estimate(runner, method, batch_size, max_len, options).values())
+    if need <= MEMORY_HEADROOM * free:
+        return
+    fits = batch_size
+    while fits > 1:
+        fits //= 2
+        if sum(memory_estimate(runner, method, fits, max_len, options).values()) <= (
+            MEMORY_HEADROOM * free
+        ):
+            break
+    gib = 1 << 30
+    raise SetupError(
+        f"batch size {batch_size} with {max_len} tokens per sequence needs about "
+        f"{need / gib:.1f} GiB of GPU memory for its buffers (KV cache "
+        f"{memory_estimate(runner, method, batch_size, max_len, options)['kv_cache'] / gib:.1f}"
+        f" GiB) but {free / gib:.1f} GiB are free: use --batch-size {fits} or less, or shorter"
+        " prompts / --max-new-tokens"
+    )
+
+
 def build_decoder(
     model,
     method: str = DEFAULT_METHOD,
@@ -76,6 +126,7 @@ def build_decoder(
 
     runner = model if hasattr(model, "forward_tree") else make_runner(model, exact=exact)
     opts = method_options(method, batch_size, runner.device, options)
+    check_memory(runner, method, batch_size, max_len, options)
     drafter = build_drafter(
         method,
         vocab_size=runner.vocab_size,
@@ -97,4 +148,12 @@ def build_decoder(
     return Scheduler(engine)
 
 
-__all__ = ["CPU_BUDGET_BATCH", "DEFAULT_METHOD", "build_decoder", "draft_nodes", "method_options"]
+__all__ = [
+    "CPU_BUDGET_BATCH",
+    "DEFAULT_METHOD",
+    "build_decoder",
+    "check_memory",
+    "draft_nodes",
+    "memory_estimate",
+    "method_options",
+]

@@ -1,9 +1,10 @@
 """Prompts into the KV cache: the runner's prefill of `prompt[:-1]` for the requests admitted into
 some slots, at the least host cost.
 
-Three ways, chosen per call:
-- the admitted slots are the leading rows 0..n-1 (a new batch): the runner prefills the engine's
-  cache in place;
+Three ways, chosen per call (per group of rows: a large admission is split so that one prefill
+holds at most MAX_TOKENS prompt tokens, which bounds its activation memory at large batches):
+- the admitted slots are consecutive rows (a new batch): the runner prefills the engine's cache
+  in place, through a view of those rows;
 - a refill of a few slots (continuous batching) with CUDA graphs on: the prompts are copied into
   static input buffers padded to a (rows, width) bucket (powers of two, rows <= GRAPH_ROWS), and a
   CUDA graph of the runner's prefill into a persistent scratch cache replays; the scratch rows are
@@ -22,8 +23,11 @@ from __future__ import annotations
 
 import torch
 
+from samgpu.decoding.runners.base import KVCache
+
 GRAPH_ROWS = 16  # refills of at most this many prompts replay graphs (the scratch cache's rows)
 MIN_WIDTH = 64  # smallest width bucket
+MAX_TOKENS = 1 << 16  # prompt tokens (rows x width) per prefill call at most
 
 
 def _bucket(x: int, lo: int = 1) -> int:
@@ -51,16 +55,30 @@ class Prefiller:
         n, width = input_ids.shape
         cache = self.cache
         if width > 0:
-            if rows == list(range(n)):
-                self.runner.prefill(input_ids, lengths, cache)
-            else:
-                scratch = self._graph_prefill(input_ids, lengths)
-                if scratch is None:
-                    scratch = self.runner.allocate_cache(n, width)
-                    self.runner.prefill(input_ids, lengths, scratch)
-                cache.k[:, :, :, :width].index_copy_(1, index, scratch.k[:, :n, :, :width])
-                cache.v[:, :, :, :width].index_copy_(1, index, scratch.v[:, :n, :, :width])
+            step = max(1, MAX_TOKENS // width)
+            for lo in range(0, n, step):
+                hi = min(n, lo + step)
+                self._prefill_rows(rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi])
         cache.cache_len.index_copy_(0, index, lengths)
+
+    def _prefill_rows(self, rows, index, input_ids, lengths) -> None:
+        n, width = input_ids.shape
+        cache = self.cache
+        first = rows[0]
+        if rows == list(range(first, first + n)):  # consecutive slots: in place, through a view
+            view = KVCache(
+                cache.k[:, first : first + n],
+                cache.v[:, first : first + n],
+                cache.cache_len[first : first + n],
+            )
+            self.runner.prefill(input_ids, lengths, view)
+            return
+        scratch = self._graph_prefill(input_ids, lengths)
+        if scratch is None:
+            scratch = self.runner.allocate_cache(n, width)
+            self.runner.prefill(input_ids, lengths, scratch)
+        cache.k[:, :, :, :width].index_copy_(1, index, scratch.k[:, :n, :, :width])
+        cache.v[:, :, :, :width].index_copy_(1, index, scratch.v[:, :n, :, :width])
 
     def _graph_prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor):
         """The scratch cache after a graph replay for this bucket, or None (no graphs here)."""

@@ -52,7 +52,8 @@ def _decode(runner, options, prompts, max_reqs):
     dec = build_decoder(
         runner, "test", batch_size=max_reqs, max_len=64, options=options, use_cuda_graphs=False
     )
-    return dec.generate(prompts, GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=(EOS,)))
+    config = GenerationConfig(max_new_tokens=MAX_NEW, eos_token_ids=(EOS,), speculation="always")
+    return dec.generate(prompts, config)
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,7 @@ def generate(runner, default_index):
             eos_token_ids=default_eos_ids(),
             continuous=continuous,
             check_every=4,
+            speculation="always",  # the drafters under test draft every step
         )
         return decoder.generate(prompts, config)
 
