@@ -32,9 +32,10 @@ unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
 Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
 next power of two >= group * N, at least 16 for the tensor-core dot: the 3 real rows of a SmolLM2
 decode step run in a 16-row tile, not 64), block_n (keys per iteration), num_splits, num_warps,
-num_stages (software pipelining of the K/V loads). Defaults come from `TUNED_CONFIGS` (filled from
-profiling/bench_attention.py's sweep on the GPU, keyed by heads and bucketed N and B), otherwise
-from a heuristic aiming at ~4 programs per SM. With block_m >= group * N the prefix is read once
+num_stages (software pipelining of the K/V loads). Defaults come from the card's tuning file
+`kernels/tuned/tree_attention.json` (written by profiling/bench_attention.py --write-tuning from
+its graph-timed sweep; per card name, keyed by heads and bucketed N and B), otherwise from a
+heuristic aiming at ~4 programs per SM. With block_m >= group * N the prefix is read once
 per (sequence, kv head) for all the tree's nodes. The counts are runtime values
 (`do_not_specialize`) and the strides are fixed by the cache layout, so a new N, B or cache length
 never recompiles: one variant per (dtype, D, block_m, block_n, split or not, num_warps,
@@ -44,8 +45,10 @@ num_stages).
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
@@ -59,10 +62,23 @@ MAX_SPLITS: int = 64  # split-KV chunks per (row block, kv head, sequence)
 LOG2E: float = 1.4426950408889634
 NODE_BUCKETS: tuple[int, ...] = (1, 4, 16, 81)
 BATCH_BUCKETS: tuple[int, ...] = (1, 16, 64, 256)
-# (Hq, Hkv, D, node bucket, batch bucket) -> (block_m, block_n, num_splits, num_warps, num_stages),
-# the best configuration of profiling/bench_attention.py's sweep on the target GPU (H200); a
-# geometry missing here takes `_heuristic_config`. N and B go to the nearest bucket (log scale).
-TUNED_CONFIGS: dict[tuple[int, int, int, int, int], tuple[int, int, int, int, int]] = {}
+TUNING_FILE = Path(__file__).resolve().parent / "tuned" / "tree_attention.json"
+
+
+def tuning_key(hq: int, hkv: int, d: int, n_bucket: int, b_bucket: int) -> str:
+    return f"{hq},{hkv},{d},{n_bucket},{b_bucket}"
+
+
+@functools.cache
+def tuned_configs(card: str) -> dict[str, tuple[int, int, int, int, int]]:
+    """`card`'s entries of the tuning file: "Hq,Hkv,D,node bucket,batch bucket" -> (block_m,
+    block_n, num_splits, num_warps, num_stages), the best of profiling/bench_attention.py's sweep
+    on that card; a geometry missing there takes `_heuristic_config`."""
+    if not TUNING_FILE.is_file():
+        return {}
+    table = json.loads(TUNING_FILE.read_text()).get(card, {})
+    return {key: tuple(cfg) for key, cfg in table.items()}
+
 
 _INT_ARGS = (
     "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl "
@@ -375,8 +391,8 @@ def default_config(
     """The tuned configuration of the nearest (N, B) bucket for these heads, else the heuristic.
     Off CUDA (the interpreter) always the heuristic, unsplit."""
     if device.type == "cuda":
-        key = (hq, hkv, d, _nearest(n, NODE_BUCKETS), _nearest(b, BATCH_BUCKETS))
-        tuned = TUNED_CONFIGS.get(key)
+        key = tuning_key(hq, hkv, d, _nearest(n, NODE_BUCKETS), _nearest(b, BATCH_BUCKETS))
+        tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
         if tuned is not None:
             return TreeAttentionConfig(*tuned)
     return _heuristic_config(b, n, hq, hkv, d, max_len, device)

@@ -16,7 +16,7 @@ Sections (bf16 unless --dtype; heads: SmolLM2 9 q / 3 kv, D 64 and Llama-2-7B 32
   configurations at contexts 512 and 2048. Reported: us and GB/s of K/V read
   (2 * B * Hkv * (ctx + N) * D * 2 bytes), the heuristic default's time, the best configuration per
   geometry (least total slowdown over the three contexts), printed as a dict literal for
-  kernels/tree_attention.py's TUNED_CONFIGS.
+  kernels/tuned/tree_attention.json (with --write-tuning), which tree_attention's defaults read.
 - exact (bench "exact_attention"): exact_attention (fp32 FMA math; exact-tc: the opt-in
   tensor-core variant) vs the fast tree_attention at context 1024: exact mode's attention cost.
 - invariance (bench "exact_invariance"): the bitwise checks of tests/kernels/test_exact_attention.py
@@ -35,6 +35,7 @@ H200 (most of it compiling sweep variants); --quick sweeps fewer configurations.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -58,9 +59,11 @@ from samgpu.kernels.prefill_attention import (  # noqa: E402
 from samgpu.kernels.tree_attention import (  # noqa: E402
     BATCH_BUCKETS,
     NODE_BUCKETS,
+    TUNING_FILE,
     default_config,
     tree_attention_ref,
     tree_attention_triton,
+    tuning_key,
 )
 
 try:
@@ -437,6 +440,21 @@ def sweep_geometry(bench: Bench, name: str, b: int, n: int) -> dict:
     return result
 
 
+def write_tuning(results: list[dict]) -> None:
+    """Merge this card's best configurations into kernels/tuned/tree_attention.json (what
+    tree_attention's defaults read), keyed by the card's name."""
+    card = torch.cuda.get_device_name()
+    table = json.loads(TUNING_FILE.read_text()) if TUNING_FILE.is_file() else {}
+    entries = table.setdefault(card, {})
+    for r in results:
+        if r["heads"] in HEADS:
+            hq, hkv, d = HEADS[r["heads"]]
+            entries[tuning_key(hq, hkv, d, r["N"], r["B"])] = list(r["best"])
+    TUNING_FILE.parent.mkdir(parents=True, exist_ok=True)
+    TUNING_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(results)} configurations for {card} to {TUNING_FILE}")
+
+
 def bench_tree(bench: Bench) -> list[dict]:
     results = []
     start = time.perf_counter()
@@ -454,13 +472,8 @@ def bench_tree(bench: Bench) -> list[dict]:
     print_table(
         table, cols, title=f"tree_attention: best configuration per geometry ({bench.args.dtype})"
     )
-    print("\n# kernels/tree_attention.py TUNED_CONFIGS, from this run:")
-    print("TUNED_CONFIGS = {")
-    for r in results:
-        if r["heads"] in HEADS:
-            hq, hkv, d = HEADS[r["heads"]]
-            print(f"    ({hq}, {hkv}, {d}, {r['N']}, {r['B']}): {tuple(r['best'])},")
-    print("}\n")
+    if bench.args.write_tuning and not bench.args.smoke:
+        write_tuning(results)
     return results
 
 
@@ -701,6 +714,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes in the CPU interpreter")
     ap.add_argument("--heads", nargs="+", choices=sorted(HEADS), help="tree sweep: only these")
     ap.add_argument("--batches", nargs="+", type=int, help="tree sweep: only these batch sizes")
+    ap.add_argument(
+        "--write-tuning",
+        action="store_true",
+        help="merge the tree sweep's best configurations into kernels/tuned/tree_attention.json",
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.dtype = "fp32"

@@ -94,7 +94,22 @@ case "${1:-}" in
   runtime7b)  # the random Llama-2-7B-shape verify step t(B, N)
     run runtime7b 200 python -m profiling.bench_runtime --sections verify --batch 1 16 64
     ;;
-  *) echo "phases: kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
+  tune)  # kernel tests of the attention kernels, then the graph-timed decode-attention sweep; the
+          # tuning file is kept outside the checkout (/root) for the next call on this machine
+    run attention_tests 200 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_tree_attention.py \
+      tests/kernels/test_prefill_attention.py tests/decoding/test_loop_cuda.py tests/test_no_sync.py
+    run tune 300 python -m profiling.bench_attention --sections tree --heads smollm2 \
+      --batches 1 16 64 256 --write-tuning
+    cp kernels/tuned/tree_attention.json /root/tree_attention.json; cp kernels/tuned/tree_attention.json "$OUT"/
+    ;;
+  serve2)  # the batch curve with the tuned attention, then exact mode (bf16 == ar, ar across B)
+    [ -f /root/tree_attention.json ] && cp /root/tree_attention.json kernels/tuned/tree_attention.json
+    run serve 330 python -m profiling.bench_serve --batch-sizes 1 16 64 256 \
+      --methods ar,sam+tr,merged --modes static,continuous --passes 1 --tag serve-v2
+    run exact 200 python -m profiling.bench_serve --batch-sizes 1 16 64 --methods ar,sam+tr,merged \
+      --modes continuous --exact --limit 96 --min-requests 96 --max-new-tokens 128 --passes 1 --tag exact
+    ;;
+  *) echo "phases: tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
