@@ -27,10 +27,10 @@ import torch
 
 from profiling import datasets
 from profiling.common import env, write_jsonl
+from samgpu.drafters import method_names
 
 HF_METHODS = ("hf", "hf-static", "hf-pld")
-OUR_METHODS = ("ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged")
-DEFAULT_METHODS = HF_METHODS + OUR_METHODS
+DEFAULT_METHODS = HF_METHODS + method_names()  # every registered method
 
 
 @dataclass

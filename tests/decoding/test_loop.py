@@ -322,20 +322,26 @@ def test_speculation_always_never_runs_plain_steps():
 
 def test_policy_picks_the_faster_mode_and_explores():
     """SpeculationPolicy on synthetic windows: drafting first, then one plain window, then the
-    faster mode, with a visit to the slower one every `explore_every` windows; windows that
-    compiled (not clean) do not count."""
+    faster mode, with a visit to the slower one every `explore_every` windows (4x less often when
+    it loses by more than 20%); windows that compiled (not clean) do not count."""
     from samgpu.decoding.adaptive import SpeculationPolicy
 
-    policy = SpeculationPolicy(explore_every=4)
-    seen = []
-    for _ in range(12):
-        speculate = policy.choose()
-        seen.append(speculate)
-        rate = 100.0 if not speculate else 40.0  # plain steps are faster here
-        policy.record(speculate, 8, int(rate), 1.0, clean=len(seen) > 1)
-    assert seen[:4] == [True, True, True, False]  # 1 unclean + 2 clean drafting, then plain
-    assert seen[4:] == [False, False, False, True, False, False, False, True]
-    assert policy.rates[False] > policy.rates[True]
+    def run(plain_rate: float, windows: int) -> list[bool]:
+        policy = SpeculationPolicy(explore_every=4)
+        seen = []
+        for _ in range(windows):
+            speculate = policy.choose()
+            seen.append(speculate)
+            rate = plain_rate if not speculate else 90.0
+            policy.record(speculate, 8, int(rate), 1.0, clean=len(seen) > 1)
+        assert policy.rates[False] > policy.rates[True]
+        return seen
+
+    close = run(100.0, 12)  # plain steps 10% faster
+    assert close[:4] == [True, True, True, False]  # 1 unclean + 2 clean drafting, then plain
+    assert close[4:] == [False, False, False, True, False, False, False, True]
+    far = run(200.0, 20)  # plain steps twice as fast: drafting re-checked every 16 windows
+    assert far[4:] == [False] * 11 + [True] + [False] * 4
     assert SpeculationPolicy(enabled=False).choose() is True
 
 
