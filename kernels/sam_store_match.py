@@ -24,7 +24,7 @@ import triton.language as tl
 from samgpu.kernels import _sam_store_jit as J
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-from samgpu.kernels._sam_store_jit import (
+from samgpu.kernels._sam_store_jit import (  # noqa: F401 - re-exported for sam_update
     EMPTY,
     NUM_GENERATIONS,
     HostArrays,
@@ -34,7 +34,7 @@ from samgpu.kernels._sam_store_jit import (
 )
 from samgpu.kernels.types import ROOT_STATE
 
-_INTS = ("capacity", "hash_slots", "h_shift", "h_mask", "t_bits", "s_bits")
+INTS = ("capacity", "hash_slots", "h_shift", "h_mask", "t_bits", "s_bits")  # launch scalars
 
 
 @triton.jit
@@ -190,7 +190,7 @@ AOT_SPECS = [
             "hash_ptr": "*i64",
             "match_state_ptr": "*i32",
             "match_len_ptr": "*i32",
-            **{n: "i32" for n in ("num_reqs", "stride_new_b", *_INTS, "max_reqs")},
+            **{n: "i32" for n in ("num_reqs", "stride_new_b", *INTS, "max_reqs")},
         },
         num_warps=1,
     ),

@@ -64,7 +64,7 @@ def test_dispatch_and_bad_inputs():
     m = static.new_matches(1)
     sam_update(static, m, dyn, i32([[1, 2]]), i32([2]))
     assert m.match_len.tolist() == [2] and dyn.text_len.tolist() == [2]
-    with pytest.raises(ValueError, match="needs a static automaton, a dynamic one or both"):
+    with pytest.raises(ValueError, match="needs a static automaton, a dynamic one, a store"):
         sam_update_triton(None, None, None, i32([[1]]), i32([1]))
     with pytest.raises(ValueError, match="together"):
         sam_update_triton(static, None, dyn, i32([[1]]), i32([1]))
