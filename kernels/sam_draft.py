@@ -2,7 +2,7 @@
 the chain `text[endpos + 1 : endpos + nodes]` of the chosen automaton straight into a DraftTree.
 
 Selection rule (`SamSelectConfig.mode`, DESIGN.md §3; `_sam_jit.select_source` and its Python twin
-`select_source_py`), from the static and dynamic match lengths:
+`select_source_py`), from the static, dynamic and store match lengths:
 - "threshold" (`sam+tr`, official `samd`): biased = static_len - l_bias; if max(dyn_len, biased) >=
   l_threshold: the dynamic automaton when dyn_len >= biased (ties go to the dynamic one), else the
   static one, n_predicts nodes (root included); otherwise SOURCE_FALLBACK (the auxiliary drafter).
@@ -10,8 +10,11 @@ Selection rule (`SamSelectConfig.mode`, DESIGN.md §3; `_sam_jit.select_source` 
   nodes = min(max_predicts, 1 + floor(alpha * winner's length)) (static length biased); SOURCE_NONE
   when the winner's length is <= 0. `SamSelectConfig.sam_only()` gives the official script's values.
 - "static" / "dynamic": that automaton whenever its match is non-empty, n_predicts nodes.
+- the store (cross-request, kernels/sam_store.py) is a third candidate in "threshold" and
+  "longest": its length is the longer of its two generations' matches (ties: the active one),
+  less store_bias; the largest candidate wins, ties going to dynamic, then store, then static.
 A missing static automaton counts as static_len 0 (the official NullStaticSAM), a missing dynamic
-one is never chosen. Example: static_len 12, dyn_len 6, l_bias 5, l_threshold 5 -> biased 7 > 6:
+one or store is never chosen (without a store the rule is exactly the two-source one). Example: static_len 12, dyn_len 6, l_bias 5, l_threshold 5 -> biased 7 > 6:
 SOURCE_STATIC, 40 nodes; static_len 8, dyn_len 3 -> max(3, 3) < 5: SOURCE_FALLBACK.
 
 Chain rule (official SAM-Decoding `gen_draft`, 0-based positions here):
