@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from samgpu.kernels import sam_dynamic as _dyn
@@ -361,39 +362,38 @@ class StoreAutomaton:
         """Append documents text[rows[i], starts[i]:ends[i]] in order (no sync)."""
         sam_store_append(self, text, rows, starts, ends)
 
-    def append_docs(self, docs: list[list[int]]) -> None:
-        """Append host documents in order (set-up: loads, tests). Ids must lie in [0, V)."""
-        docs = [d for d in docs if len(d)]
-        if not docs:
+    def append_docs(self, docs) -> None:
+        """Append host documents (sequences of ids in [0, V)) in order (set-up: loads, tests)."""
+        arrays = [np.asarray(d, dtype=np.int64).reshape(-1) for d in docs]
+        arrays = [a for a in arrays if a.size]
+        if not arrays:
             return
-        lengths = torch.tensor([len(d) for d in docs], dtype=torch.int64)
-        ends = torch.cumsum(lengths, 0)
-        flat = torch.tensor([t for d in docs for t in d], dtype=torch.int32)
+        lengths = np.array([a.size for a in arrays], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        flat = np.concatenate(arrays)
         if int(flat.min()) < 0 or int(flat.max()) >= self.vocab_size:
             raise ValueError(f"store documents hold ids outside [0, {self.vocab_size})")
         if int(ends[-1]) >= 2**31:
             raise ValueError("store documents exceed 2**31 tokens in one call")
         dev = self.device
         self.append(
-            flat.to(dev).view(1, -1),
-            torch.zeros(len(docs), dtype=torch.int64, device=dev),
-            (ends - lengths).to(torch.int32).to(dev),
-            ends.to(torch.int32).to(dev),
+            torch.from_numpy(flat.astype(np.int32)).to(dev).view(1, -1),
+            torch.zeros(len(arrays), dtype=torch.int64, device=dev),
+            torch.from_numpy((ends - lengths).astype(np.int32)).to(dev),
+            torch.from_numpy(ends.astype(np.int32)).to(dev),
         )
 
-    def documents(self) -> list[list[int]]:
+    def documents(self) -> list[np.ndarray]:
         """The stored documents, oldest first (the older generation's, then the active one's),
-        each without its separator. Reads the store on the host (one sync: not for a step)."""
+        each without its separator, as int32 arrays. Reads the store on the host (one sync: not
+        for a step)."""
         active = int(self.active[0])
         lens = self.text_len.tolist()
-        docs: list[list[int]] = []
+        docs: list[np.ndarray] = []
         for g in (1 - active, active):
-            text = self.tokens[g, : lens[g]].tolist()
-            start = 0
-            for i, t in enumerate(text):
-                if t == self.sep:
-                    docs.append(text[start:i])
-                    start = i + 1
+            text = self.tokens[g, : lens[g]].cpu().numpy()
+            cuts = np.flatnonzero(text == self.sep)
+            docs += [text[a + 1 : b] for a, b in zip(np.r_[-1, cuts[:-1]], cuts, strict=True)]
         return docs
 
     def stats(self) -> dict:
