@@ -392,8 +392,8 @@ class StoreAutomaton:
         docs: list[np.ndarray] = []
         for g in (1 - active, active):
             text = self.tokens[g, : lens[g]].cpu().numpy()
-            cuts = np.flatnonzero(text == self.sep)
-            docs += [text[a + 1 : b] for a, b in zip(np.r_[-1, cuts[:-1]], cuts, strict=True)]
+            cuts = np.flatnonzero(text == self.sep).tolist()
+            docs += [text[a + 1 : b] for a, b in zip([-1, *cuts[:-1]], cuts, strict=False)]
         return docs
 
     def stats(self) -> dict:

@@ -1,0 +1,122 @@
+"""The cross-request store as a drafting part (samgpu/drafters/parts/store.py), through the
+Drafter contract against a deterministic oracle (tests/drafters/sim.py): lossless with the store
+on, a repeated request drafted from the store, `finish` appending responses (or prompts and
+responses), save / load / copy_from round trips, options validated, and the store off by default."""
+
+import pytest
+import torch
+
+from samgpu.drafters import build_drafter, save_store, store_of
+from samgpu.types import SOURCE_NAMES
+from tests.drafters.sim import autoregressive, markov_oracle, simulate
+
+V = 24
+METHODS = ["sam", "sam+tr", "sam-tree", "merged"]
+SOURCE_STORE = next(k for k, v in SOURCE_NAMES.items() if v == "store")
+
+
+def _build(method, max_reqs=2, **options):
+    options.setdefault("store_tokens", 1024)
+    return build_drafter(
+        method, vocab_size=V, max_reqs=max_reqs, max_len=256, device="cpu", index=None, **options
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_repeated_request_drafts_from_the_store(method):
+    """Round 1 answers prompt P (and another); round 2 asks for the same continuation behind a
+    different prefix: lossless, and the store supplies long accepted drafts (>= 20 tokens in one
+    step, SOURCE_STORE), which round 1 could not have."""
+    oracle = markov_oracle(V, order=2, seed=0)
+    drafter = _build(method, store=True)
+    p = [5, 1, 9, 3]
+    first = simulate(drafter, oracle, [p, [2, 2, 7]], 30, V)
+    assert first.tokens[0] == autoregressive(oracle, p, 30)
+    q = [4, 9, 9, 3]  # same last two tokens: the same continuation under an order-2 chain
+    second = simulate(drafter, oracle, [q, [6, 6]], 30, V)
+    assert second.tokens == [autoregressive(oracle, q, 30), autoregressive(oracle, [6, 6], 30)]
+    assert SOURCE_STORE in second.sources[0] and max(second.accepted[0]) >= 20
+    assert SOURCE_STORE not in first.sources[0]
+    assert sum(second.steps) < sum(first.steps)
+
+
+def test_finish_appends_responses_or_prompts_and_responses():
+    """finish(state, rows) appends text[row, prompt_len:text_len] per row, in row order; with
+    store_prompts=True the whole text."""
+    oracle = markov_oracle(V, order=2, seed=1)
+    prompts = [[3, 4, 5], [7, 7]]
+    for with_prompts in (False, True):
+        drafter = _build("sam", store=True, store_prompts=with_prompts)
+        res = simulate(drafter, oracle, prompts, 12, V)
+        docs = [d.tolist() for d in store_of(drafter).automaton.documents()]
+        want = [(p if with_prompts else []) + t for p, t in zip(prompts, res.tokens, strict=True)]
+        assert docs == want
+
+
+def test_save_load_round_trip(tmp_path):
+    """store=PATH: save_store writes the documents; a new drafter with store=PATH loads them (the
+    same automaton arrays) and drafts from them at once; a smaller budget keeps the newest."""
+    oracle = markov_oracle(V, order=2, seed=2)
+    path = tmp_path / "run.samstore"
+    drafter = _build("sam+tr", store=str(path))
+    assert save_store(drafter) == path  # an empty store saves too
+    simulate(drafter, oracle, [[1, 2, 3], [4, 5, 6]], 40, V)
+    simulate(drafter, oracle, [[7, 8, 9], [3, 3, 1]], 40, V)
+    assert save_store(drafter) == path
+    again = _build("sam+tr", store=str(path))
+    a, b = store_of(drafter).automaton, store_of(again).automaton
+    for name in ("length", "link", "endpos", "hash", "tokens", "text_len", "num_states"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    res = simulate(again, oracle, [[9, 7, 8, 9]], 30, V)
+    assert SOURCE_STORE in res.sources[0] and max(res.accepted[0]) >= 20
+    small = _build("sam+tr", store=str(path), store_tokens=100)  # 50 per generation
+    kept = [d.tolist() for d in store_of(small).automaton.documents()]
+    assert kept and kept == [d.tolist() for d in a.documents()][-len(kept) :]
+    assert len(kept) < 4
+
+
+def test_copy_from_and_stats():
+    oracle = markov_oracle(V, order=2, seed=3)
+    src = _build("merged", store=True)
+    simulate(src, oracle, [[1, 2], [3, 4]], 20, V)
+    for budget in (1024, 64):  # same budget: arrays copied; another: documents re-appended
+        dst = _build("merged", max_reqs=3, store=True, store_tokens=budget)
+        store_of(dst).copy_from(store_of(src))
+        got = [d.tolist() for d in store_of(dst).automaton.documents()]
+        want = [d.tolist() for d in store_of(src).automaton.documents()]
+        assert got == want[len(want) - len(got) :] and got
+    stats = store_of(src).stats()
+    assert stats["documents"] == [2, 0] and stats["tokens"] == [42, 0]
+    assert stats["bytes_per_token_of_capacity"] > 90
+
+
+def test_store_off_by_default_and_options_validated():
+    """No store unless asked (store_of is None: the methods run exactly as without the part);
+    bad option values are ValueErrors naming the option."""
+    for method in METHODS:
+        assert store_of(_build(method)) is None
+        assert save_store(_build(method)) is None
+    assert save_store(_build("sam", store=True)) is None  # no path: nothing to save
+    for bad, match in (
+        ({"store": ""}, "names no file"),
+        ({"store": 3}, "store must be"),
+        ({"store_tokens": 2}, "store_tokens"),
+        ({"store_tokens": True}, "store_tokens"),
+        ({"store_bias": 1.5}, "store_bias"),
+        ({"store_prompts": "yes"}, "store_prompts"),
+        ({"store": True, "store_tokens": 1 << 40}, "exceeds the largest store"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _build("sam+tr", **bad)
+
+
+def test_store_alone_without_static_or_dynamic():
+    """use_dynamic=False and no index: the store is the only automaton; still lossless."""
+    oracle = markov_oracle(V, order=2, seed=4)
+    drafter = _build("sam", max_reqs=1, store=True, use_dynamic=False)
+    simulate(drafter, oracle, [[1, 5, 2]], 25, V)
+    res = simulate(drafter, oracle, [[1, 5, 2]], 25, V)
+    assert res.tokens[0] == autoregressive(oracle, [1, 5, 2], 25)
+    assert SOURCE_STORE in res.sources[0]
+    with pytest.raises(ValueError, match="no automaton"):
+        _build("sam", use_dynamic=False)
