@@ -24,8 +24,9 @@ Checks on load, each a ValueError naming the file and the fix: missing file, wro
 format version, truncated file or header, header CRC mismatch, a header that is not the schema
 (missing keys, wrong types, arrays overlapping or outside the file), trailing bytes, payload CRC
 mismatch, offsets not starting at 0 / decreasing / not ending at num_tokens, token ids outside
-[0, vocab_size), and a vocabulary size or tokenizer fingerprint other than the model's (a
-fingerprint is compared when both the file and the caller know one).
+[0, vocab_size), a vocabulary larger than the model's (a tokenizer's vocabulary may be smaller
+than the model's padded embedding), and a tokenizer fingerprint other than the model's (compared
+when both the file and the caller know one).
 
 Writing: a temporary `.<name>.tmp-<host>-<pid>-<random>` in the same folder (exclusive create),
 fsynced, renamed over `<name>`; dead writers' leftovers are removed by the next save.
@@ -268,10 +269,11 @@ def read_store_file(
     verify: bool = True,
 ) -> StoreFile:
     """Read and validate a store file (module docstring); `vocab_size` / `tokenizer_fingerprint`:
-    the model's, checked against the file's. verify=False skips the payload checksums."""
+    the model's, checked against the file's (the file's vocabulary may be smaller: a tokenizer's
+    ids within a padded embedding). verify=False skips the payload checksums."""
     path = Path(path)
     meta = read_store_header(path)
-    if vocab_size is not None and meta["vocab_size"] != vocab_size:
+    if vocab_size is not None and meta["vocab_size"] > vocab_size:
         raise ValueError(
             f"store file {path} was built for a vocabulary of {meta['vocab_size']} ids, the model "
             f"has {vocab_size}: it belongs to another tokenizer; {fix_hint(path)}"
