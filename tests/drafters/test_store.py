@@ -110,6 +110,21 @@ def test_store_off_by_default_and_options_validated():
             _build("sam+tr", **bad)
 
 
+def test_store_path_checked_with_the_options(tmp_path):
+    """A folder or a file that is not a store fails when the options are made (before any
+    model or drafter is built); a path that does not exist yet is fine (saved there later)."""
+    from samgpu.drafters import get_method
+    from samgpu.drafters.registry import make_options
+
+    method = get_method("sam+tr")
+    make_options(method, {"store": str(tmp_path / "new.samstore")})
+    with pytest.raises(ValueError, match="is a folder"):
+        make_options(method, {"store": str(tmp_path)})
+    (tmp_path / "junk.samstore").write_bytes(b"x" * 64)
+    with pytest.raises(ValueError, match="not a samgpu store file"):
+        make_options(method, {"store": str(tmp_path / "junk.samstore")})
+
+
 def test_store_alone_without_static_or_dynamic():
     """use_dynamic=False and no index: the store is the only automaton; still lossless."""
     oracle = markov_oracle(V, order=2, seed=4)

@@ -69,6 +69,11 @@ class StoreOptions:
             raise ValueError(f"store must be true, false or a file path, got {s!r:.60}")
         if isinstance(s, str) and not s.strip():
             raise ValueError("store='' names no file: pass a path, or store=true for no file")
+        path = self.store_path
+        if path is not None and path.is_dir():
+            raise ValueError(f"store={str(path)!r} is a folder; give the store file's path")
+        if path is not None and path.exists():
+            read_store_header(path)  # a damaged or foreign file fails here, before any build
         n = self.store_tokens
         if type(n) is not int or n < 2 * NUM_GENERATIONS:
             raise ValueError(f"store_tokens must be an int >= {2 * NUM_GENERATIONS}, got {n!r}")
