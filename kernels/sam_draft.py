@@ -14,8 +14,10 @@ Selection rule (`SamSelectConfig.mode`, DESIGN.md §3; `_sam_jit.select_source` 
   "longest": its length is the longer of its two generations' matches (ties: the active one),
   less store_bias; the largest candidate wins, ties going to dynamic, then store, then static.
 A missing static automaton counts as static_len 0 (the official NullStaticSAM), a missing dynamic
-one or store is never chosen (without a store the rule is exactly the two-source one). Example: static_len 12, dyn_len 6, l_bias 5, l_threshold 5 -> biased 7 > 6:
-SOURCE_STATIC, 40 nodes; static_len 8, dyn_len 3 -> max(3, 3) < 5: SOURCE_FALLBACK.
+one or store is never chosen (without a store the rule is exactly the two-source one).
+Example: static_len 12, dyn_len 6, l_bias 5, l_threshold 5 -> biased 7 > 6: SOURCE_STATIC, 40
+nodes; static_len 8, dyn_len 3 -> max(3, 3) < 5: SOURCE_FALLBACK; with a store match of 7 as well
+(store_bias 0): 7 = 7, the store before the static one: SOURCE_STORE.
 
 Chain rule (official SAM-Decoding `gen_draft`, 0-based positions here):
 - static: from the match state's earliest end position `endpos` in the corpus `tokens[T]`; no

@@ -42,9 +42,10 @@ SEP) does not fit (4 + 5 > 8): generation 1 is emptied and takes it; generation 
 Kernels: `_sam_store_append_kernel` (here), ONE program, documents in order (an automaton grows
 one token at a time); O(1) amortised per token (expected ~0.8 us on an H200, as the dynamic
 automaton's prefill; bench_store measures it); a rotation clears H entries in blocks of
-CLEAR_BLOCK. num_warps = 1, with a block barrier after stores the program reads back (see sam_dynamic.py). The matches:
-kernels/sam_store_match.py (one program per sequence and generation; fused into sam_update), the
-chains: kernels/sam_draft.py; shared jit helpers: kernels/_sam_store_jit.py.
+CLEAR_BLOCK. num_warps = 1, with a block barrier after stores the program reads back (see
+sam_dynamic.py). The matches: kernels/sam_store_match.py (one program per sequence and
+generation; fused into sam_update); the chains: kernels/sam_draft.py; shared jit helpers:
+kernels/_sam_store_jit.py.
 """
 
 from __future__ import annotations
