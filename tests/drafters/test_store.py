@@ -135,3 +135,20 @@ def test_store_alone_without_static_or_dynamic():
     assert SOURCE_STORE in res.sources[0]
     with pytest.raises(ValueError, match="no automaton"):
         _build("sam", use_dynamic=False)
+
+
+@pytest.mark.parametrize("method", ["sam+tr", "merged"])
+def test_triton_kernels_inside_store_drafters(method, monkeypatch):
+    """Every kernel forced to Triton (interpreter on CPU): the append at finish, the fused update
+    with the store's walks, the three-source draft; two rounds, the second drafting from the
+    store; lossless."""
+    monkeypatch.setenv("SAMGPU_BACKEND", "triton")
+    oracle = markov_oracle(V, order=2, seed=5)
+    drafter = _build(method, store=True, max_nodes=10, store_tokens=256)
+    simulate(drafter, oracle, [[5, 1, 9, 3], [2, 2]], 16, V)
+    res = simulate(drafter, oracle, [[4, 9, 9, 3], [2, 2]], 16, V)
+    assert res.tokens == [
+        autoregressive(oracle, [4, 9, 9, 3], 16),
+        autoregressive(oracle, [2, 2], 16),
+    ]
+    assert SOURCE_STORE in res.sources[0] + res.sources[1]
