@@ -152,3 +152,85 @@ def test_triton_kernels_inside_store_drafters(method, monkeypatch):
         autoregressive(oracle, [2, 2], 16),
     ]
     assert SOURCE_STORE in res.sources[0] + res.sources[1]
+
+
+_FORBIDDEN = {"item", "tolist", "cpu", "numpy", "nonzero", "unique", "synchronize"}
+
+
+def _host_reads(fn, casts: bool = True) -> list[str]:
+    """Calls in fn's source that read GPU values on the host (as tests/test_no_sync.py scans);
+    casts=False skips int()/float()/bool(), for launchers that cast host config values."""
+    import ast
+    import inspect
+    import textwrap
+
+    bad = []
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr in _FORBIDDEN:
+                bad.append(f"{fn.__qualname__}: .{f.attr}()")
+            if casts and isinstance(f, ast.Name) and f.id in ("bool", "int", "float") and node.args:
+                if not all(isinstance(a, ast.Constant) for a in node.args):
+                    bad.append(f"{fn.__qualname__}: {f.id}()")
+    return bad
+
+
+def test_store_code_on_the_step_and_finish_paths_has_no_host_reads():
+    """start / update / propose / finish with the store read nothing back from the GPU (the
+    launchers use shapes and host ints only). Negative control: the scan flags `documents`
+    (a save-time read)."""
+    from samgpu.automata import StoreAutomaton
+    from samgpu.drafters.parts.automata import SamAutomata
+    from samgpu.drafters.parts.store import SamStore
+    from samgpu.kernels import _sam_store_jit, sam_draft, sam_store, sam_store_match, sam_update
+
+    fns = [
+        SamAutomata.update, SamAutomata.draft_chain, SamAutomata.finish, SamAutomata.start,
+        SamStore.start, SamStore.finish, StoreAutomaton.start_rows, StoreAutomaton.advance,
+        StoreAutomaton.append, StoreAutomaton.reset_matches, sam_store.sam_store_append_triton,
+        sam_store_match.sam_store_match_triton, _sam_store_jit.scalars, _sam_store_jit.check_batch,
+    ]  # fmt: skip
+    launchers = [sam_update.sam_update_triton, sam_draft.sam_draft_chain_triton]  # cast config
+    assert [v for fn in fns for v in _host_reads(fn)] == []
+    assert [v for fn in launchers for v in _host_reads(fn, casts=False)] == []
+    assert _host_reads(StoreAutomaton.documents)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="set_sync_debug_mode needs CUDA")
+def test_store_runs_without_sync_on_cuda():
+    """sam+tr with the store on, CUDA graphs: steps, the store's start and finish run under
+    torch.cuda.set_sync_debug_mode("error")."""
+    import copy
+
+    from samgpu.decoding.config import GenerationConfig
+    from samgpu.decoding.runners import make_runner
+    from samgpu.drafters.protocol import NewRequests
+    from samgpu.factory import build_decoder
+    from tests.decoding.conftest import tiny_model
+
+    runner = make_runner(copy.deepcopy(tiny_model("llama")).to("cuda"))
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
+    options = {"store": True, "store_tokens": 4096, "max_nodes": 8}
+    dec = build_decoder(runner, "sam+tr", batch_size=3, max_len=64, options=options)
+    config = GenerationConfig(max_new_tokens=20, seed=0)
+    dec.generate(prompts, config)  # compiles kernels, captures graphs, fills the store
+    engine = dec.engine
+    engine.configure(config, 3)
+    engine.prefill([0, 1, 2], prompts)
+    state = engine.state
+    store = store_of(engine.drafter)
+    rows = torch.tensor([0, 2], device="cuda")
+    new = NewRequests(rows=rows, lengths=state.text_len.clone(), longest=4)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            engine.step()
+        store.finish(state, rows)
+        store.start(state, new)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert sum(store.stats()["documents"]) == 5
