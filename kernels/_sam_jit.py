@@ -16,6 +16,7 @@ from samgpu.kernels.types import (
     SOURCE_FALLBACK,
     SOURCE_NONE,
     SOURCE_STATIC,
+    SOURCE_STORE,
 )
 
 # Selection modes (runtime ints, not constexprs: switching modes does not recompile).
@@ -31,10 +32,16 @@ SRC_NONE = tl.constexpr(SOURCE_NONE)
 SRC_STATIC = tl.constexpr(SOURCE_STATIC)
 SRC_DYNAMIC = tl.constexpr(SOURCE_DYNAMIC)
 SRC_FALLBACK = tl.constexpr(SOURCE_FALLBACK)
+SRC_STORE = tl.constexpr(SOURCE_STORE)
 M_THRESHOLD = tl.constexpr(MODE_THRESHOLD)
 M_LONGEST = tl.constexpr(MODE_LONGEST)
 M_STATIC = tl.constexpr(MODE_STATIC)
 NO_MATCH_DYN = tl.constexpr(-1)  # dyn_len standing for "no dynamic automaton"
+NO_MATCH_STORE = tl.constexpr(-1)  # store_len standing for "no store"
+# A store candidate's biased length when there is no store: below every real candidate (lengths are
+# >= 0, biases < 2**30), so an absent store never wins and the two-source rule is unchanged.
+NO_STORE_LEN: int = -(1 << 30)
+NO_STORE_B = tl.constexpr(NO_STORE_LEN)
 
 # Static edge labels may be uint16 (vocabularies of <= 65,536 ids; 2 bytes less per edge): the
 # kernels widen each load to int32. Every other automaton array is int32.
@@ -90,12 +97,16 @@ def select_source(
     n_predicts,  # scalar int32, chain nodes including the root (threshold and forced modes)
     max_predicts,  # scalar int32, cap on chain nodes in MODE_LONGEST
     alpha,  # scalar fp32, MODE_LONGEST: nodes = min(max_predicts, 1 + floor(alpha * len))
+    store_len,  # scalar int32 (-1 without a store: never chosen)
+    store_bias,  # scalar int32, subtracted from store_len before comparing
 ):
     """(source, nodes) by the rule of `select_source_py` (branch-free)."""
     biased = static_len - l_bias
-    use_dyn = dyn_len >= biased
-    best = tl.where(use_dyn, dyn_len, biased)
-    auto_src = tl.where(use_dyn, SRC_DYNAMIC, SRC_STATIC)
+    store_b = tl.where(store_len >= 0, store_len - store_bias, NO_STORE_B)
+    use_dyn = (dyn_len >= biased) & (dyn_len >= store_b)
+    use_store = (~use_dyn) & (store_b >= biased)
+    best = tl.where(use_dyn, dyn_len, tl.where(use_store, store_b, biased))
+    auto_src = tl.where(use_dyn, SRC_DYNAMIC, tl.where(use_store, SRC_STORE, SRC_STATIC))
     long_nodes = tl.minimum(
         max_predicts, 1 + (alpha * tl.maximum(best, 0).to(tl.float32)).to(tl.int32)
     )
@@ -122,20 +133,28 @@ def select_source_py(
     n_predicts: int,
     max_predicts: int,
     alpha: float,
+    store_len: int = -1,
+    store_bias: int = 0,
 ) -> tuple[int, int]:
-    """The selection rule (DESIGN.md §3), returning (source, chain nodes including the root).
+    """The selection rule (DESIGN.md §3, with the store as a third source), returning (source,
+    chain nodes including the root).
 
-    - MODE_THRESHOLD (`sam+tr`, official `samd`): biased = static_len - l_bias; if
-      max(dyn_len, biased) >= l_threshold, the dynamic automaton when dyn_len >= biased (ties go to
-      the dynamic one), else the static one, n_predicts nodes; otherwise SOURCE_FALLBACK.
-    - MODE_LONGEST (`sam`, official `samd_sam_only`): the same winner, no threshold, nodes =
+    Candidates: dyn_len, store_len - store_bias (the cross-request store; absent: store_len -1),
+    static_len - l_bias. The winner is the largest, ties going to the dynamic automaton, then the
+    store, then the static one (own text first, then this run's responses, then the corpus).
+    - MODE_THRESHOLD (`sam+tr`, official `samd`): if the winner's (biased) length >= l_threshold,
+      its chain of n_predicts nodes; otherwise SOURCE_FALLBACK.
+    - MODE_LONGEST (`sam`, official `samd_sam_only`): the winner, no threshold, nodes =
       min(max_predicts, 1 + floor(alpha * winner's (biased) length)); SOURCE_NONE if it is <= 0.
     - MODE_STATIC / MODE_DYNAMIC: that automaton whenever it matches (len > 0), n_predicts nodes.
+    Without a store the rule is the paper's two-source rule exactly.
     """
     biased = static_len - l_bias
-    use_dyn = dyn_len >= biased
-    best = dyn_len if use_dyn else biased
-    auto_src = SOURCE_DYNAMIC if use_dyn else SOURCE_STATIC
+    store_b = store_len - store_bias if store_len >= 0 else NO_STORE_LEN
+    use_dyn = dyn_len >= biased and dyn_len >= store_b
+    use_store = not use_dyn and store_b >= biased
+    best = dyn_len if use_dyn else (store_b if use_store else biased)
+    auto_src = SOURCE_DYNAMIC if use_dyn else (SOURCE_STORE if use_store else SOURCE_STATIC)
     if mode == MODE_THRESHOLD:
         return (auto_src, n_predicts) if best >= l_threshold else (SOURCE_FALLBACK, 1)
     if mode == MODE_LONGEST:

@@ -41,11 +41,13 @@ SOURCE_NONE: int = 0  # no draft (root only)
 SOURCE_STATIC: int = 1  # static automaton chain
 SOURCE_DYNAMIC: int = 2  # dynamic automaton chain
 SOURCE_FALLBACK: int = 3  # auxiliary drafter (e.g. the Token Recycling tree)
+SOURCE_STORE: int = 4  # cross-request store chain (earlier responses of the run)
 SOURCE_NAMES: dict[int, str] = {
     SOURCE_NONE: "none",
     SOURCE_STATIC: "static",
     SOURCE_DYNAMIC: "dynamic",
     SOURCE_FALLBACK: "fallback",
+    SOURCE_STORE: "store",
 }
 
 

@@ -1,6 +1,7 @@
 """Device-side automaton state: the static index's arrays on the GPU, the per-sequence dynamic
-automaton slots, and the per-sequence matches. Thin holders of preallocated tensors; the work is
-done by the kernels (`samgpu.kernels.sam_match`, `sam_dynamic`, `sam_draft`).
+automaton slots, the cross-request store (StoreAutomaton), and the per-sequence matches. Thin
+holders of preallocated tensors; the work is done by the kernels (`samgpu.kernels.sam_match`,
+`sam_dynamic`, `sam_store`, `sam_store_match`, `sam_draft`).
 
     static = StaticAutomaton.from_index(index, "cuda")   # once; arrays moved to the device
     smatch = static.new_matches(max_reqs)                # (state, match_len) per sequence
@@ -17,11 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from samgpu.kernels import sam_dynamic as _dyn
 from samgpu.kernels.sam_dynamic import hash_size, sam_dynamic_extend
 from samgpu.kernels.sam_match import sam_match
+from samgpu.kernels.sam_store import EMPTY as STORE_EMPTY
+from samgpu.kernels.sam_store import NUM_GENERATIONS, packing, sam_store_append
+from samgpu.kernels.sam_store import hash_size as store_hash_size
+from samgpu.kernels.sam_store_match import sam_store_match
 from samgpu.types import NO_EDGE, NO_POSITION, NO_STATE, ROOT_STATE
 
 EDGE_TOKEN_U16_VOCAB: int = 1 << 16  # largest vocabulary whose edge labels fit uint16
@@ -251,6 +257,159 @@ class DynamicAutomata:
         """Decode step: match then extend slot b with new_tokens[b, :num_new[b]] (no sync;
         capturable). Tokens past the capacity are matched but not stored."""
         sam_dynamic_extend(self, new_tokens, num_new)
+
+
+class StoreAutomaton:
+    """The cross-request store on the device: one suffix automaton of earlier documents (e.g.
+    finished responses), shared by all sequences, in two generations of `capacity` tokens (the
+    active one is filled, the older one queried too; when the active one is full the older one is
+    emptied and filled next), with each sequence's match in each generation.
+
+    Layout, algorithm, eviction and match semantics: `samgpu.kernels.sam_store`. Memory:
+    `nbytes` (~92 bytes per token of capacity, C a power of two: `bytes_per_token`). Documents are
+    separated by the token `sep` = vocab_size, which no sequence has.
+    """
+
+    def __init__(
+        self, max_reqs: int, capacity: int, vocab_size: int, device: torch.device | str
+    ) -> None:
+        for name, v in (("max_reqs", max_reqs), ("capacity", capacity), ("vocab_size", vocab_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if capacity < 2:
+            raise ValueError(f"capacity must be >= 2 tokens per generation, got {capacity}")
+        packing(capacity, vocab_size)  # ValueError naming the largest budget
+        self.max_reqs, self.capacity, self.vocab_size = max_reqs, capacity, vocab_size
+        G = NUM_GENERATIONS
+
+        def i32(*shape: int, fill: int = 0) -> torch.Tensor:
+            return torch.full(shape, fill, dtype=torch.int32, device=device)
+
+        self.length = i32(G, 2 * capacity)  # [G, 2C]
+        self.link = i32(G, 2 * capacity, fill=NO_STATE)  # [G, 2C]
+        self.endpos = i32(G, 2 * capacity, fill=NO_POSITION)  # [G, 2C]
+        self.first_edge = i32(G, 2 * capacity, fill=NO_EDGE)  # [G, 2C]
+        self.edge_next = i32(G, 3 * capacity, fill=NO_EDGE)  # [G, 3C]
+        self.edge_slot = i32(G, 3 * capacity)  # [G, 3C]
+        self.hash = torch.full(  # [G, H] int64 packed (src, token, dst), EMPTY = -1
+            (G, store_hash_size(capacity)), STORE_EMPTY, dtype=torch.int64, device=device
+        )
+        self.tokens = i32(G, capacity)  # [G, C]
+        self.num_states = i32(G, fill=1)  # [G]; the root
+        self.num_edges = i32(G)  # [G]
+        self.last = i32(G)  # [G]
+        self.text_len = i32(G)  # [G]
+        self.num_docs = i32(G)  # [G]
+        self.active = i32(1)  # [1]; the generation being filled
+        self.num_rotations = i32(1)  # [1]
+        self.match_state = i32(G, max_reqs)  # [G, R]
+        self.match_len = i32(G, max_reqs)  # [G, R]
+
+    @property
+    def device(self) -> torch.device:
+        return self.hash.device
+
+    @property
+    def sep(self) -> int:
+        """The document separator token (outside the vocabulary)."""
+        return self.vocab_size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor)
+        )
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Device bytes per token of capacity (both generations)."""
+        return self.nbytes / (NUM_GENERATIONS * self.capacity)
+
+    def reset(self) -> None:
+        """Empty both generations and every match (no sync)."""
+        for name, root in (
+            ("length", 0),
+            ("link", NO_STATE),
+            ("endpos", NO_POSITION),
+            ("first_edge", NO_EDGE),
+        ):
+            getattr(self, name)[:, 0] = root
+        self.hash.fill_(STORE_EMPTY)
+        self.num_states.fill_(1)
+        for t in (self.num_edges, self.last, self.text_len, self.num_docs, self.active):
+            t.zero_()
+        for t in (self.num_rotations, self.match_state, self.match_len):
+            t.zero_()
+
+    def reset_matches(self, rows: torch.Tensor) -> None:
+        """Matches of slots `rows` [n] int64 back to the root in both generations (no sync)."""
+        self.match_state.index_fill_(1, rows, ROOT_STATE)
+        self.match_len.index_fill_(1, rows, 0)
+
+    def start_rows(self, rows: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Slots `rows` got new prompts: their matches restart at the root and advance over
+        text[b, :lengths[b]] ([B, T]; lengths [B] int32, 0 on every other row). No sync."""
+        self.reset_matches(rows)
+        sam_store_match(self, text, lengths)
+
+    def advance(self, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
+        """Advance the matches [B] over new_tokens[b, :num_new[b]] (no sync; capturable)."""
+        sam_store_match(self, new_tokens, num_new)
+
+    def append(
+        self, text: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor
+    ) -> None:
+        """Append documents text[rows[i], starts[i]:ends[i]] in order (no sync)."""
+        sam_store_append(self, text, rows, starts, ends)
+
+    def append_docs(self, docs) -> None:
+        """Append host documents (sequences of ids in [0, V)) in order (set-up: loads, tests)."""
+        arrays = [np.asarray(d, dtype=np.int64).reshape(-1) for d in docs]
+        arrays = [a for a in arrays if a.size]
+        if not arrays:
+            return
+        lengths = np.array([a.size for a in arrays], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        flat = np.concatenate(arrays)
+        if int(flat.min()) < 0 or int(flat.max()) >= self.vocab_size:
+            raise ValueError(f"store documents hold ids outside [0, {self.vocab_size})")
+        if int(ends[-1]) >= 2**31:
+            raise ValueError("store documents exceed 2**31 tokens in one call")
+        dev = self.device
+        self.append(
+            torch.from_numpy(flat.astype(np.int32)).to(dev).view(1, -1),
+            torch.zeros(len(arrays), dtype=torch.int64, device=dev),
+            torch.from_numpy((ends - lengths).astype(np.int32)).to(dev),
+            torch.from_numpy(ends.astype(np.int32)).to(dev),
+        )
+
+    def documents(self) -> list[np.ndarray]:
+        """The stored documents, oldest first (the older generation's, then the active one's),
+        each without its separator, as int32 arrays. Reads the store on the host (one sync: not
+        for a step)."""
+        active = int(self.active[0])
+        lens = self.text_len.tolist()
+        docs: list[np.ndarray] = []
+        for g in (1 - active, active):
+            text = self.tokens[g, : lens[g]].cpu().numpy()
+            cuts = np.flatnonzero(text == self.sep).tolist()
+            docs += [text[a + 1 : b] for a, b in zip([-1, *cuts[:-1]], cuts, strict=False)]
+        return docs
+
+    def stats(self) -> dict:
+        """Sizes on the host (one sync): tokens and documents per generation, states, edges,
+        rotations, device bytes."""
+        return {
+            "capacity_per_generation": self.capacity,
+            "active": int(self.active[0]),
+            "tokens": self.text_len.tolist(),
+            "documents": self.num_docs.tolist(),
+            "states": self.num_states.tolist(),
+            "edges": self.num_edges.tolist(),
+            "rotations": int(self.num_rotations[0]),
+            "device_bytes": self.nbytes,
+            "bytes_per_token_of_capacity": round(self.bytes_per_token, 2),
+        }
 
 
 def _check_prompts(

@@ -17,8 +17,12 @@
 
 The protocol every drafter follows (start / propose / update / finish) is in `protocol.py`; the
 registry (`Method` entries: options, index need, budget rule, builder) in `registry.py`; the
-drafting parts that method files compose (automata, Token Recycling) in `parts/`. Importing this
-package registers the built-in methods (the imports below).
+drafting parts that method files compose (automata, Token Recycling, the cross-request store) in
+`parts/`. Importing this package registers the built-in methods (the imports below).
+
+The cross-request store (`-O store=true|PATH`, parts/store.py) is an option of `sam`, `sam+tr`,
+`sam-tree` and `merged`: `save_store(drafter)` writes it at the end of a run, `store_of(drafter)`
+gives the part (stats, save, load, copy_from).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 from samgpu.drafters import basic, pld, tr, sam, sam_tree, merged  # noqa: F401
 
 # isort: on
+from samgpu.drafters.parts.store import SamStore, StoreOptions, save_store, store_of
 from samgpu.drafters.protocol import Drafter, DrafterBase, NewRequests
 from samgpu.drafters.registry import (
     DrafterContext,
@@ -46,10 +51,14 @@ __all__ = [
     "DrafterContext",
     "Method",
     "NewRequests",
+    "SamStore",
+    "StoreOptions",
     "budget_options",
     "build_drafter",
     "get_method",
     "method_names",
     "register",
+    "save_store",
+    "store_of",
     "unregister",
 ]

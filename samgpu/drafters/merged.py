@@ -14,16 +14,22 @@ Every step, per sequence, within a fixed budget of `max_nodes` nodes (root inclu
 The TR table is refreshed from every verified node, as in `tr`.
 
 Example: chain [r, x, y], TR [r, x, z] (z under the root) -> [r, x, y, z], parents [-1, 0, 1, 0].
-`last_source`: SOURCE_STATIC / SOURCE_DYNAMIC when a chain was drafted, else SOURCE_FALLBACK.
+With `-O store=...` (parts/store.py) the cross-request store is a third chain source (same rule,
+its length less store_bias) and `finish` appends each finished response to it.
+`last_source`: SOURCE_STATIC / SOURCE_DYNAMIC / SOURCE_STORE when a chain was drafted, else
+SOURCE_FALLBACK.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from samgpu.drafters.parts import int32
 from samgpu.drafters.parts.automata import SamAutomata
 from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TokenRecycling
+from samgpu.drafters.parts.store import StoreOptions
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
 from samgpu.kernels.merge_tree import merge_tree
@@ -32,7 +38,7 @@ from samgpu.types import SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergedOptions:
+class MergedOptions(StoreOptions):
     max_nodes: int = TR_TEMPLATE_NODES  # total budget, root included
     chain_nodes: int | None = None  # chain cap (root included); None: min(40, max(2, max_nodes//2))
     l_bias: int = 5
@@ -44,6 +50,7 @@ class MergedOptions:
     stop_at_eos: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.max_nodes < 1:
             raise ValueError(f"max_nodes={self.max_nodes} must be >= 1")
         if self.chain_nodes is not None and not 1 <= self.chain_nodes <= self.max_nodes:
@@ -69,6 +76,7 @@ class MergedDrafter(DrafterBase):
             index=ctx.index,
             use_static=options.use_static,
             use_dynamic=options.use_dynamic,
+            store=options,
         )
         chain = options.chain_cap
         self.config = SamSelectConfig(
@@ -78,6 +86,7 @@ class MergedDrafter(DrafterBase):
             n_predicts=chain,
             climb_dynamic=options.climb_dynamic,
             stop_at_eos=options.stop_at_eos,
+            store_bias=options.store_bias,
         )
         self.recycling = TokenRecycling(
             ctx.vocab_size, options.max_nodes, ctx.device, options.prompt_bigrams
@@ -115,6 +124,9 @@ class MergedDrafter(DrafterBase):
     def update(self, state: DecodeState, step: StepOutput) -> None:
         self.automata.update(step)
         self.recycling.update(step)
+
+    def finish(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self.automata.finish(state, rows)
 
 
 register(

@@ -12,6 +12,9 @@ corpus index, shared) and the dynamic one (the sequence's own text, built on the
   tree is chosen per sequence with `torch.where` on the source: no Python branch, no sync.
 After commit, `update` advances the static matches and extends the dynamic automata over the emitted
 tokens (match first, then extend) and, for `sam+tr`, refreshes the Token Recycling table.
+With `-O store=...` (parts/store.py) a cross-request store of earlier responses is a third source:
+its match length, less store_bias, competes in the same rule (ties: dynamic, store, static), and
+`finish` appends each finished response to it.
 
 Example (`sam+tr`): static_len 12, dyn_len 6 -> s = 7 > 6: a 40-node chain from the static corpus;
 static_len 8, dyn_len 3 -> max(3, 3) < 5: the TR tree.
@@ -29,6 +32,7 @@ import torch
 from samgpu.drafters.parts import int32
 from samgpu.drafters.parts.automata import SamAutomata
 from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TokenRecycling
+from samgpu.drafters.parts.store import StoreOptions
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, chain_budget, register, tree_budget
 from samgpu.kernels.sam_draft import SamSelectConfig
@@ -36,8 +40,8 @@ from samgpu.types import SOURCE_FALLBACK, SOURCE_NONE, DecodeState, DraftTree, S
 
 
 @dataclass(frozen=True, kw_only=True)
-class SamOptions:
-    """`sam`: the official samd_sam_only settings."""
+class SamOptions(StoreOptions):
+    """`sam`: the official samd_sam_only settings (+ the store's options, off by default)."""
 
     l_bias: int = 0
     max_predicts: int = 60  # chain nodes at most, root included
@@ -59,12 +63,13 @@ class SamOptions:
             alpha=self.alpha,
             climb_dynamic=self.climb_dynamic,
             stop_at_eos=self.stop_at_eos,
+            store_bias=self.store_bias,
         )
 
 
 @dataclass(frozen=True, kw_only=True)
-class SamTrOptions:
-    """`sam+tr`: the paper's defaults (official samd)."""
+class SamTrOptions(StoreOptions):
+    """`sam+tr`: the paper's defaults (official samd) (+ the store's options, off by default)."""
 
     l_bias: int = 5
     l_threshold: int = 5
@@ -84,6 +89,7 @@ class SamTrOptions:
             n_predicts=max(1, min(self.n_predicts, self.max_nodes)),
             climb_dynamic=self.climb_dynamic,
             stop_at_eos=self.stop_at_eos,
+            store_bias=self.store_bias,
         )
 
 
@@ -104,6 +110,7 @@ class SamDrafter(DrafterBase):
             index=ctx.index,
             use_static=options.use_static,
             use_dynamic=options.use_dynamic,
+            store=options,
         )
         chain_nodes = self.config.max_chain_nodes
         self.max_nodes = chain_nodes
@@ -144,6 +151,9 @@ class SamDrafter(DrafterBase):
         self.automata.update(step)
         if self.recycling is not None:
             self.recycling.update(step)
+
+    def finish(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self.automata.finish(state, rows)
 
 
 register(

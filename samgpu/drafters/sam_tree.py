@@ -4,7 +4,10 @@ Per sequence and step, within `max_nodes` nodes (root included):
 1. dynamic chain: the sequence's own automaton drafts a chain as in `sam` (longest rule restricted
    to the dynamic automaton: min(chain_nodes, 1 + floor(alpha x dyn_len)) nodes; none without a
    match). The dynamic automaton keeps no occurrence counts (they change with every extension), so
-   it contributes its chain only;
+   it contributes its chain only. With the cross-request store on (`-O store=...`,
+   parts/store.py), the chain comes from whichever of the dynamic automaton and the store has the
+   longer match (the store's less store_bias; ties: dynamic), and `finish` appends each finished
+   response to the store;
 2. static count tree: from the static match (match_len >= min_match), the best-first top nodes of
    the corpus trie below the match, ranked by occurrence count (kernels/sam_tree.py);
 3. both are merged trie-style (kernels/merge_tree.py): chain first, then the static tree's nodes in
@@ -12,8 +15,9 @@ Per sequence and step, within `max_nodes` nodes (root included):
 With `with_tr=True` the Token Recycling template tree is merged in last ("SAM-tree + TR"), using
 what budget remains, and the TR table is refreshed every step.
 
-`last_source`: SOURCE_DYNAMIC when the dynamic chain is non-empty, else SOURCE_STATIC when the
-static tree has nodes, else SOURCE_FALLBACK with TR, SOURCE_NONE without.
+`last_source`: SOURCE_DYNAMIC (SOURCE_STORE) when the chain from the dynamic automaton (the store)
+is non-empty, else SOURCE_STATIC when the static tree has nodes, else SOURCE_FALLBACK with TR,
+SOURCE_NONE without.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ import torch
 from samgpu.drafters.parts import int32
 from samgpu.drafters.parts.automata import SamAutomata
 from samgpu.drafters.parts.recycling import TokenRecycling
+from samgpu.drafters.parts.store import StoreOptions
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
 from samgpu.kernels.merge_tree import merge_tree
 from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain
 from samgpu.kernels.sam_tree import sam_tree
 from samgpu.types import (
-    SOURCE_DYNAMIC,
     SOURCE_FALLBACK,
     SOURCE_NONE,
     SOURCE_STATIC,
@@ -42,7 +46,7 @@ from samgpu.types import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class SamTreeOptions:
+class SamTreeOptions(StoreOptions):
     max_nodes: int = 64  # total budget, root included
     chain_nodes: int | None = None  # dynamic chain cap (root incl.); None: min(40, max_nodes // 2)
     alpha: float = 4.0  # dynamic chain nodes = min(chain_nodes, 1 + floor(alpha * dyn_len))
@@ -54,6 +58,7 @@ class SamTreeOptions:
     use_dynamic: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.max_nodes < 1:
             raise ValueError(f"max_nodes={self.max_nodes} must be >= 1")
         if self.chain_nodes is not None and not 1 <= self.chain_nodes <= self.max_nodes:
@@ -82,12 +87,18 @@ class SamTreeDrafter(DrafterBase):
             use_static=o.use_static,
             use_dynamic=o.use_dynamic,
             with_count=True,
+            store=o,
         )
         N, R, dev = o.max_nodes, ctx.max_reqs, ctx.device
         self.max_nodes = N
         self.max_depth = N - 1
         self.config = SamSelectConfig(
-            mode="longest", l_bias=0, max_predicts=o.chain_cap, alpha=o.alpha, climb_dynamic=False
+            mode="longest",
+            l_bias=0,
+            max_predicts=o.chain_cap,
+            alpha=o.alpha,
+            climb_dynamic=False,
+            store_bias=o.store_bias,
         )
         self._chain = DraftTree.empty(R, o.chain_cap, dev)
         self._static = DraftTree.empty(R, N, dev)
@@ -111,7 +122,7 @@ class SamTreeDrafter(DrafterBase):
         o = self.options
         chain, static = self._chain.rows(B), self._static.rows(B)
         auto = self.automata
-        if auto.dynamic is not None:
+        if auto.dynamic is not None or auto.store is not None:
             sam_draft_chain(
                 None,
                 None,
@@ -121,6 +132,7 @@ class SamTreeDrafter(DrafterBase):
                 self.config,
                 source=self._chain_source[:B],
                 chain_len=self._chain_len[:B],
+                store=auto.store_automaton,
             )
         else:
             chain.num_nodes.fill_(1)
@@ -172,18 +184,16 @@ class SamTreeDrafter(DrafterBase):
         source = self._source[:B]
         has_chain = self._chain_len[:B] > 0
         has_static = static.num_nodes > 1
-        source.copy_(
-            torch.where(
-                has_chain,
-                SOURCE_DYNAMIC,
-                torch.where(has_static, SOURCE_STATIC, fallback),
-            ).to(torch.int32)
-        )
+        fallback_or_static = torch.where(has_static, SOURCE_STATIC, fallback).to(torch.int32)
+        source.copy_(torch.where(has_chain, self._chain_source[:B], fallback_or_static))
 
     def update(self, state: DecodeState, step: StepOutput) -> None:
         self.automata.update(step)
         if self.recycling is not None:
             self.recycling.update(step)
+
+    def finish(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self.automata.finish(state, rows)
 
 
 register(

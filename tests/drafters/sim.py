@@ -63,7 +63,11 @@ def check_tree(tree: DraftTree, root: torch.Tensor) -> None:
         assert all(0 <= par[i] < i for i in range(1, n)), f"not topological: {par[:n]}"
 
 
-def simulate(drafter, oracle: Oracle, prompts: list[list[int]], max_new: int, vocab: int):
+def simulate(
+    drafter, oracle: Oracle, prompts: list[list[int]], max_new: int, vocab: int, finish=True
+):
+    """Decode `prompts` to max_new tokens each; at the end (as the engine's collect does)
+    `drafter.finish(state, rows)` for every row when `finish`."""
     B = len(prompts)
     max_len = max(len(p) for p in prompts) + max_new + drafter.max_nodes + 1
     text = torch.full((B, max_len), PAD_TOKEN, dtype=torch.int32)
@@ -139,4 +143,6 @@ def simulate(drafter, oracle: Oracle, prompts: list[list[int]], max_new: int, vo
         step = StepOutput(tree, logits, verify, start_len, new_tokens, num_new)
         state.step = step
         drafter.update(state, step)
+    if finish:
+        drafter.finish(state, torch.arange(B))
     return res

@@ -39,3 +39,73 @@ def test_continuous_batching_equals_ar(method, generate, chat_prompts, ar_output
     out = generate(method, chat_prompts, max_reqs=2, continuous=True, **OPTIONS[method])
     assert out.tokens == ar_outputs["b3"]
     assert sum(s.steps for s in out.stats) < sum(len(t) for t in out.tokens)
+
+
+STORE_METHODS = ["sam", "sam+tr", "sam-tree", "merged"]
+STORE_TOKENS = 1 << 13  # 4,096 per generation: plenty for three answers, cheap on the CPU
+
+
+@pytest.fixture(scope="module")
+def answers_store(tmp_path_factory, runner, default_index, ar_outputs):
+    """A store file holding the AR answers of the three prompts (a run that already answered
+    them), stamped with the index's tokenizer fingerprint."""
+    from samgpu.drafters.parts.store_file import save_store_file
+
+    path = tmp_path_factory.mktemp("store") / "answers.samstore"
+    return save_store_file(
+        path,
+        ar_outputs["b3"],
+        vocab_size=runner.vocab_size,
+        tokenizer_fingerprint=default_index.tokenizer_fingerprint,
+    )
+
+
+@pytest.mark.parametrize("method", STORE_METHODS)
+def test_prefilled_store_equals_ar_and_drafts_from_it(method, generate, chat_prompts, ar_outputs,
+                                                      answers_store):  # fmt: skip
+    """Batch of 3 with a store that already holds the answers: output == ar, every request drafts
+    from the store (per-request stats count those steps as "store"; longer static or dynamic
+    matches still win the others), and MAT >= 2.5 with 8-node trees."""
+    out = generate(
+        method,
+        chat_prompts,
+        store=str(answers_store),
+        store_tokens=STORE_TOKENS,
+        **OPTIONS[method],
+    )
+    assert out.tokens == ar_outputs["b3"]
+    assert all(s.sources.get("store", 0) > 0 for s in out.stats), out.stats
+    mat = sum(s.generated for s in out.stats) / sum(s.steps for s in out.stats)
+    assert mat >= 2.5, mat  # merged's chains have 4 nodes at this budget
+
+
+@pytest.mark.parametrize("method", ["sam+tr", "merged"])
+def test_prefilled_store_batch_of_one_equals_ar(method, generate, chat_prompts, ar_outputs,
+                                                answers_store):  # fmt: skip
+    out = generate(
+        method,
+        chat_prompts[:1],
+        store=str(answers_store),
+        store_tokens=STORE_TOKENS,
+        **OPTIONS[method],
+    )
+    assert out.tokens == ar_outputs["b1"]
+    assert out.stats[0].sources.get("store", 0) > 0
+
+
+@pytest.mark.parametrize("method", ["sam+tr", "merged"])
+def test_store_filled_during_a_continuous_run_equals_ar(method, generate, chat_prompts,
+                                                        ar_outputs):  # fmt: skip
+    """An empty store, three prompts through two slots with refill: the first finished answers
+    are appended (finish) while the others decode and the third is admitted; output == ar."""
+    prompts = chat_prompts + chat_prompts[:1]  # the summary twice: the repeat can use the store
+    out = generate(
+        method,
+        prompts,
+        max_reqs=2,
+        continuous=True,
+        store=True,
+        store_tokens=STORE_TOKENS,
+        **OPTIONS[method],
+    )
+    assert out.tokens == ar_outputs["b3"] + ar_outputs["b1"]

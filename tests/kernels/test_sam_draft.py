@@ -225,7 +225,7 @@ def test_dispatch_and_bad_inputs():
     cfg = SamSelectConfig()
     with pytest.raises(ValueError, match="node_offset"):
         sam_draft_chain_triton(None, None, dyn, i32([2]), tree, cfg, node_offset=0)
-    with pytest.raises(ValueError, match="needs a static automaton, a dynamic one or both"):
+    with pytest.raises(ValueError, match="needs a static automaton, a dynamic one, a store"):
         sam_draft_chain_triton(None, None, None, i32([2]), tree, cfg)
     with pytest.raises(ValueError, match="together"):
         sam_draft_chain_triton(object(), None, dyn, i32([2]), tree, cfg)

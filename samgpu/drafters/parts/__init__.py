@@ -1,6 +1,8 @@
 """Drafting parts that method files compose: the SAM automata with their per-sequence matches
-(`automata.SamAutomata`) and Token Recycling's table and template (`recycling.TokenRecycling`).
-Each part follows the drafter lifecycle (start / update) for the state it owns."""
+(`automata.SamAutomata`), Token Recycling's table and template (`recycling.TokenRecycling`), and
+the cross-request store of earlier responses (`store.SamStore`, its file format in
+`store_file`; owned by SamAutomata when a method's `store` option is on). Each part follows the
+drafter lifecycle (start / update / finish) for the state it owns."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The SAM-Decoding automata of a batch, as one drafting part: an optional static automaton (the
-corpus index on the device, shared) and optional dynamic automata (one per slot, built from the
-sequence's own text on the GPU), with each sequence's match in both (samgpu.automata).
+corpus index on the device, shared), optional dynamic automata (one per slot, built from the
+sequence's own text on the GPU) and an optional cross-request store (parts/store.py: earlier
+responses, shared), with each sequence's match in each (samgpu.automata).
 
-Lifecycle: `start` builds the dynamic automata of newly admitted slots and walks their static
-matches over the prompts; `update` extends the dynamic automata and advances the static matches
-over each step's emitted tokens (one launch, kernels/sam_update.py); `draft_chain` writes the
-selected chain (kernels/sam_draft.py). Used by `sam`, `sam+tr`, `sam-tree` and `merged`.
+Lifecycle: `start` builds the dynamic automata of newly admitted slots and walks their static and
+store matches over the prompts; `update` extends the dynamic automata and advances the static and
+store matches over each step's emitted tokens (one launch, kernels/sam_update.py); `draft_chain`
+writes the selected chain (kernels/sam_draft.py); `finish` appends the finished responses to the
+store. Used by `sam`, `sam+tr`, `sam-tree` and `merged`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from samgpu.automata import DynamicAutomata, Matches, StaticAutomaton
+from samgpu.drafters.parts.store import SamStore, StoreOptions, index_fingerprint
 from samgpu.drafters.protocol import NewRequests
 from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain
 from samgpu.kernels.sam_update import sam_update
@@ -37,7 +40,8 @@ def load_static(index, device, *, with_count: bool = False) -> StaticAutomaton |
 
 
 class SamAutomata:
-    """The automata of a batch: optional static index, optional dynamic slots, their matches."""
+    """The automata of a batch: optional static index, optional dynamic slots, optional store,
+    their matches. `store`: StoreOptions (the method's options; a store when `has_store`)."""
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class SamAutomata:
         use_static: bool,
         use_dynamic: bool,
         with_count: bool = False,
+        store: StoreOptions | None = None,
     ):
         self.max_reqs = max_reqs
         self.static = load_static(index, device, with_count=with_count) if use_static else None
@@ -60,9 +65,19 @@ class SamAutomata:
         self.dynamic = (
             DynamicAutomata(max_reqs, max_len, vocab_size, device) if use_dynamic else None
         )
-        if self.static is None and self.dynamic is None:
+        self.store = None
+        if store is not None and store.has_store:
+            self.store = SamStore(
+                store,
+                vocab_size=vocab_size,
+                max_reqs=max_reqs,
+                device=device,
+                fingerprint=index_fingerprint(index),
+            )
+        if self.static is None and self.dynamic is None and self.store is None:
             raise ValueError(
-                "no automaton: pass a static index (SamIndex or path) or keep use_dynamic=True"
+                "no automaton: pass a static index (SamIndex or path), keep use_dynamic=True, or "
+                "turn the store on"
             )
         self._static_matches = Matches.empty(max_reqs, device)
 
@@ -80,11 +95,30 @@ class SamAutomata:
         if self.static is not None:
             matches = self.static_matches(state.num_reqs)
             self.static.start_rows(matches, new.rows, state.text, new.lengths)
+        if self.store is not None:
+            self.store.start(state, new)
+
+    @property
+    def store_automaton(self):
+        return None if self.store is None else self.store.automaton
 
     def update(self, step: StepOutput) -> None:
-        """Dynamic extension and static match advance over the emitted tokens, in one launch."""
+        """Dynamic extension, static and store match advance over the emitted tokens, in one
+        launch."""
         B = step.new_tokens.shape[0]
-        sam_update(self.static, self.static_matches(B), self.dynamic, step.new_tokens, step.num_new)
+        sam_update(
+            self.static,
+            self.static_matches(B),
+            self.dynamic,
+            step.new_tokens,
+            step.num_new,
+            store=self.store_automaton,
+        )
+
+    def finish(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Finished requests in slots `rows`: their responses go into the store (if any)."""
+        if self.store is not None:
+            self.store.finish(state, rows)
 
     def draft_chain(
         self,
@@ -105,4 +139,5 @@ class SamAutomata:
             config,
             source=source,
             chain_len=chain_len,
+            store=self.store_automaton,
         )

@@ -1,0 +1,226 @@
+"""`samgpu store ...`: build a cross-request store file from response files, print a file's stats.
+
+  samgpu store build --input out.jsonl [more.jsonl ...] --out run.samstore [--with-prompts]
+  samgpu store stats run.samstore
+
+`build` reads `samgpu generate --output` files (or any JSONL whose records hold the response text
+in --field, default "completion"), tokenizes each response (no special tokens; the EOS id appended
+when the record's finish_reason is "eos", as a live run stores it), optionally preceded by its
+prompt encoded as `samgpu generate` encodes it (chat template unless --raw; the prompt field found
+as by `generate`: prompt, text, then messages, or --prompt-field), keeps what a store of
+--store-tokens keeps (the store's two-generation eviction rule, newest last), and writes the file
+atomically with the tokenizer's fingerprint. --append adds to an existing file's documents.
+Records with no response (skipped prompts) are left out. One JSON line: path, documents, tokens,
+dropped (evicted by the budget), file bytes.
+
+`stats` reads and validates the whole file (checksums, offsets, ids) and prints one JSON line:
+documents, tokens, mean document length, vocabulary, fingerprint, provenance, and the GPU bytes a
+store of the default budget takes (~92 per token of budget).
+
+Use the file with `samgpu generate -O store=PATH` (loaded at start, saved at the end) with the
+methods `sam`, `sam+tr`, `sam-tree`, `merged`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from samgpu.drafters.parts.store import DEFAULT_STORE_TOKENS
+from samgpu.drafters.parts.store_file import (
+    read_store_file,
+    read_store_header,
+    save_store_file,
+    surviving_start,
+)
+from samgpu.errors import UserError
+
+BYTES_PER_TOKEN: float = 92.0  # device bytes per token of budget (samgpu.automata.StoreAutomaton)
+
+
+def add_store_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `store {build,stats}` to an argparse subparsers object; returns the `store` parser."""
+    store = subparsers.add_parser(
+        "store", help="build or inspect a cross-request store file (-O store=PATH)"
+    )
+    sub = store.add_subparsers(dest="store_command", required=True)
+    build = sub.add_parser("build", help="build a store file from response JSONL files")
+    build.add_argument(
+        "--input", nargs="+", action="extend", required=True, metavar="JSONL", help="responses"
+    )
+    build.add_argument("--out", required=True, help="the store file to write")
+    build.add_argument(
+        "--field", default="completion", help="record field of the response (default: %(default)s)"
+    )
+    build.add_argument(
+        "--with-prompts", action="store_true", help="documents are prompt + response"
+    )
+    build.add_argument(
+        "--prompt-field", default=None, help="with --with-prompts: the prompt field (text/messages)"
+    )
+    build.add_argument("--raw", action="store_true", help="prompts without the chat template")
+    build.add_argument(
+        "--tokenizer", default="default", help="'default' (the embedded model's) or a folder"
+    )
+    build.add_argument(
+        "--store-tokens",
+        type=int,
+        default=DEFAULT_STORE_TOKENS,
+        help="budget of the store the file is for: older documents past it are dropped "
+        "(default: %(default)s)",
+    )
+    build.add_argument("--append", action="store_true", help="add to an existing --out file")
+    stats = sub.add_parser("stats", help="validate a store file and print its sizes as JSON")
+    stats.add_argument("path")
+    return store
+
+
+def run_store(args: argparse.Namespace) -> int:
+    """Run `store build|stats`; returns the exit status (2 with one error line on bad input)."""
+    try:
+        if args.store_command == "stats":
+            return _stats(Path(args.path))
+        return _build(args)
+    except (ValueError, OSError, UserError) as exc:
+        print(f"samgpu: error: {exc}", file=sys.stderr, flush=True)
+        return getattr(exc, "exit_code", 2)
+
+
+def load_tokenizer(name: str):
+    """'default' (the embedded model's tokenizer) or a local tokenizer folder."""
+    if name == "default":
+        from samgpu.models import load_default_tokenizer
+
+        try:
+            return load_default_tokenizer()
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+    if not Path(name).expanduser().is_dir():
+        raise ValueError(f"tokenizer {name!r} not found: pass 'default' or a local folder")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not load tokenizer {name!r}: {e}") from None
+
+
+def _records(path: Path):
+    """(line number, record) of a JSONL file; a malformed line is an error naming it."""
+    if not path.is_file():
+        raise ValueError(f"input file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object")
+            yield line_no, rec
+
+
+def _prompt_ids(rec: dict, path: Path, line_no: int, args, tokenizer) -> list[int]:
+    from samgpu.api import encode_chat
+    from samgpu.io import parse_record
+
+    parsed = parse_record(rec, index=0, line=line_no, path=path, field=args.prompt_field)
+    if parsed.messages is not None:
+        return encode_chat(tokenizer, parsed.messages)
+    if args.raw:
+        return list(tokenizer(parsed.prompt).input_ids)
+    return encode_chat(tokenizer, [{"role": "user", "content": parsed.prompt}])
+
+
+def response_documents(paths: list[Path], args, tokenizer) -> tuple[list[list[int]], int]:
+    """(documents, records skipped) from response files, in file and line order."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    docs, skipped = [], 0
+    for path in paths:
+        for line_no, rec in _records(path):
+            where = f"{path}:{line_no}"
+            text = rec.get(args.field)
+            if text is None or rec.get("finish_reason") == "skipped":
+                skipped += 1
+                continue
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: field {args.field!r} must be a string")
+            ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+            if rec.get("finish_reason") == "eos" and eos is not None:
+                ids.append(int(eos))
+            if args.with_prompts:
+                ids = _prompt_ids(rec, path, line_no, args, tokenizer) + ids
+            docs.append(ids)
+    return docs, skipped
+
+
+def _build(args: argparse.Namespace) -> int:
+    from samgpu.sam import tokenizer_fingerprint, tokenizer_vocab_size
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the store file's path")
+    if args.store_tokens < 4:
+        raise ValueError(f"--store-tokens {args.store_tokens} must be >= 4")
+    paths = [Path(p) for p in args.input]
+    for p in paths:  # before the (slow) tokenizer load
+        if not p.is_file():
+            raise ValueError(f"input file {p} does not exist")
+    tokenizer = load_tokenizer(args.tokenizer)
+    vocab, fingerprint = tokenizer_vocab_size(tokenizer), tokenizer_fingerprint(tokenizer)
+    docs: list = []
+    if args.append and out.exists():
+        docs = list(
+            read_store_file(out, vocab_size=vocab, tokenizer_fingerprint=fingerprint).documents()
+        )
+    new_docs, skipped = response_documents(paths, args, tokenizer)
+    docs += new_docs
+    keep = surviving_start([len(d) for d in docs], args.store_tokens // 2)
+    extra = {
+        "built_from": [str(p) for p in paths],
+        "store_prompts": bool(args.with_prompts),
+        "store_tokens": args.store_tokens,
+    }
+    save_store_file(
+        out, docs[keep:], vocab_size=vocab, tokenizer_fingerprint=fingerprint, extra=extra
+    )
+    meta = read_store_header(out)
+    line = {
+        "path": str(out),
+        "documents": meta["num_docs"],
+        "tokens": meta["num_tokens"],
+        "dropped": keep,
+        "skipped_records": skipped,
+        "file_bytes": out.stat().st_size,
+    }
+    print(json.dumps(line))
+    return 0
+
+
+def _stats(path: Path) -> int:
+    f = read_store_file(path)  # every check: checksums, offsets, ids
+    lengths = [int(n) for n in (f.doc_offsets[1:] - f.doc_offsets[:-1])]
+    num_tokens = int(f.tokens.size)
+    kept = surviving_start(lengths, DEFAULT_STORE_TOKENS // 2)
+    line = {
+        "path": str(path),
+        "documents": f.num_docs,
+        "tokens": num_tokens,
+        "mean_document_tokens": round(num_tokens / f.num_docs, 1) if f.num_docs else 0.0,
+        "vocab_size": f.vocab_size,
+        "tokenizer_fingerprint": f.tokenizer_fingerprint[:12],
+        **{k: v for k, v in f.extra.items() if k != "built_from"},
+        "documents_kept_by_default_budget": f.num_docs - kept,
+        "gpu_bytes_default_budget": int(BYTES_PER_TOKEN * DEFAULT_STORE_TOKENS),
+        "file_bytes": path.stat().st_size,
+        "checksums": "ok",
+    }
+    print(json.dumps(line))
+    return 0
+
+
+__all__ = ["add_store_parser", "load_tokenizer", "response_documents", "run_store"]
