@@ -99,15 +99,20 @@ case "${1:-}" in
     run attention_tests 200 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_tree_attention.py \
       tests/kernels/test_prefill_attention.py tests/decoding/test_loop_cuda.py tests/test_no_sync.py
     run tune 300 python -m profiling.bench_attention --sections tree --heads smollm2 \
-      --batches 1 16 64 256 --write-tuning
+      --batches 16 64 256 --write-tuning --rep-ms 10
     cp kernels/tuned/tree_attention.json /root/tree_attention.json; cp kernels/tuned/tree_attention.json "$OUT"/
     ;;
   serve2)  # the batch curve with the tuned attention, then exact mode (bf16 == ar, ar across B)
     [ -f /root/tree_attention.json ] && cp /root/tree_attention.json kernels/tuned/tree_attention.json
     run serve 330 python -m profiling.bench_serve --batch-sizes 1 16 64 256 \
       --methods ar,sam+tr,merged --modes static,continuous --passes 1 --tag serve-v2
-    run exact 200 python -m profiling.bench_serve --batch-sizes 1 16 64 --methods ar,sam+tr,merged \
+    run exact 220 python -m profiling.bench_serve --batch-sizes 1 16 64 --methods ar,sam+tr,merged \
       --modes continuous --exact --limit 96 --min-requests 96 --max-new-tokens 128 --passes 1 --tag exact
+    ;;
+  store)  # the cross-request store: GPU kernel tests, then the three workloads
+    run store_tests 120 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_sam_store.py \
+      tests/kernels/test_sam_draft_store.py tests/drafters/test_store.py
+    run store 330 python -m profiling.bench_store --scale 0.3
     ;;
   *) echo "phases: tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
