@@ -10,8 +10,9 @@ batch 1 on a GPU almost always, at large batches or on a CPU often not (a step t
 N times a plain one). Rather than a cost model, the scheduler measures both: each window's rate
 is tokens emitted / wall time from its first launch to its flag read (the GPU's work on it; host
 work between windows is left out), kept as an exponential moving average per mode. Windows that
-compiled or captured a graph are not counted. Decisions happen at host checks only, so there is
-no extra sync. The policy explores: until each mode has a measurement, then every
+compiled or captured a graph are not counted, and rates are per live request, so that a batch
+draining (or waiting for a refill) during one mode's window does not count against that mode.
+Decisions happen at host checks only, so there is no extra sync. The policy explores: until each mode has a measurement, then every
 `explore_every` windows it runs the other mode once, so a change in the batch (requests ending,
 easier text) is noticed; a mode losing by more than 20% is visited 4x less often. The cost of
 exploring is one window in `explore_every` (or 4x that) at the worse rate.
@@ -54,13 +55,25 @@ class SpeculationPolicy:
             return not best
         return best
 
-    def record(self, speculate: bool, steps: int, tokens: int, seconds: float, clean: bool):
-        """A finished window: `steps` steps emitting `tokens` in `seconds`; `clean` when no step
-        compiled or captured."""
+    def record(
+        self,
+        speculate: bool,
+        steps: int,
+        tokens: int,
+        seconds: float,
+        clean: bool,
+        live: int = 1,
+    ):
+        """A finished window: `steps` steps emitting `tokens` in `seconds` with `live` requests
+        running at its start; `clean` when no step compiled or captured. The rate compared is
+        per live request (tokens / s / live): a step costs the same whatever share of the slots
+        is live, so this compares the modes fairly while a static batch drains or slots wait for
+        a refill."""
         self.steps[speculate] += steps
-        if not clean or tokens <= 0 or seconds <= 0:
+        if not clean or tokens <= 0 or seconds <= 0 or live <= 0:
             return
-        self.rates[speculate] = _ema(self.rates.get(speculate), tokens / seconds, self.smoothing)
+        rate = tokens / seconds / live
+        self.rates[speculate] = _ema(self.rates.get(speculate), rate, self.smoothing)
         self.samples[speculate] += 1
 
 

@@ -149,6 +149,7 @@ class Scheduler:
             window = min(config.check_every, max(1, oldest + config.max_new_tokens - steps))
             speculate = policy.choose()
             engine.set_speculate(speculate)
+            live_at_start = sum(s is not None for s in slots)
             t_launch = time.perf_counter()
             clean = True
             for _ in range(window):
@@ -160,9 +161,9 @@ class Scheduler:
             if clean:
                 refill.record_window(t_read - t_launch)
             live_now = sum(num_generated[b] for b, s in enumerate(slots) if s is not None)
-            policy.record(
-                speculate, window, done_tokens + live_now - emitted, t_read - t_launch, clean
-            )
+            tokens_in_window = done_tokens + live_now - emitted
+            seconds = t_read - t_launch
+            policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
             ended = [
                 b
                 for b, s in enumerate(slots)
