@@ -12,10 +12,11 @@ is tokens emitted / wall time from its first launch to its flag read (the GPU's 
 work between windows is left out), kept as an exponential moving average per mode. Windows that
 compiled or captured a graph are not counted, and rates are per live request, so that a batch
 draining (or waiting for a refill) during one mode's window does not count against that mode.
-Decisions happen at host checks only, so there is no extra sync. The policy explores: until each mode has a measurement, then every
-`explore_every` windows it runs the other mode once, so a change in the batch (requests ending,
-easier text) is noticed; a mode losing by more than 20% is visited 4x less often. The cost of
-exploring is one window in `explore_every` (or 4x that) at the worse rate.
+Decisions happen at host checks only, so there is no extra sync. The policy explores: until
+each mode has a measurement, then every `explore_every` windows it runs the other mode once, so a
+change in the batch (requests ending, easier text) is noticed; a mode losing by more than 20% is
+visited 4x less often. The cost of exploring is one window in `explore_every` (or 4x that) at the
+worse rate.
 
 Example: sam+tr at B=1 emits 3.5 tokens per step at 1.1x a plain step's time -> it keeps
 drafting; at B=256 it emits 1.3 tokens per step at 1.6x the time -> plain steps win and it drafts
