@@ -22,3 +22,12 @@ def _seed():
 @pytest.fixture
 def device() -> str:
     return DEVICE
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """2-layer random SmolLM2-shaped Llama (fp32, CPU); tests/decoding/conftest.py has the
+    configs. Here so that every test folder sees it (tests/test_no_sync.py on a GPU)."""
+    from tests.decoding.conftest import tiny_model
+
+    return tiny_model("llama")

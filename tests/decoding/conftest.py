@@ -64,12 +64,6 @@ def tiny_model(kind: str, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def tiny_llama():
-    """2-layer random SmolLM2-shaped Llama (fp32, CPU)."""
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="session")
 def default_model_fp32():
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, fp32 on CPU, loaded once."""
     from samgpu.models import load_default
