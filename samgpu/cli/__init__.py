@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import textwrap
 from pathlib import Path
 
 from samgpu.cli.output import error
@@ -43,7 +44,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text  # store_true / store_false flags, positionals
         default = action.default
         if default is None or default == []:
-            return text + " (default: none)"
+            return text if "(none:" in text else text + " (default: none)"
         return text + " (default: %(default)s)"
 
 
@@ -54,10 +55,10 @@ def _methods_epilog() -> str:
     for name in method_names():
         m = get_method(name)
         opts = ", ".join(f.name for f in dataclasses.fields(m.options)) if m.options else ""
-        index = "; drafts from the static --index" if m.needs_index else ""
-        lines.append(f"  {name:9} {m.summary}{index}")
+        text = m.summary + ("; drafts from the static --index" if m.needs_index else "")
         if opts:
-            lines.append(f"  {'':9} options: {opts}")
+            text += f". Options: {opts}"
+        lines += textwrap.wrap(text, 90, initial_indent=f"  {name:9} ", subsequent_indent=" " * 12)
     lines += [
         "",
         "exit status: 0 done; 3 done, but some records were skipped (0 with --allow-skips);",

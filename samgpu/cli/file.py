@@ -27,14 +27,13 @@ admitted it, shared with every request admitted in that call (not a per-request 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from samgpu.cli.generate import Plan, Session, oom_error, profiler, run_device
+from samgpu.cli.generate import Plan, Session, chain, oom_error, profiler, run_device
 from samgpu.cli.output import error, warn
+from samgpu.cli.progress import Progress, RunTotals, write_stats
 from samgpu.errors import UserError
 
 
@@ -56,53 +55,6 @@ def _settings(args: argparse.Namespace, input_fp: str, num_records: int) -> dict
         "output_field": args.output_field,
         "exact": args.exact,
     }
-
-
-class Progress:
-    """tqdm bar over records with live tokens/s and mean accepted tokens per step (rank 0)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit="req", dynamic_ncols=True, file=sys.stderr)
-        self.t0 = time.perf_counter()
-        self.tokens = 0  # tokens of finished rounds
-        self.steps = 0.0  # decode steps of finished rounds, summed over requests
-        self.call_tokens = 0  # the running round so far (finished and live requests)
-        self.call_steps = 0.0
-
-    def on_step(self, info: Any) -> None:
-        """ProgressInfo of the running generate call."""
-        self.call_tokens = info.done_tokens + sum(info.num_generated)
-        self.call_steps = float(info.done_steps + sum(info.num_steps))
-        self._postfix()
-
-    def records_done(self, num_records: int) -> None:
-        if self.bar is not None and num_records:
-            self.bar.update(num_records)
-
-    def round_done(self, tokens: int, steps: float) -> None:
-        self.tokens += tokens
-        self.steps += steps
-        self.call_tokens, self.call_steps = 0, 0.0
-        self._postfix()
-
-    def _postfix(self) -> None:
-        if self.bar is None:
-            return
-        tokens = self.tokens + self.call_tokens
-        steps = self.steps + self.call_steps
-        rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
-        post = f"{rate:.3g} tok/s"
-        if steps:
-            post += f", MAT {tokens / steps:.2f}"
-        self.bar.set_postfix_str(post, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # torchrun with --continuous-batching: batches' worth of prompts per round (gathered after it)
@@ -199,7 +151,7 @@ def generate_file(args: argparse.Namespace) -> int:
     rank_busy = [0.0] * info.world_size  # seconds each rank spent generating (rank 0 sums them)
     timing = RunTotals()  # this rank's prefill / decode / host seconds and drafting steps
     try:
-        with profiler(args, rank_suffix):
+        with profiler(args, rank_suffix) as prof:
             for t in range(rounds):
                 results = []
                 batch = mine[t * round_size : (t + 1) * round_size]
@@ -221,7 +173,7 @@ def generate_file(args: argparse.Namespace) -> int:
                     try:
                         out = session.generate(
                             [ids for _, ids in batch],
-                            on_progress=progress.on_step,
+                            on_progress=chain(progress.on_step, prof.step),
                             on_finish=finished,
                         )
                         tokens = sum(len(t) for t in out.tokens)
@@ -262,7 +214,7 @@ def generate_file(args: argparse.Namespace) -> int:
         secs = time.perf_counter() - progress.t0
         if args.stats_json:
             totals = (len(records), len(pending), n_tok, progress.steps, secs, rank_busy, rounds)
-            _write_stats(args, info, session, timing, *totals)
+            write_stats(args, info, session, timing, *totals)
         mat = (
             f", mean accepted tokens per step {n_tok / progress.steps:.2f}"
             if progress.steps
@@ -273,6 +225,7 @@ def generate_file(args: argparse.Namespace) -> int:
             f" in {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s{mat})",
             file=sys.stderr,
         )
+    prof.report()
     dist.shutdown()
     return _exit_status(summary, args)
 
@@ -346,59 +299,6 @@ def _failed_setup(setup_error: UserError | None, info, writer) -> int:
         writer.close(discard_unstarted=True)
     dist.shutdown()
     return setup_error.exit_code if setup_error is not None else 1
-
-
-class RunTotals:
-    """The scheduler's RunStats summed over a rank's generate calls (--stats-json "timing")."""
-
-    def __init__(self):
-        self.prefill_s = self.steps_s = self.host_s = 0.0
-        self.steps = self.drafting_steps = 0
-
-    def add(self, run) -> None:
-        self.prefill_s += run.prefill_s
-        self.steps_s += run.steps_s
-        self.host_s += run.host_s
-        self.steps += run.steps
-        self.drafting_steps += run.drafting_steps
-
-
-def _write_stats(
-    args, info, session, timing, num_records, num_new, tokens, steps, seconds, rank_busy, rounds
-) -> None:
-    """--stats-json: the totals; generation time counts from after warm-up to the last write.
-    rank_generate_seconds: time each rank spent inside generate; the rest of a rank's share of
-    generate_seconds is waiting for the other ranks (each round ends with a gather) and writing.
-    timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
-    how many drafted (the others were plain AR steps of adaptive speculation)."""
-    import torch
-
-    stats = {
-        "records": num_records,
-        "new_records": num_new,
-        "new_tokens": int(tokens),
-        "generate_seconds": round(seconds, 4),
-        "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
-        "mean_accepted_tokens": round(tokens / steps, 4) if steps else None,
-        "load_seconds": round(session.load_seconds, 3),
-        "world_size": info.world_size,
-        "rounds": rounds,
-        "rank_generate_seconds": [round(b, 4) for b in rank_busy],
-        "timing": {
-            "prefill_s": round(timing.prefill_s, 4),
-            "steps_s": round(timing.steps_s, 4),
-            "host_s": round(timing.host_s, 4),
-        },
-        "steps": timing.steps,
-        "drafting_steps": timing.drafting_steps,
-        "batch_size": args.batch_size,
-        "method": args.method,
-        "max_new_tokens": args.max_new_tokens,
-        "device": torch.cuda.get_device_name() if session.device.type == "cuda" else "cpu",
-    }
-    path = Path(args.stats_json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=1) + "\n")
 
 
 def _prepare(plan: Plan, records, args):

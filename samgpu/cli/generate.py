@@ -6,7 +6,6 @@ the parser and entry point are in samgpu/cli/__init__.py.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from samgpu.cli.profile import chain, profiled_range, profiler
 from samgpu.decoding.stages import nvtx_range
 from samgpu.errors import UserError
 from samgpu.hf_args import single_token_stops
@@ -279,47 +279,6 @@ def configure_threads(threads: int | None, info=None) -> int:
     return torch.get_num_threads()
 
 
-def profiler(args: argparse.Namespace, rank_suffix: str):
-    """torch.profiler around generation when --profile is set; exports on exit."""
-    if not args.profile:
-        return contextlib.nullcontext()
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    out_dir = Path(args.profile)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-
-    @contextlib.contextmanager
-    def run():
-        with profile(activities=activities, record_shapes=False) as prof:
-            yield prof
-        trace = out_dir / f"trace{rank_suffix}.json"
-        prof.export_chrome_trace(str(trace))
-        sort = "cuda_time_total" if ProfilerActivity.CUDA in activities else "cpu_time_total"
-        table = prof.key_averages().table(sort_by=sort, row_limit=40)
-        (out_dir / f"summary{rank_suffix}.txt").write_text(table + "\n")
-        print(
-            f"samgpu: profiler trace written to {trace} (open in ui.perfetto.dev)", file=sys.stderr
-        )
-
-    return run()
-
-
-@contextlib.contextmanager
-def profiled_range(name: str):
-    """A decode-step stage as an NVTX range (Nsight) and a torch.profiler range `samgpu.<stage>`
-    (the --profile trace), passed to the decoder as its stage_range."""
-    from torch.profiler import record_function
-
-    from samgpu.decoding.stages import nvtx_range
-
-    with nvtx_range(name), record_function(f"samgpu.{name}"):
-        yield
-
-
 def oom_error(e: BaseException, args: argparse.Namespace) -> UserError:
     from samgpu import api
 
@@ -392,8 +351,8 @@ def generate_one(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         session.warm_up(1, len(ids))
-        with profiler(args, ""):
-            out = session.generate([ids], on_progress=streamer)
+        with profiler(args, "") as prof:
+            out = session.generate([ids], on_progress=chain(streamer, prof.step))
     except torch.OutOfMemoryError as e:
         raise oom_error(e, args) from None
     seconds = time.perf_counter() - t0
@@ -413,4 +372,5 @@ def generate_one(args: argparse.Namespace) -> int:
         f" method {args.method}, {device.type}; stop: {done.finish_reason}]",
         file=sys.stderr,
     )
+    prof.report()
     return 0
