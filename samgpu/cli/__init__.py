@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -267,7 +268,19 @@ def _kept(args) -> str:
     return f"; finished records are kept in {output}.partial and the same command resumes"
 
 
+def cpu_threading_defaults() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch (and its OpenMP runtime)
+    loads. torch's CPU threads otherwise spin-wait for each other at the end of every parallel
+    op; when another process holds a core, the waiting thread spins while the one it waits for
+    is descheduled, and a 2-core machine under load runs 10-50x slower (a 576x1536 linear: 0.3
+    ms with one thread, 16 ms with two; profiling/bench_cpu.py and the README's CPU section).
+    Passive threads sleep instead, at a small cost when the cores are free."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    cpu_threading_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark's own parser
         from samgpu.cli.bench import run_bench
