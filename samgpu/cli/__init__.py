@@ -280,12 +280,12 @@ def cpu_threading_defaults() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cpu_threading_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark's own parser
         from samgpu.cli.bench import run_bench
 
         return run_bench(argv[1:])
+    cpu_threading_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     with _sigterm_ends_the_run():
