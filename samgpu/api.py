@@ -59,7 +59,7 @@ from samgpu.decoding.config import (
 )
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import method_names
-from samgpu.factory import DEFAULT_METHOD, build_decoder, draft_nodes
+from samgpu.factory import build_decoder, draft_nodes
 from samgpu.hf_args import (
     StreamerAdapter,
     check_kwargs,
@@ -72,6 +72,7 @@ from samgpu.hf_args import (
 )
 from samgpu.resolve import (  # re-exported: samgpu.api is where users and the CLI find them
     SetupError,
+    default_method,
     is_oom,
     load_model,
     out_of_memory_message,
@@ -96,6 +97,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_index",
+    "default_method",
 ]
 
 # Sequence capacity is rounded up to a multiple of this (reuse across calls of similar length;
@@ -111,7 +113,7 @@ class SamDecoder:
 
     model: a transformers causal LM (eval mode, on its device). tokenizer: needed for string and
     chat inputs and stop strings. method: one of samgpu.drafters.method_names() ("ar" = no
-    drafting).
+    drafting); None: default_method(the model's device), "sam+tr" on CUDA, "ar" on a CPU.
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
     tokenizer, built and cached on first use) or None. options: the method's options (its
     options dataclass's fields, e.g. l_threshold=5).
@@ -127,7 +129,7 @@ class SamDecoder:
         self,
         model,
         tokenizer=None,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         index: Any = None,
         *,
         use_cuda_graphs: bool = True,
@@ -138,6 +140,8 @@ class SamDecoder:
         speculation: str = "adaptive",
         **options: Any,
     ):
+        if method is None:
+            method = default_method(next(model.parameters()).device)
         if method not in method_names():
             raise ValueError(
                 f"unknown method {method!r}: choose one of {', '.join(method_names())}"
@@ -168,7 +172,7 @@ class SamDecoder:
     def from_pretrained(
         cls,
         model: str = "default",
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         index: Any = "default",
         *,
         device: str | torch.device = "auto",
@@ -422,7 +426,7 @@ def generate(
     prompts: str | Sequence[str] | Sequence[Sequence[dict]],
     model: Any = "default",
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     index: Any = "default",
     tokenizer: Any = None,
     max_new_tokens: int = 256,
@@ -456,6 +460,7 @@ def generate(
         model, tokenizer = _cached_model(model, str(device), str(dtype))
     elif tokenizer is None:
         raise ValueError("a loaded model needs tokenizer= as well")
+    method = method or default_method(next(model.parameters()).device)
     dec = _cached_decoder(model, tokenizer, method, index, options)
     tok = dec.tokenizer
     encoded = []

@@ -11,8 +11,18 @@ from typing import Any
 import torch
 
 from samgpu.errors import InputError, SetupError
+from samgpu.factory import DEFAULT_METHOD
 
 # ----------------------------------------------------------------------------- environment
+# The method used when none is given: the paper's on a GPU; plain decoding on a CPU, where the
+# drafting methods measured slower than `ar` on chat prompts at batch 1 and 4 (their drafts rarely
+# pay at a CPU's small tree budget, and drafting costs host time; profiling/bench_cpu.py).
+CPU_DEFAULT_METHOD = "ar"
+
+
+def default_method(device: torch.device | str) -> str:
+    """DEFAULT_METHOD ("sam+tr") on CUDA, CPU_DEFAULT_METHOD ("ar") on a CPU."""
+    return DEFAULT_METHOD if torch.device(device).type == "cuda" else CPU_DEFAULT_METHOD
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from samgpu.cli.generate import configure_threads
+from tests.api import fixtures
+
+tiny_model_dir = fixtures.tiny_model_dir
 
 
 def omp_policy(code: str, **env) -> str:
@@ -51,3 +54,19 @@ def test_threads_flag_and_torchrun_share(monkeypatch, restore_threads):
     torch.set_num_threads(restore_threads)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting: left as torch read it
     assert configure_threads(None, Info()) == restore_threads
+
+
+def test_default_method_is_ar_on_cpu(capsys, tiny_model_dir):
+    """No --method on a CPU: `ar` (the drafting methods measured slower there), said in the
+    statistics line; the API follows the same rule; CUDA keeps the paper's sam+tr."""
+    from samgpu import cli
+    from samgpu.api import SamDecoder, default_method
+    from samgpu.resolve import load_model
+
+    argv = ["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--raw",
+            "--max-new-tokens", "2", "--prompt", "Hi"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "method ar, cpu" in capsys.readouterr().err
+    model, tok = load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+    assert SamDecoder(model, tok).method == "ar"
+    assert default_method("cuda") == "sam+tr" and default_method("cpu") == "ar"

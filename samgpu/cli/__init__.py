@@ -72,6 +72,7 @@ def _methods_epilog() -> str:
 def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     from samgpu.drafters import method_names
     from samgpu.factory import DEFAULT_METHOD
+    from samgpu.resolve import CPU_DEFAULT_METHOD
 
     p = subparsers.add_parser(
         "generate",
@@ -105,9 +106,10 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        default=DEFAULT_METHOD,
+        default=None,
         metavar="{" + ",".join(method_names()) + "}",
-        help="drafting method (see the list below)",
+        help=f"drafting method, listed below (none: {DEFAULT_METHOD} on CUDA, {CPU_DEFAULT_METHOD}"
+        " on a CPU, where drafting seldom pays)",
     )
     p.add_argument(
         "--index",

@@ -39,9 +39,9 @@ def check_args(args: argparse.Namespace) -> None:
     from samgpu.drafters import method_names
 
     methods = method_names()
-    if args.method.lower() in methods:
+    if args.method is not None and args.method.lower() in methods:
         args.method = args.method.lower()
-    if args.method not in methods:
+    if args.method is not None and args.method not in methods:
         import difflib
 
         close = difflib.get_close_matches(args.method, methods, n=1)
@@ -262,6 +262,8 @@ def run_device(args: argparse.Namespace, info=None):
         device = torch.device("cuda", info.local_rank)
     if device.type == "cpu":
         configure_threads(args.threads, info)
+    if args.method is None:
+        args.method = api.default_method(device)
     return device
 
 
