@@ -7,10 +7,13 @@
   samgpu bench ...                                              # profiling.bench_e2e (a checkout)
 
 Errors a user can cause (missing or malformed input, unknown method or option, CUDA unavailable,
-out of memory at set-up, a corrupt index or one built for another tokenizer, ...) print one line
-`samgpu: error: ...` naming the fix, with no traceback, and exit with status 2 (usage or input) or 1
-(environment). An interrupted or failed `--input` run leaves only `<output>.partial` (never a final
-file that looks complete); running the same command again resumes it.
+out of memory at set-up, a corrupt index or one built for another tokenizer, a file system refusing
+a write, ...) print one line `samgpu: error: ...` naming the fix, with no traceback, and exit with
+status 2 (usage or input) or 1 (environment); Ctrl-C and SIGTERM say what was kept (130, 143). An
+`--input` run checks everything it can before creating any file; interrupted or failed later, it
+leaves only `<output>.partial` (never a final file that looks complete), and the same command
+resumes it. A final output is done only for the input and settings of its fingerprint
+(`<output>.samgpu.json`); a run whose output has skipped records exits 3 unless --allow-skips.
 
 `--profile DIR` wraps generation in torch.profiler and writes a Chrome/Perfetto trace
 (`DIR/trace[-rankN].json`, open in https://ui.perfetto.dev) in which the decode loop's stages appear
