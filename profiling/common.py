@@ -141,9 +141,12 @@ def bench_gpu(fn: Callable[[], object], *, rep_ms: int = 100, warmup_ms: int = 2
 
 # ----------------------------------------------------------------------------- output
 def results_path(e: dict | None = None) -> Path:
+    """<results>/<YYYYMMDD>-<card>-<sha>.jsonl; <results> is $SAMGPU_RESULTS_DIR when set (what
+    `samgpu bench --out DIR` sets; default: the folder it runs in), else profiling/results."""
     e = e or env()
     day = e["timestamp"][:10].replace("-", "")
-    return RESULTS / f"{day}-{card(e)}-{e.get('samgpu_sha') or 'nogit'}.jsonl"
+    folder = Path(os.environ.get("SAMGPU_RESULTS_DIR") or RESULTS)
+    return folder / f"{day}-{card(e)}-{e.get('samgpu_sha') or 'nogit'}.jsonl"
 
 
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike | None = None) -> Path:

@@ -34,29 +34,34 @@ batch, since there verifying N nodes costs about N decoding steps.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from samgpu.completions import (  # re-exported: the API's text-level helpers
+    Completion,
+    encode_chat,
+    eos_ids,
+    eos_with_stops,
+    make_completion,
+    progress_tokens,
+    stats_dict,
+)
 from samgpu.decoding.config import (
-    MAX_EOS,
     SPECULATION_MODES,
     GenerationConfig,
     GenerationOutput,
-    ProgressInfo,
 )
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import method_names
-from samgpu.factory import DEFAULT_METHOD, build_decoder, draft_nodes
+from samgpu.factory import build_decoder, draft_nodes
 from samgpu.hf_args import (
     StreamerAdapter,
-    as_id_tuple,
     check_kwargs,
     cut_tokens_at_stop,
     first_stop,
@@ -67,6 +72,7 @@ from samgpu.hf_args import (
 )
 from samgpu.resolve import (  # re-exported: samgpu.api is where users and the CLI find them
     SetupError,
+    default_method,
     is_oom,
     load_model,
     out_of_memory_message,
@@ -75,37 +81,31 @@ from samgpu.resolve import (  # re-exported: samgpu.api is where users and the C
     resolve_index,
 )
 
-__all__ = ["Completion", "SamDecoder", "SetupError", "generate", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "Completion",
+    "SamDecoder",
+    "SetupError",
+    "encode_chat",
+    "eos_ids",
+    "eos_with_stops",
+    "first_stop",
+    "generate",
+    "load_model",
+    "make_completion",
+    "out_of_memory_message",
+    "progress_tokens",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_index",
+    "default_method",
+]
 
 # Sequence capacity is rounded up to a multiple of this (reuse across calls of similar length;
 # the CPU attention path costs time in proportion to the capacity, so no power-of-two growth).
 LEN_QUANTUM = 128
 
 
-@dataclass
-class Completion:
-    """One request's result from `samgpu.generate`. `str(c)` is the text."""
-
-    text: str  # completion, prompt excluded, cut before a stop string
-    tokens: list[int]  # generated token ids (EOS included when produced, cut after a stop string)
-    finish_reason: str  # "eos", "stop" (stop string), or "length" (max_new_tokens)
-    stats: dict[str, Any]  # steps, generated, mat, tokens_per_s, sources, ...
-
-    def __str__(self) -> str:
-        return self.text
-
-
 # ----------------------------------------------------------------------------- the decoder
-
-
-def _stats_dict(s: Any) -> dict[str, Any]:
-    if s is None:
-        return {}
-    if dataclasses.is_dataclass(s):
-        return dataclasses.asdict(s)
-    if isinstance(s, dict):
-        return dict(s)
-    return {k: v for k, v in vars(s).items() if not k.startswith("_")}
 
 
 class SamDecoder:
@@ -113,7 +113,7 @@ class SamDecoder:
 
     model: a transformers causal LM (eval mode, on its device). tokenizer: needed for string and
     chat inputs and stop strings. method: one of samgpu.drafters.method_names() ("ar" = no
-    drafting).
+    drafting); None: default_method(the model's device), "sam+tr" on CUDA, "ar" on a CPU.
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
     tokenizer, built and cached on first use) or None. options: the method's options (its
     options dataclass's fields, e.g. l_threshold=5).
@@ -129,7 +129,7 @@ class SamDecoder:
         self,
         model,
         tokenizer=None,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         index: Any = None,
         *,
         use_cuda_graphs: bool = True,
@@ -140,6 +140,8 @@ class SamDecoder:
         speculation: str = "adaptive",
         **options: Any,
     ):
+        if method is None:
+            method = default_method(next(model.parameters()).device)
         if method not in method_names():
             raise ValueError(
                 f"unknown method {method!r}: choose one of {', '.join(method_names())}"
@@ -165,6 +167,25 @@ class SamDecoder:
         self._capacity = (0, 0)  # (max_reqs, max_len) of the current decoder
         self._lock = threading.Lock()
         self._validate_options()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "default",
+        method: str | None = None,
+        index: Any = "default",
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        **kwargs: Any,
+    ) -> SamDecoder:
+        """Load `model` ("default": the embedded SmolLM2-135M-Instruct; or a local transformers
+        checkpoint folder) with its tokenizer and wrap it. device "auto": CUDA when available;
+        dtype "auto": bfloat16 on CUDA, float32 on CPU. The model and tokenizer are
+        `decoder.model` / `decoder.tokenizer`; other keyword arguments go to SamDecoder."""
+        dev = resolve_device(device)
+        loaded, tokenizer = load_model(model, dev, resolve_dtype(dtype, dev))
+        return cls(loaded, tokenizer, method, index, **kwargs)
 
     # -- set-up
 
@@ -252,7 +273,7 @@ class SamDecoder:
         prompt). on_progress(ProgressInfo) runs at every host check; on_finish(prompt index,
         tokens, RequestStats) as each request finishes."""
         if not prompts:
-            return _empty_output()
+            return GenerationOutput(tokens=[], stats=[])
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
@@ -288,7 +309,7 @@ class SamDecoder:
             out = decoder.generate(
                 [list(map(int, p)) for p in prompts], config, on_progress, on_finish
             )
-        self.last_stats = [_stats_dict(s) for s in out.stats]
+        self.last_stats = [stats_dict(s) for s in out.stats]
         return out
 
     # -- transformers-compatible entry point
@@ -376,55 +397,40 @@ class SamDecoder:
         )
 
 
-def eos_with_stops(eos: Sequence[int], stop_ids: Sequence[int]) -> tuple[int, ...]:
-    """EOS ids plus single-token stop ids, within the loop's fixed EOS buffer (MAX_EOS). Stop ids
-    that do not fit are still honoured after generation (cut_tokens_at_stop); too many EOS ids are
-    an error rather than silently dropped."""
-    eos = tuple(dict.fromkeys(int(t) for t in eos))
-    if len(eos) > MAX_EOS:
-        raise ValueError(f"at most {MAX_EOS} eos_token_id values are supported, got {len(eos)}")
-    extra = [int(t) for t in dict.fromkeys(stop_ids) if int(t) not in eos]
-    return eos + tuple(extra[: MAX_EOS - len(eos)])
-
-
-def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
-    """Chat messages -> prompt ids with the generation prompt (assistant turn opened)."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(
-            "this tokenizer has no chat template: pass plain prompts (raw=True / --raw) instead"
-        )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def _empty_output() -> GenerationOutput:
-    return GenerationOutput(tokens=[], stats=[])
-
-
-def progress_tokens(info: ProgressInfo, request: int = 0) -> list[int] | None:
-    """Tokens generated so far by prompt `request`, from a ProgressInfo; None once it is no longer
-    live (finished requests come back in the output)."""
-    if request not in info.request_ids:
-        return None
-    return list(info.tokens[info.request_ids.index(request)])
-
-
 # ----------------------------------------------------------------------------- one-liner
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_decoder(model: str, method: str, index: Any, device: str, dtype: str, opts: tuple):
+def _cached_model(model: str, device: str, dtype: str):
+    """(model, tokenizer) by name, device and dtype: loaded once per process, whatever method."""
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    m, tok = load_model(model, dev, dt)
-    return SamDecoder(m, tok, method, index, **dict(opts))
+    return load_model(model, dev, resolve_dtype(dtype, dev))
+
+
+# model -> {(method, index, options): SamDecoder}: one decoder (KV cache, graphs) per method, kept
+# while the model lives
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DECODERS_LOCK = threading.Lock()
+
+
+def _cached_decoder(model, tokenizer, method: str, index: Any, options: dict[str, Any]):
+    key_index = str(index) if isinstance(index, os.PathLike) else index
+    key = (method, key_index, tuple(sorted(options.items())), id(tokenizer))
+    with _DECODERS_LOCK:
+        per_model = _DECODERS.setdefault(model, {})
+        decoder = per_model.get(key)
+    if decoder is None:
+        decoder = SamDecoder(model, tokenizer, method, index, **options)
+        with _DECODERS_LOCK:
+            decoder = per_model.setdefault(key, decoder)
+    return decoder
 
 
 def generate(
     prompts: str | Sequence[str] | Sequence[Sequence[dict]],
     model: Any = "default",
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     index: Any = "default",
     tokenizer: Any = None,
     max_new_tokens: int = 256,
@@ -444,8 +450,10 @@ def generate(
     prompts: a string, a list of strings, or a list of chat conversations. Plain strings get the
     model's chat template (as a single user turn) unless raw=True. model: "default" (the embedded
     SmolLM2-135M-Instruct), a local transformers checkpoint path, or a loaded model (then pass
-    tokenizer=). index: "default" (the embedded corpus's index for the model's tokenizer, built and
-    cached on first use), None, a path or a SamIndex. temperature 0 is greedy. Returns a Completion
+    tokenizer=). A model named by a string is loaded once per process (per device and dtype), and
+    one decoder per model and method is kept, so calls with other methods reuse both. index:
+    "default" (the embedded corpus's index for the model's tokenizer, built and cached on first
+    use), None, a path or a SamIndex. temperature 0 is greedy. Returns a Completion
     (for a string) or a list of them; `Completion.stats` has the per-request statistics.
 
     >>> samgpu.generate("Name three primes.", max_new_tokens=32).text  # doctest: +SKIP
@@ -453,14 +461,11 @@ def generate(
     single = isinstance(prompts, str)
     items = [prompts] if single else list(prompts)
     if isinstance(model, str):
-        key_index = str(index) if isinstance(index, os.PathLike) else index
-        dec = _cached_decoder(
-            model, method, key_index, str(device), str(dtype), tuple(sorted(options.items()))
-        )
-    else:
-        if tokenizer is None:
-            raise ValueError("a loaded model needs tokenizer= as well")
-        dec = SamDecoder(model, tokenizer, method, index, **options)
+        model, tokenizer = _cached_model(model, str(device), str(dtype))
+    elif tokenizer is None:
+        raise ValueError("a loaded model needs tokenizer= as well")
+    method = method or default_method(next(model.parameters()).device)
+    dec = _cached_decoder(model, tokenizer, method, index, options)
     tok = dec.tokenizer
     encoded = []
     for i, p in enumerate(items):
@@ -492,25 +497,3 @@ def generate(
         for t, s in zip(out.tokens, dec.last_stats or [{}] * len(out.tokens), strict=True)
     ]
     return results[0] if single else results
-
-
-def eos_ids(model, tokenizer) -> tuple[int, ...]:
-    """The ids that end a response: model.generation_config.eos_token_id, else the tokenizer's."""
-    ids = as_id_tuple(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-    if not ids and getattr(tokenizer, "eos_token_id", None) is not None:
-        ids = (int(tokenizer.eos_token_id),)
-    return ids
-
-
-def make_completion(
-    tokens: list[int], stats: dict[str, Any], tokenizer, eos: Sequence[int], stop: Sequence[str]
-) -> Completion:
-    """Generated ids -> Completion (text without special tokens, cut before a stop string)."""
-    reason = "eos" if tokens and tokens[-1] in eos else "length"
-    if stop:
-        tokens, hit = cut_tokens_at_stop(tokens, tokenizer, stop)
-        reason = "stop" if hit else reason
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    if stop and (p := first_stop(text, stop)) >= 0:
-        text = text[:p]
-    return Completion(text=text, tokens=tokens, finish_reason=reason, stats=dict(stats))

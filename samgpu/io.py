@@ -1,13 +1,9 @@
-"""JSONL in, JSONL out, with resume: the file side of `samgpu generate --input/--output`.
-
-Input: one JSON object per line. The prompt is read from a text field (`prompt`, then `text`, or
-the field named by `--field`) or from chat `messages` (a list of {"role", "content"} objects, to
-which the chat template is applied). Blank lines are skipped; a line that is a bare JSON string is
-a prompt. Every other deviation is an `InputError` naming the file and the 1-based line number.
+"""JSONL out, with resume: the output side of `samgpu generate --input/--output` (the input side,
+samgpu.inputs, is re-exported here).
 
 Output: the input object with the result fields added (`completion`, `finish_reason`,
 `num_tokens`, `stats`), one line per input record, in input order. Records are identified by their
-0-based position in the input file (`index`), which is what resume keys on.
+0-based position among the input's records (`index`), which is what resume keys on.
 
 Crash safety and resume (DESIGN.md §9): finished records are appended, as they finish, to
 `<output>.partial`, whose first line is a header fingerprinting the input file and the settings
@@ -15,14 +11,22 @@ that change the text (model, sampling, max_new_tokens, ...). The header is writt
 fsynced before `OutputWriter.open` returns, so a run killed at any later point (loading the
 model, warming up) resumes; a partial that is empty, holds only a torn header (a kill during
 that write), or a header and no record (then whatever its settings) counts as "nothing done
-yet". Each `append` hands its line to the OS at once and
-fsyncs it. Only when every record is done is the final file written, to a fresh
-`.<output name>.<random>.tmp` (created exclusively), fsynced and renamed onto `<output>`; the
-partial file is then removed. A final file therefore always looks complete because it is.
-Re-running the same command finds the partial file, keeps its finished records (a torn last line
-from a crash is dropped and cut from the file) and generates only the rest. Settings that do not
-change the text (method, batch size, device) may differ between runs, so a run that ran out of
-memory can be resumed with a smaller `--batch-size`.
+yet", and a set-up that fails before any record (`close(discard_unstarted=True)`) removes it.
+Each `append` hands its line to the OS at once and fsyncs it. Only when every record is done is
+the final file written, to a fresh `.<output name>.<random>.tmp` (created exclusively), fsynced
+and renamed onto `<output>`; the partial file is then removed. A final file therefore always
+looks complete because it is. Re-running the same command finds the partial file, keeps its
+finished records (a torn last line from a crash is dropped and cut from the file) and generates
+only the rest. Settings that do not change the text (method, batch size, device) may differ
+between runs, so a run that ran out of memory can be resumed with a smaller `--batch-size`.
+
+The final file's fingerprint: beside `<output>` lies `<output>.samgpu.json`, written (and renamed
+into place) just before it: the same settings as the partial header, the number of records, a
+caller's summary (e.g. how many were skipped) and the SHA-256 of the final file. A later run on
+the same output (`check_final`, also called by `open`) accepts it as done only when the settings
+are the same and the file is unchanged; other settings or input (another `--limit`, say), an
+edited file, or an `<output>` without a fingerprint (not written by this samgpu) are refused with
+what differs, and `--overwrite` (`overwrite=True`) starts again.
 
 One run per output: `open` takes an exclusive, non-blocking `flock` on `<output>.lock`, which
 names the holder (pid, host, start time); a second run is refused with that name at once, before
@@ -32,7 +36,9 @@ symbolic link planted there is refused, never followed.
 
 Example: prompts.jsonl has 3 lines; the run is killed after records 0 and 2 finish.
 out.jsonl.partial = header + {"index": 0, ...} + {"index": 2, ...}; out.jsonl does not exist.
-Re-running generates record 1 only, then writes out.jsonl with records 0, 1, 2 in that order.
+Re-running generates record 1 only, then writes out.jsonl.samgpu.json and out.jsonl (records 0, 1,
+2 in that order). Re-running once more says it is complete; with `--limit 2` it is refused
+(num_records: 3 -> 2).
 """
 
 from __future__ import annotations
@@ -49,7 +55,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samgpu.errors import InputError, UserError
+from samgpu.errors import UserError
+from samgpu.inputs import (  # re-exported: the input side of the same files
+    DEFAULT_TEXT_FIELDS,
+    MESSAGES_FIELD,
+    Record,
+    fingerprint_file,
+    parse_record,
+    read_records,
+)
 
 try:
     import fcntl
@@ -58,132 +72,89 @@ except ImportError:  # Windows: outputs are not locked
 
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+META_SUFFIX = ".samgpu.json"  # the final file's fingerprint, beside it
 TMP_SUFFIX = ".tmp"  # final-file temporaries: `.<name>.<random>.tmp`
 PARTIAL_FORMAT = "samgpu-partial-v1"
+FINAL_FORMAT = "samgpu-output-v1"
 _HEADER_START = f'{{"format": "{PARTIAL_FORMAT}"'.encode()  # how every header line begins
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-DEFAULT_TEXT_FIELDS = ("prompt", "text")
-MESSAGES_FIELD = "messages"
+
+__all__ = [
+    "DEFAULT_TEXT_FIELDS",
+    "MESSAGES_FIELD",
+    "OutputComplete",
+    "OutputWriter",
+    "Record",
+    "check_final",
+    "fingerprint_file",
+    "parse_record",
+    "read_records",
+]
 
 
-@dataclass
-class Record:
-    """One input line."""
+class OutputComplete(UserError):
+    """`<output>` exists, complete for these very settings: nothing to do (exit status 0).
+    `meta` is its fingerprint (num_records, summary, ...)."""
 
-    index: int  # 0-based position among the input's records (resume and ordering key)
-    line: int  # 1-based line number in the input file
-    data: dict[str, Any]  # the input object, copied to the output record
-    prompt: str | None = None  # plain prompt text (None when `messages` is used)
-    messages: list[dict[str, Any]] | None = None  # chat messages
+    exit_code = 0
 
-    @property
-    def is_empty(self) -> bool:
-        if self.messages is not None:
-            return not any(str(m.get("content") or "").strip() for m in self.messages)
-        return not (self.prompt or "").strip()
+    def __init__(self, message: str, meta: dict[str, Any]):
+        super().__init__(message)
+        self.meta = meta
 
 
-def _where(path: str | os.PathLike, line: int) -> str:
-    return f"{path}:{line}"
+def partial_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_name(Path(path).name + PARTIAL_SUFFIX)
 
 
-def _parse_messages(value: Any, where: str, name: str) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value:
-        raise InputError(
-            f"{where}: field {name!r} must be a non-empty list of {{'role', 'content'}} objects,"
-            f" got {type(value).__name__}"
-        )
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise InputError(
-                f"{where}: {name}[{i}] must be an object with 'role' and 'content', got {m!r:.80}"
-            )
-    return value
+def lock_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_name(Path(path).name + LOCK_SUFFIX)
 
 
-def parse_record(
-    obj: Any,
-    *,
-    index: int,
-    line: int,
-    path: str | os.PathLike = "<input>",
-    field: str | None = None,
-) -> Record:
-    """One decoded JSON value -> Record. `field` names the prompt field (text, or a messages list);
-    None tries `prompt`, `text`, then `messages`."""
-    where = _where(path, line)
-    if isinstance(obj, str):
-        if field is not None:
-            raise InputError(f"{where}: expected a JSON object with field {field!r}, got a string")
-        return Record(index=index, line=line, data={"prompt": obj}, prompt=obj)
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    names = (field,) if field is not None else (*DEFAULT_TEXT_FIELDS, MESSAGES_FIELD)
-    for name in names:
-        if name not in obj:
-            continue
-        value = obj[name]
-        if isinstance(value, list) or (name == MESSAGES_FIELD and field is None):
-            msgs = _parse_messages(value, where, name)
-            return Record(index=index, line=line, data=obj, messages=msgs)
-        if not isinstance(value, str):
-            raise InputError(
-                f"{where}: field {name!r} must be a string (or a list of chat messages),"
-                f" got {type(value).__name__}"
-            )
-        return Record(index=index, line=line, data=obj, prompt=value)
-    keys = ", ".join(map(repr, list(obj)[:8])) or "none"
-    if field is not None:
-        raise InputError(f"{where}: record has no field {field!r} (its fields: {keys})")
-    raise InputError(
-        f"{where}: record has no 'prompt', 'text' or 'messages' field (its fields: {keys});"
-        " name the prompt field with --field NAME"
-    )
+def meta_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_name(Path(path).name + META_SUFFIX)
 
 
-def read_records(path: str | os.PathLike, *, field: str | None = None) -> list[Record]:
-    """Read a JSONL prompt file. Raises InputError (file and line number) on any malformed line."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input file {str(path)!r} does not exist")
-    if p.is_dir():
-        raise InputError(f"input {str(path)!r} is a directory, expected a .jsonl file")
-    records: list[Record] = []
+def settings_diff(old: Any, new: dict[str, Any]) -> str:
+    """`key: old -> new, ...` for the settings that differ."""
+    old = old if isinstance(old, dict) else {}
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def check_final(path: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Nothing to say when `path` does not exist. Raises OutputComplete when it is the complete
+    output of these settings (its fingerprint matches and the file is unchanged), and a
+    UserError (exit 2) naming the difference and --overwrite otherwise. Creates nothing."""
+    path = Path(path)
+    if not path.exists() or path.is_dir():
+        return
+    settings = json.loads(json.dumps(settings))
+    redo = "pass --overwrite to generate it again, or choose another --output"
     try:
-        with open(p, encoding="utf-8") as f:
-            for line_no, raw in enumerate(f, start=1):
-                text = raw.strip()
-                if not text:
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise InputError(
-                        f"{_where(path, line_no)}: not valid JSON ({e.msg} at column {e.colno});"
-                        " expected one JSON object per line"
-                    ) from None
-                except RecursionError:
-                    raise InputError(
-                        f"{_where(path, line_no)}: JSON nested too deeply; expected one JSON"
-                        " object per line"
-                    ) from None
-                records.append(
-                    parse_record(obj, index=len(records), line=line_no, path=path, field=field)
-                )
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not records:
-        raise InputError(f"input file {str(path)!r} has no records")
-    return records
-
-
-def fingerprint_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+        meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"output {str(path)!r} already exists, but not as a finished samgpu output (no"
+            f" {meta_path(path).name} fingerprint beside it); {redo}"
+        ) from None
+    except (OSError, ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FINAL_FORMAT:
+        raise UserError(f"{meta_path(path)} is damaged; {redo}")
+    if meta.get("settings") != settings:
+        raise UserError(
+            f"output {str(path)!r} already exists, made from another input or settings"
+            f" ({settings_diff(meta.get('settings'), settings)}); {redo}"
+        )
+    if _sha256_file(path) != meta.get("sha256"):
+        raise UserError(f"output {str(path)!r} was changed after samgpu finished it; {redo}")
+    raise OutputComplete(
+        f"output {str(path)!r} already exists and is complete ({meta.get('num_records')}"
+        " records, same input and settings); pass --overwrite to generate it again",
+        meta,
+    )
 
 
 @dataclass
@@ -204,11 +175,11 @@ class OutputWriter:
 
     @property
     def partial_path(self) -> Path:
-        return self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        return partial_path(self.path)
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + LOCK_SUFFIX)
+        return lock_path(self.path)
 
     @classmethod
     def open(
@@ -240,12 +211,14 @@ class OutputWriter:
         if overwrite:
             self.path.unlink(missing_ok=True)
             self.partial_path.unlink(missing_ok=True)
-        elif self.path.exists():
-            raise UserError(
-                f"output {str(self.path)!r} already exists and is complete;"
-                " pass --overwrite to generate it again",
-                exit_code=0,
-            )
+        else:
+            try:
+                check_final(self.path, self.settings)
+            except OutputComplete:
+                # a crash between the final rename and the partial's removal leaves both
+                self.partial_path.unlink(missing_ok=True)
+                raise
+        meta_path(self.path).unlink(missing_ok=True)  # no final file: a fingerprint is stale
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC
         try:
             self._fd = os.open(self.partial_path, flags, 0o644)
@@ -293,11 +266,7 @@ class OutputWriter:
             self._start()  # a header alone (killed during start-up): nothing done to keep
             return
         if header.get("settings") != self.settings:
-            old, new = header.get("settings") or {}, self.settings
-            if not isinstance(old, dict):
-                old = {}
-            diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            detail = settings_diff(header.get("settings"), self.settings)
             raise UserError(
                 f"{self.partial_path} was written for another input or settings ({detail});"
                 " re-run with the same settings to resume, or pass --overwrite to start again"
@@ -347,8 +316,10 @@ class OutputWriter:
         if self._fd is not None:
             os.fsync(self._fd)
 
-    def close(self) -> None:
-        """fsync and close the partial file and release the lock (idempotent)."""
+    def close(self, *, discard_unstarted: bool = False) -> None:
+        """fsync and close the partial file and release the lock (idempotent). With
+        discard_unstarted, a partial file that holds no record is removed (a set-up that failed
+        leaves nothing behind)."""
         try:
             if self._fd is not None:
                 fd, self._fd = self._fd, None
@@ -356,6 +327,8 @@ class OutputWriter:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                if discard_unstarted and not self.done:
+                    self.partial_path.unlink(missing_ok=True)
         finally:
             if self._lock is not None:
                 lock, self._lock = self._lock, None
@@ -373,9 +346,11 @@ class OutputWriter:
         except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to report to
             pass
 
-    def finalize(self, num_records: int) -> None:
-        """Write the final file in input order (a unique temporary, fsynced, renamed onto
-        `path`), remove the partial file, release the lock."""
+    def finalize(self, num_records: int, summary: dict[str, Any] | None = None) -> None:
+        """Write the final file in input order and its fingerprint (`<path>.samgpu.json`: the
+        settings, num_records, `summary`, the file's SHA-256), each to a unique temporary,
+        fsynced and renamed into place (the fingerprint first: a crash between the two renames
+        leaves the partial file, which resumes); remove the partial file, release the lock."""
         missing = [i for i in range(num_records) if i not in self.done]
         if missing:
             raise RuntimeError(
@@ -383,25 +358,47 @@ class OutputWriter:
             )
         if self._lock is None:
             raise RuntimeError(f"finalize of {self.path} after close")
-        # mkstemp: O_EXCL, a fresh name per call (no planted symlink followed, no two runs
-        # sharing one temporary)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=TMP_SUFFIX, dir=self.path.parent
+        data = b"".join(
+            (json.dumps(self.done[i], ensure_ascii=False) + "\n").encode("utf-8")
+            for i in range(num_records)
         )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for i in range(num_records):
-                    f.write(json.dumps(self.done[i], ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp made it 0600
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        meta = {
+            "format": FINAL_FORMAT,
+            "settings": self.settings,
+            "num_records": num_records,
+            "summary": summary or {},
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        meta_data = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+        _replace_durably(meta_path(self.path), meta_data)
+        _replace_durably(self.path, data)
         _fsync_dir(self.path.parent)
         self.partial_path.unlink(missing_ok=True)
         self.close()
+
+
+def _replace_durably(dest: Path, data: bytes) -> None:
+    """Write `data` to a fresh `.<name>.<random>.tmp` beside `dest` (mkstemp: O_EXCL, so no
+    planted symlink is followed and no two runs share one), fsync, rename onto `dest`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX, dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp made it 0600
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass

@@ -186,6 +186,18 @@ def _convert_gguf(gguf: Path, model_dir: Path):
     return model
 
 
+def default_config():
+    """The default model's transformers config (context length, sizes) without its weights: the
+    converted copy's config.json when cached, else read from the GGUF's metadata."""
+    from transformers import AutoConfig
+
+    gguf = default_gguf_path()
+    model_dir = converted_dir(gguf) / "model"
+    if (model_dir / "COMPLETE").is_file():
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+
+
 def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load the default SmolLM2-135M-Instruct as `(model, tokenizer)`, in eval mode on `device`.
 

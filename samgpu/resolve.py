@@ -4,14 +4,25 @@ every failure a user can cause is a UserError (samgpu.io) with a message naming 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from samgpu.errors import InputError, SetupError
+from samgpu.factory import DEFAULT_METHOD
 
 # ----------------------------------------------------------------------------- environment
+# The method used when none is given: the paper's on a GPU; plain decoding on a CPU, where the
+# drafting methods measured slower than `ar` on chat prompts at batch 1 and 4 (their drafts rarely
+# pay at a CPU's small tree budget, and drafting costs host time; profiling/bench_cpu.py).
+CPU_DEFAULT_METHOD = "ar"
+
+
+def default_method(device: torch.device | str) -> str:
+    """DEFAULT_METHOD ("sam+tr") on CUDA, CPU_DEFAULT_METHOD ("ar") on a CPU."""
+    return DEFAULT_METHOD if torch.device(device).type == "cuda" else CPU_DEFAULT_METHOD
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -90,9 +101,98 @@ def is_oom(exc: BaseException) -> bool:
 # ----------------------------------------------------------------------------- models and indexes
 
 
-def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype):
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.gguf")
+
+
+def checkpoint_dirs(name_or_path: str) -> tuple[str, str]:
+    """(model folder, tokenizer folder) of a local checkpoint, or (name, name) for a hub id.
+
+    A folder with config.json and tokenizer files is both. samgpu's converted default (the
+    `$SAMGPU_CACHE/<model>/` folder with `model/` and `tokenizer/` inside, or its `model/`
+    folder) is accepted as it is. Anything else is a SetupError (exit 2) saying what a model
+    folder must hold."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~"))
+    if not looks_local:
+        return name_or_path, name_or_path
+    if not path.is_dir():
+        raise SetupError(
+            f"model {name_or_path!r} not found: pass a local transformers checkpoint folder"
+            " (with config.json) or 'default'",
+            exit_code=2,
+        )
+    if (path / "model" / "config.json").is_file() and _has_tokenizer(path / "tokenizer"):
+        return str(path / "model"), str(path / "tokenizer")  # a converted-default cache folder
+    if (path / "config.json").is_file() and not _has_tokenizer(path):
+        if _has_tokenizer(path.parent / "tokenizer"):  # the converted default's model/ folder
+            return str(path), str(path.parent / "tokenizer")
+    needs = (
+        "a model folder holds config.json, the weights (*.safetensors) and the tokenizer files"
+        " (tokenizer.json or tokenizer_config.json), as model.save_pretrained(folder) and"
+        " tokenizer.save_pretrained(folder) write them; or pass --model default"
+    )
+    if not (path / "config.json").is_file():
+        raise SetupError(f"{name_or_path!r} is not a model folder (no config.json): {needs}", 2)
+    if not _has_tokenizer(path):
+        raise SetupError(f"model folder {name_or_path!r} has no tokenizer files: {needs}", 2)
+    if not any(next(path.glob(p), None) for p in WEIGHT_PATTERNS):
+        raise SetupError(f"model folder {name_or_path!r} has no weights: {needs}", 2)
+    return str(path), str(path)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _load_error(what: str, name: str, e: BaseException) -> SetupError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return SetupError(f"could not load {what} {name!r}: {first[:300]}", exit_code=2)
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of "default" or a checkpoint (see checkpoint_dirs), without the weights:
+    what the CLI needs to check prompts and the index before the model loads."""
+    if name_or_path == "default":
+        from samgpu import models
+
+        try:
+            return models.load_default_tokenizer()
+        except FileNotFoundError as e:
+            raise SetupError(str(e)) from None
+    from transformers import AutoTokenizer
+
+    _, tok_dir = checkpoint_dirs(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(tok_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise _load_error("the tokenizer of", name_or_path, e) from None
+
+
+def context_length(name_or_path: str) -> int | None:
+    """config.max_position_embeddings of "default" or a checkpoint, without the weights."""
+    if name_or_path == "default":
+        from samgpu import models
+
+        try:
+            config = models.default_config()
+        except FileNotFoundError as e:
+            raise SetupError(str(e)) from None
+    else:
+        from transformers import AutoConfig
+
+        model_dir, _ = checkpoint_dirs(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(model_dir)
+        except (OSError, ValueError, TypeError) as e:
+            raise _load_error("the config of", name_or_path, e) from None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype, tokenizer=None):
     """ "default" -> the embedded SmolLM2-135M-Instruct; else a transformers checkpoint (local
-    folder or hub id). Returns (model, tokenizer); failures are SetupErrors naming the fix."""
+    folder or hub id; see checkpoint_dirs). Returns (model, tokenizer), the tokenizer loaded
+    unless given; failures are SetupErrors naming the fix."""
     if name_or_path == "default":
         from samgpu import models
 
@@ -100,24 +200,15 @@ def load_model(name_or_path: str, device: torch.device, dtype: torch.dtype):
             return models.load_default(device=device, dtype=dtype)
         except FileNotFoundError as e:
             raise SetupError(str(e)) from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    path = Path(name_or_path).expanduser()
-    looks_local = path.exists() or name_or_path.startswith((".", "/", "~"))
-    if looks_local and not path.is_dir():
-        raise SetupError(
-            f"model {name_or_path!r} not found: pass a local transformers checkpoint folder"
-            " (with config.json) or 'default'",
-            exit_code=2,
-        )
+    model_dir, _ = checkpoint_dirs(name_or_path)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SetupError(
-            f"could not load model {name_or_path!r}: {first[:300]}", exit_code=2
-        ) from None
+        raise _load_error("model", name_or_path, e) from None
     model.to(device).eval()
     return model, tokenizer
 
@@ -157,6 +248,10 @@ def resolve_index(index: Any, tokenizer, method: str, *, progress: bool = False)
     return load_index(index, tokenizer)
 
 
+# the index package's advice to rebuild over the same path (ours follows instead)
+_INDEX_ADVICE = re.compile(r"[;:,]?\s*rebuild it with `samgpu index build[^`]*`(\s*\([^)]*\))?")
+
+
 def load_index(index: Any, tokenizer=None):
     """None | path | SamIndex -> SamIndex or None, checked against `tokenizer` when given."""
     if index is None:
@@ -175,9 +270,12 @@ def load_index(index: Any, tokenizer=None):
         try:
             index = SamIndex.load(path)  # validated: no kernel sees an unchecked index
         except (ValueError, OSError, EOFError) as e:
+            # the index package's own advice (rebuild over this very path) is replaced by ours
+            detail = _INDEX_ADVICE.sub("", str(e))
             raise InputError(
-                f"index {str(path)!r} is corrupt or not a samgpu index ({e}); rebuild it with"
-                " `samgpu index build`"
+                f"index {str(path)!r} is corrupt or not a samgpu index ({detail.strip()});"
+                " build a new one with `samgpu index build --corpus FILE... --out NEW.samidx`,"
+                " or use --index default or --index none"
             ) from None
     else:
         try:

@@ -187,24 +187,47 @@ def test_over_long_and_empty_prompts_skipped_or_strict(
     capsys, tmp_path, tiny_model_dir, prompts_file
 ):
     """The tiny model's context is 96 tokens: a 200-word prompt cannot fit. Without --strict it is
-    skipped with a warning (its output record carries an `error`); with --strict the run stops at
-    its line."""
+    skipped with a warning (its output record carries an `error`) and the run exits 3 (0 with
+    --allow-skips); with --strict the run stops at its line, before any file is written."""
     long = " ".join(["word"] * (2 * TINY_CONTEXT))
-    f = prompts_file([{"prompt": long}, {"prompt": ""}])
+    f = prompts_file([{"prompt": long}, {"prompt": ""}, {"prompt": "Hi"}])
     out = tmp_path / "o.jsonl"
     code, _, err = run(
         capsys, *gen("--input", f, "--output", out, "--strict", model=str(tiny_model_dir))
     )
     assert code == 2
     assert "in.jsonl:1: prompt of" in one_error_line(err) and "context of 96" in err
-    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing written
 
     code, _, err = run(capsys, *gen("--input", f, "--output", out, model=str(tiny_model_dir)))
-    assert code == 0, err
-    assert "in.jsonl:1" in err and "in.jsonl:2: empty prompt" in err
+    assert code == 3, err
+    assert "in.jsonl:1" in err and "in.jsonl:2: empty prompt" in err and "2 skipped" in err
     recs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["finish_reason"] for r in recs] == ["skipped", "skipped"]
+    assert [r["finish_reason"] for r in recs] == ["skipped", "skipped", "length"]
     assert recs[0]["completion"] is None and "context" in recs[0]["error"]
+    # the same command again: complete, and still says so by its status
+    code, _, err = run(capsys, *gen("--input", f, "--output", out, model=str(tiny_model_dir)))
+    assert code == 3 and "complete" in err and "2 skipped" in err
+    argv = gen("--input", f, "--output", out, "--allow-skips", model=str(tiny_model_dir))
+    assert run(capsys, *argv)[0] == 0
+
+
+def test_no_record_can_run_is_an_error_and_writes_nothing(
+    capsys, tmp_path, tiny_model_dir, prompts_file
+):
+    """--max-new-tokens beyond the context skips every record: an error (exit 2) before any file
+    exists, so the corrected command then runs (it used to write a complete-looking file of null
+    completions that the corrected command took as done)."""
+    f = prompts_file([{"prompt": "Hi"}, {"prompt": "Hello"}])
+    out = tmp_path / "o.jsonl"
+    argv = gen("--input", f, "--output", out, model=str(tiny_model_dir))
+    argv[argv.index("--max-new-tokens") + 1] = str(10 * TINY_CONTEXT)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "no record can run" in one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    code, _, err = run(capsys, *gen("--input", f, "--output", out, model=str(tiny_model_dir)))
+    assert code == 0, err
+    assert [json.loads(x)["finish_reason"] for x in out.read_text().splitlines()] == ["length"] * 2
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

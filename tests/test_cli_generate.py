@@ -118,16 +118,28 @@ def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_
     assert "already exists and is complete" in capsys.readouterr().err
 
 
-def test_profile_writes_a_trace(capsys, tmp_path, tiny_model_dir):
-    prof = tmp_path / "prof"
-    argv = tiny_args(tiny_model_dir, "--prompt", "Hi", "--profile", prof)
-    assert cli.main(argv) == 0
-    trace = json.loads((prof / "trace.json").read_text())
-    names = {e.get("name") for e in trace["traceEvents"]}
-    assert "samgpu.cli.generate" in names
-    # the decode step's stages, named as its NVTX ranges (samgpu.decoding.stages.STAGES)
-    assert {"samgpu.draft", "samgpu.forward", "samgpu.verify", "samgpu.commit"} <= names
-    assert (prof / "summary.txt").read_text().strip()
+def test_profile_writes_a_trace(capfd, tmp_path, tiny_model_dir):
+    """--profile traces the first --profile-windows host-check windows, gzipped (issue 14: 68 MB
+    for 2 prompts x 16 tokens before), and kineto's own lines stay off stderr."""
+    import gzip
+
+    def forwards(prof, windows):
+        argv = tiny_args(tiny_model_dir, "--prompt", "Hi", "--profile", prof)
+        argv[argv.index("--max-new-tokens") + 1] = "24"
+        assert cli.main([*argv, "--check-every", "2", "--profile-windows", str(windows)]) == 0
+        err = capfd.readouterr().err
+        assert "USDT" not in err and "gpuGetDeviceCount" not in err, err
+        assert f"trace written to {prof / 'trace.json.gz'}" in err
+        trace = json.loads(gzip.decompress((prof / "trace.json.gz").read_bytes()))
+        names = [e.get("name") for e in trace["traceEvents"]]
+        assert "samgpu.cli.generate" in names
+        # the decode step's stages, named as its NVTX ranges (samgpu.decoding.stages.STAGES)
+        assert {"samgpu.draft", "samgpu.forward", "samgpu.verify", "samgpu.commit"} <= set(names)
+        assert (prof / "summary.txt").read_text().strip()
+        return names.count("samgpu.forward")
+
+    one, three = forwards(tmp_path / "p1", 1), forwards(tmp_path / "p3", 3)
+    assert 1 <= one <= 2 < three <= 6  # steps of the traced windows only (2 per window)
 
 
 def test_torchrun_two_cpu_processes(tmp_path, tiny_model_dir, prompts_file):

@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("samgpu.decoding.engine",),
     ("samgpu.decoding.scheduler",),
     ("samgpu.factory",),
-    ("samgpu.api", "samgpu.resolve", "samgpu.hf_args", "samgpu.models", "samgpu.io"),
+    ("samgpu.api", "samgpu.resolve", "samgpu.hf_args", "samgpu.models", "samgpu.io")
+    + ("samgpu.inputs", "samgpu.completions"),
     ("samgpu.distributed",),
     ("samgpu.cli", "samgpu.__main__"),
 ]

@@ -143,7 +143,8 @@ def test_records_appended_one_at_a_time_survive_a_kill(tmp_path):
         w.append(1, {"c": 1})
         w.finalize(3)
     assert lines(out) == [{"c": 0}, {"c": 1}, {"c": 2}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no partial, lock, tmp
+    # no partial, lock or tmp: the file and its fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.samgpu.json"]
 
 
 # --------------------------------------------------------------------------- one writer per output
@@ -205,7 +206,10 @@ def test_two_runs_finishing_together_write_one_correct_file(tmp_path):
         outcomes = sorted(o.split()[0] for o, _ in results)
         assert outcomes.count("wrote") >= 1 and "Traceback" not in str(results), results
         assert [r["i"] for r in lines(out)] == list(range(n))
-        assert sorted(p.name for p in tmp_path.iterdir() if f"out{trial}" in p.name) == [out.name]
+        assert sorted(p.name for p in tmp_path.iterdir() if f"out{trial}" in p.name) == [
+            out.name,
+            out.name + ".samgpu.json",
+        ]
 
 
 # --------------------------------------------------------------------------- planted names
@@ -240,6 +244,7 @@ def test_final_temporary_is_unique_and_planted_tmp_is_ignored(tmp_path):
     assert victim.read_text() == "precious\n" and lines(out) == [{"c": 0}]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "out.jsonl",
+        "out.jsonl.samgpu.json",
         "out.jsonl.tmp",
         "victim.txt",
     ]
@@ -296,7 +301,8 @@ def test_cli_killed_during_start_up_then_resumed(tmp_path, tiny_model_dir, promp
 
     assert texts(out) == texts(ref) and [i for i, _, _ in texts(out)] == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))) == [
-        "out.jsonl"
+        "out.jsonl",
+        "out.jsonl.samgpu.json",
     ]
 
 

@@ -7,10 +7,13 @@
   samgpu bench ...                                              # profiling.bench_e2e (a checkout)
 
 Errors a user can cause (missing or malformed input, unknown method or option, CUDA unavailable,
-out of memory at set-up, a corrupt index or one built for another tokenizer, ...) print one line
-`samgpu: error: ...` naming the fix, with no traceback, and exit with status 2 (usage or input) or 1
-(environment). An interrupted or failed `--input` run leaves only `<output>.partial` (never a final
-file that looks complete); running the same command again resumes it.
+out of memory at set-up, a corrupt index or one built for another tokenizer, a file system refusing
+a write, ...) print one line `samgpu: error: ...` naming the fix, with no traceback, and exit with
+status 2 (usage or input) or 1 (environment); Ctrl-C and SIGTERM say what was kept (130, 143). An
+`--input` run checks everything it can before creating any file; interrupted or failed later, it
+leaves only `<output>.partial` (never a final file that looks complete), and the same command
+resumes it. A final output is done only for the input and settings of its fingerprint
+(`<output>.samgpu.json`); a run whose output has skipped records exits 3 unless --allow-skips.
 
 `--profile DIR` wraps generation in torch.profiler and writes a Chrome/Perfetto trace
 (`DIR/trace[-rankN].json`, open in https://ui.perfetto.dev) in which the decode loop's stages appear
@@ -20,30 +23,78 @@ as named ranges, plus `DIR/summary[-rankN].txt`, the top operators by time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 from samgpu.cli.output import error
-from samgpu.errors import UserError
+from samgpu.errors import EXIT_ENVIRONMENT, EXIT_USAGE, UserError
 
 # ----------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (argparse's ArgumentDefaultsHelpFormatter, but
+    not for flags, whose default is always off, nor twice); the epilog keeps its line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreConstAction) or not action.option_strings:
+            return text  # store_true / store_false flags, positionals
+        default = action.default
+        if default is None or default == []:
+            return text if "(none:" in text else text + " (default: none)"
+        return text + " (default: %(default)s)"
+
+
+def _methods_epilog() -> str:
+    from samgpu.drafters import get_method, method_names
+
+    lines = ["methods (--method) and their options (-O KEY=VALUE):"]
+    for name in method_names():
+        m = get_method(name)
+        opts = ", ".join(f.name for f in dataclasses.fields(m.options)) if m.options else ""
+        text = m.summary + ("; drafts from the static --index" if m.needs_index else "")
+        if opts:
+            text += f". Options: {opts}"
+        lines += textwrap.wrap(text, 90, initial_indent=f"  {name:9} ", subsequent_indent=" " * 12)
+    lines += [
+        "",
+        "exit status: 0 done; 3 done, but some records were skipped (0 with --allow-skips);",
+        "2 a mistake in the command or input; 1 the environment (CUDA, memory); 130/143 stopped",
+        "(Ctrl-C / SIGTERM: finished records are kept and the same command resumes).",
+    ]
+    return "\n".join(lines)
+
+
 def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    from samgpu.drafters import method_names
+    from samgpu.factory import DEFAULT_METHOD
+    from samgpu.resolve import CPU_DEFAULT_METHOD
+
     p = subparsers.add_parser(
         "generate",
         help="generate text for one prompt or a JSONL file of prompts",
         description="Generate with lossless speculative decoding. One --prompt is streamed to "
         "stdout; --input/--output runs a JSONL file in batches, resumably.",
+        epilog=_methods_epilog(),
+        formatter_class=_HelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt (chat template applied unless --raw); - = stdin")
     src.add_argument("--input", metavar="JSONL", help="prompts, one JSON object per line")
-    p.add_argument("--output", metavar="JSONL", help="results, in input order (with --input)")
+    p.add_argument(
+        "--output", metavar="JSONL", help="results, in input order (with --input; required)"
+    )
     p.add_argument(
         "--field",
         default=None,
-        help="input field holding the prompt text or chat messages (default: prompt, text, then"
+        help="input field holding the prompt text or chat messages (none: prompt, text, then"
         " messages)",
     )
     p.add_argument(
@@ -51,9 +102,18 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--raw", action="store_true", help="no chat template for plain-text prompts")
     p.add_argument(
-        "--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a checkpoint path"
+        "--model",
+        default="default",
+        help="'default' (SmolLM2-135M-Instruct, float32 on CPU) or a local transformers checkpoint"
+        " folder (config.json, weights, tokenizer files)",
     )
-    p.add_argument("--method", default="sam+tr", help="drafting method (default: %(default)s)")
+    p.add_argument(
+        "--method",
+        default=None,
+        metavar="{" + ",".join(method_names()) + "}",
+        help=f"drafting method, listed below (none: {DEFAULT_METHOD} on CUDA, {CPU_DEFAULT_METHOD}"
+        " on a CPU, where drafting seldom pays)",
+    )
     p.add_argument(
         "--index",
         default="default",
@@ -65,27 +125,52 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="drafter option, e.g. -O l_threshold=5 (repeatable)",
+        help="drafter option, e.g. -O l_threshold=5 (repeatable; each method's options are"
+        " listed below)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (none: a fresh one)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:N or cpu")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch on --device cpu (none: OMP_NUM_THREADS if set, else one per"
+        " core, at most 8)",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N input records")
     p.add_argument(
         "--strict",
         action="store_true",
         help="fail on an empty or over-long prompt instead of skipping it with a warning",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--allow-skips",
+        action="store_true",
+        help="exit status 0 even when records were skipped (else 3)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output (and its partial file) instead of refusing",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
-        "--check-every", type=int, default=None, help="steps between host checks / progress calls"
+        "--check-every",
+        type=int,
+        default=None,
+        help="steps between host checks / progress calls (none: the decoder's, 8)",
     )
     p.add_argument(
         "--continuous-batching",
@@ -98,7 +183,7 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         choices=["adaptive", "always"],
         default="adaptive",
         help="adaptive: plain AR steps while drafting does not pay (measured as it runs);"
-        " always: draft every step (default: %(default)s)",
+        " always: draft every step",
     )
     p.add_argument(
         "--exact",
@@ -107,7 +192,18 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         " the batch (Llama-family models)",
     )
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the step eagerly")
-    p.add_argument("--profile", metavar="DIR", help="write a torch profiler trace to DIR")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="write a torch profiler trace of the first --profile-windows host-check windows"
+        " to DIR",
+    )
+    p.add_argument(
+        "--profile-windows",
+        type=int,
+        default=4,
+        help="with --profile: windows of --check-every steps traced (the trace grows with each)",
+    )
     p.add_argument(
         "--stats-json",
         metavar="PATH",
@@ -133,10 +229,59 @@ def build_parser() -> argparse.ArgumentParser:
     if add_index_parser is not None:
         add_index_parser(sub)
     bench = sub.add_parser(
-        "bench", help="end-to-end benchmark (profiling.bench_e2e)", add_help=False
+        "bench",
+        help="end-to-end benchmark (profiling.bench_e2e; results in --out, default ./)",
+        add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, torchrun stopping its workers), raised in the main thread so
+    that it ends a run the way Ctrl-C does: records already finished are kept, and a message says
+    so."""
+
+
+@contextlib.contextmanager
+def _sigterm_ends_the_run():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kept(args) -> str:
+    output = getattr(args, "output", None)
+    if not output:
+        return ""
+    return f"; finished records are kept in {output}.partial and the same command resumes"
+
+
+def cpu_threading_defaults() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch (and its OpenMP runtime)
+    loads. torch's CPU threads otherwise spin-wait for each other at the end of every parallel
+    op; when another process holds a core, the waiting thread spins while the one it waits for
+    is descheduled, and a 2-core machine under load runs 10-50x slower (a 576x1536 linear: 0.3
+    ms with one thread, 16 ms with two; profiling/bench_cpu.py and the README's CPU section).
+    Passive threads sleep instead, at a small cost when the cores are free."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,36 +290,43 @@ def main(argv: list[str] | None = None) -> int:
         from samgpu.cli.bench import run_bench
 
         return run_bench(argv[1:])
+    cpu_threading_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "generate":
-            from samgpu.cli.generate import check_args, generate_one
+    with _sigterm_ends_the_run():
+        try:
+            return _run(parser, args)
+        except UserError as e:
+            error(str(e))
+            return e.exit_code
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated):
+                error(f"terminated (SIGTERM){_kept(args)}")
+                return 128 + 15
+            error(f"interrupted{_kept(args)}")
+            return 130
+        except OSError as e:  # a file system refusing a write mid-run: one line, not a traceback
+            where = f" ({e.filename})" if e.filename else ""
+            error(f"{e.strerror or e}{where}{_kept(args)}")
+            return EXIT_ENVIRONMENT
 
-            check_args(args)
-            if args.prompt is not None:
-                return generate_one(args)
-            from samgpu.cli.file import generate_file
 
-            return generate_file(args)
-        if args.command == "index":
-            from samgpu.sam.cli import run_index
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "generate":
+        from samgpu.cli.generate import check_args, generate_one
 
-            return run_index(args, load_tokenizer=load_tokenizer)
-        parser.error(f"unknown command {args.command!r}")
-    except UserError as e:
-        error(str(e))
-        return e.exit_code
-    except KeyboardInterrupt:
-        output = getattr(args, "output", None)
-        kept = (
-            f"; finished records are kept in {output}.partial and the same command resumes"
-            if output
-            else ""
-        )
-        error(f"interrupted{kept}")
-        return 130
-    return 0
+        check_args(args)
+        if args.prompt is not None:
+            return generate_one(args)
+        from samgpu.cli.file import generate_file
+
+        return generate_file(args)
+    if args.command == "index":
+        from samgpu.sam.cli import run_index
+
+        return run_index(args, load_tokenizer=load_tokenizer)
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
 
 
 def load_tokenizer(name: str):

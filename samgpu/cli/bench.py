@@ -1,9 +1,11 @@
-"""`samgpu bench ARGS` = `python -m profiling.bench_e2e ARGS` from a source checkout.
+"""`samgpu bench [--out DIR] ARGS` = `python -m profiling.bench_e2e ARGS` from a source checkout.
 
 The benchmarks live in the repository's profiling/ folder, which is not installed with the package
 and which samgpu never imports: from an editable install the benchmark runs in a child process
 with the checkout on PYTHONPATH (relative paths in ARGS keep meaning the caller's folder); from a
-wheel install the command says how to get a checkout.
+wheel install the command says how to get a checkout. Results go to `--out DIR` (default: the
+current folder), not into the checkout: the child gets SAMGPU_RESULTS_DIR, which
+profiling.common.results_path honours.
 """
 
 from __future__ import annotations
@@ -25,7 +27,25 @@ def checkout_root() -> Path | None:
     return root if (root / "profiling" / "bench_e2e.py").is_file() else None
 
 
+def _split_out(argv: list[str]) -> tuple[str, list[str]]:
+    """(--out DIR or the current folder, the other arguments)."""
+    rest, out = [], os.getcwd()
+    it = iter(argv)
+    for arg in it:
+        if arg == "--out":
+            out = next(it, "")
+        elif arg.startswith("--out="):
+            out = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return out, rest
+
+
 def run_bench(argv: list[str]) -> int:
+    out, argv = _split_out(argv)
+    if not out or (Path(out).exists() and not Path(out).is_dir()):
+        error(f"samgpu bench --out {out!r}: give a folder for the results")
+        return EXIT_USAGE
     root = checkout_root()
     if root is None:
         error(
@@ -36,5 +56,8 @@ def run_bench(argv: list[str]) -> int:
         return EXIT_USAGE
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    env["SAMGPU_RESULTS_DIR"] = str(Path(out).absolute())
+    if "-h" not in argv and "--help" not in argv:
+        print(f"samgpu bench: results go to {env['SAMGPU_RESULTS_DIR']}", file=sys.stderr)
     cmd = [sys.executable, "-m", "profiling.bench_e2e", *argv]
     return subprocess.run(cmd, env=env).returncode

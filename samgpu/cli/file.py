@@ -1,28 +1,39 @@
 """`samgpu generate --input ... --output ...`: a JSONL file, resumable, in one process or one per
-GPU under torchrun (argument checks and the model session: samgpu/cli/generate.py).
+GPU under torchrun (argument checks, the Plan and the model Session: samgpu/cli/generate.py).
 
-Flow: read and check every input line (samgpu.io) -> join the torchrun group, if any
-(samgpu.distributed) -> rank 0 opens the output, resuming `<output>.partial`, and tells every rank
-which records are done -> each rank loads the model and index, tokenizes its round-robin shard,
-skips (or, with --strict, rejects) empty and over-long prompts, and allocates its buffers (out of
-memory here is an error naming a batch size) -> one process: every pending prompt goes through the
-scheduler in one call, and each record is appended to the partial file as its request finishes;
-under torchrun: rounds (one batch per rank, or ROUND_BATCHES batches' worth with
---continuous-batching) gathered on rank 0, which appends them -> rank 0 writes the final file in
-input order and renames it into place.
+Flow: argument and path checks (the output is never the input; folders writable) -> read and check
+every input line (samgpu.inputs) -> join the torchrun group, if any (samgpu.distributed) -> an
+existing final output is either done (its fingerprint matches this input and these settings:
+exit 0) or refused (exit 2, naming what changed) -> the Plan, before any output file exists: drafter
+options, tokenizer, context length, static index, every prompt tokenized; empty and over-long
+prompts are skipped (or, with --strict, rejected), and a file in which nothing can run is an error
+-> rank 0 opens the output, resuming `<output>.partial`, and tells every rank which records are
+done -> each rank loads the model and allocates its buffers (out of memory here is an error naming
+a batch size; a failed set-up removes a partial file that holds no record) -> one process: every
+pending prompt goes through the scheduler in one call, and each record is appended to the partial
+file as its request finishes; under torchrun: rounds (one batch per rank, or ROUND_BATCHES
+batches' worth with --continuous-batching) gathered on rank 0, which appends them -> rank 0 writes
+the final file in input order with its fingerprint (samgpu.io).
+
+Exit status: 0; EXIT_SKIPPED (3) when the output is complete but some records were skipped (0 with
+--allow-skips); 2 for what the user can fix; 1 for the environment; 130 / 143 when interrupted.
+
+Per-record `stats`: steps, generated, mat, tokens_per_s, accepted_hist, sources (the request's
+own); `decode_s`, from its admission to the check that collected it (its wall time in the batch),
+`queued_s` and `finish_s` (since the call started); `batch_prefill_s`, the prefill call that
+admitted it, shared with every request admitted in that call (not a per-request cost).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from samgpu.cli.generate import Session, oom_error, profiler, run_device
+from samgpu.cli.generate import Plan, Session, chain, oom_error, profiler, run_device
 from samgpu.cli.output import error, warn
+from samgpu.cli.progress import Progress, RunTotals, write_stats
 from samgpu.errors import UserError
 
 
@@ -46,53 +57,6 @@ def _settings(args: argparse.Namespace, input_fp: str, num_records: int) -> dict
     }
 
 
-class Progress:
-    """tqdm bar over records with live tokens/s and mean accepted tokens per step (rank 0)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit="req", dynamic_ncols=True, file=sys.stderr)
-        self.t0 = time.perf_counter()
-        self.tokens = 0  # tokens of finished rounds
-        self.steps = 0.0  # decode steps of finished rounds, summed over requests
-        self.call_tokens = 0  # the running round so far (finished and live requests)
-        self.call_steps = 0.0
-
-    def on_step(self, info: Any) -> None:
-        """ProgressInfo of the running generate call."""
-        self.call_tokens = info.done_tokens + sum(info.num_generated)
-        self.call_steps = float(info.done_steps + sum(info.num_steps))
-        self._postfix()
-
-    def records_done(self, num_records: int) -> None:
-        if self.bar is not None and num_records:
-            self.bar.update(num_records)
-
-    def round_done(self, tokens: int, steps: float) -> None:
-        self.tokens += tokens
-        self.steps += steps
-        self.call_tokens, self.call_steps = 0, 0.0
-        self._postfix()
-
-    def _postfix(self) -> None:
-        if self.bar is None:
-            return
-        tokens = self.tokens + self.call_tokens
-        steps = self.steps + self.call_steps
-        rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
-        post = f"{rate:.3g} tok/s"
-        if steps:
-            post += f", MAT {tokens / steps:.2f}"
-        self.bar.set_postfix_str(post, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # torchrun with --continuous-batching: batches' worth of prompts per round (gathered after it)
 ROUND_BATCHES = 8
 
@@ -101,7 +65,7 @@ def generate_file(args: argparse.Namespace) -> int:
     import torch
 
     from samgpu import distributed as dist
-    from samgpu.io import OutputWriter, fingerprint_file, read_records
+    from samgpu.io import OutputWriter, check_final, fingerprint_file, read_records
 
     records = read_records(args.input, field=args.field)
     if args.limit is not None:
@@ -110,53 +74,70 @@ def generate_file(args: argparse.Namespace) -> int:
     info = dist.init(device.type)
     device = run_device(args, info)
     rank_suffix = f"-rank{info.rank}" if info.is_distributed else ""
+    settings = _settings(args, fingerprint_file(args.input), len(records))
 
-    # rank 0 opens (and maybe resumes) the output; every rank learns which records are done
-    writer, status = None, {"error": None, "exit": 0, "done": []}
-    if info.is_main:
-        try:
-            settings = _settings(args, fingerprint_file(args.input), len(records))
-            writer = OutputWriter.open(args.output, settings, overwrite=args.overwrite)
-            status["done"] = sorted(writer.done)
-        except UserError as e:
-            status = {"error": str(e), "exit": e.exit_code, "done": []}
-    status = dist.broadcast(status, info)
+    # 1. an existing final output is done (same input and settings) or refused; nothing is created
+    status = _on_main(info, lambda: None if args.overwrite else check_final(args.output, settings))
     if status["error"] is not None:
-        if info.is_main:
-            (warn if status["exit"] == 0 else error)(status["error"])
-        dist.shutdown()
-        return status["exit"]
+        return _stop(args, info, status)
+
+    # 2. everything that can be checked before any output file exists: options, tokenizer,
+    # context, index, every prompt (--strict, all skipped); the weights load later
+    setup_error: UserError | None = None
+    try:
+        plan = Plan(args, device)
+        work, skipped = _prepare(plan, records, args)
+    except UserError as e:
+        setup_error = e
+    if not dist.all_ok(setup_error is None, info):
+        return _failed_setup(setup_error, info, None)
+    if info.is_main:
+        _warn_skipped(skipped, args)
+
+    # 3. rank 0 locks the output and opens (or resumes) the partial; every rank learns what is done
+    writer = None
+
+    def open_output():
+        nonlocal writer
+        writer = OutputWriter.open(args.output, settings, overwrite=args.overwrite)
+        return sorted(writer.done)
+
+    status = _on_main(info, open_output)
+    if status["error"] is not None:
+        return _stop(args, info, status)
     done = set(status["done"])
-    pending = [r for r in records if r.index not in done]
+    pending = [(rec, ids) for rec, ids in work if rec.index not in done]
+    summary = {"num_skipped": len(skipped)}
+    new_skipped = [(i, r) for i, r, _ in skipped if i not in done]
     if not pending:
         if writer is not None:
-            writer.finalize(len(records))
-            print(f"samgpu: {args.output} complete ({len(records)} records)", file=sys.stderr)
+            writer.add_many(new_skipped)
+            writer.finalize(len(records), summary)
+            print(
+                f"samgpu: {args.output} complete ({_counts(summary, len(records))})",
+                file=sys.stderr,
+            )
         dist.shutdown()
-        return 0
+        return _exit_status(summary, args)
     if done and info.is_main:
         print(
             f"samgpu: resuming {args.output}: {len(done)} of {len(records)} records already done",
             file=sys.stderr,
         )
 
+    # 4. load the model and allocate (out of memory here names a batch size)
     mine = dist.shard(pending, info)
-    setup_error: UserError | None = None
     session = None
     try:
-        session = Session(args, device, num_reqs=args.batch_size, max_len=args.max_new_tokens)
-        work, skipped = _prepare(session, mine, args)
-        longest = max((len(ids) for _, ids in work), default=1)
-        session.warm_up(min(args.batch_size, max(len(work), 1)), longest)
+        session = Session(plan, num_reqs=args.batch_size, max_len=args.max_new_tokens)
+        longest = max((len(ids) for _, ids in mine), default=1)
+        session.warm_up(min(args.batch_size, max(len(mine), 1)), longest)
     except UserError as e:
         setup_error = e
     if not dist.all_ok(setup_error is None, info):
-        if setup_error is not None:
-            error(str(setup_error))
-        if writer is not None:
-            writer.close()
-        dist.shutdown()
-        return setup_error.exit_code if setup_error is not None else 1
+        return _failed_setup(setup_error, info, writer)
+    if writer is not None:
+        writer.add_many(new_skipped)  # after the set-up: a failed one leaves no partial file
 
     progress = Progress(len(pending), enabled=info.is_main and not args.no_progress)
     # One process: a single round of everything, each record written as it finishes. torchrun:
@@ -165,15 +146,15 @@ def generate_file(args: argparse.Namespace) -> int:
     if info.is_distributed:
         round_size = args.batch_size * (ROUND_BATCHES if args.continuous_batching else 1)
     else:
-        round_size = max(len(work), 1)
+        round_size = max(len(mine), 1)
     rounds = dist.num_rounds(len(pending), round_size, info)
     rank_busy = [0.0] * info.world_size  # seconds each rank spent generating (rank 0 sums them)
     timing = RunTotals()  # this rank's prefill / decode / host seconds and drafting steps
     try:
-        with profiler(args, rank_suffix):
+        with profiler(args, rank_suffix) as prof:
             for t in range(rounds):
-                results = list(skipped) if t == 0 else []
-                batch = work[t * round_size : (t + 1) * round_size]
+                results = []
+                batch = mine[t * round_size : (t + 1) * round_size]
                 tokens = steps = busy = 0.0
                 failure: BaseException | None = None
                 if batch:
@@ -192,7 +173,7 @@ def generate_file(args: argparse.Namespace) -> int:
                     try:
                         out = session.generate(
                             [ids for _, ids in batch],
-                            on_progress=progress.on_step,
+                            on_progress=chain(progress.on_step, prof.step),
                             on_finish=finished,
                         )
                         tokens = sum(len(t) for t in out.tokens)
@@ -220,7 +201,7 @@ def generate_file(args: argparse.Namespace) -> int:
                         exit_code=1,
                     )
         if writer is not None:
-            writer.finalize(len(records))
+            writer.finalize(len(records), summary)
     except BaseException:
         dist.shutdown()
         raise
@@ -233,95 +214,132 @@ def generate_file(args: argparse.Namespace) -> int:
         secs = time.perf_counter() - progress.t0
         if args.stats_json:
             totals = (len(records), len(pending), n_tok, progress.steps, secs, rank_busy, rounds)
-            _write_stats(args, info, session, timing, *totals)
+            write_stats(args, info, session, timing, *totals)
+        mat = (
+            f", mean accepted tokens per step {n_tok / progress.steps:.2f}"
+            if progress.steps
+            else ""
+        )
         print(
-            f"samgpu: wrote {args.output} ({len(records)} records; {n_tok} new tokens in"
-            f" {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s"
-            + (
-                f", mean accepted tokens per step {n_tok / progress.steps:.2f}"
-                if progress.steps
-                else ""
-            )
-            + ")",
+            f"samgpu: wrote {args.output} ({_counts(summary, len(records))}; {n_tok} new tokens"
+            f" in {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s{mat})",
             file=sys.stderr,
         )
+    prof.report()
     dist.shutdown()
-    return 0
+    return _exit_status(summary, args)
 
 
-class RunTotals:
-    """The scheduler's RunStats summed over a rank's generate calls (--stats-json "timing")."""
-
-    def __init__(self):
-        self.prefill_s = self.steps_s = self.host_s = 0.0
-        self.steps = self.drafting_steps = 0
-
-    def add(self, run) -> None:
-        self.prefill_s += run.prefill_s
-        self.steps_s += run.steps_s
-        self.host_s += run.host_s
-        self.steps += run.steps
-        self.drafting_steps += run.drafting_steps
+# Exit status of a run that wrote (or found) its output complete but with skipped records (empty
+# or over-long prompts, each with an 'error' field): not 0, so that a script notices; 0 with
+# --allow-skips.
+EXIT_SKIPPED = 3
 
 
-def _write_stats(
-    args, info, session, timing, num_records, num_new, tokens, steps, seconds, rank_busy, rounds
-) -> None:
-    """--stats-json: the totals; generation time counts from after warm-up to the last write.
-    rank_generate_seconds: time each rank spent inside generate; the rest of a rank's share of
-    generate_seconds is waiting for the other ranks (each round ends with a gather) and writing.
-    timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
-    how many drafted (the others were plain AR steps of adaptive speculation)."""
-    import torch
-
-    stats = {
-        "records": num_records,
-        "new_records": num_new,
-        "new_tokens": int(tokens),
-        "generate_seconds": round(seconds, 4),
-        "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
-        "mean_accepted_tokens": round(tokens / steps, 4) if steps else None,
-        "load_seconds": round(session.load_seconds, 3),
-        "world_size": info.world_size,
-        "rounds": rounds,
-        "rank_generate_seconds": [round(b, 4) for b in rank_busy],
-        "timing": {
-            "prefill_s": round(timing.prefill_s, 4),
-            "steps_s": round(timing.steps_s, 4),
-            "host_s": round(timing.host_s, 4),
-        },
-        "steps": timing.steps,
-        "drafting_steps": timing.drafting_steps,
-        "batch_size": args.batch_size,
-        "method": args.method,
-        "max_new_tokens": args.max_new_tokens,
-        "device": torch.cuda.get_device_name() if session.device.type == "cuda" else "cpu",
-    }
-    path = Path(args.stats_json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=1) + "\n")
+def _exit_status(summary: dict[str, Any], args: argparse.Namespace) -> int:
+    return EXIT_SKIPPED if summary.get("num_skipped") and not args.allow_skips else 0
 
 
-def _prepare(session: Session, records, args):
-    """Tokenize; split into (record, ids) to generate and finished 'skipped' output records."""
+def _counts(summary: dict[str, Any], num_records: int | None) -> str:
+    """'6 records' / '6 records, 2 skipped (...)'; without num_records, the skips alone."""
+    skipped = summary.get("num_skipped") or 0
+    total = f"{num_records} records" if num_records is not None else ""
+    if not skipped:
+        return total
+    note = (
+        f"{skipped} skipped (their records have an 'error' field; exit status {EXIT_SKIPPED}"
+        " unless --allow-skips)"
+    )
+    return f"{total}, {note}" if total else note
+
+
+def _on_main(info, fn) -> dict[str, Any]:
+    """Run fn on rank 0 and tell every rank how it went: {"error", "exit", "done"}; an
+    OutputComplete is reported with its exit status from the output's summary."""
+    from samgpu import distributed as dist
+    from samgpu.io import OutputComplete
+
+    status: dict[str, Any] = {"error": None, "exit": 0, "done": [], "summary": None}
+    if info.is_main:
+        try:
+            status["done"] = fn() or []
+        except OutputComplete as e:
+            summary = e.meta.get("summary") or {}
+            status.update(error=str(e), summary=summary)
+        except UserError as e:
+            status.update(error=str(e), exit=e.exit_code)
+    return dist.broadcast(status, info)
+
+
+def _stop(args: argparse.Namespace, info, status: dict[str, Any]) -> int:
+    """End the run on every rank with rank 0's message: an output already complete (exit 0, or
+    EXIT_SKIPPED for skipped records) or an error."""
+    from samgpu import distributed as dist
+
+    code = status["exit"]
+    if status["summary"] is not None:  # complete already
+        code = _exit_status(status["summary"], args)
+        if info.is_main:
+            print(f"samgpu: {status['error']}", file=sys.stderr)
+            if code:
+                warn(_counts(status["summary"], None))
+    elif info.is_main:
+        error(status["error"])
+    dist.shutdown()
+    return code
+
+
+def _failed_setup(setup_error: UserError | None, info, writer) -> int:
+    """Every rank stops together; a partial file this run holds no record of is removed."""
+    from samgpu import distributed as dist
+
+    if setup_error is not None:
+        error(str(setup_error))
+    if writer is not None:
+        writer.close(discard_unstarted=True)
+    dist.shutdown()
+    return setup_error.exit_code if setup_error is not None else 1
+
+
+def _prepare(plan: Plan, records, args):
+    """Tokenize every record: (record, ids) to generate, and (index, output record, file:line)
+    of those skipped (empty, or too long for the context), each with an 'error'. --strict makes
+    a skip an error; so is a file in which no record can run."""
     work, skipped = [], []
+    first_problem = None
     for rec in records:
         problem = "empty prompt" if rec.is_empty else None
         ids: list[int] = []
         if problem is None:
-            ids = session.encode(rec.prompt, rec.messages)
-            problem = session.too_long(ids)
+            ids = plan.encode(rec.prompt, rec.messages)
+            problem = plan.too_long(ids)
         if problem is None:
             work.append((rec, ids))
             continue
         where = f"{args.input}:{rec.line}"
         if args.strict:
             raise UserError(f"{where}: {problem} (--strict)")
-        warn(f"{where}: {problem}; skipped (its output record has an 'error' field)")
+        first_problem = first_problem or f"{where}: {problem}"
         out = dict(rec.data)
         out.update({args.output_field: None, "finish_reason": "skipped", "error": problem})
-        skipped.append((rec.index, out))
+        skipped.append((rec.index, out, where))
+    if not work:
+        raise UserError(
+            f"no record can run: all {len(records)} would be skipped (first: {first_problem});"
+            " nothing was written"
+        )
     return work, skipped
+
+
+# skipped records warned about one by one, then counted
+MAX_SKIP_WARNINGS = 10
+
+
+def _warn_skipped(skipped, args) -> None:
+    for _, out, where in skipped[:MAX_SKIP_WARNINGS]:
+        warn(f"{where}: {out['error']}; skipped (its output record has an 'error' field)")
+    if len(skipped) > MAX_SKIP_WARNINGS:
+        warn(f"... and {len(skipped) - MAX_SKIP_WARNINGS} more records skipped")
 
 
 def _output_record(session: Session, rec, tokens: list[int], stats: dict) -> dict[str, Any]:
@@ -332,7 +350,10 @@ def _output_record(session: Session, rec, tokens: list[int], stats: dict) -> dic
     out[session.args.output_field] = done.text
     out["finish_reason"] = done.finish_reason
     out["num_tokens"] = len(done.tokens)
-    out["stats"] = _jsonable(done.stats)
+    stats = dict(done.stats)
+    if "prefill_s" in stats:  # shared by the requests admitted together: named so
+        stats["batch_prefill_s"] = stats.pop("prefill_s")
+    out["stats"] = _jsonable(stats)
     return out
 
 

@@ -6,13 +6,14 @@ the parser and entry point are in samgpu/cli/__init__.py.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from samgpu.cli.profile import chain, profiled_range, profiler
 from samgpu.decoding.stages import nvtx_range
 from samgpu.errors import UserError
 from samgpu.hf_args import single_token_stops
@@ -38,9 +39,9 @@ def check_args(args: argparse.Namespace) -> None:
     from samgpu.drafters import method_names
 
     methods = method_names()
-    if args.method.lower() in methods:
+    if args.method is not None and args.method.lower() in methods:
         args.method = args.method.lower()
-    if args.method not in methods:
+    if args.method is not None and args.method not in methods:
         import difflib
 
         close = difflib.get_close_matches(args.method, methods, n=1)
@@ -70,60 +71,97 @@ def check_args(args: argparse.Namespace) -> None:
             f"--check-every {args.check_every} must be >= 1",
         ),
         (all(args.stop), "--stop needs a non-empty string"),
+        (args.threads is None or args.threads >= 1, f"--threads {args.threads} must be >= 1"),
+        (args.profile_windows >= 1, f"--profile-windows {args.profile_windows} must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
     parse_options(args.option)  # syntax errors before any model loads
+    check_paths(args)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    """The folder `path` would be created in (its nearest existing ancestor) must be a folder this
+    process can write to; checked before anything runs, so that no run ends in an OSError."""
+    folder = path.expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{what} {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {str(path)!r}: cannot write in folder {str(folder)!r}")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Output, --stats-json and --profile paths, before anything is read or written: the output
+    is never the input (nor are its side files), and every folder written to is writable."""
+    from samgpu.io import lock_path, meta_path, partial_path
+
+    if args.profile:
+        prof = Path(args.profile)
+        if prof.exists() and not prof.is_dir():
+            raise UserError(f"--profile {args.profile!r} is a file; give a folder for the trace")
+        _writable_folder(prof / "trace.json", "--profile")
+    if args.input is None:
+        return
+    src, out = Path(args.input), Path(args.output)
+    if _same_file(src, out):
+        raise UserError(
+            f"--output {args.output!r} is the --input file; samgpu never writes over its input:"
+            " choose another --output"
+        )
+    for side, what in ((partial_path(out), "partial"), (lock_path(out), "lock")):
+        if _same_file(src, side):
+            raise UserError(
+                f"--input {args.input!r} is where the output's {what} file goes; rename the input"
+                " or choose another --output"
+            )
+    if _same_file(src, meta_path(out)):
+        raise UserError(f"--input {args.input!r} is the output's fingerprint file")
+    if not out.expanduser().absolute().parent.is_dir():
+        raise UserError(f"output folder {str(out.parent)!r} does not exist")
+    _writable_folder(out, "--output")
+    if args.stats_json:
+        stats = Path(args.stats_json)
+        if any(_same_file(stats, p) for p in (src, out, partial_path(out), meta_path(out))):
+            raise UserError(f"--stats-json {args.stats_json!r} would overwrite the input or output")
+        _writable_folder(stats, "--stats-json")
 
 
 # ----------------------------------------------------------------------------- generate: set-up
 
 
-class Session:
-    """Model, tokenizer and SamDecoder for one CLI run."""
+class Plan:
+    """What a run needs and can check before any weights load or any output file exists: the
+    drafter options (validated), the tokenizer, the model's context length (its config), the
+    static index (loaded, validated, checked against the tokenizer) and the encoded prompts."""
 
-    def __init__(self, args: argparse.Namespace, device, *, num_reqs: int, max_len: int):
-        import torch
-
+    def __init__(self, args: argparse.Namespace, device):
         from samgpu import api, resolve
+        from samgpu.factory import draft_nodes
 
         self.args = args
         self.device = device
-        dtype = api.resolve_dtype(args.dtype, device)
         resolve.quiet_transformers()
-        t0 = time.perf_counter()
+        self.options = parse_options(args.option)
         try:
-            self.model, self.tokenizer = api.load_model(args.model, device, dtype)
-        except torch.OutOfMemoryError as e:
-            raise api.SetupError(
-                api.out_of_memory_message(
-                    e, batch_size=num_reqs, max_len=max_len, what="loading the model"
-                )
-            ) from None
-        self.load_seconds = time.perf_counter() - t0
-        options = parse_options(args.option)
-        try:
-            self.decoder = api.SamDecoder(
-                self.model,
-                self.tokenizer,
-                args.method,
-                api.resolve_index(
-                    args.index, self.tokenizer, args.method, progress=not args.no_progress
-                ),
-                use_cuda_graphs=not args.no_cuda_graphs,
-                check_every=args.check_every,
-                continuous_batching=args.continuous_batching,
-                speculation=args.speculation,
-                exact=args.exact,
-                stage_range=profiled_range if args.profile else nvtx_range,
-                **options,
-            )
+            draft_nodes(args.method, 1, device, self.options)  # unknown or bad options
         except (ValueError, TypeError) as e:
             raise UserError(str(e)) from None
-        self.eos = api.eos_ids(self.model, self.tokenizer)
+        self.tokenizer = resolve.load_tokenizer(args.model)
+        self.context = resolve.context_length(args.model)
+        self.index = api.resolve_index(
+            args.index, self.tokenizer, args.method, progress=not args.no_progress
+        )
         self.stop_ids = single_token_stops(args.stop, self.tokenizer)
-        self.context = self.decoder.context_length()
 
     def encode(self, prompt: str | None, messages: list[dict] | None) -> list[int]:
         from samgpu.api import encode_chat
@@ -144,6 +182,49 @@ class Session:
             f"prompt of {len(ids)} tokens + --max-new-tokens {self.args.max_new_tokens} exceeds"
             f" the model's context of {self.context} tokens"
         )
+
+
+class Session:
+    """The loaded model and its SamDecoder for one CLI run, from a checked Plan."""
+
+    def __init__(self, plan: Plan, *, num_reqs: int, max_len: int):
+        import torch
+
+        from samgpu import api
+
+        args, device = plan.args, plan.device
+        self.args = args
+        self.device = device
+        self.tokenizer = plan.tokenizer
+        dtype = api.resolve_dtype(args.dtype, device)
+        t0 = time.perf_counter()
+        try:
+            self.model, _ = api.load_model(args.model, device, dtype, tokenizer=plan.tokenizer)
+        except torch.OutOfMemoryError as e:
+            raise api.SetupError(
+                api.out_of_memory_message(
+                    e, batch_size=num_reqs, max_len=max_len, what="loading the model"
+                )
+            ) from None
+        self.load_seconds = time.perf_counter() - t0
+        try:
+            self.decoder = api.SamDecoder(
+                self.model,
+                self.tokenizer,
+                args.method,
+                plan.index,
+                use_cuda_graphs=not args.no_cuda_graphs,
+                check_every=args.check_every,
+                continuous_batching=args.continuous_batching,
+                speculation=args.speculation,
+                exact=args.exact,
+                stage_range=profiled_range if args.profile else nvtx_range,
+                **plan.options,
+            )
+        except (ValueError, TypeError) as e:
+            raise UserError(str(e)) from None
+        self.eos = api.eos_ids(self.model, self.tokenizer)
+        self.stop_ids = plan.stop_ids
 
     def warm_up(self, num_reqs: int, longest: int) -> None:
         """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice."""
@@ -179,48 +260,25 @@ def run_device(args: argparse.Namespace, info=None):
     device = api.resolve_device(args.device)
     if info is not None and info.is_distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank)
+    if device.type == "cpu":
+        configure_threads(args.threads, info)
+    if args.method is None:
+        args.method = api.default_method(device)
     return device
 
 
-def profiler(args: argparse.Namespace, rank_suffix: str):
-    """torch.profiler around generation when --profile is set; exports on exit."""
-    if not args.profile:
-        return contextlib.nullcontext()
+def configure_threads(threads: int | None, info=None) -> int:
+    """torch's intra-op threads on CPU: --threads if given; else OMP_NUM_THREADS if set (torch
+    read it already); else torch's default (one per physical core), divided among the processes
+    of a torchrun group on this host (each would otherwise take every core)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
-    out_dir = Path(args.profile)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-
-    @contextlib.contextmanager
-    def run():
-        with profile(activities=activities, record_shapes=False) as prof:
-            yield prof
-        trace = out_dir / f"trace{rank_suffix}.json"
-        prof.export_chrome_trace(str(trace))
-        sort = "cuda_time_total" if ProfilerActivity.CUDA in activities else "cpu_time_total"
-        table = prof.key_averages().table(sort_by=sort, row_limit=40)
-        (out_dir / f"summary{rank_suffix}.txt").write_text(table + "\n")
-        print(
-            f"samgpu: profiler trace written to {trace} (open in ui.perfetto.dev)", file=sys.stderr
-        )
-
-    return run()
-
-
-@contextlib.contextmanager
-def profiled_range(name: str):
-    """A decode-step stage as an NVTX range (Nsight) and a torch.profiler range `samgpu.<stage>`
-    (the --profile trace), passed to the decoder as its stage_range."""
-    from torch.profiler import record_function
-
-    from samgpu.decoding.stages import nvtx_range
-
-    with nvtx_range(name), record_function(f"samgpu.{name}"):
-        yield
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if info is not None else 1
+        threads = max(1, torch.get_num_threads() // max(local, 1))
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def oom_error(e: BaseException, args: argparse.Namespace) -> UserError:
@@ -285,17 +343,18 @@ def generate_one(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise UserError("the prompt is empty: pass some text with --prompt")
     device = run_device(args)
-    session = Session(args, device, num_reqs=1, max_len=args.max_new_tokens)
-    ids = session.encode(prompt, None)
-    reason = session.too_long(ids)
+    plan = Plan(args, device)
+    ids = plan.encode(prompt, None)
+    reason = plan.too_long(ids)
     if reason:
         raise UserError(reason + "; shorten it or lower --max-new-tokens")
+    session = Session(plan, num_reqs=1, max_len=args.max_new_tokens)
     streamer = _Streamer(session.tokenizer, args.stop)
     t0 = time.perf_counter()
     try:
         session.warm_up(1, len(ids))
-        with profiler(args, ""):
-            out = session.generate([ids], on_progress=streamer)
+        with profiler(args, "") as prof:
+            out = session.generate([ids], on_progress=chain(streamer, prof.step))
     except torch.OutOfMemoryError as e:
         raise oom_error(e, args) from None
     seconds = time.perf_counter() - t0
@@ -315,4 +374,5 @@ def generate_one(args: argparse.Namespace) -> int:
         f" method {args.method}, {device.type}; stop: {done.finish_reason}]",
         file=sys.stderr,
     )
+    prof.report()
     return 0

@@ -62,8 +62,19 @@ def add_index_parser(subparsers) -> argparse.ArgumentParser:
         "--force", action="store_true", help="rebuild the default index even if it is cached"
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
-    stats = sub.add_parser("stats", help="print an index file's sizes as one JSON line")
-    stats.add_argument("path")
+    stats = sub.add_parser(
+        "stats",
+        help="print an index file's sizes as one JSON line",
+        description="Load a static index file, check its checksums and run the deep structural"
+        " validation, then print one JSON line: states, edges, corpus tokens, vocabulary size,"
+        " tokenizer fingerprint, file bytes, and 'structure': 'ok' (or one error line, exit 2).",
+    )
+    stats.add_argument(
+        "path",
+        metavar="PATH",
+        help="a .samidx file, as `samgpu index build --out PATH` writes it (the default index"
+        " lives in $SAMGPU_CACHE, default ~/.cache/samgpu)",
+    )
     return index
 
 

@@ -138,3 +138,70 @@ def test_writer_is_a_context_manager_and_close_is_idempotent(tmp_path):
         w.add(1, {"c": 1})
     with OutputWriter.open(out, {"a": 1}) as again:
         assert again.done == {0: {"c": 0}}
+
+
+def test_final_file_has_a_fingerprint_that_decides_done_or_refused(tmp_path):
+    """finalize writes <out>.samgpu.json (settings, count, summary, SHA-256) before <out>;
+    check_final: same settings and file -> OutputComplete (exit 0, with the summary); other
+    settings, an edited file, a missing fingerprint -> UserError (exit 2) naming the fix."""
+    from samgpu.io import OutputComplete, check_final
+
+    out = tmp_path / "out.jsonl"
+    check_final(out, {"n": 1})  # nothing there: nothing to say
+    with OutputWriter.open(out, {"n": 1}) as w:
+        w.add_many([(0, {"c": 0}), (1, {"c": 1})])
+        w.finalize(2, {"num_skipped": 1})
+    meta = json.loads(out.with_name("out.jsonl.samgpu.json").read_text())
+    assert meta["num_records"] == 2 and meta["summary"] == {"num_skipped": 1}
+    with pytest.raises(OutputComplete) as e:
+        check_final(out, {"n": 1})
+    assert e.value.exit_code == 0 and e.value.meta["summary"] == {"num_skipped": 1}
+    with pytest.raises(UserError, match=r"another input or settings \(n: 1 -> 2\).*--overwrite"):
+        check_final(out, {"n": 2})
+    out.write_text(out.read_text().replace('"c": 1', '"c": 9'))
+    with pytest.raises(UserError, match="changed after samgpu finished it") as e:
+        check_final(out, {"n": 1})
+    assert e.value.exit_code == 2
+    out.with_name("out.jsonl.samgpu.json").unlink()
+    with pytest.raises(UserError, match="not as a finished samgpu output"):
+        OutputWriter.open(out, {"n": 1})
+
+
+def test_crash_between_the_two_renames_resumes(tmp_path, monkeypatch):
+    """The fingerprint is renamed into place first: a crash before the final file's rename leaves
+    the partial file, and the same settings finish it; a fingerprint without its file is stale."""
+    from samgpu import io
+
+    out = tmp_path / "out.jsonl"
+    w = OutputWriter.open(out, {"n": 1})
+    w.add_many([(0, {"c": 0})])
+    real = io._replace_durably
+    calls = []
+
+    def crash_on_the_second(dest, data):
+        calls.append(dest.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(dest, data)
+
+    monkeypatch.setattr(io, "_replace_durably", crash_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        w.finalize(1)
+    w.close()
+    monkeypatch.setattr(io, "_replace_durably", real)
+    assert calls == ["out.jsonl.samgpu.json", "out.jsonl"] and not out.exists()
+    with OutputWriter.open(out, {"n": 1}) as w:
+        assert w.done == {0: {"c": 0}}
+        assert not out.with_name("out.jsonl.samgpu.json").exists()
+        w.finalize(1)
+    assert out.read_text() == '{"c": 0}\n'
+
+
+def test_failed_set_up_discards_an_unstarted_partial(tmp_path):
+    out = tmp_path / "out.jsonl"
+    OutputWriter.open(out, {"n": 1}).close(discard_unstarted=True)
+    assert list(tmp_path.iterdir()) == []
+    with OutputWriter.open(out, {"n": 1}) as w:  # control: a partial with a record is kept
+        w.add_many([(0, {"c": 0})])
+    OutputWriter.open(out, {"n": 1}).close(discard_unstarted=True)
+    assert out.with_name("out.jsonl.partial").exists()

@@ -1,0 +1,96 @@
+"""Text-level helpers shared by the Python API and the CLI: chat prompts, the ids that end a
+response, and finished token ids -> `Completion` (text cut before a stop string, finish reason).
+
+finish_reason: "eos" (the model ended its answer: an EOS id), "stop" (a stop string or stop token
+the caller gave), "length" (max_new_tokens reached). OpenAI and vLLM report both of the first two as
+"stop"; samgpu keeps them apart because the difference is information (did the model finish, or
+did the caller cut it?), and `finish_reason != "length"` is the portable "not truncated" check.
+
+Example: tokens [9906, 11, 2] with eos (2,) and no stop strings -> Completion(text="Hello,",
+tokens=[9906, 11, 2], finish_reason="eos").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from samgpu.decoding.config import MAX_EOS, ProgressInfo
+from samgpu.hf_args import as_id_tuple, cut_tokens_at_stop, first_stop
+
+
+@dataclass
+class Completion:
+    """One request's result from `samgpu.generate`. `str(c)` is the text."""
+
+    text: str  # completion, prompt excluded, cut before a stop string
+    tokens: list[int]  # generated token ids (EOS included when produced, cut after a stop string)
+    finish_reason: str  # "eos", "stop" (stop string), or "length" (max_new_tokens)
+    stats: dict[str, Any]  # steps, generated, mat, tokens_per_s, sources, ...
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def stats_dict(s: Any) -> dict[str, Any]:
+    """RequestStats (or a dict) -> a plain dict."""
+    if s is None:
+        return {}
+    if dataclasses.is_dataclass(s):
+        return dataclasses.asdict(s)
+    if isinstance(s, dict):
+        return dict(s)
+    return {k: v for k, v in vars(s).items() if not k.startswith("_")}
+
+
+def eos_with_stops(eos: Sequence[int], stop_ids: Sequence[int]) -> tuple[int, ...]:
+    """EOS ids plus single-token stop ids, within the loop's fixed EOS buffer (MAX_EOS). Stop ids
+    that do not fit are still honoured after generation (cut_tokens_at_stop); too many EOS ids are
+    an error rather than silently dropped."""
+    eos = tuple(dict.fromkeys(int(t) for t in eos))
+    if len(eos) > MAX_EOS:
+        raise ValueError(f"at most {MAX_EOS} eos_token_id values are supported, got {len(eos)}")
+    extra = [int(t) for t in dict.fromkeys(stop_ids) if int(t) not in eos]
+    return eos + tuple(extra[: MAX_EOS - len(eos)])
+
+
+def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    """Chat messages -> prompt ids with the generation prompt (assistant turn opened)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "this tokenizer has no chat template: pass plain prompts (raw=True / --raw) instead"
+        )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def progress_tokens(info: ProgressInfo, request: int = 0) -> list[int] | None:
+    """Tokens generated so far by prompt `request`, from a ProgressInfo; None once it is no longer
+    live (finished requests come back in the output)."""
+    if request not in info.request_ids:
+        return None
+    return list(info.tokens[info.request_ids.index(request)])
+
+
+def eos_ids(model, tokenizer) -> tuple[int, ...]:
+    """The ids that end a response: model.generation_config.eos_token_id, else the tokenizer's."""
+    ids = as_id_tuple(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    if not ids and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids = (int(tokenizer.eos_token_id),)
+    return ids
+
+
+def make_completion(
+    tokens: list[int], stats: dict[str, Any], tokenizer, eos: Sequence[int], stop: Sequence[str]
+) -> Completion:
+    """Generated ids -> Completion (text without special tokens, cut before a stop string)."""
+    reason = "eos" if tokens and tokens[-1] in eos else "length"
+    if stop:
+        tokens, hit = cut_tokens_at_stop(tokens, tokenizer, stop)
+        reason = "stop" if hit else reason
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if stop and (p := first_stop(text, stop)) >= 0:
+        text = text[:p]
+    return Completion(text=text, tokens=tokens, finish_reason=reason, stats=dict(stats))

@@ -1,0 +1,78 @@
+"""The Python API as the README shows it (issue 14, item 9): the README's SamDecoder example runs as
+written on the embedded default on a CPU, `SamDecoder.from_pretrained` loads a checkpoint, and
+`samgpu.generate` loads a model once however many methods it is called with."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import samgpu
+from samgpu import api
+from samgpu.api import SamDecoder
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_python_example() -> str:
+    text = README.read_text()
+    section = text[text.index("**Python.**") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_example_runs_on_the_default_model_on_cpu(capsys):
+    """The example (it used an undefined `path` and `.cuda()`) runs verbatim, and its greedy ids
+    equal transformers `generate`'s in float32."""
+    code = readme_python_example()
+    assert "path" not in code.split("#")[0] and ".cuda()" not in code
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    texts = capsys.readouterr().out
+    assert texts.strip() and "mat" in texts
+    model, batch, out = scope["model"], scope["batch"], scope["out"]
+    want = model.generate(**batch, max_new_tokens=16, do_sample=False)
+    assert torch.equal(out, want)
+
+
+def test_from_pretrained_loads_a_checkpoint(tiny_model_dir):
+    dec = SamDecoder.from_pretrained(str(tiny_model_dir), method="ar", device="cpu")
+    assert dec.model.dtype == torch.float32 and dec.tokenizer is not None
+    (text,) = dec.generate(["Hello"], max_new_tokens=3)
+    assert isinstance(text, str)
+
+
+def test_one_model_load_for_every_method(monkeypatch, tiny_model_dir):
+    """samgpu.generate(..., method=m) for two methods loads the model once (it reloaded it for
+    each method), and the same method again reuses its decoder."""
+    api._cached_model.cache_clear()
+    loads = []
+    real = api.load_model
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "load_model", counting)
+    kw = dict(model=str(tiny_model_dir), max_new_tokens=3, device="cpu", raw=True)
+    a = samgpu.generate("Hello", method="ar", **kw)
+    b = samgpu.generate("Hello", method="pld", **kw)
+    assert loads == [str(tiny_model_dir)]
+    assert a.text == b.text  # greedy, float32: lossless
+    model, tok = api._cached_model(str(tiny_model_dir), "cpu", "auto")
+    first = api._cached_decoder(model, tok, "ar", "default", {})
+    assert api._cached_decoder(model, tok, "ar", "default", {}) is first
+    api._cached_model.cache_clear()
+
+
+def test_loaded_model_decoders_are_reused(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samgpu.generate("Hi", model=model, tokenizer=tok, method="ar", max_new_tokens=2, raw=True)
+    (decoder,) = api._DECODERS[model].values()
+    samgpu.generate("Hi", model=model, tokenizer=tok, method="ar", max_new_tokens=2, raw=True)
+    assert list(api._DECODERS[model].values()) == [decoder]
+    with pytest.raises(ValueError, match="tokenizer="):
+        samgpu.generate("Hi", model=model, method="ar")

@@ -1,0 +1,72 @@
+"""CPU thread settings of the command line (issue 14, item 10). No timings here: the numbers are
+profiling/bench_cpu.py's; these check that the settings are made, and made only where they may."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from samgpu.cli.generate import configure_threads
+from tests.api import fixtures
+
+tiny_model_dir = fixtures.tiny_model_dir
+
+
+def omp_policy(code: str, **env) -> str:
+    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_passive_openmp_waits_unless_the_user_chose():
+    """Set before torch loads (a busy-waiting thread on a shared 2-core machine made every op
+    10-50x slower); a user's OMP_WAIT_POLICY wins; once torch is loaded it is left alone (too
+    late to matter, and not ours to change)."""
+    show = "import os; from samgpu import cli; cli.cpu_threading_defaults();"
+    show += " print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert omp_policy(show) == "PASSIVE"
+    assert omp_policy(show, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert omp_policy("import torch; " + show) == "None"
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+def test_threads_flag_and_torchrun_share(monkeypatch, restore_threads):
+    class Info:
+        is_distributed = True
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert configure_threads(1) == 1
+    torch.set_num_threads(restore_threads)
+    # a torchrun group of 2 on this host: each process takes its share of the cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert configure_threads(None, Info()) == max(1, restore_threads // 2)
+    torch.set_num_threads(restore_threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting: left as torch read it
+    assert configure_threads(None, Info()) == restore_threads
+
+
+def test_default_method_is_ar_on_cpu(capsys, tiny_model_dir):
+    """No --method on a CPU: `ar` (the drafting methods measured slower there), said in the
+    statistics line; the API follows the same rule; CUDA keeps the paper's sam+tr."""
+    from samgpu import cli
+    from samgpu.api import SamDecoder, default_method
+    from samgpu.resolve import load_model
+
+    argv = ["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--raw",
+            "--max-new-tokens", "2", "--prompt", "Hi"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "method ar, cpu" in capsys.readouterr().err
+    model, tok = load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+    assert SamDecoder(model, tok).method == "ar"
+    assert default_method("cuda") == "sam+tr" and default_method("cpu") == "ar"
