@@ -248,8 +248,8 @@ def resolve_index(index: Any, tokenizer, method: str, *, progress: bool = False)
     return load_index(index, tokenizer)
 
 
-# the index package's advice to rebuild over the same path (ours follows instead)
-_INDEX_ADVICE = re.compile(r"[;:,]?\s*rebuild it with `samgpu index build[^`]*`(\s*\([^)]*\))?")
+# the index package's own advice (build a new index) is replaced by the CLI-level one below
+_INDEX_ADVICE = re.compile(r"[;:,]?\s*build a new index with `samgpu index build[^`]*`[^;]*$")
 
 
 def load_index(index: Any, tokenizer=None):
@@ -270,7 +270,7 @@ def load_index(index: Any, tokenizer=None):
         try:
             index = SamIndex.load(path)  # validated: no kernel sees an unchecked index
         except (ValueError, OSError, EOFError) as e:
-            # the index package's own advice (rebuild over this very path) is replaced by ours
+            # the index package's own advice is replaced by ours (which names --index choices)
             detail = _INDEX_ADVICE.sub("", str(e))
             raise InputError(
                 f"index {str(path)!r} is corrupt or not a samgpu index ({detail.strip()});"

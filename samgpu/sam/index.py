@@ -404,8 +404,8 @@ class _Builder:
                 "empty corpus: no document has any token; give at least one non-empty document "
                 "(check the corpus files and --fields)"
             )
+        self.close()  # the bar counts corpus tokens: close it before the vocabulary singletons
         self.feed(_vocab_singletons(self.vocab_size, self.eos_id))
-        self.close()
         start = time.perf_counter()
         num_states, _, _, num_tokens, _, num_edges = (int(x) for x in self.meta)
         offsets, tok, dst = _build.sam_flatten(self.st, num_states, self.ht)

@@ -78,8 +78,8 @@ MAX_COUNT: int = 2**31 - 1  # ids and offsets are int32
 
 def fix_hint(path: Path) -> str:
     return (
-        f"rebuild it with `samgpu index build --out {path}` (add --corpus/--tokenizer as when it "
-        "was built)"
+        "build a new index with `samgpu index build --out NEW.samidx` (with --corpus/--tokenizer "
+        f"as when {path.name} was built) and pass that"
     )
 
 
