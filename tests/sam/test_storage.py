@@ -297,3 +297,23 @@ def test_validate_catches_broken_arrays(index):
         bad = SamIndex(**arrays, vocab_size=index.vocab_size, eos_id=index.eos_id)
         with pytest.raises(ValueError, match=match):
             bad.validate()
+
+
+def test_corrupt_index_advice_never_writes_over_the_file(tmp_path):
+    """The fix a damaged index's error suggests builds a NEW file: `--out <the same path>` would
+    overwrite what the user asked us to read."""
+    import numpy as np
+    import pytest
+
+    from samgpu.sam import SamIndex
+
+    path = SamIndex.build([np.array([3, 4, 3], dtype=np.int32)], vocab_size=8, eos_id=0).save(
+        tmp_path / "i.samidx"
+    )
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError) as err:
+        SamIndex.load(path)
+    assert "build a new index" in str(err.value)
+    assert f"--out {path}" not in str(err.value)
