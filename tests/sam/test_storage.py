@@ -310,9 +310,7 @@ def test_corrupt_index_advice_never_writes_over_the_file(tmp_path):
     path = SamIndex.build([np.array([3, 4, 3], dtype=np.int32)], vocab_size=8, eos_id=0).save(
         tmp_path / "i.samidx"
     )
-    raw = bytearray(path.read_bytes())
-    raw[-1] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    path.write_bytes(path.read_bytes()[:-100])  # truncated
     with pytest.raises(ValueError) as err:
         SamIndex.load(path)
     assert "build a new index" in str(err.value)
