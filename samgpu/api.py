@@ -1,10 +1,9 @@
 """Python API: `SamDecoder` (a drop-in for a transformers model's `generate`) and `samgpu.generate`
 (a one-liner on the embedded default model).
 
-`SamDecoder(model, tokenizer, method="sam+tr", index=None)` wraps any transformers causal LM:
-`samgpu.decoding.runners.make_runner` picks the fast Llama-family runner where the architecture
-allows and the generic transformers runner otherwise. `SamDecoder.generate` takes the arguments of
-`model.generate` that make sense for lossless speculative decoding and returns what it returns:
+`SamDecoder(model, tokenizer, method="sam+tr", index=None)` wraps any transformers causal LM (the
+fast Llama-family runner where the architecture allows, else the generic one); `generate` takes
+the arguments of `model.generate` that make sense for lossless speculative decoding:
 
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64)      # before
     out = SamDecoder(model, tok).generate(input_ids, attention_mask=mask, max_new_tokens=64)
@@ -12,24 +11,17 @@ allows and the generic transformers runner otherwise. `SamDecoder.generate` take
 Both give a LongTensor [B, T + new]: each input row unchanged (left padding kept) followed by its
 generated tokens, EOS included, padded on the right with `pad_token_id` after a row finishes. Greedy
 outputs are identical token for token (fp32); sampling follows the same distribution. Defaults are
-resolved as transformers does (the call's arguments, then `model.generation_config`, then
-transformers' global defaults: 20 new tokens, top_k 50 when sampling). Arguments that would change
-the result and that samgpu cannot honour (beam search, repetition penalty, logits processors, ...)
+resolved as transformers does (call, `model.generation_config`, transformers' defaults). Arguments
+that would change the result and that samgpu cannot honour (beam search, repetition penalty, ...)
 raise ValueError; unknown names raise TypeError. Nothing is silently ignored.
 
-Other inputs: a list of strings (tokenized as they are) or a list of chat conversations (lists of
-{"role", "content"}; the chat template is applied) returns a list of completion strings, prompt
-excluded, cut before the first stop string (the OpenAI/vLLM convention; tensor outputs keep the stop
-string, as transformers does).
+Other inputs: a list of strings (tokenized as they are) or of chat conversations (the template is
+applied) returns completion strings, cut before the first stop string (tensor outputs keep it, as
+transformers does). Per-request statistics of the last call are in `decoder.last_stats`.
 
-Statistics of the last call, one entry per request (steps, accepted tokens per step, tokens/s, draft
-sources used), are in `decoder.last_stats`; `samgpu.generate` returns them on each `Completion`.
-
-Capacity: the KV cache, automata and CUDA graphs are sized for (batch, length) on first use and
-regrown when a call needs more (length in multiples of 128); calls that fit reuse them. Decoders
-are built by `samgpu.factory.build_decoder`, the one factory the CLI and the benchmarks use too:
-the draft tree budget follows the batch size, and on a CPU model it is the small one of a large
-batch, since there verifying N nodes costs about N decoding steps.
+Capacity: buffers and CUDA graphs are sized for (batch, length) on first use and regrown when a
+call needs more (length in multiples of 128), by `samgpu.factory.build_decoder`, the one factory
+the CLI and the benchmarks use too (budgets follow the batch size; see the factory).
 """
 
 from __future__ import annotations
@@ -59,6 +51,7 @@ from samgpu.decoding.config import (
 )
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import method_names
+from samgpu.drafters.parts.store import save_store, store_of
 from samgpu.factory import build_decoder, draft_nodes
 from samgpu.hf_args import (
     StreamerAdapter,
@@ -226,6 +219,7 @@ class SamDecoder:
             return self._decoder
         new_reqs = max(cap_reqs, num_reqs)
         new_len = max(cap_len, -(-max_len // LEN_QUANTUM) * LEN_QUANTUM)
+        old_store = store_of(self._decoder.drafter) if self._decoder is not None else None
         self._decoder = None  # free the old buffers before allocating the new ones
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -242,6 +236,8 @@ class SamDecoder:
             )
             if self.device.type == "cuda":
                 self._decoder.engine.warm_up(new_reqs)
+            if old_store is not None:  # a rebuilt decoder keeps what the store learnt
+                store_of(self._decoder.drafter).copy_from(old_store)
         except Exception as e:
             if is_oom(e):
                 raise SetupError(
@@ -252,6 +248,11 @@ class SamDecoder:
             raise
         self._capacity = (new_reqs, new_len)
         return self._decoder
+
+    def save_store(self, path: str | os.PathLike | None = None):
+        """Save the cross-request store (option `store`) to `path`, default its own file; the
+        path written, or None when this decoder has no store (samgpu.drafters.parts.store)."""
+        return None if self._decoder is None else save_store(self._decoder.drafter, path)
 
     # -- token-level entry point (CLI, benchmarks)
 

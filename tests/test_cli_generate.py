@@ -243,3 +243,35 @@ def test_seeded_sampling_is_reproducible(tmp_path, tiny_model_dir, prompts_file)
         outs.append([r["completion"] for r in read_jsonl(out)])
     assert outs[0] == outs[1]
     assert outs[0] != outs[2]
+
+
+def test_store_is_loaded_and_saved_across_runs(tmp_path, tiny_model_dir, prompts_file, capsys):
+    """`--store PATH`: the first run creates the store file at the end, the second loads it and
+    drafts from it; both outputs equal `ar`'s (the store changes drafts, never text)."""
+    from samgpu.drafters.parts.store_file import read_store_file
+
+    prompts = [{"id": i, "prompt": p} for i, p in enumerate(["Count: one two", "Say hi", "Hi"])]
+    src = prompts_file(prompts)
+    store = tmp_path / "run.samstore"
+
+    def run(name: str, *extra) -> list[dict]:
+        out = tmp_path / name
+        argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--index", "none")
+        assert cli.main([*argv, *map(str, extra)]) == 0
+        return read_jsonl(out)
+
+    ar = run("ar.jsonl")
+    first = run("first.jsonl", "--method", "sam+tr", "--store", store)
+    assert "store saved to" in capsys.readouterr().err
+    assert len(read_store_file(store).documents()) == len(prompts)  # one per response
+    second = run("second.jsonl", "--method", "sam+tr", "--store", store)
+    for got in (first, second):
+        assert [r["completion"] for r in got] == [r["completion"] for r in ar]
+
+
+def test_store_needs_an_automaton_method(tmp_path, tiny_model_dir, prompts_file, capsys):
+    src = prompts_file([{"prompt": "Hi"}])
+    argv = tiny_args(tiny_model_dir, "--input", src, "--output", tmp_path / "o.jsonl")
+    assert cli.main([*argv, "--store", str(tmp_path / "s.samstore")]) == 2
+    assert "--store needs a method that drafts from automata" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl.partial").exists()

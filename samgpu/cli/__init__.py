@@ -120,6 +120,14 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         help="static SAM index: 'default' (embedded corpus, built on first use), 'none', or a path",
     )
     p.add_argument(
+        "--store",
+        metavar="PATH",
+        default=None,
+        help="cross-request store file: loaded if it exists, saved at the end (methods that draft"
+        " from automata; each finished response is appended and later requests draft from it;"
+        " -O store_tokens=N sets its budget)",
+    )
+    p.add_argument(
         "-O",
         "--option",
         action="append",
@@ -228,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_index_parser = None
     if add_index_parser is not None:
         add_index_parser(sub)
+    from samgpu.cli.store import add_store_parser
+
+    add_store_parser(sub)
     bench = sub.add_parser(
         "bench",
         help="end-to-end benchmark (profiling.bench_e2e; results in --out, default ./)",
@@ -325,6 +336,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from samgpu.sam.cli import run_index
 
         return run_index(args, load_tokenizer=load_tokenizer)
+    if args.command == "store":
+        from samgpu.cli.store import run_store
+
+        return run_store(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

@@ -146,17 +146,29 @@ class Plan:
 
     def __init__(self, args: argparse.Namespace, device):
         from samgpu import api, resolve
+        from samgpu.drafters import get_method
         from samgpu.factory import draft_nodes
 
         self.args = args
         self.device = device
         resolve.quiet_transformers()
         self.options = parse_options(args.option)
+        if args.store is not None:
+            if not get_method(args.method).needs_index:
+                raise UserError(
+                    f"--store needs a method that drafts from automata (sam, sam+tr, sam-tree,"
+                    f" merged); --method {args.method} has no store"
+                )
+            self.options["store"] = args.store
         try:
             draft_nodes(args.method, 1, device, self.options)  # unknown or bad options
         except (ValueError, TypeError) as e:
             raise UserError(str(e)) from None
         self.tokenizer = resolve.load_tokenizer(args.model)
+        if "store" in self.options:  # store files are checked against the model's tokenizer
+            from samgpu.sam import tokenizer_fingerprint
+
+            self.options["store_fingerprint"] = tokenizer_fingerprint(self.tokenizer)
         self.context = resolve.context_length(args.model)
         self.index = api.resolve_index(
             args.index, self.tokenizer, args.method, progress=not args.no_progress
