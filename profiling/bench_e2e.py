@@ -222,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="free-form label stored with every record")
     ap.add_argument(
         "--continuous-batching",
-        action="store_true",
-        help="samgpu methods refill finished slots (one call per category and turn)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="samgpu methods refill finished slots, as the CLI does by default (one call per"
+        " category and turn); --no-continuous-batching: static batches",
     )
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -73,7 +73,9 @@ def run_one(gpus: int, method: str, prompts: Path, work: Path, args) -> dict:
         "--method", method, "--batch-size", str(args.batch_size),
         "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype,
         "--stats-json", str(stats_path), "--device", args.device,
-    ] + (["--continuous-batching"] if args.continuous_batching else [])  # fmt: skip
+    ]  # fmt: skip
+    batching = "--continuous-batching" if args.continuous_batching else "--no-continuous-batching"
+    cli_args.append(batching)
     env = {**os.environ, **NCCL_ENV, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))}
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -105,7 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--methods", default="ar,sam+tr,merged")
     ap.add_argument(
-        "--continuous-batching", action="store_true", help="pass --continuous-batching to the CLI"
+        "--continuous-batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the CLI's batching mode (continuous, its default; or --no-continuous-batching)",
     )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(hardware_line())
     title = (
-        f"samgpu generate{' --continuous-batching' if args.continuous_batching else ''}, "
+        f"samgpu generate{'' if args.continuous_batching else ' --no-continuous-batching'}, "
         f"{n_prompts} Spec-Bench prompts, B={args.batch_size} per GPU, "
         f"{args.max_new_tokens} new tokens, {args.dtype}"
     )

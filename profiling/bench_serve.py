@@ -99,8 +99,7 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     argv += ["--stats-json", str(stats), "--speculation", args.speculation]
     if args.exact:
         argv.append("--exact")
-    if mode == "continuous":
-        argv.append("--continuous-batching")
+    argv.append("--continuous-batching" if mode == "continuous" else "--no-continuous-batching")
     with GpuBusy() as busy:
         code = cli_main(argv)
     if code != 0:

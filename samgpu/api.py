@@ -127,7 +127,7 @@ class SamDecoder:
         *,
         use_cuda_graphs: bool = True,
         check_every: int | None = None,
-        continuous_batching: bool = False,
+        continuous_batching: bool = True,
         stage_range: StageRange = nvtx_range,
         exact: bool = False,
         speculation: str = "adaptive",

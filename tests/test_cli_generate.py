@@ -217,6 +217,7 @@ def test_torchrun_rank_failure_stops_every_rank(tmp_path, tiny_model_dir, prompt
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--raw", "--batch-size", "2")
+    argv.append("--no-continuous-batching")  # rounds of one batch per rank
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "tests._fail_rank", *map(str, argv)],

@@ -182,9 +182,11 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--continuous-batching",
-        action="store_true",
-        help="refill finished sequences' slots with waiting prompts instead of waiting for the"
-        " batch's longest sequence (with --input)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --input (the default there): a finished request's slot takes the next waiting"
+        " prompt; --no-continuous-batching runs static batches, each until its longest request"
+        " ends",
     )
     p.add_argument(
         "--speculation",

@@ -57,6 +57,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(
             "--continuous-batching goes with --input (one prompt has no slots to refill)"
         )
+    if args.continuous_batching is None:  # the default: continuous for files
+        args.continuous_batching = args.input is not None
     if args.stats_json and Path(args.stats_json).is_dir():
         raise UserError(f"--stats-json {args.stats_json!r} is a directory, expected a file name")
     checks = [
