@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from samgpu.errors import UserError
+from samgpu.files import fsync_dir
 from samgpu.inputs import (  # re-exported: the input side of the same files
     DEFAULT_TEXT_FIELDS,
     MESSAGES_FIELD,
@@ -240,7 +241,7 @@ class OutputWriter:
         os.ftruncate(self._fd, 0)
         self._write(self._line({"format": PARTIAL_FORMAT, "settings": self.settings}))
         self.flush()
-        _fsync_dir(self.partial_path.parent)  # the file's name is durable too
+        fsync_dir(self.partial_path.parent)  # the file's name is durable too
 
     @staticmethod
     def _is_unstarted(raw: bytes) -> bool:
@@ -372,7 +373,7 @@ class OutputWriter:
         meta_data = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
         _replace_durably(meta_path(self.path), meta_data)
         _replace_durably(self.path, data)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.partial_path.unlink(missing_ok=True)
         self.close()
 
@@ -474,18 +475,3 @@ def _read_all(fd: int) -> bytes:
 
 def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a creation or rename in `folder` durable (samgpu.sam.files.fsync_dir without
-    importing the index package)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

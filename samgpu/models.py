@@ -108,15 +108,15 @@ _TMP_DIR = re.compile(r"\.(?:model|tokenizer)\.(?:(?P<tag>[0-9a-f]{8}-\d+)\.)?[a
 
 def remove_stale_conversions(folder: Path) -> list[Path]:
     """Remove the temporary folders a killed conversion left in `folder` (~120 MB each): a dead
-    pid of this host at once, others by age (samgpu/sam/files.py). Returns the removed."""
-    from samgpu.sam.files import remove_stale
+    pid of this host at once, others by age (samgpu/files.py). Returns the removed."""
+    from samgpu.files import remove_stale
 
     return remove_stale(folder, _TMP_DIR)
 
 
 def _write_atomically(dest: Path, write) -> None:
     """`write(tmp_dir)`, then rename the folder to `dest`; a concurrent winner is kept."""
-    from samgpu.sam.files import owner_tag
+    from samgpu.files import owner_tag
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_conversions(dest.parent)

@@ -26,7 +26,7 @@ STDLIB = set(sys.stdlib_module_names)
 
 # Layers, lowest first: a module may import its own layer and the layers below.
 LAYERS: list[tuple[str, ...]] = [
-    ("samgpu.kernels", "samgpu.types", "samgpu.errors"),
+    ("samgpu.kernels", "samgpu.types", "samgpu.errors", "samgpu.files"),
     ("samgpu.sam", "samgpu.automata"),
     ("samgpu.drafters", "samgpu.decoding.runners", "samgpu.decoding.config"),
     ("samgpu.decoding.stages", "samgpu.decoding.buffers", "samgpu.decoding.adaptive"),
@@ -66,8 +66,23 @@ def imports(source: str, name: str, is_package: bool) -> list[tuple[str, list[st
                 base = base if is_package else base[:-1]
                 base = base[: len(base) - (node.level - 1)]
                 mod = ".".join([*base, mod] if mod else base)
-            out.append((mod, [a.name for a in node.names]))
+            names = [a.name for a in node.names]
+            subs = [n for n in names if is_module(f"{mod}.{n}")]  # `from samgpu import files`
+            out += [(f"{mod}.{n}", []) for n in subs]
+            if len(subs) < len(names):
+                out.append((mod, [n for n in names if n not in subs]))
     return out
+
+
+def is_module(dotted: str) -> bool:
+    """Whether `dotted` names a module or package of this checkout."""
+    parts = dotted.split(".")
+    if parts[:2] == ["samgpu", "kernels"]:
+        parts = parts[1:]  # the kernels package lives at the repository root
+    elif parts[0] != "samgpu":
+        return False
+    path = ROOT.joinpath(*parts)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def sources(*folders: str) -> list[tuple[str, pathlib.Path, str]]:
@@ -149,6 +164,9 @@ def test_layer_rule_catches_an_upward_import():
     planted = "def f():\n    from samgpu.factory import build_decoder\n"
     assert layer_violations("samgpu.drafters.sam", planted, False)
     assert not layer_violations("samgpu.api", "from samgpu.factory import build_decoder\n", False)
+    # a submodule imported from its package is that submodule's import
+    assert layer_violations("samgpu.kernels.verify", "from samgpu import api\n", False)
+    assert not layer_violations("samgpu.sam.storage", "from samgpu import files\n", False)
 
 
 def test_no_import_circles_within_samgpu():
@@ -234,7 +252,7 @@ def test_index_knows_nothing_of_models():
             root = mod.split(".")[0]
             if root in STDLIB or root in allowed or mod.startswith("samgpu.sam"):
                 continue
-            if mod in ("samgpu.errors", "samgpu.types", "samgpu.kernels.types"):
+            if mod in ("samgpu.errors", "samgpu.types", "samgpu.kernels.types", "samgpu.files"):
                 continue
             bad.append(f"{name}: {mod}")
     assert bad == []

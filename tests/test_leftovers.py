@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from samgpu.sam import SamIndex, storage
-from samgpu.sam.files import host_tag, owner_tag
+from samgpu.files import host_tag, owner_tag
+from samgpu.sam import SamIndex
 from tests._fork import in_child
 
 DEAD_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have it
@@ -32,7 +32,7 @@ def test_index_save_killed_midway_leaves_a_temporary_the_next_save_removes(tmp_p
     index = SamIndex.build([[1, 2, 3]], vocab_size=5, eos_id=0)
 
     def save_then_die_before_the_rename():  # in a forked child: a real SIGKILL, no cleanup
-        storage.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # in the child only
         index.save(target)
 
     assert in_child(save_then_die_before_the_rename, timeout=60)[0] == -signal.SIGKILL

@@ -88,25 +88,6 @@ def run_store(args: argparse.Namespace) -> int:
         return getattr(exc, "exit_code", 2)
 
 
-def load_tokenizer(name: str):
-    """'default' (the embedded model's tokenizer) or a local tokenizer folder."""
-    if name == "default":
-        from samgpu.models import load_default_tokenizer
-
-        try:
-            return load_default_tokenizer()
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from None
-    if not Path(name).expanduser().is_dir():
-        raise ValueError(f"tokenizer {name!r} not found: pass 'default' or a local folder")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"could not load tokenizer {name!r}: {e}") from None
-
-
 def _records(path: Path):
     """(line number, record) of a JSONL file; a malformed line is an error naming it."""
     if not path.is_file():
@@ -170,6 +151,8 @@ def _build(args: argparse.Namespace) -> int:
     for p in paths:  # before the (slow) tokenizer load
         if not p.is_file():
             raise ValueError(f"input file {p} does not exist")
+    from samgpu.cli import load_tokenizer  # the loader `samgpu index build` uses
+
     tokenizer = load_tokenizer(args.tokenizer)
     vocab, fingerprint = tokenizer_vocab_size(tokenizer), tokenizer_fingerprint(tokenizer)
     docs: list = []
@@ -223,4 +206,4 @@ def _stats(path: Path) -> int:
     return 0
 
 
-__all__ = ["add_store_parser", "load_tokenizer", "response_documents", "run_store"]
+__all__ = ["add_store_parser", "response_documents", "run_store"]

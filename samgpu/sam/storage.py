@@ -27,7 +27,7 @@ second per GB of index; `load(verify=False)` skips it for trusted files (not the
 
 Writing: a temporary `.<name>.tmp-<host>-<pid>-<random>` in the same folder (created exclusively,
 so a planted symlink is never followed), fsynced, renamed over `<name>`; leftovers of killed
-writers are removed by the next save (samgpu/sam/files.py). A loaded index is a memory map of
+writers are removed by the next save (samgpu/files.py). A loaded index is a memory map of
 the file: never rewrite an index file in place while a process uses it (truncating a mapped file
 kills its readers with SIGBUS). Saving over it is safe, because the rename leaves the mapped old
 file intact until its last reader closes it.
@@ -40,14 +40,13 @@ import os
 import re
 import reprlib
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from samgpu.sam import files
+from samgpu import files
 
 # The index's arrays, in their on-disk order (every one 1-D int32 in memory).
 ARRAY_NAMES: tuple[str, ...] = (
@@ -141,27 +140,10 @@ def save_index(index, path: str | os.PathLike) -> Path:
         raise RuntimeError("header does not fit before the first array")  # internal invariant
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, re.escape(path.name))
-    # mkstemp creates the name exclusively (O_EXCL): a planted symlink is never followed
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.tmp-{files.owner_tag()}-", dir=path.parent
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)))
-            f.write(header)
-            for e in entries:
-                f.write(b"\0" * (e["offset"] - f.tell()))
-                f.write(arrays[e["name"]].tobytes())
-            f.write(b"\0" * (meta["file_size"] - f.tell()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp made it 0600; an index is not secret
-        os.replace(tmp, path)
-        files.fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header
+    sections = [(e["offset"], arrays[e["name"]].tobytes()) for e in entries]
+    files.atomic_write(path, lambda f: files.write_sections(f, head, sections, meta["file_size"]))
     return path
 
 

@@ -158,6 +158,6 @@ def test_atomic_write_leaves_no_temporaries(tmp_path):
 
 
 def _host():
-    from samgpu.sam import files
+    from samgpu import files
 
     return files.host_tag()

@@ -38,14 +38,13 @@ import json
 import os
 import re
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from samgpu.sam import files
+from samgpu import files
 
 MAGIC: bytes = b"SAMGPUST"
 FORMAT_VERSION: int = 1
@@ -159,26 +158,10 @@ def save_store_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(?P<tag>[0-9a-f]{{8}}-\d+)-\w+")
     files.remove_stale(path.parent, pattern)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.tmp-{files.owner_tag()}-", dir=path.parent
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)))
-            f.write(header)
-            for e in entries:
-                f.write(b"\0" * (e["offset"] - f.tell()))
-                f.write(arrays[e["name"]].tobytes())
-            f.write(b"\0" * (meta["file_size"] - f.tell()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        files.fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header
+    sections = [(e["offset"], arrays[e["name"]].tobytes()) for e in entries]
+    files.atomic_write(path, lambda f: files.write_sections(f, head, sections, meta["file_size"]))
     return path
 
 

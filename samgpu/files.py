@@ -1,4 +1,6 @@
-"""Temporary files that survive a kill: owner-tagged names, and removal of stale ones at start.
+"""Files written safely: atomic, durable replacement (`atomic_write`), and temporaries that
+survive a kill: owner-tagged names, and removal of stale ones at start. Standard library only, so
+every layer can use it.
 
 A writer that builds a file or folder under a temporary name and renames it into place leaves the
 temporary behind when it is killed (SIGKILL, out of memory). Names made here carry an owner tag,
@@ -20,9 +22,12 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 MAX_AGE_S: float = 24 * 3600.0  # a tagged leftover of another host or a reused pid
 UNTAGGED_AGE_S: float = 3600.0  # an untagged leftover (no pid to ask)
@@ -116,3 +121,36 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Replace `path` by what `write(f)` writes, all or nothing: a fresh owner-tagged
+    `.<name>.tmp-<host>-<pid>-<random>` beside it (mkstemp: O_EXCL, so a planted symlink is never
+    followed and no two writers share one), fsynced, made 0644, renamed over `path`, and the
+    rename made durable. The temporary is removed on any error; one left by a kill is removed by
+    the writer's next `remove_stale` (its pattern's `tag` group matches `<host>-<pid>`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{owner_tag()}-", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp made it 0600; nothing written here is secret
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_sections(f: BinaryIO, head: bytes, sections: list[tuple[int, bytes]], size: int) -> None:
+    """Write `head`, then each (offset, data) at its offset (zero padding between), then zeros up
+    to `size`: the layout of samgpu's binary files (an index, a store)."""
+    f.write(head)
+    for offset, data in sections:
+        f.write(b"\0" * (offset - f.tell()))
+        f.write(data)
+    f.write(b"\0" * (size - f.tell()))
