@@ -524,6 +524,29 @@ def _visible_slots(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: in
     return (rel < 0)[:, None, :] | tree_vis
 
 
+@dataclass(frozen=True)
+class RefPlan:
+    """The reference path's visibility for one step, shared by all layers (it depends only on
+    cache_len and the tree mask): `visible [B, N, W]` over the first W slots (the last slot some
+    query sees + 1), and whether any of those slots is unseen or any query sees nothing (then the
+    per-layer zeroing below is needed)."""
+
+    visible: torch.Tensor
+    used: torch.Tensor  # [B, 1, W, 1]: some query of the row sees the slot
+    all_used: bool
+    all_rows_see: bool
+
+
+def ref_plan(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: int) -> RefPlan:
+    """Build the RefPlan (host reads: the reference runs on CPU tensors, and in tests)."""
+    visible = _visible_slots(cache_len, tree_mask, max_len)  # [B, N, L]
+    seen = visible.flatten(0, 1).any(0)
+    width = int(seen.nonzero().max()) + 1 if bool(seen.any()) else 1
+    visible = visible[..., :width]
+    used = visible.any(1)[:, None, :, None]
+    return RefPlan(visible, used, bool(used.all()), bool(visible.any(-1).all()))
+
+
 def tree_attention_ref(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -534,31 +557,40 @@ def tree_attention_ref(
     scale: float | None = None,
     out: torch.Tensor | None = None,
     upcast: bool = False,
+    plan: RefPlan | None = None,
 ) -> torch.Tensor:
-    """SDPA with an explicit `[B, 1, N, L]` visibility mask over all L cache slots (the spec; also
-    the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels)."""
+    """SDPA with an explicit `[B, 1, N, W]` visibility mask over the slots some query sees (the
+    spec; also the CPU path, which costs the context, not the cache's capacity). `upcast=True`
+    computes in float32 (the yardstick for low-precision kernels). `plan`: ref_plan of the same
+    cache_len and tree_mask, built once per step instead of once per layer."""
     b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
-    visible = _visible_slots(cache_len, tree_mask, k_cache.shape[2])  # [B, N, L]
+    if plan is None:
+        plan = ref_plan(cache_len, tree_mask, k_cache.shape[2])
+    width = plan.visible.shape[-1]
     dtype = torch.float32 if upcast else q.dtype
     qh = q.transpose(1, 2).to(dtype)  # [B, Hq, N, D]
-    # Only the slots some query sees (a host read: the reference runs on CPU tensors, and in
-    # tests), with GQA in SDPA: the CPU path costs the context, not the cache's capacity.
-    seen = visible.flatten(0, 1).any(0)
-    width = int(seen.nonzero().max()) + 1 if bool(seen.any()) else 1
-    visible = visible[..., :width]
-    # Slots no query sees may hold anything (NaN included): zero them so 0 * NaN cannot leak in.
-    used = visible.any(1)[:, None, :, None]  # [B, 1, L', 1]
-    kh = torch.where(used, k_cache[:b, :, :width].to(dtype), 0.0)
-    vh = torch.where(used, v_cache[:b, :, :width].to(dtype), 0.0)
+    kh, vh = k_cache[:b, :, :width].to(dtype), v_cache[:b, :, :width].to(dtype)
+    if not plan.all_used:  # unseen slots may hold anything (NaN): zero them, 0 * NaN is NaN
+        kh, vh = torch.where(plan.used, kh, 0.0), torch.where(plan.used, vh, 0.0)
     attn = torch.nn.functional.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=visible[:, None], scale=scale, enable_gqa=hq != hkv
+        qh, kh, vh, attn_mask=plan.visible[:, None], scale=scale, enable_gqa=hq != hkv
     )
-    # A query with nothing visible (pad row, empty cache) outputs zeros, as the kernel does.
-    attn = torch.where(visible.any(-1)[:, None, :, None], attn, 0.0)
+    if not plan.all_rows_see:  # a query with nothing visible outputs zeros, as the kernel does
+        attn = torch.where(plan.visible.any(-1)[:, None, :, None], attn, 0.0)
     result = attn.transpose(1, 2).to(q.dtype)
     if out is None:
         return result.contiguous()
     return out.copy_(result)
+
+
+def step_plan(
+    cache_len: torch.Tensor, tree_mask: torch.Tensor, k_cache: torch.Tensor
+) -> RefPlan | None:
+    """What `tree_attention(..., plan=)` takes for one step's layers: the reference's RefPlan
+    where the reference runs, None where the Triton kernel does (it needs none)."""
+    if use_triton(k_cache):
+        return None
+    return ref_plan(cache_len, tree_mask, k_cache.shape[-2])
 
 
 def tree_attention(
@@ -570,10 +602,14 @@ def tree_attention(
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
+    plan: RefPlan | None = None,
 ) -> torch.Tensor:
-    """Dispatch: the Triton kernel for CUDA tensors, the SDPA reference otherwise."""
+    """Dispatch: the Triton kernel for CUDA tensors, the SDPA reference otherwise (`plan`: the
+    step's step_plan, for the reference)."""
     if use_triton(q):
         return tree_attention_triton(
             q, k_cache, v_cache, cache_len, tree_mask, scale=scale, out=out
         )
-    return tree_attention_ref(q, k_cache, v_cache, cache_len, tree_mask, scale=scale, out=out)
+    return tree_attention_ref(
+        q, k_cache, v_cache, cache_len, tree_mask, scale=scale, out=out, plan=plan
+    )

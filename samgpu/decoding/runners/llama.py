@@ -42,7 +42,7 @@ from samgpu.kernels.prefill_attention import prefill_attention
 from samgpu.kernels.rms_norm import rms_norm
 from samgpu.kernels.rope_kv import rope_kv
 from samgpu.kernels.silu_mul import silu_mul
-from samgpu.kernels.tree_attention import tree_attention
+from samgpu.kernels.tree_attention import step_plan, tree_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -272,12 +272,13 @@ class LlamaRunner(RunnerBase):
         b = tokens.shape[0]
         cache_len = cache.cache_len[:b]
         plan = exact_tree_plan(cache_len, tree_mask) if self.exact else None
+        ref = None if self.exact else step_plan(cache_len, tree_mask, cache.k[0])
 
         def attend(li, q):
             k, v = cache.k[li], cache.v[li]
             if plan is not None:
                 return exact_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=plan)
-            return tree_attention(q, k, v, cache_len, tree_mask, scale=self.scale)
+            return tree_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=ref)
 
         # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
         x = self._layers(F.embedding(tokens, self.embed), positions, cache_len, cache, attend)
