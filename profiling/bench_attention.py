@@ -57,12 +57,14 @@ from samgpu.kernels.prefill_attention import (  # noqa: E402
     prefill_attention_triton,
 )
 from samgpu.kernels.tree_attention import (  # noqa: E402
+    tree_attention_ref,
+    tree_attention_triton,
+)
+from samgpu.kernels.tree_attention_config import (  # noqa: E402
     BATCH_BUCKETS,
     NODE_BUCKETS,
     TUNING_FILE,
     default_config,
-    tree_attention_ref,
-    tree_attention_triton,
     tuning_key,
 )
 

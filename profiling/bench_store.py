@@ -11,9 +11,10 @@ Workloads (greedy, bfloat16, --max-new-tokens per request), per batch size B:
  (b) repeated tasks: HumanEval prompts, then each again rephrased (a comment line in front), the
      store empty at the start;
  (c) stream (a) again, the store loaded from the file saved at the end of (a) (a rerun of a job
-     with -O store=PATH).
-Methods: `sam` (chains only), `sam+tr`, `merged`, each with the store off and on (default budget), plus `ar` for speedups. One decoder per (method, B, store); between workloads the
-store part is emptied / loaded through its public methods (samgpu.drafters.store_of), and no
+     with --store PATH).
+Methods: `sam` (chains only), `sam+tr`, `merged`, each with the store off and on (default
+budget), plus `ar` for speedups. One decoder per (method, B, store); between workloads the store
+part is emptied / loaded through its public methods (samgpu.drafters.store_of), and no
 decoder is rebuilt (capacity is set for the longest prompt first).
 
 Reported per (B, workload, method, store): tokens/s, speedup over `ar`, MAT (bonus included),

@@ -74,17 +74,6 @@ def imports(source: str, name: str, is_package: bool) -> list[tuple[str, list[st
     return out
 
 
-def is_module(dotted: str) -> bool:
-    """Whether `dotted` names a module or package of this checkout."""
-    parts = dotted.split(".")
-    if parts[:2] == ["samgpu", "kernels"]:
-        parts = parts[1:]  # the kernels package lives at the repository root
-    elif parts[0] != "samgpu":
-        return False
-    path = ROOT.joinpath(*parts)
-    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
-
-
 def sources(*folders: str) -> list[tuple[str, pathlib.Path, str]]:
     found = []
     for folder in folders:

@@ -236,7 +236,7 @@ def test_configurations_match_branch_equivalence(
 def test_default_config_shapes_the_rows():
     """The row block follows group * N (a SmolLM2 decode step: 3 rows in 16, not 64) and the
     default splits fill the GPU only on CUDA."""
-    from samgpu.kernels.tree_attention import default_config
+    from samgpu.kernels.tree_attention_config import default_config
 
     cpu = torch.device("cpu")
     assert default_config(64, 1, 9, 3, 64, 2048, cpu).block_m == 16

@@ -1,0 +1,91 @@
+"""Launch configuration of the tree-attention kernel (kernels/tree_attention.py): the per-card
+tuned table `kernels/tuned/tree_attention.json` (written by profiling/bench_attention.py
+--write-tuning from its graph-timed sweep; keyed by heads and bucketed N and B) and the heuristic
+for geometries it lacks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+BLOCK_N: int = 64  # keys per inner iteration (default)
+MAX_SPLITS: int = 64  # split-KV chunks per (row block, kv head, sequence)
+NODE_BUCKETS: tuple[int, ...] = (1, 4, 16, 81)
+BATCH_BUCKETS: tuple[int, ...] = (1, 16, 64, 256)
+TUNING_FILE = Path(__file__).resolve().parent / "tuned" / "tree_attention.json"
+
+
+def tuning_key(hq: int, hkv: int, d: int, n_bucket: int, b_bucket: int) -> str:
+    return f"{hq},{hkv},{d},{n_bucket},{b_bucket}"
+
+
+@functools.cache
+def tuned_configs(card: str) -> dict[str, tuple[int, int, int, int, int]]:
+    """`card`'s entries of the tuning file: "Hq,Hkv,D,node bucket,batch bucket" -> (block_m,
+    block_n, num_splits, num_warps, num_stages), the best of profiling/bench_attention.py's sweep
+    on that card; a geometry missing there takes `_heuristic_config`."""
+    if not TUNING_FILE.is_file():
+        return {}
+    table = json.loads(TUNING_FILE.read_text()).get(card, {})
+    return {key: tuple(cfg) for key, cfg in table.items()}
+
+
+def max_block_m(head_dim: int) -> int:
+    """Largest default row block: 256 rows (SmolLM2's 81-node tree, 3 heads per kv head) fit the
+    registers of 8 warps at D=64; 128 at D=128."""
+    return 256 if head_dim <= 64 else 128
+
+
+@dataclass(frozen=True)
+class TreeAttentionConfig:
+    block_m: int  # rows (q head of the group x node) per program, power of two >= 16
+    block_n: int  # keys per iteration, power of two >= 16
+    num_splits: int  # split-KV chunks, 1..MAX_SPLITS
+    num_warps: int
+    num_stages: int
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _nearest(value: int, buckets: tuple[int, ...]) -> int:
+    return min(buckets, key=lambda x: abs(math.log(max(value, 1) / x)))
+
+
+def _heuristic_config(
+    b: int, n: int, hq: int, hkv: int, d: int, max_len: int, device: torch.device
+) -> TreeAttentionConfig:
+    """Rows in one block where possible (prefix read once per kv head); split the prefix until
+    ~4 programs per SM are in flight (memory-latency hiding), each split keeping >= 2 key blocks
+    of the cache capacity."""
+    rows = (hq // hkv) * n
+    block_m = min(max(16, triton.next_power_of_2(rows)), max_block_m(d))
+    num_warps = 4 if block_m <= 64 else 8
+    num_splits = 1
+    if device.type == "cuda":
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        programs = b * hkv * triton.cdiv(rows, block_m)
+        cap = max(1, max_len // (2 * BLOCK_N))
+        num_splits = max(1, min(MAX_SPLITS, triton.cdiv(4 * sms, programs), cap))
+    return TreeAttentionConfig(block_m, BLOCK_N, num_splits, num_warps, 3)
+
+
+def default_config(
+    b: int, n: int, hq: int, hkv: int, d: int, max_len: int, device: torch.device
+) -> TreeAttentionConfig:
+    """The tuned configuration of the nearest (N, B) bucket for these heads, else the heuristic.
+    Off CUDA (the interpreter) always the heuristic, unsplit."""
+    if device.type == "cuda":
+        key = tuning_key(hq, hkv, d, _nearest(n, NODE_BUCKETS), _nearest(b, BATCH_BUCKETS))
+        tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
+        if tuned is not None:
+            return TreeAttentionConfig(*tuned)
+    return _heuristic_config(b, n, hq, hkv, d, max_len, device)
