@@ -11,11 +11,13 @@ the user turn), shuffled with a fixed seed (not sorted by category), `--limit` o
 Per run (from the CLI's --stats-json and output records): output tokens/s (generation time from
 after the CLI's warm-up to the last write), mean accepted tokens per step, request latency p50 /
 p99 (seconds from the run's start to the request's collection, queueing included), the time
-shares of prefill, decode steps and host work (the scheduler's own accounting), the GPU busy share
-(NVML utilisation sampled every 50 ms, when available), and how many completions equal `ar`'s at
-the same batch size and mode (float32: all must; bfloat16: near-ties may flip, except with
---exact) and to `ar`'s at the first batch size listed (same prompt file when --per-slot and
---min-requests give every batch size the same prompts: `ar` invariant across batch sizes).
+shares of prefill, decode steps and host work (the scheduler's own accounting), the time per
+loop step (decode time / loop steps) and the slot occupancy (requests' steps / (loop steps x B)),
+the GPU busy share (NVML utilisation sampled every 50 ms, when available), and how many
+completions equal `ar`'s at the same batch size and mode (float32: all must; bfloat16: near-ties
+may flip, except with --exact) and to `ar`'s at the first batch size listed (same prompt file
+when --per-slot and --min-requests give every batch size the same prompts: `ar` invariant across
+batch sizes).
 Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
 compiles Triton kernels for shapes the warm-up did not meet).
 Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
@@ -110,6 +112,16 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     return dict(totals, gpu_busy=busy.share, latency=latency, records=records)
 
 
+def occupancy(run: dict, batch: int) -> float | None:
+    """Share of the batch's slot-steps that ran a live request: the requests' steps over
+    loop steps x B (a slot waiting for a refill, or idle while a static batch drains, is not)."""
+    steps = run.get("steps")
+    if not steps:
+        return None
+    live = sum(rec["stats"]["steps"] for rec in run["records"] if rec.get("stats"))
+    return live / (steps * batch)
+
+
 def quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -188,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                         decode_share=timing.get("steps_s", 0) / total if total else None,
                         host_share=timing.get("host_s", 0) / total if total else None,
                         gpu_busy=r["gpu_busy"],
+                        steps=r.get("steps"),
+                        step_ms=1e3 * timing["steps_s"] / r["steps"] if r.get("steps") else None,
+                        occupancy=occupancy(r, batch),
                         same_as_ar=same,
                         same_as_first_b_ar=same_first,
                         params=dict(
@@ -222,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_jsonl(records)
     columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "mat", "latency_p50_s"]
     columns += ["latency_p99_s", "prefill_share", "decode_share", "host_share", "gpu_busy"]
+    columns += ["step_ms", "occupancy"]
     columns += ["same_as_ar", "same_as_first_b_ar"]
     print_table(rows, columns)
     print(hardware_line())

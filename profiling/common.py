@@ -205,3 +205,22 @@ def llama2_7b_config():
         num_key_value_heads=32,
         max_position_embeddings=4096,
     )
+
+
+def smollm2_135m_config():
+    """SmolLM2-135M shapes (the default model) for random-weight runs that need no model file:
+    576 hidden, 30 layers, 9 heads over 3 KV heads (head_dim 64), 1536 MLP, 49152 vocab, tied."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    )

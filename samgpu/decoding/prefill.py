@@ -3,14 +3,16 @@ some slots, at the least host cost.
 
 Three ways, chosen per call (per group of rows: a large admission is split so that one prefill
 holds at most MAX_TOKENS prompt tokens, which bounds its activation memory at large batches):
-- the admitted slots are consecutive rows (a new batch): the runner prefills the engine's cache
-  in place, through a view of those rows;
-- a refill of a few slots (continuous batching) with CUDA graphs on: the prompts are copied into
-  static input buffers padded to a (rows, width) bucket (powers of two, rows <= GRAPH_ROWS), and a
-  CUDA graph of the runner's prefill into a persistent scratch cache replays; the scratch rows are
-  then copied into the slots. An eager prefill is ~300 kernel launches, several milliseconds of
-  host time that stall every live slot; the replay is one launch. Each bucket is captured on
-  first use (one eager warm-up, then the capture);
+- at most GRAPH_ROWS prompts with CUDA graphs on (a refill in continuous batching, every prompt
+  at batch 1): the prompts are copied into static input buffers padded to a (rows, width) bucket
+  (powers of two, rows <= GRAPH_ROWS), and a CUDA graph of the runner's prefill into a persistent
+  scratch cache replays; the scratch rows are then copied into the slots. An eager prefill is
+  ~300 kernel launches, ~20 ms of host time on an H200 whatever the prompt's length (measured:
+  profiling/profile_step.py), which at batch 1 is the prefill and in a refill stalls every live
+  slot; the replay is one launch. Each bucket is captured on first use (one eager warm-up, then
+  the capture);
+- more prompts in consecutive rows (a new batch): the runner prefills the engine's cache in
+  place, through a view of those rows;
 - otherwise: an eager prefill into a scratch cache of the n rows, copied into the slots.
 Pad rows (length 0) and pad columns are computed and ignored: attention never looks past a
 row's length, and only the admitted rows are copied.
@@ -25,7 +27,7 @@ import torch
 
 from samgpu.decoding.runners.base import KVCache
 
-GRAPH_ROWS = 16  # refills of at most this many prompts replay graphs (the scratch cache's rows)
+GRAPH_ROWS = 16  # admissions of at most this many prompts replay graphs (the scratch cache's rows)
 MIN_WIDTH = 64  # smallest width bucket
 MAX_TOKENS = 1 << 16  # prompt tokens (rows x width) per prefill call at most
 
@@ -42,6 +44,7 @@ class Prefiller:
         self.cache = cache
         self.use_graphs = use_graphs and runner.device.type == "cuda"
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._graph_rows = min(GRAPH_ROWS, cache.k.shape[1])  # the scratch cache's rows
         self._pool = None
         self._scratch = None  # KVCache of GRAPH_ROWS x max_len, allocated on first refill
         self._input_ids = None  # [GRAPH_ROWS, max_len] int32 static graph input
@@ -64,17 +67,17 @@ class Prefiller:
     def _prefill_rows(self, rows, index, input_ids, lengths) -> None:
         n, width = input_ids.shape
         cache = self.cache
-        first = rows[0]
-        if rows == list(range(first, first + n)):  # consecutive slots: in place, through a view
-            view = KVCache(
-                cache.k[:, first : first + n],
-                cache.v[:, first : first + n],
-                cache.cache_len[first : first + n],
-            )
-            self.runner.prefill(input_ids, lengths, view)
-            return
         scratch = self._graph_prefill(input_ids, lengths)
         if scratch is None:
+            first = rows[0]
+            if rows == list(range(first, first + n)):  # consecutive slots: in place, a view
+                view = KVCache(
+                    cache.k[:, first : first + n],
+                    cache.v[:, first : first + n],
+                    cache.cache_len[first : first + n],
+                )
+                self.runner.prefill(input_ids, lengths, view)
+                return
             scratch = self.runner.allocate_cache(n, width)
             self.runner.prefill(input_ids, lengths, scratch)
         cache.k[:, :, :, :width].index_copy_(1, index, scratch.k[:, :n, :, :width])
@@ -83,15 +86,15 @@ class Prefiller:
     def _graph_prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor):
         """The scratch cache after a graph replay for this bucket, or None (no graphs here)."""
         n, width = input_ids.shape
-        if not self.use_graphs or n > GRAPH_ROWS:
+        if not self.use_graphs or n > self._graph_rows:
             return None
-        max_len = self.cache.max_len
-        rows_b, width_b = _bucket(n), min(_bucket(width, MIN_WIDTH), max_len)
+        max_len, rows = self.cache.max_len, self._graph_rows
+        rows_b, width_b = min(_bucket(n), rows), min(_bucket(width, MIN_WIDTH), max_len)
         if self._scratch is None:
-            self._scratch = self.runner.allocate_cache(GRAPH_ROWS, max_len)
+            self._scratch = self.runner.allocate_cache(rows, max_len)
             dev = self.runner.device
-            self._input_ids = torch.zeros(GRAPH_ROWS, max_len, dtype=torch.int32, device=dev)
-            self._lengths = torch.zeros(GRAPH_ROWS, dtype=torch.int32, device=dev)
+            self._input_ids = torch.zeros(rows, max_len, dtype=torch.int32, device=dev)
+            self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
         self._input_ids[:rows_b, :width_b].zero_()
         self._input_ids[:n, :width].copy_(input_ids)
         self._lengths[:rows_b].zero_()

@@ -1,0 +1,168 @@
+"""Where a decode step's time goes: the step time t(B, context) of a captured step and its kernels,
+and the prefill time of one prompt, for a model of the default's shape (random weights unless
+--model-path: no transfer needed, the same kernels and shapes).
+
+    python -m profiling.profile_step [--batch 1 64 256] [--context 256 1024] [--method ar]
+                                     [--prefill-lengths 100 1000 2000] [--model-path PATH]
+
+The decoder comes from samgpu.factory.build_decoder (what the CLI and the API run); its Engine is
+driven step by step: prefill B prompts of `context` tokens, warm up (compile, capture), then time
+`--steps` graph replays with CUDA events (ms per step), then run them again under torch.profiler
+and sum each kernel's GPU time per step (the top `--top` kernels, the rest as "other").
+Prefill: `engine.prefill` of one prompt into slot 0, synchronised, median of 5 after a warm-up.
+Results: a table per section and profiling/results/<day>-<card>-<sha>.jsonl (bench "profile_step").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+from profiling.common import hardware_line, print_table, smollm2_135m_config, write_jsonl
+
+
+def random_default_model(dtype: torch.dtype, device: str):
+    """The default model's architecture (SmolLM2-135M) with random weights."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(smollm2_135m_config(), dtype=dtype)
+    return model.to(device).eval()
+
+
+def load_model(args, dtype):
+    if not args.model_path:
+        return random_default_model(dtype, "cuda")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
+    return model.to("cuda").eval()
+
+
+def step_profile(engine, steps: int, top: int) -> tuple[float, list[tuple[str, float, int]]]:
+    """(ms per step by CUDA events, [(kernel, µs per step, launches per step)])."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        engine.step()
+    end.record()
+    torch.cuda.synchronize()
+    step_ms = start.elapsed_time(end) / steps
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    total: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            name = ev.name if len(ev.name) < 60 else ev.name[:57] + "..."
+            total[name] += ev.device_time_total
+            calls[name] += 1
+    ranked = sorted(total.items(), key=lambda kv: -kv[1])
+    rows = [(n, us / steps, calls[n] // steps) for n, us in ranked[:top]]
+    rest = sum(us for _, us in ranked[top:])
+    rows.append(("other", rest / steps, sum(calls[n] for n, _ in ranked[top:]) // steps))
+    return step_ms, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="profile_step", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256])
+    ap.add_argument("--context", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--method", default="ar")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--top", type=int, default=14)
+    ap.add_argument("--prefill-lengths", type=int, nargs="*", default=[100, 500, 1000, 2000])
+    ap.add_argument("--model-path", default=None, help="a transformers folder (default: random)")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    from samgpu.decoding.config import GenerationConfig
+    from samgpu.factory import build_decoder
+
+    dtype = torch.bfloat16
+    model = load_model(args, dtype)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    records, summary = [], []
+    config = GenerationConfig(max_new_tokens=4 * args.steps + 16)
+    for batch in args.batch:
+        for ctx in args.context:
+            max_len = ctx + config.max_new_tokens + 64
+            decoder = build_decoder(model, args.method, batch_size=batch, max_len=max_len)
+            engine = decoder.engine
+            engine.warm_up(batch)
+            engine.configure(config, batch)
+            prompts = torch.randint(3, vocab, (batch, ctx), generator=gen).tolist()
+            engine.prefill(list(range(batch)), prompts)
+            for _ in range(3):
+                engine.step()
+            step_ms, kernels = step_profile(engine, args.steps, args.top)
+            tok_s = batch / step_ms * 1e3
+            summary.append(dict(batch=batch, context=ctx, step_ms=step_ms, tok_s_full=tok_s))
+            print_table(
+                [dict(kernel=n, us_per_step=us, launches=k) for n, us, k in kernels],
+                ["kernel", "us_per_step", "launches"],
+                title=f"B={batch} context={ctx} {args.method}: {step_ms:.3f} ms per step",
+            )
+            records.append(
+                dict(
+                    bench="profile_step",
+                    method=args.method,
+                    batch_size=batch,
+                    context=ctx,
+                    step_ms=step_ms,
+                    tok_s_full=tok_s,
+                    kernels=[dict(name=n, us=us, launches=k) for n, us, k in kernels],
+                    params=dict(steps=args.steps, random=not args.model_path, tag=args.tag),
+                )
+            )
+            del decoder, engine
+            torch.cuda.empty_cache()
+    print_table(summary, ["batch", "context", "step_ms", "tok_s_full"], title="decode step")
+
+    if args.prefill_lengths:
+        longest = max(args.prefill_lengths)
+        decoder = build_decoder(model, args.method, batch_size=1, max_len=longest + 64)
+        engine = decoder.engine
+        engine.warm_up(1)
+        engine.configure(GenerationConfig(max_new_tokens=8), 1)
+        rows = []
+        for n in args.prefill_lengths:
+            prompt = torch.randint(3, vocab, (n,), generator=gen).tolist()
+            times = []
+            for _ in range(6):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                engine.prefill([0], [prompt])
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            ms = statistics.median(times[1:]) * 1e3
+            rows.append(dict(prompt_tokens=n, prefill_ms=ms, first_ms=times[0] * 1e3))
+            records.append(
+                dict(
+                    bench="profile_prefill",
+                    method=args.method,
+                    batch_size=1,
+                    prompt_tokens=n,
+                    prefill_ms=ms,
+                    first_ms=times[0] * 1e3,
+                    params=dict(random=not args.model_path, tag=args.tag),
+                )
+            )
+        print_table(rows, ["prompt_tokens", "prefill_ms", "first_ms"], title="prefill, B=1")
+    print(hardware_line())
+    print(f"results: {write_jsonl(records)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
