@@ -271,10 +271,11 @@ class Engine:
 
     # ------------------------------------------------------------------ prompts in
 
-    def prefill(self, rows: list[int], prompts: list[list[int]]) -> None:
+    def prefill(self, rows: list[int], prompts: list[list[int]]) -> bool:
         """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
         prefill prompt[:-1] into the KV cache, set the root to the last prompt token, then
-        `drafter.start`. Other slots are not touched."""
+        `drafter.start`. Other slots are not touched. Returns False when the call also captured
+        a prefill graph (its time is not a prefill's time), like `step`."""
         if len(rows) != len(prompts) or not prompts:
             raise ValueError(f"prefill: {len(rows)} rows for {len(prompts)} prompts")
         if len(set(rows)) != len(rows) or min(rows) < 0 or max(rows) >= self.width:
@@ -300,10 +301,11 @@ class Engine:
         st.finished.index_fill_(0, index, False)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, :width].clamp(min=0).contiguous()
-        self._prefiller(rows, index, input_ids, lens - 1)
+        clean = self._prefiller(rows, index, input_ids, lens - 1)
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
         self.drafter.start(st, NewRequests(rows=index, lengths=started, longest=max(lengths)))
+        return clean
 
     # ------------------------------------------------------------------ the step
 
@@ -399,8 +401,9 @@ class Engine:
 
     def warm_up(self, width: int) -> None:
         """Compile the kernels and capture the step graphs of `width` slots (drafting and, when
-        the drafter drafts, plain steps) on a dummy prompt, so that the first real steps are
-        replays. The slots are left finished; prefill resets every row it loads."""
+        the drafter drafts, plain steps) on a dummy prompt, and the prefill graphs of the
+        admissions (`Prefiller.warm_up`), so that the first real steps and refills are replays.
+        The slots are left finished; prefill resets every row it loads."""
         config = GenerationConfig(max_new_tokens=8)
         self.configure(config, width)
         self.prefill(list(range(width)), [[0] * 4] * width)
@@ -410,6 +413,7 @@ class Engine:
             for _ in range(3):  # eager warm-up, capture, one replay
                 self.step()
         self.set_speculate(saved)
+        self._prefiller.warm_up()
         self._state.finished.fill_(True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

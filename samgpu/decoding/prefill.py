@@ -52,17 +52,20 @@ class Prefiller:
 
     def __call__(
         self, rows: list[int], index: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor
-    ) -> None:
+    ) -> bool:
         """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`) of the requests admitted
-        into slots `rows` (`index`: the same on the device); sets their cache_len."""
+        into slots `rows` (`index`: the same on the device); sets their cache_len. Returns False
+        when the call also captured a graph (its time is not a prefill's time)."""
         n, width = input_ids.shape
         cache = self.cache
+        captures = len(self._graphs)
         if width > 0:
             step = max(1, MAX_TOKENS // width)
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
                 self._prefill_rows(rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi])
         cache.cache_len.index_copy_(0, index, lengths)
+        return len(self._graphs) == captures
 
     def _prefill_rows(self, rows, index, input_ids, lengths) -> None:
         n, width = input_ids.shape
@@ -88,13 +91,9 @@ class Prefiller:
         n, width = input_ids.shape
         if not self.use_graphs or n > self._graph_rows:
             return None
-        max_len, rows = self.cache.max_len, self._graph_rows
-        rows_b, width_b = min(_bucket(n), rows), min(_bucket(width, MIN_WIDTH), max_len)
-        if self._scratch is None:
-            self._scratch = self.runner.allocate_cache(rows, max_len)
-            dev = self.runner.device
-            self._input_ids = torch.zeros(rows, max_len, dtype=torch.int32, device=dev)
-            self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
+        rows_b = min(_bucket(n), self._graph_rows)
+        width_b = min(_bucket(width, MIN_WIDTH), self.cache.max_len)
+        self._allocate_scratch()
         self._input_ids[:rows_b, :width_b].zero_()
         self._input_ids[:n, :width].copy_(input_ids)
         self._lengths[:rows_b].zero_()
@@ -105,6 +104,35 @@ class Prefiller:
             graph = self._capture(rows_b, width_b)
         graph.replay()
         return self._scratch
+
+    def warm_up(self) -> None:
+        """Capture the buckets that admissions can meet (rows 1, 2, 4, .. up to the scratch's
+        rows; widths MIN_WIDTH .. max_len; at most 2 * MAX_TOKENS tokens), so that no admission
+        stalls the live slots for a capture (~50 ms each on an H200). A bucket missed here is
+        captured on first use."""
+        if not self.use_graphs:
+            return
+        self._allocate_scratch()
+        max_len, rows_b = self.cache.max_len, 1
+        while True:
+            width_b = MIN_WIDTH
+            while True:
+                width_b = min(width_b, max_len)
+                if (rows_b, width_b) not in self._graphs and rows_b * width_b <= 2 * MAX_TOKENS:
+                    self._capture(rows_b, width_b)
+                if width_b >= max_len:
+                    break
+                width_b *= 2
+            if rows_b >= self._graph_rows:
+                break
+            rows_b = min(2 * rows_b, self._graph_rows)
+
+    def _allocate_scratch(self) -> None:
+        if self._scratch is None:
+            rows, max_len, dev = self._graph_rows, self.cache.max_len, self.runner.device
+            self._scratch = self.runner.allocate_cache(rows, max_len)
+            self._input_ids = torch.zeros(rows, max_len, dtype=torch.int32, device=dev)
+            self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
 
     def _capture(self, rows_b: int, width_b: int) -> torch.cuda.CUDAGraph:
         ids, lens = self._input_ids[:rows_b, :width_b], self._lengths[:rows_b]
