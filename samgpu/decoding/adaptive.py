@@ -82,29 +82,34 @@ class SpeculationPolicy:
 class RefillPolicy:
     """Continuous batching: when to prefill waiting prompts into freed slots.
 
-    A refill stalls every live slot for one prefill call, a cost that is mostly fixed per call
-    (kernel launches), while a freed slot left empty idles for a window of steps. So at each host
-    check, with `free` of `width` slots free, refill when the idle slot-time of waiting one more
-    window would exceed the stalled slot-time of refilling now:
-        free * window_s >= (width - free) * prefill_s,
-    both from moving averages of measured times (before any measurement: refill at once). Cheap
-    prefills (or long windows) refill every check; costly ones gather several finished slots into
-    one call. With no live request left there is nothing to stall: refill.
+    A refill stalls every live slot while it runs. Its time has two parts: the prompts' own
+    compute, which they cost whenever they are admitted (gathering refills saves none of it), and
+    a fixed cost per call (host work, launches, padding to a graph bucket), which gathering saves.
+    A freed slot left empty idles for a window of steps. So at each host check, with `free` of
+    `width` slots free, refill when the idle slot-time of waiting one more window would exceed the
+    stalled slot-time of the call's fixed cost:
+        free * window_s >= (width - free) * call_s,
+    with window_s a moving average of measured windows and call_s the cheapest refill call measured
+    (little more than the fixed cost; before any measurement: refill at once). Example on an H200:
+    SmolLM2 at B=64, windows of 8 steps ~12 ms, a refill call >= ~2 ms: refill once 9 slots are
+    free. (An average call time instead, inflated by long prompts and the first admission of the
+    whole batch, held refills back until almost every slot was free: 43% of slot-steps live.)
+    With no live request left there is nothing to stall: refill.
     """
 
     smoothing: float = 0.3
-    prefill_s: float | None = None  # seconds per prefill call
+    call_s: float | None = None  # seconds of the cheapest refill call measured
     window_s: float | None = None  # seconds per window of steps
 
     def should_refill(self, free: int, width: int) -> bool:
         if free == 0:
             return False
-        if free == width or self.prefill_s is None or self.window_s is None:
+        if free == width or self.call_s is None or self.window_s is None:
             return True
-        return free * self.window_s >= (width - free) * self.prefill_s
+        return free * self.window_s >= (width - free) * self.call_s
 
     def record_prefill(self, seconds: float) -> None:
-        self.prefill_s = _ema(self.prefill_s, seconds, self.smoothing)
+        self.call_s = seconds if self.call_s is None else min(self.call_s, seconds)
 
     def record_window(self, seconds: float) -> None:
         self.window_s = _ema(self.window_s, seconds, self.smoothing)

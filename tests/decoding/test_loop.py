@@ -347,19 +347,24 @@ def test_policy_picks_the_faster_mode_and_explores():
 
 def test_refill_policy_weighs_idle_slots_against_a_prefill_stall():
     """RefillPolicy: refill at once before any measurement and when every slot is free; then only
-    when free * window_s >= (width - free) * prefill_s."""
+    when free * window_s >= (width - free) * call_s, call_s the cheapest call measured (a costly
+    call, e.g. the first admission of the whole batch, does not raise it)."""
     from samgpu.decoding.adaptive import RefillPolicy
 
     policy = RefillPolicy()
     assert policy.should_refill(1, 64)  # nothing measured yet
     policy.record_prefill(0.005)
+    policy.record_prefill(0.100)  # a big admission: the fixed cost stays 5 ms
     policy.record_window(0.016)
+    assert policy.call_s == 0.005
     assert not policy.should_refill(0, 64)
     assert not policy.should_refill(4, 64)  # 4 * 16 ms < 60 * 5 ms
     assert policy.should_refill(16, 64)  # 16 * 16 ms >= 48 * 5 ms
     assert policy.should_refill(64, 64)
-    cheap = RefillPolicy(prefill_s=0.0002, window_s=0.016)
-    assert cheap.should_refill(1, 64)  # cheap prefills refill every check
+    policy.record_prefill(0.0002)
+    assert policy.should_refill(1, 64)  # cheap calls: refill every check
+    average = RefillPolicy(call_s=0.040, window_s=0.016)  # negative control: a mean-like cost
+    assert not average.should_refill(16, 64)
 
 
 def test_deferred_refills_stay_lossless(monkeypatch):
