@@ -137,7 +137,9 @@ class Scheduler:
             sync()
             t_end = time.perf_counter()
             run.prefill_s += t_end - t_start
-            if clean:  # a graph capture (once per bucket) is not what the next refill costs
+            # a refill's cost: a call that also captured a graph, or one that stalled no live
+            # slot (the first admission of a whole batch), is not what the next refill costs
+            if clean and len(free) < len(slots):
                 refill.record_prefill(t_end - t_start)
             for b, r in zip(rows, requests, strict=True):
                 slots[b] = _Slot(r, steps, t_end - t_start, t_end, t_start - t0)
