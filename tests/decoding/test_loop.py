@@ -381,3 +381,24 @@ def test_deferred_refills_stay_lossless(monkeypatch):
     cfg = GenerationConfig(max_new_tokens=12, eos_token_ids=(eos,), check_every=2, continuous=True)
     out = dec.generate(MANY, cfg)
     assert out.tokens == [reference_greedy(runner, p, 12, eos=(eos,)) for p in MANY]
+
+
+def test_refill_cost_is_learnt_from_refills_only(monkeypatch):
+    """The first admission of a whole batch stalls no live slot: the refill policy learns its cost
+    from later admissions only (one per refill call here). Recording the first one too (the old
+    behaviour, a big call that held refills back) would add one more entry than refill calls."""
+    from samgpu.decoding import adaptive
+
+    recorded = []
+    monkeypatch.setattr(adaptive.RefillPolicy, "record_prefill", lambda self, s: recorded.append(s))
+    runner = ToyRunner(seed=10)
+    dec = _test_decoder(runner, MANY, 4, error_rate=0.3)
+    calls = []
+    engine = dec.engine
+    original = engine.prefill
+    monkeypatch.setattr(engine, "prefill", lambda rows, p: calls.append(rows) or original(rows, p))
+    cfg = GenerationConfig(max_new_tokens=6, check_every=2, continuous=True)
+    dec.generate(MANY, cfg)
+    assert len(MANY) > 4 and len(calls) >= 2  # the first admission, then refills
+    assert calls[0] == [0, 1, 2, 3]
+    assert len(recorded) == len(calls) - 1
