@@ -31,8 +31,7 @@ flags and lengths, through pinned memory); `collect(rows)` reads finished reques
 statistics and calls `drafter.finish`. Statistics (steps, accepted-length histogram, draft
 sources) accumulate on the GPU per slot.
 
-Example: engine.configure(config, width=2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]);
-engine.step() ...; engine.collect([0, 1]).
+Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step()
 """
 
 from __future__ import annotations
@@ -59,8 +58,7 @@ from samgpu.types import (
 
 
 class Engine:
-    """Buffers, the decode step and its CUDA graphs for `drafter` on `runner`; see the module doc.
-
+    """Buffers, the decode step and its CUDA graphs for `drafter` on `runner` (module doc).
     max_reqs: slots (capacity of every per-sequence buffer); max_len: per-slot capacity of the KV
     cache and the text buffer, >= prompt + max_new_tokens + drafter.max_nodes."""
 
@@ -274,8 +272,7 @@ class Engine:
     def prefill(self, rows: list[int], prompts: list[list[int]]) -> bool:
         """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
         prefill prompt[:-1] into the KV cache, set the root to the last prompt token, then
-        `drafter.start`. Other slots are not touched. Returns False when the call also captured
-        a prefill graph (its time is not a prefill's time), like `step`."""
+        `drafter.start`. Other slots are not touched. False when it also captured, like `step`."""
         if len(rows) != len(prompts) or not prompts:
             raise ValueError(f"prefill: {len(rows)} rows for {len(prompts)} prompts")
         if len(set(rows)) != len(rows) or min(rows) < 0 or max(rows) >= self.width:
@@ -301,7 +298,7 @@ class Engine:
         st.finished.index_fill_(0, index, False)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, :width].clamp(min=0).contiguous()
-        clean = self._prefiller(rows, index, input_ids, lens - 1)
+        clean = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
         self.drafter.start(st, NewRequests(rows=index, lengths=started, longest=max(lengths)))
@@ -401,9 +398,8 @@ class Engine:
 
     def warm_up(self, width: int) -> None:
         """Compile the kernels and capture the step graphs of `width` slots (drafting and, when
-        the drafter drafts, plain steps) on a dummy prompt, and the prefill graphs of the
-        admissions (`Prefiller.warm_up`), so that the first real steps and refills are replays.
-        The slots are left finished; prefill resets every row it loads."""
+        the drafter drafts, plain steps) on a dummy prompt, and the prefill graphs: the first
+        real steps and admissions are replays. Slots are left finished (prefill resets rows)."""
         config = GenerationConfig(max_new_tokens=8)
         self.configure(config, width)
         self.prefill(list(range(width)), [[0] * 4] * width)

@@ -1,24 +1,25 @@
 """Prompts into the KV cache: the runner's prefill of `prompt[:-1]` for the requests admitted into
-some slots, at the least host cost.
+some slots, at the least host and GPU cost.
 
-Three ways, chosen per call (per group of rows: a large admission is split so that one prefill
-holds at most MAX_TOKENS prompt tokens, which bounds its activation memory at large batches):
-- at most GRAPH_ROWS prompts with CUDA graphs on (a refill in continuous batching, every prompt
-  at batch 1): the prompts are copied into static input buffers padded to a (rows, width) bucket
-  (powers of two, rows <= GRAPH_ROWS), and a CUDA graph of the runner's prefill into a persistent
-  scratch cache replays; the scratch rows are then copied into the slots. An eager prefill is
-  ~300 kernel launches, ~20 ms of host time on an H200 whatever the prompt's length (measured:
-  profiling/profile_step.py), which at batch 1 is the prefill and in a refill stalls every live
-  slot; the replay is one launch. Each bucket is captured on first use (one eager warm-up, then
-  the capture);
-- more prompts in consecutive rows (a new batch): the runner prefills the engine's cache in
-  place, through a view of those rows;
-- otherwise: an eager prefill into a scratch cache of the n rows, copied into the slots.
+With CUDA graphs on (CUDA), every admission goes through graphs: the prompts are sorted by length
+and cut into calls of at most GRAPH_ROWS prompts (`plan_calls`); each call's prompts are copied
+into static input buffers padded to a (rows, width) bucket (powers of two), a CUDA graph of the
+runner's prefill into a persistent scratch cache replays, and the scratch rows are copied into the
+slots. Why: an eager prefill is ~300 kernel launches, ~20 ms of host time on an H200 whatever the
+prompts' length (profiling/profile_step.py), which at batch 1 is the whole prefill and in a refill
+stalls every live slot; a replay is one launch. Why sorted calls: a bucket's padding is computed
+like real tokens, so one call for a long prompt and eight short ones pads the short ones to the
+long one's width; `plan_calls` cuts the sorted prompts where the padding saved outweighs a call's
+fixed cost (CALL_TOKENS). Buckets are captured at warm-up (`warm_up`) or on first use.
+Without graphs (CPU, or graphs off): one eager prefill per group of at most MAX_TOKENS tokens
+(bounding activation memory), in place through a view when the slots are consecutive rows (a new
+batch), else into a scratch cache copied into the slots.
 Pad rows (length 0) and pad columns are computed and ignored: attention never looks past a
 row's length, and only the admitted rows are copied.
 
-Example: 3 prompts of 40, 90 and 200 tokens into slots [5, 9, 12] -> bucket (4 rows, 256
-columns): one replay, then rows 0..2 of the scratch cache (columns < 256) go to slots 5, 9, 12.
+Example: prompts of 40, 90, 200 and 1,900 tokens into slots [5, 9, 12, 13] -> one call for the
+first three (bucket: 4 rows x 256 columns) and one for the last (1 x 2,048), instead of a single
+call of 4 x 2,048.
 """
 
 from __future__ import annotations
@@ -27,13 +28,39 @@ import torch
 
 from samgpu.decoding.runners.base import KVCache
 
-GRAPH_ROWS = 16  # admissions of at most this many prompts replay graphs (the scratch cache's rows)
+GRAPH_ROWS = 16  # prompts per graph call at most (the scratch cache's rows)
 MIN_WIDTH = 64  # smallest width bucket
 MAX_TOKENS = 1 << 16  # prompt tokens (rows x width) per prefill call at most
+CALL_TOKENS = 2048  # a call's fixed cost in padded tokens (H200, SmolLM2: ~1.8 ms ~ 1.5k tokens)
 
 
 def _bucket(x: int, lo: int = 1) -> int:
     return max(lo, 1 << (max(x, 1) - 1).bit_length())
+
+
+def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int]]:
+    """Prompt indices cut into prefill calls: sorted by length, runs of at most max_rows,
+    minimising the sum over calls of CALL_TOKENS + rows bucket x width bucket (dynamic
+    programming over the cut points; the host cost is negligible next to a call).
+    Example: lengths [1900, 40, 200, 90], 16 rows -> [[1, 3, 2], [0]]."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    n = len(order)
+    best = [0] + [None] * n  # best[j]: cost of the first j sorted prompts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = min(_bucket(lengths[order[j - 1]], MIN_WIDTH), max_len)
+        for i in range(max(0, j - max_rows), j):
+            rows = min(_bucket(j - i), max_rows)
+            if rows * width > 2 * MAX_TOKENS and j - i > 1:
+                continue
+            cost = best[i] + CALL_TOKENS + rows * width
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    calls, j = [], n
+    while j > 0:
+        calls.append(order[cut[j] : j])
+        j = cut[j]
+    return calls[::-1]
 
 
 class Prefiller:
@@ -51,46 +78,61 @@ class Prefiller:
         self._lengths = None  # [GRAPH_ROWS] int32 static graph input
 
     def __call__(
-        self, rows: list[int], index: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor
+        self,
+        rows: list[int],
+        index: torch.Tensor,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        host_lengths: list[int],
     ) -> bool:
-        """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`) of the requests admitted
-        into slots `rows` (`index`: the same on the device); sets their cache_len. Returns False
-        when the call also captured a graph (its time is not a prefill's time)."""
+        """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`, the same on the host) of
+        the requests admitted into slots `rows` (`index`: the same on the device); sets their
+        cache_len. Returns False when the call also captured a graph (its time is not a
+        prefill's time)."""
         n, width = input_ids.shape
         cache = self.cache
         captures = len(self._graphs)
-        if width > 0:
+        if width > 0 and self.use_graphs:
+            for call in plan_calls(host_lengths, self._graph_rows, cache.max_len):
+                w = max(host_lengths[i] for i in call)
+                if w == 0:
+                    continue
+                sel = torch.tensor(call, dtype=torch.long, device=index.device)
+                scratch = self._graph_prefill(input_ids[sel, :w], lengths[sel])
+                self._copy_in(index[sel], scratch, len(call), w)
+        elif width > 0:
             step = max(1, MAX_TOKENS // width)
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
-                self._prefill_rows(rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi])
+                self._eager_prefill(rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi])
         cache.cache_len.index_copy_(0, index, lengths)
         return len(self._graphs) == captures
 
-    def _prefill_rows(self, rows, index, input_ids, lengths) -> None:
+    def _eager_prefill(self, rows, index, input_ids, lengths) -> None:
         n, width = input_ids.shape
         cache = self.cache
-        scratch = self._graph_prefill(input_ids, lengths)
-        if scratch is None:
-            first = rows[0]
-            if rows == list(range(first, first + n)):  # consecutive slots: in place, a view
-                view = KVCache(
-                    cache.k[:, first : first + n],
-                    cache.v[:, first : first + n],
-                    cache.cache_len[first : first + n],
-                )
-                self.runner.prefill(input_ids, lengths, view)
-                return
-            scratch = self.runner.allocate_cache(n, width)
-            self.runner.prefill(input_ids, lengths, scratch)
+        first = rows[0]
+        if rows == list(range(first, first + n)):  # consecutive slots: in place, a view
+            view = KVCache(
+                cache.k[:, first : first + n],
+                cache.v[:, first : first + n],
+                cache.cache_len[first : first + n],
+            )
+            self.runner.prefill(input_ids, lengths, view)
+            return
+        scratch = self.runner.allocate_cache(n, width)
+        self.runner.prefill(input_ids, lengths, scratch)
+        self._copy_in(index, scratch, n, width)
+
+    def _copy_in(self, index: torch.Tensor, scratch: KVCache, n: int, width: int) -> None:
+        """Scratch rows 0..n-1 (columns < width) into the cache's slots `index`."""
+        cache = self.cache
         cache.k[:, :, :, :width].index_copy_(1, index, scratch.k[:, :n, :, :width])
         cache.v[:, :, :, :width].index_copy_(1, index, scratch.v[:, :n, :, :width])
 
-    def _graph_prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor):
-        """The scratch cache after a graph replay for this bucket, or None (no graphs here)."""
+    def _graph_prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> KVCache:
+        """The scratch cache after a graph replay of this call's bucket (n <= the scratch rows)."""
         n, width = input_ids.shape
-        if not self.use_graphs or n > self._graph_rows:
-            return None
         rows_b = min(_bucket(n), self._graph_rows)
         width_b = min(_bucket(width, MIN_WIDTH), self.cache.max_len)
         self._allocate_scratch()
