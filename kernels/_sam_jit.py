@@ -3,6 +3,8 @@
 Called as module attributes (`J.csr_find(...)`) so they are inlined into each kernel and compiled
 through it (`python -m samgpu.kernels._aot` compiles the kernels, this module has none). Each helper
 has a plain-Python twin (`*_py`) used by the references, so that both sides compute the same thing.
+The host-side argument checks of those kernels' launchers live here too (`check_static_arrays`,
+`check_chain_args`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,51 @@ def check_static_arrays(automaton, names, device: torch.device) -> None:
             )
 
 
+def check_chain_args(
+    static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store
+) -> int:
+    """sam_draft_chain's cheap argument checks (ValueError with the shapes); returns B."""
+    b = root.shape[0]
+    if static is None and dynamic is None and store is None:
+        raise ValueError("sam_draft_chain needs a static automaton, a dynamic one, a store or more")
+    if (static is None) != (static_matches is None):
+        raise ValueError("pass static and static_matches together")
+    tensors = [("root", root), ("tree.num_nodes", tree.num_nodes)]
+    tensors += [("source", source), ("chain_len", chain_len)]
+    if static_matches is not None:
+        tensors += [("static_matches.state", static_matches.state)]
+        tensors += [("static_matches.match_len", static_matches.match_len)]
+    for name, t in tensors:
+        if t is None:
+            continue
+        if t.shape != (b,) or t.dtype != torch.int32 or not t.is_contiguous():
+            raise ValueError(
+                f"{name} must be a contiguous [B={b}] int32 tensor (root {tuple(root.shape)}), "
+                f"got {tuple(t.shape)} {t.dtype}"
+            )
+    for name in ("tokens", "parents"):
+        t = getattr(tree, name)
+        if t.ndim != 2 or t.shape[0] != b or t.dtype != torch.int32 or not t.is_contiguous():
+            raise ValueError(
+                f"tree.{name} must be a contiguous [B={b}, N] int32 tensor, got "
+                f"{tuple(t.shape)} {t.dtype}"
+            )
+    if tree.parents.shape != tree.tokens.shape:
+        raise ValueError(
+            f"tree.tokens {tuple(tree.tokens.shape)} and tree.parents "
+            f"{tuple(tree.parents.shape)} disagree"
+        )
+    if not 1 <= node_offset <= tree.tokens.shape[1]:
+        raise ValueError(
+            f"node_offset must lie in [1, N={tree.tokens.shape[1]}], got {node_offset}"
+        )
+    if dynamic is not None and dynamic.tokens.shape[0] < b:
+        raise ValueError(f"batch of {b} but only {dynamic.tokens.shape[0]} dynamic slots")
+    if store is not None and store.match_state.shape[1] < b:
+        raise ValueError(f"batch of {b} but the store has {store.match_state.shape[1]} match rows")
+    return b
+
+
 @triton.jit
 def csr_find(
     edge_offsets_ptr,  # [S+1] int32
@@ -97,7 +144,7 @@ def select_source(
     n_predicts,  # scalar int32, chain nodes including the root (threshold and forced modes)
     max_predicts,  # scalar int32, cap on chain nodes in MODE_LONGEST
     alpha,  # scalar fp32, MODE_LONGEST: nodes = min(max_predicts, 1 + floor(alpha * len))
-    store_len,  # scalar int32 (-1 without a store: never chosen)
+    store_len,  # scalar int32 (-1 without a store or without a store continuation: never chosen)
     store_bias,  # scalar int32, subtracted from store_len before comparing
 ):
     """(source, nodes) by the rule of `select_source_py` (branch-free)."""
@@ -139,9 +186,11 @@ def select_source_py(
     """The selection rule (DESIGN.md §3, with the store as a third source), returning (source,
     chain nodes including the root).
 
-    Candidates: dyn_len, store_len - store_bias (the cross-request store; absent: store_len -1),
-    static_len - l_bias. The winner is the largest, ties going to the dynamic automaton, then the
-    store, then the static one (own text first, then this run's responses, then the corpus).
+    Candidates: dyn_len, store_len - store_bias (the cross-request store; store_len -1 when it is
+    absent, and when its chain would be empty: sam_draft passes -1 then, so that the next-best
+    source wins), static_len - l_bias. The winner is the largest, ties going to the dynamic
+    automaton, then the store, then the static one (own text first, then this run's responses,
+    then the corpus).
     - MODE_THRESHOLD (`sam+tr`, official `samd`): if the winner's (biased) length >= l_threshold,
       its chain of n_predicts nodes; otherwise SOURCE_FALLBACK.
     - MODE_LONGEST (`sam`, official `samd_sam_only`): the winner, no threshold, nodes =

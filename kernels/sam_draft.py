@@ -13,11 +13,15 @@ Selection rule (`SamSelectConfig.mode`, DESIGN.md §3; `_sam_jit.select_source` 
 - the store (cross-request, kernels/sam_store.py) is a third candidate in "threshold" and
   "longest": its length is the longer of its two generations' matches (ties: the active one),
   less store_bias; the largest candidate wins, ties going to dynamic, then store, then static.
+  The store is a candidate only when its chain has a first token (the match has length > 0 and
+  its earliest occurrence ends neither a document nor the text): else the next-best automaton
+  drafts by the same rule, where a cut store chain used to give the fallback (issue 16).
 A missing static automaton counts as static_len 0 (the official NullStaticSAM), a missing dynamic
 one or store is never chosen (without a store the rule is exactly the two-source one).
 Example: static_len 12, dyn_len 6, l_bias 5, l_threshold 5 -> biased 7 > 6: SOURCE_STATIC, 40
 nodes; static_len 8, dyn_len 3 -> max(3, 3) < 5: SOURCE_FALLBACK; with a store match of 7 as well
-(store_bias 0): 7 = 7, the store before the static one: SOURCE_STORE.
+(store_bias 0): 7 = 7, the store before the static one: SOURCE_STORE; if that store match ends
+a stored response (SEP next), the static one: SOURCE_STATIC.
 
 Chain rule (official SAM-Decoding `gen_draft`, 0-based positions here):
 - static: from the match state's earliest end position `endpos` in the corpus `tokens[T]`; no
@@ -32,8 +36,9 @@ Chain rule (official SAM-Decoding `gen_draft`, 0-based positions here):
   (`tokens[b, :text_len]`, root included) from endpos + 1;
 - at most `nodes - 1` draft tokens, and no more than the tree has room for after `node_offset`;
   a chain is cut at the end of its text, never padded with made-up tokens;
-- an empty chain (or a zero-length match) turns the source into SOURCE_FALLBACK in "threshold"
-  mode (the auxiliary drafter then fills the tree) and SOURCE_NONE otherwise.
+- an empty static or dynamic chain (or a zero-length match; or no room in the tree) turns the
+  source into SOURCE_FALLBACK in "threshold" mode (the auxiliary drafter then fills the tree) and
+  SOURCE_NONE otherwise.
 
 Tree layout written (composable: a merged tree puts the chain first, other branches after it):
 tokens[b, 0] = root[b], parents[b, 0] = NO_PARENT; chain node k (k = 0..n-1) at index
@@ -192,6 +197,14 @@ def _sam_draft_chain_kernel(
         st_act = tl.load(st_active_ptr)
         st_gen = tl.where(st_len1 > st_len0, 1, tl.where(st_len0 > st_len1, 0, st_act)).to(tl.int64)
         st_len = tl.maximum(st_len0, st_len1)
+        st_state = tl.load(st_state_ptr + st_gen * st_max_reqs + b)
+        st_ep = tl.load(st_endpos_ptr + st_gen * 2 * st_capacity.to(tl.int64) + st_state)
+        st_end = tl.load(st_text_len_ptr + st_gen)
+        st_base = st_tokens_ptr + st_gen * st_capacity
+        st_next = tl.load(st_base + st_ep + 1, mask=(st_len > 0) & (st_ep + 1 < st_end), other=sep)
+        # no continuation (the match ends a document or the text): no candidate, so the next-best
+        # automaton drafts instead of the fallback
+        st_len = tl.where(st_next != sep, st_len, J.NO_MATCH_STORE)
     src, nodes = J.select_source(
         s_len, d_len, mode, l_bias, l_threshold, n_predicts, max_predicts, alpha, st_len, store_bias
     )
@@ -224,10 +237,8 @@ def _sam_draft_chain_kernel(
         end = tl.where(use_dyn, text_len.to(tl.int64), end)
         chosen_len = tl.where(use_dyn, d_len, chosen_len)
     if HAS_STORE:
-        st_state = tl.load(st_state_ptr + st_gen * st_max_reqs + b)
-        st_ep = tl.load(st_endpos_ptr + st_gen * 2 * st_capacity.to(tl.int64) + st_state)
         start = tl.where(use_store, st_ep.to(tl.int64) + 1, start)
-        end = tl.where(use_store, tl.load(st_text_len_ptr + st_gen).to(tl.int64), end)
+        end = tl.where(use_store, st_end.to(tl.int64), end)
         chosen_len = tl.where(use_store, st_len, chosen_len)
     offs = tl.arange(0, BLOCK_N)
     avail = tl.minimum(tl.maximum(end - start, 0), budget.to(tl.int64)).to(tl.int32)
@@ -246,7 +257,6 @@ def _sam_draft_chain_kernel(
         toks = tl.where(d_want, d_toks, toks)
     if HAS_STORE:
         st_want = offs < tl.where(use_store, avail, 0)
-        st_base = st_tokens_ptr + st_gen * st_capacity
         st_toks = tl.load(st_base + start + offs, mask=st_want, other=0)
         toks = tl.where(st_want, st_toks, toks)
         avail = tl.minimum(avail, tl.min(tl.where(st_want & (st_toks == sep), offs, BLOCK_N), 0))
@@ -265,50 +275,6 @@ def _sam_draft_chain_kernel(
     tl.store(num_nodes_ptr + b, node_offset + avail)
     tl.store(source_ptr + b, src)
     tl.store(chain_len_ptr + b, avail)
-
-
-def _check(
-    static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store
-) -> int:
-    b = root.shape[0]
-    if static is None and dynamic is None and store is None:
-        raise ValueError("sam_draft_chain needs a static automaton, a dynamic one, a store or more")
-    if (static is None) != (static_matches is None):
-        raise ValueError("pass static and static_matches together")
-    tensors = [("root", root), ("tree.num_nodes", tree.num_nodes)]
-    tensors += [("source", source), ("chain_len", chain_len)]
-    if static_matches is not None:
-        tensors += [("static_matches.state", static_matches.state)]
-        tensors += [("static_matches.match_len", static_matches.match_len)]
-    for name, t in tensors:
-        if t is None:
-            continue
-        if t.shape != (b,) or t.dtype != torch.int32 or not t.is_contiguous():
-            raise ValueError(
-                f"{name} must be a contiguous [B={b}] int32 tensor (root {tuple(root.shape)}), "
-                f"got {tuple(t.shape)} {t.dtype}"
-            )
-    for name in ("tokens", "parents"):
-        t = getattr(tree, name)
-        if t.ndim != 2 or t.shape[0] != b or t.dtype != torch.int32 or not t.is_contiguous():
-            raise ValueError(
-                f"tree.{name} must be a contiguous [B={b}, N] int32 tensor, got "
-                f"{tuple(t.shape)} {t.dtype}"
-            )
-    if tree.parents.shape != tree.tokens.shape:
-        raise ValueError(
-            f"tree.tokens {tuple(tree.tokens.shape)} and tree.parents "
-            f"{tuple(tree.parents.shape)} disagree"
-        )
-    if not 1 <= node_offset <= tree.tokens.shape[1]:
-        raise ValueError(
-            f"node_offset must lie in [1, N={tree.tokens.shape[1]}], got {node_offset}"
-        )
-    if dynamic is not None and dynamic.tokens.shape[0] < b:
-        raise ValueError(f"batch of {b} but only {dynamic.tokens.shape[0]} dynamic slots")
-    if store is not None and store.match_state.shape[1] < b:
-        raise ValueError(f"batch of {b} but the store has {store.match_state.shape[1]} match rows")
-    return b
 
 
 def _alloc(b: int, device, source, chain_len):
@@ -341,7 +307,7 @@ def sam_draft_chain_triton(
     `match_len`, `vocab_size`) or None.
     """
     args = (static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store)
-    b = _check(*args)
+    b = J.check_chain_args(*args)
     source, chain_len = _alloc(b, root.device, source, chain_len)
     if b == 0:
         return source, chain_len
@@ -387,11 +353,16 @@ def sam_draft_chain_triton(
     return source, chain_len
 
 
-def _store_pick_ref(store, i: int) -> tuple[int, int]:
-    """(generation, match length) of sequence i's longer store match (ties: the active one)."""
+def _store_pick_ref(store, i: int) -> tuple[int, int, int]:
+    """(generation, earliest end position, match length) of sequence i's longer store match (ties:
+    the active one); length NO_MATCH_STORE (-1, no candidate) when it has no continuation."""
     lens = [int(store.match_len[g, i]) for g in range(SM.NUM_GENERATIONS)]
     gen = int(store.active[0]) if lens[0] == lens[1] else int(lens[1] > lens[0])
-    return gen, lens[gen]
+    ep = int(store.endpos[gen, int(store.match_state[gen, i])])
+    has_next = lens[gen] > 0 and ep + 1 < int(store.text_len[gen])
+    if not has_next or int(store.tokens[gen, ep + 1]) == store.vocab_size:
+        return gen, ep, -1
+    return gen, ep, lens[gen]
 
 
 def sam_draft_chain_ref(
@@ -409,18 +380,18 @@ def sam_draft_chain_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loop-level reference of `sam_draft_chain_triton` (same arguments and effects).
 
-    Memory traffic per sequence: ~6 int32 scalars (+6 with a store) + 2 per climb step, the
+    Memory traffic per sequence: ~6 int32 scalars (+7 with a store) + 2 per climb step, the
     chain's tokens, and 2 x 4 x N bytes of tree writes.
     """
     args = (static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store)
-    b = _check(*args)
+    b = J.check_chain_args(*args)
     source, chain_len = _alloc(b, root.device, source, chain_len)
     max_nodes = tree.tokens.shape[1]
     eos = static.eos_id if static is not None and config.stop_at_eos else -1
     for i in range(b):
         s_len = int(static_matches.match_len[i]) if static is not None else 0
         d_len = int(dynamic.match_len[i]) if dynamic is not None else -1
-        gen, st_len = _store_pick_ref(store, i) if store is not None else (0, -1)
+        gen, st_ep, st_len = _store_pick_ref(store, i) if store is not None else (0, 0, -1)
         c = config
         src, nodes = J.select_source_py(
             s_len, d_len, c.mode_id, c.l_bias, c.l_threshold, c.n_predicts, c.max_predicts,
@@ -443,9 +414,8 @@ def sam_draft_chain_ref(
                     ep = int(dynamic.endpos[i, d])
             chain = dynamic.tokens[i, ep + 1 : min(ep + 1 + budget, text_len)].tolist()
         elif src == J.SOURCE_STORE and st_len > 0:
-            ep = int(store.endpos[gen, int(store.match_state[gen, i])])
-            stop = min(ep + 1 + budget, int(store.text_len[gen]))
-            chain = store.tokens[gen, ep + 1 : stop].tolist()
+            stop = min(st_ep + 1 + budget, int(store.text_len[gen]))
+            chain = store.tokens[gen, st_ep + 1 : stop].tolist()
             if store.vocab_size in chain:
                 chain = chain[: chain.index(store.vocab_size)]
         if not chain and src in (J.SOURCE_STATIC, J.SOURCE_DYNAMIC, J.SOURCE_STORE):

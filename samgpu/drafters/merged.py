@@ -15,7 +15,8 @@ The TR table is refreshed from every verified node, as in `tr`.
 
 Example: chain [r, x, y], TR [r, x, z] (z under the root) -> [r, x, y, z], parents [-1, 0, 1, 0].
 With `-O store=...` (parts/store.py) the cross-request store is a third chain source (same rule,
-its length less store_bias) and `finish` appends each finished response to it.
+its length less store_bias, a candidate when its match has a continuation) and `finish` appends
+each finished response to it.
 `last_source`: SOURCE_STATIC / SOURCE_DYNAMIC / SOURCE_STORE when a chain was drafted, else
 SOURCE_FALLBACK.
 """

@@ -13,7 +13,8 @@ corpus index, shared) and the dynamic one (the sequence's own text, built on the
 After commit, `update` advances the static matches and extends the dynamic automata over the emitted
 tokens (match first, then extend) and, for `sam+tr`, refreshes the Token Recycling table.
 With `-O store=...` (parts/store.py) a cross-request store of earlier responses is a third source:
-its match length, less store_bias, competes in the same rule (ties: dynamic, store, static), and
+its match length, less store_bias, competes in the same rule (ties: dynamic, store, static) when
+its match has a continuation (one ending a stored response leaves the choice to the others), and
 `finish` appends each finished response to it.
 
 Example (`sam+tr`): static_len 12, dyn_len 6 -> s = 7 > 6: a 40-node chain from the static corpus;

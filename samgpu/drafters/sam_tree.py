@@ -6,8 +6,8 @@ Per sequence and step, within `max_nodes` nodes (root included):
    match). The dynamic automaton keeps no occurrence counts (they change with every extension), so
    it contributes its chain only. With the cross-request store on (`-O store=...`,
    parts/store.py), the chain comes from whichever of the dynamic automaton and the store has the
-   longer match (the store's less store_bias; ties: dynamic), and `finish` appends each finished
-   response to the store;
+   longer match (the store's less store_bias; ties: dynamic; the store only when its match has a
+   continuation), and `finish` appends each finished response to the store;
 2. static count tree: from the static match (match_len >= min_match), the best-first top nodes of
    the corpus trie below the match, ranked by occurrence count (kernels/sam_tree.py);
 3. both are merged trie-style (kernels/merge_tree.py): chain first, then the static tree's nodes in

@@ -1,11 +1,14 @@
 """sam_draft_chain with the cross-request store as a third source: golden chains (cut before the
 separator, the longer generation's match, ties to the active one), the three-source rule, a random
-sweep Triton == reference with a brute-force chain oracle, and the store-off rule unchanged."""
+sweep Triton == reference with a brute-force chain oracle, the store-off rule unchanged, and a
+store match without a continuation (it ends a stored document) giving way to the next-best source
+(issue 16)."""
 
 import pytest
 import torch
 
 from samgpu.automata import StoreAutomaton
+from samgpu.kernels import _sam_jit as J
 from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain_ref, sam_draft_chain_triton
 from samgpu.kernels.sam_store_match import sam_store_match_ref
 from samgpu.kernels.types import (
@@ -168,3 +171,74 @@ def test_store_off_is_the_two_source_rule(device):
         with_full = _draft(sam_draft_chain_triton, static, sm, dyn, full, roots, cfg, 16, device)
         assert SOURCE_STORE in with_full[1] and not torch.equal(base[0].tokens, with_full[0].tokens)
         assert SOURCE_STATIC in base[1] or SOURCE_DYNAMIC in base[1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "config", [SamSelectConfig(), SamSelectConfig.sam_only()], ids=["sam+tr", "sam"]
+)
+def test_cut_store_chain_yields_to_the_next_best_source(impl, config, device):
+    """Issue 16. Store docs "1 2 3 4 5 6", "10 1 2 3 4 5 11" (V 12, SEP 12), no static automaton.
+    row 0: text "2 3 4 5 6 7 8 1 2 3 4 5 6": the store's match (6) beats the dynamic one (5) but
+    ends the first document (SEP next): no store chain, so the dynamic automaton drafts by the same
+    rule (5 >= l_threshold; `sam`: 1 + 4 x 5 nodes): "7 8 1 2 3 4 5" in 8 nodes (before the fix:
+    SOURCE_FALLBACK / SOURCE_NONE and no chain);
+    row 1 (control): text "2 3 4 5 6 7 8 10 1 2 3 4 5": store 6 > dynamic 4, "11" next: the
+    store drafts "11"."""
+    seqs = [[2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7, 8, 10, 1, 2, 3, 4, 5]]
+    st = _store([[[1, 2, 3, 4, 5, 6], [10, 1, 2, 3, 4, 5, 11]]], seqs, 12, 64, device)
+    dyn = _dynamic(seqs, 32, 12, device)
+    assert st.match_len[0].tolist() == [6, 6] and dyn.match_len.tolist() == [5, 4]
+    tree, source, chain_len = _draft(impl, None, None, dyn, st, [6, 5], config, 8, device)
+    assert source == [SOURCE_DYNAMIC, SOURCE_STORE] and chain_len == [7, 1]
+    assert tree.tokens.tolist() == [[6, 7, 8, 1, 2, 3, 4, 5], [5, 11, 0, 0, 0, 0, 0, 0]]
+    assert tree.parents.tolist() == [[-1, 0, 1, 2, 3, 4, 5, 6], [-1, 0, -1, -1, -1, -1, -1, -1]]
+    assert tree.num_nodes.tolist() == [8, 2]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamSelectConfig(),
+        SamSelectConfig.sam_only(),
+        SamSelectConfig(l_bias=0, l_threshold=2, n_predicts=12, store_bias=-1),
+    ],
+    ids=["sam+tr", "sam", "low-threshold-bias-1"],
+)
+def test_store_without_continuation_changes_nothing(seed, config, device):
+    """Random texts over 3 symbols, static + dynamic + store; the store holds the tails of the
+    even rows' texts (so their match can end a document: the cut case of issue 16) and the odd
+    rows' whole texts followed by "3 3" (a continuation). Triton == reference on every output;
+    every row whose store match has no continuation (brute force) gets the tree, source and chain
+    it gets with no store at all. Controls: some such row has the store winning the selection on
+    its length (the rows that got the fallback before the fix), and some row drafts "3" from the
+    store."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab, eos = 5, 4
+    texts = [random_text(gen, int(torch.randint(8, 30, (1,), generator=gen)), 3) for _ in range(6)]
+    docs = [t[-int(torch.randint(3, 8, (1,), generator=gen)) :] for t in texts[::2]]
+    docs += [t + [3, 3] for t in texts[1::2]]
+    st = _store([docs], texts, vocab, 128, device)
+    static, sm = _static([random_text(gen, 40, 3)], vocab, eos, texts, device)
+    dyn = _dynamic(texts, 64, vocab, device)
+    roots = [t[-1] for t in texts]
+    got = _draft(sam_draft_chain_triton, static, sm, dyn, st, roots, config, 16, device)
+    want = _draft(sam_draft_chain_ref, static, sm, dyn, st, roots, config, 16, device)
+    for f in ("tokens", "parents", "num_nodes"):
+        assert torch.equal(getattr(got[0], f), getattr(want[0], f)), f
+    assert got[1:] == want[1:]
+    alone = _draft(sam_draft_chain_ref, static, sm, dyn, None, roots, config, 16, device)
+    c, won_cut = config, 0
+    for b, text in enumerate(texts):
+        st_len = int(st.match_len[:, b].max())
+        if st_len > 0 and _brute_store_chain(st, b, text, 1):
+            continue
+        for f in ("tokens", "parents"):
+            assert torch.equal(getattr(got[0], f)[b], getattr(alone[0], f)[b]), (b, f)
+        assert (got[1][b], got[2][b]) == (alone[1][b], alone[2][b]), b
+        args = (int(sm.match_len[b]), int(dyn.match_len[b]), c.mode_id, c.l_bias, c.l_threshold)
+        args += (c.n_predicts, c.max_predicts, c.alpha, st_len, c.store_bias)
+        won_cut += J.select_source_py(*args)[0] == SOURCE_STORE
+    assert won_cut > 0
+    assert any(s == SOURCE_STORE and got[0].tokens[b, 1] == 3 for b, s in enumerate(got[1]))
