@@ -8,7 +8,9 @@ committed text that occurs in the corpus is `match_len` tokens long and belongs 
 
 Rule, for each new token c (the official SAM-Decoding `transfer_state`):
 - while the state has no transition on c and is not the root: state = link[state],
-  match_len = length[state];
+  match_len = min(match_len, length[state]) (= length[state] in a valid automaton, where
+  length[link[s]] < match_len <= length[s]; the min keeps a loaded index whose links pass the
+  structural checks but point elsewhere from reporting a match longer than the text consumed);
 - the root looks c up in `root_next` (with the vocabulary singletons it has every token);
 - take the transition and add 1, or, if even the root has none, fall to (root, 0).
 Transitions of non-root states are found by binary search in the state's CSR slice, narrowed to at
@@ -81,7 +83,7 @@ def static_advance_seq(
                 )
                 if nxt == _NO_STATE:
                     state = lk
-                    match_len = lk_len
+                    match_len = tl.minimum(match_len, lk_len)
                     lk = tl.load(link_ptr + state, mask=state != _ROOT, other=_ROOT)
                     lk_len = tl.load(length_ptr + lk)
                 else:
@@ -218,7 +220,7 @@ def sam_match_ref(
                 if nxt != NO_STATE:
                     break
                 s = int(automaton.link[s])
-                length = int(automaton.length[s])
+                length = min(length, int(automaton.length[s]))
             if nxt == NO_STATE:
                 s, length = ROOT_STATE, 0
             else:

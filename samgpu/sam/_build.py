@@ -354,7 +354,7 @@ def sam_longest_match(
             if state == 0:
                 break
             state = link[state]
-            match_len = length[state]
+            match_len = min(match_len, length[state])  # see kernels/sam_match.py
         if nxt == NO_STATE:
             state = 0
             match_len = 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -460,6 +461,43 @@ def test_fuzz_array_values(tmp_path, seed, mutations):
     deep_problems = structural_problems(a, vocab_size, eos_id, deep=True)
     assert (codes(a, vocab_size, deep=True)[1] == V.OK) == (not deep_problems)
     _check_accepted(loaded, original, queries)
+
+
+@pytest.mark.parametrize("walk", ["host", "triton", "ref"])
+def test_relinked_state_never_reports_a_match_longer_than_its_query(tmp_path, walk):
+    """A suffix link moved to another, shorter state passes every structural check (found by the
+    fuzz test above: seed 1890, the link of state 30 moved to 17). The walks clamp the match
+    length when they climb a link, so no match is longer than the tokens consumed; without the
+    clamp the host walk answered 7 for the 5-token query below (and the kernels likewise)."""
+    from samgpu.automata import StaticAutomaton
+    from samgpu.kernels.sam_match import sam_match_ref, sam_match_triton
+
+    vocab_size, eos_id, docs, queries = _corpus(1890)
+    original = _craft.arrays_of(SamIndex.build(docs, vocab_size=vocab_size, eos_id=eos_id))
+    a = {n: x.copy() for n, x in original.items()}
+    _mutate(a, "link", 1890, "small", 17)
+    assert structural_problems(a, vocab_size, eos_id) == []
+    loaded = SamIndex.load(_craft.write(tmp_path / "f.samidx", a, vocab_size, eos_id))
+    query = [0, 1, 4, 0, 2]
+    assert [t % vocab_size for t in queries[2]] == query
+    if walk == "host":
+        _, n = loaded.match_state(query)
+    else:
+        impl = sam_match_triton if walk == "triton" else sam_match_ref
+        state, match_len = torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+        tokens = torch.tensor([query], dtype=torch.int32)
+        impl(
+            StaticAutomaton.from_index(loaded, "cpu"),
+            tokens,
+            torch.tensor([5], dtype=torch.int32),
+            state,
+            match_len,
+        )
+        n = int(match_len[0])
+    assert n <= len(query)
+    # control: the same walk over the unmutated index matches this query in full or in part
+    _, n_good = SamIndex.build(docs, vocab_size=vocab_size, eos_id=eos_id).match_state(query)
+    assert 0 < n_good <= len(query)
 
 
 JSON_VALUES = st.recursive(
