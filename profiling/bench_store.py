@@ -17,8 +17,10 @@ budget), plus `ar` for speedups. One decoder per (method, B, store); between wor
 part is emptied / loaded through its public methods (samgpu.drafters.store_of), and no
 decoder is rebuilt (capacity is set for the longest prompt first).
 
-Reported per (B, workload, method, store): tokens/s, speedup over `ar`, MAT (bonus included),
-share of steps drafted from the store, outputs identical to the store-off run. Then the store's
+Reported per (B, workload, method, store): tokens/s, speedup over `ar`, MAT (bonus included; with
+`--speculation adaptive` plain steps count too, so the share of loop steps that drafted is
+reported beside it: compare drafts with `--speculation always`), share of steps drafted from the
+store, outputs identical to the store-off run. Then the store's
 cost: `sam+tr` with the store on but never chosen (store_bias 10**6: the same drafts and outputs,
 so any time difference is the store's matching in every step and its appends at every finish)
 against the store off, best of --reps alternating runs of (a) -> step-time overhead (target <= 3%
@@ -135,6 +137,8 @@ class Runner:
             "tok_s": gen / secs if secs else 0.0,
             "mat": gen / steps if steps else None,
             "store_steps": from_store / steps if steps else 0.0,
+            # adaptive speculation's plain steps count in MAT: the share of loop steps that drafted
+            "drafting": out.run.drafting_steps / out.run.steps if out.run.steps else None,
         }
 
 
@@ -187,6 +191,7 @@ def bench_methods(model, tokenizer, index, args, b: int, prompts, records, rows)
                     speedup=res["tok_s"] / ar[wl] if ar.get(wl) else None,
                     MAT=res["mat"],
                     store_steps=res["store_steps"] if store else None,
+                    drafting=res["drafting"],
                     same_as_off=same,
                     warmup_s=r.warmup_s,
                 )
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_cost:
             bench_cost(model, tokenizer, index, args, b, prompts, records, cost_rows)
     cols = ["B", "workload", "method", "store", "requests", "tok_s", "speedup", "MAT"]
-    cols += ["store_steps", "same_as_off"]
+    cols += ["drafting", "store_steps", "same_as_off"]
     print_table(rows, cols, title=f"store: SmolLM2-135M bf16, {args.max_new_tokens} new tokens")
     if cost_rows:
         cost_cols = ["B", "seconds_off", "seconds_on", "overhead", "same_outputs"]
