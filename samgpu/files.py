@@ -1,6 +1,8 @@
 """Files written safely: atomic, durable replacement (`atomic_write`), and temporaries that
-survive a kill: owner-tagged names, and removal of stale ones at start. Standard library only, so
-every layer can use it.
+survive a kill: owner-tagged names, and removal of stale ones at start. Also the layout shared by
+samgpu's binary files (an index, a store): `PREFIX` (magic, format version, header length, CRC-32
+of the header), a JSON header, then arrays at ALIGN-byte offsets (`write_prefixed`,
+`read_prefixed_header`, `crc32`). Standard library only, so every layer can use it.
 
 A writer that builds a file or folder under a temporary name and renames it into place leaves the
 temporary behind when it is killed (SIGKILL, out of memory). Names made here carry an owner tag,
@@ -18,10 +20,12 @@ host is removed by the next `save_index` of that index or the next default-index
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
 import time
 import zlib
@@ -31,6 +35,9 @@ from typing import BinaryIO
 
 MAX_AGE_S: float = 24 * 3600.0  # a tagged leftover of another host or a reused pid
 UNTAGGED_AGE_S: float = 3600.0  # an untagged leftover (no pid to ask)
+PREFIX = struct.Struct("<8sIII")  # magic, version, header length, header crc32
+ALIGN: int = 64  # array offsets in a binary file are multiples of this
+_CRC_BLOCK = 1 << 24
 _TAG = re.compile(r"(?:(?P<host>[0-9a-f]{8})-)?(?P<pid>\d+)")
 
 
@@ -154,3 +161,72 @@ def write_sections(f: BinaryIO, head: bytes, sections: list[tuple[int, bytes]], 
         f.write(b"\0" * (offset - f.tell()))
         f.write(data)
     f.write(b"\0" * (size - f.tell()))
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def crc32(buf) -> int:
+    """CRC-32 of a C-contiguous buffer (a numpy array), in 16 MB blocks."""
+    view = memoryview(buf).cast("B")
+    crc = 0
+    for lo in range(0, len(view), _CRC_BLOCK):
+        crc = zlib.crc32(view[lo : lo + _CRC_BLOCK], crc)
+    return crc
+
+
+def write_prefixed(path: Path, magic: bytes, version: int, meta: dict, arrays: dict) -> None:
+    """Write a binary file atomically: PREFIX, the JSON header `meta`, then each array named in
+    meta["arrays"] (entries with "name" and "count"; their "offset" and meta["file_size"] are
+    filled in here) from `arrays` (name -> numpy array) at its offset."""
+    entries = meta["arrays"]
+    for _ in range(3):  # offsets depend on the header length, which depends on their digits
+        header = json.dumps(meta, sort_keys=True).encode()
+        pos = align(PREFIX.size + len(header) + 64)
+        for e in entries:
+            e["offset"] = pos
+            pos = align(pos + arrays[e["name"]].itemsize * e["count"])
+        meta["file_size"] = pos
+    header = json.dumps(meta, sort_keys=True).encode()
+    if entries and PREFIX.size + len(header) > entries[0]["offset"]:
+        raise RuntimeError("header does not fit before the first array")  # internal invariant
+    head = PREFIX.pack(magic, version, len(header), zlib.crc32(header)) + header
+    sections = [(e["offset"], arrays[e["name"]].tobytes()) for e in entries]
+    atomic_write(path, lambda f: write_sections(f, head, sections, meta["file_size"]))
+
+
+def read_prefixed_header(
+    path: Path, *, what: str, magic: bytes, versions: tuple[int, ...], max_header: int, hint: str
+) -> tuple[int, bytes, int]:
+    """(format version, header bytes, file size) of an existing binary file, with its prefix
+    checked: the magic, a readable version, a header length within the file and `max_header`
+    (never size a read from an unchecked length: 4 GB for a lying u32), the header's CRC. Any
+    deviation is one ValueError naming `what` and the file, ending with `hint`."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(PREFIX.size)
+        if len(prefix) < PREFIX.size:
+            raise ValueError(f"{what} {path} is truncated ({size} bytes); {hint}")
+        found, version, header_len, header_crc = PREFIX.unpack(prefix)
+        if found != magic:
+            raise ValueError(
+                f"{path} is not a samgpu {what} (magic {found!r}, expected {magic!r}); {hint}"
+            )
+        if version not in versions:
+            readable = ", ".join(map(str, versions))
+            raise ValueError(
+                f"{what} {path} has format version {version}, this samgpu reads "
+                f"version{'s' if len(versions) > 1 else ''} {readable}; {hint}"
+            )
+        if header_len > min(size - PREFIX.size, max_header):
+            raise ValueError(
+                f"{what} {path} is truncated inside its header (header length {header_len}, "
+                f"file {size} bytes); {hint}"
+            )
+        header = f.read(header_len)
+    if len(header) < header_len:
+        raise ValueError(f"{what} {path} is truncated inside its header; {hint}")
+    if zlib.crc32(header) != header_crc:
+        raise ValueError(f"{what} {path} has a corrupt header (CRC mismatch); {hint}")
+    return version, header, size

@@ -39,8 +39,6 @@ import json
 import os
 import re
 import reprlib
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +66,7 @@ READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 TOKEN_ARRAYS: tuple[str, ...] = ("edge_token", "tokens")
 U16_VOCAB: int = 1 << 16
 _DTYPES = {"int32": np.int32, "uint16": np.uint16}
-ALIGN: int = 64
-_PREFIX = struct.Struct("<8sIII")  # magic, version, header length, header crc32
-_CRC_BLOCK = 1 << 24
+ALIGN: int = files.ALIGN
 MAX_HEADER_BYTES: int = 1 << 24  # a real header is ~2 KB plus the provenance in `extra`
 MAX_COUNT: int = 2**31 - 1  # ids and offsets are int32
 
@@ -80,18 +76,6 @@ def fix_hint(path: Path) -> str:
         "build a new index with `samgpu index build --out NEW.samidx` (with --corpus/--tokenizer "
         f"as when {path.name} was built) and pass that"
     )
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-def _crc(buf) -> int:
-    view = memoryview(buf).cast("B")
-    crc = 0
-    for lo in range(0, len(view), _CRC_BLOCK):
-        crc = zlib.crc32(view[lo : lo + _CRC_BLOCK], crc)
-    return crc
 
 
 def save_index(index, path: str | os.PathLike) -> Path:
@@ -114,7 +98,7 @@ def save_index(index, path: str | os.PathLike) -> Path:
             "name": n,
             "offset": 0,
             "count": int(a.size),
-            "crc32": _crc(a),
+            "crc32": files.crc32(a),
             "dtype": a.dtype.name,
         }
         for n, a in arrays.items()
@@ -127,23 +111,9 @@ def save_index(index, path: str | os.PathLike) -> Path:
         "extra": index.extra,
         "arrays": entries,
     }
-    # Offsets depend on the header length, which depends on the offsets' digits: reserve generously.
-    for _ in range(3):
-        header = json.dumps(meta, sort_keys=True).encode()
-        pos = _align(_PREFIX.size + len(header) + 64)
-        for e in entries:
-            e["offset"] = pos
-            pos = _align(pos + arrays[e["name"]].itemsize * e["count"])
-        meta["file_size"] = pos
-    header = json.dumps(meta, sort_keys=True).encode()
-    if _PREFIX.size + len(header) > entries[0]["offset"]:
-        raise RuntimeError("header does not fit before the first array")  # internal invariant
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, re.escape(path.name))
-
-    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header
-    sections = [(e["offset"], arrays[e["name"]].tobytes()) for e in entries]
-    files.atomic_write(path, lambda f: files.write_sections(f, head, sections, meta["file_size"]))
+    files.write_prefixed(path, MAGIC, FORMAT_VERSION, meta, arrays)
     return path
 
 
@@ -162,34 +132,14 @@ def read_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"SAM index {path} does not exist; build it with `samgpu index build`")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(_PREFIX.size)
-        if len(prefix) < _PREFIX.size:
-            raise ValueError(f"SAM index {path} is truncated ({size} bytes); {fix_hint(path)}")
-        magic, version, header_len, header_crc = _PREFIX.unpack(prefix)
-        if magic != MAGIC:
-            raise ValueError(
-                f"{path} is not a samgpu SAM index (magic {magic!r}, expected {MAGIC!r}); "
-                f"{fix_hint(path)}"
-            )
-        if version not in READABLE_VERSIONS:
-            readable = ", ".join(map(str, READABLE_VERSIONS))
-            raise ValueError(
-                f"SAM index {path} has format version {version}, this samgpu reads versions "
-                f"{readable}; {fix_hint(path)}"
-            )
-        # never size a read from an unchecked length (4 GB for a lying u32)
-        if header_len > min(size - _PREFIX.size, MAX_HEADER_BYTES):
-            raise ValueError(
-                f"SAM index {path} is truncated inside its header (header length {header_len}, "
-                f"file {size} bytes); {fix_hint(path)}"
-            )
-        header = f.read(header_len)
-    if len(header) < header_len:
-        raise ValueError(f"SAM index {path} is truncated inside its header; {fix_hint(path)}")
-    if zlib.crc32(header) != header_crc:
-        raise ValueError(f"SAM index {path} has a corrupt header (CRC mismatch); {fix_hint(path)}")
+    version, header, size = files.read_prefixed_header(
+        path,
+        what="SAM index",
+        magic=MAGIC,
+        versions=READABLE_VERSIONS,
+        max_header=MAX_HEADER_BYTES,
+        hint=fix_hint(path),
+    )
     try:
         meta = json.loads(header)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
@@ -198,7 +148,7 @@ def read_header(path: str | os.PathLike) -> dict:
             f"{fix_hint(path)}"
         ) from None
     try:
-        _check_header(meta, version, _PREFIX.size + header_len)
+        _check_header(meta, version, files.PREFIX.size + len(header))
     except _HeaderError as exc:
         raise ValueError(
             f"SAM index {path} has a malformed header ({exc}); {fix_hint(path)}"
@@ -302,7 +252,7 @@ def read_index(
     for e in meta["arrays"]:
         dtype = np.dtype(_DTYPES[e["dtype"]])
         arr = raw[e["offset"] : e["offset"] + dtype.itemsize * e["count"]].view(dtype)
-        if verify and _crc(arr) != e["crc32"]:
+        if verify and files.crc32(arr) != e["crc32"]:
             raise ValueError(
                 f"SAM index {path} is corrupt: checksum mismatch in array {e['name']}; "
                 f"{fix_hint(path)}"

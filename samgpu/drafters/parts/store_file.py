@@ -37,8 +37,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +46,12 @@ from samgpu import files
 
 MAGIC: bytes = b"SAMGPUST"
 FORMAT_VERSION: int = 1
-ALIGN: int = 64
+ALIGN: int = files.ALIGN
 U16_VOCAB: int = 1 << 16
 MAX_HEADER_BYTES: int = 1 << 20
 ARRAYS: tuple[str, ...] = ("doc_offsets", "tokens")
 _DTYPES = {"int64": np.int64, "int32": np.int32, "uint16": np.uint16}
 _ALLOWED = {"doc_offsets": ("int64",), "tokens": ("int32", "uint16")}
-_PREFIX = struct.Struct("<8sIII")  # magic, version, header length, header crc32
 
 
 @dataclass
@@ -101,18 +98,6 @@ def surviving_start(lengths, capacity: int) -> int:
     return starts[-2] if len(starts) >= 2 else 0
 
 
-def _crc(arr: np.ndarray) -> int:
-    view = memoryview(np.ascontiguousarray(arr)).cast("B")
-    crc = 0
-    for lo in range(0, len(view), 1 << 24):
-        crc = zlib.crc32(view[lo : lo + (1 << 24)], crc)
-    return crc
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 def save_store_file(
     path: str | os.PathLike,
     documents,
@@ -135,7 +120,7 @@ def save_store_file(
     tok_dtype = np.uint16 if vocab_size <= U16_VOCAB else np.int32
     arrays = {"doc_offsets": offsets, "tokens": tokens.astype(tok_dtype)}
     entries = [
-        {"name": n, "offset": 0, "count": int(a.size), "crc32": _crc(a), "dtype": a.dtype.name}
+        {"name": n, "offset": 0, "count": a.size, "crc32": files.crc32(a), "dtype": a.dtype.name}
         for n, a in arrays.items()
     ]
     meta = {
@@ -147,21 +132,10 @@ def save_store_file(
         "extra": extra or {},
         "arrays": entries,
     }
-    for _ in range(3):  # offsets depend on the header length, which depends on their digits
-        header = json.dumps(meta, sort_keys=True).encode()
-        pos = _align(_PREFIX.size + len(header) + 64)
-        for e in entries:
-            e["offset"] = pos
-            pos = _align(pos + arrays[e["name"]].itemsize * e["count"])
-        meta["file_size"] = pos
-    header = json.dumps(meta, sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(?P<tag>[0-9a-f]{{8}}-\d+)-\w+")
     files.remove_stale(path.parent, pattern)
-
-    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header
-    sections = [(e["offset"], arrays[e["name"]].tobytes()) for e in entries]
-    files.atomic_write(path, lambda f: files.write_sections(f, head, sections, meta["file_size"]))
+    files.write_prefixed(path, MAGIC, FORMAT_VERSION, meta, arrays)
     return path
 
 
@@ -170,30 +144,17 @@ def read_store_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"store file {path} does not exist; {fix_hint(path)}")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(_PREFIX.size)
-        if len(prefix) < _PREFIX.size:
-            raise ValueError(f"store file {path} is truncated ({size} bytes); {fix_hint(path)}")
-        magic, version, header_len, header_crc = _PREFIX.unpack(prefix)
-        if magic != MAGIC:
-            raise ValueError(
-                f"{path} is not a samgpu store file (magic {magic!r}, expected {MAGIC!r}); "
-                f"{fix_hint(path)}"
-            )
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"store file {path} has format version {version}, this samgpu reads version "
-                f"{FORMAT_VERSION}; {fix_hint(path)}"
-            )
-        if header_len > min(size - _PREFIX.size, MAX_HEADER_BYTES):
-            raise ValueError(f"store file {path} is truncated inside its header; {fix_hint(path)}")
-        header = f.read(header_len)
-    if zlib.crc32(header) != header_crc:
-        raise ValueError(f"store file {path} has a corrupt header (CRC mismatch); {fix_hint(path)}")
+    _, header, size = files.read_prefixed_header(
+        path,
+        what="store file",
+        magic=MAGIC,
+        versions=(FORMAT_VERSION,),
+        max_header=MAX_HEADER_BYTES,
+        hint=fix_hint(path),
+    )
     try:
         meta = json.loads(header)
-        _check_header(meta, _PREFIX.size + header_len)
+        _check_header(meta, files.PREFIX.size + len(header))
     except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(
             f"store file {path} has a malformed header ({exc}); {fix_hint(path)}"
@@ -274,7 +235,7 @@ def read_store_file(
     for e in meta["arrays"]:
         dtype = np.dtype(_DTYPES[e["dtype"]])
         arr = raw[e["offset"] : e["offset"] + dtype.itemsize * e["count"]].view(dtype)
-        if verify and _crc(arr) != e["crc32"]:
+        if verify and files.crc32(np.ascontiguousarray(arr)) != e["crc32"]:
             raise ValueError(
                 f"store file {path} is corrupt: checksum mismatch in {e['name']}; {fix_hint(path)}"
             )
