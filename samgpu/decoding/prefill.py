@@ -31,11 +31,26 @@ from samgpu.decoding.runners.base import KVCache
 GRAPH_ROWS = 16  # prompts per graph call at most (the scratch cache's rows)
 MIN_WIDTH = 64  # smallest width bucket
 MAX_TOKENS = 1 << 16  # prompt tokens (rows x width) per prefill call at most
+MAX_CALL_TOKENS = 2 * MAX_TOKENS  # padded tokens (rows x width buckets) of a graph call at most
 CALL_TOKENS = 2048  # a call's fixed cost in padded tokens (H200, SmolLM2: ~1.8 ms ~ 1.5k tokens)
 
 
 def _bucket(x: int, lo: int = 1) -> int:
     return max(lo, 1 << (max(x, 1) - 1).bit_length())
+
+
+def call_bucket(rows: int, width: int, max_rows: int, max_len: int) -> tuple[int, int]:
+    """The (rows, width) graph bucket of a call: powers of two, at most max_rows x max_len, at
+    least MIN_WIDTH columns."""
+    return min(_bucket(rows), max_rows), min(_bucket(width, MIN_WIDTH), max_len)
+
+
+def _powers_up_to(lo: int, hi: int) -> list[int]:
+    """lo, 2 lo, 4 lo, ... while below hi, then hi: every bucket call_bucket gives up to hi."""
+    out = [lo]
+    while out[-1] < hi:
+        out.append(min(2 * out[-1], hi))
+    return out
 
 
 def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int]]:
@@ -48,10 +63,9 @@ def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int
     best = [0] + [None] * n  # best[j]: cost of the first j sorted prompts
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
-        width = min(_bucket(lengths[order[j - 1]], MIN_WIDTH), max_len)
         for i in range(max(0, j - max_rows), j):
-            rows = min(_bucket(j - i), max_rows)
-            if rows * width > 2 * MAX_TOKENS and j - i > 1:
+            rows, width = call_bucket(j - i, lengths[order[j - 1]], max_rows, max_len)
+            if rows * width > MAX_CALL_TOKENS and j - i > 1:
                 continue
             cost = best[i] + CALL_TOKENS + rows * width
             if best[j] is None or cost < best[j]:
@@ -133,8 +147,7 @@ class Prefiller:
     def _graph_prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> KVCache:
         """The scratch cache after a graph replay of this call's bucket (n <= the scratch rows)."""
         n, width = input_ids.shape
-        rows_b = min(_bucket(n), self._graph_rows)
-        width_b = min(_bucket(width, MIN_WIDTH), self.cache.max_len)
+        rows_b, width_b = call_bucket(n, width, self._graph_rows, self.cache.max_len)
         self._allocate_scratch()
         self._input_ids[:rows_b, :width_b].zero_()
         self._input_ids[:n, :width].copy_(input_ids)
@@ -149,25 +162,16 @@ class Prefiller:
 
     def warm_up(self) -> None:
         """Capture the buckets that admissions can meet (rows 1, 2, 4, .. up to the scratch's
-        rows; widths MIN_WIDTH .. max_len; at most 2 * MAX_TOKENS tokens), so that no admission
-        stalls the live slots for a capture (~50 ms each on an H200). A bucket missed here is
-        captured on first use."""
+        rows; widths MIN_WIDTH .. max_len; at most MAX_CALL_TOKENS), so that no admission stalls
+        the live slots for a capture (~50 ms each on an H200). A bucket missed here is captured on
+        first use."""
         if not self.use_graphs:
             return
         self._allocate_scratch()
-        max_len, rows_b = self.cache.max_len, 1
-        while True:
-            width_b = MIN_WIDTH
-            while True:
-                width_b = min(width_b, max_len)
-                if (rows_b, width_b) not in self._graphs and rows_b * width_b <= 2 * MAX_TOKENS:
+        for rows_b in _powers_up_to(1, self._graph_rows):
+            for width_b in _powers_up_to(min(MIN_WIDTH, self.cache.max_len), self.cache.max_len):
+                if (rows_b, width_b) not in self._graphs and rows_b * width_b <= MAX_CALL_TOKENS:
                     self._capture(rows_b, width_b)
-                if width_b >= max_len:
-                    break
-                width_b *= 2
-            if rows_b >= self._graph_rows:
-                break
-            rows_b = min(2 * rows_b, self._graph_rows)
 
     def _allocate_scratch(self) -> None:
         if self._scratch is None:
