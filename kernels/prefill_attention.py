@@ -39,6 +39,7 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import debug_checks, use_triton
+from samgpu.kernels.visible_sdpa import plan_from_visible, visible_sdpa
 
 LOG2E: float = 1.4426950408889634
 # head_dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for a full grid (>= 2 programs per SM) and
@@ -357,29 +358,14 @@ def prefill_attention_ref(
     out: torch.Tensor | None = None,
     upcast: bool = False,
 ) -> torch.Tensor:
-    """SDPA with an explicit `[B, 1, T, L]` visibility mask over all L cache slots (the spec; also
-    the CPU path). `upcast=True` computes in float32 (the yardstick for low-precision kernels).
+    """SDPA with an explicit visibility mask (`prefill_visible`) over the slots some query sees
+    (kernels/visible_sdpa.py; the spec, also the CPU path). `upcast=True` computes in float32 (the
+    yardstick for low-precision kernels).
     Memory traffic of the kernel it specifies: K/V of slots [0, start + len) once per kv head and
     row block; q read and out written once: ~2 * B * Hkv * (start + T) * D * bytes."""
-    b, t, hq, hkv, d = check_inputs(q, k_cache, v_cache, start, lengths)
-    visible = prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2])  # [B, T, L]
-    dtype = torch.float32 if upcast else q.dtype
-    qh = q.transpose(1, 2).to(dtype)  # [B, Hq, T, D]
-    # Only the slots some query sees (a host read: the reference runs on CPU tensors, and in
-    # tests), with GQA in SDPA: the CPU path costs the context, not the cache's capacity.
-    seen = visible.flatten(0, 1).any(0)
-    width = int(seen.nonzero().max()) + 1 if bool(seen.any()) else 1
-    visible = visible[..., :width]
-    # Slots no query sees may hold anything (NaN included): zero them so 0 * NaN cannot leak in.
-    used = visible.any(1)[:, None, :, None]  # [B, 1, L', 1]
-    kh = torch.where(used, k_cache[:b, :, :width].to(dtype), 0.0)
-    vh = torch.where(used, v_cache[:b, :, :width].to(dtype), 0.0)
-    attn = torch.nn.functional.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=visible[:, None], scale=scale, enable_gqa=hq != hkv
-    )
-    # Pad rows see nothing (SDPA gives NaN there): zeros, as the kernel writes.
-    attn = torch.where(visible.any(-1)[:, None, :, None], attn, 0.0)
-    result = attn.transpose(1, 2).to(q.dtype)
+    b, t, _, _, _ = check_inputs(q, k_cache, v_cache, start, lengths)
+    plan = plan_from_visible(prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2]))
+    result = visible_sdpa(q, k_cache, v_cache, plan, scale=scale, upcast=upcast)
     if out is None:
         return result.contiguous()
     return out.copy_(result)

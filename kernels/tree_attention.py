@@ -43,7 +43,6 @@ per step for all layers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -57,6 +56,7 @@ from samgpu.kernels.tree_attention_config import (
     default_config,
     max_block_m,
 )
+from samgpu.kernels.visible_sdpa import RefPlan, plan_from_visible, visible_sdpa
 
 LOG2E: float = 1.4426950408889634
 
@@ -450,27 +450,10 @@ def _visible_slots(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: in
     return (rel < 0)[:, None, :] | tree_vis
 
 
-@dataclass(frozen=True)
-class RefPlan:
-    """The reference path's visibility for one step, shared by all layers (it depends only on
-    cache_len and the tree mask): `visible [B, N, W]` over the first W slots (the last slot some
-    query sees + 1), and whether any of those slots is unseen or any query sees nothing (then the
-    per-layer zeroing below is needed)."""
-
-    visible: torch.Tensor
-    used: torch.Tensor  # [B, 1, W, 1]: some query of the row sees the slot
-    all_used: bool
-    all_rows_see: bool
-
-
 def ref_plan(cache_len: torch.Tensor, tree_mask: torch.Tensor, max_len: int) -> RefPlan:
-    """Build the RefPlan (host reads: the reference runs on CPU tensors, and in tests)."""
-    visible = _visible_slots(cache_len, tree_mask, max_len)  # [B, N, L]
-    seen = visible.flatten(0, 1).any(0)
-    width = int(seen.nonzero().max()) + 1 if bool(seen.any()) else 1
-    visible = visible[..., :width]
-    used = visible.any(1)[:, None, :, None]
-    return RefPlan(visible, used, bool(used.all()), bool(visible.any(-1).all()))
+    """The reference's visibility for one step, shared by all layers (it depends only on cache_len
+    and the tree mask)."""
+    return plan_from_visible(_visible_slots(cache_len, tree_mask, max_len))
 
 
 def tree_attention_ref(
@@ -489,21 +472,10 @@ def tree_attention_ref(
     spec; also the CPU path, which costs the context, not the cache's capacity). `upcast=True`
     computes in float32 (the yardstick for low-precision kernels). `plan`: ref_plan of the same
     cache_len and tree_mask, built once per step instead of once per layer."""
-    b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
+    check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
     if plan is None:
         plan = ref_plan(cache_len, tree_mask, k_cache.shape[2])
-    width = plan.visible.shape[-1]
-    dtype = torch.float32 if upcast else q.dtype
-    qh = q.transpose(1, 2).to(dtype)  # [B, Hq, N, D]
-    kh, vh = k_cache[:b, :, :width].to(dtype), v_cache[:b, :, :width].to(dtype)
-    if not plan.all_used:  # unseen slots may hold anything (NaN): zero them, 0 * NaN is NaN
-        kh, vh = torch.where(plan.used, kh, 0.0), torch.where(plan.used, vh, 0.0)
-    attn = torch.nn.functional.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=plan.visible[:, None], scale=scale, enable_gqa=hq != hkv
-    )
-    if not plan.all_rows_see:  # a query with nothing visible outputs zeros, as the kernel does
-        attn = torch.where(plan.visible.any(-1)[:, None, :, None], attn, 0.0)
-    result = attn.transpose(1, 2).to(q.dtype)
+    result = visible_sdpa(q, k_cache, v_cache, plan, scale=scale, upcast=upcast)
     if out is None:
         return result.contiguous()
     return out.copy_(result)

@@ -91,7 +91,7 @@ class RefillPolicy:
         free * window_s >= (width - free) * call_s,
     with window_s a moving average of measured windows and call_s the cheapest refill call measured
     (little more than the fixed cost; before any measurement: refill at once). Example on an H200:
-    SmolLM2 at B=64, windows of 8 steps ~12 ms, a refill call >= ~2 ms: refill once 9 slots are
+    SmolLM2 at B=64, windows of 8 steps ~12 ms, a refill call >= ~2 ms: refill once 10 slots are
     free. (An average call time instead, inflated by long prompts and the first admission of the
     whole batch, held refills back until almost every slot was free: 43% of slot-steps live.)
     With no live request left there is nothing to stall: refill.
