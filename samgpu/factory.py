@@ -135,6 +135,7 @@ def build_decoder(
         device=runner.device,
         index=index,
         hidden_size=getattr(runner, "hidden_size", None),
+        target=runner,
         **opts,
     )
     engine = Engine(

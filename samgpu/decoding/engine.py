@@ -100,7 +100,9 @@ class Engine:
             and bool(getattr(runner, "graph_safe", True))
         )
         self.cache = runner.allocate_cache(max_reqs, max_len)
-        self._prefiller = Prefiller(runner, self.cache, use_graphs=self.use_cuda_graphs)
+        self._prefiller = Prefiller(
+            runner, self.cache, use_graphs=self.use_cuda_graphs, with_hidden=drafter.needs_hidden
+        )
         dev, R, N, V, K = self.device, max_reqs, num_nodes, self.vocab_size, self.k_slots
 
         def i32(*shape, fill=0):
@@ -301,7 +303,10 @@ class Engine:
         clean = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
-        self.drafter.start(st, NewRequests(rows=index, lengths=started, longest=max(lengths)))
+        new = NewRequests(
+            rows=index, lengths=started, longest=max(lengths), hidden=self._prefiller.hidden
+        )
+        self.drafter.start(st, new)
         return clean
 
     # ------------------------------------------------------------------ the step

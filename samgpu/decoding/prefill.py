@@ -16,6 +16,8 @@ Without graphs (CPU, or graphs off): one eager prefill per group of at most MAX_
 batch), else into a scratch cache copied into the slots.
 Pad rows (length 0) and pad columns are computed and ignored: attention never looks past a
 row's length, and only the admitted rows are copied.
+With `with_hidden` (a drafter that needs the prompt's hidden states, e.g. an EAGLE head) each call
+also returns the runner's last hidden states of prompt[:-1], [n, W, H] (row i: rows[i]).
 
 Example: prompts of 40, 90, 200 and 1,900 tokens into slots [5, 9, 12, 13] -> one call for the
 first three (bucket: 4 rows x 256 columns) and one for the last (1 x 2,048), instead of a single
@@ -80,9 +82,10 @@ def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int
 class Prefiller:
     """Writes new requests' prompts into the engine's cache; see the module docstring."""
 
-    def __init__(self, runner, cache, *, use_graphs: bool):
+    def __init__(self, runner, cache, *, use_graphs: bool, with_hidden: bool = False):
         self.runner = runner
         self.cache = cache
+        self.with_hidden = with_hidden
         self.use_graphs = use_graphs and runner.device.type == "cuda"
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_rows = min(GRAPH_ROWS, cache.k.shape[1])  # the scratch cache's rows
@@ -90,6 +93,8 @@ class Prefiller:
         self._scratch = None  # KVCache of GRAPH_ROWS x max_len, allocated on first refill
         self._input_ids = None  # [GRAPH_ROWS, max_len] int32 static graph input
         self._lengths = None  # [GRAPH_ROWS] int32 static graph input
+        self._hidden = None  # [GRAPH_ROWS, max_len, H] static graph output (with_hidden)
+        self.hidden: torch.Tensor | None = None  # the last call's [n, W, H] (with_hidden)
 
     def __call__(
         self,
@@ -102,10 +107,15 @@ class Prefiller:
         """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`, the same on the host) of
         the requests admitted into slots `rows` (`index`: the same on the device); sets their
         cache_len. Returns False when the call also captured a graph (its time is not a
-        prefill's time)."""
+        prefill's time). With `with_hidden`, `self.hidden` holds the hidden states after."""
         n, width = input_ids.shape
         cache = self.cache
         captures = len(self._graphs)
+        hidden = None
+        if self.with_hidden:
+            r = self.runner
+            hidden = torch.zeros(n, width, r.hidden_size, dtype=r.dtype, device=r.device)
+        self.hidden = hidden
         if width > 0 and self.use_graphs:
             for call in plan_calls(host_lengths, self._graph_rows, cache.max_len):
                 w = max(host_lengths[i] for i in call)
@@ -114,17 +124,23 @@ class Prefiller:
                 sel = torch.tensor(call, dtype=torch.long, device=index.device)
                 scratch = self._graph_prefill(input_ids[sel, :w], lengths[sel])
                 self._copy_in(index[sel], scratch, len(call), w)
+                if hidden is not None:
+                    hidden[:, :w].index_copy_(0, sel, self._hidden[: len(call), :w])
         elif width > 0:
             step = max(1, MAX_TOKENS // width)
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
-                self._eager_prefill(rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi])
+                out = None if hidden is None else hidden[lo:hi]
+                self._eager_prefill(
+                    rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi], out
+                )
         cache.cache_len.index_copy_(0, index, lengths)
         return len(self._graphs) == captures
 
-    def _eager_prefill(self, rows, index, input_ids, lengths) -> None:
+    def _eager_prefill(self, rows, index, input_ids, lengths, hidden_out) -> None:
         n, width = input_ids.shape
         cache = self.cache
+        extra = {} if hidden_out is None else {"hidden_out": hidden_out}
         first = rows[0]
         if rows == list(range(first, first + n)):  # consecutive slots: in place, a view
             view = KVCache(
@@ -132,10 +148,10 @@ class Prefiller:
                 cache.v[:, first : first + n],
                 cache.cache_len[first : first + n],
             )
-            self.runner.prefill(input_ids, lengths, view)
+            self.runner.prefill(input_ids, lengths, view, **extra)
             return
         scratch = self.runner.allocate_cache(n, width)
-        self.runner.prefill(input_ids, lengths, scratch)
+        self.runner.prefill(input_ids, lengths, scratch, **extra)
         self._copy_in(index, scratch, n, width)
 
     def _copy_in(self, index: torch.Tensor, scratch: KVCache, n: int, width: int) -> None:
@@ -179,18 +195,23 @@ class Prefiller:
             self._scratch = self.runner.allocate_cache(rows, max_len)
             self._input_ids = torch.zeros(rows, max_len, dtype=torch.int32, device=dev)
             self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
+            if self.with_hidden:
+                r = self.runner
+                shape = (rows, max_len, r.hidden_size)
+                self._hidden = torch.zeros(shape, dtype=r.dtype, device=dev)
 
     def _capture(self, rows_b: int, width_b: int) -> torch.cuda.CUDAGraph:
         ids, lens = self._input_ids[:rows_b, :width_b], self._lengths[:rows_b]
+        extra = {} if self._hidden is None else {"hidden_out": self._hidden[:rows_b, :width_b]}
         side = torch.cuda.Stream(device=self.runner.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: Triton compilation, allocator
-            self.runner.prefill(ids, lens, self._scratch)
+            self.runner.prefill(ids, lens, self._scratch, **extra)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self.runner.prefill(ids, lens, self._scratch)
+            self.runner.prefill(ids, lens, self._scratch, **extra)
         self._graphs[(rows_b, width_b)] = graph
         return graph

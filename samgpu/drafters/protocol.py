@@ -16,9 +16,10 @@ kernels, but should not read GPU values on the host (they sit on the decode crit
 slots are refilled).
 
 Declared needs: `needs_hidden` asks the engine for the target's last hidden states of every tree
-node (`step.hidden [B, N, H]`, e.g. for an EAGLE head). A drafter that keeps its own KV cache
-compacts it in `update` with the accepted path (`step.accepted_nodes`, `step.num_accepted`, node
-slots based at `step.start_len`), as the engine does for the target's cache.
+node (`step.hidden [B, N, H]`, e.g. for an EAGLE head) and of the prompts (`new.hidden`). A
+drafter that keeps its own KV cache compacts it in `update` with the accepted path
+(`step.accepted_nodes`, `step.num_accepted`, node slots based at `step.start_len`), as the engine
+does for the target's cache.
 
 `DrafterBase` gives the defaults: graph-safe, no hidden states, a single draft source
 (`last_source = None`; multi-source drafters keep a [max_reqs] int32 buffer of SOURCE_* codes),
@@ -42,6 +43,9 @@ class NewRequests:
     rows: torch.Tensor  # [n] int64, distinct slot indices
     lengths: torch.Tensor  # [B] int32; prompt length on `rows`, 0 on every other row
     longest: int  # the longest of these prompts (a host value: loops need no sync)
+    # the target's last hidden states of prompt[:-1], [n, longest - 1, H], row i for rows[i]
+    # (right-padded), when the drafter `needs_hidden`; None otherwise
+    hidden: torch.Tensor | None = None
 
     @staticmethod
     def whole_batch(state: DecodeState) -> NewRequests:

@@ -52,6 +52,7 @@ class DrafterContext:
     device: torch.device
     index: Any = None  # static automaton source: SamIndex, path, StaticAutomaton or None
     hidden_size: int | None = None  # the target's hidden size (model-based drafters)
+    target: Any = None  # the target's runner (model-based drafters: embed, lm_head, dtype)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def build_drafter(
     device: torch.device | str,
     index: Any = None,
     hidden_size: int | None = None,
+    target: Any = None,
     **options: Any,
 ) -> Drafter:
     """A drafter for method `name` with buffers for `max_reqs` sequences of `max_len` tokens.
@@ -156,6 +158,7 @@ def build_drafter(
         device=torch.device(device),
         index=index if method.needs_index else None,
         hidden_size=hidden_size,
+        target=target,
     )
     opts = make_options(method, options)
     drafter = method.build(ctx, opts)

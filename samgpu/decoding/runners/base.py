@@ -8,8 +8,10 @@ Contract (docs/ARCHITECTURE.md "Runner"):
 - `allocate_cache(max_reqs, max_len) -> KVCache`: one static K and one static V tensor
   `[num_layers, max_reqs, num_kv_heads, max_len, head_dim]` in the runner's dtype, plus
   `cache_len [max_reqs] int32` (ragged batch: each sequence has its own length).
-- `prefill(input_ids [B, T], lengths [B], cache)`: right-padded prompts; writes the K/V of
-  `input_ids[b, :lengths[b]]` at positions `0 .. lengths[b]-1`; sets `cache_len[:B] = lengths`.
+- `prefill(input_ids [B, T], lengths [B], cache, *, hidden_out=None)`: right-padded prompts;
+  writes the K/V of `input_ids[b, :lengths[b]]` at positions `0 .. lengths[b]-1`; sets
+  `cache_len[:B] = lengths`; with `hidden_out [B, T' >= T, H]` the last hidden states of the T
+  columns go there (pad columns: garbage), for drafters that need the prompt's (an EAGLE head).
 - `forward_tree(tokens [B, N], positions [B, N], tree_mask [B, N, N] bool, cache, out [B, N, V],
   hidden_out=None)`: writes node i's K/V at `cache_len + i`; query i attends to `cache[:cache_len]`
   and to the tree nodes j with `tree_mask[b, i, j]`; logits go to `out` (float32); with
@@ -85,7 +87,14 @@ class Runner(Protocol):
 
     def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache: ...
 
-    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: KVCache) -> None: ...
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        cache: KVCache,
+        *,
+        hidden_out: torch.Tensor | None = None,
+    ) -> None: ...
 
     def forward_tree(
         self,
@@ -93,7 +102,7 @@ class Runner(Protocol):
         positions: torch.Tensor,
         tree_mask: torch.Tensor,
         cache: KVCache,
-        out: torch.Tensor,
+        out: torch.Tensor | None,
         hidden_out: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
@@ -158,7 +167,7 @@ def check_tree_inputs(
     positions: torch.Tensor,
     tree_mask: torch.Tensor,
     cache: KVCache,
-    out: torch.Tensor,
+    out: torch.Tensor | None,
     vocab_size: int,
     device: torch.device,
     hidden_out: torch.Tensor | None = None,
@@ -179,17 +188,17 @@ def check_tree_inputs(
             f"forward_tree: tree_mask must be [B={b}, N={n}, N={n}] bool, got "
             f"{tuple(tree_mask.shape)} {tree_mask.dtype}"
         )
-    if out.shape != (b, n, vocab_size) or out.dtype != torch.float32:
+    if out is not None and (out.shape != (b, n, vocab_size) or out.dtype != torch.float32):
         raise ValueError(
             f"forward_tree: out must be [B={b}, N={n}, V={vocab_size}] float32, got "
             f"{tuple(out.shape)} {out.dtype}"
         )
     _check_cache(cache, b, "forward_tree")
     if hidden_out is not None and (
-        hidden_out.shape[:2] != (b, n) or hidden_out.device != out.device
+        hidden_out.shape[:2] != (b, n) or hidden_out.device != tokens.device
     ):
         raise ValueError(
-            f"forward_tree: hidden_out must be [B={b}, N={n}, H] on {out.device}, got "
+            f"forward_tree: hidden_out must be [B={b}, N={n}, H] on {tokens.device}, got "
             f"{tuple(hidden_out.shape)} on {hidden_out.device}"
         )
     if n > cache.max_len:
@@ -198,7 +207,7 @@ def check_tree_inputs(
         ("tokens", tokens),
         ("positions", positions),
         ("tree_mask", tree_mask),
-        ("out", out),
+        ("out", out if out is not None else tokens),
     ):
         if x.device != cache.k.device or x.device.type != device.type:
             raise ValueError(f"forward_tree: {name} is on {x.device}, the runner on {device}")

@@ -98,20 +98,30 @@ class GenericRunner(RunnerBase):
         self.max_context = window if isinstance(window, int) and window > 0 else None
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache: KVCache) -> None:
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        cache: KVCache,
+        *,
+        hidden_out: torch.Tensor | None = None,
+    ) -> None:
         check_prefill_inputs(input_ids, lengths, cache, self.device)
         b, t = input_ids.shape
         if t > 0:
             # Right padding + the model's causal mask: real tokens never see pads.
             positions = torch.arange(t, device=self.device).expand(b, t)
             past = _dynamic_cache()
-            self.model(
+            result = self.model(
                 input_ids=input_ids.long(),
                 position_ids=positions,
                 use_cache=True,
                 logits_to_keep=1,
+                output_hidden_states=hidden_out is not None,
                 **{self._cache_kwarg: past},
             )
+            if hidden_out is not None:
+                hidden_out[:b, :t].copy_(result.hidden_states[-1])
             for li in range(self.num_layers):
                 k, v = _layer_kv(past, li)
                 cache.k[li, :b, :, :t] = k

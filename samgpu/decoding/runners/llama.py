@@ -124,7 +124,9 @@ class LlamaRunner(RunnerBase):
             return "weights on several devices or in several dtypes"
         return None
 
-    def __init__(self, model, *, exact: bool = False) -> None:
+    def __init__(self, model, *, exact: bool = False, input_proj: torch.nn.Linear | None = None):
+        """`input_proj` (an EAGLE head's fc): the layer stack's input becomes
+        input_proj(cat(embed(tokens), hidden_in)), and prefill / forward_tree take `hidden_in`."""
         reason = self.unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"LlamaRunner: unsupported model: {reason}")
@@ -133,6 +135,7 @@ class LlamaRunner(RunnerBase):
         attn0 = inner.layers[0].self_attn
         self.model = model
         self.exact = bool(exact)
+        self.input_proj = input_proj
         self.config = config
         self.num_layers = len(inner.layers)
         self.num_heads = config.num_attention_heads
@@ -178,6 +181,22 @@ class LlamaRunner(RunnerBase):
         )
 
     # ------------------------------------------------------------------------------- pieces
+
+    def _embed(self, tokens: torch.Tensor, hidden_in: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream's input: token embeddings, or with `input_proj` the projection of
+        (embedding, hidden_in) (an EAGLE head)."""
+        x = F.embedding(tokens, self.embed)
+        if self.input_proj is None:
+            if hidden_in is not None:
+                raise ValueError("hidden_in is for runners built with input_proj")
+            return x
+        if hidden_in is None or hidden_in.shape[:2] != tokens.shape:
+            got = None if hidden_in is None else tuple(hidden_in.shape)
+            raise ValueError(
+                f"a runner with input_proj needs hidden_in [B, T, H] for tokens "
+                f"{tuple(tokens.shape)}, got {got}"
+            )
+        return self.input_proj(torch.cat([x, hidden_in.to(x.dtype)], dim=-1))
 
     def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, T, D / 2] fp32 for int positions [B, T] (transformers' formula), computed
@@ -228,10 +247,15 @@ class LlamaRunner(RunnerBase):
         lengths: torch.Tensor,
         cache: KVCache,
         start: torch.Tensor | None = None,
+        *,
+        hidden_in: torch.Tensor | None = None,
+        hidden_out: torch.Tensor | None = None,
     ) -> None:
         """Prompt tokens into the cache: token t of row b at slot start[b] + t (start: tokens of
         the row already cached, a chunked prefill; default 0), attending causally to slots
-        0 .. start[b] + t. cache_len[:B] becomes start + lengths."""
+        0 .. start[b] + t. cache_len[:B] becomes start + lengths. `hidden_out [B, T', H]`
+        (T' >= T): the last hidden states of the T columns (pad columns hold garbage);
+        `hidden_in [B, T, H]`: with input_proj."""
         check_prefill_inputs(input_ids, lengths, cache, self.device)
         b, t = input_ids.shape
         lengths = lengths.to(torch.int32)
@@ -251,7 +275,10 @@ class LlamaRunner(RunnerBase):
                     )
                 return prefill_attention(q, k, v, start, lengths, scale=self.scale)
 
-            self._layers(F.embedding(input_ids, self.embed), positions, start, cache, attend)
+            h = self._embed(input_ids, hidden_in)
+            x = self._layers(h, positions, start, cache, attend)
+            if hidden_out is not None:
+                hidden_out[:b, :t].copy_(x)
         cache.cache_len[:b].copy_(start + lengths)
 
     # --------------------------------------------------------------------------- tree step
@@ -263,9 +290,15 @@ class LlamaRunner(RunnerBase):
         positions: torch.Tensor,
         tree_mask: torch.Tensor,
         cache: KVCache,
-        out: torch.Tensor,
+        out: torch.Tensor | None,
         hidden_out: torch.Tensor | None = None,
+        *,
+        hidden_in: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`out` None: no lm_head (a head that computes the logits it needs); returns hidden_out
+        then, which must be given. `hidden_in`: with input_proj (an EAGLE head)."""
+        if out is None and hidden_out is None:
+            raise ValueError("forward_tree: give out (logits) or hidden_out (or both)")
         check_tree_inputs(
             tokens, positions, tree_mask, cache, out, self.vocab_size, self.device, hidden_out
         )
@@ -281,8 +314,10 @@ class LlamaRunner(RunnerBase):
             return tree_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=ref)
 
         # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
-        x = self._layers(F.embedding(tokens, self.embed), positions, cache_len, cache, attend)
+        x = self._layers(self._embed(tokens, hidden_in), positions, cache_len, cache, attend)
         if hidden_out is not None:
             hidden_out.copy_(x)
+        if out is None:
+            return hidden_out
         out.copy_(F.linear(x, self.lm_head))
         return out
