@@ -99,3 +99,23 @@ def test_engine_gives_the_prompts_hidden_states_to_start(tiny_llama):
     engine.configure(GenerationConfig(max_new_tokens=4), 2)
     engine.prefill([1], [[4, 5, 6]])
     assert seen == [None]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="prefill graphs need a CUDA device")
+def test_prefill_graphs_hand_over_the_same_hidden_states_as_eager(tiny_llama):
+    import copy
+
+    runner = make_runner(copy.deepcopy(tiny_llama).to("cuda"))
+    prompts = [[5, 6, 7, 8, 9] * 9, [3, 4], [10, 11, 12] * 30]
+    seen = {}
+    for graphs in (False, True):
+        drafter = _Recorder()
+        engine = Engine(runner, drafter, max_reqs=4, max_len=128, use_cuda_graphs=graphs)
+        from samgpu.decoding.config import GenerationConfig
+
+        engine.configure(GenerationConfig(max_new_tokens=4), 4)
+        engine.prefill([3, 0, 2], prompts)
+        seen[graphs] = drafter.seen[-1][1]
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(seen[True][i, : len(p) - 1], seen[False][i, : len(p) - 1])
