@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("samgpu.decoding.scheduler",),
     ("samgpu.factory",),
     ("samgpu.api", "samgpu.resolve", "samgpu.hf_args", "samgpu.models", "samgpu.io")
-    + ("samgpu.inputs", "samgpu.completions"),
+    + ("samgpu.inputs", "samgpu.completions", "samgpu.eagle"),
     ("samgpu.distributed",),
     ("samgpu.cli", "samgpu.__main__"),
 ]

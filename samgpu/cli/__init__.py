@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     from samgpu.cli.store import add_store_parser
 
     add_store_parser(sub)
+    from samgpu.cli.eagle import add_eagle_parser
+
+    add_eagle_parser(sub)
     bench = sub.add_parser(
         "bench",
         help="end-to-end benchmark (profiling.bench_e2e; results in --out, default ./)",
@@ -342,6 +345,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from samgpu.cli.store import run_store
 
         return run_store(args)
+    if args.command == "eagle":
+        from samgpu.cli.eagle import run_eagle
+
+        return run_eagle(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

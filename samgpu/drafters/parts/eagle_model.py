@@ -139,6 +139,16 @@ class EagleHead(nn.Module):
         return self.model.lm_head(g)
 
 
+def head_for_target(model, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> EagleHead:
+    """A fresh head (weights from `seed`) for a transformers Llama-family target: the target's
+    shape, and copies of its embedding and lm_head in `dtype`, frozen, on the target's device."""
+    embed = model.get_input_embeddings().weight.detach().to(dtype)
+    lm_head = model.get_output_embeddings().weight.detach().to(dtype)
+    head = EagleHead(head_config_from_target(model.config), embed, lm_head)
+    head.reset_parameters(seed)
+    return head
+
+
 @dataclass
 class HeadFile:
     """A head file's contents: config fields, tensors by name, metadata (module doc)."""
@@ -211,4 +221,12 @@ def load_head(
     return head.eval()
 
 
-__all__ = ["EagleHead", "HeadFile", "head_config_from_target", "load_head", "read_head", "save_head"]
+__all__ = [
+    "EagleHead",
+    "HeadFile",
+    "head_config_from_target",
+    "head_for_target",
+    "load_head",
+    "read_head",
+    "save_head",
+]
