@@ -257,6 +257,11 @@ def run(args: argparse.Namespace) -> int:
         "seconds": result.seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
         "device": _device_name(device),
+        "gpu_peak_gib": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if device.type == "cuda"
+            else None
+        ),
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "transformers": importlib.metadata.version("transformers"),

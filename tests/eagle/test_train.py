@@ -184,6 +184,27 @@ def test_epochs_bound_the_run_and_noise_runs(target, features):
     assert result.val["top1"] > result.untrained["top1"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_with_bf16_autocast(target, features):
+    """The CUDA path: features in bf16 on the device, fp32 head under bf16 autocast, fused AdamW,
+    pinned host-to-device copies."""
+    import copy
+
+    from samgpu.eagle.features import Features
+
+    cuda = copy.deepcopy(target).to("cuda", torch.bfloat16)
+    moved = tuple(
+        Features(f.examples, f.tokens.cuda(), f.hidden.to("cuda", torch.bfloat16), f.seq_offsets)
+        for f in features
+    )
+    head = head_for_target(cuda, seed=0)
+    cfg = TrainConfig(lr=3e-3, max_steps=50, tokens_per_batch=256, warmup_steps=5)
+    result = train_head(head, *moved, cfg, amp_dtype=torch.bfloat16)
+    assert result.val["top1"] > result.untrained["top1"] + 0.15
+    assert head.fc.weight.dtype == torch.float32 and head.fc.weight.is_cuda
+
+
 def test_saved_head_round_trips(target, features, tmp_path):
     head, _ = train(target, features, max_steps=10)
     path = tmp_path / "head.safetensors"
