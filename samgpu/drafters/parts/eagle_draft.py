@@ -49,7 +49,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from samgpu.decoding.runners.llama import LlamaRunner
 from samgpu.drafters.protocol import NewRequests
 from samgpu.types import NO_PARENT, DecodeState, DraftTree, StepOutput
 
@@ -177,6 +176,8 @@ class EagleDraft:
     ):
         if topk < 1 or depth < 1:
             raise ValueError(f"EAGLE topk={topk} and depth={depth} must be >= 1")
+        from samgpu.decoding.runners.llama import LlamaRunner
+
         self.head = head
         self.runner = runner = LlamaRunner(head.model, input_proj=head.fc)
         if topk > runner.vocab_size:
@@ -205,6 +206,7 @@ class EagleDraft:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @torch.no_grad()
     def start(self, state: DecodeState, new: NewRequests) -> None:
         """The new slots' prompt pairs into the head cache; their root_feat and cache_len."""
         if new.hidden is None:
@@ -229,6 +231,7 @@ class EagleDraft:
             self.root_feat.index_copy_(0, rows, torch.where((pairs > 0)[:, None], g, 0))
         self.cache.cache_len.index_copy_(0, rows, pairs)
 
+    @torch.no_grad()
     def update(self, step: StepOutput) -> None:
         """Catch-up over the emitted tokens (module doc); graph-safe."""
         if step.hidden is None:
@@ -254,6 +257,7 @@ class EagleDraft:
         root_feat.copy_(torch.where((num_new > 0)[:, None], g, root_feat))
         cache_len.add_(num_new)
 
+    @torch.no_grad()
     def propose(self, root: torch.Tensor, tree: DraftTree) -> None:
         """The dynamic tree from root_feat into `tree` (root [B] int32: the committed roots)."""
         B = root.shape[0]
