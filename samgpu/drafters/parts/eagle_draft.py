@@ -126,7 +126,8 @@ def grow_tree(
         top = base + k * k
         cands.tokens[:, base:top] = child_tok
         cands.scores[:, base:top] = child_scores
-        cands.parents[:, base:top] = frontier.candidate.repeat_interleave(k, dim=1)
+        # (repeat_interleave would sum its repeats on the host: a sync)
+        cands.parents[:, base:top] = frontier.candidate[..., None].expand(B, k, k).flatten(1)
         if d + 1 < depth:
             best, idx = child_scores.topk(k, dim=-1)
             frontier = Frontier(child_tok.gather(1, idx), best, base + idx, idx // k)
