@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from samgpu.decoding.config import GenerationConfig
+from samgpu.drafters import build_drafter
 from samgpu.drafters.parts.eagle_model import EagleHead, head_config_from_target, save_head
 from samgpu.factory import build_decoder
 
@@ -157,3 +158,20 @@ def test_missing_head_is_a_clear_error(target, tmp_path):
     # no head option and no packaged head for this (tiny) target: the error names the option
     with pytest.raises(ValueError, match="-O head=PATH"):
         generate(runner, "sam+eagle", [[1, 2, 3]], batch=1)
+
+
+@pytest.mark.parametrize("max_nodes", [1, 2, 5])
+def test_small_budgets(target, random_head, max_nodes):
+    """The large-batch budgets (2 nodes at B > 64): topk and depth shrink to fit; 1 node = root
+    only, the head still kept in step."""
+    _, runner = target
+    prompts = prompts_of([13, 4], seed=4)
+    ar = generate(runner, "ar", prompts, batch=2).tokens
+    for method in METHODS:
+        out = generate(runner, method, prompts, batch=2, head=random_head, max_nodes=max_nodes)
+        assert out.tokens == ar, method
+        drafter = build_drafter(
+            method, vocab_size=128, max_reqs=2, max_len=64, device="cpu", target=runner,
+            head=random_head, max_nodes=max_nodes,
+        )  # fmt: skip
+        assert drafter.max_nodes <= max_nodes and 0 <= drafter.max_depth < drafter.max_nodes
