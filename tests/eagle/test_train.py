@@ -279,6 +279,8 @@ def test_command_end_to_end(tiny_model_dir, tmp_path, capsys):
         str(data),
         "--model",
         str(tiny_model_dir),
+        "--device",
+        "cpu",
         "--epochs",
         "2",
         "--tokens-per-batch",
@@ -297,6 +299,7 @@ def test_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert (out.parent / (out.name + ".sha256")).read_text() == f"{digest}  {out.name}\n"
     assert summary["sha256"] == digest
     meta = read_head(out)
+    assert {t.dtype for t in meta.tensors.values()} == {torch.bfloat16}  # --save-dtype default
     assert meta.provenance["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert meta.provenance["command"].startswith("samgpu eagle train --out")
     assert meta.target["vocab_size"] == 49152

@@ -159,14 +159,19 @@ class HeadFile:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def save_head(path: str | Path, head: EagleHead, target: dict, provenance: dict) -> None:
-    """Write `head`'s trained tensors and metadata to `path` (safetensors), atomically."""
+def save_head(
+    path: str | Path, head: EagleHead, target: dict, provenance: dict, *, dtype=None
+) -> None:
+    """Write `head`'s trained tensors (in `dtype`, default their own) and metadata to `path`
+    (safetensors), atomically."""
     from safetensors.torch import save
 
     from samgpu.files import atomic_write
 
     meta = {"format": FORMAT, "config": head.fields, "target": target, "provenance": provenance}
-    tensors = {n: p.detach().to("cpu").contiguous() for n, p in head.trainable().items()}
+    tensors = {
+        n: p.detach().to("cpu", dtype or p.dtype).contiguous() for n, p in head.trainable().items()
+    }
 
     blob = save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     atomic_write(Path(path), lambda f: f.write(blob))
