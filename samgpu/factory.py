@@ -73,7 +73,13 @@ def memory_estimate(
         "logits": 4 * batch_size * (nodes + 1) * runner.vocab_size,
         "refill_scratch": kv_token * min(batch_size, PREFILL_GRAPH_ROWS) * max_len,
     }
-    if get_method(method).needs_index:
+    entry = get_method(method)
+    if entry.head_layers:  # a drafter's own cache (EAGLE head) and the prompts' hidden states
+        per_layer = kv_token // runner.num_layers
+        hidden = runner.hidden_size * torch.finfo(runner.dtype).bits // 8
+        parts["drafter_cache"] = per_layer * entry.head_layers * batch_size * max_len
+        parts["prompt_hidden"] = hidden * min(batch_size, PREFILL_GRAPH_ROWS) * max_len
+    if entry.needs_index:
         parts["dynamic_automata"] = DYNAMIC_BYTES_PER_TOKEN * batch_size * max_len
     return parts
 

@@ -100,12 +100,11 @@ class Engine:
             and bool(getattr(runner, "graph_safe", True))
         )
         self.cache = runner.allocate_cache(max_reqs, max_len)
-        self._prefiller = Prefiller(
-            runner, self.cache, use_graphs=self.use_cuda_graphs, with_hidden=drafter.needs_hidden
-        )
+        graphs, hidden = self.use_cuda_graphs, drafter.needs_hidden
+        self._prefiller = Prefiller(runner, self.cache, use_graphs=graphs, with_hidden=hidden)
         dev, R, N, V, K = self.device, max_reqs, num_nodes, self.vocab_size, self.k_slots
 
-        def i32(*shape, fill=0):
+        def i32(*shape, fill=0):  # a preallocated int32 buffer
             return torch.full(shape, fill, dtype=torch.int32, device=dev)
 
         self._state = DecodeState(
@@ -303,10 +302,8 @@ class Engine:
         clean = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
-        new = NewRequests(
-            rows=index, lengths=started, longest=max(lengths), hidden=self._prefiller.hidden
-        )
-        self.drafter.start(st, new)
+        hidden = self._prefiller.hidden  # the prompts' hidden states (needs_hidden drafters)
+        self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))
         return clean
 
     # ------------------------------------------------------------------ the step
@@ -467,11 +464,7 @@ class Engine:
                 mat=len(toks) / steps if steps else 0.0,
                 tokens_per_s=0.0,
                 accepted_hist=hist[i],
-                sources=(
-                    {SOURCE_NAMES[s]: n for s, n in enumerate(sources[i]) if n}
-                    if has_sources
-                    else {}
-                ),
+                sources={SOURCE_NAMES[s]: n for s, n in enumerate(sources[i]) if n and has_sources},
                 prefill_s=0.0,
                 decode_s=0.0,
             )

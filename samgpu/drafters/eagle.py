@@ -129,5 +129,6 @@ register(
         options=EagleOptions,
         build=EagleDrafter,
         budget=tree_budget,
+        head_layers=1,
     )
 )

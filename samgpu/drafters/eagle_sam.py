@@ -200,6 +200,7 @@ register(
         build=SamEagleDrafter,
         needs_index=True,
         budget=tree_budget,
+        head_layers=1,
     )
 )
 register(
@@ -210,5 +211,6 @@ register(
         build=MergedEagleDrafter,
         needs_index=True,
         budget=tree_budget,
+        head_layers=1,
     )
 )

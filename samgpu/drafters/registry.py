@@ -67,6 +67,7 @@ class Method:
     # built); default: options.max_nodes
     node_bound: Callable[[Any], int] | None = None
     listed: bool = True  # offered to users (test-only drafters are not)
+    head_layers: int = 0  # layers of a KV cache of the target's shape the drafter owns (EAGLE: 1)
 
     def max_nodes(self, options: Any) -> int:
         if self.node_bound is not None:

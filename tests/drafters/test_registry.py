@@ -19,13 +19,16 @@ COMMON = dict(vocab_size=50, max_reqs=2, max_len=64, device="cpu")
 
 
 def test_methods_listed():
-    assert method_names() == ("ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged")
+    assert method_names() == (
+        "ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged", "eagle", "sam+eagle",
+        "merged+eagle",
+    )  # fmt: skip
     assert "test" in method_names(listed_only=False) and "test" not in method_names()
 
 
 def test_unknown_method_names_valid_ones():
     with pytest.raises(ValueError, match="valid.*sam\\+tr"):
-        build_drafter("eagle", **COMMON)
+        build_drafter("medusa", **COMMON)
 
 
 @pytest.mark.parametrize("method", ["pld", "tr", "sam", "sam+tr", "sam-tree", "merged"])
