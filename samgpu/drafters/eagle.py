@@ -60,6 +60,19 @@ class EagleOptions(EagleFields):
             raise ValueError(f"max_nodes must be an int >= 1, got {self.max_nodes!r}")
 
 
+def check_sha256(path: Path) -> None:
+    """A packaged head against the `sha256sum` line beside it (`<file>.sha256`): ValueError when
+    the file was damaged (a reinstall restores it)."""
+    import hashlib
+
+    want = path.with_name(path.name + ".sha256")
+    if not want.is_file():
+        return
+    expected = want.read_text().split()[0]
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise ValueError(f"{path}: checksum mismatch with {want.name}; reinstall samgpu")
+
+
 def default_head_path(target) -> Path:
     """The packaged head (samgpu/data/eagle/*.safetensors) made for the target's vocabulary and
     hidden size; ValueError naming the `head` option when there is none."""
@@ -68,6 +81,7 @@ def default_head_path(target) -> Path:
     for path in files:
         meta = read_head(path).target
         if meta.get("vocab_size") == vocab and meta.get("hidden_size") == hidden:
+            check_sha256(path)
             return path
     raise ValueError(
         f"no packaged EAGLE head for this target (vocabulary {vocab}, hidden size {hidden}) in "

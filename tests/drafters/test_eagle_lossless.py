@@ -175,3 +175,22 @@ def test_small_budgets(target, random_head, max_nodes):
             head=random_head, max_nodes=max_nodes,
         )  # fmt: skip
         assert drafter.max_nodes <= max_nodes and 0 <= drafter.max_depth < drafter.max_nodes
+
+
+def test_packaged_head_is_checked_against_its_sha256(tmp_path):
+    """The shipped head passes its checksum; a damaged copy is refused, naming the file."""
+    from samgpu.drafters.eagle import HEAD_DIR, check_sha256
+
+    shipped = sorted(HEAD_DIR.glob("*.safetensors"))
+    assert shipped, "the default model's head is packaged"
+    for path in shipped:
+        check_sha256(path)
+    copy = tmp_path / shipped[0].name
+    data = bytearray(shipped[0].read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    (tmp_path / (copy.name + ".sha256")).write_text(
+        shipped[0].with_name(shipped[0].name + ".sha256").read_text()
+    )
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        check_sha256(copy)
