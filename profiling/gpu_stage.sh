@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (workplace tooling, see profiling/README.md): assemble the default GGUF from
-# the parts carried in .gpu/m2 (two calls: p00, then p01 + smol.sha256 + .gpu/whl), install the
-# missing wheels and samgpu itself (editable, so samgpu.kernels maps to kernels/). Source it:
+# the parts carried in .gpu/m2 or .gpu/m3 (one part per call, the last call with smol.sha256 +
+# .gpu/whl; three 33 MiB parts once the checkout passed ~15 MB), install the missing wheels and
+# samgpu itself (editable, so samgpu.kernels maps to kernels/). Source it:
 #   source profiling/gpu_stage.sh && python -m pytest ...
 set -eo pipefail
 mkdir -p /root/models
-for p in .gpu/m2/p0?; do [ -f "$p" ] && cp "$p" /root/models/; done
+for p in .gpu/m?/p0?; do [ -f "$p" ] && cp "$p" /root/models/; done
 GGUF=/root/models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -f "$GGUF" ] && [ -f /root/models/p00 ] && [ -f /root/models/p01 ] && [ -f .gpu/m2/smol.sha256 ]; then
-  cat /root/models/p00 /root/models/p01 > "$GGUF"
-  echo "$(cat .gpu/m2/smol.sha256)  $GGUF" | sha256sum -c - || { rm -f "$GGUF"; exit 1; }
+SHA=$(ls .gpu/m?/smol.sha256 2>/dev/null | head -1)
+if [ ! -f "$GGUF" ] && [ -n "$SHA" ]; then
+  cat /root/models/p0? > "$GGUF"
+  echo "$(cat "$SHA")  $GGUF" | sha256sum -c - || { rm -f "$GGUF"; echo "GGUF parts missing"; }
 fi
 export SAMGPU_DEFAULT_GGUF=$GGUF SAMGPU_CACHE=/root/samgpu-cache PYTHONUNBUFFERED=1
 if [ -d .gpu/whl ] && [ ! -d /tmp/site ]; then
