@@ -8,7 +8,7 @@ set -eo pipefail
 mkdir -p /root/models
 for p in .gpu/m?/p0?; do [ -f "$p" ] && cp "$p" /root/models/; done
 GGUF=/root/models/SmolLM2-135M-Instruct.Q4_1.gguf
-SHA=$(ls .gpu/m?/smol.sha256 2>/dev/null | head -1)
+SHA=$(ls .gpu/m?/smol.sha256 2>/dev/null | head -1 || true)
 if [ ! -f "$GGUF" ] && [ -n "$SHA" ]; then
   cat /root/models/p0? > "$GGUF"
   echo "$(cat "$SHA")  $GGUF" | sha256sum -c - || { rm -f "$GGUF"; echo "GGUF parts missing"; }
