@@ -99,27 +99,49 @@ class Candidates:
         return Candidates(i64(), scores, i64(), i64())
 
 
-# (depth d, the frontier of depth d) -> log-probs of its children [B, k, V] float32
-Expand = Callable[[int, Frontier], torch.Tensor]
+# (depth d, the frontier of depth d) -> the best k children of each node: log-probs [B, k, k]
+# float32 and tokens [B, k, k] int64 (`top_k` over the node's log-probs)
+Expand = Callable[[int, Frontier], tuple[torch.Tensor, torch.Tensor]]
+
+
+def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x.topk(k, dim=-1) (values and int64 indices) for a vocabulary-wide last dim in two passes:
+    the best k of each segment of SEGMENT columns, then the best k of those. Why: torch's topk of
+    a long row is a multi-block radix select of ~17 kernels; a segment fits one block (one
+    kernel), so the two passes take ~5. Ties may resolve to another index of the same value."""
+    V = x.shape[-1]
+    seg = next((s for s in (2048, 1024, 512, 256) if V % s == 0 and V // s >= 2), None)
+    if seg is None or k > seg:
+        return x.topk(k, dim=-1)
+    lead = x.shape[:-1]
+    vals, idx = x.reshape(-1, V // seg, seg).topk(k, dim=-1)  # [R, S, k]
+    best, pick = vals.flatten(1).topk(k, dim=-1)  # [R, k]
+    token = idx.flatten(1).gather(1, pick) + (pick // k) * seg
+    return best.view(*lead, k), token.view(*lead, k)
 
 
 def grow_tree(
-    root_logp: torch.Tensor, expand: Expand, cands: Candidates, *, topk: int, depth: int
+    root_top: tuple[torch.Tensor, torch.Tensor],
+    expand: Expand,
+    cands: Candidates,
+    *,
+    topk: int,
+    depth: int,
 ) -> None:
     """EAGLE-2's expansion (module doc) into `cands` (its first num_candidates(topk, depth)
-    columns): root_logp [B, V] float32, log-probs of the depth-1 tokens."""
+    columns): root_top = the best k depth-1 tokens' log-probs [B, k] float32 and ids [B, k]."""
     k = topk
-    B = root_logp.shape[0]
-    scores, tokens = root_logp.topk(k, dim=-1)
+    scores, tokens = root_top
+    B = scores.shape[0]
     scores = scores.clamp(max=0.0)
     cands.tokens[:, :k] = tokens
     cands.scores[:, :k] = scores
     cands.parents[:, :k] = ROOT_CANDIDATE
-    first = torch.arange(k, device=root_logp.device).expand(B, k)
+    first = torch.arange(k, device=scores.device).expand(B, k)
     frontier = Frontier(tokens, scores, first, None)
     base = k
     for d in range(1, depth):
-        child_lp, child_tok = expand(d, frontier).topk(k, dim=-1)  # [B, k, k]
+        child_lp, child_tok = expand(d, frontier)  # [B, k, k]
         # log-probs are <= 0 (clamped against rounding): a child never outscores its parent
         child_scores = (frontier.scores[..., None] + child_lp.clamp(max=0.0)).flatten(1)
         child_tok = child_tok.flatten(1)
@@ -183,6 +205,11 @@ class EagleDraft:
         self.runner = runner = LlamaRunner(head.model, input_proj=head.fc)
         if topk > runner.vocab_size:
             raise ValueError(f"EAGLE topk={topk} exceeds the vocabulary ({runner.vocab_size})")
+        # Small budgets (large batches) get a narrower, shallower expansion: its cost is paid
+        # every step whatever the budget keeps (81 nodes: k 8, D 6; 16: k 4, D 4; 4: k 2, D 2).
+        if max_nodes - 1 < 5 * topk:
+            topk = min(topk, max(2, max_nodes // 4))
+            depth = min(depth, max(2, max_nodes // topk))
         self.topk = k = min(topk, max_nodes - 1)
         self.depth = D = min(depth, max_nodes - 1) if k > 0 else 0
         self.num_candidates = num_candidates(k, D)
@@ -264,15 +291,22 @@ class EagleDraft:
         B = root.shape[0]
         cands = self._cands.rows(B)
         if self.num_candidates > 0:
-            root_logp = self._log_probs(self.root_feat[:B])
+            root_top = self._top_children(self.root_feat[:B])
             expand = self._expander(B)
-            grow_tree(root_logp, expand, cands, topk=self.topk, depth=self.depth)
+            grow_tree(root_top, expand, cands, topk=self.topk, depth=self.depth)
         select_tree(root, cands, tree)
 
     # ------------------------------------------------------------------ pieces
 
-    def _log_probs(self, g: torch.Tensor) -> torch.Tensor:
-        return F.linear(g, self.lm_head).float().log_softmax(dim=-1)
+    def _top_children(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k most likely next tokens after each state g [..., H]: log-probs float32 and ids,
+        [..., k]. (g made one contiguous matrix: cuBLAS picks a far slower kernel for a strided
+        batch of rows at B=64.)"""
+        lead, H = g.shape[:-1], g.shape[-1]
+        logits = F.linear(g.reshape(-1, H), self.lm_head)
+        logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        vals, ids = top_k(logp, self.topk)
+        return vals.view(*lead, -1), ids.view(*lead, -1)
 
     def _expander(self, B: int) -> Expand:
         k, H, T = self.topk, self.root_feat.shape[1], self.num_slots
@@ -301,7 +335,7 @@ class EagleDraft:
                 hidden_out=hidden_out[:, :hi],
                 hidden_in=hidden_in[:, :hi],
             )
-            return self._log_probs(hidden_out[:, lo:hi])
+            return self._top_children(hidden_out[:, lo:hi])
 
         return expand
 
@@ -315,4 +349,5 @@ __all__ = [
     "grow_tree",
     "num_candidates",
     "select_tree",
+    "top_k",
 ]
