@@ -1,15 +1,18 @@
 """The model's own responses for the static corpus (the paper's practice), made with samgpu itself.
 
     python -m profiling.self_corpus --out smollm2_self_responses.jsonl.gz [--batch-size 64]
+    python -m profiling.self_corpus --prompts samgpu/data/corpus/eagle_prompts.jsonl.gz \
+        --out smollm2_eagle_responses.jsonl.gz --method ar --batch-size 256   # EAGLE training
 
 Prompts: the instructions/questions of the shipped MIT corpus (samgpu/data/corpus: GSM8K train,
 GPTeacher codegen and roleplay), chat template applied, none of them a benchmark prompt
-(tests/test_corpus_leak.py checks the result). Responses: greedy (the benchmarks decode greedily,
-so greedy answers are the text the automaton should predict), `max_new_tokens` 256, batched on the
-GPU with samgpu's `sam+tr`. Output: gzipped JSONL records {"source", "instruction", "response"} —
-the default corpus reader takes both fields. `--seconds` bounds the run; records finished by then
-are kept (prompts are shuffled with a fixed seed so a partial run still covers every source).
-"""
+(tests/test_corpus_leak.py checks the result); or, with --prompts, the records {"source",
+"instruction"} of a JSONL(.gz) file (profiling/eagle_prompts.py). Responses: greedy (the benchmarks
+decode greedily, so greedy answers are the text the automaton should predict), `max_new_tokens` 256,
+batched on the GPU with samgpu's `sam+tr`. Output: gzipped JSONL records {"source", "instruction",
+"response"}; the default corpus reader takes both fields. `--seconds` bounds the run; records
+finished by then are kept (prompts are shuffled with a fixed seed so a partial run still covers
+every source)."""
 
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ def corpus_prompts() -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--prompts", default=None, help="JSONL(.gz) of {source, instruction} records")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--method", default="sam+tr")
@@ -62,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = api.load_model("default", device, dtype)
     eos = api.eos_ids(model, tokenizer)
-    prompts = corpus_prompts()
+    if args.prompts:
+        with gzip.open(args.prompts, "rt", encoding="utf-8") as f:
+            prompts = [(r["source"], r["instruction"]) for r in map(json.loads, f)]
+    else:
+        prompts = corpus_prompts()
     random.Random(0).shuffle(prompts)
     prompts = prompts[: args.limit]
     # Longest first within the run would waste less padding, but shuffled order keeps partial runs

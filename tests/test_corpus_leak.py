@@ -14,13 +14,14 @@ def normalise(text: str) -> str:
 
 
 SELF_RESPONSES = "smollm2_self_responses.jsonl.gz"  # shipped beside the default corpus
+EAGLE_PROMPTS = "eagle_prompts.jsonl.gz"  # the EAGLE head's extra training prompts
 
 
 @pytest.fixture(scope="module")
 def corpus_records() -> list[str]:
     paths = default_corpus_paths()
-    paths.append(paths[0].parent / SELF_RESPONSES)
-    assert paths[-1].is_file()
+    paths += [paths[0].parent / SELF_RESPONSES, paths[0].parent / EAGLE_PROMPTS]
+    assert all(p.is_file() for p in paths)
     return [normalise(t) for t in read_texts(paths, DEFAULT_FIELDS)]
 
 
