@@ -4,8 +4,9 @@ engine, decode together, and are collected as they finish.
     scheduler = Scheduler(engine)
     out = scheduler.generate(prompts, GenerationConfig(max_new_tokens=64, continuous=True))
 
-Loop: admit -> run `check_every` steps -> read the finished flags (the only host read) -> collect
-the finished requests (tokens, statistics, `drafter.finish`, `on_finish`) -> admit again -> ...
+Loop: admit -> run `check_every` steps (default 8 on a GPU, 1 on a CPU) -> read the finished flags
+(the only host read) -> collect the finished requests (tokens, statistics, `drafter.finish`,
+`on_finish`) -> admit again -> ...
 - Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at a
   host check, slots whose request finished take the next waiting prompts (`engine.prefill` of
   those rows: the other slots carry on, and the captured graph is reused since B and the buffers
@@ -146,10 +147,11 @@ class Scheduler:
             return rows
 
         admit()
+        check_every = config.steps_per_check(engine.device)
         emitted = 0  # tokens emitted so far: finished requests' and live ones' (at the last check)
         while any(s is not None for s in slots):
             oldest = min(s.start_step for s in slots if s is not None)
-            window = min(config.check_every, max(1, oldest + config.max_new_tokens - steps))
+            window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
             speculate = policy.choose()
             engine.set_speculate(speculate)
             live_at_start = sum(s is not None for s in slots)

@@ -126,7 +126,7 @@ def test_test_drafter_equals_reference_greedy(error_rate, branching):
     dec = _test_decoder(
         runner, PROMPTS, 4, depth=3, error_rate=error_rate, branching=branching, seed=5
     )
-    out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=20))
+    out = dec.generate(PROMPTS, GenerationConfig(max_new_tokens=20, speculation="always"))
     assert out.tokens == [reference_greedy(runner, p, 20) for p in PROMPTS]
     for s in out.stats:
         assert sum(s.accepted_hist) == s.steps
@@ -153,7 +153,7 @@ def test_accepted_length_accounting_with_known_errors():
         corrupted[i] = (ref[i] + 1) % runner.vocab_size
     options = dict(references=[(prompt, corrupted)], depth=3)
     dec = build_decoder(runner, "test", batch_size=1, max_len=32, options=options)
-    out = dec.generate([prompt], GenerationConfig(max_new_tokens=10))
+    out = dec.generate([prompt], GenerationConfig(max_new_tokens=10, speculation="always"))
     assert out.tokens == [ref[:10]]
     s = out.stats[0]
     assert (s.steps, s.generated, s.accepted_hist) == (3, 10, [0, 0, 2, 1])
@@ -402,3 +402,22 @@ def test_refill_cost_is_learnt_from_refills_only(monkeypatch):
     assert len(MANY) > 4 and len(calls) >= 2  # the first admission, then refills
     assert calls[0] == [0, 1, 2, 3]
     assert len(recorded) == len(calls) - 1
+
+
+@pytest.mark.parametrize("check_every, steps", [(None, 4), (8, 8)])
+def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps):
+    """On a CPU a host check costs nothing: by default the loop checks after every step, so a
+    request ending at its 4th token costs 4 forwards; with checks every 8 steps (a GPU's default)
+    the batch runs 8 (the negative control)."""
+    runner = ToyRunner()
+    eos = reference_greedy(runner, PROMPTS[0], 4)[3]
+    assert eos not in reference_greedy(runner, PROMPTS[0], 3)
+    calls = []
+    forward = runner.forward_tree
+    runner.forward_tree = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    dec = build_decoder(runner, "ar", batch_size=1, max_len=64)
+    cfg = GenerationConfig(max_new_tokens=16, eos_token_ids=(eos,), check_every=check_every)
+    assert cfg.steps_per_check(torch.device("cuda")) == (check_every or 8)
+    out = dec.generate([PROMPTS[0]], cfg)
+    assert out.tokens[0][-1] == eos and len(out.tokens[0]) == 4
+    assert len(calls) == steps
