@@ -178,7 +178,7 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--check-every",
         type=int,
         default=None,
-        help="steps between host checks / progress calls (default: 8 on a GPU, 1 on a CPU)",
+        help="steps between host checks / progress calls (default: 8; 1 for batch 1 on a CPU)",
     )
     p.add_argument(
         "--continuous-batching",

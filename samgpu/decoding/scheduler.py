@@ -4,7 +4,7 @@ engine, decode together, and are collected as they finish.
     scheduler = Scheduler(engine)
     out = scheduler.generate(prompts, GenerationConfig(max_new_tokens=64, continuous=True))
 
-Loop: admit -> run `check_every` steps (default 8 on a GPU, 1 on a CPU) -> read the finished flags
+Loop: admit -> run `check_every` steps (default 8; 1 for one sequence on a CPU) -> read the flags
 (the only host read) -> collect the finished requests (tokens, statistics, `drafter.finish`,
 `on_finish`) -> admit again -> ...
 - Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at a
@@ -147,7 +147,7 @@ class Scheduler:
             return rows
 
         admit()
-        check_every = config.steps_per_check(engine.device)
+        check_every = config.steps_per_check(engine.device, len(slots))
         emitted = 0  # tokens emitted so far: finished requests' and live ones' (at the last check)
         while any(s is not None for s in slots):
             oldest = min(s.start_step for s in slots if s is not None)

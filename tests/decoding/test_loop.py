@@ -406,9 +406,9 @@ def test_refill_cost_is_learnt_from_refills_only(monkeypatch):
 
 @pytest.mark.parametrize("check_every, steps", [(None, 4), (8, 8)])
 def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps):
-    """On a CPU a host check costs nothing: by default the loop checks after every step, so a
-    request ending at its 4th token costs 4 forwards; with checks every 8 steps (a GPU's default)
-    the batch runs 8 (the negative control)."""
+    """On a CPU a host check costs nothing: by default one sequence is checked after every step,
+    so a request ending at its 4th token costs 4 forwards; with checks every 8 steps (the default
+    elsewhere) it runs 8 (the negative control)."""
     runner = ToyRunner()
     eos = reference_greedy(runner, PROMPTS[0], 4)[3]
     assert eos not in reference_greedy(runner, PROMPTS[0], 3)
@@ -417,7 +417,8 @@ def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps
     runner.forward_tree = lambda *a, **k: calls.append(1) or forward(*a, **k)
     dec = build_decoder(runner, "ar", batch_size=1, max_len=64)
     cfg = GenerationConfig(max_new_tokens=16, eos_token_ids=(eos,), check_every=check_every)
-    assert cfg.steps_per_check(torch.device("cuda")) == (check_every or 8)
+    assert cfg.steps_per_check(torch.device("cuda"), 1) == (check_every or 8)
+    assert cfg.steps_per_check(torch.device("cpu"), 4) == (check_every or 8)
     out = dec.generate([PROMPTS[0]], cfg)
     assert out.tokens[0][-1] == eos and len(out.tokens[0]) == 4
     assert len(calls) == steps
