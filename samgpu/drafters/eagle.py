@@ -26,6 +26,7 @@ from samgpu.drafters.parts.eagle_draft import EagleDraft
 from samgpu.drafters.parts.eagle_model import load_head, read_head
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
+from samgpu.kernels.vocab_topk import MAX_K as MAX_TOPK
 from samgpu.types import SOURCE_FALLBACK, DecodeState, DraftTree, StepOutput
 
 DEFAULT_TOPK = 8
@@ -46,6 +47,8 @@ class EagleFields:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.topk > MAX_TOPK:
+            raise ValueError(f"topk must be <= {MAX_TOPK}, got {self.topk}")
         if self.head is not None and not isinstance(self.head, (str, Path)):
             raise ValueError(f"head must be a file path, got {self.head!r:.60}")
 

@@ -31,7 +31,6 @@ def test_eagle_step_code_has_no_host_reads():
         eagle_draft.EagleDraft.update,
         eagle_draft.EagleDraft._expander,
         eagle_draft.EagleDraft._top_children,
-        eagle_draft.top_k,
         eagle.EagleDrafter.propose,
         eagle.EagleDrafter.update,
         eagle_sam.SamEagleDrafter.propose,

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from samgpu.drafters.protocol import NewRequests
+from samgpu.kernels.vocab_topk import vocab_topk
 from samgpu.types import NO_PARENT, DecodeState, DraftTree, StepOutput
 
 ROOT_CANDIDATE: int = -1  # parent of the depth-1 candidates: the tree's root
@@ -100,24 +101,8 @@ class Candidates:
 
 
 # (depth d, the frontier of depth d) -> the best k children of each node: log-probs [B, k, k]
-# float32 and tokens [B, k, k] int64 (`top_k` over the node's log-probs)
+# float32 and tokens [B, k, k] int64
 Expand = Callable[[int, Frontier], tuple[torch.Tensor, torch.Tensor]]
-
-
-def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x.topk(k, dim=-1) (values and int64 indices) for a vocabulary-wide last dim in two passes:
-    the best k of each segment of SEGMENT columns, then the best k of those. Why: torch's topk of
-    a long row is a multi-block radix select of ~17 kernels; a segment fits one block (one
-    kernel), so the two passes take ~5. Ties may resolve to another index of the same value."""
-    V = x.shape[-1]
-    seg = next((s for s in (2048, 1024, 512, 256) if V % s == 0 and V // s >= 2), None)
-    if seg is None or k > seg:
-        return x.topk(k, dim=-1)
-    lead = x.shape[:-1]
-    vals, idx = x.reshape(-1, V // seg, seg).topk(k, dim=-1)  # [R, S, k]
-    best, pick = vals.flatten(1).topk(k, dim=-1)  # [R, k]
-    token = idx.flatten(1).gather(1, pick) + (pick // k) * seg
-    return best.view(*lead, k), token.view(*lead, k)
 
 
 def grow_tree(
@@ -303,9 +288,7 @@ class EagleDraft:
         [..., k]. (g made one contiguous matrix: cuBLAS picks a far slower kernel for a strided
         batch of rows at B=64.)"""
         lead, H = g.shape[:-1], g.shape[-1]
-        logits = F.linear(g.reshape(-1, H), self.lm_head)
-        logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        vals, ids = top_k(logp, self.topk)
+        vals, ids = vocab_topk(F.linear(g.reshape(-1, H), self.lm_head), self.topk)
         return vals.view(*lead, -1), ids.view(*lead, -1)
 
     def _expander(self, B: int) -> Expand:
@@ -349,5 +332,4 @@ __all__ = [
     "grow_tree",
     "num_candidates",
     "select_tree",
-    "top_k",
 ]
