@@ -28,7 +28,7 @@ from samgpu.decoding.scheduler import Scheduler
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import budget_options, build_drafter, get_method
 from samgpu.drafters.registry import make_options
-from samgpu.errors import SetupError
+from samgpu.errors import InputError, SetupError
 
 DEFAULT_METHOD = "sam+tr"
 CPU_BUDGET_BATCH = 64
@@ -133,17 +133,22 @@ def build_decoder(
     runner = model if hasattr(model, "forward_tree") else make_runner(model, exact=exact)
     opts = method_options(method, batch_size, runner.device, options)
     check_memory(runner, method, batch_size, max_len, options)
-    drafter = build_drafter(
-        method,
-        vocab_size=runner.vocab_size,
-        max_reqs=batch_size,
-        max_len=max_len,
-        device=runner.device,
-        index=index,
-        hidden_size=getattr(runner, "hidden_size", None),
-        target=runner,
-        **opts,
-    )
+    try:
+        drafter = build_drafter(
+            method,
+            vocab_size=runner.vocab_size,
+            max_reqs=batch_size,
+            max_len=max_len,
+            device=runner.device,
+            index=index,
+            hidden_size=getattr(runner, "hidden_size", None),
+            target=runner,
+            **opts,
+        )
+    except ValueError as e:  # what the method's files and options do not fit (e.g. a head file)
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"method {method!r}: {e}") from e
     engine = Engine(
         runner,
         drafter,

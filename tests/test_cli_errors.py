@@ -279,3 +279,21 @@ def test_index_subcommand_is_wired(capsys, tmp_path):
     (tmp_path / "junk.samidx").write_bytes(b"junk")
     assert cli.main(["index", "stats", str(tmp_path / "junk.samidx")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_eagle_head_that_is_missing_or_not_a_head(capsys, tiny_model_dir, tmp_path, prompts_file):
+    """A missing head file is refused with the other options, before anything is written; a file
+    that is no safetensors at all, when the drafter is built: one line, exit 2, no traceback."""
+    out = tmp_path / "out.jsonl"
+    src = prompts_file([{"prompt": "a"}])
+    argv = gen("--input", src, "--output", out, model=str(tiny_model_dir))
+    argv[argv.index("ar")] = "eagle"
+    code, _, err = run(capsys, *argv, "-O", f"head={tmp_path / 'none.safetensors'}")
+    assert code == 2 and "no such EAGLE head file" in one_error_line(err)
+    assert not out.exists()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not a head")
+    argv = gen("--prompt", "hi", model=str(tiny_model_dir))
+    argv[argv.index("ar")] = "eagle"
+    code, _, err = run(capsys, *argv, "-O", f"head={bad}")
+    assert code == 2 and "not a readable EAGLE head file" in one_error_line(err)

@@ -51,6 +51,8 @@ class EagleFields:
             raise ValueError(f"topk must be <= {MAX_TOPK}, got {self.topk}")
         if self.head is not None and not isinstance(self.head, (str, Path)):
             raise ValueError(f"head must be a file path, got {self.head!r:.60}")
+        if self.head is not None and not Path(self.head).is_file():
+            raise ValueError(f"head={str(self.head)!r}: no such EAGLE head file")
 
 
 @dataclass(frozen=True, kw_only=True)

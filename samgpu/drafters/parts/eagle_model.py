@@ -179,14 +179,18 @@ def save_head(
 
 def read_head(path: str | Path) -> HeadFile:
     """A head file's contents; ValueError naming the file when it is not one."""
+    import safetensors
     from safetensors import safe_open
+
+    # (the library's own error type, not an OSError / ValueError; named so in every version)
+    SafetensorError = getattr(safetensors, "SafetensorError", RuntimeError)  # noqa: N806
 
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise ValueError(f"{path}: not a readable EAGLE head file ({e})") from None
     if raw is None:
         raise ValueError(f"{path}: a safetensors file without samgpu EAGLE metadata")
