@@ -15,9 +15,11 @@ Record(index=0, line=1, prompt="Hi"), Record(index=1, line=3, messages=[...]).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,17 +105,14 @@ def parse_record(
     )
 
 
-def read_records(path: str | os.PathLike, *, field: str | None = None) -> list[Record]:
-    """Read a JSONL prompt file. Raises InputError (file and line number) on any malformed line;
-    text that is not UTF-8 is reported by line, column and byte offset in the file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input file {str(path)!r} does not exist")
-    if p.is_dir():
-        raise InputError(f"input {str(path)!r} is a directory, expected a .jsonl file")
-    records: list[Record] = []
-    offset = 0  # byte offset of the current line in the file
-    with open(p, "rb") as f:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, JSON value) of every non-blank line of a JSONL file, read as bytes
+    (gzip-decompressed when the name ends in .gz). InputError naming file and line for a line that
+    is not UTF-8 (with its column and byte offset) or not JSON; a UTF-8 byte-order mark at the
+    start is ignored. What the values must be is the caller's to check."""
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    offset = 0  # byte offset of the current line in the (decompressed) file
+    with opener(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
@@ -127,7 +126,7 @@ def read_records(path: str | os.PathLike, *, field: str | None = None) -> list[R
             if not text:
                 continue
             try:
-                obj = json.loads(text)
+                value = json.loads(text)
             except json.JSONDecodeError as e:
                 raise InputError(
                     f"{_where(path, line_no)}: not valid JSON ({e.msg} at column {e.colno});"
@@ -138,9 +137,20 @@ def read_records(path: str | os.PathLike, *, field: str | None = None) -> list[R
                     f"{_where(path, line_no)}: JSON nested too deeply; expected one JSON"
                     " object per line"
                 ) from None
-            records.append(
-                parse_record(obj, index=len(records), line=line_no, path=path, field=field)
-            )
+            yield line_no, value
+
+
+def read_records(path: str | os.PathLike, *, field: str | None = None) -> list[Record]:
+    """Read a JSONL prompt file. Raises InputError (file and line number) on any malformed line;
+    text that is not UTF-8 is reported by line, column and byte offset in the file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input file {str(path)!r} does not exist")
+    if p.is_dir():
+        raise InputError(f"input {str(path)!r} is a directory, expected a .jsonl file")
+    records: list[Record] = []
+    for line_no, obj in iter_jsonl(path):
+        records.append(parse_record(obj, index=len(records), line=line_no, path=path, field=field))
     if not records:
         raise InputError(f"input file {str(path)!r} has no records")
     return records

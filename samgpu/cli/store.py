@@ -90,19 +90,14 @@ def run_store(args: argparse.Namespace) -> int:
 
 def _records(path: Path):
     """(line number, record) of a JSONL file; a malformed line is an error naming it."""
+    from samgpu.inputs import iter_jsonl
+
     if not path.is_file():
         raise ValueError(f"input file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object")
-            yield line_no, rec
+    for line_no, rec in iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{line_no}: expected a JSON object")
+        yield line_no, rec
 
 
 def _prompt_ids(rec: dict, path: Path, line_no: int, args, tokenizer) -> list[int]:

@@ -18,15 +18,14 @@ sha256(str(index)) are held out: deterministic, and independent of the order of 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from samgpu.errors import InputError
+from samgpu.inputs import iter_jsonl
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data/corpus/smollm2_self_responses.jsonl.gz"
 VAL_SHARE = 0.03
@@ -74,28 +73,20 @@ def read_records(path: str | Path) -> list[dict]:
             f"data file {str(path)!r} not found (expected JSONL records with"
             " 'instruction' and 'response')"
         )
-    opener = gzip.open if path.suffix == ".gz" else open
     out = []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-                if not (
-                    isinstance(rec, dict)
-                    and isinstance(rec.get("instruction"), str)
-                    and isinstance(rec.get("response"), str)
-                ):
-                    raise InputError(
-                        f"{path}:{line_no}: expected an object with string fields 'instruction'"
-                        " and 'response'"
-                    )
-                out.append(rec)
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        for line_no, rec in iter_jsonl(path):
+            if not (
+                isinstance(rec, dict)
+                and isinstance(rec.get("instruction"), str)
+                and isinstance(rec.get("response"), str)
+            ):
+                raise InputError(
+                    f"{path}:{line_no}: expected an object with string fields 'instruction'"
+                    " and 'response'"
+                )
+            out.append(rec)
+    except (OSError, EOFError) as e:  # unreadable, or a damaged gzip stream
         raise InputError(f"{path}: not a readable JSONL file ({e})") from None
     if not out:
         raise InputError(f"{path}: no records")
