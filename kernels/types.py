@@ -71,6 +71,13 @@ class DraftTree:
         """The leading `num_reqs` rows (views of a buffer allocated at capacity)."""
         return DraftTree(self.tokens[:num_reqs], self.parents[:num_reqs], self.num_nodes[:num_reqs])
 
+    def replace_rows(self, use_other: torch.Tensor, other: DraftTree) -> None:
+        """Rows b with use_other[b] ([B] bool) become `other`'s (same B and N), in place, with no
+        branch on the device's values (a chain drafter's fallback tree, chosen per sequence)."""
+        self.tokens.copy_(torch.where(use_other[:, None], other.tokens, self.tokens))
+        self.parents.copy_(torch.where(use_other[:, None], other.parents, self.parents))
+        self.num_nodes.copy_(torch.where(use_other, other.num_nodes, self.num_nodes))
+
     @staticmethod
     def empty(num_reqs: int, max_nodes: int, device: torch.device | str) -> DraftTree:
         return DraftTree(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from samgpu.drafters.eagle import EagleFields, build_eagle
+from samgpu.drafters.merged import merged_chain_cap
 from samgpu.drafters.parts import int32
 from samgpu.drafters.parts.automata import SamAutomata
 from samgpu.drafters.parts.store import StoreOptions
@@ -88,14 +89,11 @@ class MergedEagleOptions(_ChainEagleOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.chain_nodes is not None and not 1 <= self.chain_nodes <= self.max_nodes:
-            raise ValueError(f"chain_nodes={self.chain_nodes} must be in [1, {self.max_nodes}]")
+        merged_chain_cap(self.chain_nodes, self.max_nodes)
 
     @property
     def chain_cap(self) -> int:
-        if self.chain_nodes is not None:
-            return self.chain_nodes
-        return min(40, max(2, self.max_nodes // 2), self.max_nodes)
+        return merged_chain_cap(self.chain_nodes, self.max_nodes)
 
 
 class _SamEagle(DrafterBase):
@@ -107,16 +105,7 @@ class _SamEagle(DrafterBase):
     def __init__(self, ctx: DrafterContext, options: _ChainEagleOptions):
         self.options = options
         self.config = options.select_config()
-        self.automata = SamAutomata(
-            vocab_size=ctx.vocab_size,
-            max_reqs=ctx.max_reqs,
-            max_len=ctx.max_len,
-            device=ctx.device,
-            index=ctx.index,
-            use_static=options.use_static,
-            use_dynamic=options.use_dynamic,
-            store=options,
-        )
+        self.automata = SamAutomata.for_method(ctx, options)
         self.chain_nodes = self.config.max_chain_nodes
         self.eagle = build_eagle(
             ctx, options, max_nodes=options.max_nodes, path_slots=self.chain_nodes
@@ -156,10 +145,8 @@ class SamEagleDrafter(_SamEagle):
         self.eagle.propose(
             state.root, DraftTree(full.tokens[:, :M], full.parents[:, :M], full.num_nodes)
         )
-        use_eagle = source == SOURCE_FALLBACK
-        tree.tokens.copy_(torch.where(use_eagle[:, None], full.tokens[:, :N], tree.tokens))
-        tree.parents.copy_(torch.where(use_eagle[:, None], full.parents[:, :N], tree.parents))
-        tree.num_nodes.copy_(torch.where(use_eagle, full.num_nodes, tree.num_nodes))
+        eagle = DraftTree(full.tokens[:, :N], full.parents[:, :N], full.num_nodes)
+        tree.replace_rows(source == SOURCE_FALLBACK, eagle)
 
 
 class MergedEagleDrafter(_SamEagle):

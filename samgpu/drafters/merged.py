@@ -38,6 +38,16 @@ from samgpu.kernels.sam_draft import SamSelectConfig
 from samgpu.types import SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
 
+def merged_chain_cap(chain_nodes: int | None, max_nodes: int) -> int:
+    """The chain cap (root included) of the merged methods: `chain_nodes`, which must lie in
+    [1, max_nodes], or by default half the budget, from 2 to 40 nodes."""
+    if chain_nodes is None:
+        return min(40, max(2, max_nodes // 2), max_nodes)
+    if not 1 <= chain_nodes <= max_nodes:
+        raise ValueError(f"chain_nodes={chain_nodes} must be in [1, {max_nodes}]")
+    return chain_nodes
+
+
 @dataclass(frozen=True, kw_only=True)
 class MergedOptions(StoreOptions):
     max_nodes: int = TR_TEMPLATE_NODES  # total budget, root included
@@ -54,14 +64,11 @@ class MergedOptions(StoreOptions):
         super().__post_init__()
         if self.max_nodes < 1:
             raise ValueError(f"max_nodes={self.max_nodes} must be >= 1")
-        if self.chain_nodes is not None and not 1 <= self.chain_nodes <= self.max_nodes:
-            raise ValueError(f"chain_nodes={self.chain_nodes} must be in [1, {self.max_nodes}]")
+        merged_chain_cap(self.chain_nodes, self.max_nodes)
 
     @property
     def chain_cap(self) -> int:
-        if self.chain_nodes is not None:
-            return self.chain_nodes
-        return min(40, max(2, self.max_nodes // 2), self.max_nodes)
+        return merged_chain_cap(self.chain_nodes, self.max_nodes)
 
 
 class MergedDrafter(DrafterBase):
@@ -69,16 +76,7 @@ class MergedDrafter(DrafterBase):
 
     def __init__(self, ctx: DrafterContext, options: MergedOptions):
         self.options = options
-        self.automata = SamAutomata(
-            vocab_size=ctx.vocab_size,
-            max_reqs=ctx.max_reqs,
-            max_len=ctx.max_len,
-            device=ctx.device,
-            index=ctx.index,
-            use_static=options.use_static,
-            use_dynamic=options.use_dynamic,
-            store=options,
-        )
+        self.automata = SamAutomata.for_method(ctx, options)
         chain = options.chain_cap
         self.config = SamSelectConfig(
             mode="threshold",

@@ -103,16 +103,7 @@ class SamDrafter(DrafterBase):
         if options.max_nodes is not None and options.max_nodes < 1:
             raise ValueError(f"max_nodes={options.max_nodes} must be >= 1")
         self.config = options.select_config()
-        self.automata = SamAutomata(
-            vocab_size=ctx.vocab_size,
-            max_reqs=ctx.max_reqs,
-            max_len=ctx.max_len,
-            device=ctx.device,
-            index=ctx.index,
-            use_static=options.use_static,
-            use_dynamic=options.use_dynamic,
-            store=options,
-        )
+        self.automata = SamAutomata.for_method(ctx, options)
         chain_nodes = self.config.max_chain_nodes
         self.max_nodes = chain_nodes
         self.max_depth = chain_nodes - 1
@@ -143,10 +134,7 @@ class SamDrafter(DrafterBase):
         tr = self._tr_tree.rows(B)
         tr = DraftTree(tr.tokens[:, :N], tr.parents[:, :N], tr.num_nodes)
         self.recycling.fill(state.root, tr)
-        use_tr = source == SOURCE_FALLBACK
-        tree.tokens.copy_(torch.where(use_tr[:, None], tr.tokens, tree.tokens))
-        tree.parents.copy_(torch.where(use_tr[:, None], tr.parents, tree.parents))
-        tree.num_nodes.copy_(torch.where(use_tr, tr.num_nodes, tree.num_nodes))
+        tree.replace_rows(source == SOURCE_FALLBACK, tr)
 
     def update(self, state: DecodeState, step: StepOutput) -> None:
         self.automata.update(step)

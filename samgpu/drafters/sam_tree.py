@@ -78,17 +78,7 @@ class SamTreeDrafter(DrafterBase):
 
     def __init__(self, ctx: DrafterContext, options: SamTreeOptions):
         self.options = o = options
-        self.automata = SamAutomata(
-            vocab_size=ctx.vocab_size,
-            max_reqs=ctx.max_reqs,
-            max_len=ctx.max_len,
-            device=ctx.device,
-            index=ctx.index,
-            use_static=o.use_static,
-            use_dynamic=o.use_dynamic,
-            with_count=True,
-            store=o,
-        )
+        self.automata = SamAutomata.for_method(ctx, o, with_count=True)
         N, R, dev = o.max_nodes, ctx.max_reqs, ctx.device
         self.max_nodes = N
         self.max_depth = N - 1

@@ -7,7 +7,7 @@ Lifecycle: `start` builds the dynamic automata of newly admitted slots and walks
 store matches over the prompts; `update` extends the dynamic automata and advances the static and
 store matches over each step's emitted tokens (one launch, kernels/sam_update.py); `draft_chain`
 writes the selected chain (kernels/sam_draft.py); `finish` appends the finished responses to the
-store. Used by `sam`, `sam+tr`, `sam-tree` and `merged`.
+store. Used by `sam`, `sam+tr`, `sam-tree`, `merged`, `sam+eagle` and `merged+eagle`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ def load_static(index, device, *, with_count: bool = False) -> StaticAutomaton |
 class SamAutomata:
     """The automata of a batch: optional static index, optional dynamic slots, optional store,
     their matches. `store`: StoreOptions (the method's options; a store when `has_store`)."""
+
+    @classmethod
+    def for_method(cls, ctx, options, *, with_count: bool = False) -> SamAutomata:
+        """The automata a method's options ask for (`use_static`, `use_dynamic`, the store's
+        fields) over a DrafterContext's slots, vocabulary and index."""
+        return cls(
+            vocab_size=ctx.vocab_size,
+            max_reqs=ctx.max_reqs,
+            max_len=ctx.max_len,
+            device=ctx.device,
+            index=ctx.index,
+            use_static=options.use_static,
+            use_dynamic=options.use_dynamic,
+            with_count=with_count,
+            store=options,
+        )
 
     def __init__(
         self,
