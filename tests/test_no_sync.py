@@ -81,6 +81,23 @@ def test_scan_catches_a_sync():
     assert len(_violations(step)) == 3
 
 
+def steps_under_sync_error_mode(engine, config, prompts, steps: int = 4) -> None:
+    """Load `prompts` into the first slots, then run `steps` steps (replays, once the buckets are
+    captured) under set_sync_debug_mode("error"): any synchronising CUDA call raises. Every slot
+    must have emitted a token per step."""
+    engine.configure(config, len(prompts))
+    engine.prefill(list(range(len(prompts))), prompts)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(steps):
+            engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert int(engine.state.num_generated.min()) >= steps
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="set_sync_debug_mode needs CUDA")
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampling"])
@@ -104,15 +121,4 @@ def test_step_runs_without_sync_on_cuda(tiny_llama, temperature, use_cuda_graphs
     )
     config = GenerationConfig(max_new_tokens=20, temperature=temperature, seed=0)
     dec.generate(prompts, config)  # compiles kernels, captures graphs
-    engine = dec.engine
-    engine.configure(config, 3)
-    engine.prefill([0, 1, 2], prompts)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(4):
-            engine.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    assert int(engine.state.num_generated.min()) >= 4
+    steps_under_sync_error_mode(dec.engine, config, prompts)

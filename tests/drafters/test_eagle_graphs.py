@@ -17,7 +17,7 @@ from tests.drafters.test_eagle_lossless import (
     prompts_of,
     write_head,
 )
-from tests.test_no_sync import _violations
+from tests.test_no_sync import _violations, steps_under_sync_error_mode
 
 
 def test_eagle_step_code_has_no_host_reads():
@@ -73,16 +73,5 @@ def test_graph_steps_without_sync_equal_ar(cuda_target, method):
     ar = decoder("ar").generate(prompts, config).tokens
     dec = decoder(method, head=head, **OPTIONS)
     assert dec.generate(prompts, config).tokens == ar  # compiles kernels, captures graphs
-    engine = dec.engine
-    assert engine.use_cuda_graphs and engine.graph_keys
-    engine.configure(config, 3)
-    engine.prefill([0, 1, 2], prompts)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(4):
-            engine.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    assert int(engine.state.num_generated.min()) >= 4
+    assert dec.engine.use_cuda_graphs and dec.engine.graph_keys
+    steps_under_sync_error_mode(dec.engine, config, prompts)
