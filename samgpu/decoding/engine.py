@@ -299,10 +299,10 @@ class Engine:
         st.finished.index_fill_(0, index, False)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, :width].clamp(min=0).contiguous()
-        clean = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
+        # hidden: the prompts' hidden states, for drafters that need them (else None)
+        clean, hidden = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
-        hidden = self._prefiller.hidden  # the prompts' hidden states (needs_hidden drafters)
         self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))
         return clean
 

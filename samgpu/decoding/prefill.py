@@ -94,7 +94,6 @@ class Prefiller:
         self._input_ids = None  # [GRAPH_ROWS, max_len] int32 static graph input
         self._lengths = None  # [GRAPH_ROWS] int32 static graph input
         self._hidden = None  # [GRAPH_ROWS, max_len, H] static graph output (with_hidden)
-        self.hidden: torch.Tensor | None = None  # the last call's [n, W, H] (with_hidden)
 
     def __call__(
         self,
@@ -103,11 +102,12 @@ class Prefiller:
         input_ids: torch.Tensor,
         lengths: torch.Tensor,
         host_lengths: list[int],
-    ) -> bool:
+    ) -> tuple[bool, torch.Tensor | None]:
         """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`, the same on the host) of
         the requests admitted into slots `rows` (`index`: the same on the device); sets their
-        cache_len. Returns False when the call also captured a graph (its time is not a
-        prefill's time). With `with_hidden`, `self.hidden` holds the hidden states after."""
+        cache_len. Returns (clean, hidden): clean is False when the call also captured a graph
+        (its time is not a prefill's time); hidden is the hidden states [n, W, H] with
+        `with_hidden`, else None."""
         n, width = input_ids.shape
         cache = self.cache
         captures = len(self._graphs)
@@ -115,7 +115,6 @@ class Prefiller:
         if self.with_hidden:
             r = self.runner
             hidden = torch.zeros(n, width, r.hidden_size, dtype=r.dtype, device=r.device)
-        self.hidden = hidden
         if width > 0 and self.use_graphs:
             for call in plan_calls(host_lengths, self._graph_rows, cache.max_len):
                 w = max(host_lengths[i] for i in call)
@@ -135,7 +134,7 @@ class Prefiller:
                     rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi], out
                 )
         cache.cache_len.index_copy_(0, index, lengths)
-        return len(self._graphs) == captures
+        return len(self._graphs) == captures, hidden
 
     def _eager_prefill(self, rows, index, input_ids, lengths, hidden_out) -> None:
         n, width = input_ids.shape

@@ -84,7 +84,7 @@ def default_head_path(target) -> Path:
     vocab, hidden = int(target.vocab_size), int(target.hidden_size)
     files = sorted(HEAD_DIR.glob("*.safetensors")) if HEAD_DIR.is_dir() else []
     for path in files:
-        meta = read_head(path).target
+        meta = read_head(path, tensors=False).target
         if meta.get("vocab_size") == vocab and meta.get("hidden_size") == hidden:
             check_sha256(path)
             return path

@@ -177,8 +177,9 @@ def save_head(
     atomic_write(Path(path), lambda f: f.write(blob))
 
 
-def read_head(path: str | Path) -> HeadFile:
-    """A head file's contents; ValueError naming the file when it is not one."""
+def read_head(path: str | Path, *, tensors: bool = True) -> HeadFile:
+    """A head file's contents (`tensors=False`: its metadata alone, tensors left unread);
+    ValueError naming the file when it is not one."""
     import safetensors
     from safetensors import safe_open
 
@@ -189,7 +190,7 @@ def read_head(path: str | Path) -> HeadFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            arrays = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise ValueError(f"{path}: not a readable EAGLE head file ({e})") from None
     if raw is None:
@@ -197,7 +198,7 @@ def read_head(path: str | Path) -> HeadFile:
     meta = json.loads(raw)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: EAGLE head format {meta.get('format')}, expected {FORMAT}")
-    return HeadFile(meta["config"], tensors, meta.get("target", {}), meta.get("provenance", {}))
+    return HeadFile(meta["config"], arrays, meta.get("target", {}), meta.get("provenance", {}))
 
 
 def load_head(
