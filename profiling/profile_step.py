@@ -1,6 +1,7 @@
 """Where a decode step's time goes: the step time t(B, context) of a captured step and its kernels,
-and the prefill time of one prompt, for a model of the default's shape (random weights unless
---model-path: no transfer needed, the same kernels and shapes).
+and the prefill time of one prompt (and of the drafter's start on it), for a model of the
+default's shape (random weights unless --model-path: no transfer needed, the same kernels and
+shapes).
 
     python -m profiling.profile_step [--batch 1 64 256] [--context 256 1024] [--method ar]
                                      [--prefill-lengths 100 1000 2000] [--model-path PATH]
@@ -72,6 +73,23 @@ def step_profile(engine, steps: int, top: int) -> tuple[float, list[tuple[str, f
     return step_ms, rows
 
 
+def timed_drafter_start(engine) -> list[float]:
+    """Wrap engine.drafter.start to record its seconds (synchronised) per call: the part of an
+    admission that is the drafter's (automata built over the prompt, table seeding)."""
+    seconds: list[float] = []
+    inner = engine.drafter.start
+
+    def start(state, new):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        inner(state, new)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+
+    engine.drafter.start = start
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="profile_step", description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256])
@@ -135,10 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         engine = decoder.engine
         engine.warm_up(1)
         engine.configure(GenerationConfig(max_new_tokens=8), 1)
+        start_s = timed_drafter_start(engine)
         rows = []
         for n in args.prefill_lengths:
             prompt = torch.randint(3, vocab, (n,), generator=gen).tolist()
             times = []
+            start_s.clear()
             for _ in range(6):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -146,7 +166,15 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             ms = statistics.median(times[1:]) * 1e3
-            rows.append(dict(prompt_tokens=n, prefill_ms=ms, first_ms=times[0] * 1e3))
+            start_ms = statistics.median(start_s[1:]) * 1e3
+            rows.append(
+                dict(
+                    prompt_tokens=n,
+                    prefill_ms=ms,
+                    drafter_start_ms=start_ms,
+                    first_ms=times[0] * 1e3,
+                )
+            )
             records.append(
                 dict(
                     bench="profile_prefill",
@@ -154,11 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=1,
                     prompt_tokens=n,
                     prefill_ms=ms,
+                    drafter_start_ms=start_ms,
                     first_ms=times[0] * 1e3,
                     params=dict(random=not args.model_path, tag=args.tag),
                 )
             )
-        print_table(rows, ["prompt_tokens", "prefill_ms", "first_ms"], title="prefill, B=1")
+        print_table(
+            rows,
+            ["prompt_tokens", "prefill_ms", "drafter_start_ms", "first_ms"],
+            title="prefill, B=1",
+        )
     print(hardware_line())
     print(f"results: {write_jsonl(records)}")
     return 0

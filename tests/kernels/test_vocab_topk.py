@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from samgpu.kernels.vocab_topk import vocab_topk, vocab_topk_ref, vocab_topk_triton
+from samgpu.kernels.vocab_topk import (
+    vocab_top_ids,
+    vocab_topk,
+    vocab_topk_ref,
+    vocab_topk_triton,
+)
 
 
 def test_worked_example(device):
@@ -48,3 +53,18 @@ def test_dispatch_and_bad_arguments(device):
         vocab_topk_triton(x, 0)
     with pytest.raises(ValueError, match=r"\[R, V\]"):
         vocab_topk_triton(x[0], 2)
+
+
+def test_top_ids_equal_torch_topk(device):
+    """vocab_top_ids (Token Recycling's update): the Triton path's ids equal torch.topk's on a
+    unique top k over three blocks; the dispatch's torch path is torch.topk itself."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 5000, generator=g) * 4 - 8
+    for r in range(4):
+        x[r, torch.randperm(5000, generator=g)[:12]] = torch.arange(12.0) * 0.5
+    x = x.to(device)
+    want = x.topk(8, dim=-1).indices
+    assert torch.equal(vocab_topk_triton(x, 8)[1].cpu(), want.cpu())
+    assert torch.equal(vocab_top_ids(x, 8).cpu(), want.cpu())
+    # negative control: the k best in ascending order are not the answer
+    assert not torch.equal(vocab_top_ids(x, 8).flip(-1).cpu(), want.cpu())

@@ -34,6 +34,7 @@ from samgpu.kernels.token_recycling import (
     token_recycling_fill,
     token_recycling_update,
 )
+from samgpu.kernels.vocab_topk import vocab_top_ids
 from samgpu.types import NO_PARENT, DecodeState, DraftTree, StepOutput
 
 TOPK: int = 8  # successors per token in the adjacency table
@@ -128,8 +129,12 @@ class TokenRecyclingTable:
         row shifts down a rank, so what the model taught earlier is kept); later positions and
         later sequences win, as in `update`. A stand-in for the paper's seeding from the prefill
         logits, which the runner does not expose; the first verified step replaces these rows."""
+        # Chunks of `chunk` columns whatever the prompts' lengths (num_valid masks the rest): a
+        # width that followed the longest prompt compiled another kernel variant mid-run (Triton
+        # specialises on sizes and strides; 144 ms on an H200 for the first 1,000-token prompt).
+        last = text.shape[1] - 1
         for start in range(0, max(longest - 1, 0), chunk):
-            stop = min(start + chunk, longest - 1)
+            stop = min(start + chunk, last)
             toks = text[:, start:stop].clamp(min=0).contiguous()
             succ = text[:, start + 1 : stop + 1].clamp(min=0)
             rows = torch.cat([succ.unsqueeze(-1), self.adj[toks.long()][..., : TOPK - 1]], -1)
@@ -142,8 +147,10 @@ class TokenRecyclingTable:
         """Recycle the logits of every node of every sequence that emitted tokens this step."""
         tree = step.tree
         N = tree.max_nodes
-        logits = step.logits[:, :N]
-        topk = torch.topk(logits, TOPK, dim=-1).indices.to(torch.int32)
+        B, V = step.logits.shape[0], step.logits.shape[-1]
+        # a view when the step's logits are [B, N, V] (the engine sizes them at the drafter's N)
+        logits = step.logits[:, :N].reshape(B * N, V)
+        topk = vocab_top_ids(logits, TOPK).view(B, N, TOPK).to(torch.int32)
         num_valid = torch.where(step.num_new > 0, tree.num_nodes, 0).to(torch.int32)
         token_recycling_update(self.adj, tree.tokens, topk, num_valid, self._winner)
 
