@@ -4,7 +4,9 @@ prompt file, over batch sizes, methods and batching modes.
 
     python -m profiling.bench_serve --batch-sizes 1 16 64 256 --methods ar,pld,sam+tr,merged
     python -m profiling.bench_serve --batch-sizes 16 --methods ar,merged --modes static,continuous
+    python -m profiling.bench_serve --batch-sizes 16 --methods ar,merged,merged:max_nodes=32
 
+A method may carry options after colons (`merged:max_nodes=32`, the CLI's `-O max_nodes=32`).
 Prompts: Spec-Bench first turns, HumanEval and HAGRID (chat messages; HumanEval's code prompt as
 the user turn), shuffled with a fixed seed (not sorted by category), `--limit` of them.
 
@@ -96,7 +98,10 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
 
     stats = out.with_suffix(".stats.json")
     argv = ["generate", "--input", str(src), "--output", str(out), "--overwrite"]
-    argv += ["--method", method, "--batch-size", str(batch), "--dtype", args.dtype]
+    name, *options = method.split(":")  # "merged:max_nodes=32": the CLI's -O max_nodes=32
+    argv += ["--method", name, "--batch-size", str(batch), "--dtype", args.dtype]
+    for opt in options:
+        argv += ["-O", opt]
     argv += ["--max-new-tokens", str(args.max_new_tokens), "--no-progress"]
     argv += ["--stats-json", str(stats), "--speculation", args.speculation]
     if args.exact:
