@@ -12,9 +12,9 @@ free memory (a SetupError naming a batch size that fits, before anything is allo
 the drafter, the Engine and the Scheduler.
 
 Budgets: the draft tree size follows the batch size (`samgpu.drafters.registry`). On a CPU model
-the budget is the one for a batch of CPU_BUDGET_BATCH or more: a CPU has no idle parallel units,
-so verifying N nodes costs about N tokens' forward, and the GPU-sized 81-node tree at batch 1
-would make each step ~80x a plain decoding step.
+it is at most CPU_MAX_NODES: a CPU has no idle parallel units, so verifying N nodes costs about N
+tokens' forward, and the GPU-sized 81-node tree at batch 1 would make each step ~80x a plain
+decoding step.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from samgpu.drafters.registry import make_options
 from samgpu.errors import InputError, SetupError
 
 DEFAULT_METHOD = "sam+tr"
-CPU_BUDGET_BATCH = 64
+CPU_MAX_NODES = 4
 DYNAMIC_BYTES_PER_TOKEN = 156  # a dynamic automaton slot, per token of capacity (upper bound)
 PREFILL_GRAPH_ROWS = 16  # samgpu.decoding.prefill.GRAPH_ROWS: the scratch cache's rows
 MEMORY_HEADROOM = 0.9  # share of the free GPU memory a decoder may plan to take
@@ -43,10 +43,10 @@ def method_options(
     """The options `method` is built with at `batch_size` on `device`: its budget rule's
     max_nodes (unless the caller set one), then the caller's options. Validated (unknown names
     and bad values are ValueErrors naming the option)."""
-    budget_batch = batch_size
-    if torch.device(device).type == "cpu":
-        budget_batch = max(batch_size, CPU_BUDGET_BATCH)
-    merged = {**budget_options(method, budget_batch), **(options or {})}
+    budget = budget_options(method, batch_size)
+    if torch.device(device).type == "cpu" and "max_nodes" in budget:
+        budget["max_nodes"] = min(budget["max_nodes"], CPU_MAX_NODES)
+    merged = {**budget, **(options or {})}
     make_options(get_method(method), merged)
     return merged
 
@@ -161,7 +161,7 @@ def build_decoder(
 
 
 __all__ = [
-    "CPU_BUDGET_BATCH",
+    "CPU_MAX_NODES",
     "DEFAULT_METHOD",
     "build_decoder",
     "check_memory",

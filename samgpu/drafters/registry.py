@@ -10,10 +10,13 @@ call) plus its import in `samgpu/drafters/__init__.py`; the CLI, the API and the
 and build methods from here only. Tests register their own drafters the same way.
 
 Budgets (nodes per sequence, root included) come from the measured verify cost t(B, N)
-(profiling/results/logs/runtime.log, H200, SmolLM2-135M bf16): at B=1 a step is launch-bound and
-flat up to N=128, so the full 81-node Token Recycling template is free; at B=64 t(N)/t(1) is 1.13
-(N=2), 1.21 (4), 1.40 (8), 1.81 (16), and a batch also waits for its slowest sequence, so 8-node
-trees lost to plain decoding there (sam+tr 0.96x at B=64 with 8 nodes).
+(profiling/results/logs/runtime.log, H200, SmolLM2-135M bf16) and end-to-end runs: at B=1 a step
+is launch-bound and flat up to N=128, so the full 81-node Token Recycling template is free; at
+B=64 t(N)/t(1) is 1.13 (N=2), 1.21 (4), 1.40 (8), 1.81 (16). Once Token Recycling's per-node
+top-8 stopped costing a radix select per step, `samgpu generate` on the mixed file (bench_serve,
+20261130-h200-serve-v8-*.jsonl) put the best budgets at 16 nodes for B=16 (merged 1.41x `ar`;
+32 nodes: 1.34x), 8-12 for B=64 (merged 1.21-1.22x; 4 nodes: 1.05x; 16: 1.16x) and 2 for B=256
+(merged 1.11x; 4 nodes: 1.07x).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from samgpu.drafters.protocol import Drafter
 
 # (max batch size, nodes per sequence): the first row whose bound covers B wins.
 TREE_BUDGETS: tuple[tuple[int, int], ...] = (
-    (1, 81), (2, 64), (4, 48), (8, 32), (16, 16), (32, 8), (64, 4), (1 << 30, 2),
+    (1, 81), (2, 64), (4, 48), (8, 32), (16, 16), (32, 12), (64, 8), (1 << 30, 2),
 )  # fmt: skip
 CHAIN_BUDGETS: tuple[tuple[int, int], ...] = ((4, 61), (16, 21), (32, 11), (64, 4), (1 << 30, 2))
 

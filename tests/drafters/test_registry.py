@@ -133,3 +133,17 @@ def test_an_unregistered_method_is_a_usage_error(tmp_path, capsys):
     argv = ["generate", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]
     assert main([*argv, "--method", "prompt-echo", "--device", "cpu"]) == 2
     assert "unknown method 'prompt-echo'" in capsys.readouterr().err
+
+
+def test_cpu_caps_the_budget_gpu_follows_the_batch():
+    """On a CPU every tree method drafts at most CPU_MAX_NODES nodes (a CPU verifies N nodes at
+    ~N times one token's cost) and the batch rule still shrinks it; on a GPU the rule alone
+    decides (16 nodes at B=16, 8 at B=64). An explicit max_nodes wins on both."""
+    from samgpu.factory import CPU_MAX_NODES, method_options
+
+    for method in ("tr", "sam+tr", "merged"):
+        assert method_options(method, 1, "cpu")["max_nodes"] == CPU_MAX_NODES
+        assert method_options(method, 256, "cpu")["max_nodes"] == tree_budget(256) < CPU_MAX_NODES
+        assert method_options(method, 16, "cuda")["max_nodes"] == tree_budget(16) == 16
+        assert method_options(method, 64, "cuda")["max_nodes"] == tree_budget(64) == 8
+        assert method_options(method, 1, "cpu", {"max_nodes": 9})["max_nodes"] == 9
