@@ -90,6 +90,21 @@ def timed_drafter_start(engine) -> list[float]:
     return seconds
 
 
+def prefill_trace(engine, prompt: list[int], rows: int = 22) -> None:
+    """torch.profiler over one admission: the ops by host (self CPU) time, then by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.prefill([0], [prompt])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine.prefill([0], [prompt])
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    print(f"one admission of {len(prompt)} tokens, by host time:")
+    print(table.table(sort_by="self_cpu_time_total", row_limit=rows))
+    print(table.table(sort_by="self_device_time_total", row_limit=rows // 2))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="profile_step", description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256])
@@ -98,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--prefill-lengths", type=int, nargs="*", default=[100, 500, 1000, 2000])
+    ap.add_argument(
+        "--prefill-trace", type=int, default=0, help="profile one admission of N tokens"
+    )
     ap.add_argument("--model-path", default=None, help="a transformers folder (default: random)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
@@ -167,10 +185,19 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t0)
             ms = statistics.median(times[1:]) * 1e3
             start_ms = statistics.median(start_s[1:]) * 1e3
+            host = []  # the call's host time alone (no sync at its end; the drafter's start
+            for _ in range(5):  # syncs inside the wrapper, so compare with method ar)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                engine.prefill([0], [prompt])
+                host.append(time.perf_counter() - t0)
+                torch.cuda.synchronize()
+            host_ms = statistics.median(host) * 1e3
             rows.append(
                 dict(
                     prompt_tokens=n,
                     prefill_ms=ms,
+                    host_ms=host_ms,
                     drafter_start_ms=start_ms,
                     first_ms=times[0] * 1e3,
                 )
@@ -182,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=1,
                     prompt_tokens=n,
                     prefill_ms=ms,
+                    host_ms=host_ms,
                     drafter_start_ms=start_ms,
                     first_ms=times[0] * 1e3,
                     params=dict(random=not args.model_path, tag=args.tag),
@@ -189,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         print_table(
             rows,
-            ["prompt_tokens", "prefill_ms", "drafter_start_ms", "first_ms"],
+            ["prompt_tokens", "prefill_ms", "host_ms", "drafter_start_ms", "first_ms"],
             title="prefill, B=1",
         )
+        if args.prefill_trace:
+            prefill_trace(engine, torch.randint(3, vocab, (args.prefill_trace,)).tolist())
     print(hardware_line())
     print(f"results: {write_jsonl(records)}")
     return 0
