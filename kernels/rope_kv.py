@@ -14,7 +14,8 @@ halves of a head;
     out = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]   (each product and sum rounded to the dtype)
 Example: D = 2, inv_freq = [1], position 0 -> identity; position pi/2 -> [x1, x2] -> [-x2, x1].
 
-Kernel: one program per (token, head) over the q and k heads (k programs also copy the v head).
+Kernel: one program per token, over all its heads at once (one program per (token, head) was
+~9 us per layer for a 1,000-token prefill on an H200: 12k programs of 32 elements each).
 """
 
 from __future__ import annotations
@@ -51,49 +52,59 @@ def _rope_kv_kernel(
     num_kv_heads,  # Hkv
     HALF: tl.constexpr,  # D / 2
     BLOCK_HALF: tl.constexpr,  # next power of two >= D / 2
+    BLOCK_HEADS: tl.constexpr,  # next power of two >= Hq + Hkv
+    BLOCK_KV: tl.constexpr,  # next power of two >= Hkv
 ):
-    """Grid (B * T, Hq + Hkv): heads below Hq rotate q, the others rotate k and copy v."""
+    """Grid (B * T,): one token, all its heads at once (rows below Hq rotate q, the next Hkv
+    rotate k; the v heads are copied)."""
     bt = tl.program_id(0)
-    head = tl.program_id(1)
     b = (bt // seq_len).to(tl.int64)
     t = (bt % seq_len).to(tl.int64)
     offs = tl.arange(0, BLOCK_HALF)
     ok = offs < HALF
     head_dim = 2 * HALF
-
     table = bt.to(tl.int64) * HALF + offs
     cos = tl.load(cos_ptr + table, mask=ok, other=0.0)
     sin = tl.load(sin_ptr + table, mask=ok, other=0.0)
     row = qkv_ptr + b * stride_qkv_b + t * stride_qkv_t
-    x1 = tl.load(row + head * head_dim + offs, mask=ok, other=0.0)
-    x2 = tl.load(row + head * head_dim + HALF + offs, mask=ok, other=0.0)
+    heads = tl.arange(0, BLOCK_HEADS)
+    is_q = heads < num_q_heads
+    is_k = (heads >= num_q_heads) & (heads < num_q_heads + num_kv_heads)
+    both = (is_q | is_k)[:, None] & ok[None, :]
+    src = row + heads[:, None] * head_dim + offs[None, :]
+    x1 = tl.load(src, mask=both, other=0.0)
+    x2 = tl.load(src + HALF, mask=both, other=0.0)
     dtype = x1.dtype
-    cos = cos.to(dtype).to(tl.float32)
-    sin = sin.to(dtype).to(tl.float32)
+    c = cos.to(dtype).to(tl.float32)[None, :]
+    s = sin.to(dtype).to(tl.float32)[None, :]
     a1 = x1.to(tl.float32)
     a2 = x2.to(tl.float32)
     # Each product rounded to the dtype, then the sum (torch: x * cos + rotate_half(x) * sin).
-    o1 = (a1 * cos).to(dtype).to(tl.float32) + (-a2 * sin).to(dtype).to(tl.float32)
-    o2 = (a2 * cos).to(dtype).to(tl.float32) + (a1 * sin).to(dtype).to(tl.float32)
-    o1 = o1.to(dtype)
-    o2 = o2.to(dtype)
+    o1 = ((a1 * c).to(dtype).to(tl.float32) + (-a2 * s).to(dtype).to(tl.float32)).to(dtype)
+    o2 = ((a2 * c).to(dtype).to(tl.float32) + (a1 * s).to(dtype).to(tl.float32)).to(dtype)
+    q_dst = q_out_ptr + b * stride_q_b + t * stride_q_t + heads[:, None] * head_dim + offs[None, :]
+    q_mask = is_q[:, None] & ok[None, :]
+    tl.store(q_dst, o1, mask=q_mask)
+    tl.store(q_dst + HALF, o2, mask=q_mask)
+    slot = tl.load(slot_ptr + b).to(tl.int64) + t
+    kvh = tl.maximum(heads - num_q_heads, 0).to(tl.int64)  # (q rows: masked, kept in range)
+    k_dst = k_cache_ptr + b * stride_kb + slot * stride_kl + kvh[:, None] * stride_kh
+    k_dst += offs[None, :]
+    k_mask = is_k[:, None] & ok[None, :]
+    tl.store(k_dst, o1, mask=k_mask)
+    tl.store(k_dst + HALF, o2, mask=k_mask)
+    vh = tl.arange(0, BLOCK_KV)
+    dims = tl.arange(0, 2 * BLOCK_HALF)
+    v_mask = (vh < num_kv_heads)[:, None] & (dims < head_dim)[None, :]
+    v_src = row + (num_q_heads + num_kv_heads + vh[:, None]) * head_dim + dims[None, :]
+    v = tl.load(v_src, mask=v_mask, other=0.0)
+    v_dst = v_cache_ptr + b * stride_vb + vh[:, None].to(tl.int64) * stride_vh + slot * stride_vl
+    tl.store(v_dst + dims[None, :], v, mask=v_mask)
 
-    if head < num_q_heads:
-        dst = q_out_ptr + b * stride_q_b + t * stride_q_t + head * head_dim
-        tl.store(dst + offs, o1, mask=ok)
-        tl.store(dst + HALF + offs, o2, mask=ok)
-    else:
-        kvh = (head - num_q_heads).to(tl.int64)
-        slot = tl.load(slot_ptr + b).to(tl.int64) + t
-        kdst = k_cache_ptr + b * stride_kb + kvh * stride_kh + slot * stride_kl
-        tl.store(kdst + offs, o1, mask=ok)
-        tl.store(kdst + HALF + offs, o2, mask=ok)
-        vsrc = row + (num_q_heads + num_kv_heads + kvh) * head_dim
-        vdst = v_cache_ptr + b * stride_vb + kvh * stride_vh + slot * stride_vl
-        v1 = tl.load(vsrc + offs, mask=ok, other=0.0)
-        v2 = tl.load(vsrc + HALF + offs, mask=ok, other=0.0)
-        tl.store(vdst + offs, v1, mask=ok)
-        tl.store(vdst + HALF + offs, v2, mask=ok)
+
+def _num_warps(block_heads: int, block_half: int) -> int:
+    """One warp per 512 elements of a token's q and k halves, 1 to 4."""
+    return max(1, min(4, block_heads * block_half // 512))
 
 
 def _aot_specs() -> list[AotSpec]:
@@ -108,8 +119,11 @@ def _aot_specs() -> list[AotSpec]:
         sig |= {"q_out_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr}
         sig |= dict.fromkeys(ints, "i32")
         sig |= {"HALF": "constexpr", "BLOCK_HALF": "constexpr"}
-        for half in (32, 64):  # head_dim 64 (SmolLM2), 128 (Llama-7B)
-            specs.append(AotSpec(_rope_kv_kernel, sig, {"HALF": half, "BLOCK_HALF": half}))
+        sig |= {"BLOCK_HEADS": "constexpr", "BLOCK_KV": "constexpr"}
+        # SmolLM2 (9 + 3 heads of 64), Llama-2-7B (32 + 32 heads of 128)
+        for half, heads, kv in ((32, 16, 4), (64, 64, 32)):
+            consts = {"HALF": half, "BLOCK_HALF": half, "BLOCK_HEADS": heads, "BLOCK_KV": kv}
+            specs.append(AotSpec(_rope_kv_kernel, sig, consts, _num_warps(heads, half)))
     return specs
 
 
@@ -168,7 +182,9 @@ def rope_kv_triton(
             raise ValueError(f"rope_kv: {name} needs a contiguous last dim, strides {x.stride()}")
     if b * t == 0:
         return q_out
-    _rope_kv_kernel[(b * t, num_q_heads + hkv)](
+    block_half = triton.next_power_of_2(d // 2)
+    block_heads = triton.next_power_of_2(num_q_heads + hkv)
+    _rope_kv_kernel[(b * t,)](
         qkv,
         cos,
         sin,
@@ -190,7 +206,10 @@ def rope_kv_triton(
         num_q_heads,
         hkv,
         HALF=d // 2,
-        BLOCK_HALF=triton.next_power_of_2(d // 2),
+        BLOCK_HALF=block_half,
+        BLOCK_HEADS=block_heads,
+        BLOCK_KV=triton.next_power_of_2(hkv),
+        num_warps=_num_warps(block_heads, block_half),
     )
     return q_out
 

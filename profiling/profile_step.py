@@ -80,6 +80,8 @@ def timed_drafter_start(engine) -> list[float]:
     inner = engine.drafter.start
 
     def start(state, new):
+        if seconds and seconds[-1] is None:  # paused (host timing): no syncs
+            return inner(state, new)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         inner(state, new)
@@ -185,14 +187,16 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t0)
             ms = statistics.median(times[1:]) * 1e3
             start_ms = statistics.median(start_s[1:]) * 1e3
-            host = []  # the call's host time alone (no sync at its end; the drafter's start
-            for _ in range(5):  # syncs inside the wrapper, so compare with method ar)
+            host = []  # the call's host time alone (no sync at its end or in the start)
+            start_s.append(None)
+            for _ in range(5):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 engine.prefill([0], [prompt])
                 host.append(time.perf_counter() - t0)
                 torch.cuda.synchronize()
             host_ms = statistics.median(host) * 1e3
+            start_s.clear()
             rows.append(
                 dict(
                     prompt_tokens=n,
