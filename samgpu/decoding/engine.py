@@ -288,6 +288,12 @@ class Engine:
             text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
         text = text.to(dev)
         lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+        # the runner embeds the padding too (right padding, never attended to): any valid id
+        input_ids = text[:, :width].clamp(min=0).contiguous()
+        # The prefill first: its graph replays while the host resets the slots' other buffers
+        # (they are independent of it). hidden: the prompts' hidden states, for drafters that
+        # need them (else None).
+        clean, hidden = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         st.text.index_copy_(0, index, text)
         st.text_len.index_copy_(0, index, lens)
         st.prompt_len.index_copy_(0, index, lens)
@@ -297,10 +303,6 @@ class Engine:
             t.index_fill_(0, index, 0)
         v.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
         st.finished.index_fill_(0, index, False)
-        # the runner embeds the padding too (right padding, never attended to): any valid id
-        input_ids = text[:, :width].clamp(min=0).contiguous()
-        # hidden: the prompts' hidden states, for drafters that need them (else None)
-        clean, hidden = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         started = torch.zeros(self.width, dtype=torch.int32, device=dev)
         started.index_copy_(0, index, lens)
         self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))

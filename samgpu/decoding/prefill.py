@@ -116,13 +116,19 @@ class Prefiller:
             r = self.runner
             hidden = torch.zeros(n, width, r.hidden_size, dtype=r.dtype, device=r.device)
         if width > 0 and self.use_graphs:
-            for call in plan_calls(host_lengths, self._graph_rows, cache.max_len):
+            calls = plan_calls(host_lengths, self._graph_rows, cache.max_len)
+            for call in calls:
                 w = max(host_lengths[i] for i in call)
                 if w == 0:
                     continue
-                sel = torch.tensor(call, dtype=torch.long, device=index.device)
-                scratch = self._graph_prefill(input_ids[sel, :w], lengths[sel])
-                self._copy_in(index[sel], scratch, len(call), w)
+                if len(calls) == 1 and call == sorted(call):  # all prompts in order: views
+                    ids, lens, slots = input_ids[:, :w], lengths, index
+                    sel = torch.arange(n, device=index.device) if hidden is not None else None
+                else:
+                    sel = torch.tensor(call, dtype=torch.long, device=index.device)
+                    ids, lens, slots = input_ids[sel, :w], lengths[sel], index[sel]
+                scratch = self._graph_prefill(ids, lens)
+                self._copy_in(slots, scratch, len(call), w)
                 if hidden is not None:
                     hidden[:, :w].index_copy_(0, sel, self._hidden[: len(call), :w])
         elif width > 0:
