@@ -10,8 +10,8 @@ One step, for the B leading slots of the buffers (B = the width the scheduler se
 Each stage is one or a few kernels over the whole batch, with no host synchronisation (nothing in
 the step reads a GPU value on the host; tests/test_no_sync.py scans `_step` and, on CUDA, runs
 steps under torch.cuda.set_sync_debug_mode("error")). Finished sequences stay in the batch, masked
-by `commit` (they emit nothing). Each stage runs inside `stage_range(name)`: NVTX ranges by
-default (Nsight), the CLI's --profile adds torch.profiler ranges, `profile_stages` CUDA events.
+by `commit` (they emit nothing; their attention reads no prefix). Each stage runs inside
+`stage_range(name)`: NVTX (Nsight), the CLI's --profile torch.profiler, `profile_stages` events.
 
 CUDA graphs: with a CUDA device, a graph-safe drafter and runner and `use_cuda_graphs`, the first
 step of each (B, mode) bucket runs eagerly on a side stream (Triton compilation, allocator
@@ -290,9 +290,7 @@ class Engine:
         lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, :width].clamp(min=0).contiguous()
-        # The prefill first: its graph replays while the host resets the slots' other buffers
-        # (they are independent of it). hidden: the prompts' hidden states, for drafters that
-        # need them (else None).
+        # Prefill first: its graph replays while the host resets the slots' other buffers.
         clean, hidden = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
         st.text.index_copy_(0, index, text)
         st.text_len.index_copy_(0, index, lens)
@@ -325,9 +323,11 @@ class Engine:
             tree_mask(tree.parents, tree.num_nodes, state.cache_len, out=v.mask)
         with stage("forward"):
             step.start_len.copy_(state.cache_len)
-            hidden = {} if step.hidden is None else {"hidden_out": step.hidden}
+            extra = {"live": ~state.finished}
+            if step.hidden is not None:
+                extra["hidden_out"] = step.hidden
             self.runner.forward_tree(
-                tree.tokens, v.mask.positions, v.mask.mask, self.cache, step.logits, **hidden
+                tree.tokens, v.mask.positions, v.mask.mask, self.cache, step.logits, **extra
             )
         with stage("verify"):
             if config.is_sampling:

@@ -61,7 +61,7 @@ class ToyRunner:
         self._write(cache, input_ids, torch.arange(T)[None, :].expand(B, T))
         cache.cache_len[:B] = lengths
 
-    def forward_tree(self, tokens, positions, tree_mask, cache, out):
+    def forward_tree(self, tokens, positions, tree_mask, cache, out, *, live=None):
         B, N = tokens.shape
         V = self.vocab_size
         cl = cache.cache_len[:B].long()

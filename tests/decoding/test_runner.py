@@ -218,3 +218,31 @@ def test_bad_inputs_raise_value_error_with_shapes(tiny_llama, prefer):
         runner.prefill(torch.zeros(2, 17, dtype=torch.int32), torch.tensor([17, 1]), cache)
     with pytest.raises(ValueError, match="lengths must be"):
         runner.prefill(torch.zeros(2, 4, dtype=torch.int32), torch.tensor([4]), cache)
+
+
+def test_rows_not_live_skip_their_cached_prefix(tiny_llama):
+    """forward_tree(live=...): a row that is not live (a finished or empty slot) attends to no
+    cached prefix: changing its cached keys at slots 2-3 (a 4-token prefix; with no prefix its
+    2 tree nodes read slots 0-1) leaves its logits unchanged, and the live row's logits are
+    exactly those of a call without `live`. Negative control: without `live` the row reads its
+    prefix and its logits change."""
+    runner = LlamaRunner(tiny_llama)
+    seqs, n = [[3, 9, 4, 7, 1, 8], [5, 2, 6, 2, 5, 9]], 2
+
+    def step(live, poison):
+        cache = runner.allocate_cache(2, 16)
+        ids = torch.tensor([s[:4] for s in seqs], dtype=torch.int32)
+        runner.prefill(ids, torch.tensor([4, 4], dtype=torch.int32), cache)
+        cache.k[:, 1, :, 2:4] = poison
+        tokens = torch.tensor([s[4 : 4 + n] for s in seqs], dtype=torch.int32)
+        positions = cache.cache_len[:, None] + torch.arange(n, dtype=torch.int32)
+        out = torch.zeros(2, n, runner.vocab_size)
+        runner.forward_tree(tokens, positions, chain_mask(2, n), cache, out, live=live)
+        return out
+
+    live = torch.tensor([True, False])
+    skipped_a, skipped_b = step(live, 3.0), step(live, -3.0)
+    plain_a, plain_b = step(None, 3.0), step(None, -3.0)
+    assert torch.equal(skipped_a[1], skipped_b[1])
+    assert torch.equal(skipped_a[0], plain_a[0])
+    assert not torch.allclose(plain_a[1], plain_b[1])

@@ -104,6 +104,8 @@ class Runner(Protocol):
         cache: KVCache,
         out: torch.Tensor | None,
         hidden_out: torch.Tensor | None = None,
+        *,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -137,7 +137,10 @@ class GenericRunner(RunnerBase):
         cache: KVCache,
         out: torch.Tensor,
         hidden_out: torch.Tensor | None = None,
+        *,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`live` is accepted and ignored (transformers' attention reads every row's prefix)."""
         check_tree_inputs(
             tokens, positions, tree_mask, cache, out, self.vocab_size, self.device, hidden_out
         )

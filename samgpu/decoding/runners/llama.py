@@ -295,9 +295,14 @@ class LlamaRunner(RunnerBase):
         hidden_out: torch.Tensor | None = None,
         *,
         hidden_in: torch.Tensor | None = None,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`out` None: no lm_head (a head that computes the logits it needs); returns hidden_out
-        then, which must be given. `hidden_in`: with input_proj (an EAGLE head)."""
+        then, which must be given. `hidden_in`: with input_proj (an EAGLE head). `live [B]` bool:
+        the rows whose outputs are used; the others' attention skips their cached prefix (a
+        finished or empty slot still runs through the step's fixed shape: at B=256 with half
+        the slots drained, reading their caches was half of the attention's traffic); their
+        outputs are garbage. Not in exact mode (its plan covers every row)."""
         if out is None and hidden_out is None:
             raise ValueError("forward_tree: give out (logits) or hidden_out (or both)")
         check_tree_inputs(
@@ -306,13 +311,15 @@ class LlamaRunner(RunnerBase):
         b = tokens.shape[0]
         cache_len = cache.cache_len[:b]
         plan = exact_tree_plan(cache_len, tree_mask) if self.exact else None
-        ref = None if self.exact else step_plan(cache_len, tree_mask, cache.k[0])
+        # the prefix each row's attention reads (nodes still go to slots cache_len + i)
+        seen = cache_len if live is None or self.exact else torch.where(live[:b], cache_len, 0)
+        ref = None if self.exact else step_plan(seen, tree_mask, cache.k[0])
 
         def attend(li, q):
             k, v = cache.k[li], cache.v[li]
             if plan is not None:
                 return exact_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=plan)
-            return tree_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=ref)
+            return tree_attention(q, k, v, seen, tree_mask, scale=self.scale, plan=ref)
 
         # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
         x = self._layers(self._embed(tokens, hidden_in), positions, cache_len, cache, attend)
