@@ -48,13 +48,7 @@ from samgpu.kernels.kv_compact import kv_compact
 from samgpu.kernels.randoms import draw_randoms
 from samgpu.kernels.tree import tree_mask
 from samgpu.kernels.verify import sampling_probs, verify_greedy, verify_sample
-from samgpu.types import (
-    PAD_TOKEN,
-    SOURCE_NAMES,
-    SOURCE_NONE,
-    DecodeState,
-    StepOutput,
-)
+from samgpu.types import PAD_TOKEN, SOURCE_NAMES, SOURCE_NONE, DecodeState, StepOutput
 
 
 class Engine:
@@ -119,9 +113,8 @@ class Engine:
         )
         hidden_size = runner.hidden_size if drafter.needs_hidden else None
         self._full = StepBuffers(R, N, K, V, dev, hidden_size, runner.dtype)
-        self._plain = None  # one-node steps for adaptive speculation (drafting methods only)
-        if N > 1:
-            self._plain = StepBuffers(R, 1, 1, V, dev, hidden_size, runner.dtype)
+        # one-node steps for adaptive speculation (drafting methods only)
+        self._plain = StepBuffers(R, 1, 1, V, dev, hidden_size, runner.dtype) if N > 1 else None
         self._speculate = True
         self._eos = i32(MAX_EOS, fill=PAD_TOKEN)
         self._rng = torch.zeros(2, dtype=torch.int64, device=dev)  # (seed, step counter)
@@ -200,8 +193,7 @@ class Engine:
         self.set_width(width)
 
     def set_width(self, width: int) -> None:
-        """Run the next steps over the `width` leading slots (all of them must be loaded or
-        finished)."""
+        """Run the next steps over the `width` leading slots (each loaded or finished)."""
         self._views = self._make_views(width, self._speculate)
 
     @property
@@ -290,20 +282,28 @@ class Engine:
         lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, :width].clamp(min=0).contiguous()
-        # Prefill first: its graph replays while the host resets the slots' other buffers.
-        clean, hidden = self._prefiller(rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
-        st.text.index_copy_(0, index, text)
-        st.text_len.index_copy_(0, index, lens)
-        st.prompt_len.index_copy_(0, index, lens)
-        st.root.index_copy_(0, index, text.gather(1, (lens - 1).long()[:, None])[:, 0])
-        st.max_new_tokens.index_fill_(0, index, self._config.max_new_tokens)
-        for t in (st.num_generated, v.num_steps, v.accepted_hist, v.source_counts, v.step.num_new):
-            t.index_fill_(0, index, 0)
-        v.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
-        st.finished.index_fill_(0, index, False)
-        started = torch.zeros(self.width, dtype=torch.int32, device=dev)
-        started.index_copy_(0, index, lens)
-        self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))
+
+        def reset_and_start(hidden: torch.Tensor | None = None) -> None:
+            st.text.index_copy_(0, index, text)
+            st.text_len.index_copy_(0, index, lens)
+            st.prompt_len.index_copy_(0, index, lens)
+            st.root.index_copy_(0, index, text.gather(1, (lens - 1).long()[:, None])[:, 0])
+            st.max_new_tokens.index_fill_(0, index, self._config.max_new_tokens)
+            for t in (st.num_generated, v.num_steps, v.accepted_hist, v.source_counts):
+                t.index_fill_(0, index, 0)
+            v.step.num_new.index_fill_(0, index, 0)
+            v.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
+            st.finished.index_fill_(0, index, False)
+            started = torch.zeros(self.width, dtype=torch.int32, device=dev)
+            started.index_copy_(0, index, lens)
+            self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))
+
+        args = (rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
+        if self.drafter.needs_hidden:  # its start reads the prompts' hidden states
+            clean, hidden = self._prefiller(*args)
+            reset_and_start(hidden)
+        else:  # independent of the prefill: beside it (Prefiller: a second stream with graphs)
+            clean, _ = self._prefiller(*args, beside=reset_and_start)
         return clean
 
     # ------------------------------------------------------------------ the step

@@ -26,6 +26,8 @@ call of 4 x 2,048.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from samgpu.decoding.runners.base import KVCache
@@ -94,6 +96,7 @@ class Prefiller:
         self._input_ids = None  # [GRAPH_ROWS, max_len] int32 static graph input
         self._lengths = None  # [GRAPH_ROWS] int32 static graph input
         self._hidden = None  # [GRAPH_ROWS, max_len, H] static graph output (with_hidden)
+        self._side = None  # the stream of `beside` work (graphs only)
 
     def __call__(
         self,
@@ -102,15 +105,22 @@ class Prefiller:
         input_ids: torch.Tensor,
         lengths: torch.Tensor,
         host_lengths: list[int],
+        beside: Callable[[], None] | None = None,
     ) -> tuple[bool, torch.Tensor | None]:
         """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`, the same on the host) of
         the requests admitted into slots `rows` (`index`: the same on the device); sets their
         cache_len. Returns (clean, hidden): clean is False when the call also captured a graph
         (its time is not a prefill's time); hidden is the hidden states [n, W, H] with
-        `with_hidden`, else None."""
+        `with_hidden`, else None. `beside`: GPU work independent of the prefill (the engine's
+        slot resets and the drafter's start: automata built over the prompts, ~0.5-2 ms on an
+        H200), run on a second stream beside the prefill's graphs, which leave most of the GPU
+        idle; it waits for what the current stream held before the prefill, and the current
+        stream waits for it before returning. Without graphs it simply runs after."""
         n, width = input_ids.shape
         cache = self.cache
         captures = len(self._graphs)
+        main = torch.cuda.current_stream(cache.k.device) if self.use_graphs else None
+        ready = main.record_event() if main is not None and beside is not None else None
         hidden = None
         if self.with_hidden:
             r = self.runner
@@ -140,6 +150,15 @@ class Prefiller:
                     rows[lo:hi], index[lo:hi], input_ids[lo:hi], lengths[lo:hi], out
                 )
         cache.cache_len.index_copy_(0, index, lengths)
+        if beside is not None and ready is None:
+            beside()
+        elif beside is not None:
+            if self._side is None:
+                self._side = torch.cuda.Stream(device=cache.k.device)
+            self._side.wait_event(ready)
+            with torch.cuda.stream(self._side):
+                beside()
+            main.wait_stream(self._side)
         return len(self._graphs) == captures, hidden
 
     def _eager_prefill(self, rows, index, input_ids, lengths, hidden_out) -> None:
