@@ -19,6 +19,9 @@ Every measurement is a fresh process, as a user runs one command:
 Both inherit this process's environment (plus `--env`), so both get the same thread settings
 unless a side sets its own: the samgpu CLI sets OMP_WAIT_POLICY=PASSIVE when unset (see the
 README's CPU section), transformers does not; `--env OMP_WAIT_POLICY=PASSIVE` gives it to both.
+Without --threads / OMP_NUM_THREADS the samgpu CLI also runs decode steps with one thread where
+that measured faster ("1-thread steps"; prefills keep every thread); `--env OMP_NUM_THREADS=2`
+(this machine's count) pins both sides to it.
 Repetitions are interleaved (rep 1 of every provider, then rep 2, ...) so that other load on a
 shared machine spreads over all of them; the table shows the median and the range.
 Outputs: greedy float32 texts must be identical between samgpu and transformers (`same_as_hf`).
@@ -73,6 +76,7 @@ def run_samgpu(method: str, batch: int, src: Path, work: Path, args) -> dict:
         "seconds": s["generate_seconds"],
         "mat": s["mean_accepted_tokens"],
         "drafting_steps": s["drafting_steps"],
+        "single_thread_steps": s.get("single_thread_steps"),
         "steps": s["steps"],
         "method": s["method"],
         "texts": texts,
@@ -195,6 +199,11 @@ def main() -> None:
                 "drafting steps": (
                     f"{first['drafting_steps']}/{first['steps']}" if "steps" in first else None
                 ),
+                "1-thread steps": (
+                    f"{first['single_thread_steps']}/{first['steps']}"
+                    if first.get("single_thread_steps") is not None
+                    else None
+                ),
                 "same_as_hf": f"{same}/{len(hf_texts)}",
             }
             rows.append(row)
@@ -221,6 +230,7 @@ def main() -> None:
                     "vs_hf": med / hf_med,
                     "mat": first.get("mat"),
                     "same_as_hf": same / len(hf_texts),
+                    "single_thread_steps": first.get("single_thread_steps"),
                     "reps": [r["tok_s"] for r in runs],
                 }
             )
@@ -230,6 +240,7 @@ def main() -> None:
         + (f"; env {' '.join(args.env)}" if args.env else "")
     )
     columns = ["batch", "provider", "tok/s", "range", "vs hf", "MAT", "drafting steps"]
+    columns.append("1-thread steps")
     print_table(rows, [*columns, "same_as_hf"], title=title)
     print(hardware_line(env()))
     print(f"results: {write_jsonl(records)}")

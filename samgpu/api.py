@@ -115,7 +115,8 @@ class SamDecoder:
     given); `speculation` ("adaptive", the default: plain AR steps while drafting does not pay;
     "always"); `exact` (the batch- and tree-invariant forward: bfloat16 outputs equal `ar`'s and
     do not depend on the batch; Llama-family models only); `stage_range` (name -> context
-    manager around each stage of a step; default: NVTX ranges on CUDA).
+    manager around each stage of a step; default: NVTX ranges on CUDA); `adaptive_threads` (CPU:
+    decode steps with one thread where faster; changes torch's process-wide thread count).
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class SamDecoder:
         stage_range: StageRange = nvtx_range,
         exact: bool = False,
         speculation: str = "adaptive",
+        adaptive_threads: bool = False,
         **options: Any,
     ):
         if method is None:
@@ -147,13 +149,12 @@ class SamDecoder:
         self.use_cuda_graphs = use_cuda_graphs
         self.check_every = check_every
         self.continuous_batching = bool(continuous_batching)
-        self.stage_range = stage_range
-        self.exact = bool(exact)
+        self.stage_range, self.exact = stage_range, bool(exact)
         if speculation not in SPECULATION_MODES:
             raise ValueError(
                 f"speculation={speculation!r}: expected one of {', '.join(SPECULATION_MODES)}"
             )
-        self.speculation = speculation
+        self.speculation, self.adaptive_threads = speculation, bool(adaptive_threads)
         self.last_stats: list[dict[str, Any]] = []
         self._runner = None
         self._decoder = None
@@ -293,19 +294,18 @@ class SamDecoder:
                     raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
         num_reqs = min(len(prompts), batch_size or len(prompts))
         decoder = self.ensure_capacity(num_reqs, self.needed_len(longest, max_new_tokens))
-        cfg_kw: dict[str, Any] = dict(
+        config = GenerationConfig(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature),
             top_k=int(top_k),
             top_p=float(top_p),
             eos_token_ids=tuple(int(t) for t in eos_token_ids),
             seed=seed,
+            check_every=None if self.check_every is None else int(self.check_every),
             continuous=self.continuous_batching,
             speculation=self.speculation,
+            adaptive_threads=self.adaptive_threads,
         )
-        if self.check_every is not None:
-            cfg_kw["check_every"] = int(self.check_every)
-        config = GenerationConfig(**cfg_kw)
         with self._lock:
             out = decoder.generate(
                 [list(map(int, p)) for p in prompts], config, on_progress, on_finish

@@ -1,6 +1,7 @@
 """CPU thread settings of the command line (issue 14, item 10). No timings here: the numbers are
 profiling/bench_cpu.py's; these check that the settings are made, and made only where they may."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -70,3 +71,37 @@ def test_default_method_is_ar_on_cpu(capsys, tiny_model_dir):
     model, tok = load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
     assert SamDecoder(model, tok).method == "ar"
     assert default_method("cuda") == "sam+tr" and default_method("cpu") == "ar"
+
+
+def test_decode_threads_adapt_only_when_the_cli_chose_them(
+    monkeypatch, tmp_path, restore_threads, tiny_model_dir
+):
+    """Without --threads and OMP_NUM_THREADS the CLI lets decode steps try one thread
+    (GenerationConfig.adaptive_threads; the third window of a 2-thread run is one), and the stats
+    count those steps; a thread count the user gave is kept for every step."""
+    import json
+
+    from samgpu import cli
+    from samgpu.cli.generate import threads_are_ours
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"prompt": "Hi"}\n')
+
+    def single_thread_steps(*extra: str) -> int:
+        stats = tmp_path / "stats.json"
+        argv = ["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--raw",
+                "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--overwrite",
+                "--no-progress", "--max-new-tokens", "6", "--stats-json", str(stats),
+                *extra]  # fmt: skip
+        assert cli.main(argv) == 0
+        assert torch.get_num_threads() == 2  # given back after the run
+        return json.loads(stats.read_text())["single_thread_steps"]
+
+    torch.set_num_threads(2)
+    assert threads_are_ours(argparse.Namespace(threads=None))
+    assert single_thread_steps() >= 1
+    assert single_thread_steps("--threads", "2") == 0
+    assert not threads_are_ours(argparse.Namespace(threads=2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert not threads_are_ours(argparse.Namespace(threads=None))

@@ -232,6 +232,7 @@ class Session:
                 continuous_batching=args.continuous_batching,
                 speculation=args.speculation,
                 exact=args.exact,
+                adaptive_threads=device.type == "cpu" and threads_are_ours(args),
                 stage_range=profiled_range if args.profile else nvtx_range,
                 **plan.options,
             )
@@ -279,6 +280,13 @@ def run_device(args: argparse.Namespace, info=None):
     if args.method is None:
         args.method = api.default_method(device)
     return device
+
+
+def threads_are_ours(args: argparse.Namespace) -> bool:
+    """The CLI chooses torch's CPU threads (no --threads, no OMP_NUM_THREADS): then decode steps
+    may also run with one thread where that measures faster (GenerationConfig.adaptive_threads);
+    a thread count the user set is kept for every step."""
+    return args.threads is None and "OMP_NUM_THREADS" not in os.environ
 
 
 def configure_threads(threads: int | None, info=None) -> int:

@@ -77,7 +77,7 @@ class RunTotals:
 
     def __init__(self):
         self.prefill_s = self.steps_s = self.host_s = 0.0
-        self.steps = self.drafting_steps = 0
+        self.steps = self.drafting_steps = self.single_thread_steps = 0
 
     def add(self, run) -> None:
         self.prefill_s += run.prefill_s
@@ -85,6 +85,7 @@ class RunTotals:
         self.host_s += run.host_s
         self.steps += run.steps
         self.drafting_steps += run.drafting_steps
+        self.single_thread_steps += run.single_thread_steps
 
 
 def write_stats(
@@ -94,7 +95,8 @@ def write_stats(
     rank_generate_seconds: time each rank spent inside generate; the rest of a rank's share of
     generate_seconds is waiting for the other ranks (each round ends with a gather) and writing.
     timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
-    how many drafted (the others were plain AR steps of adaptive speculation)."""
+    how many drafted (the others were plain AR steps of adaptive speculation) and how many ran
+    with one CPU thread (adaptive threads)."""
     import torch
 
     stats = {
@@ -115,6 +117,7 @@ def write_stats(
         },
         "steps": timing.steps,
         "drafting_steps": timing.drafting_steps,
+        "single_thread_steps": timing.single_thread_steps,
         "batch_size": args.batch_size,
         "method": args.method,
         "max_new_tokens": args.max_new_tokens,

@@ -33,6 +33,11 @@ class GenerationConfig:
     # "adaptive": per window of check_every steps, draft or run plain AR steps, whichever emitted
     # tokens faster lately (samgpu.decoding.adaptive); "always": every step drafts.
     speculation: str = "adaptive"
+    # On a CPU: each window of decode steps runs with torch's threads or with one, whichever
+    # emitted tokens faster lately (samgpu.decoding.scheduler.DecodeThreads); prefills keep them
+    # all. Off by default (torch's thread count is global to the process); the CLI turns it on
+    # when it chooses the threads itself (no --threads, no OMP_NUM_THREADS).
+    adaptive_threads: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -116,6 +121,7 @@ class RunStats:
     host_s: float = 0.0  # the rest: collection, callbacks, output records
     steps: int = 0  # loop steps
     drafting_steps: int = 0  # of which drafted (the others: plain AR steps, adaptive mode)
+    single_thread_steps: int = 0  # of which ran with one thread (adaptive_threads, CPU)
     rates: dict[str, float] = field(default_factory=dict)  # "drafting" / "plain" tokens/s
 
 

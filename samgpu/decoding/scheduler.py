@@ -22,6 +22,14 @@ Greedy outputs are the same either way (lossless; in float32 bit for bit, in bfl
 near-ties that any change of step shape can flip); seeded sampling always drafts, so that a seed
 reproduces a run.
 
+On a CPU the engine's calls (prefills, steps, flag reads, collection) run under
+`torch.inference_mode` (`engine_mode`): each of the thousands of small reference-kernel operators
+of a step then skips autograd's version counting and view tracking, ~2 ms of a ~60 ms step of
+the default model on 2 cores (about 4%). Callbacks run outside it. Not on a GPU: a captured
+step replays without those per-operator costs, and graphs are captured outside this loop.
+With `config.adaptive_threads` (the CLI's default on a CPU) the decode windows also choose
+between torch's N threads and one thread (DecodeThreads); prefills always run with N.
+
 Timing per request (`RequestStats`): `prefill_s` is the prefill call that admitted it (shared with
 the requests admitted together), `decode_s` runs from the end of that call to the host check that
 collected it, `tokens_per_s` = generated / decode_s, `queued_s` / `finish_s` are its admission
@@ -31,6 +39,7 @@ decode windows and on the host, and the steps that drafted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections import deque
@@ -51,6 +60,49 @@ from samgpu.decoding.engine import Engine
 
 OnProgress = Callable[[ProgressInfo], None]
 OnFinish = Callable[[int, list[int], RequestStats], None]  # (prompt index, tokens, stats)
+
+
+def engine_mode(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """What the scheduler runs the engine's calls under: torch.inference_mode on a CPU, nothing
+    elsewhere (module docstring). Tensors an engine call creates there (a drafter's state) are
+    inference tensors: read anywhere, updated in place only by later engine calls."""
+    return torch.inference_mode if device.type == "cpu" else contextlib.nullcontext
+
+
+class DecodeThreads:
+    """`config.adaptive_threads` on a CPU: each window of decode steps runs with torch's thread
+    count at the call's start (N) or with one thread, whichever emitted tokens faster lately,
+    learnt per speculation mode by SpeculationPolicy's rule (its True: N threads); N is back after
+    each window, so prefills (large matrix products that use every core) and the caller run with
+    N. Why: a decode step reads every weight once, and one core can draw as much memory bandwidth
+    as all of a small machine's, without waking the others for each operator (2-core VM,
+    SmolLM2 float32, OMP_WAIT_POLICY=PASSIVE: one thread vs two, B=1 56 vs 59 ms a step, B=4 82
+    vs 95 ms); where more cores add bandwidth, N threads win and stay."""
+
+    def __init__(self, enabled: bool):
+        self.full = torch.get_num_threads()
+        self.enabled = enabled and self.full > 1
+        self.policies = {mode: SpeculationPolicy() for mode in (True, False)}
+        self.single_thread_steps = 0
+
+    @contextlib.contextmanager
+    def window(self, speculate: bool):
+        """The threads of one window; yields True for all N (set back to N on leaving)."""
+        if not self.enabled or self.policies[speculate].choose():
+            yield True
+            return
+        torch.set_num_threads(1)
+        try:
+            yield False
+        finally:
+            torch.set_num_threads(self.full)
+
+    def record(self, speculate: bool, all_threads: bool, steps: int, *rate) -> None:
+        """A finished window (SpeculationPolicy.record's tokens, seconds, clean, live)."""
+        if self.enabled:
+            self.policies[speculate].record(all_threads, steps, *rate)
+        if not all_threads:
+            self.single_thread_steps += steps
 
 
 @dataclass
@@ -98,6 +150,7 @@ class Scheduler:
         if not prompts:
             return GenerationOutput(tokens=[], stats=[])
         sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+        mode = engine_mode(engine.device)
         t0 = time.perf_counter()
         tokens: list[list[int] | None] = [None] * len(prompts)
         stats: list[RequestStats | None] = [None] * len(prompts)
@@ -110,6 +163,7 @@ class Scheduler:
         # Seeded sampling stays reproducible: its random draws follow the steps' tree shapes,
         # which timing-driven mode switches would change from run to run.
         refill = RefillPolicy()
+        threads = DecodeThreads(config.adaptive_threads and engine.device.type == "cpu")
         policy = SpeculationPolicy(
             enabled=config.speculation == "adaptive"
             and engine.can_skip_drafts
@@ -134,7 +188,8 @@ class Scheduler:
             requests = [waiting.popleft() for _ in rows]
             sync()
             t_start = time.perf_counter()
-            clean = engine.prefill(rows, [prompts[r] for r in requests])
+            with mode():
+                clean = engine.prefill(rows, [prompts[r] for r in requests])
             sync()
             t_end = time.perf_counter()
             run.prefill_s += t_end - t_start
@@ -157,10 +212,11 @@ class Scheduler:
             live_at_start = sum(s is not None for s in slots)
             t_launch = time.perf_counter()
             clean = True
-            for _ in range(window):
-                clean &= engine.step()
+            with mode(), threads.window(speculate) as all_threads:
+                for _ in range(window):
+                    clean &= engine.step()
+                finished, num_generated = engine.read_flags()
             steps += window
-            finished, num_generated = engine.read_flags()
             t_read = time.perf_counter()
             run.steps_s += t_read - t_launch
             if clean:
@@ -169,6 +225,8 @@ class Scheduler:
             tokens_in_window = done_tokens + live_now - emitted
             seconds = t_read - t_launch
             policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
+            rate = (tokens_in_window, seconds, clean, live_at_start)
+            threads.record(speculate, all_threads, window, *rate)
             ended = [
                 b
                 for b, s in enumerate(slots)
@@ -176,7 +234,9 @@ class Scheduler:
             ]
             if ended:
                 now = time.perf_counter()
-                for b, (toks, stat) in zip(ended, engine.collect(ended), strict=True):
+                with mode():
+                    collected = engine.collect(ended)
+                for b, (toks, stat) in zip(ended, collected, strict=True):
                     slot = slots[b]
                     stat.prefill_s = slot.prefill_s
                     stat.decode_s = now - slot.decode_start
@@ -215,5 +275,6 @@ class Scheduler:
         run.seconds = time.perf_counter() - t0
         run.host_s = max(0.0, run.seconds - run.prefill_s - run.steps_s)
         run.steps, run.drafting_steps = steps, policy.steps[True]
+        run.single_thread_steps = threads.single_thread_steps
         run.rates = {("drafting" if k else "plain"): v for k, v in policy.rates.items()}
         return GenerationOutput(tokens=tokens, stats=stats, run=run)

@@ -422,3 +422,61 @@ def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps
     out = dec.generate([PROMPTS[0]], cfg)
     assert out.tokens[0][-1] == eos and len(out.tokens[0]) == 4
     assert len(calls) == steps
+
+
+def test_cpu_engine_calls_run_in_inference_mode():
+    """On a CPU the prefills, steps and host reads run under torch.inference_mode (no autograd
+    bookkeeping for each of a CPU step's small operators); the callbacks run outside it, and the
+    state the drafter built there serves the next call, with refills and reuse lossless."""
+    runner = ToyRunner(seed=6)
+    modes: dict[str, list[bool]] = {"prefill": [], "forward": [], "callbacks": []}
+    prefill, forward = runner.prefill, runner.forward_tree
+
+    def traced(name, fn):
+        return lambda *a, **k: modes[name].append(torch.is_inference_mode_enabled()) or fn(*a, **k)
+
+    runner.prefill = traced("prefill", prefill)
+    runner.forward_tree = traced("forward", forward)
+    dec = _test_decoder(runner, PROMPTS, 2, depth=2, error_rate=0.3)
+    cfg = GenerationConfig(max_new_tokens=7, check_every=2, continuous=True)
+    callback = lambda *a: modes["callbacks"].append(torch.is_inference_mode_enabled())  # noqa: E731
+    out = dec.generate(PROMPTS, cfg, on_progress=callback, on_finish=callback)
+    assert out.tokens == [reference_greedy(runner, p, 7) for p in PROMPTS]
+    assert len(modes["prefill"]) >= 2 and all(modes["prefill"]) and all(modes["forward"])
+    assert modes["callbacks"] and not any(modes["callbacks"])
+    assert dec.generate(PROMPTS, cfg).tokens == out.tokens
+    assert not torch.is_inference_mode_enabled()
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2
+    torch.set_num_threads(before)
+
+
+def test_adaptive_threads_try_one_thread_for_decode_steps_only(two_threads):
+    """adaptive_threads on a CPU: after two windows with all threads, a window runs with one
+    (then whichever measured faster); every prefill runs with all of them, and the caller gets
+    them back. Without it every step keeps them (the negative control). Lossless either way."""
+    runner = ToyRunner(seed=7)
+    threads: dict[str, list[int]] = {"prefill": [], "forward": []}
+    prefill, forward = runner.prefill, runner.forward_tree
+
+    def traced(name, fn):
+        return lambda *a, **k: threads[name].append(torch.get_num_threads()) or fn(*a, **k)
+
+    runner.prefill = traced("prefill", prefill)
+    runner.forward_tree = traced("forward", forward)
+    dec = build_decoder(runner, "ar", batch_size=2, max_len=64)
+    for adaptive in (True, False):
+        threads["prefill"].clear(), threads["forward"].clear()
+        cfg = GenerationConfig(max_new_tokens=9, check_every=1, continuous=True,
+                               adaptive_threads=adaptive)  # fmt: skip
+        out = dec.generate(PROMPTS, cfg)
+        assert out.tokens == [reference_greedy(runner, p, 9) for p in PROMPTS]
+        assert torch.get_num_threads() == 2 and set(threads["prefill"]) == {2}
+        assert threads["forward"][:2] == [2, 2]
+        assert (1 in threads["forward"]) == adaptive
+        assert out.run.single_thread_steps == threads["forward"].count(1)

@@ -190,3 +190,31 @@ def test_bad_inputs_raise_value_error(device):
         prefill_attention_triton(q, k, v, start, lengths, out=torch.empty(2, 6, 4, 8))
     with pytest.raises(ValueError, match="power of two"):
         prefill_attention_triton(q, k, v, start, lengths, block_m=24)
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_reference_of_a_plain_prefill_builds_no_mask(monkeypatch, upcast):
+    """Rows that all start at slot 0 and fill every column (one prompt: the CPU prefill of batch 1)
+    take SDPA's causal path, which builds no [B, T, L] visibility mask; equal to the masked SDPA
+    and to the spec. A padded batch still builds the mask (the negative control)."""
+    import samgpu.kernels.prefill_attention as mod
+
+    q, k, v, start, lengths = make_case(2, 11, 6, 2, 8, 24, [0, 0], [11, 11], torch.float32)
+    masked = mod.visible_sdpa(
+        q,
+        k,
+        v,
+        mod.plan_from_visible(mod.prefill_visible(start, lengths, 11, 24)),
+        scale=0.3,
+        upcast=upcast,
+    )
+    built = []
+    visible = mod.prefill_visible
+    monkeypatch.setattr(mod, "prefill_visible", lambda *a: built.append(1) or visible(*a))
+    got = prefill_attention_ref(q, k, v, start, lengths, scale=0.3, upcast=upcast)
+    assert not built
+    torch.testing.assert_close(got, masked, rtol=1e-6, atol=1e-6)
+    want = causal_spec(q, k, v, start, lengths, 0.3)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    prefill_attention_ref(q, k, v, start, torch.tensor([11, 7], dtype=torch.int32), scale=0.3)
+    assert built
