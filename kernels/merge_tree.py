@@ -31,7 +31,7 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-from samgpu.kernels.types import NO_PARENT
+from samgpu.kernels.types import NO_PARENT, DraftTree
 
 NO_NODE: int = -1  # a B node that was dropped (budget or dropped ancestor)
 FILL_TOKEN: int = 0  # token of pad nodes: a valid id, because the runner embeds every node
@@ -216,6 +216,14 @@ def merge_tree(
 ) -> None:
     fn = merge_tree_triton if use_triton(tokens) else merge_tree_ref
     fn(a_tokens, a_parents, num_a, b_tokens, b_parents, num_b, tokens, parents, num_nodes)
+
+
+def merge_trees(a: DraftTree, b: DraftTree, out: DraftTree) -> None:
+    """`merge_tree` on the drafters' bundles: tree `b` merged into tree `a`, written to `out`."""
+    merge_tree(
+        a.tokens, a.parents, a.num_nodes, b.tokens, b.parents, b.num_nodes,
+        out.tokens, out.parents, out.num_nodes,
+    )  # fmt: skip
 
 
 _SIG = {

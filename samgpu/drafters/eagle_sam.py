@@ -30,7 +30,7 @@ from samgpu.drafters.parts.automata import SamAutomata
 from samgpu.drafters.parts.store import StoreOptions
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
-from samgpu.kernels.merge_tree import merge_tree
+from samgpu.kernels.merge_tree import merge_trees
 from samgpu.kernels.sam_draft import SamSelectConfig
 from samgpu.types import SOURCE_FALLBACK, SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
@@ -166,17 +166,7 @@ class MergedEagleDrafter(_SamEagle):
         source, chain_len = self._source[:B], self._chain_len[:B]
         self.automata.draft_chain(state.root, chain, self.config, source, chain_len)
         self.eagle.propose(state.root, eagle)
-        merge_tree(
-            chain.tokens,
-            chain.parents,
-            chain.num_nodes,
-            eagle.tokens,
-            eagle.parents,
-            eagle.num_nodes,
-            tree.tokens,
-            tree.parents,
-            tree.num_nodes,
-        )
+        merge_trees(chain, eagle, tree)
 
 
 register(

@@ -33,7 +33,7 @@ from samgpu.drafters.parts.recycling import TR_TEMPLATE_NODES, TokenRecycling
 from samgpu.drafters.parts.store import StoreOptions
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
-from samgpu.kernels.merge_tree import merge_tree
+from samgpu.kernels.merge_tree import merge_trees
 from samgpu.kernels.sam_draft import SamSelectConfig
 from samgpu.types import SOURCE_NONE, DecodeState, DraftTree, StepOutput
 
@@ -108,17 +108,7 @@ class MergedDrafter(DrafterBase):
         source, chain_len = self._source[:B], self._chain_len[:B]
         self.automata.draft_chain(state.root, chain, self.config, source, chain_len)
         self.recycling.fill(state.root, tr)
-        merge_tree(
-            chain.tokens,
-            chain.parents,
-            chain.num_nodes,
-            tr.tokens,
-            tr.parents,
-            tr.num_nodes,
-            tree.tokens,
-            tree.parents,
-            tree.num_nodes,
-        )
+        merge_trees(chain, tr, tree)
 
     def update(self, state: DecodeState, step: StepOutput) -> None:
         self.automata.update(step)

@@ -32,7 +32,7 @@ from samgpu.drafters.parts.recycling import TokenRecycling
 from samgpu.drafters.parts.store import StoreOptions
 from samgpu.drafters.protocol import DrafterBase, NewRequests
 from samgpu.drafters.registry import DrafterContext, Method, register, tree_budget
-from samgpu.kernels.merge_tree import merge_tree
+from samgpu.kernels.merge_tree import merge_trees
 from samgpu.kernels.sam_draft import SamSelectConfig, sam_draft_chain
 from samgpu.kernels.sam_tree import sam_tree
 from samgpu.types import (
@@ -144,32 +144,12 @@ class SamTreeDrafter(DrafterBase):
         else:
             static.num_nodes.fill_(1)
         out = self._merged.rows(B) if o.with_tr else tree
-        merge_tree(
-            chain.tokens,
-            chain.parents,
-            chain.num_nodes,
-            static.tokens,
-            static.parents,
-            static.num_nodes,
-            out.tokens,
-            out.parents,
-            out.num_nodes,
-        )
+        merge_trees(chain, static, out)
         fallback = SOURCE_NONE
         if o.with_tr:
             tr = self._tr.rows(B)
             self.recycling.fill(state.root, tr)
-            merge_tree(
-                out.tokens,
-                out.parents,
-                out.num_nodes,
-                tr.tokens,
-                tr.parents,
-                tr.num_nodes,
-                tree.tokens,
-                tree.parents,
-                tree.num_nodes,
-            )
+            merge_trees(out, tr, tree)
             fallback = SOURCE_FALLBACK
         source = self._source[:B]
         has_chain = self._chain_len[:B] > 0
