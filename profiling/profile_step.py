@@ -17,6 +17,7 @@ Results: a table per section and profiling/results/<day>-<card>-<sha>.jsonl (ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -73,15 +74,15 @@ def step_profile(engine, steps: int, top: int) -> tuple[float, list[tuple[str, f
     return step_ms, rows
 
 
-def timed_drafter_start(engine) -> list[float]:
-    """Wrap engine.drafter.start to record its seconds (synchronised) per call: the part of an
-    admission that is the drafter's (automata built over the prompt, table seeding)."""
+@contextlib.contextmanager
+def timed_drafter_start(engine):
+    """Inside the block, engine.drafter.start records its seconds (synchronised) per call into
+    the yielded list: the part of an admission that is the drafter's (automata built over the
+    prompt, table seeding). Its syncs serialise the admission, so time the rest outside."""
     seconds: list[float] = []
     inner = engine.drafter.start
 
     def start(state, new):
-        if seconds and seconds[-1] is None:  # paused (host timing): no syncs
-            return inner(state, new)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         inner(state, new)
@@ -89,7 +90,10 @@ def timed_drafter_start(engine) -> list[float]:
         seconds.append(time.perf_counter() - t0)
 
     engine.drafter.start = start
-    return seconds
+    try:
+        yield seconds
+    finally:
+        engine.drafter.start = inner
 
 
 def prefill_trace(engine, prompt: list[int], rows: int = 22) -> None:
@@ -173,24 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         engine = decoder.engine
         engine.warm_up(1)
         engine.configure(GenerationConfig(max_new_tokens=8), 1)
-        start_s = timed_drafter_start(engine)
         rows = []
         for n in args.prefill_lengths:
             prompt = torch.randint(3, vocab, (n,), generator=gen).tolist()
-            times = []
-            start_s.clear()
-            for _ in range(6):
+            with timed_drafter_start(engine) as start_s:
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                engine.prefill([0], [prompt])
+                engine.prefill([0], [prompt])  # the first of this length (start timed too)
                 torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            ms = statistics.median(times[1:]) * 1e3
+                first_ms = (time.perf_counter() - t0) * 1e3
+                for _ in range(5):
+                    engine.prefill([0], [prompt])
             start_ms = statistics.median(start_s[1:]) * 1e3
-            # without the wrapper's syncs (the start may overlap the prefill): the admission's
-            # wall time, and its host time alone (no sync at its end)
+            # without the start's syncs (it may overlap the prefill): the admission's wall time,
+            # and its host time alone (no sync at its end)
             host, wall = [], []
-            start_s.append(None)
             for _ in range(5):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 host.append(time.perf_counter() - t0)
                 torch.cuda.synchronize()
                 wall.append(time.perf_counter() - t0)
+            ms = statistics.median(wall) * 1e3
             host_ms = statistics.median(host) * 1e3
             ms = statistics.median(wall) * 1e3
             start_s.clear()
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     prefill_ms=ms,
                     host_ms=host_ms,
                     drafter_start_ms=start_ms,
-                    first_ms=times[0] * 1e3,
+                    first_ms=first_ms,
                 )
             )
             records.append(
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     prefill_ms=ms,
                     host_ms=host_ms,
                     drafter_start_ms=start_ms,
-                    first_ms=times[0] * 1e3,
+                    first_ms=first_ms,
                     params=dict(random=not args.model_path, tag=args.tag),
                 )
             )
