@@ -22,6 +22,8 @@ top-8 stopped costing a radix select per step, `samgpu generate` on the mixed fi
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,13 +117,42 @@ def _field_names(options: type) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(options))
 
 
+# the option types checked before an options dataclass is built, as its error names them
+_TYPE_NAMES = {int: "an int", float: "a number", bool: "a bool", str: "a string"}
+_TYPE_NAMES[types.NoneType] = "None"
+
+
+def _type_error(name: str, annotation: Any, value: Any) -> str | None:
+    """Why `value` does not fit a field annotated with `annotation` (a union of int, float, bool,
+    str, None; anything else is left to the dataclass), or None when it fits."""
+    union = isinstance(annotation, types.UnionType)
+    kinds = typing.get_args(annotation) if union else (annotation,)
+    if not all(k in _TYPE_NAMES for k in kinds):
+        return None
+
+    def fits(kind: type) -> bool:
+        if isinstance(value, bool):  # True is an int to Python, not here
+            return kind is bool
+        return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+    if any(fits(k) for k in kinds):
+        return None
+    return f"{name} must be {' or '.join(_TYPE_NAMES[k] for k in kinds)}, got {value!r}"
+
+
 def make_options(method: Method, options: dict[str, Any]) -> Any:
-    """The method's options dataclass from keyword values; unknown names are a ValueError naming
-    the valid ones (the dataclass's own __post_init__ checks the values)."""
+    """The method's options dataclass from keyword values; unknown names and values of the wrong
+    type (`-O max_nodes=abc`) are ValueErrors naming the option (the dataclass's own
+    __post_init__ checks the values' ranges)."""
     valid = _field_names(method.options)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {method.name!r}; valid: {valid}")
+    hints = typing.get_type_hints(method.options)
+    for name, value in options.items():
+        error = _type_error(name, hints[name], value)
+        if error is not None:
+            raise ValueError(f"method {method.name!r}: {error}")
     return method.options(**options)
 
 

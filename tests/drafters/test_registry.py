@@ -147,3 +147,23 @@ def test_cpu_caps_the_budget_gpu_follows_the_batch():
         assert method_options(method, 16, "cuda")["max_nodes"] == tree_budget(16) == 16
         assert method_options(method, 64, "cuda")["max_nodes"] == tree_budget(64) == 8
         assert method_options(method, 1, "cpu", {"max_nodes": 9})["max_nodes"] == 9
+
+
+def test_option_values_of_the_wrong_type_are_named():
+    """`-O max_nodes=abc` (a string where an int goes), True for an int, 2.5 for an int: one
+    ValueError naming the method, the option and the value, before the dataclass compares it;
+    an int for a float option, None for an optional int and the right types pass (controls)."""
+    from samgpu.drafters.registry import make_options
+
+    merged = get_method("merged")
+    for bad, shown in (("abc", "'abc'"), (True, "True"), (2.5, "2.5")):
+        with pytest.raises(
+            ValueError, match=f"method 'merged': max_nodes must be an int, got {shown}"
+        ):
+            make_options(merged, {"max_nodes": bad})
+    with pytest.raises(ValueError, match="chain_nodes must be an int or None, got 'x'"):
+        make_options(merged, {"chain_nodes": "x"})
+    assert make_options(merged, {"max_nodes": 8, "chain_nodes": None}).max_nodes == 8
+    assert make_options(get_method("sam"), {"alpha": 2}).alpha == 2
+    with pytest.raises(ValueError, match="alpha must be a number, got 'high'"):
+        make_options(get_method("sam"), {"alpha": "high"})
