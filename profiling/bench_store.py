@@ -4,10 +4,13 @@ GPU, decoders built exactly as the CLI builds them (`samgpu.api.SamDecoder`, con
     python -m profiling.bench_store                  # ~5 min on an H200 (model, index, 16 decoders)
     python -m profiling.bench_store --batch-sizes 1 --methods sam+tr --scale 0.5
     python -m profiling.bench_store --option store_prompts=true --tag prompts
+    python -m profiling.bench_store --stream full --workloads a --speculation always --no-cost
 
 Workloads (greedy, bfloat16, --max-new-tokens per request), per batch size B:
  (a) stream: Spec-Bench first turns (spread over its six categories), then HumanEval, then HAGRID,
-     one call (continuous batching), the store empty at the start;
+     one call (continuous batching), the store empty at the start; `--stream full`: the whole
+     datasets (480 Spec-Bench first turns in category order, 164 HumanEval, 716 HAGRID), the
+     issue's stream, in which later requests have ~1,000 earlier answers to draft from;
  (b) repeated tasks: HumanEval prompts, then each again rephrased (a comment line in front), the
      store empty at the start;
  (c) stream (a) again, the store loaded from the file saved at the end of (a) (a rerun of a job
@@ -59,10 +62,15 @@ def _kv(s: str):
     return next(iter(parse_options([f"{key}={raw}"]).items()))
 
 
-def workloads(tokenizer, batch_size: int, scale: float) -> dict[str, list[list[int]]]:
+def workloads(
+    tokenizer, batch_size: int, scale: float, full: bool = False
+) -> dict[str, list[list[int]]]:
+    """The prompts of (a), (b), (c); `full`: (a) and (c) are the whole datasets, in file order."""
     from samgpu.api import encode_chat
 
     lim = {k: max(1, int(v * scale)) for k, v in LIMITS.get(batch_size, LIMITS[64]).items()}
+    if full:
+        lim = dict.fromkeys(lim, None)
     chat = lambda text: encode_chat(tokenizer, [{"role": "user", "content": text}])  # noqa: E731
     raw = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     spec = [chat(it.turns[0]) for it in datasets.load("spec_bench", lim["spec"])]
@@ -70,6 +78,10 @@ def workloads(tokenizer, batch_size: int, scale: float) -> dict[str, list[list[i
     code = [raw(it.raw_prompt) for it in code_items]
     rag = [chat(it.turns[0]) for it in datasets.load("hagrid", lim["rag"])]
     again = [raw("# Complete the function below.\n" + it.raw_prompt) for it in code_items]
+    if full:  # (b) keeps its sampled size: it asks every HumanEval prompt twice either way
+        n = max(1, int(LIMITS.get(batch_size, LIMITS[64])["code"] * scale))
+        code_b, again = code[:n], again[:n]
+        return {"a": spec + code + rag, "b": code_b + again, "c": spec + code + rag}
     return {"a": spec + code + rag, "b": code + again, "c": spec + code + rag}
 
 
@@ -148,14 +160,17 @@ def bench_methods(model, tokenizer, index, args, b: int, prompts, records, rows)
     ar: dict[str, float] = {}
     store_file = Path(tempfile.mkdtemp()) / "bench.samstore"
     options = dict(args.option)
-    for method in ("ar", *args.methods):
+    wanted = [wl for wl in ("a", "b", "c") if wl in args.workloads]
+    for method in ("ar", *args.methods) if args.ar else args.methods:
         for store in (False, True) if method != "ar" else (False,):
             opts = {**options, "store": True} if store else {}
             r = Runner(model, tokenizer, index, method, b, longest, args, **opts)
-            for wl in ("a", "b", "c"):
+            for wl in wanted:
                 if store and wl == "b":
                     r.reset_store()
                 if store and wl == "c":
+                    if not store_file.exists():  # (a) was not run: nothing saved to load
+                        continue
                     r.store.load(store_file)
                 res = r.run(prompts[wl])
                 if store and wl == "a":
@@ -178,6 +193,8 @@ def bench_methods(model, tokenizer, index, args, b: int, prompts, records, rows)
                     ar[wl] = res["tok_s"]
                 if not store:
                     base[(method, wl)] = res
+                    if args.save_outputs is not None and wl == "a":
+                        save_outputs(args.save_outputs, method, b, prompts[wl], res["tokens"])
                 same = None
                 if store:
                     same = res["tokens"] == base[(method, wl)]["tokens"]
@@ -220,6 +237,19 @@ def bench_methods(model, tokenizer, index, args, b: int, prompts, records, rows)
                 )
             del r
             torch.cuda.empty_cache()
+
+
+def save_outputs(folder: Path, method: str, b: int, prompts, outputs) -> None:
+    """The stream's prompts and outputs as ids (JSONL.gz), for drafting studies off the GPU."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"store-outputs-{method.replace('+', '_')}-B{b}-a.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for p, o in zip(prompts, outputs, strict=True):
+            f.write(json.dumps({"prompt": list(p), "output": list(o)}) + "\n")
+    print(f"wrote {path}")
 
 
 def bench_cost(model, tokenizer, index, args, b: int, prompts, records, rows) -> None:
@@ -276,8 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cost", action="store_true", help="skip the store-cost measurement")
     ap.add_argument("--speculation", default="adaptive", choices=["adaptive", "always"])
     ap.add_argument("--option", action="append", default=[], type=_kv, help="KEY=VALUE")
+    ap.add_argument(
+        "--stream",
+        default="sample",
+        choices=["sample", "full"],
+        help="(a)/(c): a sample spread over the datasets (default) or the whole datasets "
+        "(480 Spec-Bench first turns by category, 164 HumanEval, 716 HAGRID)",
+    )
+    ap.add_argument("--workloads", default="a,b,c", help="a subset of a,b,c")
+    ap.add_argument("--save-outputs", type=Path, help="folder for the store-off outputs of (a)")
+    ap.add_argument("--no-ar", dest="ar", action="store_false", help="skip `ar` (no speedups)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
+    args.workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not args.workloads or args.workloads - {"a", "b", "c"}:
+        ap.error(f"--workloads: a subset of a,b,c, got {sorted(args.workloads)}")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in ("sam", "sam+tr", "sam-tree", "merged")]
     if bad:
@@ -296,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     cost_rows: list[dict] = []
     for b in (int(x) for x in args.batch_sizes.split(",")):
-        prompts = workloads(tokenizer, b, args.scale)
+        prompts = workloads(tokenizer, b, args.scale, full=args.stream == "full")
         print(f"B={b}: " + ", ".join(f"({k}) {len(v)} requests" for k, v in prompts.items()))
         bench_methods(model, tokenizer, index, args, b, prompts, records, rows)
         if not args.no_cost:
