@@ -74,3 +74,41 @@ def test_graphs_equal_eager_sampling(cuda_llama):
     dec = _decoder(model, refs, True, True)
     assert dec.generate(PROMPTS, cfg).tokens == eager
     assert dec.generate(PROMPTS, cfg).tokens == eager
+
+
+def test_continuous_batching_hands_over_every_record_with_gpu_timings(cuda_llama):
+    """On a GPU the scheduler launches the next window behind an admission's prefill (timed by
+    CUDA events, no sync) and runs on_finish while that window decodes: every request still
+    gets exactly one on_finish with its final tokens, the run's times add up, and each request
+    carries its admission's time."""
+    model, refs = cuda_llama
+    prompts = PROMPTS * 3  # 12 requests through 3 slots: refills while others decode
+    cfg = GenerationConfig(max_new_tokens=20, continuous=True, speculation="always")
+    dec = _decoder(model, refs * 3, True, True)
+    calls: list[tuple[int, list[int]]] = []
+    out = dec.generate(prompts, cfg, on_finish=lambda i, toks, st: calls.append((i, list(toks))))
+    assert out.tokens == refs * 3
+    assert sorted(i for i, _ in calls) == list(range(len(prompts)))
+    assert all(toks == out.tokens[i] for i, toks in calls)
+    run = out.run
+    assert run.prefill_s > 0 and run.steps_s > 0 and run.host_s >= 0
+    assert run.prefill_s + run.steps_s <= run.seconds
+    assert all(st.prefill_s > 0 and st.decode_s > 0 for st in out.stats)
+
+
+def test_a_failing_on_finish_ends_the_run_with_its_error(cuda_llama):
+    """A deferred on_finish that raises ends generate with its error (not swallowed by the
+    loop's final hand-over), and no record is handed over twice."""
+    model, refs = cuda_llama
+    cfg = GenerationConfig(max_new_tokens=20, continuous=True, speculation="always")
+    dec = _decoder(model, refs, True, True)
+    seen: list[int] = []
+
+    def on_finish(i, toks, st):
+        seen.append(i)
+        if len(seen) == 1:
+            raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        dec.generate(PROMPTS, cfg, on_finish=on_finish)
+    assert len(seen) >= 1 and len(set(seen)) == len(seen)
