@@ -7,9 +7,6 @@ engine, decode together, and are collected as they finish.
 Loop: admit -> run `check_every` steps (default 8; 1 for one sequence on a CPU) -> read the flags
 (the only host read) -> collect the finished requests (tokens, statistics, `drafter.finish`,
 `on_finish`) -> admit again -> ...
-On a GPU nothing waits for an admission's prefill: the next window is launched behind it (its
-time is read from CUDA events after the next flag read), and the `on_finish` calls of a check
-(output records: detokenising, writing) run after the next window is launched, while it decodes.
 - Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at a
   host check, slots whose request finished take the next waiting prompts (`engine.prefill` of
   those rows: the other slots carry on, and the captured graph is reused since B and the buffers
@@ -33,9 +30,8 @@ step replays without those per-operator costs, and graphs are captured outside t
 With `config.adaptive_threads` (the CLI's default on a CPU) the decode windows also choose
 between torch's N threads and one thread (DecodeThreads); prefills always run with N.
 
-Timing per request (`RequestStats`): `prefill_s` is the admission that admitted it (shared with
-the requests admitted together; on a GPU from events: host preparation and GPU work until the
-prefill is done), `decode_s` runs from the end of that admission to the host check that
+Timing per request (`RequestStats`): `prefill_s` is the prefill call that admitted it (shared with
+the requests admitted together), `decode_s` runs from the end of that call to the host check that
 collected it, `tokens_per_s` = generated / decode_s, `queued_s` / `finish_s` are its admission
 and collection since the call started. Per call (`GenerationOutput.run`): the time in prefills, in
 decode windows and on the host, and the steps that drafted.
@@ -109,54 +105,12 @@ class DecodeThreads:
             self.single_thread_steps += steps
 
 
-class _AdmissionTimer:
-    """An admission's time without a host sync after it: on a GPU, events around the prefill
-    (the GPU is idle when the admission starts, so the events span the host's preparation and
-    launches too: the time the live slots stall), read after the next flag read has synced; on a
-    CPU, the host clock (the work is done when the call returns)."""
-
-    def __init__(self, device: torch.device):
-        self.host_start = time.perf_counter()
-        self.host_call_s = 0.0
-        self._events = None
-        if device.type == "cuda":
-            self._events = (
-                torch.cuda.Event(enable_timing=True),
-                torch.cuda.Event(enable_timing=True),
-            )
-            self._events[0].record()
-
-    def stop(self) -> None:
-        self.host_call_s = time.perf_counter() - self.host_start
-        if self._events is not None:
-            self._events[1].record()
-
-    @property
-    def seconds(self) -> float:
-        """The admission's stall (call it after a sync that followed `stop`)."""
-        if self._events is None:
-            return self.host_call_s
-        return self._events[0].elapsed_time(self._events[1]) / 1e3
-
-    @property
-    def after_return_s(self) -> float:
-        """GPU time the admission still took after the call returned, i.e. inside the next
-        window's wall time (0 on a CPU)."""
-        return max(0.0, self.seconds - self.host_call_s) if self._events is not None else 0.0
-
-
-@dataclass
-class _Admission:
-    timer: _AdmissionTimer
-    clean: bool  # no graph captured in the call
-    stalled: bool  # live slots waited for it (not the first admission of a whole batch)
-
-
 @dataclass
 class _Slot:
     request: int  # prompt index
     start_step: int  # loop step at admission
-    admission: _AdmissionTimer
+    prefill_s: float
+    decode_start: float  # perf_counter at the end of its admission
     queued_s: float  # from the call's start to its admission
 
 
@@ -209,10 +163,6 @@ class Scheduler:
         # Seeded sampling stays reproducible: its random draws follow the steps' tree shapes,
         # which timing-driven mode switches would change from run to run.
         refill = RefillPolicy()
-        admissions: list[_Admission] = []  # launched, not yet timed
-        # on a GPU, on_finish calls wait for the next window's launch and run while it decodes
-        finished_calls: deque[tuple[int, list[int], RequestStats]] = deque()
-        defer_callbacks = engine.device.type == "cuda"
         threads = DecodeThreads(config.adaptive_threads and engine.device.type == "cpu")
         policy = SpeculationPolicy(
             enabled=config.speculation == "adaptive"
@@ -236,114 +186,92 @@ class Scheduler:
             if not rows or not refill.should_refill(len(free), len(slots)):
                 return []
             requests = [waiting.popleft() for _ in rows]
-            sync()  # free: the GPU is idle after the flag read; its timing starts from idle
-            timer = _AdmissionTimer(engine.device)
+            sync()
+            t_start = time.perf_counter()
             with mode():
                 clean = engine.prefill(rows, [prompts[r] for r in requests])
-            timer.stop()  # no sync: the next window is launched behind the prefill
-            admissions.append(_Admission(timer, clean, stalled=len(free) < len(slots)))
+            sync()
+            t_end = time.perf_counter()
+            run.prefill_s += t_end - t_start
+            # a refill's cost: a call that also captured a graph, or one that stalled no live
+            # slot (the first admission of a whole batch), is not what the next refill costs
+            if clean and len(free) < len(slots):
+                refill.record_prefill(t_end - t_start)
             for b, r in zip(rows, requests, strict=True):
-                slots[b] = _Slot(r, steps, timer, timer.host_start - t0)
+                slots[b] = _Slot(r, steps, t_end - t_start, t_end, t_start - t0)
             return rows
 
-        def settle_admissions() -> float:
-            """After a sync: the pending admissions' times into the run and the refill policy;
-            returns the GPU time of theirs that lay inside the window just read."""
-            inside = 0.0
-            for a in admissions:
-                run.prefill_s += a.timer.seconds
-                inside += a.timer.after_return_s
-                # a refill's cost: a call that also captured a graph, or one that stalled no
-                # live slot (the first admission of a whole batch), is not what the next costs
-                if a.clean and a.stalled:
-                    refill.record_prefill(a.timer.seconds)
-            admissions.clear()
-            return inside
-
-        def run_finished_callbacks() -> None:
-            while finished_calls:
-                on_finish(*finished_calls.popleft())
-
-        try:
-            admit()
-            check_every = config.steps_per_check(engine.device, len(slots))
-            emitted = 0  # tokens emitted: finished requests' and live ones' (at the last check)
-            while any(s is not None for s in slots):
-                oldest = min(s.start_step for s in slots if s is not None)
-                window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
-                speculate = policy.choose()
-                engine.set_speculate(speculate)
-                live_at_start = sum(s is not None for s in slots)
-                t_launch = time.perf_counter()
-                clean = True
-                with mode(), threads.window(speculate) as all_threads:
-                    for _ in range(window):
-                        clean &= engine.step()
-                run_finished_callbacks()  # on a GPU: beside the window it just launched
+        admit()
+        check_every = config.steps_per_check(engine.device, len(slots))
+        emitted = 0  # tokens emitted so far: finished requests' and live ones' (at the last check)
+        while any(s is not None for s in slots):
+            oldest = min(s.start_step for s in slots if s is not None)
+            window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
+            speculate = policy.choose()
+            engine.set_speculate(speculate)
+            live_at_start = sum(s is not None for s in slots)
+            t_launch = time.perf_counter()
+            clean = True
+            with mode(), threads.window(speculate) as all_threads:
+                for _ in range(window):
+                    clean &= engine.step()
+                finished, num_generated = engine.read_flags()
+            steps += window
+            t_read = time.perf_counter()
+            run.steps_s += t_read - t_launch
+            if clean:
+                refill.record_window(t_read - t_launch)
+            live_now = sum(num_generated[b] for b, s in enumerate(slots) if s is not None)
+            tokens_in_window = done_tokens + live_now - emitted
+            seconds = t_read - t_launch
+            policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
+            rate = (tokens_in_window, seconds, clean, live_at_start)
+            threads.record(speculate, all_threads, window, *rate)
+            ended = [
+                b
+                for b, s in enumerate(slots)
+                if s is not None and (finished[b] or steps - s.start_step >= config.max_new_tokens)
+            ]
+            if ended:
+                now = time.perf_counter()
                 with mode():
-                    finished, num_generated = engine.read_flags()
-                steps += window
-                t_read = time.perf_counter()
-                # the window's wall time, less the admission work the GPU did in it
-                seconds = max(0.0, t_read - t_launch - settle_admissions())
-                run.steps_s += seconds
-                if clean:
-                    refill.record_window(seconds)
-                live_now = sum(num_generated[b] for b, s in enumerate(slots) if s is not None)
-                tokens_in_window = done_tokens + live_now - emitted
-                policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
-                rate = (tokens_in_window, seconds, clean, live_at_start)
-                threads.record(speculate, all_threads, window, *rate)
-                ended = [
-                    b
-                    for b, s in enumerate(slots)
-                    if s is not None
-                    and (finished[b] or steps - s.start_step >= config.max_new_tokens)
+                    collected = engine.collect(ended)
+                for b, (toks, stat) in zip(ended, collected, strict=True):
+                    slot = slots[b]
+                    stat.prefill_s = slot.prefill_s
+                    stat.decode_s = now - slot.decode_start
+                    stat.queued_s, stat.finish_s = slot.queued_s, now - t0
+                    stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
+                    tokens[slot.request], stats[slot.request] = toks, stat
+                    done_tokens += stat.generated
+                    done_steps += stat.steps
+                    slots[b] = None
+                    if on_finish is not None:
+                        on_finish(slot.request, toks, stat)
+            if waiting and any(s is None for s in slots):
+                admitted = set(admit())  # these start at 0 tokens: no second flag read
+                num_generated = [
+                    0 if b in admitted else num_generated[b] for b in range(len(slots))
                 ]
-                if ended:
-                    now = time.perf_counter()
-                    with mode():
-                        collected = engine.collect(ended)
-                    for b, (toks, stat) in zip(ended, collected, strict=True):
-                        slot = slots[b]
-                        stat.prefill_s = slot.admission.seconds
-                        stat.decode_s = now - (slot.admission.host_start + stat.prefill_s)
-                        stat.queued_s, stat.finish_s = slot.queued_s, now - t0
-                        stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
-                        tokens[slot.request], stats[slot.request] = toks, stat
-                        done_tokens += stat.generated
-                        done_steps += stat.steps
-                        slots[b] = None
-                        if on_finish is not None:
-                            finished_calls.append((slot.request, toks, stat))
-                    if not defer_callbacks:
-                        run_finished_callbacks()
-                if waiting and any(s is None for s in slots):
-                    admitted = set(admit())  # these start at 0 tokens: no second flag read
-                    num_generated = [
-                        0 if b in admitted else num_generated[b] for b in range(len(slots))
-                    ]
-                emitted = done_tokens + sum(
-                    num_generated[b] for b, s in enumerate(slots) if s is not None
-                )
-                if on_progress is not None:
-                    live = [b for b, s in enumerate(slots) if s is not None]
-                    on_progress(
-                        ProgressInfo(
-                            request_ids=[slots[b].request for b in live],
-                            num_generated=[num_generated[b] for b in live],
-                            num_steps=[steps - slots[b].start_step for b in live],
-                            num_requests=len(prompts),
-                            num_finished=sum(t is not None for t in tokens),
-                            done_tokens=done_tokens,
-                            done_steps=done_steps,
-                            steps=steps,
-                            elapsed_s=time.perf_counter() - t0,
-                            read_tokens=functools.partial(engine.read_tokens, live),
-                        )
+            emitted = done_tokens + sum(
+                num_generated[b] for b, s in enumerate(slots) if s is not None
+            )
+            if on_progress is not None:
+                live = [b for b, s in enumerate(slots) if s is not None]
+                on_progress(
+                    ProgressInfo(
+                        request_ids=[slots[b].request for b in live],
+                        num_generated=[num_generated[b] for b in live],
+                        num_steps=[steps - slots[b].start_step for b in live],
+                        num_requests=len(prompts),
+                        num_finished=sum(t is not None for t in tokens),
+                        done_tokens=done_tokens,
+                        done_steps=done_steps,
+                        steps=steps,
+                        elapsed_s=time.perf_counter() - t0,
+                        read_tokens=functools.partial(engine.read_tokens, live),
                     )
-        finally:  # records of finished requests are handed over even when the loop stops early
-            run_finished_callbacks()
+                )
         run.seconds = time.perf_counter() - t0
         run.host_s = max(0.0, run.seconds - run.prefill_s - run.steps_s)
         run.steps, run.drafting_steps = steps, policy.steps[True]
