@@ -9,7 +9,7 @@ GPU: `python -m profiling.bench_store --stream full --save-outputs DIR` (the `ar
 model's greedy output). The decoder runs on the CPU, so methods are as fast as their torch
 references, and each output is checked against the recording.
 
-    python -m profiling.replay_drafts --outputs profiling/results/store-outputs-ar-B64-a.jsonl.gz \
+    python -m profiling.replay_drafts --outputs profiling/results/20261130-h200-store-outputs-ar-B64-a.jsonl.gz \
         --methods sam --store off,on --batch-size 1
 
 Emulates the GPU's batch size B (slots, continuous batching, and the method's GPU budget of draft
