@@ -9,8 +9,8 @@ GPU: `python -m profiling.bench_store --stream full --save-outputs DIR` (the `ar
 model's greedy output). The decoder runs on the CPU, so methods are as fast as their torch
 references, and each output is checked against the recording.
 
-    python -m profiling.replay_drafts --outputs profiling/results/20261130-h200-store-outputs-ar-B64-a.jsonl.gz \
-        --methods sam --store off,on --batch-size 1
+    python -m profiling.replay_drafts --methods sam --store off,on --batch-size 1 \
+        --outputs profiling/results/20261130-h200-store-outputs-ar-B64-a.jsonl.gz
 
 Emulates the GPU's batch size B (slots, continuous batching, and the method's GPU budget of draft
 nodes at B; the CPU cap does not apply). Prints a table; JSON records via write_jsonl.
@@ -149,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
+    if not args.outputs.is_file():
+        ap.error(f"--outputs {args.outputs}: no such file (bench_store --save-outputs writes one)")
+    bad = [x for x in args.store.split(",") if x not in ("off", "on")]
+    if bad:
+        ap.error(f"--store: off, on or off,on, got {args.store!r}")
 
     from samgpu import api, resolve
     from samgpu.cli.generate import parse_options
