@@ -78,11 +78,11 @@ def workloads(
     code = [raw(it.raw_prompt) for it in code_items]
     rag = [chat(it.turns[0]) for it in datasets.load("hagrid", lim["rag"])]
     again = [raw("# Complete the function below.\n" + it.raw_prompt) for it in code_items]
+    code_b = code
     if full:  # (b) keeps its sampled size: it asks every HumanEval prompt twice either way
         n = max(1, int(LIMITS.get(batch_size, LIMITS[64])["code"] * scale))
         code_b, again = code[:n], again[:n]
-        return {"a": spec + code + rag, "b": code_b + again, "c": spec + code + rag}
-    return {"a": spec + code + rag, "b": code + again, "c": spec + code + rag}
+    return {"a": spec + code + rag, "b": code_b + again, "c": spec + code + rag}
 
 
 class Runner:

@@ -47,6 +47,9 @@ class ReplayRunner:
         self.vocab_size = vocab_size
         self.device = torch.device("cpu")
         self.eos = eos
+        short = [i for i, (p, _) in enumerate(records) if len(p) < 2]
+        if short:  # V at position 0 names the request: the prefill must write a token there
+            raise ValueError(f"records {short[:5]}: replay needs prompts of 2 tokens or more")
         self.by_prompt = {tuple(p[:-1]): i for i, (p, _) in enumerate(records)}
         width = max(len(p) + len(o) for p, o in records) + 1
         seqs = torch.full((len(records), width), eos, dtype=torch.long)

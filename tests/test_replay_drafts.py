@@ -4,6 +4,8 @@ measures the MAT the method gets with the model (here a toy model, tests/decodin
 
 from __future__ import annotations
 
+import pytest
+
 from profiling.replay_drafts import ReplayRunner
 from samgpu.decoding.config import GenerationConfig
 from samgpu.factory import build_decoder
@@ -42,3 +44,10 @@ def test_replay_of_a_changed_recording_gives_the_changed_outputs():
     changed[1][1][5] = (changed[1][1][5] + 1) % EOS
     out = _generate(ReplayRunner(changed, vocab_size=toy.vocab_size, eos=EOS), PROMPTS)
     assert out.tokens[1][:6] == changed[1][1][:6] != recorded[1][1][:6]
+
+
+def test_replay_refuses_a_one_token_prompt():
+    """Its request number lives at cache position 0, which a one-token prompt's prefill (of
+    prompt[:-1]) never writes: refused rather than replaying another request's output."""
+    with pytest.raises(ValueError, match="2 tokens or more"):
+        ReplayRunner([([3, 1], [2, EOS]), ([5], [EOS])], vocab_size=12, eos=EOS)
