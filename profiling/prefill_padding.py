@@ -30,15 +30,11 @@ def prompt_lengths(tokenizer, limit: int) -> list[int]:
     """Prefilled tokens (prompt[:-1]) of the first `limit` prompts of bench_serve's file."""
     from samgpu.api import encode_chat
 
-    path = Path(tempfile.mkdtemp()) / "prompts.jsonl"
-    write_prompts(path, limit)
-    out = []
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            ids = encode_chat(tokenizer, rec["messages"])
-            out.append(len(ids) - 1)
-    return out
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "prompts.jsonl"
+        write_prompts(path, limit)
+        with open(path) as f:
+            return [len(encode_chat(tokenizer, json.loads(line)["messages"])) - 1 for line in f]
 
 
 def main(argv: list[str] | None = None) -> int:

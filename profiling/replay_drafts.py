@@ -19,7 +19,6 @@ nodes at B; the CPU cap does not apply). Prints a table; JSON records via write_
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch
 
 from profiling.common import env, hardware_line, print_table, write_jsonl
 from samgpu.decoding.runners.base import KVCache
+from samgpu.errors import InputError
+from samgpu.inputs import iter_jsonl
 
 
 class ReplayRunner:
@@ -87,9 +88,13 @@ class ReplayRunner:
 
 
 def load_records(path: Path) -> list[tuple[list[int], list[int]]]:
-    with gzip.open(path, "rt") as f:
-        rows = [json.loads(line) for line in f]
-    return [(r["prompt"], r["output"]) for r in rows]
+    """(prompt ids, output ids) per line of a bench_store --save-outputs file (.jsonl[.gz])."""
+    records = []
+    for line_no, rec in iter_jsonl(path):
+        if not (isinstance(rec, dict) and {"prompt", "output"} <= rec.keys()):
+            raise InputError(f"{path}:{line_no}: expected an object with 'prompt' and 'output'")
+        records.append((rec["prompt"], rec["output"]))
+    return records
 
 
 def run(runner, records, method, batch_size, index, options, max_new, segments=()) -> dict:
@@ -163,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _, tokenizer = api.load_model("default", torch.device("cpu"), torch.float32)
     index = resolve.load_index(resolve.default_index(tokenizer, progress=True), tokenizer)
-    records = load_records(args.outputs)[: args.limit]
+    try:
+        records = load_records(args.outputs)[: args.limit]
+    except InputError as e:
+        ap.error(str(e))
     runner = ReplayRunner(records, vocab_size=len(tokenizer), eos=int(tokenizer.eos_token_id))
     options = parse_options(args.option)
     segments = [

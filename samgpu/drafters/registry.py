@@ -118,8 +118,13 @@ def _field_names(options: type) -> list[str]:
 
 
 # the option types checked before an options dataclass is built, as its error names them
-_TYPE_NAMES = {int: "an int", float: "a number", bool: "a bool", str: "a string"}
-_TYPE_NAMES[types.NoneType] = "None"
+_TYPE_NAMES = {
+    int: "an int",
+    float: "a number",
+    bool: "a bool",
+    str: "a string",
+    types.NoneType: "None",
+}
 
 
 def _type_error(name: str, annotation: Any, value: Any) -> str | None:
