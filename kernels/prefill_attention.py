@@ -11,12 +11,20 @@ Requires start[b] + lengths[b] <= L and lengths[b] <= T (checked under SAMGPU_DE
 Example: start = [0, 5], lengths = [3, 2], T = 3: sequence 0's queries see slots {0}, {0, 1},
 {0, 1, 2}; sequence 1's queries see slots 0..5 and 0..6; its row t = 2 is padding (zeros).
 
+Packed prompts (optional `segment_start [B, T] int32`, non-decreasing along T, segment_start[b, t]
+<= t): row b holds several prompts back to back and query t sees only its own prompt, slots
+[start[b] + segment_start[b, t], start[b] + t]. One call over the concatenated prompts of an
+admission computes no padding but the call's tail (samgpu/decoding/prefill.py). Example: two
+prompts of 3 and 2 tokens packed: segment_start = [0, 0, 0, 3, 3]; query 4 sees slots {3, 4}.
+
 Kernel (flash attention forward): one program per (block of BLOCK_M query rows, kv head,
 sequence). Rows are (token, q head of the kv head's group) pairs flattened token-major,
 row = t * group + g, so the group's q heads share one pass over K/V and a row block covers
 ~BLOCK_M / group consecutive tokens (causal work stays tight). Two loops over key blocks of BLOCK_N:
-keys [0, start + t_first] that every row of the block sees (no mask), then the diagonal band up to
-start + t_last (causal mask per row). Online softmax in fp32, exp2 with log2(e) folded into the
+keys [start + seg_last, start + t_first] that every row of the block sees (no mask; seg_last: the
+segment start of the block's last row), between masked loops over the keys before (where a block
+straddles a segment boundary, rows that see no key of a block are guarded) and the diagonal band up
+to start + t_last (causal mask per row). Online softmax in fp32, exp2 with log2(e) folded into the
 scale, tensor-core dots (IEEE fp32 when the inputs are fp32).
 
 No recompiles and no host syncs: T is a runtime int (`do_not_specialize`; the strides keep Triton's
@@ -52,20 +60,26 @@ SMALL_GRID_CONFIG: dict[int, tuple[int, int, int, int]] = {64: (64, 64, 4, 3), 1
 
 _INT_ARGS = (
     "stride_qb stride_qt stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl "
-    "stride_ob stride_ot stride_oh num_tokens group"
+    "stride_ob stride_ot stride_oh stride_sb num_tokens group"
 ).split()
 
 
 @triton.jit
 def _prefill_block(q, k, v, visible, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr):
-    """One key block of the online softmax; every row has seen >= 1 visible key by now or in this
-    block (key 0 is visible to every row and sits in the first block), so m never stays -inf."""
+    """One key block of the online softmax. Unmasked blocks come after a row's first visible key;
+    in a masked block a row may see no key yet (its segment starts later): m stays -inf there and
+    the row's terms are kept at zero instead of exp2(-inf - -inf) = NaN."""
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    if MASKED:
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+    else:
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
     return m_new, l_i, acc
@@ -78,6 +92,7 @@ def _prefill_attention_kernel(
     v_ptr,  # [B, Hkv, L, D] same dtype
     start_ptr,  # [B] int32: cache slot of token 0
     lengths_ptr,  # [B] int32: real tokens of the chunk
+    segment_ptr,  # [B, T] int32: column of each token's segment start (PACKED only)
     out_ptr,  # [B, T, Hq, D] same dtype as q (out)
     stride_qb,
     stride_qt,
@@ -91,6 +106,7 @@ def _prefill_attention_kernel(
     stride_ob,
     stride_ot,
     stride_oh,
+    stride_sb,  # segment_start's row stride (PACKED only)
     num_tokens,  # T
     group,  # Hq // Hkv
     qk_scale,  # softmax scale * log2(e)
@@ -98,6 +114,7 @@ def _prefill_attention_kernel(
     BLOCK_D: tl.constexpr,  # next power of two >= D
     BLOCK_M: tl.constexpr,  # query rows (token x q head of the group) per program
     BLOCK_N: tl.constexpr,  # keys per inner iteration
+    PACKED: tl.constexpr,  # segment_ptr given: rows hold packed prompts
 ):
     """Grid (cdiv(T * group, BLOCK_M), Hkv, B): one program per (row block, kv head, sequence).
     Head-dim stride is 1 for q, k, v and out."""
@@ -121,13 +138,27 @@ def _prefill_attention_kernel(
     q = tl.load(q_ptrs + offs_d[None, :], mask=row_real[:, None] & d_ok[None, :], other=0.0)
     qpos = start + tok  # logical position = cache slot of each row's token
 
-    # Keys [0, start + tok_first] are visible to every row of the block; the band up to
-    # start + tok_last needs the causal mask. No real row: both loops are empty.
+    # Keys [lo_hi, start + tok_first] are visible to every row of the block (lo_hi: the last
+    # row's segment start); the keys before (back to the first row's segment start) and the band
+    # up to start + tok_last need masks. No real row: every loop is empty.
     tok_first = first_row // group
     tok_last = tl.minimum((first_row + BLOCK_M - 1) // group, length - 1)
     has_rows = tok_last >= tok_first
     full_hi = tl.where(has_rows, (start + tok_first + 1) // BLOCK_N * BLOCK_N, 0)
     band_hi = tl.where(has_rows, start + tok_last + 1, 0)
+    if PACKED:
+        seg_base = segment_ptr + b * stride_sb
+        seg = start + tl.load(seg_base + tok, mask=row_real, other=0)  # each row's first key
+        lo = (start + tl.load(seg_base + tok_first, mask=has_rows, other=0)) // BLOCK_N * BLOCK_N
+        lo_hi = start + tl.load(seg_base + tl.maximum(tok_last, 0), mask=has_rows, other=0)
+        lo_hi = tl.cdiv(lo_hi, BLOCK_N) * BLOCK_N
+        straddles = lo_hi >= full_hi  # no key block is seen whole by every row
+        lo_hi = tl.where(straddles, lo, lo_hi)
+        full_hi = tl.where(straddles, lo, full_hi)
+    else:
+        seg = tl.zeros([BLOCK_M], dtype=tl.int32)
+        lo = 0
+        lo_hi = 0
 
     k_base = k_ptr + b * stride_kb + kvh * stride_kh
     v_base = v_ptr + b * stride_vb + kvh * stride_vh
@@ -136,7 +167,14 @@ def _prefill_attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    for kstart in range(0, full_hi, BLOCK_N):
+    for kstart in range(lo, lo_hi, BLOCK_N):  # PACKED only: keys before some rows' segment
+        pos = kstart + offs_n
+        kv_mask = d_ok[None, :]
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        visible = (pos[None, :] >= seg[:, None]) & (pos[None, :] <= qpos[:, None])
+        m_i, l_i, acc = _prefill_block(q, k, v, visible, m_i, l_i, acc, qk_scale, MASKED=True)
+    for kstart in range(lo_hi, full_hi, BLOCK_N):
         pos = kstart + offs_n
         kv_mask = d_ok[None, :]  # constant-true (folded) unless D is padded to BLOCK_D
         k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -147,7 +185,7 @@ def _prefill_attention_kernel(
         kv_mask = (pos < band_hi)[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
-        visible = pos[None, :] <= qpos[:, None]
+        visible = (pos[None, :] >= seg[:, None]) & (pos[None, :] <= qpos[:, None])
         m_i, l_i, acc = _prefill_block(q, k, v, visible, m_i, l_i, acc, qk_scale, MASKED=True)
 
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -172,6 +210,7 @@ def _aot_specs() -> list[AotSpec]:
             "v_ptr": ptr,
             "start_ptr": "*i32",
             "lengths_ptr": "*i32",
+            "segment_ptr": "*i32",
             "out_ptr": ptr,
             **dict.fromkeys(_INT_ARGS, "i32"),
             "qk_scale": "fp32",
@@ -181,15 +220,17 @@ def _aot_specs() -> list[AotSpec]:
                 (SMALL_GRID_CONFIG,) if dtype == "fp32" else (SMALL_GRID_CONFIG, LARGE_GRID_CONFIG)
             )
             for table in tables:
-                block_m, block_n, num_warps, _ = table[head_dim]
-                consts = {
-                    "HEAD_DIM": head_dim,
-                    "BLOCK_D": head_dim,
-                    "BLOCK_M": block_m,
-                    "BLOCK_N": block_n,
-                }
-                full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
-                specs.append(AotSpec(_prefill_attention_kernel, full_sig, consts, num_warps))
+                for packed in (False, True):
+                    block_m, block_n, num_warps, _ = table[head_dim]
+                    consts = {
+                        "HEAD_DIM": head_dim,
+                        "BLOCK_D": head_dim,
+                        "BLOCK_M": block_m,
+                        "BLOCK_N": block_n,
+                        "PACKED": packed,
+                    }
+                    full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+                    specs.append(AotSpec(_prefill_attention_kernel, full_sig, consts, num_warps))
     return specs
 
 
@@ -202,6 +243,7 @@ def check_inputs(
     v_cache: torch.Tensor,
     start: torch.Tensor,
     lengths: torch.Tensor,
+    segment_start: torch.Tensor | None = None,
 ) -> tuple[int, int, int, int, int]:
     if q.dim() != 4:
         raise ValueError(f"prefill_attention: q must be [B, T, Hq, D], got {tuple(q.shape)}")
@@ -230,7 +272,26 @@ def check_inputs(
         )
     if t > k_cache.shape[2]:
         raise ValueError(f"prefill_attention: T={t} exceeds the cache length L={k_cache.shape[2]}")
+    if segment_start is not None and (
+        segment_start.dim() != 2
+        or segment_start.shape[0] < b
+        or segment_start.shape[1] < t
+        or segment_start.stride(1) != 1
+        or segment_start.dtype != torch.int32
+    ):
+        raise ValueError(
+            f"prefill_attention: segment_start must be [B>={b}, T>={t}] int32 (contiguous rows), "
+            f"got {tuple(segment_start.shape)} {segment_start.dtype}"
+        )
     if debug_checks():
+        if segment_start is not None:
+            seg = segment_start[:b, :t].long()
+            cols = torch.arange(t, device=seg.device)
+            if bool((seg < 0).any() | (seg > cols).any() | (seg.diff(dim=1) < 0).any()):
+                raise ValueError(
+                    "prefill_attention: segment_start must be non-decreasing with "
+                    f"0 <= segment_start[b, t] <= t: {segment_start[:b, :t]}"
+                )
         if bool((lengths[:b] < 0).any() | (lengths[:b] > t).any()):
             raise ValueError(f"prefill_attention: lengths outside [0, T={t}]: {lengths[:b]}")
         if bool(((start[:b] < 0) | (start[:b] + lengths[:b] > k_cache.shape[2])).any()):
@@ -266,6 +327,7 @@ def prefill_attention_triton(
     v_cache: torch.Tensor,
     start: torch.Tensor,
     lengths: torch.Tensor,
+    segment_start: torch.Tensor | None = None,
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
@@ -277,7 +339,7 @@ def prefill_attention_triton(
     """Launch the kernel. Shapes as in the module docstring; `scale` defaults to 1/sqrt(D). The
     configuration defaults to `default_config`; each of its four values can be overridden (powers
     of two, block_m and block_n >= 16)."""
-    b, t, hq, hkv, d = check_inputs(q, k_cache, v_cache, start, lengths)
+    b, t, hq, hkv, d = check_inputs(q, k_cache, v_cache, start, lengths, segment_start)
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype:
@@ -309,6 +371,7 @@ def prefill_attention_triton(
         v_cache,
         start,
         lengths,
+        lengths if segment_start is None else segment_start,  # (not read unless PACKED)
         out,
         q.stride(0),
         q.stride(1),
@@ -322,6 +385,7 @@ def prefill_attention_triton(
         out.stride(0),
         out.stride(1),
         out.stride(2),
+        0 if segment_start is None else segment_start.stride(0),
         t,
         group,
         scale * LOG2E,
@@ -329,6 +393,7 @@ def prefill_attention_triton(
         BLOCK_D=triton.next_power_of_2(max(d, 16)),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
+        PACKED=segment_start is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -336,20 +401,33 @@ def prefill_attention_triton(
 
 
 def prefill_visible(
-    start: torch.Tensor, lengths: torch.Tensor, num_tokens: int, max_len: int
+    start: torch.Tensor,
+    lengths: torch.Tensor,
+    num_tokens: int,
+    max_len: int,
+    segment_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Visibility `[B, T, L] bool`: query t of sequence b sees slot p iff t < lengths[b] and
-    p <= start[b] + t."""
+    start[b] + segment_start[b, t] <= p <= start[b] + t (segment_start None: 0)."""
     t = torch.arange(num_tokens, device=start.device)
     p = torch.arange(max_len, device=start.device)
     last = start[:, None].to(torch.int64) + t[None, :]  # [B, T] position of each query
     real = t[None, :] < lengths[:, None].to(torch.int64)
-    return (p[None, None, :] <= last[:, :, None]) & real[:, :, None]
+    visible = (p[None, None, :] <= last[:, :, None]) & real[:, :, None]
+    if segment_start is not None:
+        first = start[:, None].to(torch.int64) + segment_start[:, :num_tokens].to(torch.int64)
+        visible &= p[None, None, :] >= first[:, :, None]
+    return visible
 
 
-def _is_plain_causal(start: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> bool:
-    """Every row starts at slot 0 and fills all T columns (one prompt, or prompts of one length):
-    the visibility is SDPA's own causal mask over slots [0, T). Host reads, as the reference's."""
+def _is_plain_causal(
+    start: torch.Tensor, lengths: torch.Tensor, num_tokens: int, segment_start=None
+) -> bool:
+    """Every row starts at slot 0 and fills all T columns with one prompt (one prompt, or prompts
+    of one length): the visibility is SDPA's own causal mask over slots [0, T). Host reads, as
+    the reference's."""
+    if segment_start is not None and bool(segment_start[:, :num_tokens].any()):
+        return False
     return num_tokens > 0 and not bool(start.any()) and bool((lengths == num_tokens).all())
 
 
@@ -372,6 +450,7 @@ def prefill_attention_ref(
     v_cache: torch.Tensor,
     start: torch.Tensor,
     lengths: torch.Tensor,
+    segment_start: torch.Tensor | None = None,
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
@@ -383,11 +462,13 @@ def prefill_attention_ref(
     low-precision kernels).
     Memory traffic of the kernel it specifies: K/V of slots [0, start + len) once per kv head and
     row block; q read and out written once: ~2 * B * Hkv * (start + T) * D * bytes."""
-    b, t, _, _, _ = check_inputs(q, k_cache, v_cache, start, lengths)
-    if _is_plain_causal(start[:b], lengths[:b], t):
+    b, t, _, _, _ = check_inputs(q, k_cache, v_cache, start, lengths, segment_start)
+    seg = None if segment_start is None else segment_start[:b]
+    if _is_plain_causal(start[:b], lengths[:b], t, seg):
         result = _causal_sdpa(q, k_cache, v_cache, scale=scale, upcast=upcast)
     else:
-        plan = plan_from_visible(prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2]))
+        visible = prefill_visible(start[:b], lengths[:b], t, k_cache.shape[2], seg)
+        plan = plan_from_visible(visible)
         result = visible_sdpa(q, k_cache, v_cache, plan, scale=scale, upcast=upcast)
     if out is None:
         return result.contiguous()
@@ -400,11 +481,13 @@ def prefill_attention(
     v_cache: torch.Tensor,
     start: torch.Tensor,
     lengths: torch.Tensor,
+    segment_start: torch.Tensor | None = None,
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dispatch: the Triton kernel for CUDA tensors, the SDPA reference otherwise."""
+    args = (q, k_cache, v_cache, start, lengths, segment_start)
     if use_triton(q):
-        return prefill_attention_triton(q, k_cache, v_cache, start, lengths, scale=scale, out=out)
-    return prefill_attention_ref(q, k_cache, v_cache, start, lengths, scale=scale, out=out)
+        return prefill_attention_triton(*args, scale=scale, out=out)
+    return prefill_attention_ref(*args, scale=scale, out=out)

@@ -218,3 +218,104 @@ def test_reference_of_a_plain_prefill_builds_no_mask(monkeypatch, upcast):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     prefill_attention_ref(q, k, v, start, torch.tensor([11, 7], dtype=torch.int32), scale=0.3)
     assert built
+
+
+def segment_spec(q, k_cache, v_cache, lengths, segment_start, scale):
+    """Loop-level spec in fp64 of packed prompts (start 0): query t sees slots
+    segment_start[b, t] .. t."""
+    b_, t_, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    out = torch.zeros(b_, t_, hq, d, dtype=torch.float64)
+    for b in range(b_):
+        for t in range(int(lengths[b])):
+            first = int(segment_start[b, t])
+            for h in range(hq):
+                kvh = h // (hq // hkv)
+                keys = k_cache[b, kvh, first : t + 1].double()
+                vals = v_cache[b, kvh, first : t + 1].double()
+                w = torch.softmax(keys @ q[b, t, h].double() * scale, dim=0)
+                out[b, t, h] = w @ vals
+    return out
+
+
+def pack(prompt_lens: list[int], width: int) -> list[int]:
+    """segment_start of prompts packed back to back; the tail (padding) is one token per segment."""
+    seg = []
+    for n in prompt_lens:
+        seg += [len(seg)] * n
+    return seg + list(range(len(seg), width))
+
+
+# rows of packed prompts (lengths per row), T: segments inside one key block, segments straddling
+# row and key blocks, one-token prompts, a row of one prompt, a tail of padding.
+PACKED_CASES = [
+    pytest.param([[5, 17, 1, 30]], 60, id="B1-four-prompts-tail"),
+    pytest.param([[1, 1, 1, 40], [53], [16, 16, 16]], 56, id="B3-mixed"),
+    pytest.param([[33, 2, 20]], 55, id="B1-no-tail"),
+]
+
+
+@pytest.mark.parametrize("dtype, atol", DTYPES)
+@pytest.mark.parametrize("rows, t", PACKED_CASES)
+@pytest.mark.parametrize("block_m, block_n", [(32, 16), (16, 32)])
+def test_packed_prompts_match_segment_spec(rows, t, block_m, block_n, dtype, atol, device):
+    """Each packed prompt attends to itself alone (spec), exactly as the reference; pad rows are
+    zeros. Small blocks make key and row blocks straddle segment boundaries."""
+    hq, hkv, d, max_len = 6, 2, 24, 64
+    b = len(rows)
+    lens = [sum(r) for r in rows]
+    q, k, v, start, lengths = make_case(b, t, hq, hkv, d, max_len, [0] * b, lens, dtype)
+    seg = torch.tensor([pack(r, t) for r in rows], dtype=torch.int32)
+    scale = 1 / math.sqrt(d)
+    want = segment_spec(q, k, v, lengths, seg, scale)
+    inputs = [x.to(device) for x in (q, k, v, start, lengths, seg)]
+    got = prefill_attention_triton(*inputs, block_m=block_m, block_n=block_n).cpu()
+    ref = prefill_attention_ref(q, k, v, start, lengths, seg)
+    torch_err = (ref.double() - want).abs().max().item()
+    kernel_err = (got.double() - want).abs().max().item()
+    assert torch_err <= atol and kernel_err <= 2 * torch_err + atol, (kernel_err, torch_err)
+    for i in range(b):
+        assert torch.equal(got[i, lens[i] :], torch.zeros_like(got[i, lens[i] :]))
+
+
+def test_packed_prompts_equal_separate_prefills(device):
+    """Three prompts packed into one row give each prompt's own prefill (its K/V at slots 0..n-1
+    of a row of its own); the negative control, the same row without segment_start (one long
+    causal prompt), differs after the first prompt."""
+    hq, hkv, d, sizes = 4, 2, 16, [7, 20, 13]
+    total, g = sum(sizes), torch.Generator().manual_seed(11)
+    q = torch.randn(1, total, hq, d, generator=g)
+    k = torch.randn(1, hkv, total, d, generator=g)
+    v = torch.randn(1, hkv, total, d, generator=g)
+    zero = torch.zeros(1, dtype=torch.int32)
+    full = torch.tensor([total], dtype=torch.int32)
+    seg = torch.tensor([pack(sizes, total)], dtype=torch.int32)
+    dev = [x.to(device) for x in (q, k, v, zero, full)]
+    packed = prefill_attention_triton(*dev, seg.to(device), block_m=16, block_n=16).cpu()
+    causal = prefill_attention_triton(*dev, block_m=16, block_n=16).cpu()
+    lo = 0
+    for n in sizes:
+        one = [x[:, :, lo : lo + n].contiguous() for x in (k, v)]
+        alone = prefill_attention_triton(
+            q[:, lo : lo + n].contiguous().to(device),
+            *(x.to(device) for x in one),
+            zero.to(device),
+            torch.tensor([n], dtype=torch.int32, device=device),
+        ).cpu()
+        torch.testing.assert_close(packed[:, lo : lo + n], alone, rtol=1e-5, atol=1e-5)
+        lo += n
+    torch.testing.assert_close(causal[:, : sizes[0]], packed[:, : sizes[0]])
+    assert (causal[:, sizes[0] :] - packed[:, sizes[0] :]).abs().max() > 1e-2
+
+
+def test_bad_segment_start_raises_value_error(device, monkeypatch):
+    q, k, v, start, lengths = make_case(1, 6, 4, 2, 16, 12, [0], [6], torch.float32)
+    q, k, v, start, lengths = (x.to(device) for x in (q, k, v, start, lengths))
+    with pytest.raises(ValueError, match="segment_start must be"):
+        prefill_attention_triton(q, k, v, start, lengths, torch.zeros(1, 6, device=device))
+    with pytest.raises(ValueError, match="segment_start must be"):
+        prefill_attention_ref(q, k, v, start, lengths, torch.zeros(1, 4, dtype=torch.int32))
+    monkeypatch.setenv("SAMGPU_DEBUG", "1")
+    bad = torch.tensor([[0, 0, 3, 2, 4, 5]], dtype=torch.int32, device=device)  # decreasing
+    with pytest.raises(ValueError, match="non-decreasing"):
+        prefill_attention_triton(q, k, v, start, lengths, bad)
