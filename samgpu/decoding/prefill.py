@@ -1,13 +1,25 @@
 """Prompts into the KV cache: the runner's prefill of `prompt[:-1]` for the requests admitted into
 some slots, at the least host and GPU cost.
 
-With CUDA graphs on (CUDA), every admission goes through graphs: the prompts are sorted by length
-and cut into calls of at most GRAPH_ROWS prompts (`plan_calls`); each call's prompts are copied
-into static input buffers padded to a (rows, width) bucket (powers of two), a CUDA graph of the
-runner's prefill into a persistent scratch cache replays, and the scratch rows are copied into the
-slots. Why: an eager prefill is ~300 kernel launches, ~20 ms of host time on an H200 whatever the
-prompts' length (profiling/profile_step.py), which at batch 1 is the whole prefill and in a refill
-stalls every live slot; a replay is one launch. Why sorted calls: a bucket's padding is computed
+Packed (a runner with `packs_prompts` on CUDA: the Llama runner outside exact mode): an
+admission's prompts are concatenated into one row (`plan_packs`: in order, at most `capacity`
+tokens per call), each token attending to its own prompt only (`segment_start`, see
+kernels/prefill_attention.py), so a call computes its real tokens plus the tail to its width
+bucket (powers of two and 3/4 of them: less than half more); the scratch row's K/V columns then
+go to the slots' columns in one gather. With graphs a call is a replay of the captured graph of
+its width bucket. Why: padded calls (below) pad every prompt to the call's longest; on
+bench_serve's prompt file that computed 1.4x the real tokens for one prompt and 1.9-2.3x for
+refills of 2-16 (profiling/prefill_padding.py), and an H200 prefill costs ~0.85 us per computed
+token. On CPU the attention reference would build the packed square mask: prompts stay padded.
+
+Padded (the other runners, exact mode, CPU). With CUDA graphs on, every admission goes through
+graphs: the prompts are sorted by length and cut into calls of at most GRAPH_ROWS prompts
+(`plan_calls`); each call's prompts are copied into static input buffers padded to a (rows, width)
+bucket (powers of two), a CUDA graph of the runner's prefill into a persistent scratch cache
+replays, and the scratch rows are copied into the slots. Why graphs: an eager prefill is ~300
+kernel launches, ~20 ms of host time on an H200 whatever the prompts' length
+(profiling/profile_step.py), which at batch 1 is the whole prefill and in a refill stalls every
+live slot; a replay is one launch. Why sorted calls: a bucket's padding is computed
 like real tokens, so one call for a long prompt and eight short ones pads the short ones to the
 long one's width; `plan_calls` cuts the sorted prompts where the padding saved outweighs a call's
 fixed cost (CALL_TOKENS). Buckets are captured at warm-up (`warm_up`) or on first use.
@@ -19,9 +31,9 @@ row's length, and only the admitted rows are copied.
 With `with_hidden` (a drafter that needs the prompt's hidden states, e.g. an EAGLE head) each call
 also returns the runner's last hidden states of prompt[:-1], [n, W, H] (row i: rows[i]).
 
-Example: prompts of 40, 90, 200 and 1,900 tokens into slots [5, 9, 12, 13] -> one call for the
-first three (bucket: 4 rows x 256 columns) and one for the last (1 x 2,048), instead of a single
-call of 4 x 2,048.
+Example: prompts of 40, 90, 200 and 1,900 tokens into slots [5, 9, 12, 13]. Padded: one call for
+the first three (bucket: 4 rows x 256 columns) and one for the last (1 x 2,048), instead of a
+single call of 4 x 2,048. Packed: one call of 2,230 tokens (bucket 3,072 columns).
 """
 
 from __future__ import annotations
@@ -41,6 +53,44 @@ CALL_TOKENS = 2048  # a call's fixed cost in padded tokens (H200, SmolLM2: ~1.8 
 
 def _bucket(x: int, lo: int = 1) -> int:
     return max(lo, 1 << (max(x, 1) - 1).bit_length())
+
+
+def pack_capacity(max_rows: int, max_len: int) -> int:
+    """Tokens of one packed call at most: the padded path's scratch (max_rows x max_len, at most
+    MAX_CALL_TOKENS), and always one whole prompt."""
+    return max(max_len, min(max_rows * max_len, MAX_CALL_TOKENS))
+
+
+def pack_bucket(tokens: int, capacity: int) -> int:
+    """The width bucket of a packed call: the least of 2^k and 3 * 2^(k-2) (>= MIN_WIDTH) holding
+    `tokens`, at most `capacity`. Example: 1,400 -> 1,536; 1,672 -> 2,048."""
+    width = _bucket(tokens, MIN_WIDTH)
+    if width * 3 // 4 >= max(tokens, MIN_WIDTH):
+        width = width * 3 // 4
+    return min(width, capacity)
+
+
+def pack_buckets(capacity: int) -> list[int]:
+    """Every width pack_bucket gives up to capacity (the packed graphs of warm-up)."""
+    powers = _powers_up_to(MIN_WIDTH, capacity)
+    return sorted({pack_bucket(n, capacity) for p in powers for n in (p * 3 // 4, p)})
+
+
+def plan_packs(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Prompt indices cut into packed calls: in order, a new call when the next prompt would take
+    the call past `capacity` tokens; empty prompts are in no call.
+    Example: lengths [300, 0, 500, 400], capacity 1,024 -> [[0, 2], [3]]."""
+    calls: list[list[int]] = []
+    used = capacity
+    for i, n in enumerate(lengths):
+        if n == 0:
+            continue
+        if used + n > capacity:
+            calls.append([])
+            used = 0
+        calls[-1].append(i)
+        used += n
+    return calls
 
 
 def call_bucket(rows: int, width: int, max_rows: int, max_len: int) -> tuple[int, int]:
@@ -84,18 +134,36 @@ def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int
 class Prefiller:
     """Writes new requests' prompts into the engine's cache; see the module docstring."""
 
-    def __init__(self, runner, cache, *, use_graphs: bool, with_hidden: bool = False):
+    def __init__(
+        self,
+        runner,
+        cache,
+        *,
+        use_graphs: bool,
+        with_hidden: bool = False,
+        pack: bool | None = None,
+    ):
+        """`pack`: packed calls (default: where the runner packs prompts and runs on CUDA)."""
         self.runner = runner
         self.cache = cache
         self.with_hidden = with_hidden
         self.use_graphs = use_graphs and runner.device.type == "cuda"
+        packs = bool(getattr(runner, "packs_prompts", False))
+        if pack and not packs:
+            raise ValueError(f"Prefiller: {type(runner).__name__} does not pack prompts here")
+        self.pack = packs and runner.device.type == "cuda" if pack is None else pack
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_rows = min(GRAPH_ROWS, cache.k.shape[1])  # the scratch cache's rows
+        self.capacity = pack_capacity(self._graph_rows, cache.max_len)  # tokens of a packed call
         self._pool = None
-        self._scratch = None  # KVCache of GRAPH_ROWS x max_len, allocated on first refill
-        self._input_ids = None  # [GRAPH_ROWS, max_len] int32 static graph input
-        self._lengths = None  # [GRAPH_ROWS] int32 static graph input
-        self._hidden = None  # [GRAPH_ROWS, max_len, H] static graph output (with_hidden)
+        # Graph inputs and outputs, allocated on first use: packed, one row of `capacity` tokens;
+        # padded, GRAPH_ROWS rows of max_len.
+        self._scratch = None  # KVCache
+        self._input_ids = None  # [rows, width] int32
+        self._lengths = None  # [rows] int32
+        self._segment_start = None  # [1, capacity] int32 (packed)
+        self._positions = None  # [capacity] int32: arange, the tail's segment starts (packed)
+        self._hidden = None  # [rows, width, H] (with_hidden)
         self._side = None  # the stream of `beside` work (graphs only)
 
     def __call__(
@@ -125,7 +193,10 @@ class Prefiller:
         if self.with_hidden:
             r = self.runner
             hidden = torch.zeros(n, width, r.hidden_size, dtype=r.dtype, device=r.device)
-        if width > 0 and self.use_graphs:
+        if width > 0 and self.pack:
+            for call in plan_packs(host_lengths, self.capacity):
+                self._packed_call(call, rows, input_ids, host_lengths, hidden)
+        elif width > 0 and self.use_graphs:
             calls = plan_calls(host_lengths, self._graph_rows, cache.max_len)
             for call in calls:
                 w = max(host_lengths[i] for i in call)
@@ -161,6 +232,57 @@ class Prefiller:
             main.wait_stream(self._side)
         return len(self._graphs) == captures, hidden
 
+    def _packed_call(self, call, rows, input_ids, host_lengths, hidden) -> None:
+        """The prompts `call` (indices into input_ids / rows) in one packed prefill, their K/V (and
+        hidden states) gathered into their slots."""
+        cache, runner = self.cache, self.runner
+        sizes = [host_lengths[i] for i in call]
+        total = sum(sizes)
+        # per packed token: its slot, its prompt (row of input_ids), its column, its segment
+        # start; built on the host (one copy) rather than in ~10 small kernels
+        n = torch.tensor(sizes)
+        seg = (n.cumsum(0) - n).repeat_interleave(n)
+        meta = torch.stack(
+            [
+                torch.tensor([rows[i] for i in call]).repeat_interleave(n),
+                torch.tensor(call).repeat_interleave(n),
+                torch.arange(total) - seg,
+                seg,
+            ]
+        )
+        slot, prompt, col, seg = meta.to(runner.device)
+        ids = input_ids[prompt, col]
+        if self.use_graphs:
+            width = pack_bucket(total, self.capacity)
+            self._allocate_scratch()
+            self._input_ids[0, :total].copy_(ids)
+            self._input_ids[0, total:width].zero_()
+            self._segment_start[0, :total].copy_(seg)
+            self._segment_start[0, total:width].copy_(self._positions[total:width])
+            self._lengths.fill_(total)
+            graph = self._graphs.get((1, width))
+            if graph is None:
+                graph = self._capture(1, width)
+            graph.replay()
+            scratch, out = self._scratch, self._hidden
+        else:
+            scratch = runner.allocate_cache(1, total)
+            out = None
+            extra = {}
+            if hidden is not None:
+                out = torch.empty(
+                    1, total, runner.hidden_size, dtype=runner.dtype, device=runner.device
+                )
+                extra["hidden_out"] = out
+            lengths = torch.full((1,), total, dtype=torch.int32, device=runner.device)
+            runner.prefill(ids[None], lengths, scratch, segment_start=seg.int()[None], **extra)
+        # token j of the call -> column col[j] of slot slot[j]: one gather per K and V
+        # (advanced indices on dims 1 and 3: the indexed shape is [total, layers, Hkv, D])
+        cache.k[:, slot, :, col] = scratch.k[:, 0, :, :total].permute(2, 0, 1, 3)
+        cache.v[:, slot, :, col] = scratch.v[:, 0, :, :total].permute(2, 0, 1, 3)
+        if hidden is not None:
+            hidden[prompt, col] = out[0, :total]
+
     def _eager_prefill(self, rows, index, input_ids, lengths, hidden_out) -> None:
         n, width = input_ids.shape
         cache = self.cache
@@ -188,7 +310,7 @@ class Prefiller:
         """The scratch cache after a graph replay of this call's bucket (n <= the scratch rows)."""
         n, width = input_ids.shape
         rows_b, width_b = call_bucket(n, width, self._graph_rows, self.cache.max_len)
-        self._allocate_scratch()
+        self._allocate_scratch()  # (padded)
         self._input_ids[:rows_b, :width_b].zero_()
         self._input_ids[:n, :width].copy_(input_ids)
         self._lengths[:rows_b].zero_()
@@ -208,25 +330,35 @@ class Prefiller:
         if not self.use_graphs:
             return
         self._allocate_scratch()
+        if self.pack:
+            for width_b in pack_buckets(self.capacity):
+                if (1, width_b) not in self._graphs:
+                    self._capture(1, width_b)
+            return
         for rows_b in _powers_up_to(1, self._graph_rows):
             for width_b in _powers_up_to(min(MIN_WIDTH, self.cache.max_len), self.cache.max_len):
                 if (rows_b, width_b) not in self._graphs and rows_b * width_b <= MAX_CALL_TOKENS:
                     self._capture(rows_b, width_b)
 
     def _allocate_scratch(self) -> None:
-        if self._scratch is None:
-            rows, max_len, dev = self._graph_rows, self.cache.max_len, self.runner.device
-            self._scratch = self.runner.allocate_cache(rows, max_len)
-            self._input_ids = torch.zeros(rows, max_len, dtype=torch.int32, device=dev)
-            self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
-            if self.with_hidden:
-                r = self.runner
-                shape = (rows, max_len, r.hidden_size)
-                self._hidden = torch.zeros(shape, dtype=r.dtype, device=dev)
+        if self._scratch is not None:
+            return
+        r, dev = self.runner, self.runner.device
+        rows, width = (1, self.capacity) if self.pack else (self._graph_rows, self.cache.max_len)
+        self._scratch = r.allocate_cache(rows, width)
+        self._input_ids = torch.zeros(rows, width, dtype=torch.int32, device=dev)
+        self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
+        if self.pack:
+            self._positions = torch.arange(width, dtype=torch.int32, device=dev)
+            self._segment_start = self._positions[None].clone()
+        if self.with_hidden:
+            self._hidden = torch.zeros(rows, width, r.hidden_size, dtype=r.dtype, device=dev)
 
     def _capture(self, rows_b: int, width_b: int) -> torch.cuda.CUDAGraph:
         ids, lens = self._input_ids[:rows_b, :width_b], self._lengths[:rows_b]
         extra = {} if self._hidden is None else {"hidden_out": self._hidden[:rows_b, :width_b]}
+        if self.pack:
+            extra["segment_start"] = self._segment_start[:, :width_b]
         side = torch.cuda.Stream(device=self.runner.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: Triton compilation, allocator

@@ -12,6 +12,10 @@ Contract (docs/ARCHITECTURE.md "Runner"):
   writes the K/V of `input_ids[b, :lengths[b]]` at positions `0 .. lengths[b]-1`; sets
   `cache_len[:B] = lengths`; with `hidden_out [B, T' >= T, H]` the last hidden states of the T
   columns go there (pad columns: garbage), for drafters that need the prompt's (an EAGLE head).
+  Runners with `packs_prompts` also take `segment_start [B, T] int32`: row b holds several prompts
+  back to back, token t belongs to the prompt starting at column segment_start[b, t], sits at
+  position t - segment_start[b, t] and attends only to its own prompt (its K/V at slot t); one
+  call then prefills an admission's prompts with no padding between them.
 - `forward_tree(tokens [B, N], positions [B, N], tree_mask [B, N, N] bool, cache, out [B, N, V],
   hidden_out=None)`: writes node i's K/V at `cache_len + i`; query i attends to `cache[:cache_len]`
   and to the tree nodes j with `tree_mask[b, i, j]`; logits go to `out` (float32); with
@@ -84,6 +88,7 @@ class Runner(Protocol):
     device: torch.device
     dtype: torch.dtype
     graph_safe: bool  # forward_tree can be captured in a CUDA graph
+    packs_prompts: bool  # prefill takes segment_start (packed prompts)
 
     def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache: ...
 
@@ -94,6 +99,7 @@ class Runner(Protocol):
         cache: KVCache,
         *,
         hidden_out: torch.Tensor | None = None,
+        segment_start: torch.Tensor | None = None,
     ) -> None: ...
 
     def forward_tree(
@@ -119,6 +125,7 @@ class RunnerBase:
     dtype: torch.dtype
     device: torch.device
     max_context: int | None = None
+    packs_prompts: bool = False
 
     def allocate_cache(self, max_reqs: int, max_len: int) -> KVCache:
         if self.max_context is not None and max_len > self.max_context:

@@ -135,6 +135,7 @@ class LlamaRunner(RunnerBase):
         attn0 = inner.layers[0].self_attn
         self.model = model
         self.exact = bool(exact)
+        self.packs_prompts = not self.exact  # (exact mode's attention plans padded rows)
         self.input_proj = input_proj
         self.config = config
         self.num_layers = len(inner.layers)
@@ -251,19 +252,28 @@ class LlamaRunner(RunnerBase):
         *,
         hidden_in: torch.Tensor | None = None,
         hidden_out: torch.Tensor | None = None,
+        segment_start: torch.Tensor | None = None,
     ) -> None:
         """Prompt tokens into the cache: token t of row b at slot start[b] + t (start: tokens of
         the row already cached, a chunked prefill; default 0), attending causally to slots
         0 .. start[b] + t. cache_len[:B] becomes start + lengths. `hidden_out [B, T', H]`
         (T' >= T): the last hidden states of the T columns (pad columns hold garbage);
-        `hidden_in [B, T, H]`: with input_proj."""
+        `hidden_in [B, T, H]`: with input_proj. `segment_start [B, T] int32` (not with start,
+        not in exact mode): packed prompts, see base.py; token t is at position
+        t - segment_start[b, t] and attends to slots segment_start[b, t] .. t."""
         check_prefill_inputs(input_ids, lengths, cache, self.device)
         b, t = input_ids.shape
         lengths = lengths.to(torch.int32)
+        if segment_start is not None and (start is not None or not self.packs_prompts):
+            raise ValueError(
+                "prefill: segment_start (packed prompts) is neither for exact mode nor with start"
+            )
         if start is None:
             start = torch.zeros(b, dtype=torch.int32, device=self.device)
         if t > 0:
             positions = start[:, None].long() + torch.arange(t, device=self.device)
+            if segment_start is not None:
+                positions = positions - segment_start[:, :t]
             plan = exact_chain_plan(start, lengths, t) if self.exact else None
 
             def attend(li, q):
@@ -274,7 +284,7 @@ class LlamaRunner(RunnerBase):
                     return exact_prefill_attention(
                         q, k, v, start, lengths, scale=self.scale, plan=plan
                     )
-                return prefill_attention(q, k, v, start, lengths, scale=self.scale)
+                return prefill_attention(q, k, v, start, lengths, segment_start, scale=self.scale)
 
             h = self._embed(input_ids, hidden_in)
             x = self._layers(h, positions, start, cache, attend)

@@ -1,0 +1,125 @@
+"""Packed prefill (samgpu/decoding/prefill.py): an admission's prompts concatenated into one row,
+each attending to its own prompt, must leave the cache (every slot's K/V columns below its length,
+cache_len) and the prompts' hidden states as the padded prefill leaves them; slots not admitted are
+untouched. Run eagerly on the CPU (packing is the default on CUDA only), in fp32."""
+
+import pytest
+import torch
+
+from samgpu.decoding.prefill import (
+    MIN_WIDTH,
+    Prefiller,
+    pack_bucket,
+    pack_buckets,
+    pack_capacity,
+    plan_packs,
+)
+from samgpu.decoding.runners import make_runner
+from tests.decoding.conftest import TINY_VOCAB, tiny_model
+
+MAX_REQS, MAX_LEN = 6, 48
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return make_runner(tiny_model("llama", seed=3), prefer="fast")
+
+
+def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None):
+    """A fresh cache (K/V filled with a marker) after Prefiller(...)(rows, prompt[:-1]s)."""
+    cache = runner.allocate_cache(MAX_REQS, MAX_LEN)
+    cache.k.fill_(7.0)
+    cache.v.fill_(7.0)
+    prefiller = Prefiller(runner, cache, use_graphs=False, with_hidden=with_hidden, pack=pack)
+    if capacity is not None:
+        prefiller.capacity = capacity
+    lengths = [len(p) - 1 for p in prompts]
+    width = max(lengths)
+    ids = torch.zeros(len(prompts), width, dtype=torch.int32)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p) - 1] = torch.tensor(p[:-1])
+    index = torch.tensor(rows)
+    _, hidden = prefiller(rows, index, ids, torch.tensor(lengths, dtype=torch.int32), lengths)
+    return cache, hidden
+
+
+def prompts_of(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, TINY_VOCAB, (n,), generator=g).tolist() for n in sizes]
+
+
+@pytest.mark.parametrize(
+    "rows, sizes, capacity",
+    [
+        ([4, 1, 2], [9, 30, 2], None),  # one call, a one-token prompt[:-1]
+        ([0, 5, 3, 2], [17, 1, 40, 25], 48),  # an empty prompt[:-1]; two calls (capacity)
+        ([3], [33], None),
+    ],
+)
+def test_packed_equals_padded(runner, rows, sizes, capacity):
+    prompts = prompts_of(sizes)
+    want, want_hidden = admit(runner, False, rows, prompts, with_hidden=True)
+    got, got_hidden = admit(runner, True, rows, prompts, with_hidden=True, capacity=capacity)
+    torch.testing.assert_close(got.cache_len, want.cache_len, rtol=0, atol=0)
+    for slot in range(MAX_REQS):
+        n = int(want.cache_len[slot]) if slot in rows else MAX_LEN
+        for name in ("k", "v"):
+            a, b = getattr(got, name)[:, slot, :, :n], getattr(want, name)[:, slot, :, :n]
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} slot {slot}")
+    for i, size in enumerate(sizes):
+        a, b = got_hidden[i, : size - 1], want_hidden[i, : size - 1]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_negative_control_packing_without_segments_differs(runner, monkeypatch):
+    """The same call with every token in one segment (prompts attending to the earlier ones) must
+    fail the comparison above: the test sees what packing without segments would do."""
+    prompts = prompts_of([9, 30, 12])
+    want, _ = admit(runner, False, [0, 1, 2], prompts)
+    prefill = runner.prefill
+
+    def one_segment(*args, segment_start=None, **kw):
+        return prefill(*args, segment_start=torch.zeros_like(segment_start), **kw)
+
+    monkeypatch.setattr(runner, "prefill", one_segment)
+    got, _ = admit(runner, True, [0, 1, 2], prompts)
+    torch.testing.assert_close(got.k[:, 0, :, :8], want.k[:, 0, :, :8])  # the first prompt
+    assert (got.k[:, 1, :, :29] - want.k[:, 1, :, :29]).abs().max() > 1e-3
+
+
+def test_plan_packs():
+    assert plan_packs([300, 0, 500, 400], 1024) == [[0, 2], [3]]
+    assert plan_packs([0, 0], 1024) == []
+    assert plan_packs([1024, 1, 1023, 1], 1024) == [[0], [1, 2], [3]]
+    lengths = [5, 700, 80, 1000, 3, 250]
+    calls = plan_packs(lengths, 1024)
+    assert [i for c in calls for i in c] == list(range(6))
+    assert all(sum(lengths[i] for i in c) <= 1024 for c in calls)
+
+
+def test_pack_buckets():
+    assert [pack_bucket(n, 4096) for n in (1, 64, 65, 96, 97, 1400, 1672, 4000)] == [
+        64, 64, 96, 96, 128, 1536, 2048, 4096
+    ]  # fmt: skip
+    assert pack_bucket(5000, 4608) == 4608  # the capacity caps
+    buckets = pack_buckets(4608)
+    assert buckets[0] == MIN_WIDTH and buckets[-1] == 4608
+    for n in range(1, 4609, 7):  # every call's bucket is captured at warm-up, none pads > 1/2
+        b = pack_bucket(n, 4608)
+        assert b in buckets and b >= n and (n < MIN_WIDTH or b == 4608 or 2 * b <= 3 * n + 3)
+    assert pack_capacity(16, 2048) == 32768 and pack_capacity(16, 200_000) == 200_000
+
+
+def test_pack_needs_a_packing_runner():
+    runner = make_runner(tiny_model("llama", seed=3), prefer="fast", exact=True)
+    cache = runner.allocate_cache(2, 16)
+    with pytest.raises(ValueError, match="does not pack"):
+        Prefiller(runner, cache, use_graphs=False, pack=True)
+    assert not Prefiller(runner, cache, use_graphs=False).pack
+    with pytest.raises(ValueError, match="segment_start"):
+        runner.prefill(
+            torch.zeros(1, 4, dtype=torch.int32),
+            torch.tensor([4]),
+            cache,
+            segment_start=torch.zeros(1, 4, dtype=torch.int32),
+        )
