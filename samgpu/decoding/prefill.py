@@ -154,7 +154,8 @@ class Prefiller:
         self.pack = packs and runner.device.type == "cuda" if pack is None else pack
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_rows = min(GRAPH_ROWS, cache.k.shape[1])  # the scratch cache's rows
-        self.capacity = pack_capacity(self._graph_rows, cache.max_len)  # tokens of a packed call
+        # tokens of a packed call at most
+        self.capacity = pack_capacity(self._graph_rows, cache.max_len) if self.pack else 0
         self._pool = None
         # Graph inputs and outputs, allocated on first use: packed, one row of `capacity` tokens;
         # padded, GRAPH_ROWS rows of max_len.
