@@ -251,7 +251,9 @@ class Prefiller:
                 seg,
             ]
         )
-        slot, prompt, col, seg = meta.to(runner.device)
+        if runner.device.type == "cuda":  # pinned, so the copy does not wait for the stream
+            meta = meta.pin_memory()
+        slot, prompt, col, seg = meta.to(runner.device, non_blocking=True)
         ids = input_ids[prompt, col]
         if self.use_graphs:
             width = pack_bucket(total, self.capacity)
