@@ -6,11 +6,12 @@ admission's prompts are concatenated into one row (`plan_packs`: in order, at mo
 tokens per call), each token attending to its own prompt only (`segment_start`, see
 kernels/prefill_attention.py), so a call computes its real tokens plus the tail to its width
 bucket (powers of two and 3/4 of them: less than half more); the scratch row's K/V columns then
-go to the slots' columns in one gather. With graphs a call is a replay of the captured graph of
-its width bucket. Why: padded calls (below) pad every prompt to the call's longest; on
-bench_serve's prompt file that computed 1.4x the real tokens for one prompt and 1.9-2.3x for
-refills of 2-16 (profiling/prefill_padding.py), and an H200 prefill costs ~0.85 us per computed
-token. On CPU the attention reference would build the packed square mask: prompts stay padded.
+go to the slots' columns in one launch (kernels/kv_scatter.py). With graphs a call is a replay of
+the captured graph of its width bucket. Why: padded calls (below) pad every prompt to the call's
+longest; on bench_serve's prompt file that computed 1.4x the real tokens for one prompt and
+1.9-2.3x for refills of 2-16 (profiling/prefill_padding.py), and an H200 prefill costs ~0.85 us
+per computed token. On CPU the attention reference would build the packed square mask: prompts
+stay padded there.
 
 Padded (the other runners, exact mode, CPU). With CUDA graphs on, every admission goes through
 graphs: the prompts are sorted by length and cut into calls of at most GRAPH_ROWS prompts
@@ -43,6 +44,7 @@ from collections.abc import Callable
 import torch
 
 from samgpu.decoding.runners.base import KVCache
+from samgpu.kernels.kv_scatter import kv_scatter
 
 GRAPH_ROWS = 16  # prompts per graph call at most (the scratch cache's rows)
 MIN_WIDTH = 64  # smallest width bucket
@@ -235,33 +237,35 @@ class Prefiller:
 
     def _packed_call(self, call, rows, input_ids, host_lengths, hidden) -> None:
         """The prompts `call` (indices into input_ids / rows) in one packed prefill, their K/V (and
-        hidden states) gathered into their slots."""
+        hidden states) scattered into their slots."""
         cache, runner = self.cache, self.runner
-        sizes = [host_lengths[i] for i in call]
-        total = sum(sizes)
-        # per packed token: its slot, its prompt (row of input_ids), its column, its segment
-        # start; built on the host (one copy) rather than in ~10 small kernels
-        n = torch.tensor(sizes)
-        seg = (n.cumsum(0) - n).repeat_interleave(n)
-        meta = torch.stack(
+        sizes = torch.tensor([host_lengths[i] for i in call])
+        total = int(sizes.sum())
+        width = pack_bucket(total, self.capacity) if self.use_graphs else total
+        # Per packed token, built on the host and sent in one pinned, non-blocking copy (a
+        # pageable copy waits for the stream): its slot, its column in its prompt, its index in
+        # input_ids viewed flat; then the segment starts of all `width` columns (the tail: one
+        # token per segment).
+        seg = (sizes.cumsum(0) - sizes).repeat_interleave(sizes)
+        col = torch.arange(total) - seg
+        meta = torch.cat(
             [
-                torch.tensor([rows[i] for i in call]).repeat_interleave(n),
-                torch.tensor(call).repeat_interleave(n),
-                torch.arange(total) - seg,
+                torch.tensor([rows[i] for i in call]).repeat_interleave(sizes),
+                col,
+                torch.tensor(call).repeat_interleave(sizes) * input_ids.shape[1] + col,
                 seg,
+                torch.arange(total, width),
             ]
         )
-        if runner.device.type == "cuda":  # pinned, so the copy does not wait for the stream
+        if runner.device.type == "cuda":
             meta = meta.pin_memory()
-        slot, prompt, col, seg = meta.to(runner.device, non_blocking=True)
-        ids = input_ids[prompt, col]
+        meta = meta.to(runner.device, non_blocking=True)
+        slot, col, flat = meta[:total], meta[total : 2 * total], meta[2 * total : 3 * total]
+        seg = meta[3 * total :]
         if self.use_graphs:
-            width = pack_bucket(total, self.capacity)
             self._allocate_scratch()
-            self._input_ids[0, :total].copy_(ids)
-            self._input_ids[0, total:width].zero_()
-            self._segment_start[0, :total].copy_(seg)
-            self._segment_start[0, total:width].copy_(self._positions[total:width])
+            torch.index_select(input_ids.reshape(-1), 0, flat, out=self._input_ids[0, :total])
+            self._segment_start[0, :width].copy_(seg)
             self._lengths.fill_(total)
             graph = self._graphs.get((1, width))
             if graph is None:
@@ -273,18 +277,15 @@ class Prefiller:
             out = None
             extra = {}
             if hidden is not None:
-                out = torch.empty(
-                    1, total, runner.hidden_size, dtype=runner.dtype, device=runner.device
-                )
+                shape = (1, total, runner.hidden_size)
+                out = torch.empty(shape, dtype=runner.dtype, device=runner.device)
                 extra["hidden_out"] = out
             lengths = torch.full((1,), total, dtype=torch.int32, device=runner.device)
-            runner.prefill(ids[None], lengths, scratch, segment_start=seg.int()[None], **extra)
-        # token j of the call -> column col[j] of slot slot[j]: one gather per K and V
-        # (advanced indices on dims 1 and 3: the indexed shape is [total, layers, Hkv, D])
-        cache.k[:, slot, :, col] = scratch.k[:, 0, :, :total].permute(2, 0, 1, 3)
-        cache.v[:, slot, :, col] = scratch.v[:, 0, :, :total].permute(2, 0, 1, 3)
+            ids = input_ids.reshape(-1)[flat][None]
+            runner.prefill(ids, lengths, scratch, segment_start=seg.int()[None], **extra)
+        kv_scatter(scratch.k, scratch.v, cache.k, cache.v, slot, col, total)
         if hidden is not None:
-            hidden[prompt, col] = out[0, :total]
+            hidden.view(-1, hidden.shape[-1]).index_copy_(0, flat, out[0, :total])
 
     def _eager_prefill(self, rows, index, input_ids, lengths, hidden_out) -> None:
         n, width = input_ids.shape
