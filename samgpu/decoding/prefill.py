@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from samgpu.decoding.runners.base import KVCache
@@ -239,27 +240,21 @@ class Prefiller:
         """The prompts `call` (indices into input_ids / rows) in one packed prefill, their K/V (and
         hidden states) scattered into their slots."""
         cache, runner = self.cache, self.runner
-        sizes = torch.tensor([host_lengths[i] for i in call])
+        sizes = np.array([host_lengths[i] for i in call])
         total = int(sizes.sum())
         width = pack_bucket(total, self.capacity) if self.use_graphs else total
-        # Per packed token, built on the host and sent in one pinned, non-blocking copy (a
-        # pageable copy waits for the stream): its slot, its column in its prompt, its index in
-        # input_ids viewed flat; then the segment starts of all `width` columns (the tail: one
-        # token per segment).
-        seg = (sizes.cumsum(0) - sizes).repeat_interleave(sizes)
-        col = torch.arange(total) - seg
-        meta = torch.cat(
-            [
-                torch.tensor([rows[i] for i in call]).repeat_interleave(sizes),
-                col,
-                torch.tensor(call).repeat_interleave(sizes) * input_ids.shape[1] + col,
-                seg,
-                torch.arange(total, width),
-            ]
-        )
+        # Per packed token, built on the host (numpy: ~15 us, torch CPU ops ~0.2 ms) and sent in
+        # one pinned, non-blocking copy (a pageable copy waits for the stream): its slot, its
+        # column in its prompt, its index in input_ids viewed flat; then the segment starts of
+        # all `width` columns (the tail: one token per segment).
+        seg = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        col = np.arange(total) - seg
+        flat = np.repeat(np.array(call) * input_ids.shape[1], sizes) + col
+        slot = np.repeat(np.array([rows[i] for i in call]), sizes)
+        meta = torch.from_numpy(np.concatenate([slot, col, flat, seg, np.arange(total, width)]))
         if runner.device.type == "cuda":
             meta = meta.pin_memory()
-        meta = meta.to(runner.device, non_blocking=True)
+        meta = meta.to(runner.device, dtype=torch.long, non_blocking=True)
         slot, col, flat = meta[:total], meta[total : 2 * total], meta[2 * total : 3 * total]
         seg = meta[3 * total :]
         if self.use_graphs:
