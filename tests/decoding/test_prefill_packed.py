@@ -39,8 +39,7 @@ def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None):
     for i, p in enumerate(prompts):
         ids[i, : len(p) - 1] = torch.tensor(p[:-1])
     index = torch.tensor(rows)
-    host = [p[:-1] for p in prompts]
-    _, hidden = prefiller(rows, index, ids, torch.tensor(lengths, dtype=torch.int32), host)
+    _, hidden = prefiller(rows, index, ids, torch.tensor(lengths, dtype=torch.int32), lengths)
     return cache, hidden
 
 
