@@ -25,12 +25,14 @@ def runner():
     return make_runner(tiny_model("llama", seed=3), prefer="fast")
 
 
-def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None):
-    """A fresh cache (K/V filled with a marker) after Prefiller(...)(rows, prompt[:-1]s)."""
+def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None, graphs=False):
+    """A fresh cache (K/V filled with a marker) after Prefiller(...)(rows, prompt[:-1]s); with
+    `graphs` (CUDA) the same prefiller admits `prompts` twice, the second time into the slots
+    `rows` reversed, which is what is returned (replays of captured graphs, reused buffers)."""
     cache = runner.allocate_cache(MAX_REQS, MAX_LEN)
     cache.k.fill_(7.0)
     cache.v.fill_(7.0)
-    prefiller = Prefiller(runner, cache, use_graphs=False, with_hidden=with_hidden, pack=pack)
+    prefiller = Prefiller(runner, cache, use_graphs=graphs, with_hidden=with_hidden, pack=pack)
     if capacity is not None:
         prefiller.capacity = capacity
     lengths = [len(p) - 1 for p in prompts]
@@ -38,8 +40,12 @@ def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None):
     ids = torch.zeros(len(prompts), width, dtype=torch.int32)
     for i, p in enumerate(prompts):
         ids[i, : len(p) - 1] = torch.tensor(p[:-1])
-    index = torch.tensor(rows)
-    _, hidden = prefiller(rows, index, ids, torch.tensor(lengths, dtype=torch.int32), lengths)
+    dev = runner.device
+    ids, lens = ids.to(dev), torch.tensor(lengths, dtype=torch.int32, device=dev)
+    if graphs:  # a first admission elsewhere: the one returned replays what it captured
+        other = rows[::-1]
+        prefiller(other, torch.tensor(other, device=dev), ids, lens, lengths)
+    _, hidden = prefiller(rows, torch.tensor(rows, device=dev), ids, lens, lengths)
     return cache, hidden
 
 
@@ -63,6 +69,30 @@ def test_packed_equals_padded(runner, rows, sizes, capacity):
     torch.testing.assert_close(got.cache_len, want.cache_len, rtol=0, atol=0)
     for slot in range(MAX_REQS):
         n = int(want.cache_len[slot]) if slot in rows else MAX_LEN
+        for name in ("k", "v"):
+            a, b = getattr(got, name)[:, slot, :, :n], getattr(want, name)[:, slot, :, :n]
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} slot {slot}")
+    for i, size in enumerate(sizes):
+        a, b = got_hidden[i, : size - 1], want_hidden[i, : size - 1]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="prefill graphs need a CUDA device")
+@pytest.mark.parametrize("rows, sizes", [([4, 1, 2], [9, 30, 2]), ([3], [33]), ([0, 5], [1, 20])])
+def test_packed_graphs_equal_padded_graphs(runner, rows, sizes):
+    """The CUDA path users run: packed calls replaying their width bucket's graph (fp32, no TF32)
+    leave what padded graph calls leave; the admission is the second into reused buffers."""
+    import copy
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cuda_runner = make_runner(copy.deepcopy(runner.model).to("cuda"), prefer="fast")
+    prompts = prompts_of(sizes, seed=5)
+    want, want_hidden = admit(cuda_runner, False, rows, prompts, with_hidden=True, graphs=True)
+    got, got_hidden = admit(cuda_runner, True, rows, prompts, with_hidden=True, graphs=True)
+    assert torch.equal(got.cache_len, want.cache_len)
+    for slot in rows:
+        n = int(want.cache_len[slot])
         for name in ("k", "v"):
             a, b = getattr(got, name)[:, slot, :, :n], getattr(want, name)[:, slot, :, :n]
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} slot {slot}")
