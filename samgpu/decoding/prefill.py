@@ -1,7 +1,7 @@
 """Prompts into the KV cache: the runner's prefill of `prompt[:-1]` for the requests admitted into
 some slots, at the least host and GPU cost.
 
-Packed (a runner with `packs_prompts` on CUDA: the Llama runner outside exact mode): an
+Packed (a runner with `packs_prompts` on CUDA, more than one slot: `packs_by_default`): an
 admission's prompts are concatenated into one row (`plan_packs`: in order, at most `capacity`
 tokens per call), each token attending to its own prompt only (`segment_start`, see
 kernels/prefill_attention.py), so a call computes its real tokens plus the tail to its width
@@ -13,8 +13,8 @@ longest; on bench_serve's prompt file that computed 1.4x the real tokens for one
 per computed token. On CPU the attention reference would build the packed square mask: prompts
 stay padded there.
 
-Padded (the other runners, exact mode, CPU). With CUDA graphs on, every admission goes through
-graphs: the prompts are sorted by length and cut into calls of at most GRAPH_ROWS prompts
+Padded (the other runners, exact mode, CPU, one slot). With CUDA graphs on, every admission goes
+through graphs: the prompts are sorted by length and cut into calls of at most GRAPH_ROWS prompts
 (`plan_calls`); each call's prompts are copied into static input buffers padded to a (rows, width)
 bucket (powers of two), a CUDA graph of the runner's prefill into a persistent scratch cache
 replays, and the scratch rows are copied into the slots. Why graphs: an eager prefill is ~300
@@ -134,6 +134,15 @@ def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int
     return calls[::-1]
 
 
+def packs_by_default(runner, slots: int) -> bool:
+    """Packed calls where the runner packs prompts, on CUDA (on CPU the attention reference would
+    compute the packed square), for a cache of more than one slot: with one slot every admission
+    is one prompt, which a padded call computes with less host work before its replay (H200,
+    prefill_padding --time: 1.50-1.60 ms padded vs 1.76-1.86 packed)."""
+    packs = bool(getattr(runner, "packs_prompts", False))
+    return packs and runner.device.type == "cuda" and slots > 1
+
+
 class Prefiller:
     """Writes new requests' prompts into the engine's cache; see the module docstring."""
 
@@ -146,7 +155,7 @@ class Prefiller:
         with_hidden: bool = False,
         pack: bool | None = None,
     ):
-        """`pack`: packed calls (default: where the runner packs prompts and runs on CUDA)."""
+        """`pack`: packed calls (default: `packs_by_default`)."""
         self.runner = runner
         self.cache = cache
         self.with_hidden = with_hidden
@@ -154,7 +163,7 @@ class Prefiller:
         packs = bool(getattr(runner, "packs_prompts", False))
         if pack and not packs:
             raise ValueError(f"Prefiller: {type(runner).__name__} does not pack prompts here")
-        self.pack = packs and runner.device.type == "cuda" if pack is None else pack
+        self.pack = packs_by_default(runner, cache.k.shape[1]) if pack is None else pack
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_rows = min(GRAPH_ROWS, cache.k.shape[1])  # the scratch cache's rows
         # tokens of a packed call at most

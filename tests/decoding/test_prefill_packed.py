@@ -12,6 +12,7 @@ from samgpu.decoding.prefill import (
     pack_bucket,
     pack_buckets,
     pack_capacity,
+    packs_by_default,
     plan_packs,
 )
 from samgpu.decoding.runners import make_runner
@@ -138,6 +139,22 @@ def test_pack_buckets():
         b = pack_bucket(n, 4608)
         assert b in buckets and b >= n and (n < MIN_WIDTH or b == 4608 or 2 * b <= 3 * n + 3)
     assert pack_capacity(16, 2048) == 32768 and pack_capacity(16, 200_000) == 200_000
+
+
+def test_packs_by_default_on_cuda_with_several_slots(runner):
+    """The default rule: a packing runner on CUDA with more than one slot (a one-slot cache admits
+    one prompt at a time, faster padded); never on CPU; never for a runner that cannot pack. The
+    device is faked: the rule reads runner.device and packs_prompts only."""
+    from types import SimpleNamespace
+
+    cuda = SimpleNamespace(device=torch.device("cuda"), packs_prompts=True)
+    assert packs_by_default(cuda, 16) and packs_by_default(cuda, 2)
+    assert not packs_by_default(cuda, 1)
+    assert not packs_by_default(
+        SimpleNamespace(device=torch.device("cuda"), packs_prompts=False), 16
+    )
+    assert not packs_by_default(runner, 16)  # the CPU runner
+    assert runner.packs_prompts
 
 
 def test_pack_needs_a_packing_runner():
