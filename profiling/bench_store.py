@@ -68,9 +68,8 @@ def workloads(
     """The prompts of (a), (b), (c); `full`: (a) and (c) are the whole datasets, in file order."""
     from samgpu.api import encode_chat
 
-    lim = {k: max(1, int(v * scale)) for k, v in LIMITS.get(batch_size, LIMITS[64]).items()}
-    if full:
-        lim = dict.fromkeys(lim, None)
+    sampled = {k: max(1, int(v * scale)) for k, v in LIMITS.get(batch_size, LIMITS[64]).items()}
+    lim = dict.fromkeys(sampled, None) if full else sampled
     chat = lambda text: encode_chat(tokenizer, [{"role": "user", "content": text}])  # noqa: E731
     raw = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     spec = [chat(it.turns[0]) for it in datasets.load("spec_bench", lim["spec"])]
@@ -80,8 +79,7 @@ def workloads(
     again = [raw("# Complete the function below.\n" + it.raw_prompt) for it in code_items]
     code_b = code
     if full:  # (b) keeps its sampled size: it asks every HumanEval prompt twice either way
-        n = max(1, int(LIMITS.get(batch_size, LIMITS[64])["code"] * scale))
-        code_b, again = code[:n], again[:n]
+        code_b, again = code[: sampled["code"]], again[: sampled["code"]]
     return {"a": spec + code + rag, "b": code_b + again, "c": spec + code + rag}
 
 

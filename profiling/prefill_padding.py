@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.time and not torch.cuda.is_available():
         ap.error("--time needs a CUDA GPU")
+    if min(args.groups) < 1 or args.draws < 1:
+        ap.error(f"--groups and --draws must be >= 1, got {args.groups} and {args.draws}")
 
-    from samgpu import api
+    from samgpu import resolve
     from samgpu.decoding.prefill import (
         call_bucket,
         pack_bucket,
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         plan_packs,
     )
 
-    _, tokenizer = api.load_model("default", torch.device("cpu"), torch.float32)
-    lengths = prompt_lengths(tokenizer, args.limit)
+    lengths = prompt_lengths(resolve.load_tokenizer("default"), args.limit)
+    if max(args.groups) > len(lengths):
+        ap.error(f"--groups: at most {len(lengths)} prompts (--limit), got {max(args.groups)}")
     capacity = pack_capacity(args.rows, args.max_len)
     rng = random.Random(0)
     rows, records, draws = [], [], {}

@@ -175,7 +175,6 @@ class Prefiller:
         self._input_ids = None  # [rows, width] int32
         self._lengths = None  # [rows] int32
         self._segment_start = None  # [1, capacity] int32 (packed)
-        self._positions = None  # [capacity] int32: arange, the tail's segment starts (packed)
         self._hidden = None  # [rows, width, H] (with_hidden)
         self._side = None  # the stream of `beside` work (graphs only)
 
@@ -357,8 +356,7 @@ class Prefiller:
         self._input_ids = torch.zeros(rows, width, dtype=torch.int32, device=dev)
         self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
         if self.pack:
-            self._positions = torch.arange(width, dtype=torch.int32, device=dev)
-            self._segment_start = self._positions[None].clone()
+            self._segment_start = torch.arange(width, dtype=torch.int32, device=dev)[None]
         if self.with_hidden:
             self._hidden = torch.zeros(rows, width, r.hidden_size, dtype=r.dtype, device=dev)
 

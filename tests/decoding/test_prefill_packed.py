@@ -50,6 +50,20 @@ def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None, g
     return cache, hidden
 
 
+def assert_same_admission(got, want, got_hidden, want_hidden, rows, sizes, slots):
+    """Equal cache_len; equal K/V in `slots` (an admitted slot's, in `rows`, columns below its
+    length; every column of the others); equal hidden states of each prompt[:-1]."""
+    assert torch.equal(got.cache_len, want.cache_len)
+    for slot in slots:
+        n = int(want.cache_len[slot]) if slot in rows else MAX_LEN
+        for name in ("k", "v"):
+            a, b = getattr(got, name)[:, slot, :, :n], getattr(want, name)[:, slot, :, :n]
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} slot {slot}")
+    for i, size in enumerate(sizes):
+        a, b = got_hidden[i, : size - 1], want_hidden[i, : size - 1]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def prompts_of(sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, TINY_VOCAB, (n,), generator=g).tolist() for n in sizes]
@@ -67,15 +81,7 @@ def test_packed_equals_padded(runner, rows, sizes, capacity):
     prompts = prompts_of(sizes)
     want, want_hidden = admit(runner, False, rows, prompts, with_hidden=True)
     got, got_hidden = admit(runner, True, rows, prompts, with_hidden=True, capacity=capacity)
-    torch.testing.assert_close(got.cache_len, want.cache_len, rtol=0, atol=0)
-    for slot in range(MAX_REQS):
-        n = int(want.cache_len[slot]) if slot in rows else MAX_LEN
-        for name in ("k", "v"):
-            a, b = getattr(got, name)[:, slot, :, :n], getattr(want, name)[:, slot, :, :n]
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} slot {slot}")
-    for i, size in enumerate(sizes):
-        a, b = got_hidden[i, : size - 1], want_hidden[i, : size - 1]
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_admission(got, want, got_hidden, want_hidden, rows, sizes, range(MAX_REQS))
 
 
 @pytest.mark.gpu
@@ -91,15 +97,7 @@ def test_packed_graphs_equal_padded_graphs(runner, rows, sizes):
     prompts = prompts_of(sizes, seed=5)
     want, want_hidden = admit(cuda_runner, False, rows, prompts, with_hidden=True, graphs=True)
     got, got_hidden = admit(cuda_runner, True, rows, prompts, with_hidden=True, graphs=True)
-    assert torch.equal(got.cache_len, want.cache_len)
-    for slot in rows:
-        n = int(want.cache_len[slot])
-        for name in ("k", "v"):
-            a, b = getattr(got, name)[:, slot, :, :n], getattr(want, name)[:, slot, :, :n]
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} slot {slot}")
-    for i, size in enumerate(sizes):
-        a, b = got_hidden[i, : size - 1], want_hidden[i, : size - 1]
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_admission(got, want, got_hidden, want_hidden, rows, sizes, rows)
 
 
 def test_negative_control_packing_without_segments_differs(runner, monkeypatch):
