@@ -4,7 +4,7 @@ to their own slots, each prompt from column 0.
 Packed prefill (samgpu/decoding/prefill.py) computes an admission's prompts as one row of `total`
 tokens in a scratch cache; token j of that row belongs in slot slot[j] at column col[j] (its
 position in its prompt). Layout: src_k, src_v [L, 1, H, W >= total, D] (the scratch row),
-dst_k, dst_v [L, R, H, max_len, D] (the engine's cache), slot, col [>= total] int64; K and V of a
+dst_k, dst_v [L, R, H, max_len, D] (the engine's cache), slot, col [>= total] int32; K and V of a
 cache share strides, and so do K and V of the scratch; unit stride in D. One launch moves both K
 and V of every layer: one program per (block of BLOCK_T tokens, layer x head).
 
@@ -35,8 +35,8 @@ def _kv_scatter_kernel(
     src_v_ptr,  # [L, 1, H, W, D], same strides as src_k
     dst_k_ptr,  # [L, R, H, max_len, D] (out)
     dst_v_ptr,  # [L, R, H, max_len, D] (out), same strides as dst_k
-    slot_ptr,  # [total] int64
-    col_ptr,  # [total] int64
+    slot_ptr,  # [total] int32
+    col_ptr,  # [total] int32
     total,
     num_heads,  # H
     head_dim,  # D
@@ -58,8 +58,8 @@ def _kv_scatter_kernel(
     d = tl.arange(0, BLOCK_D)
     ok = j < total
     mask = ok[:, None] & (d < head_dim)[None, :]
-    slot = tl.load(slot_ptr + j, mask=ok, other=0)
-    col = tl.load(col_ptr + j, mask=ok, other=0)
+    slot = tl.load(slot_ptr + j, mask=ok, other=0).to(tl.int64)
+    col = tl.load(col_ptr + j, mask=ok, other=0).to(tl.int64)
     src = layer * src_stride_l + head * src_stride_h + j.to(tl.int64)[:, None] * src_stride_t
     dst = layer * dst_stride_l + head * dst_stride_h + slot * dst_stride_b + col * dst_stride_t
     src = src + d[None, :]
@@ -87,9 +87,9 @@ def _check(src_k, src_v, dst_k, dst_v, slot, col, total: int) -> None:
     if src_k.stride(4) != 1 or dst_k.stride(4) != 1:
         raise ValueError("kv_scatter: K/V need unit stride in head_dim")
     for name, x in (("slot", slot), ("col", col)):
-        if x.dim() != 1 or x.shape[0] < total or x.dtype != torch.int64:
+        if x.dim() != 1 or x.shape[0] < total or x.dtype != torch.int32:
             raise ValueError(
-                f"kv_scatter: {name} must be [>={total}] int64, got {x.shape} {x.dtype}"
+                f"kv_scatter: {name} must be [>={total}] int32, got {x.shape} {x.dtype}"
             )
     if total > src_k.shape[3]:
         raise ValueError(f"kv_scatter: total={total} exceeds the scratch width {src_k.shape[3]}")
@@ -126,7 +126,7 @@ def kv_scatter_triton(src_k, src_v, dst_k, dst_v, slot, col, total: int) -> None
 def kv_scatter_ref(src_k, src_v, dst_k, dst_v, slot, col, total: int) -> None:
     """Reference: one advanced-index copy per K and V (indexed shape [total, L, H, D])."""
     _check(src_k, src_v, dst_k, dst_v, slot, col, total)
-    slot, col = slot[:total], col[:total]
+    slot, col = slot[:total].long(), col[:total].long()
     dst_k[:, slot, :, col] = src_k[:, 0, :, :total].permute(2, 0, 1, 3)
     dst_v[:, slot, :, col] = src_v[:, 0, :, :total].permute(2, 0, 1, 3)
 
@@ -141,8 +141,8 @@ _SIG = {
     "src_v_ptr": "*bf16",
     "dst_k_ptr": "*bf16",
     "dst_v_ptr": "*bf16",
-    "slot_ptr": "*i64",
-    "col_ptr": "*i64",
+    "slot_ptr": "*i32",
+    "col_ptr": "*i32",
     **dict.fromkeys(["total", "num_heads", "head_dim"], "i32"),
     **dict.fromkeys(
         "src_stride_l src_stride_h src_stride_t dst_stride_l dst_stride_b dst_stride_h "

@@ -298,7 +298,7 @@ class Engine:
             started.index_copy_(0, index, lens)
             self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))
 
-        args = (rows, index, input_ids, lens - 1, [n - 1 for n in lengths])
+        args = (rows, index, input_ids, lens - 1, [p[:-1] for p in prompts])
         if self.drafter.needs_hidden:  # its start reads the prompts' hidden states
             clean, hidden = self._prefiller(*args)
             reset_and_start(hidden)

@@ -39,6 +39,7 @@ single call of 4 x 2,048. Packed: one call of 2,230 tokens (bucket 3,072 columns
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -172,9 +173,9 @@ class Prefiller:
         # Graph inputs and outputs, allocated on first use: packed, one row of `capacity` tokens;
         # padded, GRAPH_ROWS rows of max_len.
         self._scratch = None  # KVCache
-        self._input_ids = None  # [rows, width] int32
-        self._lengths = None  # [rows] int32
-        self._segment_start = None  # [1, capacity] int32 (packed)
+        self._stage = None  # packed: every input of a call, int32 (_packed_call)
+        self._input_ids = None  # padded: [rows, width] int32
+        self._lengths = None  # padded: [rows] int32
         self._hidden = None  # [rows, width, H] (with_hidden)
         self._side = None  # the stream of `beside` work (graphs only)
 
@@ -184,18 +185,19 @@ class Prefiller:
         index: torch.Tensor,
         input_ids: torch.Tensor,
         lengths: torch.Tensor,
-        host_lengths: list[int],
+        prompts: list[list[int]],
         beside: Callable[[], None] | None = None,
     ) -> tuple[bool, torch.Tensor | None]:
-        """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`, the same on the host) of
-        the requests admitted into slots `rows` (`index`: the same on the device); sets their
-        cache_len. Returns (clean, hidden): clean is False when the call also captured a graph
-        (its time is not a prefill's time); hidden is the hidden states [n, W, H] with
-        `with_hidden`, else None. `beside`: GPU work independent of the prefill (the engine's
-        slot resets and the drafter's start: automata built over the prompts, ~0.5-2 ms on an
-        H200), run on a second stream beside the prefill's graphs, which leave most of the GPU
-        idle; it waits for what the current stream held before the prefill, and the current
-        stream waits for it before returning. Without graphs it simply runs after."""
+        """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`; `prompts`: the same
+        tokens on the host) of the requests admitted into slots `rows` (`index`: the same on the
+        device); sets their cache_len. Returns (clean, hidden): clean is False when the call
+        also captured a graph (its time is not a prefill's time); hidden is the hidden states
+        [n, W, H] with `with_hidden`, else None. `beside`: GPU work independent of the prefill
+        (the engine's slot resets and the drafter's start: automata built over the prompts,
+        ~0.5-2 ms on an H200), run on a second stream beside the prefill's graphs, which leave
+        most of the GPU idle; it waits for what the current stream held before the prefill,
+        and the current stream waits for it before returning. Without graphs it simply runs
+        after."""
         n, width = input_ids.shape
         cache = self.cache
         captures = len(self._graphs)
@@ -205,9 +207,10 @@ class Prefiller:
         if self.with_hidden:
             r = self.runner
             hidden = torch.zeros(n, width, r.hidden_size, dtype=r.dtype, device=r.device)
+        host_lengths = [len(p) for p in prompts]
         if width > 0 and self.pack:
             for call in plan_packs(host_lengths, self.capacity):
-                self._packed_call(call, rows, input_ids, host_lengths, hidden)
+                self._packed_call(call, rows, prompts, hidden)
         elif width > 0 and self.use_graphs:
             calls = plan_calls(host_lengths, self._graph_rows, cache.max_len)
             for call in calls:
@@ -244,38 +247,48 @@ class Prefiller:
             main.wait_stream(self._side)
         return len(self._graphs) == captures, hidden
 
-    def _packed_call(self, call, rows, input_ids, host_lengths, hidden) -> None:
-        """The prompts `call` (indices into input_ids / rows) in one packed prefill, their K/V (and
-        hidden states) scattered into their slots."""
+    def _packed_call(self, call, rows, prompts, hidden) -> None:
+        """The prompts `call` (indices into prompts / rows) in one packed prefill, their K/V (and
+        hidden states) scattered into their slots.
+        Everything the call reads is built on the host and sent in one pinned, non-blocking copy
+        (a pageable copy waits for the stream), int32, for `width` columns (the bucket; eager:
+        total): the packed tokens (tail: zeros), their segment starts (tail: one token per
+        segment), the token count, then per token its slot, its column in its prompt and its
+        index in `hidden` viewed flat. With graphs the copy lands in the static buffer the graph
+        of `width` reads: the host work before the replay is this one copy (a one-prompt
+        admission's critical path on the H200's host, where every torch call costs ~20-70 us)."""
         cache, runner = self.cache, self.runner
-        sizes = np.array([host_lengths[i] for i in call])
+        sizes = np.array([len(prompts[i]) for i in call])
         total = int(sizes.sum())
         width = pack_bucket(total, self.capacity) if self.use_graphs else total
-        # Per packed token, built on the host (numpy: torch CPU ops took ~0.2 ms on the H200's
-        # host) and sent in one pinned, non-blocking copy (a pageable one waits for the stream):
-        # its slot, its column in its prompt, its index in input_ids viewed flat; then the
-        # segment starts of all `width` columns (the tail: one token per segment).
-        seg = np.repeat(np.cumsum(sizes) - sizes, sizes)
-        col = np.arange(total) - seg
-        flat = np.repeat(np.array(call) * input_ids.shape[1], sizes) + col
-        slot = np.repeat(np.array([rows[i] for i in call]), sizes)
-        meta = torch.from_numpy(np.concatenate([slot, col, flat, seg, np.arange(total, width)]))
+        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        col = np.arange(total) - starts
+        parts = [
+            np.fromiter(itertools.chain.from_iterable(prompts[i] for i in call), np.int32, total),
+            np.zeros(width - total, np.int32),
+            starts,
+            np.arange(total, width),
+            [total],
+            np.repeat([rows[i] for i in call], sizes),
+            col,
+        ]
+        if hidden is not None:
+            parts.append(np.repeat(np.array(call) * hidden.shape[1], sizes) + col)
+        host = torch.from_numpy(np.concatenate(parts).astype(np.int32, copy=False))
         if runner.device.type == "cuda":
-            meta = meta.pin_memory()
-        meta = meta.to(runner.device, dtype=torch.long, non_blocking=True)
-        slot, col, flat = meta[:total], meta[total : 2 * total], meta[2 * total : 3 * total]
-        seg = meta[3 * total :]
+            host = host.pin_memory()
         if self.use_graphs:
             self._allocate_scratch()
-            torch.index_select(input_ids.reshape(-1), 0, flat, out=self._input_ids[0, :total])
-            self._segment_start[0, :width].copy_(seg)
-            self._lengths.fill_(total)
+            meta = self._stage[: host.shape[0]]
+            meta.copy_(host, non_blocking=True)
             graph = self._graphs.get((1, width))
             if graph is None:
                 graph = self._capture(1, width)
             graph.replay()
             scratch, out = self._scratch, self._hidden
         else:
+            meta = host.to(runner.device)
+            ids, segment_start, lengths = self._graph_inputs(meta, width)
             scratch = runner.allocate_cache(1, total)
             out = None
             extra = {}
@@ -283,12 +296,19 @@ class Prefiller:
                 shape = (1, total, runner.hidden_size)
                 out = torch.empty(shape, dtype=runner.dtype, device=runner.device)
                 extra["hidden_out"] = out
-            lengths = torch.full((1,), total, dtype=torch.int32, device=runner.device)
-            ids = input_ids.reshape(-1)[flat][None]
-            runner.prefill(ids, lengths, scratch, segment_start=seg.int()[None], **extra)
+            runner.prefill(ids, lengths, scratch, segment_start=segment_start, **extra)
+        lo = 2 * width + 1
+        slot, col = meta[lo : lo + total], meta[lo + total : lo + 2 * total]
         kv_scatter(scratch.k, scratch.v, cache.k, cache.v, slot, col, total)
         if hidden is not None:
+            flat = meta[lo + 2 * total : lo + 3 * total].long()
             hidden.view(-1, hidden.shape[-1]).index_copy_(0, flat, out[0, :total])
+
+    @staticmethod
+    def _graph_inputs(meta: torch.Tensor, width: int):
+        """The runner's inputs in a packed call's buffer (see _packed_call): input_ids [1, width],
+        segment_start [1, width], lengths [1]."""
+        return meta[:width][None], meta[width : 2 * width][None], meta[2 * width : 2 * width + 1]
 
     def _eager_prefill(self, rows, index, input_ids, lengths, hidden_out) -> None:
         n, width = input_ids.shape
@@ -353,18 +373,20 @@ class Prefiller:
         r, dev = self.runner, self.runner.device
         rows, width = (1, self.capacity) if self.pack else (self._graph_rows, self.cache.max_len)
         self._scratch = r.allocate_cache(rows, width)
-        self._input_ids = torch.zeros(rows, width, dtype=torch.int32, device=dev)
-        self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
-        if self.pack:
-            self._segment_start = torch.arange(width, dtype=torch.int32, device=dev)[None]
+        if self.pack:  # the packed calls' buffer (_packed_call), at most 5 x capacity + 1
+            self._stage = torch.zeros(5 * width + 1, dtype=torch.int32, device=dev)
+        else:
+            self._input_ids = torch.zeros(rows, width, dtype=torch.int32, device=dev)
+            self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)
         if self.with_hidden:
             self._hidden = torch.zeros(rows, width, r.hidden_size, dtype=r.dtype, device=dev)
 
     def _capture(self, rows_b: int, width_b: int) -> torch.cuda.CUDAGraph:
-        ids, lens = self._input_ids[:rows_b, :width_b], self._lengths[:rows_b]
         extra = {} if self._hidden is None else {"hidden_out": self._hidden[:rows_b, :width_b]}
         if self.pack:
-            extra["segment_start"] = self._segment_start[:, :width_b]
+            ids, extra["segment_start"], lens = self._graph_inputs(self._stage, width_b)
+        else:
+            ids, lens = self._input_ids[:rows_b, :width_b], self._lengths[:rows_b]
         side = torch.cuda.Stream(device=self.runner.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: Triton compilation, allocator

@@ -43,10 +43,11 @@ def admit(runner, pack: bool, rows, prompts, with_hidden=False, capacity=None, g
         ids[i, : len(p) - 1] = torch.tensor(p[:-1])
     dev = runner.device
     ids, lens = ids.to(dev), torch.tensor(lengths, dtype=torch.int32, device=dev)
+    host = [p[:-1] for p in prompts]
     if graphs:  # a first admission elsewhere: the one returned replays what it captured
         other = rows[::-1]
-        prefiller(other, torch.tensor(other, device=dev), ids, lens, lengths)
-    _, hidden = prefiller(rows, torch.tensor(rows, device=dev), ids, lens, lengths)
+        prefiller(other, torch.tensor(other, device=dev), ids, lens, host)
+    _, hidden = prefiller(rows, torch.tensor(rows, device=dev), ids, lens, host)
     return cache, hidden
 
 
