@@ -294,6 +294,8 @@ def geometries(args) -> list[tuple[str, int, int]]:
         out = [g for g in out if g[0] in args.heads]
     if args.batches:
         out = [g for g in out if g[1] in args.batches]
+    if args.nodes:
+        out = [g for g in out if g[2] in args.nodes]
     return out
 
 
@@ -388,10 +390,16 @@ def sweep_geometry(bench: Bench, name: str, b: int, n: int) -> dict:
             sweep.run((bm, bn, s, warps, 3), mid)
     ranked = sorted((t[mid], c) for c, t in sweep.times.items() if t.get(mid) is not None)
     best = ranked[0][1]
-    # (2) warps x stages, and smaller row blocks for big trees, around the best
+    # (2) warps x stages, and smaller row blocks for big trees, around the best; --wide: every
+    # block_n x warps x stages at the best split (fewer warps: more programs resident per SM)
     variants = [(4, 2), (4, 4), (8, 3)] if not args.smoke else [(2, 1)]
     for w, st in variants:
         sweep.run((best[0], best[1], best[2], w, st), mid)
+    if args.wide and not args.smoke:
+        for bn in block_ns:
+            for w in (1, 2, 4):
+                for st in (2, 3, 4, 5):
+                    sweep.run((best[0], bn, best[2], w, st), mid)
     if bm >= 128:
         for smaller in (bm // 2, bm // 4):
             sweep.run((smaller, best[1], best[2], 4 if smaller <= 64 else 8, 3), mid)
@@ -716,6 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes in the CPU interpreter")
     ap.add_argument("--heads", nargs="+", choices=sorted(HEADS), help="tree sweep: only these")
     ap.add_argument("--batches", nargs="+", type=int, help="tree sweep: only these batch sizes")
+    ap.add_argument("--nodes", nargs="+", type=int, help="tree sweep: only these node buckets")
+    ap.add_argument(
+        "--wide", action="store_true", help="tree sweep: every block_n x warps (1-4) x stages (2-5)"
+    )
     ap.add_argument(
         "--write-tuning",
         action="store_true",
