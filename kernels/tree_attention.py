@@ -23,10 +23,12 @@ so that fully masked blocks never make NaNs. Reads K/V once per kv head: memory 
 ~ 2 * B * Hkv * (cache_len + N) * D * bytes.
 
 Split-KV (flash-decoding) for the few-query case: with few programs (B * Hkv * row blocks below
-a few waves of the GPU) each (row block, kv head, sequence) cuts its prefix into `num_splits`
-chunks of whole key blocks, one program each (chunk computed in the kernel from cache_len, so the
-grid is static and graph-safe); the last split also takes the tree part. Each writes its
-unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
+a few waves of the GPU) each (row block, kv head, sequence) cuts its prefix into chunks of whole
+key blocks, one program each; the last split also takes the tree part. The chunk is the batch's
+longest prefix over `num_splits` (computed in the kernel from cache_len, so the grid is static and
+graph-safe): in a ragged batch the longest sequences take every split and shorter ones fewer, so
+no program reads more than one chunk (a launch of one wave waits for its slowest program). Each
+writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
 `_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
 
 Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
@@ -63,12 +65,14 @@ LOG2E: float = 1.4426950408889634
 
 _INT_ARGS = (
     "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl "
-    "stride_mb stride_mi stride_ob stride_on stride_oh num_nodes group num_heads num_splits"
+    "stride_mb stride_mi stride_ob stride_on stride_oh num_seqs num_nodes group num_heads "
+    "num_splits"
 ).split()
 _COMBINE_INT_ARGS = "stride_ob stride_on stride_oh num_nodes num_heads num_splits".split()
 # Strides stay specialised (Triton's divisible-by-16 hint lets K/V loads vectorise); they are fixed
 # by the cache layout and the tree width, so this never recompiles during a run. The counts vary.
-_VARYING = ["num_nodes", "group", "num_heads", "num_splits"]
+_VARYING = ["num_seqs", "num_nodes", "group", "num_heads", "num_splits"]
+BLOCK_B: int = 256  # cache_len entries read per load when taking the batch's longest prefix
 
 
 @triton.jit(do_not_specialize=_VARYING)
@@ -96,6 +100,7 @@ def _tree_attention_kernel(
     stride_ob,
     stride_on,
     stride_oh,
+    num_seqs,  # B
     num_nodes,  # N
     group,  # Hq // Hkv
     num_heads,  # Hq
@@ -106,6 +111,7 @@ def _tree_attention_kernel(
     BLOCK_M: tl.constexpr,  # rows (q head of the group x node) per program
     BLOCK_N: tl.constexpr,  # keys per iteration
     SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
+    BLOCK_B: tl.constexpr,  # cache_len entries per load (the batch's longest prefix, SPLIT)
 ):
     """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out."""
     pid_m = tl.program_id(0)
@@ -132,8 +138,17 @@ def _tree_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
 
-    # This split's share of the prefix: [lo, hi), whole blocks (one split: [0, cache_len)).
-    chunk = tl.cdiv(tl.cdiv(cache_len, num_splits), BLOCK_N) * BLOCK_N
+    # This split's share of the prefix: [lo, hi), whole blocks of a chunk sized by the batch's
+    # longest prefix (one split: [0, cache_len)).
+    span = cache_len
+    if SPLIT:
+        offs_b = tl.arange(0, BLOCK_B)
+        lens = tl.load(cache_len_ptr + offs_b, mask=offs_b < num_seqs, other=0)
+        span = tl.max(lens.to(tl.int32), axis=0)
+        for i in range(BLOCK_B, num_seqs, BLOCK_B):
+            lens = tl.load(cache_len_ptr + i + offs_b, mask=i + offs_b < num_seqs, other=0)
+            span = tl.maximum(span, tl.max(lens.to(tl.int32), axis=0))
+    chunk = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
     lo = split * chunk
     hi = tl.minimum(lo + chunk, cache_len)
     # Prefix: every row sees every position < cache_len, so each block has a finite entry per row.
@@ -271,6 +286,7 @@ def _aot_specs() -> list[AotSpec]:
                         "BLOCK_M": block_m,
                         "BLOCK_N": BLOCK_N,
                         "SPLIT": split,
+                        "BLOCK_B": BLOCK_B,
                     }
                     full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
                     num_warps = 4 if block_m <= 64 else 8
@@ -407,6 +423,7 @@ def tree_attention_triton(
         out.stride(0),
         out.stride(1),
         out.stride(2),
+        b,
         n,
         group,
         hq,
@@ -417,6 +434,7 @@ def tree_attention_triton(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         SPLIT=split,
+        BLOCK_B=BLOCK_B,
         num_warps=num_warps,
         num_stages=num_stages,
     )

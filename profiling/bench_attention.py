@@ -13,9 +13,10 @@ Sections (bf16 unless --dtype; heads: SmolLM2 9 q / 3 kv, D 64 and Llama-2-7B 32
 - tree (bench "tree_attention_sweep"): split-KV tree attention per (heads, B, N, context) over
   block_m, block_n, num_splits, num_warps, num_stages, staged to stay fast: (1) block_n x
   num_splits at context 1024, (2) num_warps x num_stages and block_m around the best, (3) the top
-  configurations at contexts 512 and 2048. Reported: us and GB/s of K/V read
-  (2 * B * Hkv * (ctx + N) * D * 2 bytes), the heuristic default's time, the best configuration per
-  geometry (least total slowdown over the three contexts), printed as a dict literal for
+  configurations at contexts 512 and 2048 (--ragged: prefixes of mixed lengths, the longest ctx).
+  Reported: us and GB/s of K/V read (2 * Hkv * (sum of prefixes + B * N) * D * 2 bytes), the
+  heuristic default's time, the best configuration per geometry (least total slowdown over the
+  three contexts), printed as a dict literal for
   kernels/tuned/tree_attention.json (with --write-tuning), which tree_attention's defaults read.
 - exact (bench "exact_attention"): exact_attention (fp32 FMA math; exact-tc: the opt-in
   tensor-core variant) vs the fast tree_attention at context 1024: exact mode's attention cost.
@@ -268,12 +269,20 @@ def sync(bench: Bench) -> None:
 
 
 # ------------------------------------------------------------------------------ tree attention
+def ragged_lengths(b: int, ctx: int) -> list[int]:
+    """A batch of mixed prefixes, the longest `ctx` (as in serving: a few long prompts among
+    short ones): ctx * u^2 for u spread over [0, 1) (mean ~ctx / 3), the first sequence ctx."""
+    return [ctx] + [max(1, int(ctx * ((i * 0.6180339887) % 1.0) ** 2)) for i in range(1, b)]
+
+
 def tree_inputs(bench: Bench, b: int, n: int, heads: tuple[int, int, int], ctx: int):
+    """Random q, K/V and a chain tree; every prefix `ctx` long, or with --ragged ragged_lengths."""
     hq, hkv, d = heads
     max_len = ctx + n
     q = randn(b, n, hq, d, b=bench)
     k, v = randn(b, hkv, max_len, d, b=bench), randn(b, hkv, max_len, d, b=bench)
-    cache_len = torch.full((b,), ctx, dtype=torch.int32, device=bench.device)
+    lengths = ragged_lengths(b, ctx) if bench.args.ragged else [ctx] * b
+    cache_len = torch.tensor(lengths, dtype=torch.int32, device=bench.device)
     chain = torch.tril(torch.ones(n, n, dtype=torch.bool, device=bench.device))
     return q, k, v, cache_len, chain.expand(b, n, n).contiguous()
 
@@ -320,7 +329,8 @@ class TreeSweep:
 
     def kv_bytes(self, ctx: int) -> int:
         hq, hkv, d = self.heads
-        return 2 * self.b * hkv * (ctx + self.n) * d * self.bench.dtype.itemsize
+        keys = int(self.inputs[ctx][3].sum()) + self.b * self.n
+        return 2 * hkv * keys * d * self.bench.dtype.itemsize
 
     def run(self, cfg: tuple[int, int, int, int, int], ctx: int) -> float | None:
         if ctx in self.times.get(cfg, {}):
@@ -352,7 +362,8 @@ class TreeSweep:
             self.times.setdefault(cfg, {})[ctx] = None
             return None
         params = {"heads": self.name, "B": self.b, "N": self.n, "ctx": ctx, "dtype":
-                  self.bench.args.dtype, "config": list(cfg)}  # fmt: skip
+                  self.bench.args.dtype, "ragged": self.bench.args.ragged,
+                  "config": list(cfg)}  # fmt: skip
         gbps = self.kv_bytes(ctx) / (tm["p50"] * 1e-3) / 1e9
         self.bench.record("tree_attention_sweep", "triton", params, tm, gbps=gbps)
         self.times.setdefault(cfg, {})[ctx] = tm["p50"]
@@ -427,7 +438,8 @@ def sweep_geometry(bench: Bench, name: str, b: int, n: int) -> dict:
         ]
         tm = bench.time_graph(fns)
         heuristic[ctx] = tm["p50"]
-        params = {"heads": name, "B": b, "N": n, "ctx": ctx, "dtype": args.dtype}
+        params = {"heads": name, "B": b, "N": n, "ctx": ctx, "dtype": args.dtype,
+                  "ragged": args.ragged}  # fmt: skip
         bench.record("tree_attention", "triton-default", params, tm,
                      gbps=sweep.kv_bytes(ctx) / (tm["p50"] * 1e-3) / 1e9)  # fmt: skip
         tm = {"p50": complete[winner][ctx]}
@@ -725,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", nargs="+", choices=sorted(HEADS), help="tree sweep: only these")
     ap.add_argument("--batches", nargs="+", type=int, help="tree sweep: only these batch sizes")
     ap.add_argument("--nodes", nargs="+", type=int, help="tree sweep: only these node buckets")
+    ap.add_argument(
+        "--ragged",
+        action="store_true",
+        help="tree sweep: mixed prefixes per batch, the longest the context (ragged_lengths)",
+    )
     ap.add_argument(
         "--wide", action="store_true", help="tree sweep: every block_n x warps (1-4) x stages (2-5)"
     )

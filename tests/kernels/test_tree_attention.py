@@ -244,3 +244,23 @@ def test_default_config_shapes_the_rows():
     assert default_config(1, 81, 9, 3, 64, 2048, cpu).block_m == 256
     assert default_config(1, 81, 32, 32, 128, 2048, cpu).block_m == 128
     assert default_config(1, 1, 9, 3, 64, 2048, cpu).num_splits == 1
+
+
+def test_split_chunks_follow_the_longest_prefix_of_a_large_batch(device):
+    """Split chunks are sized by the batch's longest prefix, read in blocks of BLOCK_B cache_len
+    entries: with more sequences than one block and the longest one past it (here the last of
+    260), every prefix must still be covered (a span taken from the first block alone, 16, makes
+    four chunks of 16 keys and leaves the last sequence's keys 64..99 unread: checked once by
+    hand)."""
+    from samgpu.kernels.tree_attention import BLOCK_B
+
+    b, hq, hkv, d, max_len = BLOCK_B + 4, 2, 1, 16, 112
+    cache_lens = [i % 17 for i in range(b - 1)] + [100]
+    trees = [[-1]] * b
+    q, k, v, cache_len, mask = make_case(
+        b, 1, hq, hkv, d, max_len, cache_lens, trees, torch.float32
+    )
+    want = path_attention(q, k, v, cache_len, trees, 1 / math.sqrt(d))
+    inputs = [t.to(device) for t in (q, k, v, cache_len, mask)]
+    got = tree_attention_triton(*inputs, block_n=16, num_splits=4).cpu()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
