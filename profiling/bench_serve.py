@@ -138,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     ap.add_argument("--methods", default="ar,pld,sam+tr,merged")
     ap.add_argument("--modes", default="static,continuous")
-    ap.add_argument("--limit", type=int, default=600, help="prompts in the mixed file at most")
+    ap.add_argument(
+        "--limit",
+        type=int,
+        default=1360,
+        help="prompts in the mixed file at most (default: all 1,360; B=256 gets every one)",
+    )
     ap.add_argument(
         "--per-slot",
         type=int,
