@@ -14,7 +14,9 @@ Per run (from the CLI's --stats-json and output records): output tokens/s (gener
 after the CLI's warm-up to the last write), mean accepted tokens per step, request latency p50 /
 p99 (seconds from the run's start to the request's collection, queueing included), the time
 shares of prefill, decode steps and host work (the scheduler's own accounting), the time per
-loop step (decode time / loop steps) and the slot occupancy (requests' steps / (loop steps x B)),
+loop step (decode time / loop steps), the decode steps' own tokens/s and its ratio to `ar`'s
+(`decode_vs_ar`: what speculation buys with admissions and host work left out) and the slot
+occupancy (requests' steps / (loop steps x B)),
 the GPU busy share (NVML utilisation sampled every 50 ms, when available), and how many
 completions equal `ar`'s at the same batch size and mode (float32: all must; bfloat16: near-ties
 may flip, except with --exact) and to `ar`'s at the first batch size listed (same prompt file
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                         gpu_busy=r["gpu_busy"],
                         steps=r.get("steps"),
                         step_ms=1e3 * timing["steps_s"] / r["steps"] if r.get("steps") else None,
+                        decode_tok_s=(
+                            r["new_tokens"] / timing["steps_s"] if timing.get("steps_s") else None
+                        ),
                         occupancy=occupancy(r, batch),
                         same_as_ar=same,
                         same_as_first_b_ar=same_first,
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for rec in rows:
         base = next(
             (
-                x["tok_s"]
+                x
                 for x in rows
                 if x["method"] == "ar"
                 and x["batch_size"] == rec["batch_size"]
@@ -243,9 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             ),
             None,
         )
-        rec["vs_ar"] = rec["tok_s"] / base if base else None
+        rec["vs_ar"] = rec["tok_s"] / base["tok_s"] if base else None
+        # the decode steps alone (admissions and host work left out): what speculation buys
+        both = base and rec["decode_tok_s"] and base["decode_tok_s"]
+        rec["decode_vs_ar"] = rec["decode_tok_s"] / base["decode_tok_s"] if both else None
     path = write_jsonl(records)
-    columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "mat", "latency_p50_s"]
+    columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "decode_vs_ar", "mat"]
+    columns += ["latency_p50_s"]
     columns += ["latency_p99_s", "prefill_share", "decode_share", "host_share", "gpu_busy"]
     columns += ["step_ms", "occupancy"]
     columns += ["same_as_ar", "same_as_first_b_ar"]
