@@ -435,16 +435,28 @@ class Engine:
         flags = host.tolist()
         return [bool(f) for f in flags[:B]], flags[B:]
 
+    def _read_rows(self, idx: torch.Tensor, stats: bool) -> list[tuple[list[int], list[int]]]:
+        """Slots `idx` in one host read (one sync, however many rows and fields): per row its
+        generated tokens and, with `stats`, [num_steps, accepted_hist.., source_counts..]."""
+        v = self._views
+        st = v.state
+        cols = [st.prompt_len[:, None], st.text_len[:, None]]
+        if stats:
+            cols += [v.num_steps[:, None], v.accepted_hist, v.source_counts]
+        width = sum(c.shape[1] for c in cols)
+        packed = torch.cat([*cols, st.text], dim=1).index_select(0, idx).cpu()
+        head, text = packed[:, :width].tolist(), packed[:, width:]
+        # only each row's generated slice becomes a Python list (a whole row is max_len tokens)
+        return [(text[i, h[0] : h[1]].tolist(), h[2:]) for i, h in enumerate(head)]
+
+    def _index(self, rows: list[int]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
     def read_tokens(self, rows: list[int]) -> list[list[int]]:
         """Tokens generated so far by the requests in slots `rows` (progress, streaming)."""
         if not rows:
             return []
-        st = self._views.state
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        text = st.text.index_select(0, idx).cpu()
-        start = st.prompt_len.index_select(0, idx).cpu().tolist()
-        stop = st.text_len.index_select(0, idx).cpu().tolist()
-        return [text[i, start[i] : stop[i]].tolist() for i in range(len(rows))]
+        return [toks for toks, _ in self._read_rows(self._index(rows), stats=False)]
 
     def collect(self, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
         """Tokens and statistics of the finished requests in slots `rows` (one host read of those
@@ -452,21 +464,19 @@ class Engine:
         if not rows:
             return []
         v = self._views
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        num_steps = v.num_steps.index_select(0, idx).cpu().tolist()
-        hist = v.accepted_hist.index_select(0, idx).cpu().tolist()
-        sources = v.source_counts.index_select(0, idx).cpu().tolist()
+        k = v.accepted_hist.shape[1]
         has_sources = self.drafter.last_source is not None
+        idx = self._index(rows)
         out = []
-        for i, toks in enumerate(self.read_tokens(rows)):
-            steps = num_steps[i]
+        for toks, counts in self._read_rows(idx, stats=True):
+            steps, sources = counts[0], counts[1 + k :]
             stat = RequestStats(
                 steps=steps,
                 generated=len(toks),
                 mat=len(toks) / steps if steps else 0.0,
                 tokens_per_s=0.0,
-                accepted_hist=hist[i],
-                sources={SOURCE_NAMES[s]: n for s, n in enumerate(sources[i]) if n and has_sources},
+                accepted_hist=counts[1 : 1 + k],
+                sources={SOURCE_NAMES[j]: n for j, n in enumerate(sources) if n and has_sources},
                 prefill_s=0.0,
                 decode_s=0.0,
             )
