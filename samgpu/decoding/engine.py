@@ -24,12 +24,12 @@ exponentials [B, V] each step from a device-side (seed, step) pair: replays draw
 and the same seed, prompts and batch composition give the same tokens.
 
 Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prompts into slots
-(their rows of every buffer reset, prompt[:-1] through the runner into the KV cache by
-samgpu.decoding.prefill, the last prompt token as the first root; DESIGN "the root is not in the
-cache") and calls `drafter.start`; `read_flags()` is the one host read of the loop (finished
-flags and lengths, through pinned memory); `collect(rows)` reads finished requests' tokens and
-statistics and calls `drafter.finish`. Statistics (steps, accepted-length histogram, draft
-sources) accumulate on the GPU per slot.
+(their rows of every buffer reset, prompt[:-1] into the KV cache by samgpu.decoding.prefill, the
+last prompt token as the first root; DESIGN "the root is not in the cache") and calls
+`drafter.start`; `read_flags()` is the one host read of the loop (finished flags and lengths,
+through pinned memory); `collect(rows)` reads the finished requests' tokens and statistics (steps,
+accepted-length histogram, draft sources: accumulated per slot on the GPU) in one copy and calls
+`drafter.finish`.
 
 Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step()
 """
@@ -78,10 +78,8 @@ class Engine:
             raise ValueError(
                 f"max_len={max_len} must be >= drafter.max_nodes + 2 = {num_nodes + 2}"
             )
-        self.runner = runner
-        self.drafter = drafter
-        self.max_reqs = max_reqs
-        self.max_len = max_len
+        self.runner, self.drafter = runner, drafter
+        self.max_reqs, self.max_len = max_reqs, max_len
         self.device = torch.device(runner.device)
         self.num_nodes = num_nodes
         self.k_slots = max_depth + 1
@@ -185,9 +183,7 @@ class Engine:
             self._warm.clear()
         eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
         self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
-        seed = config.seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)))
+        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)))
         self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
         self._config = config
         self.set_width(width)
@@ -438,8 +434,7 @@ class Engine:
     def _read_rows(self, idx: torch.Tensor, stats: bool) -> list[tuple[list[int], list[int]]]:
         """Slots `idx` in one host read (one sync, however many rows and fields): per row its
         generated tokens and, with `stats`, [num_steps, accepted_hist.., source_counts..]."""
-        v = self._views
-        st = v.state
+        v, st = self._views, self._views.state
         cols = [st.prompt_len[:, None], st.text_len[:, None]]
         if stats:
             cols += [v.num_steps[:, None], v.accepted_hist, v.source_counts]
@@ -449,24 +444,18 @@ class Engine:
         # only each row's generated slice becomes a Python list (a whole row is max_len tokens)
         return [(text[i, h[0] : h[1]].tolist(), h[2:]) for i, h in enumerate(head)]
 
-    def _index(self, rows: list[int]) -> torch.Tensor:
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
-
     def read_tokens(self, rows: list[int]) -> list[list[int]]:
         """Tokens generated so far by the requests in slots `rows` (progress, streaming)."""
-        if not rows:
-            return []
-        return [toks for toks, _ in self._read_rows(self._index(rows), stats=False)]
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        return [toks for toks, _ in self._read_rows(idx, stats=False)] if rows else []
 
     def collect(self, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
         """Tokens and statistics of the finished requests in slots `rows` (one host read of those
         rows), then `drafter.finish` for them. Timing fields are left to the scheduler."""
         if not rows:
             return []
-        v = self._views
-        k = v.accepted_hist.shape[1]
-        has_sources = self.drafter.last_source is not None
-        idx = self._index(rows)
+        v, idx = self._views, torch.tensor(rows, dtype=torch.long, device=self.device)
+        k, has_sources = v.accepted_hist.shape[1], self.drafter.last_source is not None
         out = []
         for toks, counts in self._read_rows(idx, stats=True):
             steps, sources = counts[0], counts[1 + k :]
