@@ -758,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype = "fp32"
     elif not torch.cuda.is_available():
         ap.error("needs a CUDA device (or --smoke)")
+    if "tree" in args.sections and not geometries(args):
+        ap.error("the tree sweep has no geometry: --heads / --batches / --nodes select none")
     bench = Bench(args)
     print(hardware_line())
     t0 = time.perf_counter()

@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         ap.error(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+    if args.limit < 1:
+        ap.error(f"--limit must be >= 1 (prompts in the mixed file), got {args.limit}")
 
     records, rows = [], []
     first_ar: dict[str, list[str]] = {}  # mode -> ar's completions at the first batch size

@@ -162,8 +162,7 @@ class Prefiller:
         self.cache = cache
         self.with_hidden = with_hidden
         self.use_graphs = use_graphs and runner.device.type == "cuda"
-        packs = bool(getattr(runner, "packs_prompts", False))
-        if pack and not packs:
+        if pack and not getattr(runner, "packs_prompts", False):
             raise ValueError(f"Prefiller: {type(runner).__name__} does not pack prompts here")
         self.pack = packs_by_default(runner, cache.k.shape[1]) if pack is None else pack
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
