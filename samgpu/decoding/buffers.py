@@ -61,3 +61,19 @@ class StepViews:
     num_steps: torch.Tensor  # [B] int32; live steps
     accepted_hist: torch.Tensor  # [B, K] int32
     source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
+
+    def load_rows(self, index: torch.Tensor, text: torch.Tensor, lens: torch.Tensor, budget: int):
+        """New requests in slots `index`: their text [n, max_len] (the prompts, padded) and
+        lengths [n]; roots = last prompt tokens; budgets; counters and last step's output reset;
+        not finished."""
+        st = self.state
+        st.text.index_copy_(0, index, text)
+        st.text_len.index_copy_(0, index, lens)
+        st.prompt_len.index_copy_(0, index, lens)
+        st.root.index_copy_(0, index, text.gather(1, (lens - 1).long()[:, None])[:, 0])
+        st.max_new_tokens.index_fill_(0, index, budget)
+        for t in (st.num_generated, self.num_steps, self.accepted_hist, self.source_counts):
+            t.index_fill_(0, index, 0)
+        self.step.num_new.index_fill_(0, index, 0)
+        self.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
+        st.finished.index_fill_(0, index, False)

@@ -38,6 +38,11 @@ class GenerationConfig:
     # all. Off by default (torch's thread count is global to the process); the CLI turns it on
     # when it chooses the threads itself (no --threads, no OMP_NUM_THREADS).
     adaptive_threads: bool = False
+    # Continuous batching: a refill beside live slots is prefilled during their next window of
+    # steps (on a second stream) and joins at the check after it, instead of stalling them for
+    # the prefill (samgpu.decoding.scheduler). None: where it runs beside them (a CUDA engine that
+    # defers prefills); True also on a CPU, where it runs in turn (tests).
+    overlap_admissions: bool | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -60,6 +65,33 @@ class GenerationConfig:
     @property
     def is_sampling(self) -> bool:
         return self.temperature > 0
+
+    def check_prompts(
+        self, prompts: list[list[int]], *, vocab_size: int, max_len: int, num_nodes: int
+    ) -> None:
+        """Host checks of a call's prompts for an engine of `max_len` tokens per slot drafting
+        `num_nodes`: non-empty, ids in the vocabulary, prompt + max_new_tokens + draft nodes
+        within max_len; EOS ids in range."""
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            lo, hi = min(p), max(p)
+            if lo < 0 or hi >= vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"prompt {i} has token id {bad} outside the vocabulary [0, {vocab_size})"
+                )
+            need = len(p) + self.max_new_tokens + num_nodes
+            if need > max_len:
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + max_new_tokens {self.max_new_tokens}"
+                    f" + {num_nodes} draft nodes = {need} exceeds max_len={max_len}; "
+                    "shorten the prompt, lower max_new_tokens or build the decoder with a larger "
+                    "max_len"
+                )
+        for t in self.eos_token_ids:
+            if not 0 <= t < vocab_size:
+                raise ValueError(f"eos token id {t} outside the vocabulary [0, {vocab_size})")
 
     def steps_per_check(self, device: torch.device, width: int) -> int:
         """check_every, or its default for `width` slots on `device`: CHECK_EVERY, but 1 for one

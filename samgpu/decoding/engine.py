@@ -19,17 +19,14 @@ warm-up; it is a real step), the second is captured as ONE graph of the whole st
 step replays it. The mode holds the sampling parameters (temperature, top_k, top_p), which are
 baked into the graph; EOS ids live in a fixed-size device buffer, so they are not.
 
-Randomness (sampling): `draw_randoms` (kernels/randoms.py) fills uniforms [B, N] and
-exponentials [B, V] each step from a device-side (seed, step) pair: replays draw fresh numbers,
-and the same seed, prompts and batch composition give the same tokens.
+Randomness (sampling): `draw_randoms` (kernels/randoms.py) draws from a device-side (seed, step)
+pair: replays draw fresh numbers; the same seed, prompts and batch composition, the same tokens.
 
 Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prompts into slots
-(their rows of every buffer reset, prompt[:-1] into the KV cache by samgpu.decoding.prefill, the
-last prompt token as the first root; DESIGN "the root is not in the cache") and calls
-`drafter.start`; `read_flags()` is the one host read of the loop (finished flags and lengths,
-through pinned memory); `collect(rows)` reads the finished requests' tokens and statistics (steps,
-accepted-length histogram, draft sources: accumulated per slot on the GPU) in one copy and calls
-`drafter.finish`.
+(rows of every buffer reset, prompt[:-1] into the KV cache by samgpu.decoding.prefill, the last
+token as the first root, `drafter.start`), or in two halves beside live slots (`begin_prefill`,
+`end_prefill`); `read_flags()` is the loop's one host read (finished flags and lengths, pinned);
+`collect(rows)` reads finished requests' tokens and statistics in one copy, `drafter.finish`.
 
 Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step()
 """
@@ -127,6 +124,7 @@ class Engine:
         self._graph_pool = None
         self._config = GenerationConfig()
         self._views = self._make_views(1, True)
+        self._landing = None  # begin_prefill's (rows, prompts, Landing) until end_prefill
 
     # ------------------------------------------------------------------ set-up per call
 
@@ -145,28 +143,9 @@ class Engine:
         return list(self._graphs)
 
     def validate(self, prompts: list[list[int]], config: GenerationConfig) -> None:
-        """Host checks of a call's prompts (the one place they are made): non-empty, ids in the
-        vocabulary, prompt + max_new_tokens + draft nodes within max_len; EOS ids in range."""
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
-            lo, hi = min(p), max(p)
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"prompt {i} has token id {bad} outside the vocabulary [0, {self.vocab_size})"
-                )
-            need = len(p) + config.max_new_tokens + self.num_nodes
-            if need > self.max_len:
-                raise ValueError(
-                    f"prompt {i}: {len(p)} prompt tokens + max_new_tokens {config.max_new_tokens}"
-                    f" + {self.num_nodes} draft nodes = {need} exceeds max_len={self.max_len}; "
-                    "shorten the prompt, lower max_new_tokens or build the decoder with a larger "
-                    "max_len"
-                )
-        for t in config.eos_token_ids:
-            if not 0 <= t < self.vocab_size:
-                raise ValueError(f"eos token id {t} outside the vocabulary [0, {self.vocab_size})")
+        """Host checks of a call's prompts (the one place they are made; config.check_prompts)."""
+        limits = dict(vocab_size=self.vocab_size, max_len=self.max_len, num_nodes=self.num_nodes)
+        config.check_prompts(prompts, **limits)
 
     def configure(self, config: GenerationConfig, width: int) -> None:
         """Per-call device settings (EOS ids, sampling seed and buffers) and the batch width B."""
@@ -262,45 +241,69 @@ class Engine:
         """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
         prefill prompt[:-1] into the KV cache, set the root to the last prompt token, then
         `drafter.start`. Other slots are not touched. False when it also captured, like `step`."""
+        index, text, lens, load = self._loader(rows, prompts)
+        # the runner embeds the padding too (right padding, never attended to): any valid id
+        input_ids = text[:, : max(map(len, prompts)) - 1].clamp(min=0).contiguous()
+        args = (rows, index, input_ids, lens - 1, [p[:-1] for p in prompts])
+        if self.drafter.needs_hidden:  # its start reads the prompts' hidden states
+            clean, hidden = self._prefiller(*args)
+            load(hidden)
+        else:  # independent of the prefill: beside it (Prefiller: a second stream with graphs)
+            clean, _ = self._prefiller(*args, beside=load)
+        return clean
+
+    @property
+    def defers_prefill(self) -> bool:  # admissions can come in two halves (begin / end_prefill)
+        return self._prefiller.defers
+
+    def begin_prefill(self, rows: list[int], prompts: list[list[int]]) -> int:
+        """The first half of an admission beside live slots: the prefill of the first prompts
+        that fit one call (their count is returned), with graphs on a second stream beside the
+        steps that follow (these slots stay finished); `end_prefill` loads them. One at a time."""
+        self._check_rows(rows, prompts)
+        if self._landing is not None:
+            raise RuntimeError("begin_prefill: an admission is pending (end_prefill first)")
+        landing = self._prefiller.launch(rows, [p[:-1] for p in prompts])
+        self._landing = (rows[: landing.count], prompts[: landing.count], landing)
+        return landing.count
+
+    def end_prefill(self) -> list[int]:
+        """The second half: the pending prompts' K/V into their slots, then as in `prefill` (rows
+        reset, roots, drafter.start), on the current stream. Returns their rows ([]: none)."""
+        if self._landing is None:
+            return []
+        rows, prompts, landing = self._landing
+        self._landing = None
+        load = self._loader(rows, prompts)[3]  # (its uploads before the landing's wait)
+        load(landing.land())
+        return rows
+
+    def _check_rows(self, rows: list[int], prompts: list[list[int]]) -> None:
         if len(rows) != len(prompts) or not prompts:
             raise ValueError(f"prefill: {len(rows)} rows for {len(prompts)} prompts")
         if len(set(rows)) != len(rows) or min(rows) < 0 or max(rows) >= self.width:
             raise ValueError(f"prefill: rows {rows} must be distinct slots below {self.width}")
+
+    def _loader(self, rows: list[int], prompts: list[list[int]]):
+        """(index, text [n, max_len], lens [n] on the device, load(hidden)): load resets the rows
+        of every buffer (StepViews.load_rows) and calls drafter.start."""
+        self._check_rows(rows, prompts)
         v, dev, n = self._views, self.device, len(prompts)
-        st = v.state
         index = torch.tensor(rows, dtype=torch.long, device=dev)
-        lengths = [len(p) for p in prompts]
-        width = max(lengths) - 1
         text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
         for i, p in enumerate(prompts):
             text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
         text = text.to(dev)
-        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
-        # the runner embeds the padding too (right padding, never attended to): any valid id
-        input_ids = text[:, :width].clamp(min=0).contiguous()
+        lens = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
 
-        def reset_and_start(hidden: torch.Tensor | None = None) -> None:
-            st.text.index_copy_(0, index, text)
-            st.text_len.index_copy_(0, index, lens)
-            st.prompt_len.index_copy_(0, index, lens)
-            st.root.index_copy_(0, index, text.gather(1, (lens - 1).long()[:, None])[:, 0])
-            st.max_new_tokens.index_fill_(0, index, self._config.max_new_tokens)
-            for t in (st.num_generated, v.num_steps, v.accepted_hist, v.source_counts):
-                t.index_fill_(0, index, 0)
-            v.step.num_new.index_fill_(0, index, 0)
-            v.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
-            st.finished.index_fill_(0, index, False)
+        def load(hidden: torch.Tensor | None = None) -> None:
+            v.load_rows(index, text, lens, self._config.max_new_tokens)
             started = torch.zeros(self.width, dtype=torch.int32, device=dev)
             started.index_copy_(0, index, lens)
-            self.drafter.start(st, NewRequests(index, started, max(lengths), hidden))
+            longest = max(map(len, prompts))
+            self.drafter.start(v.state, NewRequests(index, started, longest, hidden))
 
-        args = (rows, index, input_ids, lens - 1, [p[:-1] for p in prompts])
-        if self.drafter.needs_hidden:  # its start reads the prompts' hidden states
-            clean, hidden = self._prefiller(*args)
-            reset_and_start(hidden)
-        else:  # independent of the prefill: beside it (Prefiller: a second stream with graphs)
-            clean, _ = self._prefiller(*args, beside=reset_and_start)
-        return clean
+        return index, text, lens, load
 
     # ------------------------------------------------------------------ the step
 
@@ -472,8 +475,6 @@ class Engine:
             out.append((toks, stat))
         self.drafter.finish(v.state, idx)
         return out
-
-    # ------------------------------------------------------------------ measuring
 
     def profile_stages(
         self, prompts: list[list[int]], config: GenerationConfig, max_steps: int = 32

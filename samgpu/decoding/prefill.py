@@ -20,17 +20,19 @@ bucket (powers of two), a CUDA graph of the runner's prefill into a persistent s
 replays, and the scratch rows are copied into the slots. Why graphs: an eager prefill is ~300
 kernel launches, ~20 ms of host time on an H200 whatever the prompts' length
 (profiling/profile_step.py), which at batch 1 is the whole prefill and in a refill stalls every
-live slot; a replay is one launch. Why sorted calls: a bucket's padding is computed
-like real tokens, so one call for a long prompt and eight short ones pads the short ones to the
-long one's width; `plan_calls` cuts the sorted prompts where the padding saved outweighs a call's
-fixed cost (CALL_TOKENS). Buckets are captured at warm-up (`warm_up`) or on first use.
-Without graphs (CPU, or graphs off): one eager prefill per group of at most MAX_TOKENS tokens
-(bounding activation memory), in place through a view when the slots are consecutive rows (a new
-batch), else into a scratch cache copied into the slots.
-Pad rows (length 0) and pad columns are computed and ignored: attention never looks past a
-row's length, and only the admitted rows are copied.
-With `with_hidden` (a drafter that needs the prompt's hidden states, e.g. an EAGLE head) each call
+live slot; a replay is one launch. Why sorted calls: a bucket's padding is computed like real
+tokens (one long prompt would pad eight short ones to its width); `plan_calls` cuts the sorted
+prompts where the padding saved outweighs a call's fixed cost (CALL_TOKENS). Buckets are captured
+at warm-up (`warm_up`) or on first use. Without graphs (CPU, or graphs off): one eager prefill
+per group of at most MAX_TOKENS tokens, in place through a view when the slots are consecutive
+rows (a new batch), else into a scratch cache copied into the slots. Pad rows and columns are
+computed and ignored (attention never looks past a row's length; only admitted rows are copied).
+With `with_hidden` (a drafter that reads the prompts' hidden states, e.g. an EAGLE head) a call
 also returns the runner's last hidden states of prompt[:-1], [n, W, H] (row i: rows[i]).
+
+In two halves (`launch`, then `Landing.land`; packed graph calls and eager calls, `defers`): the
+prefill into the scratch, with graphs on a second stream beside the live slots' decode steps,
+then the move into the slots at the next host check (the scheduler's overlapped admissions).
 
 Example: prompts of 40, 90, 200 and 1,900 tokens into slots [5, 9, 12, 13]. Padded: one call for
 the first three (bucket: 4 rows x 256 columns) and one for the last (1 x 2,048), instead of a
@@ -39,8 +41,10 @@ single call of 4 x 2,048. Packed: one call of 2,230 tokens (bucket 3,072 columns
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -145,6 +149,28 @@ def packs_by_default(runner, slots: int) -> bool:
     return packs and runner.device.type == "cuda" and slots > 1
 
 
+@dataclass
+class _Packed:
+    """A packed call on its way (Prefiller._packed_call): its inputs, width, tokens, the scratch
+    it fills and the pinned host copy of its inputs (alive until the copy is done)."""
+
+    meta: torch.Tensor
+    width: int
+    total: int
+    scratch: KVCache
+    hidden: torch.Tensor | None
+    host: torch.Tensor
+
+
+@dataclass
+class Landing:
+    """After Prefiller.launch: `land()` moves the `count` prompts' K/V into their slots (current
+    stream, after the launch's work), sets cache_len; returns hidden states with `with_hidden`."""
+
+    count: int
+    land: Callable[[], torch.Tensor | None]
+
+
 class Prefiller:
     """Writes new requests' prompts into the engine's cache; see the module docstring."""
 
@@ -210,7 +236,7 @@ class Prefiller:
         host_lengths = [len(p) for p in prompts]
         if width > 0 and self.pack:
             for call in plan_packs(host_lengths, self.capacity):
-                self._packed_call(call, rows, prompts, hidden)
+                self._land_packed(self._packed_call(call, rows, prompts), hidden)
         elif width > 0 and self.use_graphs:
             calls = plan_calls(host_lengths, self._graph_rows, cache.max_len)
             for call in calls:
@@ -239,17 +265,89 @@ class Prefiller:
         if beside is not None and ready is None:
             beside()
         elif beside is not None:
-            if self._side is None:
-                self._side = torch.cuda.Stream(device=cache.k.device)
-            self._side.wait_event(ready)
-            with torch.cuda.stream(self._side):
+            side = self._side_stream()
+            side.wait_event(ready)
+            with torch.cuda.stream(side):
                 beside()
-            main.wait_stream(self._side)
+            main.wait_stream(side)
         return len(self._graphs) == captures, hidden
 
-    def _packed_call(self, call, rows, prompts, hidden) -> None:
-        """The prompts `call` (indices into prompts / rows) in one packed prefill, their K/V (and
-        hidden states) scattered into their slots.
+    @property
+    def defers(self) -> bool:
+        """Whether `launch` can compute an admission apart from landing it: packed graph calls
+        (the scratch row is the launch's own until it lands) and eager calls (a scratch cache of
+        their own); not padded graph calls (several calls share the scratch rows)."""
+        return self.pack or not self.use_graphs
+
+    def launch(self, rows: list[int], prompts: list[list[int]]) -> Landing:
+        """The first half of an admission (`defers`; prompt[:-1] per slot in `rows`): the prefill
+        of the first prompts that fit one call (packed: `capacity` tokens, eager: MAX_TOKENS
+        padded; at least one) into the scratch; with graphs on a second stream, after what the
+        current stream held (the last landing read the scratch) and beside what it runs next
+        (the decode steps of the live slots). The cache is not touched until `land`."""
+        if not self.defers:
+            raise RuntimeError("Prefiller.launch: padded graph calls do not defer (defers)")
+        count, used, longest, limit = 0, 0, 0, self.capacity if self.pack else MAX_TOKENS
+        for p in prompts:  # packed: tokens; eager: padded tokens
+            used, longest = used + len(p), max(longest, len(p))
+            if count and (used if self.pack else (count + 1) * longest) > limit:
+                break
+            count += 1
+        rows, prompts = rows[:count], prompts[:count]
+        width = max(map(len, prompts))
+        dev, r = self.cache.k.device, self.runner
+        # (device tensors made at landing: a pageable upload here would wait for the stream)
+        host_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
+        hidden_shape = (count, width, r.hidden_size) if self.with_hidden else None
+        eager_hidden = None
+        move_in: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
+        if width > 0 and not self.pack:  # eager, on the current stream
+            ids = torch.zeros(count, width, dtype=torch.int32)
+            for i, p in enumerate(prompts):
+                ids[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
+            scratch = r.allocate_cache(count, width)
+            extra = {}
+            if hidden_shape is not None:
+                eager_hidden = torch.zeros(hidden_shape, dtype=r.dtype, device=dev)
+                extra["hidden_out"] = eager_hidden
+            r.prefill(ids.to(dev), host_lengths.to(dev), scratch, **extra)
+
+            def move_in(index, hidden) -> None:
+                self._copy_in(index, scratch, count, width)
+
+        elif width > 0:
+            side = self._side_stream() if self.use_graphs else None
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                packed = self._packed_call(list(range(count)), rows, prompts)
+                done = side.record_event() if side is not None else None
+
+            def move_in(index, hidden) -> None:
+                if done is not None:
+                    torch.cuda.current_stream(dev).wait_event(done)
+                self._land_packed(packed, hidden)
+
+        def land() -> torch.Tensor | None:
+            index = torch.tensor(rows, dtype=torch.long, device=dev)
+            hidden = eager_hidden
+            if hidden is None and hidden_shape is not None:
+                hidden = torch.zeros(hidden_shape, dtype=r.dtype, device=dev)
+            if move_in is not None:
+                move_in(index, hidden)
+            self.cache.cache_len.index_copy_(0, index, host_lengths.to(dev))
+            return hidden
+
+        return Landing(count, land)
+
+    def _side_stream(self) -> torch.cuda.Stream:
+        if self._side is None:
+            self._side = torch.cuda.Stream(device=self.cache.k.device)
+        return self._side
+
+    def _packed_call(self, call, rows, prompts) -> _Packed:
+        """The prompts `call` (indices into prompts / rows) in one packed prefill into the
+        scratch row; `_land_packed` then moves them into their slots.
         Everything the call reads is built on the host and sent in one pinned, non-blocking copy
         (a pageable copy waits for the stream), int32, for `width` columns (the bucket; eager:
         total): the packed tokens (tail: zeros), their segment starts (tail: one token per
@@ -257,7 +355,7 @@ class Prefiller:
         index in `hidden` viewed flat. With graphs the copy lands in the static buffer the graph
         of `width` reads: the host work before the replay is this one copy (a one-prompt
         admission's critical path on the H200's host, where every torch call costs ~20-70 us)."""
-        cache, runner = self.cache, self.runner
+        runner = self.runner
         sizes = np.array([len(prompts[i]) for i in call])
         total = int(sizes.sum())
         width = pack_bucket(total, self.capacity) if self.use_graphs else total
@@ -272,8 +370,8 @@ class Prefiller:
             np.repeat([rows[i] for i in call], sizes),
             col,
         ]
-        if hidden is not None:
-            parts.append(np.repeat(np.array(call) * hidden.shape[1], sizes) + col)
+        if self.with_hidden:  # (hidden [n, W, H] is sized by the admission's longest prompt)
+            parts.append(np.repeat(np.array(call) * max(map(len, prompts)), sizes) + col)
         host = torch.from_numpy(np.concatenate(parts).astype(np.int32, copy=False))
         if runner.device.type == "cuda":
             host = host.pin_memory()
@@ -285,24 +383,25 @@ class Prefiller:
             if graph is None:
                 graph = self._capture(1, width)
             graph.replay()
-            scratch, out = self._scratch, self._hidden
-        else:
-            meta = host.to(runner.device)
-            ids, segment_start, lengths = self._graph_inputs(meta, width)
-            scratch = runner.allocate_cache(1, total)
-            out = None
-            extra = {}
-            if hidden is not None:
-                shape = (1, total, runner.hidden_size)
-                out = torch.empty(shape, dtype=runner.dtype, device=runner.device)
-                extra["hidden_out"] = out
-            runner.prefill(ids, lengths, scratch, segment_start=segment_start, **extra)
-        lo = 2 * width + 1
-        slot, col = meta[lo : lo + total], meta[lo + total : lo + 2 * total]
-        kv_scatter(scratch.k, scratch.v, cache.k, cache.v, slot, col, total)
+            return _Packed(meta, width, total, self._scratch, self._hidden, host)
+        meta = host.to(runner.device)
+        ids, segment_start, lengths = self._graph_inputs(meta, width)
+        scratch = runner.allocate_cache(1, total)
+        extra = {}
+        if self.with_hidden:
+            shape = (1, total, runner.hidden_size)
+            extra["hidden_out"] = torch.empty(shape, dtype=runner.dtype, device=runner.device)
+        runner.prefill(ids, lengths, scratch, segment_start=segment_start, **extra)
+        return _Packed(meta, width, total, scratch, extra.get("hidden_out"), host)
+
+    def _land_packed(self, p: _Packed, hidden: torch.Tensor | None) -> None:
+        """A packed call's K/V (and hidden states) from its scratch into the slots."""
+        lo = 2 * p.width + 1
+        slot, col = p.meta[lo : lo + p.total], p.meta[lo + p.total : lo + 2 * p.total]
+        kv_scatter(p.scratch.k, p.scratch.v, self.cache.k, self.cache.v, slot, col, p.total)
         if hidden is not None:
-            flat = meta[lo + 2 * total : lo + 3 * total].long()
-            hidden.view(-1, hidden.shape[-1]).index_copy_(0, flat, out[0, :total])
+            flat = p.meta[lo + 2 * p.total : lo + 3 * p.total].long()
+            hidden.view(-1, hidden.shape[-1]).index_copy_(0, flat, p.hidden[0, : p.total])
 
     @staticmethod
     def _graph_inputs(meta: torch.Tensor, width: int):

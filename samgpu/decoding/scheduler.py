@@ -112,6 +112,7 @@ class _Slot:
     prefill_s: float
     decode_start: float  # perf_counter at the end of its admission
     queued_s: float  # from the call's start to its admission
+    pending: bool = False  # its prefill runs beside the live slots (overlapped admission)
 
 
 class Scheduler:
@@ -169,6 +170,14 @@ class Scheduler:
             and engine.can_skip_drafts
             and not (config.is_sampling and config.seed is not None)
         )
+        overlap = config.overlap_admissions
+        if overlap is None:
+            overlap = engine.device.type == "cuda"
+        overlap = overlap and config.continuous and engine.defers_prefill
+        launch_s = 0.0  # host time of the pending admission's launch
+
+        def is_live(b: int) -> bool:
+            return slots[b] is not None and not slots[b].pending
 
         def admit() -> list[int]:
             """Prefill waiting prompts into free slots; returns the slots filled."""
@@ -184,6 +193,9 @@ class Scheduler:
                 free = list(range(new_width))
             rows = free[: len(waiting)]
             if not rows or not refill.should_refill(len(free), len(slots)):
+                return []
+            if overlap and any(map(is_live, range(len(slots)))):
+                launch(rows)
                 return []
             requests = [waiting.popleft() for _ in rows]
             sync()
@@ -201,6 +213,35 @@ class Scheduler:
                 slots[b] = _Slot(r, steps, t_end - t_start, t_end, t_start - t0)
             return rows
 
+        def launch(rows: list[int]) -> None:
+            """The first half of an overlapped admission: the prefill beside the next window."""
+            nonlocal launch_s
+            t_start = time.perf_counter()
+            requests = [waiting.popleft() for _ in rows]
+            with mode():
+                count = engine.begin_prefill(rows, [prompts[r] for r in requests])
+            waiting.extendleft(reversed(requests[count:]))  # (did not fit one call)
+            for b, r in zip(rows[:count], requests[:count], strict=True):
+                slots[b] = _Slot(r, steps, 0.0, 0.0, t_start - t0, pending=True)
+            launch_s = time.perf_counter() - t_start
+            run.prefill_s += launch_s
+
+        def land() -> list[int]:
+            """The second half, at the next check: the pending prompts join the batch. Their
+            prefill_s: the launch's host time and the landing's (what stalled the others)."""
+            sync()
+            t_start = time.perf_counter()
+            with mode():
+                rows = engine.end_prefill()
+            sync()
+            t_end = time.perf_counter()
+            run.prefill_s += t_end - t_start
+            refill.record_prefill(launch_s + t_end - t_start)
+            for b in rows:
+                slots[b].pending, slots[b].start_step = False, steps
+                slots[b].prefill_s, slots[b].decode_start = launch_s + t_end - t_start, t_end
+            return rows
+
         admit()
         check_every = config.steps_per_check(engine.device, len(slots))
         emitted = 0  # tokens emitted so far: finished requests' and live ones' (at the last check)
@@ -209,7 +250,7 @@ class Scheduler:
             window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
             speculate = policy.choose()
             engine.set_speculate(speculate)
-            live_at_start = sum(s is not None for s in slots)
+            live_at_start = sum(map(is_live, range(len(slots))))
             t_launch = time.perf_counter()
             clean = True
             with mode(), threads.window(speculate) as all_threads:
@@ -221,7 +262,7 @@ class Scheduler:
             run.steps_s += t_read - t_launch
             if clean:
                 refill.record_window(t_read - t_launch)
-            live_now = sum(num_generated[b] for b, s in enumerate(slots) if s is not None)
+            live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
             tokens_in_window = done_tokens + live_now - emitted
             seconds = t_read - t_launch
             policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
@@ -230,7 +271,7 @@ class Scheduler:
             ended = [
                 b
                 for b, s in enumerate(slots)
-                if s is not None and (finished[b] or steps - s.start_step >= config.max_new_tokens)
+                if is_live(b) and (finished[b] or steps - s.start_step >= config.max_new_tokens)
             ]
             if ended:
                 now = time.perf_counter()
@@ -248,16 +289,14 @@ class Scheduler:
                     slots[b] = None
                     if on_finish is not None:
                         on_finish(slot.request, toks, stat)
+            admitted = set(land()) if any(s is not None and s.pending for s in slots) else set()
             if waiting and any(s is None for s in slots):
-                admitted = set(admit())  # these start at 0 tokens: no second flag read
-                num_generated = [
-                    0 if b in admitted else num_generated[b] for b in range(len(slots))
-                ]
-            emitted = done_tokens + sum(
-                num_generated[b] for b, s in enumerate(slots) if s is not None
-            )
+                admitted.update(admit())
+            # admitted rows start at 0 tokens: no second flag read
+            num_generated = [0 if b in admitted else n for b, n in enumerate(num_generated)]
+            emitted = done_tokens + sum(num_generated[b] for b in range(len(slots)) if is_live(b))
             if on_progress is not None:
-                live = [b for b, s in enumerate(slots) if s is not None]
+                live = [b for b in range(len(slots)) if is_live(b)]
                 on_progress(
                     ProgressInfo(
                         request_ids=[slots[b].request for b in live],

@@ -101,6 +101,84 @@ def test_packed_graphs_equal_padded_graphs(runner, rows, sizes):
     assert_same_admission(got, want, got_hidden, want_hidden, rows, sizes, rows)
 
 
+def launch_and_land(runner, pack, rows, prompts, capacity=None, graphs=False):
+    """A fresh cache (marker-filled) after Prefiller.launch, a snapshot of it before the landing,
+    then Landing.land. Returns (cache, snapshot, hidden, count)."""
+    cache = runner.allocate_cache(MAX_REQS, MAX_LEN)
+    cache.k.fill_(7.0)
+    cache.v.fill_(7.0)
+    prefiller = Prefiller(runner, cache, use_graphs=graphs, with_hidden=True, pack=pack)
+    if graphs:
+        prefiller.warm_up()
+    if capacity is not None:
+        prefiller.capacity = capacity
+    landing = prefiller.launch(rows, [p[:-1] for p in prompts])
+    if graphs:
+        torch.cuda.synchronize()
+    snapshot = (cache.k.clone(), cache.v.clone(), cache.cache_len.clone())
+    hidden = landing.land()
+    return cache, snapshot, hidden, landing.count
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize(
+    "rows, sizes, capacity, count",
+    [
+        ([4, 1, 2], [9, 30, 2], None, 3),
+        ([0, 5, 3, 2], [17, 1, 40, 25], 48, 2),  # packed: 16 + 0 tokens, then 39 do not fit
+        ([3, 1], [1, 1], None, 2),  # one-token prompts: nothing to compute
+    ],
+)
+def test_launch_then_land_equals_one_admission(runner, pack, rows, sizes, capacity, count):
+    """An admission in two halves (the scheduler's overlapped refills): launch takes the prompts
+    that fit one call and leaves the cache alone; land leaves what a one-call admission of those
+    prompts leaves (K/V, cache_len, hidden states)."""
+    prompts = prompts_of(sizes, seed=2)
+    got, before, hidden, taken = launch_and_land(runner, pack, rows, prompts, capacity)
+    assert taken == (count if pack else len(rows))
+    assert (before[0] == 7.0).all() and (before[1] == 7.0).all() and (before[2] == 0).all()
+    want, want_hidden = admit(runner, False, rows[:taken], prompts[:taken], with_hidden=True)
+    sizes = sizes[:taken]
+    assert_same_admission(got, want, hidden, want_hidden, rows[:taken], sizes, range(MAX_REQS))
+
+
+def test_negative_control_a_landing_that_moves_nothing_differs(runner, monkeypatch):
+    """The comparison above sees a landing that leaves the K/V in the scratch."""
+    monkeypatch.setattr(Prefiller, "_land_packed", lambda self, packed, hidden: None)
+    prompts = prompts_of([9, 30], seed=2)
+    got, _, _, _ = launch_and_land(runner, True, [1, 4], prompts)
+    want, _ = admit(runner, False, [1, 4], prompts)
+    assert torch.equal(got.cache_len, want.cache_len)
+    assert not torch.allclose(got.k[:, 4, :, :29], want.k[:, 4, :, :29])
+
+
+def test_padded_graph_calls_do_not_launch(runner):
+    """Padded graph calls share the scratch rows: no two-half admissions (defers is False)."""
+    cache = runner.allocate_cache(2, 16)
+    prefiller = Prefiller(runner, cache, use_graphs=False, pack=False)
+    assert prefiller.defers
+    prefiller.use_graphs = True  # (as on CUDA)
+    assert not prefiller.defers
+    with pytest.raises(RuntimeError, match="do not defer"):
+        prefiller.launch([0], [[1, 2]])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="prefill graphs need a CUDA device")
+def test_launch_on_a_second_stream_then_land_on_cuda(runner):
+    """With graphs: the launch replays on the second stream; the landing waits for it."""
+    import copy
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cuda_runner = make_runner(copy.deepcopy(runner.model).to("cuda"), prefer="fast")
+    rows, sizes = [4, 1, 2], [9, 30, 2]
+    prompts = prompts_of(sizes, seed=5)
+    got, before, hidden, taken = launch_and_land(cuda_runner, True, rows, prompts, graphs=True)
+    assert taken == 3 and (before[0] == 7.0).all() and (before[2] == 0).all()
+    want, want_hidden = admit(cuda_runner, False, rows, prompts, with_hidden=True, graphs=True)
+    assert_same_admission(got, want, hidden, want_hidden, rows, sizes, rows)
+
+
 def test_negative_control_packing_without_segments_differs(runner, monkeypatch):
     """The same call with every token in one segment (prompts attending to the earlier ones) must
     fail the comparison above: the test sees what packing without segments would do."""

@@ -1,0 +1,113 @@
+"""Overlapped admissions (GenerationConfig.overlap_admissions; samgpu.decoding.scheduler): with
+continuous batching, a refill beside live slots is prefilled during their next window and joins
+at the check after it (Engine.begin_prefill / end_prefill). On a CPU it runs in turn (forced on
+here); the outputs must still equal the toy's greedy continuation token for token."""
+
+from __future__ import annotations
+
+import pytest
+
+from samgpu.decoding.config import GenerationConfig
+from samgpu.factory import build_decoder
+from tests.decoding.test_loop import MANY, ToyRunner, _test_decoder, reference_greedy
+
+
+def _counted(monkeypatch, engine) -> dict[str, list]:
+    """Calls of the engine's admissions: one-call prefills and launched halves."""
+    calls: dict[str, list] = {"prefill": [], "begin": []}
+    for name, key in (("prefill", "prefill"), ("begin_prefill", "begin")):
+        original = getattr(engine, name)
+
+        def wrapped(rows, prompts, original=original, key=key):
+            calls[key].append(list(rows))
+            return original(rows, prompts)
+
+        monkeypatch.setattr(engine, name, wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("max_reqs", [2, 3])
+@pytest.mark.parametrize("drafter_kind", ["ar", "test", "test-branching"])
+def test_overlapped_admissions_equal_reference_greedy(monkeypatch, max_reqs, drafter_kind):
+    """8 ragged prompts, EOS ending requests at different steps: refills are launched beside the
+    live slots and land a window later; every output equals the greedy reference, every request
+    is counted once, and the refills really went through begin_prefill."""
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    if drafter_kind == "ar":
+        dec = build_decoder(runner, "ar", batch_size=max_reqs, max_len=64)
+    else:
+        branching = drafter_kind == "test-branching"
+        dec = _test_decoder(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
+    calls = _counted(monkeypatch, dec.engine)
+    cfg = GenerationConfig(
+        max_new_tokens=14,
+        eos_token_ids=(eos,),
+        check_every=2,
+        continuous=True,
+        overlap_admissions=True,
+    )
+    out = dec.generate(MANY, cfg)
+    want = [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    assert out.tokens == want
+    assert len(calls["begin"]) >= 1 and calls["prefill"][0] == list(range(max_reqs))
+    launched = sum(len(rows) for rows in calls["begin"] + calls["prefill"])
+    assert launched == len(MANY)  # every request admitted once (begin took every prompt given)
+    for s, w in zip(out.stats, want, strict=True):
+        assert s.generated == len(w) and sum(s.accepted_hist) == s.steps >= 1
+        assert s.decode_s > 0 and s.prefill_s > 0
+
+
+def test_overlap_off_admits_in_one_call(monkeypatch):
+    """The control of the test above: overlap_admissions=False never launches a half (and the
+    default on a CPU is off)."""
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    for overlap in (False, None):
+        dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
+        calls = _counted(monkeypatch, dec.engine)
+        cfg = GenerationConfig(
+            max_new_tokens=14,
+            eos_token_ids=(eos,),
+            check_every=2,
+            continuous=True,
+            overlap_admissions=overlap,
+        )
+        assert dec.generate(MANY, cfg).tokens == [
+            reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY
+        ]
+        assert calls["begin"] == [] and len(calls["prefill"]) >= 2
+
+
+def test_negative_control_a_landing_without_its_kv_differs(monkeypatch):
+    """Landings that leave the prompts' K/V in the launch's scratch (the first admission, in place,
+    is unaffected) must fail the comparison: refilled requests then decode from stale rows."""
+    from samgpu.decoding.prefill import Prefiller
+
+    monkeypatch.setattr(Prefiller, "_copy_in", lambda self, index, scratch, n, width: None)
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
+    calls = _counted(monkeypatch, dec.engine)
+    cfg = GenerationConfig(
+        max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True,
+        overlap_admissions=True,
+    )  # fmt: skip
+    out = dec.generate(MANY, cfg)
+    want = [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    assert out.tokens[:3] == want[:3] and out.tokens != want
+    assert calls["prefill"] == [[0, 1, 2]]  # every refill went through a landing
+
+
+def test_begin_prefill_twice_and_end_without_begin():
+    runner = ToyRunner(seed=6)
+    dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
+    engine = dec.engine
+    engine.configure(GenerationConfig(max_new_tokens=4), 3)
+    assert engine.end_prefill() == []
+    assert engine.begin_prefill([1, 2], [[3, 4], [5]]) == 2
+    with pytest.raises(RuntimeError, match="pending"):
+        engine.begin_prefill([0], [[1]])
+    assert engine.end_prefill() == [1, 2]
+    assert engine.state.cache_len[1:].tolist() == [1, 0]
+    assert engine.state.finished.tolist() == [True, False, False]
