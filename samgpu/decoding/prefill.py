@@ -214,16 +214,12 @@ class Prefiller:
         prompts: list[list[int]],
         beside: Callable[[], None] | None = None,
     ) -> tuple[bool, torch.Tensor | None]:
-        """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`; `prompts`: the same
-        tokens on the host) of the requests admitted into slots `rows` (`index`: the same on the
-        device); sets their cache_len. Returns (clean, hidden): clean is False when the call
-        also captured a graph (its time is not a prefill's time); hidden is the hidden states
-        [n, W, H] with `with_hidden`, else None. `beside`: GPU work independent of the prefill
-        (the engine's slot resets and the drafter's start: automata built over the prompts,
-        ~0.5-2 ms on an H200), run on a second stream beside the prefill's graphs, which leave
-        most of the GPU idle; it waits for what the current stream held before the prefill,
-        and the current stream waits for it before returning. Without graphs it simply runs
-        after."""
+        """prompt[:-1] (`input_ids [n, W]`, right-padded, `lengths [n]`; `prompts`: the same on
+        the host) of the requests admitted into slots `rows` (`index` on the device); sets their
+        cache_len. Returns (clean: False when the call also captured a graph, hidden [n, W, H]
+        with `with_hidden`). `beside`: GPU work independent of the prefill (slot resets, the
+        drafter's start: ~0.5-2 ms on an H200) on a second stream beside the prefill's graphs,
+        after what the current stream held, before what it runs next (without graphs: after)."""
         n, width = input_ids.shape
         cache = self.cache
         captures = len(self._graphs)
@@ -491,10 +487,12 @@ class Prefiller:
         with torch.cuda.stream(side):  # warm-up: Triton compilation, allocator
             self.runner.prefill(ids, lens, self._scratch, **extra)
         torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
+        if self._pool is None:  # (and a capture stream of its own: cuBLAS keys its workspace
+            # by stream, and these graphs replay beside the step graphs, captured on torch's
+            # default capture stream: on a shared workspace their GEMMs would race)
+            self._pool, self._capture_stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream):
             self.runner.prefill(ids, lens, self._scratch, **extra)
         self._graphs[(rows_b, width_b)] = graph
         return graph
