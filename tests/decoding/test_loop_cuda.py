@@ -74,3 +74,39 @@ def test_graphs_equal_eager_sampling(cuda_llama):
     dec = _decoder(model, refs, True, True)
     assert dec.generate(PROMPTS, cfg).tokens == eager
     assert dec.generate(PROMPTS, cfg).tokens == eager
+
+
+MORE = [p + [k] for k in (2, 5, 6) for p in PROMPTS][:10]
+
+
+def test_overlapped_admissions_equal_hf_greedy(cuda_llama):
+    """Continuous batching on CUDA with refills prefilled on a second stream beside the live
+    slots' step graphs (packed graph calls) and landed at the next check: the same tokens as
+    with one-call admissions and as transformers' greedy decoding cut at an EOS id (so that
+    requests end at different steps and refills meet live slots)."""
+    from samgpu.decoding.runners import make_runner
+
+    model, _ = cuda_llama
+    refs = []
+    with torch.no_grad():
+        for p in MORE:
+            ids = torch.tensor([p], device="cuda")
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                min_new_tokens=20, do_sample=False, pad_token_id=0,
+            )  # fmt: skip
+            refs.append(out[0, len(p) :].tolist())
+    eos = refs[0][6]
+    want = [r[: r.index(eos) + 1] if eos in r else r for r in refs]
+    assert len({len(w) for w in want}) > 2
+    runner = make_runner(model)
+    tree = dict(references=list(zip(MORE, refs, strict=True)), depth=4, branching=True)
+    for method, options in (("ar", {}), ("test", dict(tree, error_rate=0.3))):
+        dec = build_decoder(runner, method, batch_size=3, max_len=64, options=options)
+        assert dec.engine.defers_prefill
+        for overlap in (True, False):
+            cfg = GenerationConfig(
+                max_new_tokens=20, eos_token_ids=(eos,), continuous=True, check_every=2,
+                overlap_admissions=overlap,
+            )  # fmt: skip
+            assert dec.generate(MORE, cfg).tokens == want, (method, overlap)
