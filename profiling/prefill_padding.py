@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--groups and --draws must be >= 1, got {args.groups} and {args.draws}")
 
     from samgpu import resolve
-    from samgpu.decoding.prefill import (
+    from samgpu.decoding.prefill_plan import (
         call_bucket,
         pack_bucket,
         pack_capacity,

@@ -33,7 +33,7 @@ from samgpu.errors import InputError, SetupError
 DEFAULT_METHOD = "sam+tr"
 CPU_MAX_NODES = 4
 DYNAMIC_BYTES_PER_TOKEN = 156  # a dynamic automaton slot, per token of capacity (upper bound)
-PREFILL_GRAPH_ROWS = 16  # samgpu.decoding.prefill.GRAPH_ROWS: the scratch cache's rows
+PREFILL_GRAPH_ROWS = 16  # samgpu.decoding.prefill_plan.GRAPH_ROWS: the scratch cache's rows
 MEMORY_HEADROOM = 0.9  # share of the free GPU memory a decoder may plan to take
 
 

@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("samgpu.kernels", "samgpu.types", "samgpu.errors", "samgpu.files"),
     ("samgpu.sam", "samgpu.automata"),
     ("samgpu.drafters", "samgpu.decoding.runners", "samgpu.decoding.config"),
-    ("samgpu.decoding.stages", "samgpu.decoding.buffers", "samgpu.decoding.adaptive"),
+    ("samgpu.decoding.stages", "samgpu.decoding.buffers", "samgpu.decoding.adaptive")
+    + ("samgpu.decoding.prefill_plan",),
     ("samgpu.decoding.prefill",),
     ("samgpu.decoding.engine",),
     ("samgpu.decoding.scheduler",),

@@ -25,6 +25,7 @@ only to re-check, one window in 16.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -95,11 +96,16 @@ class RefillPolicy:
     free. (An average call time instead, inflated by long prompts and the first admission of the
     whole batch, held refills back until almost every slot was free: 43% of slot-steps live.)
     With no live request left there is nothing to stall: refill.
+    Overlapped admissions (the scheduler's, on CUDA): the prefill runs beside the live slots'
+    steps, so call_s is what still stalls them (host work, the landing); the admission lands
+    mid-window when its prefill should be done (`landing_step`).
     """
 
     smoothing: float = 0.3
     call_s: float | None = None  # seconds of the cheapest refill call measured
     window_s: float | None = None  # seconds per window of steps
+    step_s: float | None = None  # seconds per step
+    launch_s: float | None = None  # GPU seconds of an overlapped admission's prefill
 
     def should_refill(self, free: int, width: int) -> bool:
         if free == 0:
@@ -111,8 +117,23 @@ class RefillPolicy:
     def record_prefill(self, seconds: float) -> None:
         self.call_s = seconds if self.call_s is None else min(self.call_s, seconds)
 
-    def record_window(self, seconds: float) -> None:
+    def record_window(self, seconds: float, steps: int) -> None:
         self.window_s = _ema(self.window_s, seconds, self.smoothing)
+        self.step_s = _ema(self.step_s, seconds / steps, self.smoothing)
+
+    def record_launch(self, seconds: float) -> None:
+        self.launch_s = _ema(self.launch_s, seconds, self.smoothing)
+
+    def landing_step(self, window: int) -> int | None:
+        """Overlapped admissions: the step of the next window (of `window` steps, the prefill
+        launched just before it) after which the admission lands, when its prefill should be
+        done: launch_s / step_s rounded up (late idles the new slots up to a step; early stalls
+        the live ones until the prefill ends). None: at the check after the window (also until
+        both are measured)."""
+        if self.launch_s is None or self.step_s is None:
+            return None
+        due = math.ceil(self.launch_s / self.step_s)
+        return due if due < window else None
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:

@@ -11,6 +11,14 @@ import torch
 from samgpu.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput, TreeMask, VerifyOutput
 
 
+def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory, not blocking (a pageable copy
+    would wait for the stream's queued work: admissions land between queued decode steps)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class StepBuffers:
     """The buffers of one step at a tree width N (capacity rows): the tree, its mask, the step's
     outputs (logits, verification, emitted tokens, hidden states) and, once sampling is asked

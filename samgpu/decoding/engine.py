@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import torch
 
-from samgpu.decoding.buffers import StepBuffers, StepViews
+from samgpu.decoding.buffers import StepBuffers, StepViews, upload
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
-from samgpu.decoding.prefill import Prefiller
+from samgpu.decoding.prefill import Landing, Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
 from samgpu.drafters.protocol import Drafter, NewRequests
 from samgpu.kernels.commit import commit
@@ -256,16 +256,16 @@ class Engine:
     def defers_prefill(self) -> bool:  # admissions can come in two halves (begin / end_prefill)
         return self._prefiller.defers
 
-    def begin_prefill(self, rows: list[int], prompts: list[list[int]]) -> int:
+    def begin_prefill(self, rows: list[int], prompts: list[list[int]]) -> Landing:
         """The first half of an admission beside live slots: the prefill of the first prompts
-        that fit one call (their count is returned), with graphs on a second stream beside the
-        steps that follow (these slots stay finished); `end_prefill` loads them. One at a time."""
+        that fit one call (Landing.count), with graphs on a second stream beside the steps that
+        follow (these slots stay finished); `end_prefill` loads them. One at a time."""
         self._check_rows(rows, prompts)
         if self._landing is not None:
             raise RuntimeError("begin_prefill: an admission is pending (end_prefill first)")
         landing = self._prefiller.launch(rows, [p[:-1] for p in prompts])
         self._landing = (rows[: landing.count], prompts[: landing.count], landing)
-        return landing.count
+        return landing
 
     def end_prefill(self) -> list[int]:
         """The second half: the pending prompts' K/V into their slots, then as in `prefill` (rows
@@ -289,12 +289,12 @@ class Engine:
         of every buffer (StepViews.load_rows) and calls drafter.start."""
         self._check_rows(rows, prompts)
         v, dev, n = self._views, self.device, len(prompts)
-        index = torch.tensor(rows, dtype=torch.long, device=dev)
+        index = upload(torch.tensor(rows, dtype=torch.long), dev)
         text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
         for i, p in enumerate(prompts):
             text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        text = text.to(dev)
-        lens = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
+        text = upload(text, dev)
+        lens = upload(torch.tensor([len(p) for p in prompts], dtype=torch.int32), dev)
 
         def load(hidden: torch.Tensor | None = None) -> None:
             v.load_rows(index, text, lens, self._config.max_new_tokens)

@@ -49,94 +49,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from samgpu.decoding.buffers import upload
+from samgpu.decoding.prefill_plan import (
+    GRAPH_ROWS,
+    MAX_CALL_TOKENS,
+    MAX_TOKENS,
+    MIN_WIDTH,
+    call_bucket,
+    pack_bucket,
+    pack_buckets,
+    pack_capacity,
+    plan_calls,
+    plan_packs,
+    powers_up_to,
+)
 from samgpu.decoding.runners.base import KVCache
 from samgpu.kernels.kv_scatter import kv_scatter
-
-GRAPH_ROWS = 16  # prompts per graph call at most (the scratch cache's rows)
-MIN_WIDTH = 64  # smallest width bucket
-MAX_TOKENS = 1 << 16  # prompt tokens (rows x width) per prefill call at most
-MAX_CALL_TOKENS = 2 * MAX_TOKENS  # padded tokens (rows x width buckets) of a graph call at most
-CALL_TOKENS = 2048  # a call's fixed cost in padded tokens (H200, SmolLM2: ~1.8 ms ~ 1.5k tokens)
-
-
-def _bucket(x: int, lo: int = 1) -> int:
-    return max(lo, 1 << (max(x, 1) - 1).bit_length())
-
-
-def pack_capacity(max_rows: int, max_len: int) -> int:
-    """Tokens of one packed call at most: the padded path's scratch (max_rows x max_len, at most
-    MAX_CALL_TOKENS), and always one whole prompt."""
-    return max(max_len, min(max_rows * max_len, MAX_CALL_TOKENS))
-
-
-def pack_bucket(tokens: int, capacity: int) -> int:
-    """The width bucket of a packed call: the least of 2^k and 3 * 2^(k-2) (>= MIN_WIDTH) holding
-    `tokens`, at most `capacity`. Example: 1,400 -> 1,536; 1,672 -> 2,048."""
-    width = _bucket(tokens, MIN_WIDTH)
-    if width * 3 // 4 >= max(tokens, MIN_WIDTH):
-        width = width * 3 // 4
-    return min(width, capacity)
-
-
-def pack_buckets(capacity: int) -> list[int]:
-    """Every width pack_bucket gives up to capacity (the packed graphs of warm-up)."""
-    powers = _powers_up_to(MIN_WIDTH, capacity)
-    return sorted({pack_bucket(n, capacity) for p in powers for n in (p * 3 // 4, p)})
-
-
-def plan_packs(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Prompt indices cut into packed calls: in order, a new call when the next prompt would take
-    the call past `capacity` tokens; empty prompts are in no call.
-    Example: lengths [300, 0, 500, 400], capacity 1,024 -> [[0, 2], [3]]."""
-    calls: list[list[int]] = []
-    used = capacity
-    for i, n in enumerate(lengths):
-        if n == 0:
-            continue
-        if used + n > capacity:
-            calls.append([])
-            used = 0
-        calls[-1].append(i)
-        used += n
-    return calls
-
-
-def call_bucket(rows: int, width: int, max_rows: int, max_len: int) -> tuple[int, int]:
-    """The (rows, width) graph bucket of a call: powers of two, at most max_rows x max_len, at
-    least MIN_WIDTH columns."""
-    return min(_bucket(rows), max_rows), min(_bucket(width, MIN_WIDTH), max_len)
-
-
-def _powers_up_to(lo: int, hi: int) -> list[int]:
-    """lo, 2 lo, 4 lo, ... while below hi, then hi: every bucket call_bucket gives up to hi."""
-    out = [lo]
-    while out[-1] < hi:
-        out.append(min(2 * out[-1], hi))
-    return out
-
-
-def plan_calls(lengths: list[int], max_rows: int, max_len: int) -> list[list[int]]:
-    """Prompt indices cut into prefill calls: sorted by length, runs of at most max_rows,
-    minimising the sum over calls of CALL_TOKENS + rows bucket x width bucket (dynamic
-    programming over the cut points; the host cost is negligible next to a call).
-    Example: lengths [1900, 40, 200, 90], 16 rows -> [[1, 3, 2], [0]]."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    n = len(order)
-    best = [0] + [None] * n  # best[j]: cost of the first j sorted prompts
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - max_rows), j):
-            rows, width = call_bucket(j - i, lengths[order[j - 1]], max_rows, max_len)
-            if rows * width > MAX_CALL_TOKENS and j - i > 1:
-                continue
-            cost = best[i] + CALL_TOKENS + rows * width
-            if best[j] is None or cost < best[j]:
-                best[j], cut[j] = cost, i
-    calls, j = [], n
-    while j > 0:
-        calls.append(order[cut[j] : j])
-        j = cut[j]
-    return calls[::-1]
 
 
 def packs_by_default(runner, slots: int) -> bool:
@@ -169,6 +97,13 @@ class Landing:
 
     count: int
     land: Callable[[], torch.Tensor | None]
+    events: list[torch.cuda.Event] | None = None  # start, end of the launch's GPU work
+
+    def gpu_seconds(self) -> float | None:
+        """The launch's GPU time once it is done (beside decode steps: their share included)."""
+        if self.events is None or not self.events[1].query():
+            return None
+        return self.events[0].elapsed_time(self.events[1]) / 1000
 
 
 class Prefiller:
@@ -297,6 +232,7 @@ class Prefiller:
         hidden_shape = (count, width, r.hidden_size) if self.with_hidden else None
         eager_hidden = None
         move_in: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
+        events: list[torch.cuda.Event] | None = None  # the launch's start and end on its stream
         if width > 0 and not self.pack:  # eager, on the current stream
             ids = torch.zeros(count, width, dtype=torch.int32)
             for i, p in enumerate(prompts):
@@ -313,28 +249,31 @@ class Prefiller:
 
         elif width > 0:
             side = self._side_stream() if self.use_graphs else None
-            if side is not None:
+            if side is not None:  # (timed: the scheduler lands the next ones when due)
                 side.wait_stream(torch.cuda.current_stream(dev))
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+                side.record_event(events[0])
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 packed = self._packed_call(list(range(count)), rows, prompts)
-                done = side.record_event() if side is not None else None
+            if side is not None:
+                side.record_event(events[1])
 
             def move_in(index, hidden) -> None:
-                if done is not None:
-                    torch.cuda.current_stream(dev).wait_event(done)
+                if events is not None:
+                    torch.cuda.current_stream(dev).wait_event(events[1])
                 self._land_packed(packed, hidden)
 
         def land() -> torch.Tensor | None:
-            index = torch.tensor(rows, dtype=torch.long, device=dev)
+            index = upload(torch.tensor(rows, dtype=torch.long), dev)
             hidden = eager_hidden
             if hidden is None and hidden_shape is not None:
                 hidden = torch.zeros(hidden_shape, dtype=r.dtype, device=dev)
             if move_in is not None:
                 move_in(index, hidden)
-            self.cache.cache_len.index_copy_(0, index, host_lengths.to(dev))
+            self.cache.cache_len.index_copy_(0, index, upload(host_lengths, dev))
             return hidden
 
-        return Landing(count, land)
+        return Landing(count, land, events)
 
     def _side_stream(self) -> torch.cuda.Stream:
         if self._side is None:
@@ -457,8 +396,8 @@ class Prefiller:
                 if (1, width_b) not in self._graphs:
                     self._capture(1, width_b)
             return
-        for rows_b in _powers_up_to(1, self._graph_rows):
-            for width_b in _powers_up_to(min(MIN_WIDTH, self.cache.max_len), self.cache.max_len):
+        for rows_b in powers_up_to(1, self._graph_rows):
+            for width_b in powers_up_to(min(MIN_WIDTH, self.cache.max_len), self.cache.max_len):
                 if (rows_b, width_b) not in self._graphs and rows_b * width_b <= MAX_CALL_TOKENS:
                     self._capture(rows_b, width_b)
 

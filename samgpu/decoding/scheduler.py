@@ -120,6 +120,7 @@ class Scheduler:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._stream = None  # the loop's CUDA stream (generate)
 
     @property
     def drafter(self):
@@ -144,7 +145,23 @@ class Scheduler:
         on_progress: OnProgress | None = None,
         on_finish: OnFinish | None = None,
     ) -> GenerationOutput:
-        """Generate for every prompt (token ids); outputs in prompt order."""
+        """Generate for every prompt (token ids); outputs in prompt order. On CUDA the loop runs
+        on a high-priority stream of its own: an overlapped admission's prefill (on a stream of
+        default priority) then takes what the decode steps leave of the GPU."""
+        dev = self.engine.device
+        if dev.type != "cuda":
+            return self._generate(prompts, config, on_progress, on_finish)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=dev, priority=-1)
+        caller = torch.cuda.current_stream(dev)
+        self._stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self._stream):
+                return self._generate(prompts, config, on_progress, on_finish)
+        finally:
+            caller.wait_stream(self._stream)
+
+    def _generate(self, prompts, config, on_progress, on_finish) -> GenerationOutput:
         prompts = [list(map(int, p)) for p in prompts]
         engine = self.engine
         engine.validate(prompts, config)
@@ -174,7 +191,8 @@ class Scheduler:
         if overlap is None:
             overlap = engine.device.type == "cuda"
         overlap = overlap and config.continuous and engine.defers_prefill
-        launch_s = 0.0  # host time of the pending admission's launch
+        landing = None  # the pending admission's (Engine.begin_prefill)
+        launch_s = 0.0  # its launch's host time
 
         def is_live(b: int) -> bool:
             return slots[b] is not None and not slots[b].pending
@@ -215,30 +233,34 @@ class Scheduler:
 
         def launch(rows: list[int]) -> None:
             """The first half of an overlapped admission: the prefill beside the next window."""
-            nonlocal launch_s
+            nonlocal landing, launch_s
             t_start = time.perf_counter()
             requests = [waiting.popleft() for _ in rows]
             with mode():
-                count = engine.begin_prefill(rows, [prompts[r] for r in requests])
-            waiting.extendleft(reversed(requests[count:]))  # (did not fit one call)
-            for b, r in zip(rows[:count], requests[:count], strict=True):
+                landing = engine.begin_prefill(rows, [prompts[r] for r in requests])
+            waiting.extendleft(reversed(requests[landing.count :]))  # (did not fit one call)
+            for b, r in zip(rows[: landing.count], requests, strict=False):
                 slots[b] = _Slot(r, steps, 0.0, 0.0, t_start - t0, pending=True)
             launch_s = time.perf_counter() - t_start
             run.prefill_s += launch_s
 
-        def land() -> list[int]:
-            """The second half, at the next check: the pending prompts join the batch. Their
-            prefill_s: the launch's host time and the landing's (what stalled the others)."""
-            sync()
+        def land(at_step: int, timed: bool) -> list[int]:
+            """The second half: the pending prompts join the batch from loop step `at_step`: at a
+            check (`timed`: synced, its time counted as prefill) or mid-window, between queued
+            steps (no sync; its host time is inside the window's). Their prefill_s: the
+            launch's host time and the landing's (what stalled the others)."""
+            if timed:
+                sync()
             t_start = time.perf_counter()
             with mode():
                 rows = engine.end_prefill()
-            sync()
+            if timed:
+                sync()
             t_end = time.perf_counter()
-            run.prefill_s += t_end - t_start
+            run.prefill_s += (t_end - t_start) if timed else 0.0
             refill.record_prefill(launch_s + t_end - t_start)
             for b in rows:
-                slots[b].pending, slots[b].start_step = False, steps
+                slots[b].pending, slots[b].start_step = False, at_step
                 slots[b].prefill_s, slots[b].decode_start = launch_s + t_end - t_start, t_end
             return rows
 
@@ -251,17 +273,24 @@ class Scheduler:
             speculate = policy.choose()
             engine.set_speculate(speculate)
             live_at_start = sum(map(is_live, range(len(slots))))
+            due = refill.landing_step(window) if landing is not None else None
             t_launch = time.perf_counter()
             clean = True
             with mode(), threads.window(speculate) as all_threads:
-                for _ in range(window):
+                for i in range(window):
+                    if i == due:
+                        land(steps + i, timed=False)
                     clean &= engine.step()
                 finished, num_generated = engine.read_flags()
             steps += window
             t_read = time.perf_counter()
             run.steps_s += t_read - t_launch
             if clean:
-                refill.record_window(t_read - t_launch)
+                refill.record_window(t_read - t_launch, window)
+            if landing is not None and (gpu_s := landing.gpu_seconds()) is not None:
+                refill.record_launch(gpu_s)
+            if due is not None:
+                landing = None
             live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
             tokens_in_window = done_tokens + live_now - emitted
             seconds = t_read - t_launch
@@ -289,7 +318,10 @@ class Scheduler:
                     slots[b] = None
                     if on_finish is not None:
                         on_finish(slot.request, toks, stat)
-            admitted = set(land()) if any(s is not None and s.pending for s in slots) else set()
+            admitted = set()
+            if landing is not None:  # (not landed mid-window)
+                admitted.update(land(steps, timed=True))
+                landing = None
             if waiting and any(s is None for s in slots):
                 admitted.update(admit())
             # admitted rows start at 0 tokens: no second flag read

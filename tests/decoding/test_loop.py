@@ -355,7 +355,7 @@ def test_refill_policy_weighs_idle_slots_against_a_prefill_stall():
     assert policy.should_refill(1, 64)  # nothing measured yet
     policy.record_prefill(0.005)
     policy.record_prefill(0.100)  # a big admission: the fixed cost stays 5 ms
-    policy.record_window(0.016)
+    policy.record_window(0.016, 8)
     assert policy.call_s == 0.005
     assert not policy.should_refill(0, 64)
     assert not policy.should_refill(4, 64)  # 4 * 16 ms < 60 * 5 ms

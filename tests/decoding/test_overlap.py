@@ -105,9 +105,45 @@ def test_begin_prefill_twice_and_end_without_begin():
     engine = dec.engine
     engine.configure(GenerationConfig(max_new_tokens=4), 3)
     assert engine.end_prefill() == []
-    assert engine.begin_prefill([1, 2], [[3, 4], [5]]) == 2
+    landing = engine.begin_prefill([1, 2], [[3, 4], [5]])
+    assert landing.count == 2 and landing.gpu_seconds() is None  # (no GPU: not timed)
     with pytest.raises(RuntimeError, match="pending"):
         engine.begin_prefill([0], [[1]])
     assert engine.end_prefill() == [1, 2]
     assert engine.state.cache_len[1:].tolist() == [1, 0]
     assert engine.state.finished.tolist() == [True, False, False]
+
+
+def test_admissions_landing_mid_window_equal_reference_greedy(monkeypatch):
+    """On CUDA an overlapped admission lands between the queued steps of the window after its
+    launch, once its prefill should be done (RefillPolicy.landing_step; on a CPU never timed,
+    forced here): outputs still equal the greedy reference, and the landings did happen there."""
+    from samgpu.decoding import adaptive
+
+    monkeypatch.setattr(adaptive.RefillPolicy, "landing_step", lambda self, window: 1)
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    dec = _test_decoder(runner, MANY, 3, error_rate=0.3, branching=True)
+    engine, steps, ends = dec.engine, [], []
+    step, end = engine.step, engine.end_prefill
+    monkeypatch.setattr(engine, "step", lambda: steps.append(1) or step())
+    monkeypatch.setattr(engine, "end_prefill", lambda: ends.append(len(steps)) or end())
+    cfg = GenerationConfig(
+        max_new_tokens=14, eos_token_ids=(eos,), check_every=4, continuous=True,
+        overlap_admissions=True,
+    )  # fmt: skip
+    out = dec.generate(MANY, cfg)
+    assert out.tokens == [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    assert len(ends) >= 2 and all(n % 4 == 1 for n in ends)  # after a window's first step
+
+
+def test_landing_step_waits_for_the_prefill():
+    from samgpu.decoding.adaptive import RefillPolicy
+
+    policy = RefillPolicy()
+    assert policy.landing_step(8) is None  # nothing measured: at the next check
+    policy.record_window(0.016, 8)  # 2 ms steps
+    assert policy.landing_step(8) is None
+    policy.record_launch(0.0061)
+    assert policy.landing_step(8) == 4  # 6.1 ms: after the 4th step (rounded up)
+    assert policy.landing_step(4) is None  # not within the window: at the check

@@ -6,13 +6,12 @@ untouched. Run eagerly on the CPU (packing is the default on CUDA only), in fp32
 import pytest
 import torch
 
-from samgpu.decoding.prefill import (
+from samgpu.decoding.prefill import Prefiller, packs_by_default
+from samgpu.decoding.prefill_plan import (
     MIN_WIDTH,
-    Prefiller,
     pack_bucket,
     pack_buckets,
     pack_capacity,
-    packs_by_default,
     plan_packs,
 )
 from samgpu.decoding.runners import make_runner

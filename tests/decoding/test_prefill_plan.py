@@ -3,7 +3,7 @@ most max_rows per call, least padded tokens plus a fixed cost per call)."""
 
 import random
 
-from samgpu.decoding.prefill import CALL_TOKENS, MIN_WIDTH, plan_calls
+from samgpu.decoding.prefill_plan import CALL_TOKENS, MIN_WIDTH, plan_calls
 
 
 def _bucket(x, lo=1):
