@@ -81,21 +81,19 @@ MORE = [p + [k] for k in (2, 5, 6) for p in PROMPTS][:10]
 
 def test_overlapped_admissions_equal_hf_greedy(cuda_llama):
     """Continuous batching on CUDA with refills prefilled on a second stream beside the live
-    slots' step graphs (packed graph calls) and landed at the next check: the same tokens as
-    with one-call admissions and as transformers' greedy decoding cut at an EOS id (so that
-    requests end at different steps and refills meet live slots)."""
+    slots' step graphs (packed graph calls) and landed mid-window or at the next check: the same
+    tokens as with one-call admissions and as the model's greedy decoding cut at an EOS id (so
+    that requests end at different steps and refills meet live slots)."""
     from samgpu.decoding.runners import make_runner
 
     model, _ = cuda_llama
-    refs = []
+    refs = []  # greedy by hand: generate's min_new_tokens would mask the config's EOS id (2)
     with torch.no_grad():
         for p in MORE:
-            ids = torch.tensor([p], device="cuda")
-            out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
-                min_new_tokens=20, do_sample=False, pad_token_id=0,
-            )  # fmt: skip
-            refs.append(out[0, len(p) :].tolist())
+            seq = list(p)
+            for _ in range(20):
+                seq.append(int(model(torch.tensor([seq], device="cuda")).logits[0, -1].argmax()))
+            refs.append(seq[len(p) :])
 
     def cut(eos):  # greedy decoding with an EOS id is the greedy continuation cut at its first
         return [r[: r.index(eos) + 1] if eos in r else r for r in refs]
