@@ -50,6 +50,7 @@ import torch
 
 from samgpu.decoding.adaptive import RefillPolicy, SpeculationPolicy
 from samgpu.decoding.config import (
+    OVERLAP_MIN_SLOTS,
     GenerationConfig,
     GenerationOutput,
     ProgressInfo,
@@ -189,7 +190,7 @@ class Scheduler:
         )
         overlap = config.overlap_admissions
         if overlap is None:
-            overlap = engine.device.type == "cuda"
+            overlap = engine.device.type == "cuda" and width >= OVERLAP_MIN_SLOTS
         overlap = overlap and config.continuous and engine.defers_prefill
         landing = None  # the pending admission's (Engine.begin_prefill)
         launch_s = 0.0  # its launch's host time
