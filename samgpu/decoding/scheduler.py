@@ -12,6 +12,11 @@ Loop: admit -> run `check_every` steps (default 8; 1 for one sequence on a CPU) 
   those rows: the other slots carry on, and the captured graph is reused since B and the buffers
   do not change) when RefillPolicy finds the freed slots' idle time worth a prefill call's stall
   of the others (samgpu.decoding.adaptive).
+  Overlapped admissions (`config.overlap_admissions`; by default on CUDA from OVERLAP_MIN_SLOTS
+  slots): a refill beside live slots is launched (`engine.begin_prefill`: its prefill on a second
+  stream) and lands (`engine.end_prefill`) between the queued steps of the next window, once its
+  prefill should be done (RefillPolicy.landing_step), or at the next check: the live slots are
+  not stalled for the prefill. The loop then runs on a high-priority CUDA stream of its own.
 - Static batching (the default): the same loop, admitting only when every slot is free: each batch
   of min(max_reqs, #waiting) prompts runs until its longest request ends.
 Every live request emits at least one token per step, so a request that has run max_new_tokens
