@@ -15,10 +15,11 @@ MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do
 SPECULATION_MODES: tuple[str, ...] = ("adaptive", "always")
 CHECK_EVERY: int = 8  # default steps between host checks
 # Overlapped admissions by default from this batch width (H200, SmolLM2, bench_serve, same-session
-# arms: `merged` 1.05-1.13x `ar` at B=256 with them vs 0.97-1.07x without, `ar` +2-4% at B=16-256,
-# B=64 even; but `merged` -5% at B=16, where its drafter's start, beside the prefill in a one-call
-# admission, runs after it on the decode stream at each landing)
-OVERLAP_MIN_SLOTS: int = 64
+# arms with / without: `merged` 1.05-1.13x `ar` at B=256 with them vs 0.97 / 1.07x without; at B=64
+# `merged` even (31.8-35.4k vs 32.2-35.0k tok/s) and `ar` +1-3%; at B=16 `merged` -5%: its drafter's
+# start, beside the prefill in a one-call admission, runs after it on the loop's stream at each
+# landing; B=128 not measured)
+OVERLAP_MIN_SLOTS: int = 128
 
 
 @dataclass(frozen=True, kw_only=True)

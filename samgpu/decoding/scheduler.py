@@ -16,7 +16,7 @@ Loop: admit -> run `check_every` steps (default 8; 1 for one sequence on a CPU) 
   slots): a refill beside live slots is launched (`engine.begin_prefill`: its prefill on a second
   stream) and lands (`engine.end_prefill`) between the queued steps of the next window, once its
   prefill should be done (RefillPolicy.landing_step), or at the next check: the live slots are
-  not stalled for the prefill. The loop then runs on a high-priority CUDA stream of its own.
+  not stalled for the prefill.
 - Static batching (the default): the same loop, admitting only when every slot is free: each batch
   of min(max_reqs, #waiting) prompts runs until its longest request ends.
 Every live request emits at least one token per step, so a request that has run max_new_tokens
@@ -126,7 +126,6 @@ class Scheduler:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._stream = None  # the loop's CUDA stream (generate)
 
     @property
     def drafter(self):
@@ -151,23 +150,7 @@ class Scheduler:
         on_progress: OnProgress | None = None,
         on_finish: OnFinish | None = None,
     ) -> GenerationOutput:
-        """Generate for every prompt (token ids); outputs in prompt order. On CUDA the loop runs
-        on a high-priority stream of its own: an overlapped admission's prefill (on a stream of
-        default priority) then takes what the decode steps leave of the GPU."""
-        dev = self.engine.device
-        if dev.type != "cuda":
-            return self._generate(prompts, config, on_progress, on_finish)
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device=dev, priority=-1)
-        caller = torch.cuda.current_stream(dev)
-        self._stream.wait_stream(caller)
-        try:
-            with torch.cuda.stream(self._stream):
-                return self._generate(prompts, config, on_progress, on_finish)
-        finally:
-            caller.wait_stream(self._stream)
-
-    def _generate(self, prompts, config, on_progress, on_finish) -> GenerationOutput:
+        """Generate for every prompt (token ids); outputs in prompt order."""
         prompts = [list(map(int, p)) for p in prompts]
         engine = self.engine
         engine.validate(prompts, config)
