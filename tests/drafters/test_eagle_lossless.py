@@ -69,7 +69,7 @@ def random_head(target, tmp_path_factory):
     )
 
 
-def generate(runner, method, prompts, *, batch, continuous=False, **options):
+def generate(runner, method, prompts, *, batch, continuous=False, overlap=None, **options):
     decoder = build_decoder(
         runner,
         method,
@@ -79,24 +79,40 @@ def generate(runner, method, prompts, *, batch, continuous=False, **options):
         use_cuda_graphs=False,
     )
     config = GenerationConfig(
-        max_new_tokens=MAX_NEW, continuous=continuous, check_every=3, speculation="always"
+        max_new_tokens=MAX_NEW,
+        continuous=continuous,
+        check_every=3,
+        speculation="always",
+        overlap_admissions=overlap,
     )
     return decoder.generate(prompts, config)
 
 
 @pytest.mark.parametrize(
-    "lengths,batch,continuous",
-    [([23], 1, False), ([30, 1, 9], 3, False), ([17, 5, 26, 2, 12], 2, True)],
-    ids=["b1", "b3-ragged", "continuous-refills"],
+    "lengths,batch,continuous,overlap",
+    [
+        ([23], 1, False, None),
+        ([30, 1, 9], 3, False, None),
+        ([17, 5, 26, 2, 12], 2, True, None),
+        ([17, 5, 26, 2, 12], 2, True, True),  # refills landed a window later, hidden states too
+    ],
+    ids=["b1", "b3-ragged", "continuous-refills", "continuous-overlapped"],
 )
-def test_greedy_equals_ar(target, random_head, lengths, batch, continuous):
+def test_greedy_equals_ar(target, random_head, lengths, batch, continuous, overlap):
     _, runner = target
     prompts = prompts_of(lengths, seed=len(lengths))
     ar = generate(runner, "ar", prompts, batch=batch, continuous=continuous).tokens
     assert all(len(t) == MAX_NEW for t in ar)
     for method in METHODS:
         out = generate(
-            runner, method, prompts, batch=batch, continuous=continuous, head=random_head, **OPTIONS
+            runner,
+            method,
+            prompts,
+            batch=batch,
+            continuous=continuous,
+            overlap=overlap,
+            head=random_head,
+            **OPTIONS,
         )
         assert out.tokens == ar, method
         if continuous and method != "eagle":  # the chain branch ran too (the repeated phrase)

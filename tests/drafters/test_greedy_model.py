@@ -41,6 +41,13 @@ def test_continuous_batching_equals_ar(method, generate, chat_prompts, ar_output
     assert sum(s.steps for s in out.stats) < sum(len(t) for t in out.tokens)
 
 
+def test_overlapped_refill_equals_ar(generate, chat_prompts, ar_outputs):
+    """The same with the refill prefilled beside the live slot and landed a window later
+    (overlapped admissions: the CUDA default from 128 slots, forced here)."""
+    out = generate("merged", chat_prompts, max_reqs=2, continuous=True, overlap=True)
+    assert out.tokens == ar_outputs["b3"]
+
+
 STORE_METHODS = ["sam", "sam+tr", "sam-tree", "merged"]
 STORE_TOKENS = 1 << 13  # 4,096 per generation: plenty for three answers, cheap on the CPU
 
