@@ -79,7 +79,7 @@ def test_graphs_equal_eager_sampling(cuda_llama):
 MORE = [p + [k] for k in (2, 5, 6) for p in PROMPTS][:10]
 
 
-def test_overlapped_admissions_equal_hf_greedy(cuda_llama):
+def test_overlapped_admissions_equal_model_greedy(cuda_llama):
     """Continuous batching on CUDA with refills prefilled on a second stream beside the live
     slots' step graphs (packed graph calls) and landed mid-window or at the next check: the same
     tokens as with one-call admissions and as the model's greedy decoding cut at an EOS id (so
