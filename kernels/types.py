@@ -24,7 +24,7 @@ per sequence, K = max_depth + 1 accepted-path slots, V vocabulary, H hidden size
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -190,3 +190,8 @@ class DecodeState:
     @property
     def num_reqs(self) -> int:
         return self.root.shape[0]
+
+    def rows(self, num_reqs: int) -> DecodeState:
+        """The leading `num_reqs` rows (views; `step` is not carried over)."""
+        names = [f.name for f in fields(self) if f.name != "step"]
+        return DecodeState(**{name: getattr(self, name)[:num_reqs] for name in names})

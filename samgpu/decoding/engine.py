@@ -166,6 +166,9 @@ class Engine:
         self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
         self._config = config
         self.set_width(width)
+        if self._landing is not None:  # a call that stopped with an admission pending: its
+            self._landing[2].land()  # prefill's K/V go to its (finished) slots, so that the
+            self._landing = None  # scratch is reused after that prefill
 
     def set_width(self, width: int) -> None:
         """Run the next steps over the `width` leading slots (each loaded or finished)."""
@@ -195,16 +198,7 @@ class Engine:
             return views
         buffers = self._full if speculate else self._plain
         st, so = self._state, buffers.step
-        state = DecodeState(
-            root=st.root[:B],
-            cache_len=st.cache_len[:B],
-            text=st.text[:B],
-            text_len=st.text_len[:B],
-            prompt_len=st.prompt_len[:B],
-            num_generated=st.num_generated[:B],
-            max_new_tokens=st.max_new_tokens[:B],
-            finished=st.finished[:B],
-        )
+        state = st.rows(B)
         tree = buffers.tree.rows(B)
         step = StepOutput(
             tree=tree,

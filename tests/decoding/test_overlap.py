@@ -147,3 +147,29 @@ def test_landing_step_waits_for_the_prefill():
     policy.record_launch(0.0061)
     assert policy.landing_step(8) == 4  # 6.1 ms: after the 4th step (rounded up)
     assert policy.landing_step(4) is None  # not within the window: at the check
+
+
+def test_a_call_interrupted_with_an_admission_pending_leaves_the_engine_usable(monkeypatch):
+    """A callback raising (Ctrl-C) while a launched admission waits for its landing: the next
+    call on the same decoder runs normally and stays lossless."""
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
+    calls = _counted(monkeypatch, dec.engine)
+    landed = []
+    end = dec.engine.end_prefill
+    monkeypatch.setattr(dec.engine, "end_prefill", lambda: landed.extend(end()) or landed)
+
+    def stop_once_launched(info):
+        if sum(map(len, calls["begin"])) > len(landed):  # an admission waits for its landing
+            raise KeyboardInterrupt
+
+    cfg = GenerationConfig(
+        max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True,
+        overlap_admissions=True,
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        dec.generate(MANY, cfg, on_progress=stop_once_launched)
+    assert sum(map(len, calls["begin"])) > len(landed)  # it stopped with one pending
+    out = dec.generate(MANY, cfg)
+    assert out.tokens == [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
