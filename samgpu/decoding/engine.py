@@ -235,6 +235,8 @@ class Engine:
         """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
         prefill prompt[:-1] into the KV cache, set the root to the last prompt token, then
         `drafter.start`. Other slots are not touched. False when it also captured, like `step`."""
+        if self._landing is not None:  # (its prefill may still be filling the scratch)
+            raise RuntimeError("prefill: an admission is pending (end_prefill first)")
         index, text, lens, load = self._loader(rows, prompts)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, : max(map(len, prompts)) - 1].clamp(min=0).contiguous()

@@ -109,6 +109,8 @@ def test_begin_prefill_twice_and_end_without_begin():
     assert landing.count == 2 and landing.gpu_seconds() is None  # (no GPU: not timed)
     with pytest.raises(RuntimeError, match="pending"):
         engine.begin_prefill([0], [[1]])
+    with pytest.raises(RuntimeError, match="pending"):
+        engine.prefill([0], [[1]])
     assert engine.end_prefill() == [1, 2]
     assert engine.state.cache_len[1:].tolist() == [1, 0]
     assert engine.state.finished.tolist() == [True, False, False]
