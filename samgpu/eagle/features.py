@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from samgpu.decoding.buffers import upload
 from samgpu.eagle.data import Example, sorted_batches
 
 
@@ -115,7 +116,7 @@ def pair_batch(features: Features, batch: Sequence[int]) -> PairBatch:
     loss_mask = (pos[None, :] >= ranges[:, :1]) & (pos[None, :] < ranges[:, 1:])
     loss_rows = loss_mask.flatten().nonzero().squeeze(1)  # on the host: no device sync
     idx, valid, loss_mask, loss_rows = (
-        to_device(t, device) for t in (idx, valid, loss_mask, loss_rows)
+        upload(t, device) for t in (idx, valid, loss_mask, loss_rows)
     )
     tokens = torch.where(valid, features.tokens[idx], 0)
     rows = features.hidden[idx]
@@ -128,12 +129,4 @@ def pair_batch(features: Features, batch: Sequence[int]) -> PairBatch:
     )
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device`; to CUDA through pinned memory, so that the copy does not wait
-    for the work already queued (a pageable copy synchronizes the stream)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-__all__ = ["Features", "PairBatch", "extract_features", "pair_batch", "to_device"]
+__all__ = ["Features", "PairBatch", "extract_features", "pair_batch"]
