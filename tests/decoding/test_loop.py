@@ -103,6 +103,15 @@ def _test_decoder(runner, prompts, max_reqs, *, depth=3, extra=6, max_len=64, **
     return build_decoder(runner, "test", batch_size=max_reqs, max_len=max_len, options=options)
 
 
+def _decoder_of_kind(runner, kind, max_reqs):
+    """`ar`, or the test drafter ("test": chains, "test-branching": trees) with 30% draft errors,
+    for the MANY prompts."""
+    if kind == "ar":
+        return build_decoder(runner, "ar", batch_size=max_reqs, max_len=64)
+    branching = kind == "test-branching"
+    return _test_decoder(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
+
+
 def test_ar_equals_reference_greedy_across_batches():
     """Drafter `ar` (root only), 4 ragged prompts (lengths 5, 1, 8, 2) with max_reqs 3: two
     successive batches; each output equals the toy's greedy continuation."""
@@ -240,11 +249,7 @@ def test_continuous_batching_equals_reference_greedy(max_reqs, drafter_kind):
     counters and drafter state are right, and the other slots are untouched)."""
     runner = ToyRunner(seed=6)
     eos = reference_greedy(runner, MANY[0], 5)[4]
-    if drafter_kind == "ar":
-        dec = build_decoder(runner, "ar", batch_size=max_reqs, max_len=64)
-    else:
-        branching = drafter_kind == "test-branching"
-        dec = _test_decoder(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
+    dec = _decoder_of_kind(runner, drafter_kind, max_reqs)
     cfg = GenerationConfig(max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True)
     seen: list[ProgressInfo] = []
     out = dec.generate(MANY, cfg, on_progress=seen.append)

@@ -9,7 +9,32 @@ import pytest
 
 from samgpu.decoding.config import GenerationConfig
 from samgpu.factory import build_decoder
-from tests.decoding.test_loop import MANY, ToyRunner, _test_decoder, reference_greedy
+from tests.decoding.test_loop import (
+    MANY,
+    ToyRunner,
+    _decoder_of_kind,
+    reference_greedy,
+)
+
+MAX_NEW = 14
+
+
+def _toy() -> tuple[ToyRunner, int, list[list[int]]]:
+    """The toy model, an EOS id that ends MANY's requests at different steps, and the greedy
+    reference outputs."""
+    runner = ToyRunner(seed=6)
+    eos = reference_greedy(runner, MANY[0], 5)[4]
+    return runner, eos, [reference_greedy(runner, p, MAX_NEW, eos=(eos,)) for p in MANY]
+
+
+def _config(eos: int, overlap: bool | None = True, check_every: int = 2) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=MAX_NEW,
+        eos_token_ids=(eos,),
+        check_every=check_every,
+        continuous=True,
+        overlap_admissions=overlap,
+    )
 
 
 def _counted(monkeypatch, engine) -> dict[str, list]:
@@ -32,23 +57,10 @@ def test_overlapped_admissions_equal_reference_greedy(monkeypatch, max_reqs, dra
     """8 ragged prompts, EOS ending requests at different steps: refills are launched beside the
     live slots and land a window later; every output equals the greedy reference, every request
     is counted once, and the refills really went through begin_prefill."""
-    runner = ToyRunner(seed=6)
-    eos = reference_greedy(runner, MANY[0], 5)[4]
-    if drafter_kind == "ar":
-        dec = build_decoder(runner, "ar", batch_size=max_reqs, max_len=64)
-    else:
-        branching = drafter_kind == "test-branching"
-        dec = _test_decoder(runner, MANY, max_reqs, error_rate=0.3, branching=branching)
+    runner, eos, want = _toy()
+    dec = _decoder_of_kind(runner, drafter_kind, max_reqs)
     calls = _counted(monkeypatch, dec.engine)
-    cfg = GenerationConfig(
-        max_new_tokens=14,
-        eos_token_ids=(eos,),
-        check_every=2,
-        continuous=True,
-        overlap_admissions=True,
-    )
-    out = dec.generate(MANY, cfg)
-    want = [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    out = dec.generate(MANY, _config(eos))
     assert out.tokens == want
     assert len(calls["begin"]) >= 1 and calls["prefill"][0] == list(range(max_reqs))
     launched = sum(len(rows) for rows in calls["begin"] + calls["prefill"])
@@ -61,21 +73,11 @@ def test_overlapped_admissions_equal_reference_greedy(monkeypatch, max_reqs, dra
 def test_overlap_off_admits_in_one_call(monkeypatch):
     """The control of the test above: overlap_admissions=False never launches a half (and the
     default on a CPU is off)."""
-    runner = ToyRunner(seed=6)
-    eos = reference_greedy(runner, MANY[0], 5)[4]
+    runner, eos, want = _toy()
     for overlap in (False, None):
         dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
         calls = _counted(monkeypatch, dec.engine)
-        cfg = GenerationConfig(
-            max_new_tokens=14,
-            eos_token_ids=(eos,),
-            check_every=2,
-            continuous=True,
-            overlap_admissions=overlap,
-        )
-        assert dec.generate(MANY, cfg).tokens == [
-            reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY
-        ]
+        assert dec.generate(MANY, _config(eos, overlap)).tokens == want
         assert calls["begin"] == [] and len(calls["prefill"]) >= 2
 
 
@@ -85,16 +87,10 @@ def test_negative_control_a_landing_without_its_kv_differs(monkeypatch):
     from samgpu.decoding.prefill import Prefiller
 
     monkeypatch.setattr(Prefiller, "_copy_in", lambda self, index, scratch, n, width: None)
-    runner = ToyRunner(seed=6)
-    eos = reference_greedy(runner, MANY[0], 5)[4]
+    runner, eos, want = _toy()
     dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
     calls = _counted(monkeypatch, dec.engine)
-    cfg = GenerationConfig(
-        max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True,
-        overlap_admissions=True,
-    )  # fmt: skip
-    out = dec.generate(MANY, cfg)
-    want = [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    out = dec.generate(MANY, _config(eos))
     assert out.tokens[:3] == want[:3] and out.tokens != want
     assert calls["prefill"] == [[0, 1, 2]]  # every refill went through a landing
 
@@ -123,19 +119,14 @@ def test_admissions_landing_mid_window_equal_reference_greedy(monkeypatch):
     from samgpu.decoding import adaptive
 
     monkeypatch.setattr(adaptive.RefillPolicy, "landing_step", lambda self, window: 1)
-    runner = ToyRunner(seed=6)
-    eos = reference_greedy(runner, MANY[0], 5)[4]
-    dec = _test_decoder(runner, MANY, 3, error_rate=0.3, branching=True)
+    runner, eos, want = _toy()
+    dec = _decoder_of_kind(runner, "test-branching", 3)
     engine, steps, ends = dec.engine, [], []
     step, end = engine.step, engine.end_prefill
     monkeypatch.setattr(engine, "step", lambda: steps.append(1) or step())
     monkeypatch.setattr(engine, "end_prefill", lambda: ends.append(len(steps)) or end())
-    cfg = GenerationConfig(
-        max_new_tokens=14, eos_token_ids=(eos,), check_every=4, continuous=True,
-        overlap_admissions=True,
-    )  # fmt: skip
-    out = dec.generate(MANY, cfg)
-    assert out.tokens == [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    out = dec.generate(MANY, _config(eos, check_every=4))
+    assert out.tokens == want
     assert len(ends) >= 2 and all(n % 4 == 1 for n in ends)  # after a window's first step
 
 
@@ -154,8 +145,7 @@ def test_landing_step_waits_for_the_prefill():
 def test_a_call_interrupted_with_an_admission_pending_leaves_the_engine_usable(monkeypatch):
     """A callback raising (Ctrl-C) while a launched admission waits for its landing: the next
     call on the same decoder runs normally and stays lossless."""
-    runner = ToyRunner(seed=6)
-    eos = reference_greedy(runner, MANY[0], 5)[4]
+    runner, eos, want = _toy()
     dec = build_decoder(runner, "ar", batch_size=3, max_len=64)
     calls = _counted(monkeypatch, dec.engine)
     landed = []
@@ -166,12 +156,7 @@ def test_a_call_interrupted_with_an_admission_pending_leaves_the_engine_usable(m
         if sum(map(len, calls["begin"])) > len(landed):  # an admission waits for its landing
             raise KeyboardInterrupt
 
-    cfg = GenerationConfig(
-        max_new_tokens=14, eos_token_ids=(eos,), check_every=2, continuous=True,
-        overlap_admissions=True,
-    )  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
-        dec.generate(MANY, cfg, on_progress=stop_once_launched)
+        dec.generate(MANY, _config(eos), on_progress=stop_once_launched)
     assert sum(map(len, calls["begin"])) > len(landed)  # it stopped with one pending
-    out = dec.generate(MANY, cfg)
-    assert out.tokens == [reference_greedy(runner, p, 14, eos=(eos,)) for p in MANY]
+    assert dec.generate(MANY, _config(eos)).tokens == want
