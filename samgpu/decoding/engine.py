@@ -237,6 +237,7 @@ class Engine:
         `drafter.start`. Other slots are not touched. False when it also captured, like `step`."""
         if self._landing is not None:  # (its prefill may still be filling the scratch)
             raise RuntimeError("prefill: an admission is pending (end_prefill first)")
+        self._check_rows(rows, prompts)
         index, text, lens, load = self._loader(rows, prompts)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, : max(map(len, prompts)) - 1].clamp(min=0).contiguous()
@@ -281,9 +282,8 @@ class Engine:
             raise ValueError(f"prefill: rows {rows} must be distinct slots below {self.width}")
 
     def _loader(self, rows: list[int], prompts: list[list[int]]):
-        """(index, text [n, max_len], lens [n] on the device, load(hidden)): load resets the rows
-        of every buffer (StepViews.load_rows) and calls drafter.start."""
-        self._check_rows(rows, prompts)
+        """(index, text [n, max_len], lens [n] on the device, load(hidden)) for checked rows: load
+        resets the rows of every buffer (StepViews.load_rows) and calls drafter.start."""
         v, dev, n = self._views, self.device, len(prompts)
         index = upload(torch.tensor(rows, dtype=torch.long), dev)
         text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)

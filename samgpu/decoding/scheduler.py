@@ -247,10 +247,11 @@ class Scheduler:
                 sync()
             t_end = time.perf_counter()
             run.prefill_s += (t_end - t_start) if timed else 0.0
-            refill.record_prefill(launch_s + t_end - t_start)
+            cost = launch_s + t_end - t_start
+            refill.record_prefill(cost)
             for b in rows:
                 slots[b].pending, slots[b].start_step = False, at_step
-                slots[b].prefill_s, slots[b].decode_start = launch_s + t_end - t_start, t_end
+                slots[b].prefill_s, slots[b].decode_start = cost, t_end
             return rows
 
         admit()
