@@ -65,6 +65,11 @@ class GenerationConfig:
             raise ValueError(
                 f"speculation={self.speculation!r}: expected one of {', '.join(SPECULATION_MODES)}"
             )
+        if not (self.overlap_admissions is None or isinstance(self.overlap_admissions, bool)):
+            raise ValueError(
+                f"overlap_admissions={self.overlap_admissions!r}: expected None (auto), True or"
+                " False"
+            )
         if len(self.eos_token_ids) > MAX_EOS:
             raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
 

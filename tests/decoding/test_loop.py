@@ -223,6 +223,8 @@ def test_bad_inputs_raise_clear_errors():
         GenerationConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
         GenerationConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="overlap_admissions='no'"):  # (a string is truthy)
+        GenerationConfig(overlap_admissions="no")
     assert dec.generate([], GenerationConfig()).tokens == []
 
 
