@@ -126,6 +126,9 @@ class Scheduler:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        # on_finish one window late, while the GPU runs the next window's queued steps (None:
+        # on CUDA; a CPU's steps have run by then, so there is nothing to hide the calls behind)
+        self.defer_finish: bool | None = None
 
     @property
     def drafter(self):
@@ -182,6 +185,10 @@ class Scheduler:
         overlap = overlap and config.continuous and engine.defers_prefill
         landing = None  # the pending admission's (Engine.begin_prefill)
         launch_s = 0.0  # its launch's host time
+        defer = self.defer_finish
+        defer = engine.device.type == "cuda" if defer is None else defer
+        to_report: deque[tuple[int, list[int], RequestStats]] = deque()  # on_finish not yet called
+        in_callback = False
 
         def is_live(b: int) -> bool:
             return slots[b] is not None and not slots[b].pending
@@ -254,85 +261,110 @@ class Scheduler:
                 slots[b].prefill_s, slots[b].decode_start = cost, t_end
             return rows
 
+        def report() -> None:
+            """on_finish for the requests collected so far (deferred: beside the queued steps)."""
+            nonlocal in_callback
+            while to_report:
+                item = to_report.popleft()
+                in_callback = True
+                on_finish(*item)
+                in_callback = False
+
         admit()
         check_every = config.steps_per_check(engine.device, len(slots))
         emitted = 0  # tokens emitted so far: finished requests' and live ones' (at the last check)
-        while any(s is not None for s in slots):
-            oldest = min(s.start_step for s in slots if s is not None)
-            window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
-            speculate = policy.choose()
-            engine.set_speculate(speculate)
-            live_at_start = sum(map(is_live, range(len(slots))))
-            due = refill.landing_step(window) if landing is not None else None
-            t_launch = time.perf_counter()
-            clean = True
-            with mode(), threads.window(speculate) as all_threads:
-                for i in range(window):
-                    if i == due:
-                        land(steps + i, timed=False)
-                    clean &= engine.step()
-                finished, num_generated = engine.read_flags()
-            steps += window
-            t_read = time.perf_counter()
-            run.steps_s += t_read - t_launch
-            if clean:
-                refill.record_window(t_read - t_launch, window)
-            if landing is not None and (gpu_s := landing.gpu_seconds()) is not None:
-                refill.record_launch(gpu_s)
-            if due is not None:
-                landing = None
-            live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
-            tokens_in_window = done_tokens + live_now - emitted
-            seconds = t_read - t_launch
-            policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
-            rate = (tokens_in_window, seconds, clean, live_at_start)
-            threads.record(speculate, all_threads, window, *rate)
-            ended = [
-                b
-                for b, s in enumerate(slots)
-                if is_live(b) and (finished[b] or steps - s.start_step >= config.max_new_tokens)
-            ]
-            if ended:
-                now = time.perf_counter()
-                with mode():
-                    collected = engine.collect(ended)
-                for b, (toks, stat) in zip(ended, collected, strict=True):
-                    slot = slots[b]
-                    stat.prefill_s = slot.prefill_s
-                    stat.decode_s = now - slot.decode_start
-                    stat.queued_s, stat.finish_s = slot.queued_s, now - t0
-                    stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
-                    tokens[slot.request], stats[slot.request] = toks, stat
-                    done_tokens += stat.generated
-                    done_steps += stat.steps
-                    slots[b] = None
-                    if on_finish is not None:
-                        on_finish(slot.request, toks, stat)
-            admitted = set()
-            if landing is not None:  # (not landed mid-window)
-                admitted.update(land(steps, timed=True))
-                landing = None
-            if waiting and any(s is None for s in slots):
-                admitted.update(admit())
-            # admitted rows start at 0 tokens: no second flag read
-            num_generated = [0 if b in admitted else n for b, n in enumerate(num_generated)]
-            emitted = done_tokens + sum(num_generated[b] for b in range(len(slots)) if is_live(b))
-            if on_progress is not None:
-                live = [b for b in range(len(slots)) if is_live(b)]
-                on_progress(
-                    ProgressInfo(
-                        request_ids=[slots[b].request for b in live],
-                        num_generated=[num_generated[b] for b in live],
-                        num_steps=[steps - slots[b].start_step for b in live],
-                        num_requests=len(prompts),
-                        num_finished=sum(t is not None for t in tokens),
-                        done_tokens=done_tokens,
-                        done_steps=done_steps,
-                        steps=steps,
-                        elapsed_s=time.perf_counter() - t0,
-                        read_tokens=functools.partial(engine.read_tokens, live),
-                    )
+        try:
+            while any(s is not None for s in slots):
+                oldest = min(s.start_step for s in slots if s is not None)
+                window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
+                speculate = policy.choose()
+                engine.set_speculate(speculate)
+                live_at_start = sum(map(is_live, range(len(slots))))
+                due = refill.landing_step(window) if landing is not None else None
+                t_launch = time.perf_counter()
+                clean = True
+                with threads.window(speculate) as all_threads:
+                    with mode():
+                        for i in range(window):
+                            if i == due:
+                                land(steps + i, timed=False)
+                            clean &= engine.step()
+                    report()  # (the last check's finished requests, while the GPU runs the steps)
+                    with mode():
+                        finished, num_generated = engine.read_flags()
+                steps += window
+                t_read = time.perf_counter()
+                run.steps_s += t_read - t_launch
+                if clean:
+                    refill.record_window(t_read - t_launch, window)
+                if landing is not None and (gpu_s := landing.gpu_seconds()) is not None:
+                    refill.record_launch(gpu_s)
+                if due is not None:
+                    landing = None
+                live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
+                tokens_in_window = done_tokens + live_now - emitted
+                seconds = t_read - t_launch
+                policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
+                rate = (tokens_in_window, seconds, clean, live_at_start)
+                threads.record(speculate, all_threads, window, *rate)
+                ended = [
+                    b
+                    for b, s in enumerate(slots)
+                    if is_live(b) and (finished[b] or steps - s.start_step >= config.max_new_tokens)
+                ]
+                if ended:
+                    now = time.perf_counter()
+                    with mode():
+                        collected = engine.collect(ended)
+                    for b, (toks, stat) in zip(ended, collected, strict=True):
+                        slot = slots[b]
+                        stat.prefill_s = slot.prefill_s
+                        stat.decode_s = now - slot.decode_start
+                        stat.queued_s, stat.finish_s = slot.queued_s, now - t0
+                        stat.tokens_per_s = stat.generated / stat.decode_s if stat.decode_s else 0.0
+                        tokens[slot.request], stats[slot.request] = toks, stat
+                        done_tokens += stat.generated
+                        done_steps += stat.steps
+                        slots[b] = None
+                        if on_finish is not None:
+                            to_report.append((slot.request, toks, stat))
+                    if not defer:
+                        report()
+                admitted = set()
+                if landing is not None:  # (not landed mid-window)
+                    admitted.update(land(steps, timed=True))
+                    landing = None
+                if waiting and any(s is None for s in slots):
+                    admitted.update(admit())
+                # admitted rows start at 0 tokens: no second flag read
+                num_generated = [0 if b in admitted else n for b, n in enumerate(num_generated)]
+                emitted = done_tokens + sum(
+                    num_generated[b] for b in range(len(slots)) if is_live(b)
                 )
+                if on_progress is not None:
+                    live = [b for b in range(len(slots)) if is_live(b)]
+                    on_progress(
+                        ProgressInfo(
+                            request_ids=[slots[b].request for b in live],
+                            num_generated=[num_generated[b] for b in live],
+                            num_steps=[steps - slots[b].start_step for b in live],
+                            num_requests=len(prompts),
+                            num_finished=sum(t is not None for t in tokens),
+                            done_tokens=done_tokens,
+                            done_steps=done_steps,
+                            steps=steps,
+                            elapsed_s=time.perf_counter() - t0,
+                            read_tokens=functools.partial(engine.read_tokens, live),
+                        )
+                    )
+        except BaseException:
+            # an interrupt or a failure of the loop: the requests already finished are reported
+            # (a file run keeps their records); not after a callback of its own failed
+            if not in_callback:
+                with contextlib.suppress(Exception):
+                    report()
+            raise
+        report()
         run.seconds = time.perf_counter() - t0
         run.host_s = max(0.0, run.seconds - run.prefill_s - run.steps_s)
         run.steps, run.drafting_steps = steps, policy.steps[True]
