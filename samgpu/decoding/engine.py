@@ -33,6 +33,9 @@ Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 
 from samgpu.decoding.buffers import StepBuffers, StepViews, upload
@@ -285,18 +288,19 @@ class Engine:
         """(index, text [n, max_len], lens [n] on the device, load(hidden)) for checked rows: load
         resets the rows of every buffer (StepViews.load_rows) and calls drafter.start."""
         v, dev, n = self._views, self.device, len(prompts)
-        index = upload(torch.tensor(rows, dtype=torch.long), dev)
-        text = torch.full((n, self.max_len), PAD_TOKEN, dtype=torch.int32)
-        for i, p in enumerate(prompts):
-            text[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        text = upload(text, dev)
-        lens = upload(torch.tensor([len(p) for p in prompts], dtype=torch.int32), dev)
+        longest = max(map(len, prompts))
+        # one upload: rows, lengths, then the prompts [n, longest] right-padded
+        host = np.full(2 * n + n * longest, PAD_TOKEN, dtype=np.int32)
+        host[:n], host[n : 2 * n] = rows, [len(p) for p in prompts]
+        padded = host[2 * n :].reshape(n, longest)
+        padded[np.arange(longest) < host[n : 2 * n, None]] = list(itertools.chain(*prompts))
+        packed = upload(torch.from_numpy(host), dev)
+        index, lens, text = packed[:n].long(), packed[n : 2 * n], packed[2 * n :].view(n, longest)
 
         def load(hidden: torch.Tensor | None = None) -> None:
             v.load_rows(index, text, lens, self._config.max_new_tokens)
             started = torch.zeros(self.width, dtype=torch.int32, device=dev)
             started.index_copy_(0, index, lens)
-            longest = max(map(len, prompts))
             self.drafter.start(v.state, NewRequests(index, started, longest, hidden))
 
         return index, text, lens, load

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from samgpu.decoding.buffers import upload
+from samgpu.decoding.buffers import copy_to_device, upload
 from samgpu.decoding.prefill_plan import (
     GRAPH_ROWS,
     MAX_CALL_TOKENS,
@@ -79,15 +79,14 @@ def packs_by_default(runner, slots: int) -> bool:
 
 @dataclass
 class _Packed:
-    """A packed call on its way (Prefiller._packed_call): its inputs, width, tokens, the scratch
-    it fills and the pinned host copy of its inputs (alive until the copy is done)."""
+    """A packed call on its way (Prefiller._packed_call): its inputs, width, tokens and the
+    scratch it fills."""
 
     meta: torch.Tensor
     width: int
     total: int
     scratch: KVCache
     hidden: torch.Tensor | None
-    host: torch.Tensor
 
 
 @dataclass
@@ -308,18 +307,15 @@ class Prefiller:
         if self.with_hidden:  # (hidden [n, W, H] is sized by the admission's longest prompt)
             parts.append(np.repeat(np.array(call) * max(map(len, prompts)), sizes) + col)
         host = torch.from_numpy(np.concatenate(parts).astype(np.int32, copy=False))
-        if runner.device.type == "cuda":
-            host = host.pin_memory()
         if self.use_graphs:
             self._allocate_scratch()
-            meta = self._stage[: host.shape[0]]
-            meta.copy_(host, non_blocking=True)
+            meta = copy_to_device(host, self._stage[: host.shape[0]])
             graph = self._graphs.get((1, width))
             if graph is None:
                 graph = self._capture(1, width)
             graph.replay()
-            return _Packed(meta, width, total, self._scratch, self._hidden, host)
-        meta = host.to(runner.device)
+            return _Packed(meta, width, total, self._scratch, self._hidden)
+        meta = upload(host, runner.device)
         ids, segment_start, lengths = self._graph_inputs(meta, width)
         scratch = runner.allocate_cache(1, total)
         extra = {}
@@ -327,7 +323,7 @@ class Prefiller:
             shape = (1, total, runner.hidden_size)
             extra["hidden_out"] = torch.empty(shape, dtype=runner.dtype, device=runner.device)
         runner.prefill(ids, lengths, scratch, segment_start=segment_start, **extra)
-        return _Packed(meta, width, total, scratch, extra.get("hidden_out"), host)
+        return _Packed(meta, width, total, scratch, extra.get("hidden_out"))
 
     def _land_packed(self, p: _Packed, hidden: torch.Tensor | None) -> None:
         """A packed call's K/V (and hidden states) from its scratch into the slots."""
