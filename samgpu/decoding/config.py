@@ -20,6 +20,9 @@ CHECK_EVERY: int = 8  # default steps between host checks
 # start, beside the prefill in a one-call admission, runs after it on the loop's stream at each
 # landing; B=128 not measured)
 OVERLAP_MIN_SLOTS: int = 128
+# ... and from this width for a method that never drafts (`ar`: a landing is only the K/V move;
+# H200, 1466161, same session: `ar` +3% at B=16, +6% at B=64 with them, `merged` -1% / -4%)
+OVERLAP_MIN_SLOTS_PLAIN: int = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +49,8 @@ class GenerationConfig:
     adaptive_threads: bool = False
     # Continuous batching: a refill beside live slots is prefilled on a second stream during their
     # next steps and joins them when its prefill should be done, instead of stalling them for it
-    # (samgpu.decoding.scheduler). None: on CUDA from OVERLAP_MIN_SLOTS slots; True also on a CPU
-    # (where it runs in turn: tests).
+    # (samgpu.decoding.scheduler). None: on CUDA from OVERLAP_MIN_SLOTS slots (from
+    # OVERLAP_MIN_SLOTS_PLAIN for a method that never drafts); True also on a CPU (tests).
     overlap_admissions: bool | None = None
 
     def __post_init__(self):
@@ -113,6 +116,14 @@ class GenerationConfig:
         if self.check_every is not None:
             return self.check_every
         return 1 if device.type == "cpu" and width == 1 else CHECK_EVERY
+
+    def overlaps(self, device: torch.device, width: int, drafts: bool) -> bool:
+        """overlap_admissions, or its default for `width` slots on `device` with a method that
+        drafts or not (`ar`): on CUDA from OVERLAP_MIN_SLOTS, resp. OVERLAP_MIN_SLOTS_PLAIN."""
+        if self.overlap_admissions is not None:
+            return self.overlap_admissions
+        least = OVERLAP_MIN_SLOTS if drafts else OVERLAP_MIN_SLOTS_PLAIN
+        return device.type == "cuda" and width >= least
 
 
 @dataclass

@@ -6,6 +6,7 @@ here); the outputs must still equal the toy's greedy continuation token for toke
 from __future__ import annotations
 
 import pytest
+import torch
 
 from samgpu.decoding.config import GenerationConfig
 from samgpu.factory import build_decoder
@@ -160,3 +161,17 @@ def test_a_call_interrupted_with_an_admission_pending_leaves_the_engine_usable(m
         dec.generate(MANY, _config(eos), on_progress=stop_once_launched)
     assert sum(map(len, calls["begin"])) > len(landed)  # it stopped with one pending
     assert dec.generate(MANY, _config(eos)).tokens == want
+
+
+def test_default_overlap_rule():
+    """overlap_admissions=None: on CUDA from OVERLAP_MIN_SLOTS slots for a drafting method, from
+    OVERLAP_MIN_SLOTS_PLAIN for `ar`; never on a CPU; an explicit value wins."""
+    from samgpu.decoding.config import OVERLAP_MIN_SLOTS, OVERLAP_MIN_SLOTS_PLAIN
+
+    assert OVERLAP_MIN_SLOTS_PLAIN < OVERLAP_MIN_SLOTS
+    cuda, cpu, cfg = torch.device("cuda"), torch.device("cpu"), GenerationConfig()
+    for drafts, least in ((True, OVERLAP_MIN_SLOTS), (False, OVERLAP_MIN_SLOTS_PLAIN)):
+        assert cfg.overlaps(cuda, least, drafts) and not cfg.overlaps(cuda, least - 1, drafts)
+        assert not cfg.overlaps(cpu, 1024, drafts)
+    assert GenerationConfig(overlap_admissions=True).overlaps(cpu, 1, True)
+    assert not GenerationConfig(overlap_admissions=False).overlaps(cuda, 1024, False)
