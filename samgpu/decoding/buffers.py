@@ -4,6 +4,7 @@ are cached per key, so captured CUDA graphs keep pointing at the same memory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -117,6 +118,32 @@ class StepViews:
     num_steps: torch.Tensor  # [B] int32; live steps
     accepted_hist: torch.Tensor  # [B, K] int32
     source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
+
+    def read_rows(
+        self, idx: torch.Tensor, stats: bool, host: torch.Tensor
+    ) -> Callable[[], list[tuple[list[int], list[int]]]]:
+        """Slots `idx`: per row its generated tokens and, with `stats`, [num_steps,
+        accepted_hist.., source_counts..]. The device gather and one copy into `host` (pinned on
+        CUDA: not blocking) are queued now; the returned call waits for them and reads."""
+        st = self.state
+        cols = [st.prompt_len[:, None], st.text_len[:, None]]
+        if stats:
+            cols += [self.num_steps[:, None], self.accepted_hist, self.source_counts]
+        width = sum(c.shape[1] for c in cols)
+        packed = torch.cat([*cols, st.text], dim=1).index_select(0, idx)
+        packed = host[: packed.numel()].view(packed.shape).copy_(packed, non_blocking=True)
+        done = torch.cuda.Event() if idx.is_cuda else None
+        if done is not None:
+            done.record()
+
+        def read() -> list[tuple[list[int], list[int]]]:
+            if done is not None:
+                done.synchronize()
+            head, text = packed[:, :width].tolist(), packed[:, width:]
+            # only each row's generated slice becomes a Python list (a row is max_len tokens)
+            return [(text[i, h[0] : h[1]].tolist(), h[2:]) for i, h in enumerate(head)]
+
+        return read
 
     def load_rows(self, index: torch.Tensor, text: torch.Tensor, lens: torch.Tensor, budget: int):
         """New requests in slots `index`: their text [n, W <= max_len] (the prompts, padded; the

@@ -52,6 +52,12 @@ class GenerationConfig:
     # (samgpu.decoding.scheduler). None: on CUDA from OVERLAP_MIN_SLOTS slots (from
     # OVERLAP_MIN_SLOTS_PLAIN for a method that never drafts); True also on a CPU (tests).
     overlap_admissions: bool | None = None
+    # At a host check, the next window's first step is queued before the check's host work
+    # (collection, admission), which then runs while the GPU steps; new requests join one step
+    # later, and progress's read_tokens may show that step's tokens. Off until measured on a GPU
+    # (written for the ~1-2.5 ms per check the H200 idles at B=64-256 while the host collects
+    # and admits). Not with adaptive_threads (a window's threads are chosen for all its steps).
+    step_ahead: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -73,6 +79,8 @@ class GenerationConfig:
                 f"overlap_admissions={self.overlap_admissions!r}: expected None (auto), True or"
                 " False"
             )
+        if not isinstance(self.step_ahead, bool):
+            raise ValueError(f"step_ahead={self.step_ahead!r}: expected True or False")
         if len(self.eos_token_ids) > MAX_EOS:
             raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
 

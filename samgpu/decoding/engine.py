@@ -26,7 +26,8 @@ Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prom
 (rows of every buffer reset, prompt[:-1] into the KV cache by samgpu.decoding.prefill, the last
 token as the first root, `drafter.start`), or in two halves beside live slots (`begin_prefill`,
 `end_prefill`); `read_flags()` is the loop's one host read (finished flags and lengths, pinned);
-`collect(rows)` reads finished requests' tokens and statistics in one copy, `drafter.finish`.
+`collect(rows)` reads finished requests' tokens and statistics in one copy, `drafter.finish`
+(`begin_collect`: the copy queued now, read later, for steps queued in between).
 
 Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]); engine.step()
 """
@@ -34,6 +35,7 @@ Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -85,12 +87,8 @@ class Engine:
         self.k_slots = max_depth + 1
         self.vocab_size = int(runner.vocab_size)
         self.stage_range = stage_range
-        self.use_cuda_graphs = (
-            use_cuda_graphs
-            and self.device.type == "cuda"
-            and drafter.graph_safe
-            and bool(getattr(runner, "graph_safe", True))
-        )
+        safe = drafter.graph_safe and bool(getattr(runner, "graph_safe", True))
+        self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda" and safe
         self.cache = runner.allocate_cache(max_reqs, max_len)
         graphs, hidden = self.use_cuda_graphs, drafter.needs_hidden
         self._prefiller = Prefiller(runner, self.cache, use_graphs=graphs, with_hidden=hidden)
@@ -121,6 +119,9 @@ class Engine:
         self._accepted_hist = i32(R, K)
         self._source_counts = i32(R, len(SOURCE_NAMES))
         self._flags_host = torch.zeros(2 * R, dtype=torch.int32, pin_memory=dev.type == "cuda")
+        # finished rows' reads (counters, then text; one call's in use at a time)
+        size = R * (3 + K + len(SOURCE_NAMES) + max_len)
+        self._rows_host = torch.empty(size, dtype=torch.int32, pin_memory=dev.type == "cuda")
         self._views_by_key: dict[tuple[int, bool], StepViews] = {}
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._warm: set[tuple] = set()
@@ -187,9 +188,8 @@ class Engine:
         return self._speculate
 
     def set_speculate(self, speculate: bool) -> None:
-        """Drafting steps (the drafter's tree) or plain autoregressive steps (the root alone, one
-        node verified, a graph of its own); the drafter's update runs either way, so its state
-        follows the text and drafting can resume at any step."""
+        """Drafting steps (the drafter's tree) or plain AR steps (the root alone, a graph of its
+        own); the drafter's update runs either way, so drafting can resume at any step."""
         speculate = speculate or self._plain is None
         if speculate != self._speculate:
             self._speculate = speculate
@@ -434,47 +434,47 @@ class Engine:
         flags = host.tolist()
         return [bool(f) for f in flags[:B]], flags[B:]
 
-    def _read_rows(self, idx: torch.Tensor, stats: bool) -> list[tuple[list[int], list[int]]]:
-        """Slots `idx` in one host read (one sync, however many rows and fields): per row its
-        generated tokens and, with `stats`, [num_steps, accepted_hist.., source_counts..]."""
-        v, st = self._views, self._views.state
-        cols = [st.prompt_len[:, None], st.text_len[:, None]]
-        if stats:
-            cols += [v.num_steps[:, None], v.accepted_hist, v.source_counts]
-        width = sum(c.shape[1] for c in cols)
-        packed = torch.cat([*cols, st.text], dim=1).index_select(0, idx).cpu()
-        head, text = packed[:, :width].tolist(), packed[:, width:]
-        # only each row's generated slice becomes a Python list (a whole row is max_len tokens)
-        return [(text[i, h[0] : h[1]].tolist(), h[2:]) for i, h in enumerate(head)]
-
     def read_tokens(self, rows: list[int]) -> list[list[int]]:
         """Tokens generated so far by the requests in slots `rows` (progress, streaming)."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        return [toks for toks, _ in self._read_rows(idx, stats=False)] if rows else []
+        idx = upload(torch.tensor(rows, dtype=torch.long), self.device)
+        return [t for t, _ in self._views.read_rows(idx, False, self._rows_host)()] if rows else []
 
     def collect(self, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
         """Tokens and statistics of the finished requests in slots `rows` (one host read of those
-        rows), then `drafter.finish` for them. Timing fields are left to the scheduler."""
+        rows), and `drafter.finish` for them. Timing fields are left to the scheduler."""
+        return self.begin_collect(rows)()
+
+    def begin_collect(self, rows: list[int]) -> Callable[[], list[tuple[list[int], RequestStats]]]:
+        """`collect` in two halves: the rows' read and `drafter.finish` are queued now (steps
+        queued after them leave finished rows alone); the returned call waits for the read."""
         if not rows:
-            return []
-        v, idx = self._views, torch.tensor(rows, dtype=torch.long, device=self.device)
-        k, has_sources = v.accepted_hist.shape[1], self.drafter.last_source is not None
-        out = []
-        for toks, counts in self._read_rows(idx, stats=True):
-            steps, sources = counts[0], counts[1 + k :]
-            stat = RequestStats(
-                steps=steps,
-                generated=len(toks),
-                mat=len(toks) / steps if steps else 0.0,
-                tokens_per_s=0.0,
-                accepted_hist=counts[1 : 1 + k],
-                sources={SOURCE_NAMES[j]: n for j, n in enumerate(sources) if n and has_sources},
-                prefill_s=0.0,
-                decode_s=0.0,
-            )
-            out.append((toks, stat))
+            return list
+        v, k = self._views, self._accepted_hist.shape[1]
+        has_sources = self.drafter.last_source is not None
+        idx = upload(torch.tensor(rows, dtype=torch.long), self.device)
+        read = v.read_rows(idx, True, self._rows_host)
         self.drafter.finish(v.state, idx)
-        return out
+
+        def results() -> list[tuple[list[int], RequestStats]]:
+            out = []
+            for toks, counts in read():
+                steps, sources = counts[0], counts[1 + k :]
+                stat = RequestStats(
+                    steps=steps,
+                    generated=len(toks),
+                    mat=len(toks) / steps if steps else 0.0,
+                    tokens_per_s=0.0,
+                    accepted_hist=counts[1 : 1 + k],
+                    sources={
+                        SOURCE_NAMES[j]: n for j, n in enumerate(sources) if n and has_sources
+                    },
+                    prefill_s=0.0,
+                    decode_s=0.0,
+                )
+                out.append((toks, stat))
+            return out
+
+        return results
 
     def profile_stages(
         self, prompts: list[list[int]], config: GenerationConfig, max_steps: int = 32

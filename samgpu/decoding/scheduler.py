@@ -224,7 +224,7 @@ class Scheduler:
             if clean and len(free) < len(slots):
                 refill.record_prefill(t_end - t_start)
             for b, r in zip(rows, requests, strict=True):
-                slots[b] = _Slot(r, steps, t_end - t_start, t_end, t_start - t0)
+                slots[b] = _Slot(r, steps + queued, t_end - t_start, t_end, t_start - t0)
             return rows
 
         def launch(rows: list[int]) -> None:
@@ -236,7 +236,7 @@ class Scheduler:
                 landing = engine.begin_prefill(rows, [prompts[r] for r in requests])
             waiting.extendleft(reversed(requests[landing.count :]))  # (did not fit one call)
             for b, r in zip(rows[: landing.count], requests, strict=False):
-                slots[b] = _Slot(r, steps, 0.0, 0.0, t_start - t0, pending=True)
+                slots[b] = _Slot(r, steps + queued, 0.0, 0.0, t_start - t0, pending=True)
             launch_s = time.perf_counter() - t_start
             run.prefill_s += launch_s
 
@@ -261,6 +261,16 @@ class Scheduler:
                 slots[b].prefill_s, slots[b].decode_start = cost, t_end
             return rows
 
+        queued = 0  # steps of the next window queued at the last check (config.step_ahead)
+        ahead = config.step_ahead and not threads.enabled  # (a window's threads are chosen whole)
+
+        def start_window(skip=()) -> tuple[bool, int, float, bool]:
+            """A window's mode, live slots (less `skip`), start time and clean flag."""
+            speculate = policy.choose()
+            engine.set_speculate(speculate)
+            live = sum(is_live(b) and b not in skip for b in range(len(slots)))
+            return speculate, live, time.perf_counter(), True
+
         def report() -> None:
             """on_finish for the requests collected so far (deferred: beside the queued steps)."""
             nonlocal in_callback
@@ -277,15 +287,13 @@ class Scheduler:
             while any(s is not None for s in slots):
                 oldest = min(s.start_step for s in slots if s is not None)
                 window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
-                speculate = policy.choose()
-                engine.set_speculate(speculate)
-                live_at_start = sum(map(is_live, range(len(slots))))
-                due = refill.landing_step(window) if landing is not None else None
-                t_launch = time.perf_counter()
-                clean = True
+                if not queued:
+                    speculate, live_at_start, t_launch, clean = start_window()
+                due = refill.landing_step(window - queued) if landing is not None else None
+                due = None if due is None else due + queued  # (its prefill follows queued steps)
                 with threads.window(speculate) as all_threads:
                     with mode():
-                        for i in range(window):
+                        for i in range(queued, window):
                             if i == due:
                                 land(steps + i, timed=False)
                             clean &= engine.step()
@@ -293,6 +301,7 @@ class Scheduler:
                     with mode():
                         finished, num_generated = engine.read_flags()
                 steps += window
+                queued = 0
                 t_read = time.perf_counter()
                 run.steps_s += t_read - t_launch
                 if clean:
@@ -312,10 +321,19 @@ class Scheduler:
                     for b, s in enumerate(slots)
                     if is_live(b) and (finished[b] or steps - s.start_step >= config.max_new_tokens)
                 ]
+                read_collected = list
                 if ended:
                     now = time.perf_counter()
                     with mode():
-                        collected = engine.collect(ended)
+                        read_collected = engine.begin_collect(ended)
+                live_on = [b for b in range(len(slots)) if is_live(b) and b not in ended]
+                if ahead and live_on:  # (the next window's first step, queued now)
+                    speculate, live_at_start, t_launch, clean = start_window(skip=ended)
+                    with mode():
+                        clean &= engine.step()
+                    queued = 1
+                if ended:
+                    collected = read_collected()
                     for b, (toks, stat) in zip(ended, collected, strict=True):
                         slot = slots[b]
                         stat.prefill_s = slot.prefill_s
@@ -332,7 +350,7 @@ class Scheduler:
                         report()
                 admitted = set()
                 if landing is not None:  # (not landed mid-window)
-                    admitted.update(land(steps, timed=True))
+                    admitted.update(land(steps + queued, timed=True))
                     landing = None
                 if waiting and any(s is None for s in slots):
                     admitted.update(admit())
@@ -347,7 +365,7 @@ class Scheduler:
                         ProgressInfo(
                             request_ids=[slots[b].request for b in live],
                             num_generated=[num_generated[b] for b in live],
-                            num_steps=[steps - slots[b].start_step for b in live],
+                            num_steps=[max(0, steps - slots[b].start_step) for b in live],
                             num_requests=len(prompts),
                             num_finished=sum(t is not None for t in tokens),
                             done_tokens=done_tokens,

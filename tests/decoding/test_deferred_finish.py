@@ -66,7 +66,7 @@ def test_interrupt_reports_what_finished_but_not_after_a_failed_callback():
     dec.defer_finish = True
     cfg = GenerationConfig(max_new_tokens=9, check_every=2, continuous=True)
     engine = dec.engine
-    step, collect = engine.step, engine.collect
+    step, collect = engine.step, engine.begin_collect
     collected: list[int] = []
 
     def counted_collect(rows):
@@ -78,7 +78,7 @@ def test_interrupt_reports_what_finished_but_not_after_a_failed_callback():
             raise KeyboardInterrupt
         return step()
 
-    engine.step, engine.collect = interrupted_step, counted_collect
+    engine.step, engine.begin_collect = interrupted_step, counted_collect
     reported: list[int] = []
 
     def on_finish(i, toks, st):
@@ -88,7 +88,7 @@ def test_interrupt_reports_what_finished_but_not_after_a_failed_callback():
     with pytest.raises(KeyboardInterrupt):
         dec.generate(MANY, cfg, on_finish=on_finish)
     assert collected and len(reported) == len(collected)
-    engine.step, engine.collect = step, collect
+    engine.step, engine.begin_collect = step, collect
 
     calls: list[int] = []
 

@@ -1,0 +1,88 @@
+"""GenerationConfig.step_ahead: at a host check the next window's first step is queued before the
+check's host work (collecting, admitting), which a GPU then overlaps with that step; new requests
+join one step later. Same outputs as without (lossless) for ar, chains and trees, with one-call
+and overlapped admissions, static and continuous batching, and budgets met exactly; the
+control shows the step really comes before the admission only with it."""
+
+from __future__ import annotations
+
+import pytest
+
+from samgpu.decoding.config import GenerationConfig
+from tests.decoding.test_loop import MANY, ToyRunner, _decoder_of_kind, reference_greedy
+
+
+def _trace(engine, events: list) -> None:
+    """Log the engine's steps, flag reads and admissions into `events`."""
+    for name in ("step", "read_flags", "prefill", "begin_prefill"):
+        fn = getattr(engine, name)
+
+        def traced(*a, _fn=fn, _name=name, **k):
+            events.append(_name)
+            return _fn(*a, **k)
+
+        setattr(engine, name, traced)
+
+
+def _steps_before_admissions(events: list) -> int:
+    """Checks at which a step was queued between the flag read and that check's admission."""
+    count = 0
+    for i, e in enumerate(events):
+        if e != "read_flags":
+            continue
+        rest = events[i + 1 :]
+        nxt = next((j for j, x in enumerate(rest) if x in ("prefill", "begin_prefill")), None)
+        end = next((j for j, x in enumerate(rest) if x == "read_flags"), len(rest))
+        if nxt is not None and nxt < end and "step" in rest[:nxt]:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("kind", ["ar", "test", "test-branching"])
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-call", "overlapped"])
+def test_step_ahead_is_lossless_and_steps_before_admitting(kind, overlap):
+    runner = ToyRunner(seed=11)
+    eos = reference_greedy(runner, MANY[1], 5)[4]  # (requests end at different steps)
+    want = [reference_greedy(runner, p, 9, eos=(eos,)) for p in MANY]
+    assert len({len(w) for w in want}) > 1
+    seen = {}
+    for ahead in (False, True):
+        dec = _decoder_of_kind(runner, kind, 3)
+        events: list = []
+        _trace(dec.engine, events)
+        cfg = GenerationConfig(
+            max_new_tokens=9,
+            check_every=2,
+            continuous=True,
+            overlap_admissions=overlap,
+            step_ahead=ahead,
+            eos_token_ids=(eos,),
+        )
+        out = dec.generate(MANY, cfg)
+        assert out.tokens == want  # (budgets met exactly: 9 tokens unless an EOS came first)
+        seen[ahead] = _steps_before_admissions(events)
+    assert seen[True] >= 1 and seen[False] == 0, seen  # (the control: never without it)
+
+
+def test_step_ahead_static_batches_and_eos():
+    """Static batching (a batch admits when all are done: nothing to step ahead of then) and
+    requests ending at an EOS id mid-window."""
+    runner = ToyRunner(seed=12)
+    eos = reference_greedy(runner, MANY[0], 6)[3]  # some token the toy emits
+    want = [reference_greedy(runner, p, 12, eos=(eos,)) for p in MANY]
+    assert any(len(w) < 12 for w in want)
+    for continuous in (False, True):
+        dec = _decoder_of_kind(runner, "test-branching", 3)
+        cfg = GenerationConfig(
+            max_new_tokens=12,
+            check_every=3,
+            continuous=continuous,
+            eos_token_ids=(eos,),
+            step_ahead=True,
+        )
+        assert dec.generate(MANY, cfg).tokens == want
+
+
+def test_step_ahead_flag_is_checked():
+    with pytest.raises(ValueError, match="step_ahead"):
+        GenerationConfig(step_ahead="yes")
