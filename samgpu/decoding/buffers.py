@@ -134,7 +134,7 @@ class StepViews:
         packed = host[: packed.numel()].view(packed.shape).copy_(packed, non_blocking=True)
         done = torch.cuda.Event() if idx.is_cuda else None
         if done is not None:
-            done.record()
+            done.record(torch.cuda.current_stream(idx.device))  # (the copy's stream)
 
         def read() -> list[tuple[list[int], list[int]]]:
             if done is not None:

@@ -427,7 +427,7 @@ class Engine:
         if self.device.type == "cuda":
             host.copy_(packed, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             event.synchronize()
         else:
             host.copy_(packed)
