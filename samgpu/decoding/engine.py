@@ -285,7 +285,7 @@ class Engine:
             raise ValueError(f"prefill: rows {rows} must be distinct slots below {self.width}")
 
     def _loader(self, rows: list[int], prompts: list[list[int]]):
-        """(index, text [n, max_len], lens [n] on the device, load(hidden)) for checked rows: load
+        """(index, text [n, longest], lens [n] on the device, load(hidden)) for checked rows: load
         resets the rows of every buffer (StepViews.load_rows) and calls drafter.start."""
         v, dev, n = self._views, self.device, len(prompts)
         longest = max(map(len, prompts))
