@@ -273,7 +273,7 @@ class SamDecoder:
     ):
         """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
         prompt). on_progress(ProgressInfo) runs at every host check; on_finish(prompt index,
-        tokens, RequestStats) as each request finishes."""
+        tokens, RequestStats) as each request finishes (CUDA: while the next steps run)."""
         if not prompts:
             return GenerationOutput(tokens=[], stats=[])
         for i, p in enumerate(prompts):
