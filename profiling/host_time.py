@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         timers.uninstall()
     records, rows = [], []
     for (batch, method, mode), t in last.items():
-        records.append(dict(bench="host_time", method=method, batch_size=batch, mode=mode, **t))
+        params = dict(argv=list(sys.argv[1:] if argv is None else argv))
+        rec = dict(bench="host_time", provider="samgpu-cli", method=method, batch_size=batch)
+        records.append(dict(rec, mode=mode, **t, params=params))
         row = dict(batch_size=batch, method=method, mode=mode, generate_ms=t["generate_ms"])
         row.update({k: f"{ms:.1f} / {n}" for k, (ms, n) in t["calls"].items()})
         rows.append(row)
