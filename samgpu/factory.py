@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from samgpu.decoding.engine import Engine
+from samgpu.decoding.prefill_plan import GRAPH_ROWS
 from samgpu.decoding.scheduler import Scheduler
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import budget_options, build_drafter, get_method
@@ -33,7 +34,6 @@ from samgpu.errors import InputError, SetupError
 DEFAULT_METHOD = "sam+tr"
 CPU_MAX_NODES = 4
 DYNAMIC_BYTES_PER_TOKEN = 156  # a dynamic automaton slot, per token of capacity (upper bound)
-PREFILL_GRAPH_ROWS = 16  # samgpu.decoding.prefill_plan.GRAPH_ROWS: the scratch cache's rows
 MEMORY_HEADROOM = 0.9  # share of the free GPU memory a decoder may plan to take
 
 
@@ -71,14 +71,14 @@ def memory_estimate(
     parts = {
         "kv_cache": kv_token * batch_size * max_len,
         "logits": 4 * batch_size * (nodes + 1) * runner.vocab_size,
-        "refill_scratch": kv_token * min(batch_size, PREFILL_GRAPH_ROWS) * max_len,
+        "refill_scratch": kv_token * min(batch_size, GRAPH_ROWS) * max_len,
     }
     entry = get_method(method)
     if entry.head_layers:  # a drafter's own cache (EAGLE head) and the prompts' hidden states
         per_layer = kv_token // runner.num_layers
         hidden = runner.hidden_size * torch.finfo(runner.dtype).bits // 8
         parts["drafter_cache"] = per_layer * entry.head_layers * batch_size * max_len
-        parts["prompt_hidden"] = hidden * min(batch_size, PREFILL_GRAPH_ROWS) * max_len
+        parts["prompt_hidden"] = hidden * min(batch_size, GRAPH_ROWS) * max_len
     if entry.needs_index:
         parts["dynamic_automata"] = DYNAMIC_BYTES_PER_TOKEN * batch_size * max_len
     return parts

@@ -326,8 +326,8 @@ class Scheduler:
                     now = time.perf_counter()
                     with mode():
                         read_collected = engine.begin_collect(ended)
-                live_on = [b for b in range(len(slots)) if is_live(b) and b not in ended]
-                if ahead and live_on:  # (the next window's first step, queued now)
+                if ahead and any(is_live(b) and b not in ended for b in range(len(slots))):
+                    # the next window's first step, queued now
                     speculate, live_at_start, t_launch, clean = start_window(skip=ended)
                     with mode():
                         clean &= engine.step()
