@@ -14,15 +14,12 @@ import torch
 MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
 SPECULATION_MODES: tuple[str, ...] = ("adaptive", "always")
 CHECK_EVERY: int = 8  # default steps between host checks
-# Overlapped admissions by default from this batch width (H200, SmolLM2, bench_serve, same-session
-# arms with / without: `merged` 1.05-1.13x `ar` at B=256 with them vs 0.97 / 1.07x without; at B=64
-# `merged` even (31.8-35.4k vs 32.2-35.0k tok/s) and `ar` +1-3%; at B=16 `merged` -5%: its drafter's
-# start, beside the prefill in a one-call admission, runs after it on the loop's stream at each
-# landing; B=128 not measured)
-OVERLAP_MIN_SLOTS: int = 128
-# ... and from this width for a method that never drafts (`ar`: a landing is only the K/V move;
-# H200, 1466161, same session: `ar` +3% at B=16, +6% at B=64 with them, `merged` -1% / -4%)
-OVERLAP_MIN_SLOTS_PLAIN: int = 16
+# Overlapped admissions by default from this batch width, for every method (H200, SmolLM2,
+# bench_serve, same-session arms with step_ahead on, 4cc867f: `merged` +4% / -0.3% at B=16 and
+# +5% / +4% / +7% at B=64 with them; `ar` +3% at B=16, +6% at B=64 (1466161). Without step_ahead
+# `merged` lost 1-5% with them at B=16-64: its landing's drafter.start then ran while no step was
+# queued.)
+OVERLAP_MIN_SLOTS: int = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,15 +46,16 @@ class GenerationConfig:
     adaptive_threads: bool = False
     # Continuous batching: a refill beside live slots is prefilled on a second stream during their
     # next steps and joins them when its prefill should be done, instead of stalling them for it
-    # (samgpu.decoding.scheduler). None: on CUDA from OVERLAP_MIN_SLOTS slots (from
-    # OVERLAP_MIN_SLOTS_PLAIN for a method that never drafts); True also on a CPU (tests).
+    # (samgpu.decoding.scheduler). None: on CUDA from OVERLAP_MIN_SLOTS slots; True also on a
+    # CPU (tests).
     overlap_admissions: bool | None = None
     # At a host check, the next window's first step is queued before the check's host work
     # (collection, admission), which then runs while the GPU steps; new requests join one step
-    # later, and progress's read_tokens may show that step's tokens. Off until measured on a GPU
-    # (written for the ~1-2.5 ms per check the H200 idles at B=64-256 while the host collects
-    # and admits). Not with adaptive_threads (a window's threads are chosen for all its steps).
-    step_ahead: bool = False
+    # later, and progress's read_tokens may show that step's tokens. None: on CUDA (H200, 4cc867f,
+    # same-session arms: `ar` +0.4% / +6% / +9% at B=16 / 64 / 256, `merged` -0.6% / +1% / +6%;
+    # a CPU's steps have run by the check, there is nothing to hide the host work behind). Not
+    # with adaptive_threads (a window's threads are chosen for all its steps).
+    step_ahead: bool | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -79,8 +77,8 @@ class GenerationConfig:
                 f"overlap_admissions={self.overlap_admissions!r}: expected None (auto), True or"
                 " False"
             )
-        if not isinstance(self.step_ahead, bool):
-            raise ValueError(f"step_ahead={self.step_ahead!r}: expected True or False")
+        if not (self.step_ahead is None or isinstance(self.step_ahead, bool)):
+            raise ValueError(f"step_ahead={self.step_ahead!r}: expected None (auto), True or False")
         if len(self.eos_token_ids) > MAX_EOS:
             raise ValueError(f"at most {MAX_EOS} eos_token_ids, got {len(self.eos_token_ids)}")
 
@@ -125,13 +123,16 @@ class GenerationConfig:
             return self.check_every
         return 1 if device.type == "cpu" and width == 1 else CHECK_EVERY
 
-    def overlaps(self, device: torch.device, width: int, drafts: bool) -> bool:
-        """overlap_admissions, or its default for `width` slots on `device` with a method that
-        drafts or not (`ar`): on CUDA from OVERLAP_MIN_SLOTS, resp. OVERLAP_MIN_SLOTS_PLAIN."""
+    def overlaps(self, device: torch.device, width: int) -> bool:
+        """overlap_admissions, or its default for `width` slots on `device`: on CUDA from
+        OVERLAP_MIN_SLOTS."""
         if self.overlap_admissions is not None:
             return self.overlap_admissions
-        least = OVERLAP_MIN_SLOTS if drafts else OVERLAP_MIN_SLOTS_PLAIN
-        return device.type == "cuda" and width >= least
+        return device.type == "cuda" and width >= OVERLAP_MIN_SLOTS
+
+    def steps_ahead(self, device: torch.device) -> bool:
+        """step_ahead, or its default on `device`: on CUDA."""
+        return device.type == "cuda" if self.step_ahead is None else self.step_ahead
 
 
 @dataclass

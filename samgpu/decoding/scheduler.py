@@ -9,17 +9,19 @@ Loop: admit -> run `check_every` steps (default 8; 1 for one sequence on a CPU) 
 `on_finish`) -> admit again -> ...
 On CUDA (`defer_finish`) the collected requests' `on_finish` calls (a file run detokenizes and
 writes each record: ~0.15 ms a request on the H200's host) are made once the next window's steps
-are queued, while the GPU runs them, instead of while it waits at the check.
+are queued, while the GPU runs them, instead of while it waits at the check; with
+`config.steps_ahead` (CUDA) the next window's first step is queued before the check's collection
+and admission too.
 - Continuous batching (`config.continuous`): the batch has min(max_reqs, #prompts) slots; at a
   host check, slots whose request finished take the next waiting prompts (`engine.prefill` of
   those rows: the other slots carry on, and the captured graph is reused since B and the buffers
   do not change) when RefillPolicy finds the freed slots' idle time worth a prefill call's stall
   of the others (samgpu.decoding.adaptive).
-  Overlapped admissions (`config.overlaps`: by default on CUDA from OVERLAP_MIN_SLOTS slots,
-  from OVERLAP_MIN_SLOTS_PLAIN for `ar`): a refill beside live slots is launched
-  (`engine.begin_prefill`: its prefill on a second stream) and lands (`engine.end_prefill`)
-  between the queued steps of the next window, once its prefill should be done
-  (RefillPolicy.landing_step), or at the next check: the live slots are not stalled for it.
+  Overlapped admissions (`config.overlaps`: by default on CUDA from OVERLAP_MIN_SLOTS slots):
+  a refill beside live slots is launched (`engine.begin_prefill`: its prefill on a second
+  stream) and lands (`engine.end_prefill`) between the queued steps of the next window, once its
+  prefill should be done (RefillPolicy.landing_step), or at the next check: the live slots are
+  not stalled for it.
 - Static batching (the default): the same loop, admitting only when every slot is free: each batch
   of min(max_reqs, #waiting) prompts runs until its longest request ends.
 Every live request emits at least one token per step, so a request that has run max_new_tokens
@@ -181,7 +183,7 @@ class Scheduler:
             and engine.can_skip_drafts
             and not (config.is_sampling and config.seed is not None)
         )
-        overlap = config.overlaps(engine.device, width, drafts=engine.can_skip_drafts)
+        overlap = config.overlaps(engine.device, width)
         overlap = overlap and config.continuous and engine.defers_prefill
         landing = None  # the pending admission's (Engine.begin_prefill)
         launch_s = 0.0  # its launch's host time
@@ -261,8 +263,9 @@ class Scheduler:
                 slots[b].prefill_s, slots[b].decode_start = cost, t_end
             return rows
 
-        queued = 0  # steps of the next window queued at the last check (config.step_ahead)
-        ahead = config.step_ahead and not threads.enabled  # (a window's threads are chosen whole)
+        queued = 0  # steps of the next window queued at the last check (config.steps_ahead)
+        # (not with adaptive threads: a window's threads are chosen for all its steps)
+        ahead = config.steps_ahead(engine.device) and not threads.enabled
 
         def start_window(skip=()) -> tuple[bool, int, float, bool]:
             """A window's mode, live slots (less `skip`), start time and clean flag."""

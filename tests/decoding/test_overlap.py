@@ -164,14 +164,12 @@ def test_a_call_interrupted_with_an_admission_pending_leaves_the_engine_usable(m
 
 
 def test_default_overlap_rule():
-    """overlap_admissions=None: on CUDA from OVERLAP_MIN_SLOTS slots for a drafting method, from
-    OVERLAP_MIN_SLOTS_PLAIN for `ar`; never on a CPU; an explicit value wins."""
-    from samgpu.decoding.config import OVERLAP_MIN_SLOTS, OVERLAP_MIN_SLOTS_PLAIN
+    """overlap_admissions=None: on CUDA from OVERLAP_MIN_SLOTS slots; never on a CPU; an explicit
+    value wins."""
+    from samgpu.decoding.config import OVERLAP_MIN_SLOTS
 
-    assert OVERLAP_MIN_SLOTS_PLAIN < OVERLAP_MIN_SLOTS
     cuda, cpu, cfg = torch.device("cuda"), torch.device("cpu"), GenerationConfig()
-    for drafts, least in ((True, OVERLAP_MIN_SLOTS), (False, OVERLAP_MIN_SLOTS_PLAIN)):
-        assert cfg.overlaps(cuda, least, drafts) and not cfg.overlaps(cuda, least - 1, drafts)
-        assert not cfg.overlaps(cpu, 1024, drafts)
-    assert GenerationConfig(overlap_admissions=True).overlaps(cpu, 1, True)
-    assert not GenerationConfig(overlap_admissions=False).overlaps(cuda, 1024, False)
+    assert cfg.overlaps(cuda, OVERLAP_MIN_SLOTS) and not cfg.overlaps(cuda, OVERLAP_MIN_SLOTS - 1)
+    assert not cfg.overlaps(cpu, 1024)
+    assert GenerationConfig(overlap_admissions=True).overlaps(cpu, 1)
+    assert not GenerationConfig(overlap_admissions=False).overlaps(cuda, 1024)

@@ -1,8 +1,8 @@
-"""GenerationConfig.step_ahead: at a host check the next window's first step is queued before the
-check's host work (collecting, admitting), which a GPU then overlaps with that step; new requests
-join one step later. Same outputs as without (lossless) for ar, chains and trees, with one-call
-and overlapped admissions, static and continuous batching, and budgets met exactly; the
-control shows the step really comes before the admission only with it."""
+"""GenerationConfig.step_ahead (None: on CUDA): at a host check the next window's first step is
+queued before the check's host work (collecting, admitting), which a GPU then overlaps with that
+step; new requests join one step later. Same outputs as without (lossless) for ar, chains and
+trees, with one-call and overlapped admissions, static and continuous batching, and budgets met
+exactly; the control shows the step really comes before the admission only with it."""
 
 from __future__ import annotations
 
@@ -86,3 +86,24 @@ def test_step_ahead_static_batches_and_eos():
 def test_step_ahead_flag_is_checked():
     with pytest.raises(ValueError, match="step_ahead"):
         GenerationConfig(step_ahead="yes")
+
+
+def test_step_ahead_default_is_cuda_only():
+    """step_ahead=None: on CUDA, not on a CPU (its steps have run by the check); an explicit value
+    wins. The CPU loop's default run takes no step ahead (control: the same trace with True)."""
+    import torch
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert GenerationConfig().steps_ahead(cuda) and not GenerationConfig().steps_ahead(cpu)
+    assert GenerationConfig(step_ahead=True).steps_ahead(cpu)
+    assert not GenerationConfig(step_ahead=False).steps_ahead(cuda)
+    runner = ToyRunner(seed=13)
+    seen = {}
+    for ahead in (None, True):
+        dec = _decoder_of_kind(runner, "test", 3)
+        events: list = []
+        _trace(dec.engine, events)
+        cfg = GenerationConfig(max_new_tokens=5, check_every=2, continuous=True, step_ahead=ahead)
+        dec.generate(MANY, cfg)
+        seen[ahead] = _steps_before_admissions(events)
+    assert seen[None] == 0 and seen[True] >= 1, seen
