@@ -16,12 +16,11 @@ p99 (seconds from the run's start to the request's collection, queueing included
 shares of prefill, decode steps and host work (the scheduler's own accounting), the time per
 loop step (decode time / loop steps), the decode steps' own tokens/s and its ratio to `ar`'s
 (`decode_vs_ar`: what speculation buys with admissions and host work left out) and the slot
-occupancy (requests' steps / (loop steps x B)),
-the GPU busy share (NVML utilisation sampled every 50 ms, when available), and how many
-completions equal `ar`'s at the same batch size and mode (float32: all must; bfloat16: near-ties
-may flip, except with --exact) and to `ar`'s at the first batch size listed (same prompt file
-when --per-slot and --min-requests give every batch size the same prompts: `ar` invariant across
-batch sizes).
+occupancy (requests' steps / (loop steps x B)), the GPU busy share (NVML utilisation sampled
+every 50 ms during the generation, when available), and how many completions equal `ar`'s at
+the same batch size and mode (float32: all must; bfloat16: near-ties may flip, except with
+--exact) and to `ar`'s at the first batch size listed (same prompt file when --per-slot and
+--min-requests give every batch size the same prompts: `ar` invariant across batch sizes).
 Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
 compiles Triton kernels for shapes the warm-up did not meet).
 Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
@@ -58,11 +57,12 @@ def write_prompts(path: Path, limit: int, seed: int = 0) -> int:
 
 
 class GpuBusy:
-    """Mean GPU utilisation over a block, sampled from NVML (None without a GPU or pynvml)."""
+    """GPU utilisation sampled from NVML every `period_s` during a block, with the sample times
+    (no samples without a GPU or pynvml)."""
 
     def __init__(self, period_s: float = 0.05):
         self.period_s = period_s
-        self.samples: list[int] = []
+        self.samples: list[tuple[float, int]] = []  # (perf_counter, utilisation %)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -82,7 +82,7 @@ class GpuBusy:
         import torch
 
         while not self._stop.is_set():
-            self.samples.append(int(torch.cuda.utilization()))
+            self.samples.append((time.perf_counter(), int(torch.cuda.utilization())))
             time.sleep(self.period_s)
 
     def __exit__(self, *exc):
@@ -90,9 +90,10 @@ class GpuBusy:
         if self._thread is not None:
             self._thread.join()
 
-    @property
-    def share(self) -> float | None:
-        return statistics.fmean(self.samples) / 100 if self.samples else None
+    def share(self, since: float = float("-inf")) -> float | None:
+        """Mean utilisation (0..1) of the samples taken at or after `since` (perf_counter)."""
+        kept = [u for t, u in self.samples if t >= since]
+        return statistics.fmean(kept) / 100 if kept else None
 
 
 def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> dict:
@@ -111,12 +112,16 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     argv.append("--continuous-batching" if mode == "continuous" else "--no-continuous-batching")
     with GpuBusy() as busy:
         code = cli_main(argv)
+        returned = time.perf_counter()
     if code != 0:
         raise SystemExit(f"samgpu generate failed (exit {code}): {' '.join(argv)}")
     totals = json.loads(stats.read_text())
     records = [json.loads(line) for line in out.read_text().splitlines()]
     latency = sorted(r["stats"]["finish_s"] for r in records if r.get("stats"))
-    return dict(totals, gpu_busy=busy.share, latency=latency, records=records)
+    # the generation only (it ended at the last write, just before the CLI returned): not the
+    # model load and warm-up before it
+    busy_share = busy.share(since=returned - totals["generate_seconds"])
+    return dict(totals, gpu_busy=busy_share, latency=latency, records=records)
 
 
 def occupancy(run: dict, batch: int) -> float | None:
