@@ -43,7 +43,7 @@ def test_continuous_batching_equals_ar(method, generate, chat_prompts, ar_output
 
 def test_overlapped_refill_equals_ar(generate, chat_prompts, ar_outputs):
     """The same with the refill prefilled beside the live slot and landed a window later
-    (overlapped admissions: the CUDA default from 128 slots, forced here)."""
+    (overlapped admissions: the CUDA default from 16 slots, forced here)."""
     out = generate("merged", chat_prompts, max_reqs=2, continuous=True, overlap=True)
     assert out.tokens == ar_outputs["b3"]
 
