@@ -7,6 +7,7 @@ exactly; the control shows the step really comes before the admission only with 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from samgpu.decoding.config import GenerationConfig
 from tests.decoding.test_loop import MANY, ToyRunner, _decoder_of_kind, reference_greedy
@@ -91,8 +92,6 @@ def test_step_ahead_flag_is_checked():
 def test_step_ahead_default_is_cuda_only():
     """step_ahead=None: on CUDA, not on a CPU (its steps have run by the check); an explicit value
     wins. The CPU loop's default run takes no step ahead (control: the same trace with True)."""
-    import torch
-
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert GenerationConfig().steps_ahead(cuda) and not GenerationConfig().steps_ahead(cpu)
     assert GenerationConfig(step_ahead=True).steps_ahead(cpu)
