@@ -180,7 +180,9 @@ class RunStats:
 
     seconds: float = 0.0  # the whole call
     prefill_s: float = 0.0  # admissions: prompts into slots (runner prefill, drafter start)
-    steps_s: float = 0.0  # decode windows: first launch to flag read (the GPU's steps)
+    # decode windows: first launch to flag read (the GPU's steps), less the admissions made
+    # inside a window (step_ahead: they follow its first step)
+    steps_s: float = 0.0
     host_s: float = 0.0  # the rest: collection, callbacks, output records
     steps: int = 0  # loop steps
     drafting_steps: int = 0  # of which drafted (the others: plain AR steps, adaptive mode)

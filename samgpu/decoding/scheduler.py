@@ -267,8 +267,12 @@ class Scheduler:
         # (not with adaptive threads: a window's threads are chosen for all its steps)
         ahead = config.steps_ahead(engine.device) and not threads.enabled
 
+        prefill_mark = 0.0  # run.prefill_s at the window's start (its admissions: not steps)
+
         def start_window(skip=()) -> tuple[bool, int, float, bool]:
             """A window's mode, live slots (less `skip`), start time and clean flag."""
+            nonlocal prefill_mark
+            prefill_mark = run.prefill_s
             speculate = policy.choose()
             engine.set_speculate(speculate)
             live = sum(is_live(b) and b not in skip for b in range(len(slots)))
@@ -306,16 +310,17 @@ class Scheduler:
                 steps += window
                 queued = 0
                 t_read = time.perf_counter()
-                run.steps_s += t_read - t_launch
+                # the window's time less the admissions made in it (a step queued ahead of them)
+                seconds = t_read - t_launch - (run.prefill_s - prefill_mark)
+                run.steps_s += seconds
                 if clean:
-                    refill.record_window(t_read - t_launch, window)
+                    refill.record_window(seconds, window)
                 if landing is not None and (gpu_s := landing.gpu_seconds()) is not None:
                     refill.record_launch(gpu_s)
                 if due is not None:
                     landing = None
                 live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
                 tokens_in_window = done_tokens + live_now - emitted
-                seconds = t_read - t_launch
                 policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
                 rate = (tokens_in_window, seconds, clean, live_at_start)
                 threads.record(speculate, all_threads, window, *rate)

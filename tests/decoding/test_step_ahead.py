@@ -106,3 +106,43 @@ def test_step_ahead_default_is_cuda_only():
         dec.generate(MANY, cfg)
         seen[ahead] = _steps_before_admissions(events)
     assert seen[None] == 0 and seen[True] >= 1, seen
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-call", "overlapped"])
+def test_step_ahead_counts_admissions_once(monkeypatch, overlap):
+    """With a step queued ahead, the check's admissions run inside the next window's time: they
+    count as prefill, not as decode too (the shares partition the call: prefill + steps <= the
+    whole), and the windows the refill and speculation policies measure leave them out."""
+    import time
+
+    from samgpu.decoding import adaptive
+
+    runner = ToyRunner(seed=14)
+    dec = _decoder_of_kind(runner, "test", 2)
+    slow = 0.02  # every admission's host call takes >= 20 ms, a window of steps far less
+    for name in ("prefill", "begin_prefill", "end_prefill"):
+        fn = getattr(dec.engine, name)
+
+        def slowed(*a, _fn=fn, **k):
+            time.sleep(slow)
+            return _fn(*a, **k)
+
+        setattr(dec.engine, name, slowed)
+    windows = []
+    record = adaptive.RefillPolicy.record_window
+    monkeypatch.setattr(
+        adaptive.RefillPolicy,
+        "record_window",
+        lambda self, s, n: (windows.append(s), record(self, s, n))[1],
+    )
+    cfg = GenerationConfig(
+        max_new_tokens=6,
+        check_every=2,
+        continuous=True,
+        overlap_admissions=overlap,
+        step_ahead=True,
+    )
+    run = dec.generate(MANY, cfg).run
+    assert run.prefill_s >= slow * 3  # (several admissions)
+    assert run.prefill_s + run.steps_s <= run.seconds + 1e-6
+    assert max(windows) < slow, windows
