@@ -109,6 +109,8 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     argv += ["--stats-json", str(stats), "--speculation", args.speculation]
     if args.exact:
         argv.append("--exact")
+    if args.check_every is not None:
+        argv += ["--check-every", str(args.check_every)]
     argv.append("--continuous-batching" if mode == "continuous" else "--no-continuous-batching")
     with GpuBusy() as busy:
         code = cli_main(argv)
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--exact", action="store_true", help="samgpu generate --exact")
+    ap.add_argument(
+        "--check-every", type=int, default=None, help="samgpu generate --check-every (default: its)"
+    )
     ap.add_argument("--speculation", default="adaptive", choices=["adaptive", "always"])
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                         params=dict(
                             dtype=args.dtype,
                             exact=args.exact,
+                            check_every=args.check_every,
                             speculation=args.speculation,
                             max_new_tokens=args.max_new_tokens,
                             num_prompts=n,

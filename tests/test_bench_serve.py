@@ -15,3 +15,44 @@ def test_busy_share_keeps_the_samples_from_the_generation_on():
     assert abs(busy.share() - 382 / 700) < 1e-12
     assert busy.share(since=3.5) is None  # no sample in the window
     assert GpuBusy().share() is None  # no GPU / NVML
+
+
+def test_run_cli_passes_the_options_through(monkeypatch, tmp_path):
+    """run_cli runs the CLI itself with the benchmark's options (method options as -O, the check
+    interval when given) and reads its stats and records back."""
+    import argparse
+    import json
+
+    import samgpu.cli
+    from profiling import bench_serve
+
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        out = argv[argv.index("--output") + 1]
+        stats = argv[argv.index("--stats-json") + 1]
+        rec = {"completion": "x", "stats": {"finish_s": 0.5, "steps": 3}}
+        open(out, "w").write(json.dumps(rec) + "\n")
+        open(stats, "w").write(json.dumps({"generate_seconds": 1.0, "new_tokens": 3}))
+        return 0
+
+    monkeypatch.setattr(samgpu.cli, "main", fake_main)
+    args = argparse.Namespace(
+        dtype="bfloat16",
+        max_new_tokens=8,
+        speculation="adaptive",
+        exact=False,
+        check_every=None,
+    )
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    r = bench_serve.run_cli(src, out, args, "merged:max_nodes=12", 4, "continuous")
+    argv = seen[-1]
+    assert argv[argv.index("--method") + 1] == "merged"
+    assert argv[argv.index("-O") + 1] == "max_nodes=12"
+    assert "--check-every" not in argv and "--continuous-batching" in argv
+    assert r["latency"] == [0.5] and r["generate_seconds"] == 1.0
+    args.check_every = 4
+    bench_serve.run_cli(src, out, args, "ar", 4, "static")
+    argv = seen[-1]
+    assert argv[argv.index("--check-every") + 1] == "4" and "--no-continuous-batching" in argv
