@@ -61,6 +61,22 @@ def copy_to_device(host: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return ring.copy(host, dst)
 
 
+def copy_to_host(src: torch.Tensor, host: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """src into the leading elements of `host` (pinned on CUDA: the copy is queued, the host does
+    not wait); the returned call waits for the copy (an event on src's stream) and gives it."""
+    dst = host[: src.numel()].view(src.shape).copy_(src, non_blocking=True)
+    done = torch.cuda.Event() if src.is_cuda else None
+    if done is not None:
+        done.record(torch.cuda.current_stream(src.device))  # (the copy's stream)
+
+    def wait() -> torch.Tensor:
+        if done is not None:
+            done.synchronize()
+        return dst
+
+    return wait
+
+
 def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device` (copy_to_device into a new tensor)."""
     if device.type != "cuda":
@@ -130,15 +146,10 @@ class StepViews:
         if stats:
             cols += [self.num_steps[:, None], self.accepted_hist, self.source_counts]
         width = sum(c.shape[1] for c in cols)
-        packed = torch.cat([*cols, st.text], dim=1).index_select(0, idx)
-        packed = host[: packed.numel()].view(packed.shape).copy_(packed, non_blocking=True)
-        done = torch.cuda.Event() if idx.is_cuda else None
-        if done is not None:
-            done.record(torch.cuda.current_stream(idx.device))  # (the copy's stream)
+        wait = copy_to_host(torch.cat([*cols, st.text], dim=1).index_select(0, idx), host)
 
         def read() -> list[tuple[list[int], list[int]]]:
-            if done is not None:
-                done.synchronize()
+            packed = wait()
             head, text = packed[:, :width].tolist(), packed[:, width:]
             # only each row's generated slice becomes a Python list (a row is max_len tokens)
             return [(text[i, h[0] : h[1]].tolist(), h[2:]) for i, h in enumerate(head)]

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from samgpu.decoding.buffers import StepBuffers, StepViews, upload
+from samgpu.decoding.buffers import StepBuffers, StepViews, copy_to_host, upload
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
 from samgpu.decoding.prefill import Landing, Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
@@ -422,16 +422,8 @@ class Engine:
     def read_flags(self) -> tuple[list[bool], list[int]]:
         """The one host read of the loop: finished flags and tokens generated, per slot."""
         B, st = self.width, self._views.state
-        host = self._flags_host[: 2 * B]
         packed = torch.cat([st.finished.to(torch.int32), st.num_generated])
-        if self.device.type == "cuda":
-            host.copy_(packed, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self.device))
-            event.synchronize()
-        else:
-            host.copy_(packed)
-        flags = host.tolist()
+        flags = copy_to_host(packed, self._flags_host)().tolist()
         return [bool(f) for f in flags[:B]], flags[B:]
 
     def read_tokens(self, rows: list[int]) -> list[list[int]]:
