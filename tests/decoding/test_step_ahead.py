@@ -25,6 +25,14 @@ def _trace(engine, events: list) -> None:
         setattr(engine, name, traced)
 
 
+def _run_traced(runner, kind: str, cfg: GenerationConfig) -> tuple[list[list[int]], int]:
+    """A fresh decoder's outputs for MANY and how many checks queued a step before admitting."""
+    dec = _decoder_of_kind(runner, kind, 3)
+    events: list = []
+    _trace(dec.engine, events)
+    return dec.generate(MANY, cfg).tokens, _steps_before_admissions(events)
+
+
 def _steps_before_admissions(events: list) -> int:
     """Checks at which a step was queued between the flag read and that check's admission."""
     count = 0
@@ -48,9 +56,6 @@ def test_step_ahead_is_lossless_and_steps_before_admitting(kind, overlap):
     assert len({len(w) for w in want}) > 1
     seen = {}
     for ahead in (False, True):
-        dec = _decoder_of_kind(runner, kind, 3)
-        events: list = []
-        _trace(dec.engine, events)
         cfg = GenerationConfig(
             max_new_tokens=9,
             check_every=2,
@@ -59,9 +64,8 @@ def test_step_ahead_is_lossless_and_steps_before_admitting(kind, overlap):
             step_ahead=ahead,
             eos_token_ids=(eos,),
         )
-        out = dec.generate(MANY, cfg)
-        assert out.tokens == want  # (budgets met exactly: 9 tokens unless an EOS came first)
-        seen[ahead] = _steps_before_admissions(events)
+        tokens, seen[ahead] = _run_traced(runner, kind, cfg)
+        assert tokens == want  # (budgets met exactly: 9 tokens unless an EOS came first)
     assert seen[True] >= 1 and seen[False] == 0, seen  # (the control: never without it)
 
 
@@ -99,12 +103,8 @@ def test_step_ahead_default_is_cuda_only():
     runner = ToyRunner(seed=13)
     seen = {}
     for ahead in (None, True):
-        dec = _decoder_of_kind(runner, "test", 3)
-        events: list = []
-        _trace(dec.engine, events)
         cfg = GenerationConfig(max_new_tokens=5, check_every=2, continuous=True, step_ahead=ahead)
-        dec.generate(MANY, cfg)
-        seen[ahead] = _steps_before_admissions(events)
+        _, seen[ahead] = _run_traced(runner, "test", cfg)
     assert seen[None] == 0 and seen[True] >= 1, seen
 
 
