@@ -2,9 +2,10 @@
 
 Each step, per sequence: the longest n-gram (n = max_ngram down to min_ngram) ending the committed
 text that also occurs earlier in it; the **earliest** occurrence wins (as in transformers'
-prompt lookup and the original PLD code); its continuation, up to `num_draft` tokens, is drafted as
-a chain. Example: text "a b c x a b c y a b c" -> the 3-gram "a b c" first occurs at 0 -> draft
-"x a b c ..." (up to num_draft). One kernel launch per step (samgpu.kernels.pld), no state.
+prompt lookup and the original PLD code); its continuation, up to `max_nodes - 1` tokens, is
+drafted as a chain. Example: text "a b c x a b c y a b c" -> the 3-gram "a b c" first occurs at 0
+-> draft "x a b c ..." (up to max_nodes - 1 tokens). One kernel launch per step
+(samgpu.kernels.pld), no state. The chain's length follows the batch size (`pld_budget`).
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from samgpu.drafters.protocol import DrafterBase
-from samgpu.drafters.registry import DrafterContext, Method, register
+from samgpu.drafters.registry import DrafterContext, Method, pld_budget, register
 from samgpu.kernels.pld import pld_draft
 from samgpu.types import DecodeState, DraftTree
 
 
 @dataclass(frozen=True, kw_only=True)
 class PldOptions:
-    num_draft: int = 10  # draft tokens per step (chain length)
+    max_nodes: int = 11  # nodes per step, root included: a chain of max_nodes - 1 drafts
     max_ngram: int = 3
     min_ngram: int = 1
 
     def __post_init__(self):
-        if self.num_draft < 1:
-            raise ValueError(f"num_draft={self.num_draft} must be >= 1")
+        if self.max_nodes < 2:
+            raise ValueError(f"max_nodes={self.max_nodes} must be >= 2 (one draft token)")
         if not 1 <= self.min_ngram <= self.max_ngram <= 8:
             raise ValueError(
                 f"need 1 <= min_ngram={self.min_ngram} <= max_ngram={self.max_ngram} <= 8"
@@ -39,8 +40,8 @@ class PldDrafter(DrafterBase):
 
     def __init__(self, ctx: DrafterContext, options: PldOptions):
         self.options = options
-        self.max_nodes = options.num_draft + 1
-        self.max_depth = options.num_draft
+        self.max_nodes = options.max_nodes
+        self.max_depth = options.max_nodes - 1
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None:
         o = self.options
@@ -50,7 +51,7 @@ class PldDrafter(DrafterBase):
             tree.tokens,
             tree.parents,
             tree.num_nodes,
-            num_draft=min(o.num_draft, tree.max_nodes - 1),
+            num_draft=min(o.max_nodes, tree.max_nodes) - 1,
             max_ngram=o.max_ngram,
             min_ngram=o.min_ngram,
         )
@@ -62,6 +63,6 @@ register(
         summary="prompt lookup: longest n-gram (3..1) suffix match, earliest occurrence",
         options=PldOptions,
         build=PldDrafter,
-        node_bound=lambda options: options.num_draft + 1,
+        budget=pld_budget,
     )
 )

@@ -37,6 +37,10 @@ TREE_BUDGETS: tuple[tuple[int, int], ...] = (
     (1, 81), (2, 64), (4, 48), (8, 32), (16, 16), (32, 12), (64, 8), (1 << 30, 2),
 )  # fmt: skip
 CHAIN_BUDGETS: tuple[tuple[int, int], ...] = ((4, 61), (16, 21), (32, 11), (64, 4), (1 << 30, 2))
+# pld's chain (H200, SmolLM2, the mixed file, profiling/results/20261130-h200-pld-budgets-14ad9c8
+# .jsonl): 11 nodes best at B=1 (vs 21 and 41), 5-11 alike at B=16, 5 best at B=64 (1.46x `ar`
+# vs 1.37x with 11) and at B=256 (1.27x vs 1.06x with 11, 1.21x with 2).
+PLD_BUDGETS: tuple[tuple[int, int], ...] = ((4, 11), (16, 7), (1 << 30, 5))
 
 
 def tree_budget(batch_size: int) -> int:
@@ -45,6 +49,10 @@ def tree_budget(batch_size: int) -> int:
 
 def chain_budget(batch_size: int) -> int:
     return next(n for bound, n in CHAIN_BUDGETS if batch_size <= bound)
+
+
+def pld_budget(batch_size: int) -> int:
+    return next(n for bound, n in PLD_BUDGETS if batch_size <= bound)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 # Small trees: on the CPU a verify forward costs about B x N tokens, and the test only needs every
 # code path (selection, fallback, merges) exercised, not the full-size trees.
 OPTIONS = {
-    "pld": {"num_draft": 6},
+    "pld": {"max_nodes": 7},
     "tr": {"max_nodes": 8},
     "sam": {"max_nodes": 8},
     "sam+tr": {"max_nodes": 8},

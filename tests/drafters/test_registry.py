@@ -13,7 +13,7 @@ from samgpu.drafters import (
     register,
     unregister,
 )
-from samgpu.drafters.registry import Method, tree_budget
+from samgpu.drafters.registry import Method, pld_budget, tree_budget
 
 COMMON = dict(vocab_size=50, max_reqs=2, max_len=64, device="cpu")
 
@@ -38,12 +38,26 @@ def test_unknown_option_names_valid_ones(method):
 
 
 def test_pld_and_tr_shapes():
-    pld = build_drafter("pld", **COMMON, num_draft=5)
+    pld = build_drafter("pld", **COMMON, max_nodes=6)
     assert (pld.max_nodes, pld.max_depth) == (6, 5)
     tr = build_drafter("tr", **COMMON)
     assert (tr.max_nodes, tr.max_depth) == (81, 6)
     small = build_drafter("tr", **COMMON, max_nodes=8)
     assert small.max_nodes == 8 and small.max_depth == 3
+
+
+def test_pld_chain_follows_the_batch_size_unless_given():
+    """11 nodes (10 drafts) up to B=4, 7 at 16, 5 beyond (the measured table); the factory's
+    options take the rule at B and the caller's max_nodes over it."""
+    from samgpu.factory import method_options
+
+    assert [pld_budget(b) for b in (1, 4, 16, 64, 256)] == [11, 11, 7, 5, 5]
+    assert method_options("pld", 64, "cuda") == {"max_nodes": 5}
+    assert method_options("pld", 64, "cuda", {"max_nodes": 9}) == {"max_nodes": 9}
+    assert method_options("pld", 1, "cpu") == {"max_nodes": 4}  # CPU_MAX_NODES
+    assert build_drafter("pld", **COMMON, **budget_options("pld", 256)).max_depth == 4
+    with pytest.raises(ValueError, match="max_nodes=1 must be >= 2"):
+        build_drafter("pld", **COMMON, max_nodes=1)
 
 
 def test_tree_budget_shrinks_with_batch():
@@ -66,11 +80,11 @@ def test_sam_methods_budget_option_sets_tree_width():
 
 
 def test_budget_options_only_for_methods_with_a_tree_width():
-    """pld sizes its chain with num_draft and ar has no draft: no max_nodes for them; the tree
-    methods and sam get their budget rule's width, which build_drafter accepts, and every method's
-    declared node bound covers what it builds."""
-    assert budget_options("ar", 1) == {} and budget_options("pld", 8) == {}
-    for method in ("tr", "sam", "sam+tr", "sam-tree", "merged"):
+    """ar has no draft: no max_nodes; pld, the tree methods and sam get their budget rule's
+    width, which build_drafter accepts, and every method's declared node bound covers what it
+    builds."""
+    assert budget_options("ar", 1) == {}
+    for method in ("pld", "tr", "sam", "sam+tr", "sam-tree", "merged"):
         opts = budget_options(method, 16)
         assert opts == {"max_nodes": get_method(method).budget(16)}
         drafter = build_drafter(
