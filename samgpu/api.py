@@ -106,7 +106,7 @@ class SamDecoder:
 
     model: a transformers causal LM (eval mode, on its device). tokenizer: needed for string and
     chat inputs and stop strings. method: one of samgpu.drafters.method_names() ("ar" = no
-    drafting); None: default_method(the model's device), "sam+tr" on CUDA, "ar" on a CPU.
+    drafting); None: default_method(the model's device), "merged" on CUDA, "ar" on a CPU.
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
     tokenizer, built and cached on first use) or None. options: the method's options (its
     options dataclass's fields, e.g. l_threshold=5).
@@ -465,7 +465,9 @@ def generate(
         model, tokenizer = _cached_model(model, str(device), str(dtype))
     elif tokenizer is None:
         raise ValueError("a loaded model needs tokenizer= as well")
-    method = method or default_method(next(model.parameters()).device)
+    if method is None:  # by the sequences decoded together (default_method)
+        width = min(len(items), batch_size or len(items))
+        method = default_method(next(model.parameters()).device, width, store="store" in options)
     dec = _cached_decoder(model, tokenizer, method, index, options)
     tok = dec.tokenizer
     encoded = []

@@ -31,7 +31,7 @@ from samgpu.drafters import budget_options, build_drafter, get_method
 from samgpu.drafters.registry import make_options
 from samgpu.errors import InputError, SetupError
 
-DEFAULT_METHOD = "sam+tr"
+DEFAULT_METHOD = "merged"  # one sequence on a GPU (samgpu.resolve.default_method: by batch size)
 CPU_MAX_NODES = 4
 DYNAMIC_BYTES_PER_TOKEN = 156  # a dynamic automaton slot, per token of capacity (upper bound)
 MEMORY_HEADROOM = 0.9  # share of the free GPU memory a decoder may plan to take

@@ -59,7 +59,7 @@ def test_threads_flag_and_torchrun_share(monkeypatch, restore_threads):
 
 def test_default_method_is_ar_on_cpu(capsys, tiny_model_dir):
     """No --method on a CPU: `ar` (the drafting methods measured slower there), said in the
-    statistics line; the API follows the same rule; CUDA keeps the paper's sam+tr."""
+    statistics line; the API follows the same rule."""
     from samgpu import cli
     from samgpu.api import SamDecoder, default_method
     from samgpu.resolve import load_model
@@ -70,7 +70,46 @@ def test_default_method_is_ar_on_cpu(capsys, tiny_model_dir):
     assert "method ar, cpu" in capsys.readouterr().err
     model, tok = load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
     assert SamDecoder(model, tok).method == "ar"
-    assert default_method("cuda") == "sam+tr" and default_method("cpu") == "ar"
+    assert default_method("cpu") == "ar" and default_method("cpu", 64) == "ar"
+
+
+def test_default_method_on_cuda_follows_the_batch_size(monkeypatch):
+    """On CUDA: `merged` for one sequence, below 4 at a time and with a store, `pld` from 4
+    (the measured best, samgpu.resolve); the CLI decides by --prompt / --batch-size / --store."""
+    import argparse
+
+    from samgpu import api
+    from samgpu.cli.generate import run_device
+    from samgpu.resolve import default_method
+
+    assert [default_method("cuda", b) for b in (1, 3, 4, 256)] == ["merged"] * 2 + ["pld"] * 2
+    assert default_method("cuda", 64, store=True) == "merged"
+    monkeypatch.setattr(api, "resolve_device", lambda device: torch.device("cuda"))
+
+    def chosen(**kw):
+        args = dict(device="cuda", method=None, prompt=None, batch_size=8, store=None)
+        args = argparse.Namespace(**(args | kw))
+        run_device(args)
+        return args.method, args.method_is_default
+
+    assert chosen() == ("pld", True)
+    assert chosen(prompt="Hi") == ("merged", True)
+    assert chosen(batch_size=2) == ("merged", True)
+    assert chosen(store="s.samstore") == ("merged", True)
+    args = argparse.Namespace(device="cuda", method="sam", prompt=None, batch_size=8, store=None)
+    run_device(args)
+    assert args.method == "sam" and not hasattr(args, "method_is_default")
+
+
+def test_an_option_of_another_method_names_the_default(capsys, tiny_model_dir):
+    """-O without --method is checked against the default method, and the error says which."""
+    from samgpu import cli
+
+    argv = ["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--raw",
+            "--max-new-tokens", "2", "--prompt", "Hi", "-O", "l_threshold=5"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "l_threshold" in err and "no --method given: ar is the default here" in err
 
 
 def test_decode_threads_adapt_only_when_the_cli_chose_them(

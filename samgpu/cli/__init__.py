@@ -75,7 +75,7 @@ def _methods_epilog() -> str:
 def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     from samgpu.drafters import method_names
     from samgpu.factory import DEFAULT_METHOD
-    from samgpu.resolve import CPU_DEFAULT_METHOD
+    from samgpu.resolve import CPU_DEFAULT_METHOD, GPU_BATCH_DEFAULT_METHOD, PLD_MIN_BATCH
 
     p = subparsers.add_parser(
         "generate",
@@ -111,8 +111,9 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--method",
         default=None,
         metavar="{" + ",".join(method_names()) + "}",
-        help=f"drafting method, listed below (none: {DEFAULT_METHOD} on CUDA, {CPU_DEFAULT_METHOD}"
-        " on a CPU, where drafting seldom pays)",
+        help=f"drafting method, listed below (none: on CUDA {DEFAULT_METHOD} for --prompt, below"
+        f" {PLD_MIN_BATCH} sequences at a time or with --store, else {GPU_BATCH_DEFAULT_METHOD};"
+        f" {CPU_DEFAULT_METHOD} on a CPU, where drafting seldom pays)",
     )
     p.add_argument(
         "--index",

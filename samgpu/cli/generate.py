@@ -165,7 +165,10 @@ class Plan:
         try:
             draft_nodes(args.method, 1, device, self.options)  # unknown or bad options
         except (ValueError, TypeError) as e:
-            raise UserError(str(e)) from None
+            hint = ""
+            if getattr(args, "method_is_default", False):
+                hint = f" (no --method given: {args.method} is the default here; give --method)"
+            raise UserError(f"{e}{hint}") from None
         self.tokenizer = resolve.load_tokenizer(args.model)
         if "store" in self.options:  # store files are checked against the model's tokenizer
             from samgpu.sam import tokenizer_fingerprint
@@ -277,8 +280,10 @@ def run_device(args: argparse.Namespace, info=None):
         device = torch.device("cuda", info.local_rank)
     if device.type == "cpu":
         configure_threads(args.threads, info)
-    if args.method is None:
-        args.method = api.default_method(device)
+    if args.method is None:  # by the sequences decoded together (one for --prompt)
+        batch = 1 if getattr(args, "prompt", None) is not None else args.batch_size
+        args.method = api.default_method(device, batch, store=args.store is not None)
+        args.method_is_default = True
     return device
 
 
