@@ -44,11 +44,7 @@ from samgpu.completions import (  # re-exported: the API's text-level helpers
     progress_tokens,
     stats_dict,
 )
-from samgpu.decoding.config import (
-    SPECULATION_MODES,
-    GenerationConfig,
-    GenerationOutput,
-)
+from samgpu.decoding.config import SPECULATION_MODES, GenerationConfig, GenerationOutput
 from samgpu.decoding.stages import StageRange, nvtx_range
 from samgpu.drafters import method_names
 from samgpu.drafters.parts.store import save_store, store_of
@@ -452,10 +448,11 @@ def generate(
     model's chat template (as a single user turn) unless raw=True. model: "default" (the embedded
     SmolLM2-135M-Instruct), a local transformers checkpoint path, or a loaded model (then pass
     tokenizer=). A model named by a string is loaded once per process (per device and dtype), and
-    one decoder per model and method is kept, so calls with other methods reuse both. index:
-    "default" (the embedded corpus's index for the model's tokenizer, built and cached on first
-    use), None, a path or a SamIndex. temperature 0 is greedy. Returns a Completion
-    (for a string) or a list of them; `Completion.stats` has the per-request statistics.
+    one decoder per model and method is kept, so calls with other methods reuse both. method:
+    None = default_method(device, the prompts decoded together). index: "default" (the embedded
+    corpus's index for the model's tokenizer, built and cached on first use), None, a path or a
+    SamIndex. temperature 0 is greedy. Returns a Completion (for a string) or a list of them;
+    `Completion.stats` has the per-request statistics.
 
     >>> samgpu.generate("Name three primes.", max_new_tokens=32).text  # doctest: +SKIP
     """
@@ -465,9 +462,9 @@ def generate(
         model, tokenizer = _cached_model(model, str(device), str(dtype))
     elif tokenizer is None:
         raise ValueError("a loaded model needs tokenizer= as well")
-    if method is None:  # by the sequences decoded together (default_method)
-        width = min(len(items), batch_size or len(items))
-        method = default_method(next(model.parameters()).device, width, store="store" in options)
+    width = min(len(items), batch_size or len(items))  # sequences decoded together
+    where = next(model.parameters()).device
+    method = method or default_method(where, width, store="store" in options)
     dec = _cached_decoder(model, tokenizer, method, index, options)
     tok = dec.tokenizer
     encoded = []
