@@ -1,10 +1,10 @@
 """`pld`: prompt lookup decoding on the GPU, the classic model-free baseline.
 
 Each step, per sequence: the longest n-gram (n = max_ngram down to min_ngram) ending the committed
-text that also occurs earlier in it; the **earliest** occurrence wins (as in transformers'
-prompt lookup and the original PLD code); its continuation, up to `max_nodes - 1` tokens, is
-drafted as a chain. Example: text "a b c x a b c y a b c" -> the 3-gram "a b c" first occurs at 0
--> draft "x a b c ..." (up to max_nodes - 1 tokens). One kernel launch per step
+text that also occurs earlier in it; the **latest** occurrence wins (transformers' prompt lookup
+and the original PLD code take the earliest; the latest drafts better, kernels/pld.py); its
+continuation, up to `max_nodes - 1` tokens, is drafted as a chain. Example: text "a b c x a b c y
+a b c" -> the 3-gram "a b c" last occurs at 4 -> draft "y a b c". One kernel launch per step
 (samgpu.kernels.pld), no state. The chain's length follows the batch size (`pld_budget`).
 """
 
@@ -60,7 +60,7 @@ class PldDrafter(DrafterBase):
 register(
     Method(
         name="pld",
-        summary="prompt lookup: longest n-gram (3..1) suffix match, earliest occurrence",
+        summary="prompt lookup: longest n-gram (3..1) suffix match, latest occurrence",
         options=PldOptions,
         build=PldDrafter,
         budget=pld_budget,

@@ -45,10 +45,10 @@ def test_lossless_batch_of_three(method):
 
 
 def test_pld_known_acceptance_on_periodic_text():
-    """Oracle: next = token 5 back (period 5); prompt = two periods (10 tokens). Step 1: the
-    earliest occurrence of the suffix [3 4 5] starts at 2, so only 5 tokens follow it in the
-    text: 5 drafted, all accepted, 6 emitted. Then 11+ tokens follow the earliest occurrence:
-    10 drafted and accepted, 11 emitted per step, 6 + 4 x 11 = 50."""
+    """Oracle: next = token 5 back (period 5); prompt = two periods (10 tokens). Step 1: no
+    occurrence of the suffix [3 4 5] is followed by 10 tokens; the earliest (at 2) by 5: 5
+    drafted, all accepted, 6 emitted. Then an occurrence two or more periods back is followed by
+    10: 10 drafted and accepted, 11 emitted per step, 6 + 4 x 11 = 50."""
     period = lambda ctx: ctx[-5]  # noqa: E731
     prompt = [1, 2, 3, 4, 5] * 2
     res = simulate(_build("pld", max_reqs=1), period, [prompt], max_new=50, vocab=V)

@@ -1,4 +1,5 @@
-"""PLD kernel vs reference: longest suffix n-gram (3..1), earliest occurrence, chain tree."""
+"""PLD kernel vs reference: longest suffix n-gram (3..1), the latest occurrence with a whole draft
+after it (else the earliest), chain tree."""
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def _run(fn, rows, N=8, device="cpu", **kw):
 
 @pytest.mark.parametrize("fn", BACKENDS)
 def test_golden_cases(fn, device):
-    """Row 0: the 3-gram [5 7 9] first occurs at 0 -> draft [2 5 7 9] (earliest, not the later [4]).
+    """Row 0: the 3-gram [5 7 9] occurs at 0 and 4, both followed by 4 tokens -> draft [4 5 7 9]
+    (the latest, not [2 5 7 9]).
     Row 1: no 3- or 2-gram repeats, the 1-gram [3] occurs at 1 -> draft [8 3] (cut by the text end).
     Row 2: the last token never occurred before -> root only.
     Row 3: a single-token text -> root only."""
@@ -38,7 +40,7 @@ def test_golden_cases(fn, device):
     F, P = FILL_TOKEN, NO_PARENT
     assert torch.equal(num, torch.tensor([5, 3, 1, 1], dtype=torch.int32))
     assert tok.tolist() == [
-        [9, 2, 5, 7, 9, F, F, F],
+        [9, 4, 5, 7, 9, F, F, F],
         [3, 8, 3, F, F, F, F, F],
         [4, F, F, F, F, F, F, F],
         [6, F, F, F, F, F, F, F],
@@ -49,6 +51,24 @@ def test_golden_cases(fn, device):
         [P] * 8,
         [P] * 8,
     ]
+
+
+@pytest.mark.parametrize("fn", BACKENDS)
+def test_latest_occurrence_with_a_whole_draft(fn, device):
+    """[1 2] occurs at 0 (then 7 7 7 7), 6 (then 8 8 8 8) and 13 (then 6 1 2: 3 tokens): with 4
+    drafts the latest followed by 4 tokens wins (not the earliest [7 ...], not the short [6 1 2]);
+    with 3 drafts the one at 13 has them; with 17 none has: the earliest, cut by the text."""
+    row = [1, 2, 7, 7, 7, 7, 1, 2, 8, 8, 8, 8, 5, 1, 2, 6, 1, 2]
+    tok, _, num = _run(fn, [row], N=11, device=device, num_draft=4)
+    assert tok[0, : num.item()].tolist() == [2, 8, 8, 8, 8]
+    tok, _, num = _run(fn, [row], N=11, device=device, num_draft=3)
+    assert tok[0, : num.item()].tolist() == [2, 6, 1, 2]
+    tok, _, num = _run(fn, [row], N=32, device=device, num_draft=17)
+    assert tok[0, : num.item()].tolist() == [2] + row[2:]
+    # 606 tokens, [1 2] at 0, 102 and the end: the right-to-left scan crosses a 256-token block
+    long = [1, 2, *range(10, 110), 1, 2, *range(200, 700), 1, 2]
+    tok, _, num = _run(fn, [long], N=8, device=device, num_draft=4)
+    assert tok[0, : num.item()].tolist() == [2, 200, 201, 202, 203]
 
 
 @pytest.mark.parametrize("fn", BACKENDS)
