@@ -111,8 +111,8 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--method",
         default=None,
         metavar="{" + ",".join(method_names()) + "}",
-        help=f"drafting method, listed below (none: on CUDA {DEFAULT_METHOD} for --prompt, below"
-        f" {PLD_MIN_BATCH} sequences at a time or with --store, else {GPU_BATCH_DEFAULT_METHOD};"
+        help=f"drafting method, listed below (none: on CUDA {DEFAULT_METHOD} for --prompt, a"
+        f" --batch-size below {PLD_MIN_BATCH} or --store, else {GPU_BATCH_DEFAULT_METHOD};"
         f" {CPU_DEFAULT_METHOD} on a CPU, where drafting seldom pays)",
     )
     p.add_argument(
