@@ -15,7 +15,7 @@ The draft is the continuation `t[j+n : min(j+n+num_draft, L)]`, written as a cha
 node 0 = root `t[L-1]`, node i = i-th draft token, parents[i] = i-1, num_nodes = 1 + draft length.
 No occurrence (or n < MIN_NGRAM) -> root-only tree.
 
-Kernel formulation (one pass, no early exit needed): for every possible end e of an occurrence
+Kernel formulation (two scans, each stopping early): for every possible end e of an occurrence
 (e <= L-2) let m(e) = number of consecutive matches t[e-s] == t[L-1-s], s = 0..MAX_NGRAM-1.
 The best n is max_e m(e) and the earliest occurrence of that n-gram ends at the smallest e with
 m(e) >= n (j = e - n + 1): blocks of e scanned left to right keeping (best_n, best_e), a block
@@ -29,7 +29,7 @@ followed by 5 tokens: draft [2 5 7 9 4].
 
 Layout: text [B, max_len] int32 (PAD beyond text_len), text_len [B] int32; out tree tokens/parents
 [B, N] int32, num_nodes [B] int32; pad nodes get token FILL_TOKEN (a valid id, the runner embeds
-them) and parent NO_PARENT. Cost: one read of the text per step, O(L) per sequence.
+them) and parent NO_PARENT. Cost: at most two reads of the text per step, O(L) per sequence.
 """
 
 from __future__ import annotations
