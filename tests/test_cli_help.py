@@ -99,3 +99,4 @@ def test_progress_to_a_file_is_plain_lines_with_mat_at_least_one(
     mats = [float(m) for m in re.findall(r"MAT ([\d.]+)", err)]
     assert mats and min(mats) >= 1.0
     assert err.count("samgpu: wrote") == 1
+    assert re.search(r"samgpu: wrote .*; method pld\)", err)  # the summary names the method

@@ -224,7 +224,7 @@ def generate_file(args: argparse.Namespace) -> int:
         )
         print(
             f"samgpu: wrote {args.output} ({_counts(summary, len(records))}; {n_tok} new tokens"
-            f" in {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s{mat})",
+            f" in {secs:.1f} s, {n_tok / max(secs, 1e-9):.1f} tokens/s{mat}; method {args.method})",
             file=sys.stderr,
         )
     prof.report()
