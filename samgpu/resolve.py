@@ -16,14 +16,13 @@ from samgpu.factory import DEFAULT_METHOD
 # ----------------------------------------------------------------------------- environment
 # The method used when none is given. On a GPU, by the number of sequences decoded together, from
 # the batched runs through `samgpu generate` on the mixed prompt file (H200, SmolLM2; README
-# "Which method", results/20261130-h200-final-71803f9.jsonl): `merged` for fewer than
-# PLD_MIN_BATCH (2.23x `ar` at B=1; the best of the automaton methods, so also the one a --store
-# feeds), `pld` from there (1.74x / 1.52x / 1.48x / 1.23x at B=4 / 16 / 64 / 256, `merged` 1.62x /
-# 1.33x / 1.14x / 1.02x: its short chains cost the least drafting per step). On a CPU plain
-# decoding: the drafting methods measured slower than `ar` on chat prompts at batch 1 and 4 (their
-# drafts rarely pay at a CPU's small tree budget, and drafting costs host time;
+# "Which method", results/20261130-h200-final-71803f9.jsonl): DEFAULT_METHOD (`merged`) for
+# fewer than PLD_MIN_BATCH (2.23x `ar` at B=1; the best of the automaton methods, so also the one
+# a --store feeds), `pld` from there (1.74x / 1.52x / 1.48x / 1.23x at B=4 / 16 / 64 / 256,
+# `merged` 1.62x / 1.33x / 1.14x / 1.02x: its short chains cost the least drafting per step). On a
+# CPU plain decoding: the drafting methods measured slower than `ar` on chat prompts at batch 1
+# and 4 (their drafts rarely pay at a CPU's small tree budget, and drafting costs host time;
 # profiling/bench_cpu.py).
-GPU_DEFAULT_METHOD = DEFAULT_METHOD  # "merged"
 GPU_BATCH_DEFAULT_METHOD = "pld"
 PLD_MIN_BATCH = 4
 CPU_DEFAULT_METHOD = "ar"
@@ -36,7 +35,7 @@ def default_method(device: torch.device | str, batch_size: int = 1, *, store: bo
         return CPU_DEFAULT_METHOD
     if batch_size >= PLD_MIN_BATCH and not store:
         return GPU_BATCH_DEFAULT_METHOD
-    return GPU_DEFAULT_METHOD
+    return DEFAULT_METHOD
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

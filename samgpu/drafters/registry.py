@@ -43,16 +43,20 @@ CHAIN_BUDGETS: tuple[tuple[int, int], ...] = ((4, 61), (16, 21), (32, 11), (64, 
 PLD_BUDGETS: tuple[tuple[int, int], ...] = ((4, 11), (16, 7), (1 << 30, 5))
 
 
+def _budget(table: tuple[tuple[int, int], ...], batch_size: int) -> int:
+    return next(n for bound, n in table if batch_size <= bound)
+
+
 def tree_budget(batch_size: int) -> int:
-    return next(n for bound, n in TREE_BUDGETS if batch_size <= bound)
+    return _budget(TREE_BUDGETS, batch_size)
 
 
 def chain_budget(batch_size: int) -> int:
-    return next(n for bound, n in CHAIN_BUDGETS if batch_size <= bound)
+    return _budget(CHAIN_BUDGETS, batch_size)
 
 
 def pld_budget(batch_size: int) -> int:
-    return next(n for bound, n in PLD_BUDGETS if batch_size <= bound)
+    return _budget(PLD_BUDGETS, batch_size)
 
 
 @dataclass(frozen=True)
