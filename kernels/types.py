@@ -153,7 +153,7 @@ class StepOutput:
     """What one step produced; drafters read it in `update`, commit writes its last two fields."""
 
     tree: DraftTree  # the tree just verified
-    logits: torch.Tensor  # [B, N, V] float32; logits[b, i] = target distribution after node i
+    logits: torch.Tensor  # [B, N, V] model dtype; logits[b, i] = target distribution after node i
     verify: VerifyOutput  # accepted path and bonus
     start_len: torch.Tensor  # [B] int32; cache_len when the step began (base of node slots)
     new_tokens: torch.Tensor  # [B, K] int32; emitted tokens (accepted, then bonus), PAD-padded

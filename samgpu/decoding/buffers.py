@@ -99,7 +99,8 @@ class StepBuffers:
             hidden = torch.zeros(R, N, hidden_size, dtype=dtype, device=device)
         self.step = StepOutput(
             tree=self.tree,
-            logits=torch.zeros(R, N, V, dtype=torch.float32, device=device),
+            # the model's dtype: its lm_head writes it directly, and widening is exact
+            logits=torch.zeros(R, N, V, dtype=dtype, device=device),
             verify=VerifyOutput.empty(R, N, K - 1, device),
             start_len=torch.zeros(R, dtype=torch.int32, device=device),
             new_tokens=torch.full((R, K), PAD_TOKEN, dtype=torch.int32, device=device),

@@ -204,7 +204,7 @@ def test_bad_inputs_raise_value_error_with_shapes(tiny_llama, prefer):
     cases = [
         ((tokens, positions[:, :2], mask, cache, out), r"positions must be \[B=2, N=3\]"),
         ((tokens, positions, mask.int(), cache, out), "tree_mask must be"),
-        ((tokens, positions, mask, cache, out.half()), "out must be"),
+        ((tokens, positions, mask, cache, out.double()), "out must be"),
         ((tokens, positions, mask, cache, torch.empty(b, n, v + 1)), "V=128"),
         ((tokens.float(), positions, mask, cache, out), "tokens must be"),
     ]
@@ -246,3 +246,28 @@ def test_rows_not_live_skip_their_cached_prefix(tiny_llama):
     assert torch.equal(skipped_a[1], skipped_b[1])
     assert torch.equal(skipped_a[0], plain_a[0])
     assert not torch.allclose(plain_a[1], plain_b[1])
+
+
+@pytest.mark.parametrize("prefer", ["fast", "generic"])
+def test_logits_in_the_model_dtype_equal_the_float32_buffer(prefer):
+    """A bfloat16 model writes logits into a bfloat16 `out` (the fast runner: straight from its
+    lm_head GEMM, no copy); widened, they equal the float32 `out` of the same step exactly, so
+    greedy argmax and sampling see the same values (and every slot of the NaN-filled buffer
+    is written: rows and nodes differ)."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    runner = make_runner(model, prefer=prefer)
+    seqs = [list(range(3, 14)), list(range(20, 31))]
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = runner.allocate_cache(2, 32)
+        ids = torch.tensor([s[:5] for s in seqs], dtype=torch.int32)
+        runner.prefill(ids, torch.tensor([5, 5], dtype=torch.int32), cache)
+        tokens = torch.tensor([s[5:9] for s in seqs], dtype=torch.int32)
+        positions = torch.full((2, 1), 5, dtype=torch.int32) + torch.arange(4, dtype=torch.int32)
+        out = torch.full((2, 4, runner.vocab_size), float("nan"), dtype=dtype)
+        runner.forward_tree(tokens, positions, chain_mask(2, 4), cache, out)
+        outs[dtype] = out.float()
+    got = outs[torch.bfloat16]
+    assert not got.isnan().any()
+    assert not torch.equal(got[0], got[1]) and not torch.equal(got[:, 0], got[:, 1])
+    assert torch.equal(got, outs[torch.float32])

@@ -18,10 +18,10 @@ Contract (docs/ARCHITECTURE.md "Runner"):
   call then prefills an admission's prompts with no padding between them.
 - `forward_tree(tokens [B, N], positions [B, N], tree_mask [B, N, N] bool, cache, out [B, N, V],
   hidden_out=None)`: writes node i's K/V at `cache_len + i`; query i attends to `cache[:cache_len]`
-  and to the tree nodes j with `tree_mask[b, i, j]`; logits go to `out` (float32); with
-  `hidden_out [B, N, H]` (runner dtype) the last hidden states (after the final norm, the input of
-  the lm_head) go there too, for model-based drafters. `cache_len` is not advanced (commit /
-  kv_compact do that).
+  and to the tree nodes j with `tree_mask[b, i, j]`; logits go to `out` (float32, or the runner
+  dtype: written without a copy); with `hidden_out [B, N, H]` (runner dtype) the last hidden states
+  (after the final norm, the input of the lm_head) go there too, for model-based drafters.
+  `cache_len` is not advanced (commit / kv_compact do that).
   `B` may be smaller than the cache's capacity: the first `B` slots are used.
 
 Two implementations:
@@ -147,6 +147,7 @@ class RunnerBase:
 # Input validation shared by the runners: cheap metadata only (shapes, dtypes, devices), no sync.
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
+_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def check_prefill_inputs(
@@ -197,9 +198,9 @@ def check_tree_inputs(
             f"forward_tree: tree_mask must be [B={b}, N={n}, N={n}] bool, got "
             f"{tuple(tree_mask.shape)} {tree_mask.dtype}"
         )
-    if out is not None and (out.shape != (b, n, vocab_size) or out.dtype != torch.float32):
+    if out is not None and (out.shape != (b, n, vocab_size) or out.dtype not in _LOGIT_DTYPES):
         raise ValueError(
-            f"forward_tree: out must be [B={b}, N={n}, V={vocab_size}] float32, got "
+            f"forward_tree: out must be [B={b}, N={n}, V={vocab_size}] float32/bfloat16/float16, got "
             f"{tuple(out.shape)} {out.dtype}"
         )
     _check_cache(cache, b, "forward_tree")

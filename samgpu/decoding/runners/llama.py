@@ -337,5 +337,8 @@ class LlamaRunner(RunnerBase):
             hidden_out.copy_(x)
         if out is None:
             return hidden_out
-        out.copy_(F.linear(x, self.lm_head))
+        if out.dtype == x.dtype:  # straight into the buffer: no logits-sized copy
+            torch.mm(x.flatten(0, 1), self.lm_head.t(), out=out.view(-1, self.vocab_size))
+        else:
+            out.copy_(F.linear(x, self.lm_head))
         return out
