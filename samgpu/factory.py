@@ -66,17 +66,18 @@ def memory_estimate(
     cache, the step's logits, the dynamic automata of the SAM methods and the refill scratch
     cache. Weights and the static index are already resident and not counted."""
     kv_token = 2 * runner.num_layers * runner.num_kv_heads * runner.head_dim
-    kv_token *= torch.finfo(runner.dtype).bits // 8
+    dtype_bytes = torch.finfo(runner.dtype).bits // 8
+    kv_token *= dtype_bytes
     nodes = draft_nodes(method, batch_size, runner.device, options)
     parts = {
         "kv_cache": kv_token * batch_size * max_len,
-        "logits": 4 * batch_size * (nodes + 1) * runner.vocab_size,
+        "logits": dtype_bytes * batch_size * (nodes + 1) * runner.vocab_size,  # model dtype
         "refill_scratch": kv_token * min(batch_size, GRAPH_ROWS) * max_len,
     }
     entry = get_method(method)
     if entry.head_layers:  # a drafter's own cache (EAGLE head) and the prompts' hidden states
         per_layer = kv_token // runner.num_layers
-        hidden = runner.hidden_size * torch.finfo(runner.dtype).bits // 8
+        hidden = runner.hidden_size * dtype_bytes
         parts["drafter_cache"] = per_layer * entry.head_layers * batch_size * max_len
         parts["prompt_hidden"] = hidden * min(batch_size, GRAPH_ROWS) * max_len
     if entry.needs_index:
