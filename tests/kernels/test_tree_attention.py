@@ -264,3 +264,71 @@ def test_split_chunks_follow_the_longest_prefix_of_a_large_batch(device):
     inputs = [t.to(device) for t in (q, k, v, cache_len, mask)]
     got = tree_attention_triton(*inputs, block_n=16, num_splits=4).cpu()
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def rope_case(dtype, seed=0):
+    """3 sequences, 5 nodes (TREES plus a chain), GQA 4 q heads on 2 kv heads of D=32: a QKV
+    projection, its RoPE tables at positions slot + depth, and a cache with random prefixes."""
+    b, n, hq, hkv, d, max_len = 3, 5, 4, 2, 32, 80
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(b, n, (hq + 2 * hkv) * d, generator=g).to(dtype)
+    k = torch.randn(b, hkv, max_len, d, generator=g).to(dtype)
+    v = torch.randn(b, hkv, max_len, d, generator=g).to(dtype)
+    slot = torch.tensor([70, 0, 9], dtype=torch.int32)
+    trees = TREES + [TREES[0]]
+    depth = torch.tensor([[0, 1, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 1, 2, 3]])
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    freqs = (slot[:, None] + depth)[..., None].to(torch.float32) * inv_freq
+    mask = torch.stack([ancestor_mask(p) for p in trees])
+    return qkv, freqs.cos().contiguous(), freqs.sin().contiguous(), slot, k, v, mask, hq
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_fused_rope_equals_rope_kv_then_attention(dtype, num_splits, device, monkeypatch):
+    """tree_attention_rope (the Triton kernel rotating q and the nodes' k itself, writing k/v to
+    the cache) == rope_kv then tree_attention on the same configuration: outputs and the whole
+    cache bit for bit. A row whose prefix is skipped (cache_len 0 < slot 9) still has its nodes
+    written at slot + j. Negative control: a slot one further writes elsewhere."""
+    from samgpu.kernels.rope_kv import rope_kv
+    from samgpu.kernels.tree_attention import tree_attention_rope
+
+    monkeypatch.setenv("SAMGPU_BACKEND", "triton")
+    qkv, cos, sin, slot, k, v, mask, hq = (
+        t.to(device) if isinstance(t, torch.Tensor) else t for t in rope_case(dtype)
+    )
+    k_a, v_a, k_b, v_b = k.clone(), v.clone(), k.clone(), v.clone()
+    q = rope_kv(qkv, cos, sin, slot, k_a, v_a, num_q_heads=hq)
+    want = tree_attention_triton(q, k_a, v_a, slot, mask, num_splits=num_splits)
+    got = tree_attention_rope(
+        qkv, cos, sin, slot, k_b, v_b, slot, mask, num_q_heads=hq, num_splits=num_splits
+    )
+    assert torch.equal(got, want)
+    assert torch.equal(k_b, k_a) and torch.equal(v_b, v_a)
+    assert not torch.equal(k_b, k)  # (the nodes were written)
+    # the third row's prefix skipped: its nodes still land at slot + j, the other rows unchanged
+    seen = torch.where(torch.arange(3, device=device) == 2, 0, slot).to(torch.int32)
+    k_c, v_c = k.clone(), v.clone()
+    skipped = tree_attention_rope(
+        qkv, cos, sin, slot, k_c, v_c, seen, mask, num_q_heads=hq, num_splits=num_splits
+    )
+    assert torch.equal(k_c, k_a) and torch.equal(v_c, v_a)
+    assert torch.equal(skipped[:2], want[:2]) and not torch.equal(skipped[2], want[2])
+    k_d, v_d = k.clone(), v.clone()
+    tree_attention_rope(qkv, cos, sin, slot + 1, k_d, v_d, slot, mask, num_q_heads=hq)
+    assert not torch.equal(k_d, k_a)
+
+
+def test_fused_rope_rejects_a_bad_projection(device, monkeypatch):
+    from samgpu.kernels.tree_attention import tree_attention_rope
+
+    monkeypatch.setenv("SAMGPU_BACKEND", "triton")
+    qkv, cos, sin, slot, k, v, mask, hq = (
+        t.to(device) if isinstance(t, torch.Tensor) else t for t in rope_case(torch.float32)
+    )
+    with pytest.raises(ValueError, match="qkv"):
+        tree_attention_rope(qkv[..., :-32], cos, sin, slot, k, v, slot, mask, num_q_heads=hq)
+    with pytest.raises(ValueError, match="cos"):
+        tree_attention_rope(qkv, cos[:, :, :8], sin, slot, k, v, slot, mask, num_q_heads=hq)
+    with pytest.raises(ValueError, match="slot"):
+        tree_attention_rope(qkv, cos, sin, slot.long(), k, v, slot, mask, num_q_heads=hq)
