@@ -38,12 +38,6 @@ iteration), num_splits, num_warps, num_stages; defaults from kernels/tree_attent
 values (`do_not_specialize`) and strides are fixed by the cache layout, so a new N, B or cache
 length never recompiles.
 
-Fused RoPE (`tree_attention_rope`, the fast runner's verify step): q is read from the QKV
-projection and rotated in the kernel (rope_kv's rounding), the nodes' k and v too, from the
-projection rather than the cache, and the first row block of each (sequence, kv head) stores them at
-their cache slots: rope_kv's launch per layer is saved (~1.9 us of a ~40 us layer at B=64 on an
-H200).
-
 CPU path (`tree_attention_ref`): SDPA with the visibility mask; `step_plan` builds that mask once
 per step for all layers.
 """
@@ -58,7 +52,6 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-from samgpu.kernels.rope_kv import rope_kv
 from samgpu.kernels.tree_attention_config import (
     BLOCK_N,
     MAX_SPLITS,
@@ -82,23 +75,6 @@ _VARYING = ["num_seqs", "num_nodes", "group", "num_heads", "num_splits"]
 BLOCK_B: int = 256  # cache_len entries read per load when taking the batch's longest prefix
 
 
-@triton.jit
-def _rotate(ptrs, x, cos_ptr, sin_ptr, table_row, row_ok, HEAD_DIM: tl.constexpr):
-    """RoPE of rows x [R, D] loaded from ptrs [R, 1] (+ d), exactly as kernels/rope_kv.py rounds
-    it: out[d] = x[d] cos - x[d + D/2] sin (d < D/2), x[d] cos + x[d - D/2] sin (else), each
-    product and the sum rounded to the dtype; table_row [R]: the row's entry of cos/sin."""
-    half: tl.constexpr = HEAD_DIM // 2
-    offs_d = tl.arange(0, HEAD_DIM)
-    partner = tl.load(ptrs + (offs_d[None, :] + half) % HEAD_DIM, mask=row_ok[:, None], other=0.0)
-    table = table_row[:, None].to(tl.int64) * half + offs_d[None, :] % half
-    dtype = x.dtype
-    c = tl.load(cos_ptr + table, mask=row_ok[:, None], other=0.0).to(dtype).to(tl.float32)
-    s = tl.load(sin_ptr + table, mask=row_ok[:, None], other=0.0).to(dtype).to(tl.float32)
-    s = tl.where(offs_d[None, :] < half, -s, s)
-    out = (x.to(tl.float32) * c).to(dtype).to(tl.float32)
-    return (out + (partner.to(tl.float32) * s).to(dtype).to(tl.float32)).to(dtype)
-
-
 @triton.jit(do_not_specialize=_VARYING)
 def _tree_attention_kernel(
     q_ptr,  # [B, N, Hq, D] fp32/bf16/fp16
@@ -110,9 +86,6 @@ def _tree_attention_kernel(
     ws_acc_ptr,  # [B, N, Hq, S, D] fp32 unnormalised partial outputs (out, when SPLIT)
     ws_m_ptr,  # [B, N, Hq, S] fp32 running max, log2 domain (out, when SPLIT)
     ws_l_ptr,  # [B, N, Hq, S] fp32 softmax denominators (out, when SPLIT)
-    cos_ptr,  # [B, N, D / 2] fp32 RoPE table of the nodes (ROPE)
-    sin_ptr,  # [B, N, D / 2] fp32 (ROPE)
-    slot_ptr,  # [B] int32: the cache slot of node 0 (ROPE; cache_len, also for skipped rows)
     stride_qb,
     stride_qn,
     stride_qh,
@@ -139,7 +112,6 @@ def _tree_attention_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
     BLOCK_B: tl.constexpr,  # cache_len entries per load (the batch's longest prefix, SPLIT)
-    ROPE: tl.constexpr,  # q_ptr is the QKV projection: rotate q and k here, write k/v (rope_kv)
 ):
     """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out."""
     pid_m = tl.program_id(0)
@@ -156,8 +128,6 @@ def _tree_attention_kernel(
 
     q_ptrs = q_ptr + b * stride_qb + node[:, None] * stride_qn + head[:, None] * stride_qh
     q = tl.load(q_ptrs + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if ROPE:
-        q = _rotate(q_ptrs, q, cos_ptr, sin_ptr, b * num_nodes + node, row_ok, HEAD_DIM)
 
     cache_len = tl.load(cache_len_ptr + b).to(tl.int32)
     k_base = k_ptr + b * stride_kb + kvh * stride_kh
@@ -203,25 +173,10 @@ def _tree_attention_kernel(
     for start in range(0, tree_hi, BLOCK_N):
         j = start + offs_n
         j_ok = j < num_nodes
+        pos = cache_len + j
         kv_mask = j_ok[:, None] & d_ok[None, :]
-        if ROPE:
-            # the nodes' k (rotated) and v straight from the projection; one program of the
-            # (sequence, kv head) stores them at their slots for the steps to come
-            qkv_row = q_ptr + b * stride_qb + j[:, None] * stride_qn
-            k_ptrs = qkv_row + (num_heads + kvh) * HEAD_DIM
-            k = tl.load(k_ptrs + offs_d[None, :], mask=kv_mask, other=0.0)
-            k = _rotate(k_ptrs, k, cos_ptr, sin_ptr, b * num_nodes + j, j_ok, HEAD_DIM)
-            v_ptrs = qkv_row + (num_heads + num_heads // group + kvh) * HEAD_DIM + offs_d[None, :]
-            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-            if pid_m == 0:
-                slot = tl.load(slot_ptr + b).to(tl.int64) + j
-                dst = slot[:, None] * stride_kl + offs_d[None, :]
-                tl.store(k_base + dst, k, mask=kv_mask)
-                tl.store(v_base + slot[:, None] * stride_vl + offs_d[None, :], v, mask=kv_mask)
-        else:
-            pos = (cache_len + j)[:, None]
-            k = tl.load(k_base + pos * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + pos * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
         vis = tl.load(m_base + j[None, :], mask=row_ok[:, None] & j_ok[None, :], other=0) != 0
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
         s = tl.where(vis, s, float("-inf"))
@@ -311,9 +266,6 @@ def _aot_specs() -> list[AotSpec]:
             "ws_acc_ptr": "*fp32",
             "ws_m_ptr": "*fp32",
             "ws_l_ptr": "*fp32",
-            "cos_ptr": "*fp32",
-            "sin_ptr": "*fp32",
-            "slot_ptr": "*i32",
             **dict.fromkeys(_INT_ARGS, "i32"),
             "qk_scale": "fp32",
         }
@@ -328,20 +280,17 @@ def _aot_specs() -> list[AotSpec]:
             block_ms = (16,) if dtype == "fp32" else (16, 64, max_block_m(head_dim))
             for block_m in block_ms:
                 for split in (False,) if dtype == "fp32" else (False, True):
-                    # the fused RoPE (the runner's decode step): bf16, the decode / chain rows
-                    for rope in (False,) if dtype == "fp32" or block_m > 64 else (False, True):
-                        consts = {
-                            "HEAD_DIM": head_dim,
-                            "BLOCK_D": head_dim,
-                            "BLOCK_M": block_m,
-                            "BLOCK_N": BLOCK_N,
-                            "SPLIT": split,
-                            "BLOCK_B": BLOCK_B,
-                            "ROPE": rope,
-                        }
-                        full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
-                        num_warps = 4 if block_m <= 64 else 8
-                        specs.append(AotSpec(_tree_attention_kernel, full_sig, consts, num_warps))
+                    consts = {
+                        "HEAD_DIM": head_dim,
+                        "BLOCK_D": head_dim,
+                        "BLOCK_M": block_m,
+                        "BLOCK_N": BLOCK_N,
+                        "SPLIT": split,
+                        "BLOCK_B": BLOCK_B,
+                    }
+                    full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+                    num_warps = 4 if block_m <= 64 else 8
+                    specs.append(AotSpec(_tree_attention_kernel, full_sig, consts, num_warps))
             consts = {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_S": MAX_SPLITS}
             full_sig = {**combine_sig, **dict.fromkeys(consts, "constexpr")}
             specs.append(AotSpec(_tree_attention_combine_kernel, full_sig, consts))
@@ -405,15 +354,13 @@ def tree_attention_triton(
     num_splits: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Launch the kernel (and the combine kernel when split). Shapes as in the module docstring;
     `scale` defaults to 1/sqrt(D). Each configuration keyword overrides `default_config`'s value
-    (block_m is also capped at the rows' next power of two: padding past it only costs).
-    `rope` (cos, sin, slot): q is the q part of a QKV projection (`tree_attention_rope`)."""
+    (block_m is also capped at the rows' next power of two: padding past it only costs)."""
     b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
     if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype:
         raise ValueError(
             f"tree_attention: out must be {tuple(q.shape)} {q.dtype}, "
@@ -451,7 +398,6 @@ def tree_attention_triton(
     else:
         ws_acc = ws_m = ws_l = out  # unused: SPLIT is a constexpr False
     block_d = triton.next_power_of_2(max(d, 16))
-    cos, sin, slot = (ws_acc, ws_acc, cache_len) if rope is None else rope  # (unused without)
     grid = (triton.cdiv(group * n, block_m), hkv * num_splits, b)
     _tree_attention_kernel[grid](
         q,
@@ -463,9 +409,6 @@ def tree_attention_triton(
         ws_acc,
         ws_m,
         ws_l,
-        cos,
-        sin,
-        slot,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -492,7 +435,6 @@ def tree_attention_triton(
         BLOCK_N=block_n,
         SPLIT=split,
         BLOCK_B=BLOCK_B,
-        ROPE=rope is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -586,51 +528,4 @@ def tree_attention(
         )
     return tree_attention_ref(
         q, k_cache, v_cache, cache_len, tree_mask, scale=scale, out=out, plan=plan
-    )
-
-
-def tree_attention_rope(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    slot: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cache_len: torch.Tensor,
-    tree_mask: torch.Tensor,
-    *,
-    num_q_heads: int,
-    scale: float | None = None,
-    plan: RefPlan | None = None,
-    **config: int,
-) -> torch.Tensor:
-    """`rope_kv` then `tree_attention` in one launch on CUDA (one kernel fewer per layer): q and
-    the nodes' k rotated from `qkv [B, N, (Hq + 2 Hkv) * D]` with `cos, sin [B, N, D / 2]` fp32,
-    the nodes' rotated k and v stored at slots `slot[b] + j` of the layer's cache (rope_kv's
-    contract), attention as tree_attention's over the prefix `[0, cache_len)` and the nodes (read
-    from the projection, not back from the cache). `slot` is the cache_len the nodes are written
-    after; `cache_len` may be smaller (a skipped row's 0). Returns `[B, N, Hq, D]`. `config`:
-    tree_attention_triton's keywords (num_splits, ...). Elsewhere: the two functions in turn."""
-    if not use_triton(qkv):
-        q = rope_kv(qkv, cos, sin, slot, k_cache, v_cache, num_q_heads=num_q_heads)
-        return tree_attention(q, k_cache, v_cache, cache_len, tree_mask, scale=scale, plan=plan)
-    b, n, width = qkv.shape
-    d = k_cache.shape[-1]
-    hkv = k_cache.shape[1]
-    if width != (num_q_heads + 2 * hkv) * d or qkv.stride(-1) != 1 or d & (d - 1) or d < 16:
-        raise ValueError(
-            f"tree_attention_rope: qkv {tuple(qkv.shape)} must be [B, N, (Hq={num_q_heads} + 2 x "
-            f"Hkv={hkv}) x D={d}] with a contiguous last dim, D a power of two >= 16"
-        )
-    for name, t in (("cos", cos), ("sin", sin)):
-        if t.shape != (b, n, d // 2) or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(
-                f"tree_attention_rope: {name} must be contiguous [B={b}, N={n}, D/2={d // 2}] "
-                f"float32, got {tuple(t.shape)} {t.dtype}"
-            )
-    if slot.dim() != 1 or slot.shape[0] < b or slot.dtype != torch.int32:
-        raise ValueError(f"tree_attention_rope: slot must be [B>={b}] int32, got {slot.dtype}")
-    q = qkv[..., : num_q_heads * d].unflatten(-1, (num_q_heads, d))
-    return tree_attention_triton(
-        q, k_cache, v_cache, cache_len, tree_mask, scale=scale, rope=(cos, sin, slot), **config
     )
