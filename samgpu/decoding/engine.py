@@ -3,7 +3,7 @@
 One step, for the B leading slots of the buffers (B = the width the scheduler set):
   1. draft   `drafter.propose(state, tree)`              tree tokens/parents/num_nodes [B, N]
   2. tree    `tree_mask(parents, num_nodes, cache_len)`  ancestor mask [B, N, N], positions [B, N]
-  3. forward `runner.forward_tree(...)`                  logits [B, N, V] (model dtype), K/V at cache_len+i
+  3. forward `runner.forward_tree(...)`                  logits [B, N, V], K/V at cache_len+i
   4. verify  greedy walk, or recursive rejection sampling (temperature > 0)
   5. commit  `kv_compact` (accepted K/V -> contiguous) then `commit` (text, lengths, EOS, finished)
   6. update  `drafter.update(state, step)`

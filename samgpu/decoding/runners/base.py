@@ -200,8 +200,8 @@ def check_tree_inputs(
         )
     if out is not None and (out.shape != (b, n, vocab_size) or out.dtype not in _LOGIT_DTYPES):
         raise ValueError(
-            f"forward_tree: out must be [B={b}, N={n}, V={vocab_size}] float32/bfloat16/float16, got "
-            f"{tuple(out.shape)} {out.dtype}"
+            f"forward_tree: out must be [B={b}, N={n}, V={vocab_size}] float32/bfloat16/float16, "
+            f"got {tuple(out.shape)} {out.dtype}"
         )
     _check_cache(cache, b, "forward_tree")
     if hidden_out is not None and (
