@@ -42,7 +42,7 @@ class ReplayRunner:
     num_kv_heads = 1
     head_dim = 1
     hidden_size = 1
-    dtype = torch.float32
+    dtype = logits_dtype = torch.float32
 
     def __init__(self, records: list[tuple[list[int], list[int]]], vocab_size: int, eos: int):
         self.vocab_size = vocab_size

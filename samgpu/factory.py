@@ -69,9 +69,10 @@ def memory_estimate(
     dtype_bytes = torch.finfo(runner.dtype).bits // 8
     kv_token *= dtype_bytes
     nodes = draft_nodes(method, batch_size, runner.device, options)
+    logit_bytes = torch.finfo(runner.logits_dtype).bits // 8
     parts = {
         "kv_cache": kv_token * batch_size * max_len,
-        "logits": dtype_bytes * batch_size * (nodes + 1) * runner.vocab_size,  # model dtype
+        "logits": logit_bytes * batch_size * (nodes + 1) * runner.vocab_size,
         "refill_scratch": kv_token * min(batch_size, GRAPH_ROWS) * max_len,
     }
     entry = get_method(method)

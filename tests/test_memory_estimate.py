@@ -11,7 +11,7 @@ from samgpu.factory import memory_estimate
 def test_eagle_methods_count_the_heads_cache():
     runner = SimpleNamespace(
         num_layers=30, num_kv_heads=3, head_dim=64, hidden_size=576, dtype=torch.bfloat16,
-        vocab_size=49152, device=torch.device("cuda"),
+        logits_dtype=torch.bfloat16, vocab_size=49152, device=torch.device("cuda"),
     )  # fmt: skip
     ar = memory_estimate(runner, "ar", 8, 1024)
     eagle = memory_estimate(runner, "eagle", 8, 1024)

@@ -90,7 +90,7 @@ class StepBuffers:
     for, its randoms. The engine keeps one set at the drafter's N and, for a drafter that drafts,
     one at N = 1 for plain autoregressive steps (adaptive speculation)."""
 
-    def __init__(self, R: int, N: int, K: int, V: int, device, hidden_size, dtype):
+    def __init__(self, R: int, N: int, K: int, V: int, device, hidden_size, dtype, logits_dtype):
         self.R, self.N, self.V, self.device = R, N, V, device
         self.tree = DraftTree.empty(R, N, device)
         self.mask = TreeMask.empty(R, N, device)
@@ -99,8 +99,8 @@ class StepBuffers:
             hidden = torch.zeros(R, N, hidden_size, dtype=dtype, device=device)
         self.step = StepOutput(
             tree=self.tree,
-            # the model's dtype: its lm_head writes it directly, and widening is exact
-            logits=torch.zeros(R, N, V, dtype=dtype, device=device),
+            # the runner's (the fast one's: the model dtype, written by its lm_head directly)
+            logits=torch.zeros(R, N, V, dtype=logits_dtype, device=device),
             verify=VerifyOutput.empty(R, N, K - 1, device),
             start_len=torch.zeros(R, dtype=torch.int32, device=device),
             new_tokens=torch.full((R, K), PAD_TOKEN, dtype=torch.int32, device=device),

@@ -108,9 +108,13 @@ class Engine:
             finished=torch.ones(R, dtype=torch.bool, device=dev),
         )
         hidden_size = runner.hidden_size if drafter.needs_hidden else None
-        self._full = StepBuffers(R, N, K, V, dev, hidden_size, runner.dtype)
+        self._full = StepBuffers(R, N, K, V, dev, hidden_size, runner.dtype, runner.logits_dtype)
         # one-node steps for adaptive speculation (drafting methods only)
-        self._plain = StepBuffers(R, 1, 1, V, dev, hidden_size, runner.dtype) if N > 1 else None
+        self._plain = (
+            StepBuffers(R, 1, 1, V, dev, hidden_size, runner.dtype, runner.logits_dtype)
+            if N > 1
+            else None
+        )
         self._speculate = True
         self._eos = i32(MAX_EOS, fill=PAD_TOKEN)
         self._rng = torch.zeros(2, dtype=torch.int64, device=dev)  # (seed, step counter)

@@ -30,7 +30,7 @@ class ToyRunner:
 
     graph_safe = False
     num_layers = 2
-    dtype = torch.float32
+    dtype = logits_dtype = torch.float32
 
     def __init__(self, vocab_size: int = 12, seed: int = 0, scale: float = 3.0):
         g = torch.Generator().manual_seed(seed)

@@ -87,6 +87,7 @@ class Runner(Protocol):
     num_layers: int
     device: torch.device
     dtype: torch.dtype
+    logits_dtype: torch.dtype  # what forward_tree's logits come out in (the step's buffer)
     graph_safe: bool  # forward_tree can be captured in a CUDA graph
     packs_prompts: bool  # prefill takes segment_start (packed prompts)
 

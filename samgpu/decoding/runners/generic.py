@@ -93,6 +93,7 @@ class GenericRunner(RunnerBase):
         self.num_layers = _num_layers(cache)
         self.dtype = _layer_kv(cache, 0)[0].dtype
         self.vocab_size = result.logits.shape[-1]
+        self.logits_dtype = result.logits.dtype  # (some models return fp32 logits: kept)
         self.hidden_size = int(model.config.hidden_size)
         window = getattr(model.config, "sliding_window", None)
         self.max_context = window if isinstance(window, int) and window > 0 else None

@@ -150,7 +150,7 @@ class LlamaRunner(RunnerBase):
         self.final_norm = inner.norm.weight
         self.eps = float(config.rms_norm_eps)
         self.device = self.embed.device
-        self.dtype = self.embed.dtype
+        self.dtype = self.logits_dtype = self.embed.dtype
         rotary = inner.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().to(self.device, torch.float32)  # [D / 2]
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
