@@ -337,7 +337,7 @@ class LlamaRunner(RunnerBase):
             hidden_out.copy_(x)
         if out is None:
             return hidden_out
-        if out.dtype == x.dtype:  # straight into the buffer: no logits-sized copy
+        if out.dtype == x.dtype and out.is_contiguous():  # straight in: no logits-sized copy
             torch.mm(x.flatten(0, 1), self.lm_head.t(), out=out.view(-1, self.vocab_size))
         else:
             out.copy_(F.linear(x, self.lm_head))
