@@ -7,7 +7,7 @@
 | method         | draft each step                                                  | file         |
 |----------------|------------------------------------------------------------------|--------------|
 | `ar`           | nothing (root only): plain autoregressive decoding               | basic.py     |
-| `pld`          | prompt lookup: longest n-gram (3..1) suffix match, latest one    | pld.py       |
+| `pld`          | prompt lookup: longest n-gram (3..1) match, latest with a chain  | pld.py       |
 | `tr`           | Token Recycling: adjacency [V, 8] + 80-node template tree        | tr.py        |
 | `sam`          | SAM-Decoding alone: chain from the longer-matching automaton     | sam.py       |
 | `sam+tr`       | SAM-Decoding: chain if a match is long enough, else the TR tree  | sam.py       |

@@ -1,11 +1,13 @@
 """`pld`: prompt lookup decoding on the GPU, the classic model-free baseline.
 
 Each step, per sequence: the longest n-gram (n = max_ngram down to min_ngram) ending the committed
-text that also occurs earlier in it; the **latest** occurrence wins (transformers' prompt lookup
-and the original PLD code take the earliest; the latest drafts better, kernels/pld.py); its
-continuation, up to `max_nodes - 1` tokens, is drafted as a chain. Example: text "a b c x a b c y
-a b c" -> the 3-gram "a b c" last occurs at 4 -> draft "y a b c". One kernel launch per step
-(samgpu.kernels.pld), no state. The chain's length follows the batch size (`pld_budget`).
+text that also occurs earlier in it; the **latest** occurrence followed by a whole chain of
+`max_nodes - 1` tokens wins, else the earliest (transformers' prompt lookup and the original PLD
+code take the earliest; this drafts better, kernels/pld.py); its continuation, up to
+`max_nodes - 1` tokens, is drafted as a chain. Example: text "a b c x a b c y a b c" -> the 3-gram
+"a b c" occurs at 0 and 4; with max_nodes 5 four tokens follow the one at 4 -> draft "y a b c";
+with 11 none has ten after it -> the earliest: draft "x a b c y a b c". One kernel launch per
+step (samgpu.kernels.pld), no state. The chain's length follows the batch size (`pld_budget`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class PldDrafter(DrafterBase):
 register(
     Method(
         name="pld",
-        summary="prompt lookup: longest n-gram (3..1) suffix match, latest occurrence",
+        summary="prompt lookup: longest n-gram (3..1) suffix match, latest with a whole chain",
         options=PldOptions,
         build=PldDrafter,
         budget=pld_budget,
