@@ -7,11 +7,19 @@ constexprs) worth checking, i.e. every constexpr combination the runtime uses. R
 `python -m samgpu.kernels._aot` with TRITON_INTERPRET unset; exits non-zero on any failure and
 when a kernel of a module (a `@triton.jit` function named `_..._kernel`, the house naming rule;
 other jit functions are device helpers compiled inside the kernels that call them) has no spec.
+
+Each spec compiles twice: as written, and `aligned`, as the JIT specializes it at the serving
+shapes: every pointer 16-byte aligned and every `stride_*` argument a multiple of 16 (hinted with
+tt.divisibility, as the JIT does from the values it is called with). The two take different paths
+through the compiler: only aligned loads vectorize, and only those are software-pipelined
+(cp.async), so a compile without the hints shows neither (an earlier profiling note concluded
+from such a compile that the tree attention's prefix loop was not pipelined; on the GPU it is).
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import pkgutil
 import sys
@@ -37,13 +45,26 @@ def kernel_modules() -> list[str]:
     ]
 
 
-def compile_spec(spec: AotSpec):
-    """Compile one kernel for sm_90 with the real compiler (raises what the compiler raises)."""
+def aligned_attrs(signature: dict[str, str]) -> dict[tuple[int], list[list]]:
+    """tt.divisibility=16 on the pointers and `stride_*` ints of `signature` (module doc)."""
+    return {
+        (i,): [["tt.divisibility", 16]]
+        for i, (name, kind) in enumerate(signature.items())
+        if kind.startswith("*") or (name.startswith("stride") and kind in ("i32", "i64"))
+    }
+
+
+def compile_spec(spec: AotSpec, aligned: bool = False):
+    """Compile one kernel for sm_90 with the real compiler (raises what the compiler raises);
+    `aligned`: with the JIT's alignment specialization (module doc)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     src = triton.compiler.ASTSource(
-        fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs
+        fn=spec.kernel,
+        signature=spec.signature,
+        constexprs=spec.constexprs,
+        attrs=aligned_attrs(spec.signature) if aligned else None,
     )
     return triton.compile(
         src, target=GPUTarget("cuda", 90, 32), options={"num_warps": spec.num_warps}
@@ -62,11 +83,11 @@ def compile_all(verbose: bool = True) -> list[str]:
             is_kernel = isinstance(obj, triton.runtime.JITFunction) and attr.endswith("_kernel")
             if is_kernel and id(obj) not in covered:
                 failures.append(f"{name}.{attr}: @triton.jit kernel without an AotSpec")
-        for spec in specs:
-            label = f"{name}.{spec.kernel.__name__} {spec.constexprs}"
+        for spec, aligned in itertools.product(specs, (False, True)):
+            label = f"{name}.{spec.kernel.__name__} {spec.constexprs}" + " aligned" * aligned
             start = time.perf_counter()
             try:
-                compile_spec(spec)
+                compile_spec(spec, aligned)
             except Exception as exc:  # noqa: BLE001 - report every failure, then fail
                 failures.append(f"{label}: {type(exc).__name__}: {exc}")
                 continue
