@@ -5,7 +5,8 @@ sweep, exact mode's cost, and exact mode's bitwise invariance on the real compil
         [--dtype bf16] [--smoke]
     python -m profiling.bench_attention --sections tree --heads smollm2 --batches 16 64 256
         --nodes 1 4 --wide --ragged --write-tuning
-    (the H200 table's B >= 16 entries, 2026-11-30; its B = 1 ones: --batches 1 without --ragged)
+    (the H200 table's B >= 16 entries, 2026-11-30; its B = 1 ones: --batches 1 without --ragged,
+    N 1 and 4 then, N 16 and 81 on 2026-12-01: the B=1 trees had run the heuristic until then)
 
 Sections (bf16 unless --dtype; heads: SmolLM2 9 q / 3 kv, D 64 and Llama-2-7B 32 / 32, D 128):
 - prefill (bench "prefill_attention"): one layer's causal prefill attention, T in {128, 512, 1000,
