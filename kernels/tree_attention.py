@@ -32,7 +32,7 @@ writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace
 `_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
 
 Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
-next power of two >= group * N, at least 16 for the tensor-core dot), block_n (keys per
+next power of two >= group * N, at least 16 for the tensor-core dot, at most 64), block_n (keys per
 iteration), num_splits, num_warps, num_stages; defaults from kernels/tree_attention_config.py
 (the card's tuned table, else a heuristic aiming at ~4 programs per SM). Counts are runtime
 values (`do_not_specialize`) and strides are fixed by the cache layout, so a new N, B or cache

@@ -18,6 +18,11 @@ BLOCK_N: int = 64  # keys per inner iteration (default)
 MAX_SPLITS: int = 64  # split-KV chunks per (row block, kv head, sequence)
 NODE_BUCKETS: tuple[int, ...] = (1, 4, 16, 81)
 BATCH_BUCKETS: tuple[int, ...] = (1, 16, 64, 256)
+# Untuned geometries' row block: the sweeps chose 64 rows for every tree of 16+ nodes on the H200.
+# All of a kv head's rows in one block (256 for SmolLM2's 81-node tree) reads the prefix once, but
+# took 18-20 us a layer at B=1, context 1,024, against 11.6-12 us in 64-row blocks
+# (profiling/results/20261201-h200-b1-tree-tuning-08baa5a.jsonl).
+HEURISTIC_BLOCK_M: int = 64
 TUNING_FILE = Path(__file__).resolve().parent / "tuned" / "tree_attention.json"
 
 
@@ -37,8 +42,8 @@ def tuned_configs(card: str) -> dict[str, tuple[int, int, int, int, int]]:
 
 
 def max_block_m(head_dim: int) -> int:
-    """Largest default row block: 256 rows (SmolLM2's 81-node tree, 3 heads per kv head) fit the
-    registers of 8 warps at D=64; 128 at D=128."""
+    """Largest row block the kernel is compiled and swept for: 256 rows (SmolLM2's 81-node tree,
+    3 heads per kv head) fit the registers of 8 warps at D=64; 128 at D=128."""
     return 256 if head_dim <= 64 else 128
 
 
@@ -63,11 +68,10 @@ def _nearest(value: int, buckets: tuple[int, ...]) -> int:
 def _heuristic_config(
     b: int, n: int, hq: int, hkv: int, d: int, max_len: int, device: torch.device
 ) -> TreeAttentionConfig:
-    """Rows in one block where possible (prefix read once per kv head); split the prefix until
-    ~4 programs per SM are in flight (memory-latency hiding), each split keeping >= 2 key blocks
-    of the cache capacity."""
+    """Row blocks of up to HEURISTIC_BLOCK_M rows; split the prefix until ~4 programs per SM are
+    in flight (memory-latency hiding), each split keeping >= 2 key blocks of the cache capacity."""
     rows = (hq // hkv) * n
-    block_m = min(max(16, triton.next_power_of_2(rows)), max_block_m(d))
+    block_m = min(max(16, triton.next_power_of_2(rows)), HEURISTIC_BLOCK_M, max_block_m(d))
     num_warps = 4 if block_m <= 64 else 8
     num_splits = 1
     if device.type == "cuda":

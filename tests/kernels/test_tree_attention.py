@@ -234,15 +234,17 @@ def test_configurations_match_branch_equivalence(
 
 
 def test_default_config_shapes_the_rows():
-    """The row block follows group * N (a SmolLM2 decode step: 3 rows in 16, not 64) and the
-    default splits fill the GPU only on CUDA."""
+    """The row block follows group * N (a SmolLM2 decode step: 3 rows in 16, not 64) up to 64 rows
+    (an 81-node tree: 243 rows in four blocks, not one of 256) and the default splits fill the
+    GPU only on CUDA."""
     from samgpu.kernels.tree_attention_config import default_config
 
     cpu = torch.device("cpu")
     assert default_config(64, 1, 9, 3, 64, 2048, cpu).block_m == 16
+    assert default_config(64, 8, 9, 3, 64, 2048, cpu).block_m == 32
     assert default_config(64, 16, 9, 3, 64, 2048, cpu).block_m == 64
-    assert default_config(1, 81, 9, 3, 64, 2048, cpu).block_m == 256
-    assert default_config(1, 81, 32, 32, 128, 2048, cpu).block_m == 128
+    assert default_config(1, 81, 9, 3, 64, 2048, cpu).block_m == 64
+    assert default_config(1, 81, 32, 32, 128, 2048, cpu).block_m == 64
     assert default_config(1, 1, 9, 3, 64, 2048, cpu).num_splits == 1
 
 
