@@ -30,6 +30,11 @@ def tuning_key(hq: int, hkv: int, d: int, n_bucket: int, b_bucket: int) -> str:
     return f"{hq},{hkv},{d},{n_bucket},{b_bucket}"
 
 
+def table_key(b: int, n: int, hq: int, hkv: int, d: int) -> str:
+    """The tuning-table entry a call of B sequences of N nodes reads: the nearest buckets."""
+    return tuning_key(hq, hkv, d, _nearest(n, NODE_BUCKETS), _nearest(b, BATCH_BUCKETS))
+
+
 @functools.cache
 def tuned_configs(card: str) -> dict[str, tuple[int, int, int, int, int]]:
     """`card`'s entries of the tuning file: "Hq,Hkv,D,node bucket,batch bucket" -> (block_m,
@@ -88,8 +93,7 @@ def default_config(
     """The tuned configuration of the nearest (N, B) bucket for these heads, else the heuristic.
     Off CUDA (the interpreter) always the heuristic, unsplit."""
     if device.type == "cuda":
-        key = tuning_key(hq, hkv, d, _nearest(n, NODE_BUCKETS), _nearest(b, BATCH_BUCKETS))
-        tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
+        tuned = tuned_configs(torch.cuda.get_device_name(device)).get(table_key(b, n, hq, hkv, d))
         if tuned is not None:
             return TreeAttentionConfig(*tuned)
     return _heuristic_config(b, n, hq, hkv, d, max_len, device)

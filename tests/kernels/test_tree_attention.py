@@ -266,3 +266,36 @@ def test_split_chunks_follow_the_longest_prefix_of_a_large_batch(device):
     inputs = [t.to(device) for t in (q, k, v, cache_len, mask)]
     got = tree_attention_triton(*inputs, block_n=16, num_splits=4).cpu()
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+DEFAULT_HEADS = (9, 3, 64)  # the default model's (SmolLM2-135M) q heads, kv heads, head dim
+
+
+def untuned_defaults(table: dict, batch_sizes=range(1, 257)) -> set[tuple[str, int, str]]:
+    """(method, B, table key) of every default verify geometry of the default model that `table`
+    lacks: each registered method at its default budget (ar: one node) for each batch size."""
+    from samgpu.drafters import budget_options, method_names
+    from samgpu.kernels.tree_attention_config import table_key
+
+    missing = set()
+    for method in method_names():
+        for b in batch_sizes:
+            n = budget_options(method, b).get("max_nodes", 1)
+            key = table_key(b, n, *DEFAULT_HEADS)
+            if key not in table:
+                missing.add((method, b, key))
+    return missing
+
+
+def test_every_default_geometry_of_the_default_model_is_tuned_for_the_h200():
+    """An untuned geometry runs the heuristic: the B=1 trees did until 2026-12-01, at 1.7x the
+    tuned attention time (profiling/README.md). A budget or bucket change that reaches a geometry
+    the H200 table lacks fails here (re-sweep with profiling/bench_attention.py --write-tuning)."""
+    from samgpu.kernels.tree_attention_config import table_key, tuned_configs
+
+    table = tuned_configs("NVIDIA H200")
+    assert untuned_defaults(table) == set()
+    # negative control: without the B=1 tree entry, the tree methods at B=1 are reported
+    key = table_key(1, 81, *DEFAULT_HEADS)
+    lacking = {k: v for k, v in table.items() if k != key}
+    assert ("merged", 1, key) in untuned_defaults(lacking, batch_sizes=(1,))
