@@ -76,8 +76,8 @@ def _heuristic_config(
     """Row blocks of up to HEURISTIC_BLOCK_M rows; split the prefix until ~4 programs per SM are
     in flight (memory-latency hiding), each split keeping >= 2 key blocks of the cache capacity."""
     rows = (hq // hkv) * n
-    block_m = min(max(16, triton.next_power_of_2(rows)), HEURISTIC_BLOCK_M, max_block_m(d))
-    num_warps = 4 if block_m <= 64 else 8
+    block_m = min(max(16, triton.next_power_of_2(rows)), HEURISTIC_BLOCK_M)
+    num_warps = 4
     num_splits = 1
     if device.type == "cuda":
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
