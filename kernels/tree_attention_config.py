@@ -46,6 +46,18 @@ def tuned_configs(card: str) -> dict[str, tuple[int, int, int, int, int]]:
     return {key: tuple(cfg) for key, cfg in table.items()}
 
 
+def untuned_note(card: str, hq: int, hkv: int, d: int) -> str | None:
+    """A one-line note when `card`'s table has nothing for these heads (every call then takes the
+    heuristic), else None."""
+    if any(key.startswith(f"{hq},{hkv},{d},") for key in tuned_configs(card)):
+        return None
+    return (
+        f"samgpu: the tree attention has no tuned configurations for {card} with {hq} q / {hkv} kv "
+        f"heads of {d}, so it runs a heuristic one; in a samgpu checkout `python -m "
+        f"profiling.bench_attention --sections tree --heads {hq},{hkv},{d} --write-tuning` tunes it"
+    )
+
+
 def max_block_m(head_dim: int) -> int:
     """Largest row block the kernel is compiled and swept for: 256 rows (SmolLM2's 81-node tree,
     3 heads per kv head) fit the registers of 8 warps at D=64; 128 at D=128."""

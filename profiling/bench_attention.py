@@ -291,20 +291,37 @@ def tree_inputs(bench: Bench, b: int, n: int, heads: tuple[int, int, int], ctx: 
     return q, k, v, cache_len, chain.expand(b, n, n).contiguous()
 
 
+def heads_arg(text: str) -> str:
+    """--heads: a known name, or "HQ,HKV,D" (any model's q heads, kv heads, head dim), added to
+    HEADS under that name."""
+    if text in HEADS:
+        return text
+    try:
+        hq, hkv, d = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {sorted(HEADS)} or HQ,HKV,D (e.g. 14,2,64)"
+        ) from None
+    if min(hq, hkv, d) < 1 or hq % hkv:
+        raise argparse.ArgumentTypeError(f"{text!r}: need positive sizes, HQ a multiple of HKV")
+    HEADS[text] = (hq, hkv, d)
+    return text
+
+
 def geometries(args) -> list[tuple[str, int, int]]:
-    """(heads, B, N) of the sweep; B * N capped where the grid is large enough anyway."""
+    """(heads, B, N) of the sweep; B * N capped where the grid is large enough anyway (Llama-7B's
+    32 kv heads of 128: at 1,024)."""
     if args.smoke:
         return [("tiny", 1, 1), ("tiny", 2, 4)]
     out = []
-    for name, cap in (("smollm2", 2048), ("llama7b", 1024)):
+    for name in args.heads or ("smollm2", "llama7b"):
+        big = HEADS[name][1] * HEADS[name][2] >= 32 * 128
         for b in BATCH_BUCKETS:
             for n in NODE_BUCKETS:
-                if b * n <= cap and not (name == "llama7b" and b == 256):
+                if b * n <= (1024 if big else 2048) and not (big and b == 256):
                     out.append((name, b, n))
     if args.quick:
         out = [g for g in out if g[1] in (1, 64) or g[2] == 1]
-    if args.heads:
-        out = [g for g in out if g[0] in args.heads]
     if args.batches:
         out = [g for g in out if g[1] in args.batches]
     if args.nodes:
@@ -738,7 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer geometries and configurations")
     ap.add_argument("--rep-ms", type=int, default=20, help="do_bench measuring time per point")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes in the CPU interpreter")
-    ap.add_argument("--heads", nargs="+", choices=sorted(HEADS), help="tree sweep: only these")
+    ap.add_argument("--heads", nargs="+", type=heads_arg,
+                    help="tree sweep: only these: smollm2, llama7b, or HQ,HKV,D of any model "
+                    "(e.g. 14,2,64)")  # fmt: skip
     ap.add_argument("--batches", nargs="+", type=int, help="tree sweep: only these batch sizes")
     ap.add_argument("--nodes", nargs="+", type=int, help="tree sweep: only these node buckets")
     ap.add_argument(

@@ -299,3 +299,15 @@ def test_every_default_geometry_of_the_default_model_is_tuned_for_the_h200():
     key = table_key(1, 81, *DEFAULT_HEADS)
     lacking = {k: v for k, v in table.items() if k != key}
     assert ("merged", 1, key) in untuned_defaults(lacking, batch_sizes=(1,))
+
+
+def test_untuned_heads_or_cards_get_a_note_naming_the_tuning_command():
+    """make_runner warns with this on a GPU: the default model's heads on the H200 have a table
+    (no note, the control); another card, or other heads on the H200, do not."""
+    from samgpu.kernels.tree_attention_config import untuned_note
+
+    assert untuned_note("NVIDIA H200", *DEFAULT_HEADS) is None
+    other_card = untuned_note("NVIDIA A100-SXM4-80GB", *DEFAULT_HEADS)
+    assert "NVIDIA A100-SXM4-80GB" in other_card and "--heads 9,3,64 --write-tuning" in other_card
+    other_heads = untuned_note("NVIDIA H200", 14, 2, 64)
+    assert "14 q / 2 kv heads of 64" in other_heads and "--heads 14,2,64" in other_heads

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 from samgpu.decoding.runners.base import KVCache, Runner, RunnerBase
+from samgpu.kernels.tree_attention_config import untuned_note
 
 PREFER_CHOICES = ("auto", "fast", "generic")
 
@@ -17,7 +20,9 @@ def make_runner(model, *, prefer: str = "auto", exact: bool = False) -> Runner:
     prefer: "auto" (fast if supported, else generic with a warning), "fast" (ValueError naming the
     reason if unsupported), "generic" (always the transformers path, no warning). exact: the
     batch- and tree-invariant forward (exact mode); only the fast runner has it, so it is a
-    ValueError naming the reason for any other model.
+    ValueError naming the reason for any other model. On a GPU whose tuning table has nothing for
+    the model's heads, the fast runner warns once that its tree attention runs a heuristic
+    configuration, and how to tune it.
     """
     from samgpu.decoding.runners.generic import GenericRunner
     from samgpu.decoding.runners.llama import LlamaRunner
@@ -33,7 +38,13 @@ def make_runner(model, *, prefer: str = "auto", exact: bool = False) -> Runner:
     if prefer == "generic":
         return GenericRunner(model)
     if reason is None:
-        return LlamaRunner(model, exact=exact)
+        runner = LlamaRunner(model, exact=exact)
+        if runner.device.type == "cuda" and not exact:  # (exact mode's attention is not tuned)
+            card = torch.cuda.get_device_name(runner.device)
+            heads = (runner.num_heads, runner.num_kv_heads, runner.head_dim)
+            if (note := untuned_note(card, *heads)) is not None:
+                warnings.warn(note, stacklevel=2)
+        return runner
     if prefer == "fast":
         raise ValueError(f"make_runner: the fast runner does not support this model: {reason}")
     msg = (
