@@ -264,3 +264,26 @@ def test_invalid_utf8_deep_in_a_file_names_line_column_and_byte(tmp_path):
     assert f"column {at + 1}," in str(e.value) and f"byte {byte} " in str(e.value)
     f.write_bytes(b"\xef\xbb\xbf" + head.encode())  # control: a BOM is fine
     assert len(read_records(f)) == 150
+
+
+def test_library_warnings_print_as_one_cli_line(capsys, monkeypatch):
+    """Inside the CLI a `samgpu: ...` warning is one `samgpu: warning: ...` line (rank-prefixed
+    under torchrun), not Python's `path:line: UserWarning:` pair; another library's warning goes
+    where warnings went before (the control), and the hook is gone afterwards."""
+    import warnings
+
+    from samgpu.cli.output import library_warnings_as_lines
+
+    monkeypatch.setenv("RANK", "1")
+    others = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: others.append(str(message))
+        before = warnings.showwarning
+        with library_warnings_as_lines():
+            warnings.warn("samgpu: the tree attention runs a heuristic", stacklevel=1)
+            warnings.warn("some other library's warning", stacklevel=1)
+        assert warnings.showwarning is before
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["samgpu: warning: [rank 1] the tree attention runs a heuristic"]
+    assert others == ["some other library's warning"]

@@ -30,7 +30,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from samgpu.cli.output import error
+from samgpu.cli.output import error, library_warnings_as_lines
 from samgpu.errors import EXIT_ENVIRONMENT, EXIT_USAGE, UserError
 
 # ----------------------------------------------------------------------------- parser
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_threading_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
-    with _sigterm_ends_the_run():
+    with _sigterm_ends_the_run(), library_warnings_as_lines():
         try:
             return _run(parser, args)
         except UserError as e:
