@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from samgpu.drafters.parts.eagle_draft import (
+    ROOT_CANDIDATE,
     Candidates,
-    Frontier,
     grow_tree,
     num_candidates,
     select_tree,
 )
+from samgpu.kernels.eagle_expand import ExpansionSlots
 from samgpu.types import NO_PARENT, DraftTree
 
 
@@ -41,27 +42,33 @@ class Tables:
 
 
 def run_tensor(tables: list[Tables], roots: list[int], k: int, depth: int, max_nodes: int):
-    """grow_tree + select_tree over a batch, the head replaced by `tables` (one per row)."""
+    """grow_tree + select_tree over a batch, the head replaced by `tables` (one per row): the
+    frontier's root paths are read back from the candidates' parent links."""
     B = len(tables)
-    paths: list[list[tuple[int, ...]]] = []
+    cands = Candidates.empty(B, num_candidates(k, depth), "cpu")
 
-    def expand(d: int, frontier: Frontier) -> torch.Tensor:
-        nonlocal paths
-        toks = frontier.tokens.tolist()
-        if frontier.prev is None:
-            paths = [[(t,) for t in row] for row in toks]
-        else:
-            prev = frontier.prev.tolist()
-            paths = [
-                [paths[b][p] + (t,) for p, t in zip(prev[b], toks[b], strict=True)]
-                for b in range(B)
-            ]
+    def path(b: int, c: int) -> tuple[int, ...]:
+        out = []
+        while c != ROOT_CANDIDATE:
+            out.append(int(cands.tokens[b, c]))
+            c = int(cands.parents[b, c])
+        return tuple(reversed(out))
+
+    def expand(d: int, frontier_cands: torch.Tensor):
+        paths = [[path(b, int(c)) for c in frontier_cands[b]] for b in range(B)]
         logp = torch.stack([torch.stack([tables[b](p) for p in paths[b]]) for b in range(B)])
         return logp.topk(k, dim=-1)
 
-    cands = Candidates.empty(B, num_candidates(k, depth), "cpu")
+    T = max(depth - 1, 0) * k
+    slots = ExpansionSlots(  # the head's inputs are not used here: one feature each
+        torch.zeros(B, T, dtype=torch.int64),
+        torch.zeros(B, T, 1),
+        torch.zeros(B, T, 1),
+        torch.zeros(B, T, T, dtype=torch.bool),
+    )
+    fronts = tuple((torch.zeros(B, k), torch.zeros(B, k, dtype=torch.int64)) for _ in range(2))
     root_logp = torch.stack([t(()) for t in tables])
-    grow_tree(root_logp.topk(k, dim=-1), expand, cands, topk=k, depth=depth)
+    grow_tree(root_logp.topk(k, dim=-1), expand, cands, fronts, slots, topk=k, depth=depth)
     tree = DraftTree.empty(B, max_nodes, "cpu")
     select_tree(torch.tensor(roots, dtype=torch.int32), cands, tree)
     return tree

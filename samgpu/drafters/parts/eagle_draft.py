@@ -37,7 +37,9 @@ Example (k 2, D 3, 6 nodes): root top-2: a -0.1, b -2.5; a -> a1 -0.2, a2 -1.0 a
 b2 -0.3 give a1 -0.3, a2 -1.1, b1 -2.6, b2 -2.8; frontier [a1, a2]; a1 -> a11 -0.35, a12 -3.3 and
 a2 -> a21 -1.6, a22 -1.7. Ranked: a, a1, a11, a2, a21 -> tokens [r, a, a1, a11, a2, a21], parents
 [-1, 0, 1, 2, 1, 4].
-Cost per step: one lm_head over root_feat, D-1 head forwards (+ k lm_head rows each), a sort over
+Cost per step: one lm_head over root_feat, D-1 head forwards (+ k lm_head rows each) each followed
+by one `eagle_expand` launch (kernels/eagle_expand.py: the children into the candidates, the next
+frontier, its slots' tokens, hidden_in and ancestor rows; ~17 torch launches before), a sort over
 k + (D-1)*k*k candidates; the catch-up: one head forward of K tokens. No host reads, fixed shapes.
 """
 
@@ -50,6 +52,12 @@ import torch
 import torch.nn.functional as F
 
 from samgpu.drafters.protocol import NewRequests
+from samgpu.kernels.eagle_expand import (
+    CandidateColumns,
+    ExpansionSlots,
+    FrontierBuffers,
+    eagle_expand,
+)
 from samgpu.kernels.vocab_topk import vocab_topk
 from samgpu.types import NO_PARENT, DecodeState, DraftTree, StepOutput
 
@@ -60,16 +68,6 @@ FILL_TOKEN: int = 0  # token of pad nodes (a valid id: the target embeds every n
 def num_candidates(topk: int, depth: int) -> int:
     """Candidates of a dynamic tree: k at depth 1, k*k per expansion of depths 1 .. D-1."""
     return 0 if topk == 0 or depth == 0 else topk + (depth - 1) * topk * topk
-
-
-@dataclass
-class Frontier:
-    """The k nodes of one depth that the next head forward expands, best first."""
-
-    tokens: torch.Tensor  # [B, k] int64
-    scores: torch.Tensor  # [B, k] float32; cumulative log-prob of the root path
-    candidate: torch.Tensor  # [B, k] int64; index in the candidate pool
-    prev: torch.Tensor | None  # [B, k] int64; parent's index in the previous frontier (None: d=1)
 
 
 @dataclass
@@ -100,21 +98,27 @@ class Candidates:
         return Candidates(i64(), scores, i64(), i64())
 
 
-# (depth d, the frontier of depth d) -> the best k children of each node: log-probs [B, k, k]
-# float32 and tokens [B, k, k] int64
-Expand = Callable[[int, Frontier], tuple[torch.Tensor, torch.Tensor]]
+# (depth d, the depth-d frontier's candidate ids [B, k]) -> the best k children of each of its
+# nodes (the head forward over expansion slots .. d*k): log-probs [B, k, k] float32, ids [B, k, k]
+Expand = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def grow_tree(
     root_top: tuple[torch.Tensor, torch.Tensor],
     expand: Expand,
     cands: Candidates,
+    fronts: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    slots: ExpansionSlots,
     *,
     topk: int,
     depth: int,
 ) -> None:
     """EAGLE-2's expansion (module doc) into `cands` (its first num_candidates(topk, depth)
-    columns): root_top = the best k depth-1 tokens' log-probs [B, k] float32 and ids [B, k]."""
+    columns): root_top = the best k depth-1 tokens' log-probs [B, k] float32 and ids [B, k]. The
+    depth-1 frontier goes to expansion slots 0 .. k (tokens; the caller sets their hidden_in and
+    ancestor rows); then per depth `expand` scores the frontier's children and `eagle_expand`
+    adds them to the candidates and writes the next frontier into the next k slots. `fronts`:
+    two frontier buffers (scores [B, k] float32, candidate ids [B, k] int64), alternated."""
     k = topk
     scores, tokens = root_top
     B = scores.shape[0]
@@ -122,23 +126,19 @@ def grow_tree(
     cands.tokens[:, :k] = tokens
     cands.scores[:, :k] = scores
     cands.parents[:, :k] = ROOT_CANDIDATE
-    first = torch.arange(k, device=scores.device).expand(B, k)
-    frontier = Frontier(tokens, scores, first, None)
+    front, other = fronts
+    front[0].copy_(scores)
+    front[1].copy_(torch.arange(k, device=scores.device).expand(B, k))
+    if depth > 1:
+        slots.tokens[:, :k] = tokens
+    columns = CandidateColumns(cands.tokens, cands.scores, cands.parents)
     base = k
     for d in range(1, depth):
-        child_lp, child_tok = expand(d, frontier)  # [B, k, k]
-        # log-probs are <= 0 (clamped against rounding): a child never outscores its parent
-        child_scores = (frontier.scores[..., None] + child_lp.clamp(max=0.0)).flatten(1)
-        child_tok = child_tok.flatten(1)
-        top = base + k * k
-        cands.tokens[:, base:top] = child_tok
-        cands.scores[:, base:top] = child_scores
-        # (repeat_interleave would sum its repeats on the host: a sync)
-        cands.parents[:, base:top] = frontier.candidate[..., None].expand(B, k, k).flatten(1)
-        if d + 1 < depth:
-            best, idx = child_scores.topk(k, dim=-1)
-            frontier = Frontier(child_tok.gather(1, idx), best, base + idx, idx // k)
-        base = top
+        child_lp, child_tok = expand(d, front[1])  # [B, k, k]
+        step = FrontierBuffers(*front, *other)  # reads this frontier, writes the next
+        eagle_expand(child_lp, child_tok, step, columns, base, slots, (d - 1) * k, d + 1 < depth)
+        front, other = other, front
+        base += k * k
 
 
 def select_tree(root: torch.Tensor, cands: Candidates, tree: DraftTree) -> None:
@@ -208,6 +208,9 @@ class EagleDraft:
         self.lm_head = runner.lm_head  # [V, H], the target's
         self.root_feat = torch.zeros(R, H, dtype=dtype, device=dev)
         self._cands = Candidates.empty(R, self.num_candidates, dev)
+        # two frontier buffers (grow_tree alternates them): scores, candidate ids
+        self._front_scores = [torch.zeros(R, k, dtype=torch.float32, device=dev) for _ in "ab"]
+        self._front_cands = [torch.zeros(R, k, dtype=torch.int64, device=dev) for _ in "ab"]
         self._tokens = torch.zeros(R, T, dtype=torch.int64, device=dev)
         self._hidden_in = torch.zeros(R, T, H, dtype=dtype, device=dev)
         self._hidden_out = torch.zeros(R, max(T, K), H, dtype=dtype, device=dev)
@@ -277,8 +280,15 @@ class EagleDraft:
         cands = self._cands.rows(B)
         if self.num_candidates > 0:
             root_top = self._top_children(self.root_feat[:B])
-            expand = self._expander(B)
-            grow_tree(root_top, expand, cands, topk=self.topk, depth=self.depth)
+            k, slots = self.topk, self._slots(B)
+            if self.depth > 1:  # the depth-1 frontier's slots: inputs from the root, sees itself
+                slots.hidden_in[:, :k] = self.root_feat[:B, None]
+                slots.ancestors[:, :k] = False
+                slots.ancestors[:, :k, :k].logical_or_(self._eye)
+            fronts = ((self._front_scores[0][:B], self._front_cands[0][:B]),
+                      (self._front_scores[1][:B], self._front_cands[1][:B]))  # fmt: skip
+            expand = self._expander(B, slots)
+            grow_tree(root_top, expand, cands, fronts, slots, topk=k, depth=self.depth)
         select_tree(root, cands, tree)
 
     # ------------------------------------------------------------------ pieces
@@ -291,34 +301,28 @@ class EagleDraft:
         vals, ids = vocab_topk(F.linear(g.reshape(-1, H), self.lm_head), self.topk)
         return vals.view(*lead, -1), ids.view(*lead, -1)
 
-    def _expander(self, B: int) -> Expand:
-        k, H, T = self.topk, self.root_feat.shape[1], self.num_slots
-        tokens, hidden_in = self._tokens[:B], self._hidden_in[:B]
-        hidden_out, ancestors = self._hidden_out[:B], self._ancestors[:B]
+    def _slots(self, B: int) -> ExpansionSlots:
+        return ExpansionSlots(
+            self._tokens[:B], self._hidden_in[:B], self._hidden_out[:B], self._ancestors[:B]
+        )
+
+    def _expander(self, B: int, slots: ExpansionSlots) -> Expand:
+        k = self.topk
         cache_len = self.cache.cache_len[:B]
 
-        def expand(d: int, frontier: Frontier) -> torch.Tensor:
-            lo, hi = (d - 1) * k, d * k
-            tokens[:, lo:hi] = frontier.tokens
-            if frontier.prev is None:
-                hidden_in[:, lo:hi] = self.root_feat[:B, None]
-                ancestors[:, lo:hi] = False
-            else:  # the parents: the previous frontier's slots, read before this forward
-                prev = frontier.prev[..., None]
-                hidden_in[:, lo:hi] = hidden_out[:, lo - k : lo].gather(1, prev.expand(B, k, H))
-                ancestors[:, lo:hi] = ancestors[:, lo - k : lo].gather(1, prev.expand(B, k, T))
-            ancestors[:, lo:hi, lo:hi].logical_or_(self._eye)  # each node sees itself
+        def expand(d: int, frontier_cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            lo, hi = (d - 1) * k, d * k  # the depth-d frontier's slots (set by eagle_expand)
             positions = cache_len[:, None] + self._slot_depth[:hi]
             self.runner.forward_tree(
-                tokens[:, :hi],
+                slots.tokens[:, :hi],
                 positions,
-                ancestors[:, :hi, :hi],
+                slots.ancestors[:, :hi, :hi],
                 self.cache,
                 None,
-                hidden_out=hidden_out[:, :hi],
-                hidden_in=hidden_in[:, :hi],
+                hidden_out=slots.hidden_out[:, :hi],
+                hidden_in=slots.hidden_in[:, :hi],
             )
-            return self._top_children(hidden_out[:, lo:hi])
+            return self._top_children(slots.hidden_out[:, lo:hi])
 
         return expand
 
@@ -328,7 +332,6 @@ __all__ = [
     "Candidates",
     "EagleDraft",
     "Expand",
-    "Frontier",
     "grow_tree",
     "num_candidates",
     "select_tree",
