@@ -485,7 +485,8 @@ def sweep_geometry(bench: Bench, name: str, b: int, n: int) -> dict:
 
 def write_tuning(results: list[dict]) -> None:
     """Merge this card's best configurations into kernels/tuned/tree_attention.json (what
-    tree_attention's defaults read), keyed by the card's name."""
+    tree_attention's defaults read), keyed by the card's name. Called after each geometry, so that
+    a sweep cut short (a time limit) keeps what it finished."""
     card = torch.cuda.get_device_name()
     table = json.loads(TUNING_FILE.read_text()) if TUNING_FILE.is_file() else {}
     entries = table.setdefault(card, {})
@@ -506,6 +507,9 @@ def bench_tree(bench: Bench) -> list[dict]:
         r = results[-1]
         print(f"  {name} B={b} N={n}: best {r['best']} ({r['tested']} timed, "
               f"{time.perf_counter() - start:.0f}s)", flush=True)  # fmt: skip
+        bench.flush()  # (its records and table entry saved now: a sweep may be cut short)
+        if bench.args.write_tuning and not bench.args.smoke:
+            write_tuning([r])
     mid = 64 if bench.args.smoke else 1024
     cols = ["heads", "B", "N", "best"]
     for ctx in (32, 64) if bench.args.smoke else (512, 1024, 2048):
@@ -515,8 +519,6 @@ def bench_tree(bench: Bench) -> list[dict]:
     print_table(
         table, cols, title=f"tree_attention: best configuration per geometry ({bench.args.dtype})"
     )
-    if bench.args.write_tuning and not bench.args.smoke:
-        write_tuning(results)
     return results
 
 
