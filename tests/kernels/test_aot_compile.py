@@ -10,15 +10,23 @@ import pytest
 pytest.importorskip("triton")
 
 
-def test_every_kernel_compiles_for_sm90():
+def compiler_run(*args: str, timeout: int | None = None) -> subprocess.CompletedProcess:
+    """`python *args` with the real compiler (TRITON_INTERPRET unset: it replaces @triton.jit)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "samgpu.kernels._aot"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def compile_in_module(tmp_path, name: str, source: str, code: str) -> subprocess.CompletedProcess:
+    """`code` run with the real compiler after importing `source` as module `name`."""
+    (tmp_path / f"{name}.py").write_text(source)
+    prelude = f"import sys; sys.path.insert(0, sys.argv[1]); import {name};"
+    return compiler_run("-c", prelude + code, str(tmp_path))
+
+
+def test_every_kernel_compiles_for_sm90():
+    proc = compiler_run("-m", "samgpu.kernels._aot", timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -39,17 +47,11 @@ def _broken_kernel(x_ptr, n):
 
 def test_the_check_rejects_what_only_the_interpreter_accepts(tmp_path):
     """Negative control: a kernel with `break` must fail the AOT compile."""
-    (tmp_path / "broken_mod.py").write_text(BROKEN_KERNEL)
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import broken_mod;"
         "from samgpu.kernels._aot import AotSpec, compile_spec;"
         "compile_spec(AotSpec(broken_mod._broken_kernel, {'x_ptr': '*i32', 'n': 'i32'}))"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
-    )
+    proc = compile_in_module(tmp_path, "broken_mod", BROKEN_KERNEL, code)
     assert proc.returncode != 0
     assert "break" in proc.stderr.lower() or "unsupported" in proc.stderr.lower(), proc.stderr
 
@@ -70,19 +72,13 @@ def _copy_rows_kernel(x_ptr, y_ptr, stride_x, BLOCK: tl.constexpr):
 def test_the_aligned_compile_is_the_one_that_vectorizes(tmp_path):
     """The aligned variant carries the JIT's specialization (16-byte pointers, strides multiple of
     16): its loads vectorize; the plain compile of the same kernel (the control) does not."""
-    (tmp_path / "copy_mod.py").write_text(COPY_KERNEL)
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import copy_mod;"
         "from samgpu.kernels._aot import AotSpec, compile_spec;"
         "sig = {'x_ptr': '*bf16', 'y_ptr': '*bf16', 'stride_x': 'i32', 'BLOCK': 'constexpr'};"
         "spec = AotSpec(copy_mod._copy_rows_kernel, sig, {'BLOCK': 1024});"
         "print([compile_spec(spec, a).asm['ptx'].count('ld.global.v4') for a in (False, True)])"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
-    )
+    proc = compile_in_module(tmp_path, "copy_mod", COPY_KERNEL, code)
     assert proc.returncode == 0, proc.stderr
     plain, aligned = eval(proc.stdout.strip().splitlines()[-1])
     assert plain == 0 and aligned > 0, proc.stdout
