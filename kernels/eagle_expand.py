@@ -172,7 +172,7 @@ def _aot_specs() -> list[AotSpec]:
 AOT_SPECS = _aot_specs()
 
 
-def _check(child_lp, child_tok, front, cands, base, slots, lo, select):
+def _check(child_lp, child_tok, cands, base, slots, lo, select):
     if child_lp.dim() != 3 or child_lp.shape[1] != child_lp.shape[2]:
         raise ValueError(f"eagle_expand: child_lp must be [B, k, k], got {tuple(child_lp.shape)}")
     B, k, _ = child_lp.shape
@@ -198,7 +198,7 @@ def eagle_expand_ref(
     select: bool,
 ) -> None:
     """The spec (module doc), in torch."""
-    _check(child_lp, child_tok, front, cands, base, slots, lo, select)
+    _check(child_lp, child_tok, cands, base, slots, lo, select)
     B, k, _ = child_lp.shape
     score = (front.scores_in[..., None] + child_lp.clamp(max=0.0)).flatten(1)
     tok = child_tok.flatten(1)
@@ -232,7 +232,7 @@ def eagle_expand_triton(
     lo: int,
     select: bool,
 ) -> None:
-    _check(child_lp, child_tok, front, cands, base, slots, lo, select)
+    _check(child_lp, child_tok, cands, base, slots, lo, select)
     B, k, _ = child_lp.shape
     if B == 0:
         return
