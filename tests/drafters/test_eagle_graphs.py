@@ -23,9 +23,13 @@ from tests.test_no_sync import _violations, steps_under_sync_error_mode
 def test_eagle_step_code_has_no_host_reads():
     from samgpu.drafters import eagle, eagle_sam
     from samgpu.drafters.parts import eagle_draft
+    from samgpu.kernels import eagle_expand
 
     functions = [
         eagle_draft.grow_tree,
+        eagle_expand.eagle_expand,
+        eagle_expand.eagle_expand_triton,
+        eagle_expand.eagle_expand_ref,
         eagle_draft.select_tree,
         eagle_draft.EagleDraft.propose,
         eagle_draft.EagleDraft.update,
