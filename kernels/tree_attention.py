@@ -24,16 +24,12 @@ so that fully masked blocks never make NaNs. Reads K/V once per kv head: memory 
 
 Split-KV (flash-decoding) for the few-query case: with few programs (B * Hkv * row blocks below
 a few waves of the GPU) each (row block, kv head, sequence) cuts its prefix into chunks of whole
-key blocks, one program each; the last chunk also takes the tree part. The chunk size is computed
-in the kernel from cache_len (the grid is static and graph-safe): the batch's mean prefix over
-`num_splits`, but at least its longest prefix over `grid_splits` (the grid's splits, a few times
-num_splits). So in a ragged batch (serving: a few long prompts among short ones) a long sequence
-takes up to grid_splits chunks of the same size as everyone's, and no program reads much more
-than the others (a launch waits for its slowest program: with chunks sized by the longest prefix,
-the long sequences' few programs ran alone at the end). Programs past their sequence's last chunk
-only mark their partial empty. Each writes its unnormalised partial (acc, running max m, sum l) to
-an fp32 workspace and `_tree_attention_combine_kernel` merges them:
-out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the non-empty partials.
+key blocks, one program each; the last split also takes the tree part. The chunk is the batch's
+longest prefix over `num_splits` (computed in the kernel from cache_len, so the grid is static and
+graph-safe): in a ragged batch the longest sequences take every split and shorter ones fewer, so
+no program reads more than one chunk (a launch of one wave waits for its slowest program). Each
+writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
+`_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
 
 Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
 next power of two >= group * N, at least 16 for the tensor-core dot, at most 64), block_n (keys per
@@ -61,7 +57,6 @@ from samgpu.kernels.tree_attention_config import (
     MAX_SPLITS,
     default_config,
     max_block_m,
-    ragged_grid_splits,
 )
 from samgpu.kernels.visible_sdpa import RefPlan, plan_from_visible, visible_sdpa
 
@@ -71,13 +66,13 @@ LOG2E: float = 1.4426950408889634
 _INT_ARGS = (
     "stride_qb stride_qn stride_qh stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl "
     "stride_mb stride_mi stride_ob stride_on stride_oh num_seqs num_nodes group num_heads "
-    "num_splits grid_splits"
+    "num_splits"
 ).split()
-_COMBINE_INT_ARGS = "stride_ob stride_on stride_oh num_nodes num_heads grid_splits".split()
+_COMBINE_INT_ARGS = "stride_ob stride_on stride_oh num_nodes num_heads num_splits".split()
 # Strides stay specialised (Triton's divisible-by-16 hint lets K/V loads vectorise); they are fixed
 # by the cache layout and the tree width, so this never recompiles during a run. The counts vary.
-_VARYING = ["num_seqs", "num_nodes", "group", "num_heads", "num_splits", "grid_splits"]
-BLOCK_B: int = 256  # cache_len entries read per load when taking the batch's mean and longest
+_VARYING = ["num_seqs", "num_nodes", "group", "num_heads", "num_splits"]
+BLOCK_B: int = 256  # cache_len entries read per load when taking the batch's longest prefix
 
 
 @triton.jit(do_not_specialize=_VARYING)
@@ -88,9 +83,9 @@ def _tree_attention_kernel(
     cache_len_ptr,  # [B] int32
     mask_ptr,  # [B, N, N] uint8 view of the bool tree mask
     out_ptr,  # [B, N, Hq, D] same dtype as q (out, when not SPLIT)
-    ws_acc_ptr,  # [B, N, Hq, G, D] fp32 unnormalised partial outputs (out, when SPLIT)
-    ws_m_ptr,  # [B, N, Hq, G] fp32 running max, log2 domain; -inf: empty (out, when SPLIT)
-    ws_l_ptr,  # [B, N, Hq, G] fp32 softmax denominators (out, when SPLIT)
+    ws_acc_ptr,  # [B, N, Hq, S, D] fp32 unnormalised partial outputs (out, when SPLIT)
+    ws_m_ptr,  # [B, N, Hq, S] fp32 running max, log2 domain (out, when SPLIT)
+    ws_l_ptr,  # [B, N, Hq, S] fp32 softmax denominators (out, when SPLIT)
     stride_qb,
     stride_qn,
     stride_qh,
@@ -109,8 +104,7 @@ def _tree_attention_kernel(
     num_nodes,  # N
     group,  # Hq // Hkv
     num_heads,  # Hq
-    num_splits,  # S: chunks of a mean-length prefix (1 when not SPLIT)
-    grid_splits,  # G >= S: the grid's chunks per (row block, kv head, sequence)
+    num_splits,  # S (1 when not SPLIT)
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_D: tl.constexpr,  # next power of two >= D
@@ -119,10 +113,10 @@ def _tree_attention_kernel(
     SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
     BLOCK_B: tl.constexpr,  # cache_len entries per load (the batch's longest prefix, SPLIT)
 ):
-    """Grid (cdiv(group * N, BLOCK_M), Hkv * G, B). Head-dim stride is 1 for q, k, v and out."""
+    """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out."""
     pid_m = tl.program_id(0)
-    kvh = (tl.program_id(1) // grid_splits).to(tl.int64)
-    split = tl.program_id(1) % grid_splits
+    kvh = (tl.program_id(1) // num_splits).to(tl.int64)
+    split = tl.program_id(1) % num_splits
     b = tl.program_id(2).to(tl.int64)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -144,26 +138,19 @@ def _tree_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
 
-    # This split's share of the prefix: [lo, hi), whole blocks of a chunk sized by the batch's mean
-    # and longest prefixes (one split: [0, cache_len)); the last chunk also takes the tree.
-    lo = 0
-    hi = cache_len
-    last = 0
+    # This split's share of the prefix: [lo, hi), whole blocks of a chunk sized by the batch's
+    # longest prefix (one split: [0, cache_len)).
+    span = cache_len
     if SPLIT:
         offs_b = tl.arange(0, BLOCK_B)
-        longest = tl.full([], 0, tl.int32)
-        total = tl.full([], 0, tl.int32)
-        for i in range(0, num_seqs, BLOCK_B):
+        lens = tl.load(cache_len_ptr + offs_b, mask=offs_b < num_seqs, other=0)
+        span = tl.max(lens.to(tl.int32), axis=0)
+        for i in range(BLOCK_B, num_seqs, BLOCK_B):
             lens = tl.load(cache_len_ptr + i + offs_b, mask=i + offs_b < num_seqs, other=0)
-            longest = tl.maximum(longest, tl.max(lens.to(tl.int32), axis=0))
-            total += tl.sum(lens.to(tl.int32), axis=0)
-        chunk = tl.maximum(
-            tl.cdiv(tl.cdiv(total, num_seqs), num_splits), tl.cdiv(longest, grid_splits)
-        )
-        chunk = tl.maximum(tl.cdiv(chunk, BLOCK_N), 1) * BLOCK_N
-        lo = split * chunk
-        hi = tl.minimum(lo + chunk, cache_len)
-        last = tl.maximum(tl.cdiv(cache_len, chunk) - 1, 0)
+            span = tl.maximum(span, tl.max(lens.to(tl.int32), axis=0))
+    chunk = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, cache_len)
     # Prefix: every row sees every position < cache_len, so each block has a finite entry per row.
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
@@ -182,7 +169,7 @@ def _tree_attention_kernel(
 
     # Tree nodes at cache_len + j, visible per tree_mask[b, node, j] (the last split only).
     m_base = mask_ptr + b * stride_mb + node[:, None] * stride_mi
-    tree_hi = tl.where(split == last, num_nodes, 0)
+    tree_hi = tl.where(split == num_splits - 1, num_nodes, 0)
     for start in range(0, tree_hi, BLOCK_N):
         j = start + offs_n
         j_ok = j < num_nodes
@@ -203,13 +190,12 @@ def _tree_attention_kernel(
         m_i = m_new
 
     if SPLIT:
-        # Partial of (b, node, head, split); contiguous workspace [B, N, Hq, G, (D)]. A split past
-        # the last chunk is empty (m = -inf): the combine skips its acc, which stays unwritten.
-        part = ((b * num_nodes + node) * num_heads + head) * grid_splits + split
+        # Partial of (b, node, head, split); contiguous workspace [B, N, Hq, S, (D)].
+        part = ((b * num_nodes + node) * num_heads + head) * num_splits + split
         tl.store(ws_m_ptr + part, m_i, mask=row_ok)
         tl.store(ws_l_ptr + part, l_i, mask=row_ok)
         a_ptrs = ws_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(a_ptrs, acc, mask=row_ok[:, None] & d_ok[None, :] & (split <= last))
+        tl.store(a_ptrs, acc, mask=row_ok[:, None] & d_ok[None, :])
     else:
         acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_ptrs = out_ptr + b * stride_ob + node[:, None] * stride_on + head[:, None] * stride_oh
@@ -220,38 +206,37 @@ def _tree_attention_kernel(
         )
 
 
-@triton.jit(do_not_specialize=["num_nodes", "num_heads", "grid_splits"])
+@triton.jit(do_not_specialize=["num_nodes", "num_heads", "num_splits"])
 def _tree_attention_combine_kernel(
-    ws_acc_ptr,  # [B, N, Hq, G, D] fp32
-    ws_m_ptr,  # [B, N, Hq, G] fp32
-    ws_l_ptr,  # [B, N, Hq, G] fp32
+    ws_acc_ptr,  # [B, N, Hq, S, D] fp32
+    ws_m_ptr,  # [B, N, Hq, S] fp32
+    ws_l_ptr,  # [B, N, Hq, S] fp32
     out_ptr,  # [B, N, Hq, D] (out)
     stride_ob,
     stride_on,
     stride_oh,
     num_nodes,  # N
     num_heads,  # Hq
-    grid_splits,  # G
+    num_splits,  # S
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,  # power of two >= G
+    BLOCK_S: tl.constexpr,  # power of two >= S
 ):
-    """Grid (B * N, Hq): merge the non-empty partials of the G of one (sequence, node, head)."""
+    """Grid (B * N, Hq): merge the S partials of one (sequence, node, head)."""
     bn = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     b = bn // num_nodes
     node = bn % num_nodes
     offs_s = tl.arange(0, BLOCK_S)
-    s_ok = offs_s < grid_splits
+    s_ok = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    part = (bn * num_heads + head) * grid_splits + offs_s
+    part = (bn * num_heads + head) * num_splits + offs_s
     m = tl.load(ws_m_ptr + part, mask=s_ok, other=float("-inf"))
     l_s = tl.load(ws_l_ptr + part, mask=s_ok, other=0.0)
-    full = s_ok & (m != float("-inf"))  # empty partials' acc is never written
     acc = tl.load(
         ws_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=full[:, None] & d_ok[None, :],
+        mask=s_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
     m_max = tl.max(m, axis=0)
@@ -369,13 +354,10 @@ def tree_attention_triton(
     num_splits: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    grid_splits: int | None = None,
 ) -> torch.Tensor:
     """Launch the kernel (and the combine kernel when split). Shapes as in the module docstring;
     `scale` defaults to 1/sqrt(D). Each configuration keyword overrides `default_config`'s value
-    (block_m is also capped at the rows' next power of two: padding past it only costs).
-    `grid_splits` (>= num_splits): the grid's chunks per sequence, default
-    `ragged_grid_splits(B, num_splits)`."""
+    (block_m is also capped at the rows' next power of two: padding past it only costs)."""
     b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
     if out is None:
         out = torch.empty_like(q)
@@ -407,22 +389,16 @@ def tree_attention_triton(
             raise ValueError(f"tree_attention: {name}={value} is not a power of two >= 16")
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"tree_attention: num_splits={num_splits} outside 1..{MAX_SPLITS}")
-    if grid_splits is None:
-        grid_splits = ragged_grid_splits(b, num_splits)
-    if not num_splits <= grid_splits <= MAX_SPLITS:
-        raise ValueError(
-            f"tree_attention: grid_splits={grid_splits} outside num_splits..{MAX_SPLITS}"
-        )
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    split = grid_splits > 1
+    split = num_splits > 1
     if split:
-        ws_acc = torch.empty(b, n, hq, grid_splits, d, dtype=torch.float32, device=q.device)
-        ws_m = torch.empty(b, n, hq, grid_splits, dtype=torch.float32, device=q.device)
+        ws_acc = torch.empty(b, n, hq, num_splits, d, dtype=torch.float32, device=q.device)
+        ws_m = torch.empty(b, n, hq, num_splits, dtype=torch.float32, device=q.device)
         ws_l = torch.empty_like(ws_m)
     else:
         ws_acc = ws_m = ws_l = out  # unused: SPLIT is a constexpr False
     block_d = triton.next_power_of_2(max(d, 16))
-    grid = (triton.cdiv(group * n, block_m), hkv * grid_splits, b)
+    grid = (triton.cdiv(group * n, block_m), hkv * num_splits, b)
     _tree_attention_kernel[grid](
         q,
         k_cache,
@@ -452,7 +428,6 @@ def tree_attention_triton(
         group,
         hq,
         num_splits,
-        grid_splits,
         scale * LOG2E,
         HEAD_DIM=d,
         BLOCK_D=block_d,
@@ -474,10 +449,10 @@ def tree_attention_triton(
             out.stride(2),
             n,
             hq,
-            grid_splits,
+            num_splits,
             HEAD_DIM=d,
             BLOCK_D=block_d,
-            BLOCK_S=triton.next_power_of_2(grid_splits),
+            BLOCK_S=triton.next_power_of_2(num_splits),
         )
     return out
 

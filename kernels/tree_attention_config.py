@@ -16,9 +16,6 @@ import triton
 
 BLOCK_N: int = 64  # keys per inner iteration (default)
 MAX_SPLITS: int = 64  # split-KV chunks per (row block, kv head, sequence)
-# The grid's chunks per sequence over the tuned num_splits (which the sweeps chose for equal
-# prefixes): room for a long prefix among short ones to take more chunks of the mean's size.
-RAGGED_SPLITS: int = 4
 NODE_BUCKETS: tuple[int, ...] = (1, 4, 16, 81)
 BATCH_BUCKETS: tuple[int, ...] = (1, 16, 64, 256)
 # Untuned geometries' row block: the sweeps chose 64 rows for every tree of 16+ nodes on the H200.
@@ -74,12 +71,6 @@ class TreeAttentionConfig:
     num_splits: int  # split-KV chunks, 1..MAX_SPLITS
     num_warps: int
     num_stages: int
-
-
-def ragged_grid_splits(b: int, num_splits: int) -> int:
-    """The grid's chunks per sequence for a batch of b: num_splits for one sequence (nothing to
-    balance), else RAGGED_SPLITS times it, at most MAX_SPLITS."""
-    return num_splits if b == 1 else min(MAX_SPLITS, num_splits * RAGGED_SPLITS)
 
 
 @functools.cache

@@ -22,12 +22,6 @@ Sections (bf16 unless --dtype; heads: SmolLM2 9 q / 3 kv, D 64 and Llama-2-7B 32
   heuristic default's time, the best configuration per geometry (least total slowdown over the
   three contexts), printed as a dict literal for
   kernels/tuned/tree_attention.json (with --write-tuning), which tree_attention's defaults read.
-- ragged (bench "tree_attention_ragged"): the grid's splits per sequence (`grid_splits`, a
-  multiple of the configuration's num_splits: 1x is the rule before 2026-12-01, chunks sized by the
-  longest prefix) for ragged batches (ragged_lengths, longest 2,048, mean ~680, like the mixed
-  prompt file's decode contexts) and for equal prefixes of 512 (what the extra grid costs when
-  nothing is ragged), SmolLM2 heads, B in {4, 16, 64, 256}, N in {1, 16}, the card's default
-  configuration otherwise; the 30-layer total per step.
 - exact (bench "exact_attention"): exact_attention (fp32 FMA math; exact-tc: the opt-in
   tensor-core variant) vs the fast tree_attention at context 1024: exact mode's attention cost.
 - invariance (bench "exact_invariance"): the bitwise checks of tests/kernels/test_exact_attention.py
@@ -73,11 +67,9 @@ from samgpu.kernels.tree_attention import (  # noqa: E402
 )
 from samgpu.kernels.tree_attention_config import (  # noqa: E402
     BATCH_BUCKETS,
-    MAX_SPLITS,
     NODE_BUCKETS,
     TUNING_FILE,
     default_config,
-    ragged_grid_splits,
     tuning_key,
 )
 
@@ -530,57 +522,6 @@ def bench_tree(bench: Bench) -> list[dict]:
     return results
 
 
-def bench_ragged(bench: Bench) -> None:
-    """Grid splits x ragged / equal prefixes at the default configuration (see the docstring)."""
-    smoke = bench.args.smoke
-    heads = heads_of("tiny" if smoke else "smollm2")
-    hq, hkv, d = heads
-    cases = [(2, 1)] if smoke else [(b, n) for b in (4, 16, 64, 256) for n in (1, 16)]
-    longest, equal = (64, 32) if smoke else (2048, 512)
-    table = []
-    for b, n in cases:
-        cfg = default_config(b, n, hq, hkv, d, longest + n, torch.device(bench.device))
-        lengths = {"ragged": ragged_lengths(b, longest), "equal": [equal] * b}
-        for shape, lens in lengths.items():
-            ctx = max(lens)
-            q = randn(b, n, hq, d, b=bench)
-            copies = 1 if smoke else LAYER_COPIES
-            layers = [
-                (randn(b, hkv, ctx + n, d, b=bench), randn(b, hkv, ctx + n, d, b=bench))
-                for _ in range(copies)
-            ]
-            cache_len = torch.tensor(lens, dtype=torch.int32, device=bench.device)
-            mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=bench.device))
-            mask = mask.expand(b, n, n).contiguous()
-            kv_bytes = 2 * hkv * (sum(lens) + b * n) * d * bench.dtype.itemsize
-            out = torch.empty_like(q)
-            row = {"B": b, "N": n, "prefixes": shape, "mean": round(sum(lens) / b),
-                   "config": f"m{cfg.block_m}-n{cfg.block_n}-s{cfg.num_splits}",
-                   "default_grid": ragged_grid_splits(b, cfg.num_splits)}  # fmt: skip
-            for factor in (1, 2, 4, 8):
-                grid = min(MAX_SPLITS, cfg.num_splits * factor)
-                fns = [
-                    partial(
-                        tree_attention_triton, q, k, v, cache_len, mask, out=out, grid_splits=grid
-                    )  # fmt: skip
-                    for k, v in layers
-                ]
-                tm = bench.time_graph(fns)
-                params = {"heads": "smollm2", "B": b, "N": n, "prefixes": shape, "lengths": lens,
-                          "config": list(vars(cfg).values()), "grid_splits": grid}  # fmt: skip
-                gbps = kv_bytes / (tm["p50"] * 1e-3) / 1e9
-                bench.record("tree_attention_ragged", "triton", params, tm, gbps=gbps)
-                row[f"us x{factor}"] = tm["p50"] * 1e3
-                row[f"GB/s x{factor}"] = gbps
-            table.append(row)
-            print(f"  B={b} N={n} {shape}: " + ", ".join(
-                f"x{f} {row[f'us x{f}']:.1f} us" for f in (1, 2, 4, 8)), flush=True)  # fmt: skip
-        bench.flush()
-    cols = ["B", "N", "prefixes", "mean", "config", "default_grid"]
-    cols += [f"{m} x{f}" for f in (1, 2, 4, 8) for m in ("us", "GB/s")]
-    print_table(table, cols, title="tree_attention: grid splits (x num_splits) per layer call")
-
-
 # ----------------------------------------------------------------------------------- exact mode
 def bench_exact(bench: Bench, tree_results: list[dict]) -> None:
     args = bench.args
@@ -811,7 +752,7 @@ def fast_control(world: World, parents, target, cap):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", nargs="+", default=["prefill", "tree", "exact", "invariance"],
-                    choices=["prefill", "tree", "ragged", "exact", "invariance"])  # fmt: skip
+                    choices=["prefill", "tree", "exact", "invariance"])  # fmt: skip
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--quick", action="store_true", help="fewer geometries and configurations")
     ap.add_argument("--rep-ms", type=int, default=20, help="do_bench measuring time per point")
@@ -851,8 +792,6 @@ def main(argv: list[str] | None = None) -> int:
             bench_prefill(bench)
         elif section == "tree":
             tree_results = bench_tree(bench)
-        elif section == "ragged":
-            bench_ragged(bench)
         elif section == "exact":
             bench_exact(bench, tree_results)
         elif section == "invariance":

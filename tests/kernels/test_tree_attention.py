@@ -268,46 +268,6 @@ def test_split_chunks_follow_the_longest_prefix_of_a_large_batch(device):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_long_prefix_among_short_ones_takes_more_chunks_of_the_mean_size(device, monkeypatch):
-    """Ragged batch (mean prefix 37, longest 200), num_splits 2, grid_splits 8, blocks of 16 keys:
-    chunks of 32 keys (the mean over 2, rounded to blocks; at least the longest over 8), so the
-    long sequence spreads over 7 of the grid's 8 splits, the short ones over one each, and the
-    empty sequence's tree sits in its split 0. Slots past cache_len + N hold NaN, and so does the
-    split workspace when allocated (the empty splits' partials are never written, never read)."""
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
-    cache_lens = [200, 3, 5, 0, 9, 7]
-    b, n, hq, hkv, d, max_len = len(cache_lens), 2, 4, 2, 16, 208
-    trees = [[-1, 0]] * b
-    q, k, v, cache_len, mask = make_case(
-        b, n, hq, hkv, d, max_len, cache_lens, trees, torch.float32
-    )
-    for i, cl in enumerate(cache_lens):
-        k[i, :, cl + n :] = float("nan")
-        v[i, :, cl + n :] = float("nan")
-    want = path_attention(q, k, v, cache_len, trees, 1 / math.sqrt(d))
-    inputs = [t.to(device) for t in (q, k, v, cache_len, mask)]
-    for grid_splits in (2, 8):  # 2: chunks of the longest over 2 (the rule before the grid's)
-        got = tree_attention_triton(
-            *inputs, block_n=16, num_splits=2, grid_splits=grid_splits
-        ).cpu()
-        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
-    # negative control: the long sequence's keys past two chunks of the mean's size matter, so a
-    # kernel covering only num_splits chunks (64 keys) of it would fail the check above
-    k_cut = k.clone()
-    k_cut[0, :, 64:200] = 0.0
-    cut = path_attention(q, k_cut, v, cache_len, trees, 1 / math.sqrt(d))
-    assert (cut[0] - want[0]).abs().max() > 1e-2
-
-
-def test_grid_splits_outside_its_range_raise(device):
-    q, k, v, cache_len, mask = make_case(2, 1, 2, 1, 16, 8, [3, 4], [[-1]] * 2, torch.float32)
-    inputs = [t.to(device) for t in (q, k, v, cache_len, mask)]
-    for bad in (1, 65):
-        with pytest.raises(ValueError, match="grid_splits"):
-            tree_attention_triton(*inputs, num_splits=2, grid_splits=bad)
-
-
 DEFAULT_HEADS = (9, 3, 64)  # the default model's (SmolLM2-135M) q heads, kv heads, head dim
 
 
