@@ -88,6 +88,7 @@ class OurMethod:
             method,
             index,
             continuous_batching=bool(args.continuous_batching),
+            speculation=args.speculation,
             **dict(args.option),
         )
         self.batch_size = args.batch_size
@@ -221,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--option", action="append", default=[], type=_kv, help="drafter KEY=VALUE")
     ap.add_argument("--tag", default="", help="free-form label stored with every record")
     ap.add_argument(
+        "--speculation",
+        default="adaptive",
+        choices=["adaptive", "always"],
+        help="samgpu methods: adaptive (the default: plain steps where drafting does not pay) or"
+        " always (every step drafts: the MAT is the drafter's acceptance alone)",
+    )
+    ap.add_argument(
         "--continuous-batching",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         options=dict(args.option),
         tag=args.tag,
         continuous_batching=args.continuous_batching,
+        speculation=args.speculation,
     )
     runs: dict[str, Run] = {}
     records = []
