@@ -1,10 +1,11 @@
 """Where a decode step's time goes: the step time t(B, context) of a captured step and its kernels,
 and the admission time of one prompt (and of the drafter's start in it, timed apart), for a
 model of the default's shape (random weights unless --model-path: no transfer needed, the same
-kernels and shapes).
+kernels and shapes; `--shape llama7b`: random weights of Llama-2-7B's shape, 13.5 GB in bf16).
 
     python -m profiling.profile_step [--batch 1 64 256] [--context 256 1024] [--method ar]
                                      [--prefill-lengths 100 1000 2000] [--model-path PATH]
+                                     [--shape smollm2|llama7b]
 
 The decoder comes from samgpu.factory.build_decoder (what the CLI and the API run); its Engine is
 driven step by step: prefill B prompts of `context` tokens, warm up (compile, capture), then time
@@ -24,21 +25,30 @@ from collections import defaultdict
 
 import torch
 
-from profiling.common import hardware_line, print_table, smollm2_135m_config, write_jsonl
+from profiling.common import (
+    hardware_line,
+    llama2_7b_config,
+    print_table,
+    smollm2_135m_config,
+    write_jsonl,
+)
+
+SHAPES = {"smollm2": smollm2_135m_config, "llama7b": llama2_7b_config}
 
 
-def random_default_model(dtype: torch.dtype, device: str):
-    """The default model's architecture (SmolLM2-135M) with random weights."""
+def random_model(shape: str, dtype: torch.dtype, device: str):
+    """A model of `shape`'s architecture (SHAPES) with random weights, built on `device`."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(smollm2_135m_config(), dtype=dtype)
-    return model.to(device).eval()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(SHAPES[shape](), dtype=dtype)
+    return model.eval()
 
 
 def load_model(args, dtype):
     if not args.model_path:
-        return random_default_model(dtype, "cuda")
+        return random_model(args.shape, dtype, "cuda")
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
@@ -123,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "--prefill-trace", type=int, default=0, help="profile one admission of N tokens"
     )
     ap.add_argument("--model-path", default=None, help="a transformers folder (default: random)")
+    ap.add_argument(
+        "--shape", default="smollm2", choices=sorted(SHAPES), help="the random model's shape"
+    )
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -164,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                     step_ms=step_ms,
                     tok_s_full=tok_s,
                     kernels=[dict(name=n, us=us, launches=k) for n, us, k in kernels],
-                    params=dict(steps=args.steps, random=not args.model_path, tag=args.tag),
+                    params=dict(
+                        steps=args.steps,
+                        random=not args.model_path,
+                        shape=None if args.model_path else args.shape,
+                        tag=args.tag,
+                    ),
                 )
             )
             del decoder, engine
