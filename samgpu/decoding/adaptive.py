@@ -47,6 +47,16 @@ class SpeculationPolicy:
     _windows: int = 0
     _last: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})  # last window run
     _previous: bool | None = None  # the mode of the last window recorded
+    _new_text: bool = False  # most live requests were just admitted: drafting's rate is unknown
+    _probe: bool = False  # the window chosen for that runs (its rate counts alone)
+
+    def admitted(self, new: int, live: int) -> None:
+        """`new` of the `live` requests were just admitted. When they are at least half (B=1:
+        every admission), the drafting rate measured on the old text says little about theirs
+        (a plain step's rate does not depend on the text): the next window drafts, and its rate
+        counts alone (the window after the next with steps queued ahead: that one is chosen)."""
+        if new > 0 and 2 * new >= live:
+            self._new_text = True
 
     def period(self) -> int:
         """Windows between visits to the losing mode: its visit costs 1 - gap of a window."""
@@ -63,6 +73,9 @@ class SpeculationPolicy:
         return mode
 
     def _choose(self) -> bool:
+        if self._new_text:
+            self._new_text, self._probe = False, True
+            return True
         if self.samples[True] < self.min_windows:
             return True
         if self.samples[False] == 0:
@@ -87,10 +100,8 @@ class SpeculationPolicy:
         is live, so this compares the modes fairly while a static batch drains or slots wait for
         a refill."""
         self.steps[speculate] += steps
-        revisit, self._previous = (
-            self._previous is not None and self._previous != speculate,
-            speculate,
-        )
+        revisit = self._probe or (self._previous is not None and self._previous != speculate)
+        self._previous, self._probe = speculate, False
         if not clean or tokens <= 0 or seconds <= 0 or live <= 0:
             return
         rate = tokens / seconds / live

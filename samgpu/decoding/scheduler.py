@@ -362,6 +362,8 @@ class Scheduler:
                     landing = None
                 if waiting and any(s is None for s in slots):
                     admitted.update(admit())
+                if admitted:  # (new text: drafting's rate is re-measured when it is most of it)
+                    policy.admitted(len(admitted), sum(map(is_live, range(len(slots)))))
                 # admitted rows start at 0 tokens: no second flag read
                 num_generated = [0 if b in admitted else n for b, n in enumerate(num_generated)]
                 emitted = done_tokens + sum(

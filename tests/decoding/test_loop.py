@@ -372,6 +372,30 @@ def test_policy_switches_back_after_one_good_revisit():
     assert _ema(50, 150, policy.smoothing) < 100  # negative control: the stale average loses
 
 
+def test_policy_drafts_again_when_most_of_the_text_is_new():
+    """Plain steps win on one request's text (drafting 50 vs plain 100 tokens/s); a new request
+    (B=1: every admission) makes the next window draft and count alone, so a draftable new text
+    (150) switches back at once. An admission of a few rows into a large batch does not; nor does
+    the policy without the admission (negative control: it stays plain)."""
+    from samgpu.decoding.adaptive import SpeculationPolicy
+
+    def run(admit: tuple[int, int] | None) -> list[bool]:
+        policy = SpeculationPolicy()
+        seen = []
+        for window in range(12):
+            if window == 6 and admit is not None:
+                policy.admitted(*admit)
+            speculate = policy.choose()
+            seen.append(speculate)
+            draft_rate = 50 if window < 6 else 150
+            policy.record(speculate, 8, draft_rate if speculate else 100, 1.0, clean=True)
+        return seen
+
+    assert run(None)[3:] == [False] * 9
+    assert run((1, 1))[3:] == [False] * 3 + [True] * 6
+    assert run((4, 64))[3:] == [False] * 9
+
+
 def test_refill_policy_weighs_idle_slots_against_a_prefill_stall():
     """RefillPolicy: refill at once before any measurement and when every slot is free; then only
     when free * window_s >= (width - free) * call_s, call_s the cheapest call measured (a costly
