@@ -13,19 +13,19 @@ work between windows is left out), kept as an exponential moving average per mod
 compiled or captured a graph are not counted, and rates are per live request, so that a batch
 draining (or waiting for a refill) during one mode's window does not count against that mode.
 Decisions happen at host checks only, so there is no extra sync. The policy explores: until
-each mode has a measurement, then it re-runs the losing mode for one window once the windows
-since its last visit are enough to keep the visit's expected cost (1 - its rate / the winner's)
-at `explore_cost` of them: a mode losing by 10% is re-checked every 5 windows, one losing by 50%
-every 25 (at most `max_period`). A revisited mode's rate is its new window's alone (its average
-is stale: the text has moved on), so one good window is enough to switch back.
+each mode has a measurement, then every `explore_every` windows it runs the other mode once, so a
+change in the batch (requests ending, easier text) is noticed; a mode losing by more than 20% is
+visited 4x less often. The cost of exploring is one window in `explore_every` (or 4x that) at the
+worse rate. New text: a plain step's rate does not depend on the text, drafting's does; when
+most live requests were just admitted (B=1: every admission), the next window drafts and its rate
+replaces drafting's average (`admitted`).
 
 Example: sam+tr at B=1 emits 3.5 tokens per step at 1.1x a plain step's time -> it keeps
 drafting; at B=256 it emits 1.3 tokens per step at 1.6x the time -> plain steps win and it drafts
-only to re-check, one window in 10. At B=1 a drafting window costs little even when nothing is
-accepted (~1.2x a plain one), while a stretch of text that drafts well emits several times more:
-with re-checks every 16 or 64 windows and an average that needed several good windows to flip,
-`merged` ran 12% of its steps plain on Spec-Bench and 9% slower than drafting every step
-(2,640 vs 2,885 tok/s, H200, 2026-12-01).
+only to re-check, one window in 16. At B=1 an average carried from one request to the next kept
+a draftable answer on plain steps for its whole length (~8 windows of 8 steps): on Spec-Bench
+`merged` ran 2.62x `ar` adaptive against 2.83x drafting every step; with the new-text probe 2.69x
+(H200, 2026-12-01; README).
 """
 
 from __future__ import annotations
@@ -37,42 +37,28 @@ from dataclasses import dataclass, field
 @dataclass
 class SpeculationPolicy:
     enabled: bool = True  # False: always draft (the method's own behaviour)
-    explore_cost: float = 0.02  # a losing mode's visits cost at most this share of the windows
-    max_period: int = 64  # windows between visits to the losing mode, at most
+    explore_every: int = 16  # windows between visits to the mode currently losing
     smoothing: float = 0.3  # weight of the newest window in the moving average
     min_windows: int = 2  # clean drafting windows measured before plain steps are tried
     rates: dict[bool, float] = field(default_factory=dict)  # speculate -> tokens / s
     samples: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     steps: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     _windows: int = 0
-    _last: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})  # last window run
-    _previous: bool | None = None  # the mode of the last window recorded
     _new_text: bool = False  # most live requests were just admitted: drafting's rate is unknown
-    _probe: bool = False  # the window chosen for that runs (its rate counts alone)
+    _probe: bool = False  # the window chosen for that is running (its rate counts alone)
 
     def admitted(self, new: int, live: int) -> None:
         """`new` of the `live` requests were just admitted. When they are at least half (B=1:
-        every admission), the drafting rate measured on the old text says little about theirs
-        (a plain step's rate does not depend on the text): the next window drafts, and its rate
-        counts alone (the window after the next with steps queued ahead: that one is chosen)."""
+        every admission), the drafting rate measured on the old text says little about theirs:
+        the next window chosen drafts, and its rate replaces drafting's average."""
         if new > 0 and 2 * new >= live:
             self._new_text = True
-
-    def period(self) -> int:
-        """Windows between visits to the losing mode: its visit costs 1 - gap of a window."""
-        gap = min(self.rates.values()) / max(max(self.rates.values()), 1e-9)
-        return min(self.max_period, max(2, math.ceil((1.0 - gap) / self.explore_cost)))
 
     def choose(self) -> bool:
         """Whether the next window drafts."""
         if not self.enabled:
             return True
         self._windows += 1
-        mode = self._choose()
-        self._last[mode] = self._windows
-        return mode
-
-    def _choose(self) -> bool:
         if self._new_text:
             self._new_text, self._probe = False, True
             return True
@@ -81,7 +67,10 @@ class SpeculationPolicy:
         if self.samples[False] == 0:
             return False
         best = self.rates[True] >= self.rates[False]
-        if self._windows - self._last[not best] >= self.period():
+        gap = min(self.rates.values()) / max(max(self.rates.values()), 1e-9)
+        # a clearly losing mode is re-checked less often: exploring it costs more
+        period = self.explore_every * (4 if gap < 0.8 else 1)
+        if self._windows % period == 0:
             return not best
         return best
 
@@ -100,12 +89,11 @@ class SpeculationPolicy:
         is live, so this compares the modes fairly while a static batch drains or slots wait for
         a refill."""
         self.steps[speculate] += steps
-        revisit = self._probe or (self._previous is not None and self._previous != speculate)
-        self._previous, self._probe = speculate, False
+        probe, self._probe = self._probe, False
         if not clean or tokens <= 0 or seconds <= 0 or live <= 0:
             return
         rate = tokens / seconds / live
-        old = None if revisit else self.rates.get(speculate)  # (a revisit: the average is stale)
+        old = None if probe else self.rates.get(speculate)  # (new text: the average is stale)
         self.rates[speculate] = _ema(old, rate, self.smoothing)
         self.samples[speculate] += 1
 
