@@ -108,9 +108,10 @@ class SamDecoder:
     options dataclass's fields, e.g. l_threshold=5).
     Decode-loop options: `use_cuda_graphs` (default True); `check_every`; `continuous_batching`
     (finished requests' slots take the next prompts when more prompts than `batch_size` are
-    given); `speculation` ("adaptive", the default: plain AR steps while drafting does not pay;
-    "always"); `exact` (the batch- and tree-invariant forward: bfloat16 outputs equal `ar`'s and
-    do not depend on the batch; Llama-family models only); `stage_range` (name -> context
+    given); `speculation` ("adaptive", the default: plain AR steps while drafting does not pay,
+    except one sequence on a GPU, which always drafts; "always"); `exact` (the batch- and
+    tree-invariant forward: bfloat16 outputs equal `ar`'s and do not depend on the batch;
+    Llama-family models only); `stage_range` (name -> context
     manager around each stage of a step; default: NVTX ranges on CUDA); `adaptive_threads` (CPU:
     decode steps with one thread where faster; changes torch's process-wide thread count).
     """

@@ -37,7 +37,8 @@ class GenerationConfig:
     # host check) instead of idling until the batch's longest request ends.
     continuous: bool = False
     # "adaptive": per window of check_every steps, draft or run plain AR steps, whichever emitted
-    # tokens faster lately (samgpu.decoding.adaptive); "always": every step drafts.
+    # tokens faster lately (samgpu.decoding.adaptive), except one sequence on a GPU, which always
+    # drafts (see adapts_speculation); "always": every step drafts.
     speculation: str = "adaptive"
     # On a CPU: each window of decode steps runs with torch's threads or with one, whichever
     # emitted tokens faster lately (samgpu.decoding.scheduler.DecodeThreads); prefills keep them
@@ -112,6 +113,15 @@ class GenerationConfig:
         for t in self.eos_token_ids:
             if not 0 <= t < vocab_size:
                 raise ValueError(f"eos token id {t} outside the vocabulary [0, {vocab_size})")
+
+    def adapts_speculation(self, device: torch.device, width: int) -> bool:
+        """Whether windows may run plain steps: speculation "adaptive", but not for one sequence on
+        a GPU. There a drafting step costs ~1.2x a plain one whatever it accepts, so a stretch of
+        text that drafts poorly loses little while the policy's plain windows, chosen on the text
+        before, missed the stretches that draft well: Spec-Bench at B=1 on an H200, drafting every
+        step against adaptive, `merged` 2.83x vs 2.69x `ar`, `pld` 2.29x vs 2.19x,
+        `merged+eagle` 2.10x vs 2.06x (2026-12-01, profiling/results/20261201-h200-policy3-*)."""
+        return self.speculation == "adaptive" and not (device.type == "cuda" and width == 1)
 
     def steps_per_check(self, device: torch.device, width: int) -> int:
         """check_every, or its default for `width` slots on `device`: CHECK_EVERY, but 1 for one

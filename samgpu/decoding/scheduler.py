@@ -179,7 +179,7 @@ class Scheduler:
         refill = RefillPolicy()
         threads = DecodeThreads(config.adaptive_threads and engine.device.type == "cpu")
         policy = SpeculationPolicy(
-            enabled=config.speculation == "adaptive"
+            enabled=config.adapts_speculation(engine.device, width)
             and engine.can_skip_drafts
             and not (config.is_sampling and config.seed is not None)
         )

@@ -455,6 +455,20 @@ def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps
     assert len(calls) == steps
 
 
+def test_one_sequence_on_a_gpu_always_drafts():
+    """speculation="adaptive" adapts everywhere except one sequence on a GPU (drafting every step
+    measured faster there); "always" never adapts. Negative control: two sequences on a GPU and
+    one on a CPU still adapt."""
+    adaptive, always = (
+        GenerationConfig(max_new_tokens=4),
+        GenerationConfig(max_new_tokens=4, speculation="always"),
+    )
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not adaptive.adapts_speculation(cuda, 1)
+    assert adaptive.adapts_speculation(cuda, 2) and adaptive.adapts_speculation(cpu, 1)
+    assert not always.adapts_speculation(cpu, 4)
+
+
 def test_cpu_engine_calls_run_in_inference_mode():
     """On a CPU the prefills, steps and host reads run under torch.inference_mode (no autograd
     bookkeeping for each of a CPU step's small operators); the callbacks run outside it, and the
