@@ -24,8 +24,9 @@ Example: sam+tr at B=1 emits 3.5 tokens per step at 1.1x a plain step's time -> 
 drafting; at B=256 it emits 1.3 tokens per step at 1.6x the time -> plain steps win and it drafts
 only to re-check, one window in 16. At B=1 an average carried from one request to the next kept
 a draftable answer on plain steps for its whole length (~8 windows of 8 steps): on Spec-Bench
-`merged` ran 2.62x `ar` adaptive against 2.83x drafting every step; with the new-text probe 2.69x
-(H200, 2026-12-01; README).
+(H200, 2026-12-01) `merged` ran 2.62x `ar` adaptive, 2.69x with the new-text probe (that run also
+re-checked the losing mode more often, a rule not kept: mixed at B=64-256), and 2.83x drafting
+every step, which one sequence on a GPU now does (GenerationConfig.adapts_speculation).
 """
 
 from __future__ import annotations
