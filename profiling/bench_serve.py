@@ -16,7 +16,9 @@ p99 (seconds from the run's start to the request's collection, queueing included
 shares of prefill, decode steps and host work (the scheduler's own accounting), the time per
 loop step (decode time / loop steps), the decode steps' own tokens/s and its ratio to `ar`'s
 (`decode_vs_ar`: what speculation buys with admissions and host work left out) and the slot
-occupancy (requests' steps / (loop steps x B)), the GPU busy share (NVML utilisation sampled
+occupancy (requests' steps / (loop steps x B)) and where the other slot-steps went (`slot_shares`:
+free while prompts waited, free with none left, pending admissions, past a request's end until
+the host check), the GPU busy share (NVML utilisation sampled
 every 50 ms during the generation, when available), and how many completions equal `ar`'s at
 the same batch size and mode (float32: all must; bfloat16: near-ties may flip, except with
 --exact) and to `ar`'s at the first batch size listed (same prompt file when --per-slot and
@@ -136,6 +138,21 @@ def occupancy(run: dict, batch: int) -> float | None:
     return live / (steps * batch)
 
 
+def slot_shares(run: dict) -> dict[str, float | None]:
+    """The batch's slot-steps by state (RunStats' accounting, rank 0): free while prompts waited
+    (a refill not yet made), free with none left (the drain), pending admissions, and past the
+    request's end until the host check (the rest, besides the live ones: `occupancy`)."""
+    slots = run.get("slot_steps") or {}
+    total = slots.get("slot_steps")
+    names = ("free_waiting", "free_drained", "pending")
+    if not total:
+        return dict.fromkeys((*names, "past_end"), None)
+    out = {name: slots[f"{name}_slot_steps"] / total for name in names}
+    live = sum(rec["stats"]["steps"] for rec in run["records"] if rec.get("stats")) / total
+    out["past_end"] = max(0.0, 1.0 - live - sum(out.values()))
+    return out
+
+
 def quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -230,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                             r["new_tokens"] / timing["steps_s"] if timing.get("steps_s") else None
                         ),
                         occupancy=occupancy(r, batch),
+                        **slot_shares(r),
                         same_as_ar=same,
                         same_as_first_b_ar=same_first,
                         params=dict(
@@ -269,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "decode_vs_ar", "mat"]
     columns += ["latency_p50_s"]
     columns += ["latency_p99_s", "prefill_share", "decode_share", "host_share", "gpu_busy"]
-    columns += ["step_ms", "occupancy"]
+    columns += ["step_ms", "occupancy", "free_waiting", "free_drained", "pending", "past_end"]
     columns += ["same_as_ar", "same_as_first_b_ar"]
     print_table(rows, columns)
     print(hardware_line())

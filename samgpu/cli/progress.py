@@ -75,9 +75,17 @@ class Progress:
 class RunTotals:
     """The scheduler's RunStats summed over a rank's generate calls (--stats-json "timing")."""
 
+    SLOT_FIELDS = (
+        "slot_steps",
+        "free_waiting_slot_steps",
+        "free_drained_slot_steps",
+        "pending_slot_steps",
+    )
+
     def __init__(self):
         self.prefill_s = self.steps_s = self.host_s = 0.0
         self.steps = self.drafting_steps = self.single_thread_steps = 0
+        self.slots = dict.fromkeys(self.SLOT_FIELDS, 0)
 
     def add(self, run) -> None:
         self.prefill_s += run.prefill_s
@@ -86,6 +94,8 @@ class RunTotals:
         self.steps += run.steps
         self.drafting_steps += run.drafting_steps
         self.single_thread_steps += run.single_thread_steps
+        for name in self.SLOT_FIELDS:
+            self.slots[name] += getattr(run, name)
 
 
 def write_stats(
@@ -96,7 +106,8 @@ def write_stats(
     generate_seconds is waiting for the other ranks (each round ends with a gather) and writing.
     timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
     how many drafted (the others were plain AR steps of adaptive speculation) and how many ran
-    with one CPU thread (adaptive threads)."""
+    with one CPU thread (adaptive threads); slot_steps: RunStats' slot accounting (all, free while
+    prompts waited, free with none left, pending admissions)."""
     import torch
 
     stats = {
@@ -118,6 +129,7 @@ def write_stats(
         "steps": timing.steps,
         "drafting_steps": timing.drafting_steps,
         "single_thread_steps": timing.single_thread_steps,
+        "slot_steps": timing.slots,
         "batch_size": args.batch_size,
         "method": args.method,
         "max_new_tokens": args.max_new_tokens,

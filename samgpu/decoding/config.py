@@ -198,6 +198,16 @@ class RunStats:
     drafting_steps: int = 0  # of which drafted (the others: plain AR steps, adaptive mode)
     single_thread_steps: int = 0  # of which ran with one thread (adaptive_threads, CPU)
     rates: dict[str, float] = field(default_factory=dict)  # "drafting" / "plain" tokens/s
+    # Slot-steps (a slot through one loop step) by what the slot was doing, counted per window
+    # from its state at the window's start: `slot_steps` all of them (steps x slots); idle ones
+    # `free_waiting_slot_steps` (free while prompts waited: a refill not yet made, or a static
+    # batch draining), `free_drained_slot_steps` (free with no prompt left), `pending_slot_steps`
+    # (an overlapped admission's prefill, until it landed). The requests' own steps (RequestStats)
+    # are the live ones; the rest of slot_steps ran a request past its end until the host check.
+    slot_steps: int = 0
+    free_waiting_slot_steps: int = 0
+    free_drained_slot_steps: int = 0
+    pending_slot_steps: int = 0
 
 
 @dataclass

@@ -195,6 +195,9 @@ class Scheduler:
         def is_live(b: int) -> bool:
             return slots[b] is not None and not slots[b].pending
 
+        def is_pending(b: int) -> bool:
+            return slots[b] is not None and slots[b].pending
+
         def admit() -> list[int]:
             """Prefill waiting prompts into free slots; returns the slots filled."""
             nonlocal slots
@@ -298,11 +301,19 @@ class Scheduler:
                     speculate, live_at_start, t_launch, clean = start_window()
                 due = refill.landing_step(window - queued) if landing is not None else None
                 due = None if due is None else due + queued  # (its prefill follows queued steps)
+                free = sum(s is None for s in slots)
+                run.slot_steps += window * len(slots)
+                if waiting:
+                    run.free_waiting_slot_steps += window * free
+                else:
+                    run.free_drained_slot_steps += window * free
+                run.pending_slot_steps += window * sum(is_pending(b) for b in range(len(slots)))
                 with threads.window(speculate) as all_threads:
                     with mode():
                         for i in range(queued, window):
                             if i == due:
-                                land(steps + i, timed=False)
+                                landed = land(steps + i, timed=False)
+                                run.pending_slot_steps -= (window - i) * len(landed)
                             clean &= engine.step()
                     report()  # (the last check's finished requests, while the GPU runs the steps)
                     with mode():
@@ -356,12 +367,17 @@ class Scheduler:
                             to_report.append((slot.request, toks, stat))
                     if not defer:
                         report()
+                # (the step queued ahead of the rows admitted now ran without them: counted as
+                # their state before, pending or free while prompts waited)
                 admitted = set()
                 if landing is not None:  # (not landed mid-window)
                     admitted.update(land(steps + queued, timed=True))
+                    run.pending_slot_steps += queued * len(admitted)
                     landing = None
                 if waiting and any(s is None for s in slots):
-                    admitted.update(admit())
+                    rows = admit()
+                    run.free_waiting_slot_steps += queued * len(rows)
+                    admitted.update(rows)
                 if admitted:  # (new text: drafting's rate is re-measured when it is most of it)
                     policy.admitted(len(admitted), sum(map(is_live, range(len(slots)))))
                 # admitted rows start at 0 tokens: no second flag read

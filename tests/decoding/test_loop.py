@@ -455,6 +455,33 @@ def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps
     assert len(calls) == steps
 
 
+def test_slot_steps_are_accounted_by_state():
+    """RunStats' slot accounting, `ar` (one token a step), 2 slots, 3 prompts, checks every 2
+    steps. Without EOS every request runs exactly 4 steps: steps 0-3 both slots live, then one
+    refill and a slot with no prompt left (4 drained slot-steps): 16 slot-steps, 12 live. With
+    the first prompt's 3rd token as EOS it ends a step before its check: 11 live, 1 slot-step
+    past its end."""
+    runner = ToyRunner(seed=0)  # (its 3rd token after MANY[0] occurs in no other output here)
+    prompts = MANY[:3]
+    dec = build_decoder(runner, "ar", batch_size=2, max_len=64)
+    cfg = GenerationConfig(max_new_tokens=4, check_every=2, continuous=True)
+    out = dec.generate(prompts, cfg)
+    run = out.run
+    live = sum(st.steps for st in out.stats)
+    assert (run.slot_steps, live, run.free_drained_slot_steps) == (16, 12, 4)
+    assert run.free_waiting_slot_steps == run.pending_slot_steps == 0
+    eos = reference_greedy(runner, prompts[0], 3)[2]
+    others = [reference_greedy(runner, p, 4) for p in prompts[1:]]
+    assert all(eos not in toks for toks in others)
+    assert eos not in reference_greedy(runner, prompts[0], 2)
+    out = dec.generate(prompts, GenerationConfig(**{**vars(cfg), "eos_token_ids": (eos,)}))
+    run = out.run
+    live = sum(st.steps for st in out.stats)
+    past_end = run.slot_steps - live - run.free_drained_slot_steps - run.free_waiting_slot_steps
+    assert (live, past_end) == (3 + 4 + 4, 1)
+    assert run.slot_steps == 2 * run.steps
+
+
 def test_one_sequence_on_a_gpu_always_drafts():
     """speculation="adaptive" adapts everywhere except one sequence on a GPU (drafting every step
     measured faster there); "always" never adapts. Negative control: two sequences on a GPU and
