@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from profiling.bench_serve import GpuBusy
+from tests.api import fixtures
+
+tiny_model_dir = fixtures.tiny_model_dir
 
 
 def test_busy_share_keeps_the_samples_from_the_generation_on():
@@ -56,3 +59,31 @@ def test_run_cli_passes_the_options_through(monkeypatch, tmp_path):
     bench_serve.run_cli(src, out, args, "ar", 4, "static")
     argv = seen[-1]
     assert argv[argv.index("--check-every") + 1] == "4" and "--no-continuous-batching" in argv
+
+
+def test_slot_shares_of_a_real_cli_run_add_up(tmp_path, tiny_model_dir):
+    """A CPU run of the CLI (3 prompts, 2 slots, continuous, checks every 2 steps): its
+    --stats-json carries the slot accounting, and bench_serve's shares plus the occupancy make the
+    whole batch (the third prompt runs alone: free slot-steps with none left). Control: a run
+    without the accounting reads as unknown, not as zero."""
+    import json
+
+    from profiling.bench_serve import occupancy, slot_shares
+    from samgpu import cli
+
+    src, out, stats = tmp_path / "p.jsonl", tmp_path / "o.jsonl", tmp_path / "s.json"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Hi", "Hello there", "Yo")))
+    argv = ["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--raw", "--input",
+            str(src), "--output", str(out), "--overwrite", "--no-progress", "--method", "ar",
+            "--batch-size", "2", "--continuous-batching", "--check-every", "2",
+            "--max-new-tokens", "6", "--stats-json", str(stats)]  # fmt: skip
+    assert cli.main(argv) == 0
+    run = json.loads(stats.read_text())
+    run["records"] = [json.loads(line) for line in out.read_text().splitlines()]
+    slots = run["slot_steps"]
+    assert slots["slot_steps"] == 2 * run["steps"]
+    shares = slot_shares(run)
+    assert shares["free_drained"] > 0
+    total = occupancy(run, 2) + sum(shares.values())
+    assert abs(total - 1.0) < 1e-9
+    assert slot_shares({"records": run["records"]})["past_end"] is None
