@@ -106,8 +106,8 @@ def write_stats(
     generate_seconds is waiting for the other ranks (each round ends with a gather) and writing.
     timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
     how many drafted (the others were plain AR steps of adaptive speculation) and how many ran
-    with one CPU thread (adaptive threads); slot_steps: RunStats' slot accounting (all, free while
-    prompts waited, free with none left, pending admissions)."""
+    with one CPU thread (adaptive threads); slot_steps (rank 0's too): RunStats' slot accounting
+    (all, free while prompts waited, free with none left, pending admissions)."""
     import torch
 
     stats = {
