@@ -35,6 +35,7 @@ try:
         hardware_line,
         llama2_7b_config,
         print_table,
+        random_model,
         write_jsonl,
     )
 except ImportError:  # run as `python profiling/bench_runner.py`
@@ -44,6 +45,7 @@ except ImportError:  # run as `python profiling/bench_runner.py`
         hardware_line,
         llama2_7b_config,
         print_table,
+        random_model,
         write_jsonl,
     )
 
@@ -69,12 +71,7 @@ def load_model(name: str, device: str, dtype: torch.dtype):
         from samgpu.models import load_default
 
         return load_default(device=device, dtype=dtype)[0]
-    from transformers import AutoModelForCausalLM
-
-    config = llama2_7b_config() if name == "llama7b" else tiny_config()
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
+    return random_model(llama2_7b_config() if name == "llama7b" else tiny_config(), device, dtype)
 
 
 def chain_inputs(b: int, n: int, cache_len: int, vocab: int, device: str):

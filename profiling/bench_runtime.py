@@ -39,6 +39,7 @@ try:
         hardware_line,
         llama2_7b_config,
         print_table,
+        random_model,
         write_jsonl,
     )
 except ImportError:  # run as `python profiling/bench_runtime.py`
@@ -47,6 +48,7 @@ except ImportError:  # run as `python profiling/bench_runtime.py`
         hardware_line,
         llama2_7b_config,
         print_table,
+        random_model,
         write_jsonl,
     )
 
@@ -74,16 +76,6 @@ def load_model(path: str | None, device: torch.device, dtype: torch.dtype):
         tok = AutoTokenizer.from_pretrained(p)
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
     return model.to(device).eval(), tok
-
-
-def llama7b_shaped(device: torch.device, dtype: torch.dtype):
-    """Random-weight Llama-2-7B-shaped model (profiling.common.llama2_7b_config)."""
-    from transformers import LlamaForCausalLM
-
-    cfg = llama2_7b_config()
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
-    return model.eval()
 
 
 def _sync():
@@ -467,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_7b:
             del model
             torch.cuda.empty_cache()
-            big = llama7b_shaped(device, dtype)
+            big = random_model(llama2_7b_config(), device, dtype)
             rows = bench_verify_curve(big, "llama-2-7b-shaped (random)", Ns, Bs, device)
             show(
                 rows,

@@ -191,6 +191,17 @@ def hardware_line(e: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- model shapes
+def random_model(config, device, dtype):
+    """A transformers model of `config`'s architecture with random weights, built on `device`
+    (no CPU copy of a 7B model first), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
 def llama2_7b_config():
     """Llama-2-7B shapes for random-weight cost benchmarks (no download): 4096 hidden, 32 layers,
     32 heads (no GQA), 11008 MLP, 32000 vocab."""

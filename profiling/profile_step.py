@@ -29,6 +29,7 @@ from profiling.common import (
     hardware_line,
     llama2_7b_config,
     print_table,
+    random_model,
     smollm2_135m_config,
     write_jsonl,
 )
@@ -36,19 +37,10 @@ from profiling.common import (
 SHAPES = {"smollm2": smollm2_135m_config, "llama7b": llama2_7b_config}
 
 
-def random_model(shape: str, dtype: torch.dtype, device: str):
-    """A model of `shape`'s architecture (SHAPES) with random weights, built on `device`."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(SHAPES[shape](), dtype=dtype)
-    return model.eval()
-
-
 def load_model(args, dtype):
     if not args.model_path:
-        return random_model(args.shape, dtype, "cuda")
+        torch.manual_seed(0)
+        return random_model(SHAPES[args.shape](), "cuda", dtype)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
