@@ -247,6 +247,33 @@ def test_sigterm_says_what_was_saved(capsys, monkeypatch, tmp_path, tiny_model_d
     assert code == 0 and "resuming" in err and len(records(out)) == 3
 
 
+def test_sigterm_swallowed_by_a_library_still_ends_as_sigterm(capsys, monkeypatch, tmp_path):
+    """SIGTERM raised inside a library's C callback is swallowed there and the library fails with
+    its own error (numba compiling the index build when SIGTERM came): the run still ends with
+    the SIGTERM line and status, not a traceback. Negative control: the same error without a
+    signal is not hidden."""
+
+    def index_build_killed(parser, args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except cli.Terminated:
+            pass  # (what a C callback does with it)
+        raise RuntimeError("no compiled object yet for <Library 'sam_flatten'>")
+
+    monkeypatch.setattr(cli, "_run", index_build_killed)
+    argv = ["generate", "--prompt", "hi", "--device", "cpu"]
+    code, err = run(capsys, argv)
+    assert code == 143 and "terminated (SIGTERM)" in error_line(err)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def index_build_failed(parser, args):
+        raise RuntimeError("no compiled object yet for <Library 'sam_flatten'>")
+
+    monkeypatch.setattr(cli, "_run", index_build_failed)
+    with pytest.raises(RuntimeError, match="no compiled object"):
+        cli.main(argv)
+
+
 # --------------------------------------------------------------------------- item 6: UTF-8
 def test_invalid_utf8_deep_in_a_file_names_line_column_and_byte(tmp_path):
     from samgpu.errors import InputError

@@ -179,7 +179,7 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--check-every",
         type=int,
         default=None,
-        help="steps between host checks / progress calls (default: 8; 1 for batch 1 on a CPU)",
+        help="steps between host checks / progress calls (default 8; batch 1: 1 on CPU, 4 on GPU)",
     )
     p.add_argument(
         "--continuous-batching",
@@ -260,16 +260,25 @@ class Terminated(KeyboardInterrupt):
     so."""
 
 
+# The signal that ended the run, set by the handler before it raises: where it raised inside a
+# library's C callback, the library swallows it ("Exception ignored ...") and fails with its own
+# error instead (numba compiling the index build's kernels when SIGTERM came: "RuntimeError: no
+# compiled object yet"); main reports that as the signal, not as a traceback.
+_signal_received: list[str] = []
+
+
 @contextlib.contextmanager
 def _sigterm_ends_the_run():
     import signal
     import threading
 
+    _signal_received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        _signal_received.append("SIGTERM")
         raise Terminated()
 
     try:
@@ -318,14 +327,24 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         except KeyboardInterrupt as e:
             if isinstance(e, Terminated):
-                error(f"terminated (SIGTERM){_kept(args)}")
-                return 128 + 15
+                return _terminated(args)
             error(f"interrupted{_kept(args)}")
             return 130
         except OSError as e:  # a file system refusing a write mid-run: one line, not a traceback
+            if _signal_received:
+                return _terminated(args)
             where = f" ({e.filename})" if e.filename else ""
             error(f"{e.strerror or e}{where}{_kept(args)}")
             return EXIT_ENVIRONMENT
+        except Exception:
+            if _signal_received:  # (the signal, swallowed by a library that then failed)
+                return _terminated(args)
+            raise
+
+
+def _terminated(args) -> int:
+    error(f"terminated (SIGTERM){_kept(args)}")
+    return 128 + 15
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import torch
 MAX_EOS: int = 16  # EOS ids per generate call (fixed buffer: the CUDA graphs do not depend on it)
 SPECULATION_MODES: tuple[str, ...] = ("adaptive", "always")
 CHECK_EVERY: int = 8  # default steps between host checks
+CHECK_EVERY_ONE_GPU: int = 4  # one sequence on a GPU (steps_per_check)
 # Overlapped admissions by default from this batch width, for every method (H200, SmolLM2,
 # bench_serve, same-session arms with step_ahead on, 4cc867f: `merged` +4% / -0.3% at B=16 and
 # +5% / +4% / +7% at B=64 with them; `ar` +3% at B=16, +6% at B=64 (1466161). Without step_ahead
@@ -31,7 +32,7 @@ class GenerationConfig:
     eos_token_ids: tuple[int, ...] = ()
     seed: int | None = None  # sampling seed; None: a fresh one per call
     # steps between host reads of the finished flags; None: CHECK_EVERY (a read is a sync on a
-    # GPU), except 1 for a single sequence on a CPU (see steps_per_check)
+    # GPU), except for a single sequence: 1 on a CPU, 4 on a GPU (see steps_per_check)
     check_every: int | None = None
     # Continuous batching: a finished request's slot takes the next waiting prompt (at the next
     # host check) instead of idling until the batch's longest request ends.
@@ -124,14 +125,18 @@ class GenerationConfig:
         return self.speculation == "adaptive" and not (device.type == "cuda" and width == 1)
 
     def steps_per_check(self, device: torch.device, width: int) -> int:
-        """check_every, or its default for `width` slots on `device`: CHECK_EVERY, but 1 for one
-        sequence on a CPU, where a read costs nothing and each step past EOS before the next read
-        is a whole wasted forward (up to 7 of ~60 ms on 2 cores). Not for wider CPU batches: the
-        refill policy weighs a window's idle slots against a refill, and 1-step windows would
-        hold refills back until the whole batch ended (B=4: 0.94x transformers, from 1.04x)."""
+        """check_every, or its default for `width` slots on `device`: CHECK_EVERY, but for one
+        sequence 1 on a CPU, where a read costs nothing and each step past EOS before the next
+        read is a whole wasted forward (up to 7 of ~60 ms on 2 cores), and 4 on a GPU (H200,
+        SmolLM2, 48 prompts: `merged` 2,494 -> 2,578-2,610 tok/s, `pld` 2,006 -> 2,095, `ar`
+        990 -> 1,001: a drafting request ends ~35 steps after its start, so 3.5 steps past its
+        end were ~10% of them). Not for wider CPU batches: 1-step windows cost a refill more
+        often (B=4: 0.94x transformers, from 1.04x, under the refill rule of then)."""
         if self.check_every is not None:
             return self.check_every
-        return 1 if device.type == "cpu" and width == 1 else CHECK_EVERY
+        if width == 1:
+            return 1 if device.type == "cpu" else CHECK_EVERY_ONE_GPU
+        return CHECK_EVERY
 
     def overlaps(self, device: torch.device, width: int) -> bool:
         """overlap_admissions, or its default for `width` slots on `device`: on CUDA from

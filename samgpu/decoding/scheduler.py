@@ -4,9 +4,9 @@ engine, decode together, and are collected as they finish.
     scheduler = Scheduler(engine)
     out = scheduler.generate(prompts, GenerationConfig(max_new_tokens=64, continuous=True))
 
-Loop: admit -> run `check_every` steps (default 8; 1 for one sequence on a CPU) -> read the flags
-(the only host read) -> collect the finished requests (tokens, statistics, `drafter.finish`,
-`on_finish`) -> admit again -> ...
+Loop: admit -> run `check_every` steps (default 8; for one sequence 1 on a CPU, 4 on a GPU) ->
+read the flags (the only host read) -> collect the finished requests (tokens, statistics,
+`drafter.finish`, `on_finish`) -> admit again -> ...
 On CUDA (`defer_finish`) the collected requests' `on_finish` calls (a file run detokenizes and
 writes each record: ~0.15 ms a request on the H200's host) are made once the next window's steps
 are queued, while the GPU runs them, instead of while it waits at the check; with

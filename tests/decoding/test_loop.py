@@ -398,6 +398,40 @@ def test_refill_policy_weighs_idle_slots_against_a_prefill_stall():
     assert not average.should_refill(16, 64)
 
 
+def test_refill_waits_a_time_not_a_count_of_checks():
+    """Rent or buy: the idle slot-time of the checks that waited adds up, so 4 free slots of 64
+    (16 ms windows, 5 ms calls: 300 ms of stall against 64 ms idled a check) refill at the fifth
+    check, and with windows half as long (checks twice as often) at the tenth: the same time.
+    Negative control: without the sum (each check alone), they never refill. A refill starts
+    the sum again."""
+    from samgpu.decoding.adaptive import RefillPolicy
+
+    def checks_until_refill(window_s: float, summed: bool) -> int | None:
+        policy = RefillPolicy(call_s=0.005, window_s=window_s)
+        for check in range(1, 40):
+            if not summed:
+                policy.idle_s = 0.0
+            if policy.should_refill(4, 64):
+                assert policy.idle_s == 0.0
+                return check
+        return None
+
+    assert checks_until_refill(0.016, summed=True) == 5
+    assert checks_until_refill(0.008, summed=True) == 10
+    assert checks_until_refill(0.016, summed=False) is None
+
+
+def test_one_sequence_on_a_gpu_checks_every_4_steps():
+    """The default check interval: 4 steps for one sequence on a GPU, 1 on a CPU, 8 for wider
+    batches on either; check_every overrides it."""
+    cfg = GenerationConfig(max_new_tokens=4)
+    fixed = GenerationConfig(max_new_tokens=4, check_every=8)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [cfg.steps_per_check(cuda, 1), cfg.steps_per_check(cpu, 1)] == [4, 1]
+    assert [cfg.steps_per_check(cuda, 2), cfg.steps_per_check(cpu, 2)] == [8, 8]
+    assert fixed.steps_per_check(cuda, 1) == fixed.steps_per_check(cpu, 1) == 8
+
+
 def test_deferred_refills_stay_lossless(monkeypatch):
     """Continuous batching with refills deferred until half the slots are free: every output still
     equals the greedy reference and every request runs."""
@@ -448,7 +482,7 @@ def test_cpu_checks_every_step_so_no_step_is_wasted_after_eos(check_every, steps
     runner.forward_tree = lambda *a, **k: calls.append(1) or forward(*a, **k)
     dec = build_decoder(runner, "ar", batch_size=1, max_len=64)
     cfg = GenerationConfig(max_new_tokens=16, eos_token_ids=(eos,), check_every=check_every)
-    assert cfg.steps_per_check(torch.device("cuda"), 1) == (check_every or 8)
+    assert cfg.steps_per_check(torch.device("cuda"), 2) == (check_every or 8)
     assert cfg.steps_per_check(torch.device("cpu"), 4) == (check_every or 8)
     out = dec.generate([PROMPTS[0]], cfg)
     assert out.tokens[0][-1] == eos and len(out.tokens[0]) == 4
