@@ -5,7 +5,7 @@ The head is a file (samgpu/drafters/parts/eagle_model.py; trained by `samgpu eag
 the target's embedding and lm_head; its runtime (KV cache, start, catch-up, tree) is
 samgpu/drafters/parts/eagle_draft.py. Options (`-O name=value`):
   topk      children per expanded node and frontier width (EAGLE-2: 8-10)           default 8
-  depth     deepest draft node (frontier expansions: depth - 1)                     default 6
+  depth     deepest draft node (frontier expansions: depth - 1)                     default 4
   max_nodes tree budget, root included (the registry's tree budget per batch size)  default 81
   head      path of a head file; default: the packaged head of the target model (samgpu/data/eagle)
 The drafter asks the engine for the target's hidden states (`needs_hidden`): of the prompts at
@@ -13,7 +13,10 @@ admission and of every tree node each step. `last_source`: SOURCE_FALLBACK (an a
 tree) for every draft.
 
 Example: `samgpu generate -m eagle -O topk=10 -O depth=5 --prompt ...`; at B=1, 81 nodes out of
-8 + 5 * 64 = 328 candidates (k 8, depth 6), up to 6 deep.
+8 + 3 * 64 = 200 candidates (k 8, depth 4), up to 4 deep. Depth 4 is the default because it was
+the fastest on the H200 at B=1 (Spec-Bench 40, `merged+eagle` tok/s at depth 3 / 4 / 5 / 6: 2,361
+/ 2,419-2,434 / 2,318 / 2,255; `sam+eagle` and `eagle` alike, HumanEval too): the two head
+forwards it saves cost more than the acceptance it loses (MAT 4.41 -> 4.28).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from samgpu.kernels.vocab_topk import MAX_K as MAX_TOPK
 from samgpu.types import SOURCE_FALLBACK, DecodeState, DraftTree, StepOutput
 
 DEFAULT_TOPK = 8
-DEFAULT_DEPTH = 6
+DEFAULT_DEPTH = 4
 HEAD_DIR = Path(__file__).resolve().parents[1] / "data" / "eagle"  # packaged heads
 
 

@@ -191,7 +191,7 @@ class EagleDraft:
         if topk > runner.vocab_size:
             raise ValueError(f"EAGLE topk={topk} exceeds the vocabulary ({runner.vocab_size})")
         # Small budgets (large batches) get a narrower, shallower expansion: its cost is paid
-        # every step whatever the budget keeps (81 nodes: k 8, D 6; 16: k 4, D 4; 4: k 2, D 2).
+        # every step whatever the budget keeps (81 nodes: k 8, D 4; 16: k 4, D 4; 4: k 2, D 2).
         if max_nodes - 1 < 5 * topk:
             topk = min(topk, max(2, max_nodes // 4))
             depth = min(depth, max(2, max_nodes // topk))
