@@ -394,6 +394,8 @@ class _Builder:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.bar.total = self.bar.n  # (the total was an estimate, ~4 bytes a token): 100%
+            self.bar.refresh()
             self.bar.close()
             self.bar = None
 
@@ -404,7 +406,8 @@ class _Builder:
                 "empty corpus: no document has any token; give at least one non-empty document "
                 "(check the corpus files and --fields)"
             )
-        self.close()  # the bar counts corpus tokens: close it before the vocabulary singletons
+        self.close()  # the bar counts corpus tokens: closed before the vocabulary singletons,
+        self.progress = False  # which get no bar of their own (one stuck at 5% did)
         self.feed(_vocab_singletons(self.vocab_size, self.eos_id))
         start = time.perf_counter()
         num_states, _, _, num_tokens, _, num_edges = (int(x) for x in self.meta)

@@ -194,3 +194,23 @@ def test_stats_sizes():
     assert s["bytes"] == arrays + 4 * index.vocab_size + 4 * index.num_tokens
     assert s["bytes_no_root"] == s["bytes"] - 4 * index.vocab_size
     assert s["bytes_per_token"] == pytest.approx(s["bytes"] / s["tokens"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- progress
+def _bars(err: str) -> list[str]:
+    """The last state of each tqdm bar written to stderr (a bar redraws after "\r")."""
+    lines = [seg.split("\r")[-1] for seg in err.split("\n")]
+    return [x for x in lines if x.startswith("SAM build")]
+
+
+def test_the_build_shows_one_bar_that_ends_at_100_percent(capsys):
+    """One bar for the corpus tokens, ending at 100% even when the size estimate was off (here
+    half the real count); the vocabulary singletons appended after it get no bar of their own (a
+    second bar stuck at a few percent did). Negative control: the check sees two bars and no
+    100% in output like the old one."""
+    docs = [[1, 2, 3, 1, 2] * 20, [3, 2, 1] * 10]
+    SamIndex.build(docs, vocab_size=50, eos_id=0, progress=True, expected_tokens=64)
+    bars = _bars(capsys.readouterr().err)
+    assert len(bars) == 1 and "100%" in bars[0] and "132/132" in bars[0], bars
+    old = "SAM build: 132tok [00:00]\nSAM build:   5%|x| 50/1.00k [00:00]\n"
+    assert len(_bars(old)) == 2 and not any("100%" in b for b in _bars(old))
