@@ -240,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in DEFAULT_METHODS]
     if unknown:
         ap.error(f"unknown methods {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
-    if args.batch_size < 1:
-        ap.error("--batch-size must be >= 1")
+    for name in ("batch_size", "max_new_tokens", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} {value} must be >= 1")
     if not torch.cuda.is_available():
         print("warning: no CUDA device; timings are CPU timings and not comparable to the paper's")
 

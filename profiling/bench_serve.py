@@ -141,16 +141,13 @@ def occupancy(run: dict, batch: int) -> float | None:
 def slot_shares(run: dict) -> dict[str, float | None]:
     """The batch's slot-steps by state (RunStats' accounting, rank 0): free while prompts waited
     (a refill not yet made), free with none left (the drain), pending admissions, and past the
-    request's end until the host check (the rest, besides the live ones: `occupancy`)."""
+    request's end until the host check (the live ones, the rest: `occupancy`)."""
     slots = run.get("slot_steps") or {}
     total = slots.get("slot_steps")
-    names = ("free_waiting", "free_drained", "pending")
+    names = ("free_waiting", "free_drained", "pending", "past_end")
     if not total:
-        return dict.fromkeys((*names, "past_end"), None)
-    out = {name: slots[f"{name}_slot_steps"] / total for name in names}
-    live = sum(rec["stats"]["steps"] for rec in run["records"] if rec.get("stats")) / total
-    out["past_end"] = max(0.0, 1.0 - live - sum(out.values()))
-    return out
+        return dict.fromkeys(names, None)
+    return {name: slots[f"{name}_slot_steps"] / total for name in names}
 
 
 def quantile(values: list[float], q: float) -> float | None:

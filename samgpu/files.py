@@ -197,12 +197,21 @@ def write_prefixed(path: Path, magic: bytes, version: int, meta: dict, arrays: d
 
 
 def read_prefixed_header(
-    path: Path, *, what: str, magic: bytes, versions: tuple[int, ...], max_header: int, hint: str
+    path: Path,
+    *,
+    what: str,
+    magic: bytes,
+    versions: tuple[int, ...],
+    max_header: int,
+    hint: str,
+    make_hint: str,
 ) -> tuple[int, bytes, int]:
     """(format version, header bytes, file size) of an existing binary file, with its prefix
     checked: the magic, a readable version, a header length within the file and `max_header`
     (never size a read from an unchecked length: 4 GB for a lying u32), the header's CRC. Any
-    deviation is one ValueError naming `what` and the file, ending with `hint`."""
+    deviation is one ValueError naming `what` and the file, ending with `hint` (how to replace
+    the file), or, for a file without the magic (some other file, not to be deleted or rebuilt),
+    with `make_hint` (how to make one)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(PREFIX.size)
@@ -211,7 +220,8 @@ def read_prefixed_header(
         found, version, header_len, header_crc = PREFIX.unpack(prefix)
         if found != magic:
             raise ValueError(
-                f"{path} is not a samgpu {what} (magic {found!r}, expected {magic!r}); {hint}"
+                f"{path} is not a samgpu {what} (magic {found!r}, expected {magic!r}); give the "
+                f"path of a {what} ({make_hint})"
             )
         if version not in versions:
             readable = ", ".join(map(str, versions))

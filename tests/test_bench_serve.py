@@ -82,6 +82,9 @@ def test_slot_shares_of_a_real_cli_run_add_up(tmp_path, tiny_model_dir):
     run["records"] = [json.loads(line) for line in out.read_text().splitlines()]
     slots = run["slot_steps"]
     assert slots["slot_steps"] == 2 * run["steps"]
+    parts = ("free_waiting", "free_drained", "pending", "live", "past_end")
+    assert sum(slots[f"{p}_slot_steps"] for p in parts) == slots["slot_steps"]
+    assert slots["live_slot_steps"] == sum(r["stats"]["steps"] for r in run["records"])
     shares = slot_shares(run)
     assert shares["free_drained"] > 0
     total = occupancy(run, 2) + sum(shares.values())

@@ -81,10 +81,21 @@ def test_unknown_flag_is_argparse_usage_error(capsys):
     [
         (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
         (["--top-p", "1.5"], r"--top-p 1.5 must be in \(0, 1\]"),
-        (["--temperature", "-1"], "--temperature -1.0 must be >= 0"),
+        (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
+        (["--temperature", "inf"], "--temperature inf must be a finite number >= 0"),
+        (["--seed", str(2**64)], "--seed 18446744073709551616 must fit in 64 bits"),
+        (["--threads", "100000"], r"--threads 100000 must be in \[1, 1024\]"),
         (["-O", "oops"], "must look like KEY=VALUE"),
     ],
-    ids=["batch-size", "top-p", "temperature", "option-syntax"],
+    ids=[
+        "batch-size",
+        "top-p",
+        "temperature",
+        "temperature-inf",
+        "seed",
+        "threads",
+        "option-syntax",
+    ],
 )
 def test_bad_values(capsys, flags, pattern):
     import re
@@ -92,6 +103,30 @@ def test_bad_values(capsys, flags, pattern):
     code, _, err = run(capsys, *gen("--prompt", "hi", *flags))
     assert code == 2
     assert re.search(pattern, one_error_line(err))
+
+
+@pytest.mark.parametrize(
+    "flags, pattern",
+    [
+        (["--output-field", "prompt"], "would overwrite the prompt"),
+        (["--field", "question", "--output-field", "question"], "is --field"),
+        (["--output-field", "stats"], "a key samgpu writes itself"),
+    ],
+    ids=["auto-prompt-field", "explicit-field", "reserved"],
+)
+def test_output_field_never_overwrites_the_prompt_or_samgpus_keys(
+    capsys, tmp_path, prompts_file, flags, pattern
+):
+    """The completion under the prompt's own field, or under a key samgpu writes beside it,
+    would lose one of them: refused before anything runs (no file). Control: another name runs
+    through the checks."""
+    src, out = prompts_file([{"prompt": "a", "question": "b"}]), tmp_path / "o.jsonl"
+    code, _, err = run(capsys, *gen("--input", src, "--output", out, *flags))
+    assert code == 2 and pattern in one_error_line(err) and not out.exists()
+    from samgpu.cli.generate import check_output_field
+
+    ok = cli.build_parser().parse_args(["generate", "--input", "x", "--output-field", "answer"])
+    check_output_field(ok)
 
 
 def test_output_without_input_and_input_without_output(capsys, tmp_path, prompts_file):

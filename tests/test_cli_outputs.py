@@ -247,6 +247,23 @@ def test_sigterm_says_what_was_saved(capsys, monkeypatch, tmp_path, tiny_model_d
     assert code == 0 and "resuming" in err and len(records(out)) == 3
 
 
+def test_interrupt_before_any_record_does_not_promise_a_partial_file(capsys, monkeypatch, tmp_path):
+    """Ctrl-C while the model loads: nothing was written, and the message says so instead of
+    naming a .partial file that does not exist (test_sigterm_says_what_was_saved: once records
+    are written, it names the file)."""
+
+    def interrupted_while_loading(parser, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted_while_loading)
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--input", str(tmp_path / "p.jsonl"), "--output", str(out)]
+    code, err = run(capsys, argv)
+    line = error_line(err)
+    assert code == 130 and f"nothing was written to {out} yet" in line and ".partial" not in line
+    assert not out.with_name("out.jsonl.partial").exists()
+
+
 def test_sigterm_swallowed_by_a_library_still_ends_as_sigterm(capsys, monkeypatch, tmp_path):
     """SIGTERM raised inside a library's C callback is swallowed there and the library fails with
     its own error (numba compiling the index build when SIGTERM came): the run still ends with

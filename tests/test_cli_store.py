@@ -89,7 +89,10 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     bad.write_text('{"completion": "x"}\nnot json\n')
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text('{"completion": 3}\n')
+    prompts_only = tmp_path / "prompts.jsonl"
+    prompts_only.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     for argv, match in (
+        (("build", "--input", prompts_only, "--out", store), "no response to store"),
         (("build", "--input", tmp_path / "missing.jsonl", "--out", store), "does not exist"),
         (("build", "--input", bad, "--out", store), "bad.jsonl:2: not valid JSON"),
         (("build", "--input", wrong, "--out", store), "must be a string"),
@@ -101,4 +104,6 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         lines = [x for x in err.splitlines() if x.startswith("samgpu: error:")]
         assert code == 2 and len(lines) == 1 and match in lines[0], (argv, err)
         assert "Traceback" not in err
+        if argv[0] == "stats":  # (the user's own files: never advice to delete them)
+            assert "delete" not in lines[0], lines[0]
     assert not store.exists()

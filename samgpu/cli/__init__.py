@@ -48,7 +48,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text  # store_true / store_false flags, positionals
         default = action.default
         if default is None or default == []:
-            return text if "(none:" in text else text + " (default: none)"
+            said = "(none:" in text or "(default" in text
+            return text if said else text + " (default: none)"
         return text + " (default: %(default)s)"
 
 
@@ -155,8 +156,8 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch on --device cpu (none: OMP_NUM_THREADS if set, else one per"
-        " core, at most 8)",
+        help="CPU threads for torch on --device cpu (none: OMP_NUM_THREADS if set, else torch's,"
+        " one per physical core)",
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N input records")
     p.add_argument(
@@ -296,6 +297,10 @@ def _kept(args) -> str:
     output = getattr(args, "output", None)
     if not output:
         return ""
+    from samgpu.io import partial_path
+
+    if not partial_path(Path(output)).exists():  # (stopped before the run began writing)
+        return f"; nothing was written to {output} yet"
     return f"; finished records are kept in {output}.partial and the same command resumes"
 
 

@@ -59,5 +59,8 @@ def run_bench(argv: list[str]) -> int:
     env["SAMGPU_RESULTS_DIR"] = str(Path(out).absolute())
     if "-h" not in argv and "--help" not in argv:
         print(f"samgpu bench: results go to {env['SAMGPU_RESULTS_DIR']}", file=sys.stderr)
+    else:  # (--out is samgpu bench's own: the benchmark's help below does not list it)
+        print("samgpu bench [--out DIR] ARGS: --out DIR, the results folder (default: the current")
+        print("folder); ARGS are profiling.bench_e2e's:\n", flush=True)
     cmd = [sys.executable, "-m", "profiling.bench_e2e", *argv]
     return subprocess.run(cmd, env=env).returncode

@@ -13,7 +13,7 @@ from samgpu.eagle.train import HelpFormatter, add_train_arguments
 def add_eagle_parser(subparsers) -> argparse.ArgumentParser:
     """Add `eagle {train}` to an argparse subparsers object; returns the `eagle` parser."""
     eagle = subparsers.add_parser("eagle", help="train an EAGLE draft head for a model")
-    sub = eagle.add_subparsers(dest="eagle_command", required=True)
+    sub = eagle.add_subparsers(dest="eagle_command", required=True, metavar="{train}")
     train = sub.add_parser(
         "train",
         help="train a head on the model's hidden states over its own responses",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -64,7 +65,14 @@ def check_args(args: argparse.Namespace) -> None:
     checks = [
         (args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1"),
         (args.max_new_tokens >= 1, f"--max-new-tokens {args.max_new_tokens} must be >= 1"),
-        (args.temperature >= 0, f"--temperature {args.temperature} must be >= 0 (0 = greedy)"),
+        (
+            args.temperature >= 0 and math.isfinite(args.temperature),
+            f"--temperature {args.temperature} must be a finite number >= 0 (0 = greedy)",
+        ),
+        (
+            args.seed is None or -(2**63) <= args.seed < 2**63,
+            f"--seed {args.seed} must fit in 64 bits (-2**63 <= seed < 2**63)",
+        ),
         (0 < args.top_p <= 1, f"--top-p {args.top_p} must be in (0, 1]"),
         (args.top_k >= 0, f"--top-k {args.top_k} must be >= 0 (0 = off)"),
         (args.limit is None or args.limit >= 1, f"--limit {args.limit} must be >= 1"),
@@ -73,14 +81,45 @@ def check_args(args: argparse.Namespace) -> None:
             f"--check-every {args.check_every} must be >= 1",
         ),
         (all(args.stop), "--stop needs a non-empty string"),
-        (args.threads is None or args.threads >= 1, f"--threads {args.threads} must be >= 1"),
+        (
+            args.threads is None or 1 <= args.threads <= MAX_THREADS,
+            f"--threads {args.threads} must be in [1, {MAX_THREADS}]",
+        ),
         (args.profile_windows >= 1, f"--profile-windows {args.profile_windows} must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    check_output_field(args)
     parse_options(args.option)  # syntax errors before any model loads
     check_paths(args)
+
+
+# keys samgpu writes into each output record beside the generated text
+RECORD_KEYS: tuple[str, ...] = ("finish_reason", "num_tokens", "stats", "error")
+PROMPT_FIELDS: tuple[str, ...] = ("prompt", "text", "messages")  # read when --field is not given
+# torch.set_num_threads(100000) fails in the OpenMP runtime (MemoryError): a bound far above any
+# machine's cores
+MAX_THREADS = 1024
+
+
+def check_output_field(args: argparse.Namespace) -> None:
+    """--output-field must not overwrite the prompt the record was read from, nor a key samgpu
+    writes itself (the text would be lost, or would replace the prompt)."""
+    if args.input is None:  # (--prompt prints the text)
+        return
+    out, read = args.output_field, (args.field,) if args.field else PROMPT_FIELDS
+    if out in RECORD_KEYS:
+        raise UserError(
+            f"--output-field {out!r} is a key samgpu writes itself ({', '.join(RECORD_KEYS)});"
+            " choose another name"
+        )
+    if out in read:
+        what = "--field" if args.field else f"a prompt field ({', '.join(PROMPT_FIELDS)})"
+        raise UserError(
+            f"--output-field {out!r} is {what}: the completion would overwrite the prompt;"
+            " choose another name"
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -157,9 +196,12 @@ class Plan:
         self.options = parse_options(args.option)
         if args.store is not None:
             if not get_method(args.method).needs_index:
+                from samgpu.drafters import method_names
+
+                with_store = [m for m in method_names() if get_method(m).needs_index]
                 raise UserError(
-                    f"--store needs a method that drafts from automata (sam, sam+tr, sam-tree,"
-                    f" merged); --method {args.method} has no store"
+                    f"--store needs a method that drafts from automata ({', '.join(with_store)});"
+                    f" --method {args.method} has no store"
                 )
             self.options["store"] = args.store
         try:

@@ -80,6 +80,8 @@ class RunTotals:
         "free_waiting_slot_steps",
         "free_drained_slot_steps",
         "pending_slot_steps",
+        "live_slot_steps",
+        "past_end_slot_steps",
     )
 
     def __init__(self):
@@ -107,7 +109,8 @@ def write_stats(
     timing (rank 0's own): seconds in prefills, in decode windows and on the host, loop steps and
     how many drafted (the others were plain AR steps of adaptive speculation) and how many ran
     with one CPU thread (adaptive threads); slot_steps (rank 0's too): RunStats' slot accounting
-    (all, free while prompts waited, free with none left, pending admissions)."""
+    (all, free while prompts waited, free with none left, pending admissions, the requests' own,
+    past their end until a check: the last five add up to the first)."""
     import torch
 
     stats = {

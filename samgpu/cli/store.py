@@ -43,9 +43,9 @@ BYTES_PER_TOKEN: float = 92.0  # device bytes per token of budget (samgpu.automa
 def add_store_parser(subparsers) -> argparse.ArgumentParser:
     """Add `store {build,stats}` to an argparse subparsers object; returns the `store` parser."""
     store = subparsers.add_parser(
-        "store", help="build or inspect a cross-request store file (-O store=PATH)"
+        "store", help="build or inspect a cross-request store file (generate --store PATH)"
     )
-    sub = store.add_subparsers(dest="store_command", required=True)
+    sub = store.add_subparsers(dest="store_command", required=True, metavar="{build,stats}")
     build = sub.add_parser("build", help="build a store file from response JSONL files")
     build.add_argument(
         "--input", nargs="+", action="extend", required=True, metavar="JSONL", help="responses"
@@ -73,7 +73,7 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     )
     build.add_argument("--append", action="store_true", help="add to an existing --out file")
     stats = sub.add_parser("stats", help="validate a store file and print its sizes as JSON")
-    stats.add_argument("path")
+    stats.add_argument("path", help="the store file")
     return store
 
 
@@ -156,6 +156,11 @@ def _build(args: argparse.Namespace) -> int:
             read_store_file(out, vocab_size=vocab, tokenizer_fingerprint=fingerprint).documents()
         )
     new_docs, skipped = response_documents(paths, args, tokenizer)
+    if not any(new_docs):  # (as `samgpu generate` when no record can run: an error, no file)
+        raise ValueError(
+            f"no response to store: {skipped} record(s) without a {args.field!r} string (or"
+            " skipped), none with text; nothing was written (--field names the response field)"
+        )
     docs += new_docs
     keep = surviving_start([len(d) for d in docs], args.store_tokens // 2)
     extra = {

@@ -70,6 +70,8 @@ class GenerationConfig:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables top-p)")
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"check_every={self.check_every} must be >= 1")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            raise ValueError(f"seed={self.seed} must fit in 64 bits (-2**63 <= seed < 2**63)")
         if self.speculation not in SPECULATION_MODES:
             raise ValueError(
                 f"speculation={self.speculation!r}: expected one of {', '.join(SPECULATION_MODES)}"
@@ -200,19 +202,22 @@ class RunStats:
     steps_s: float = 0.0
     host_s: float = 0.0  # the rest: collection, callbacks, output records
     steps: int = 0  # loop steps
-    drafting_steps: int = 0  # of which drafted (the others: plain AR steps, adaptive mode)
+    drafting_steps: int = 0  # of which drafted (the others: plain AR steps; all, for `ar`)
     single_thread_steps: int = 0  # of which ran with one thread (adaptive_threads, CPU)
     rates: dict[str, float] = field(default_factory=dict)  # "drafting" / "plain" tokens/s
     # Slot-steps (a slot through one loop step) by what the slot was doing, counted per window
     # from its state at the window's start: `slot_steps` all of them (steps x slots); idle ones
     # `free_waiting_slot_steps` (free while prompts waited: a refill not yet made, or a static
     # batch draining), `free_drained_slot_steps` (free with no prompt left), `pending_slot_steps`
-    # (an overlapped admission's prefill, until it landed). The requests' own steps (RequestStats)
-    # are the live ones; the rest of slot_steps ran a request past its end until the host check.
+    # (an overlapped admission's prefill, until it landed); `live_slot_steps` the requests' own
+    # steps (RequestStats.steps summed); `past_end_slot_steps` the rest: a request run past its
+    # end until the host check that collected it.
     slot_steps: int = 0
     free_waiting_slot_steps: int = 0
     free_drained_slot_steps: int = 0
     pending_slot_steps: int = 0
+    live_slot_steps: int = 0
+    past_end_slot_steps: int = 0
 
 
 @dataclass

@@ -411,7 +411,11 @@ class Scheduler:
         report()
         run.seconds = time.perf_counter() - t0
         run.host_s = max(0.0, run.seconds - run.prefill_s - run.steps_s)
-        run.steps, run.drafting_steps = steps, policy.steps[True]
+        run.steps = steps
+        run.drafting_steps = policy.steps[True] if engine.can_skip_drafts else 0  # (`ar`: none)
+        run.live_slot_steps = done_steps
+        idle = run.free_waiting_slot_steps + run.free_drained_slot_steps + run.pending_slot_steps
+        run.past_end_slot_steps = run.slot_steps - idle - done_steps
         run.single_thread_steps = threads.single_thread_steps
         run.rates = {("drafting" if k else "plain"): v for k, v in policy.rates.items()}
         return GenerationOutput(tokens=tokens, stats=stats, run=run)

@@ -33,7 +33,7 @@ TokenizerLoader = Callable[[str], object]
 def add_index_parser(subparsers) -> argparse.ArgumentParser:
     """Add `index {build,stats}` to an argparse subparsers object; returns the `index` parser."""
     index = subparsers.add_parser("index", help="build or inspect a static SAM index")
-    sub = index.add_subparsers(dest="index_command", required=True)
+    sub = index.add_subparsers(dest="index_command", required=True, metavar="{build,stats}")
     build = sub.add_parser("build", help="build a static index from corpus files")
     build.add_argument(
         "--corpus",

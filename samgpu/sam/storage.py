@@ -139,6 +139,7 @@ def read_header(path: str | os.PathLike) -> dict:
         versions=READABLE_VERSIONS,
         max_header=MAX_HEADER_BYTES,
         hint=fix_hint(path),
+        make_hint="`samgpu index build --out NEW.samidx` builds one",
     )
     try:
         meta = json.loads(header)

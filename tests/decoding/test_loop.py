@@ -504,6 +504,8 @@ def test_slot_steps_are_accounted_by_state():
     live = sum(st.steps for st in out.stats)
     assert (run.slot_steps, live, run.free_drained_slot_steps) == (16, 12, 4)
     assert run.free_waiting_slot_steps == run.pending_slot_steps == 0
+    assert (run.live_slot_steps, run.past_end_slot_steps) == (12, 0)
+    assert run.drafting_steps == 0  # (`ar` never drafts)
     eos = reference_greedy(runner, prompts[0], 3)[2]
     others = [reference_greedy(runner, p, 4) for p in prompts[1:]]
     assert all(eos not in toks for toks in others)
@@ -513,6 +515,7 @@ def test_slot_steps_are_accounted_by_state():
     live = sum(st.steps for st in out.stats)
     past_end = run.slot_steps - live - run.free_drained_slot_steps - run.free_waiting_slot_steps
     assert (live, past_end) == (3 + 4 + 4, 1)
+    assert (run.live_slot_steps, run.past_end_slot_steps) == (live, past_end)
     assert run.slot_steps == 2 * run.steps
 
 

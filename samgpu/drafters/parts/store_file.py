@@ -76,7 +76,7 @@ class StoreFile:
 def fix_hint(path: Path) -> str:
     return (
         f"rebuild it with `samgpu store build --out {path}`, or delete it (a run with "
-        f"-O store={path} then starts an empty store and saves it there)"
+        f"--store {path} then starts an empty store and saves it there)"
     )
 
 
@@ -143,7 +143,10 @@ def read_store_header(path: str | os.PathLike) -> dict:
     """The checked JSON header (reads the first bytes only); ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"store file {path} does not exist; {fix_hint(path)}")
+        raise ValueError(
+            f"store file {path} does not exist (`samgpu store build --input RESPONSES.jsonl "
+            f"--out {path}` builds one; a run with --store {path} starts it empty)"
+        )
     _, header, size = files.read_prefixed_header(
         path,
         what="store file",
@@ -151,6 +154,7 @@ def read_store_header(path: str | os.PathLike) -> dict:
         versions=(FORMAT_VERSION,),
         max_header=MAX_HEADER_BYTES,
         hint=fix_hint(path),
+        make_hint="`samgpu store build --input RESPONSES.jsonl --out PATH` builds one",
     )
     try:
         meta = json.loads(header)
