@@ -97,7 +97,6 @@ def check_args(args: argparse.Namespace) -> None:
 
 # keys samgpu writes into each output record beside the generated text
 RECORD_KEYS: tuple[str, ...] = ("finish_reason", "num_tokens", "stats", "error")
-PROMPT_FIELDS: tuple[str, ...] = ("prompt", "text", "messages")  # read when --field is not given
 # torch.set_num_threads(100000) fails in the OpenMP runtime (MemoryError): a bound far above any
 # machine's cores
 MAX_THREADS = 1024
@@ -108,14 +107,17 @@ def check_output_field(args: argparse.Namespace) -> None:
     writes itself (the text would be lost, or would replace the prompt)."""
     if args.input is None:  # (--prompt prints the text)
         return
-    out, read = args.output_field, (args.field,) if args.field else PROMPT_FIELDS
+    from samgpu.inputs import DEFAULT_TEXT_FIELDS, MESSAGES_FIELD
+
+    auto = (*DEFAULT_TEXT_FIELDS, MESSAGES_FIELD)  # read when --field is not given
+    out, read = args.output_field, (args.field,) if args.field else auto
     if out in RECORD_KEYS:
         raise UserError(
             f"--output-field {out!r} is a key samgpu writes itself ({', '.join(RECORD_KEYS)});"
             " choose another name"
         )
     if out in read:
-        what = "--field" if args.field else f"a prompt field ({', '.join(PROMPT_FIELDS)})"
+        what = "--field" if args.field else f"a prompt field ({', '.join(auto)})"
         raise UserError(
             f"--output-field {out!r} is {what}: the completion would overwrite the prompt;"
             " choose another name"
