@@ -197,6 +197,21 @@ def test_unwritable_output_folder_is_one_line_before_anything(
     assert names(folder) == []
 
 
+def test_stats_json_counts_skips_and_is_not_rewritten_by_a_complete_output(
+    capsys, tmp_path, tiny_model_dir, prompts_file
+):
+    """--stats-json counts the skipped records; run again on the complete output, it writes no
+    stats of zeros (the run's file would be overwritten) and says so. Control: the first run
+    wrote it."""
+    src = prompts_file([*PROMPTS, {"id": 9, "prompt": ""}])
+    out, stats, again = tmp_path / "out.jsonl", tmp_path / "s.json", tmp_path / "again.json"
+    code, _ = run(capsys, gen(tiny_model_dir, src, out, "--allow-skips", "--stats-json", stats))
+    assert code == 0 and json.loads(stats.read_text())["skipped_records"] == 1
+    code, err = run(capsys, gen(tiny_model_dir, src, out, "--allow-skips", "--stats-json", again))
+    assert code == 0 and "complete" in err and "not written: nothing was generated" in err
+    assert not again.exists()
+
+
 def test_stats_json_that_cannot_be_written_fails_at_the_start(capsys, tmp_path, prompts_file):
     """--stats-json under a path that is a file used to fail with a traceback after the whole
     run; now it is one line before anything runs."""

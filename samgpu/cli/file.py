@@ -117,6 +117,7 @@ def generate_file(args: argparse.Namespace) -> int:
                 f"samgpu: {args.output} complete ({_counts(summary, len(records))})",
                 file=sys.stderr,
             )
+            _no_stats(args)
         dist.shutdown()
         return _exit_status(summary, args)
     if done and info.is_main:
@@ -216,7 +217,7 @@ def generate_file(args: argparse.Namespace) -> int:
         secs = time.perf_counter() - progress.t0
         if args.stats_json:
             totals = (len(records), len(pending), n_tok, progress.steps, secs, rank_busy, rounds)
-            write_stats(args, info, session, timing, *totals)
+            write_stats(args, info, session, timing, *totals, num_skipped=len(skipped))
         mat = (
             f", mean accepted tokens per step {n_tok / progress.steps:.2f}"
             if progress.steps
@@ -285,6 +286,16 @@ def _on_main(info, fn) -> dict[str, Any]:
     return dist.broadcast(status, info)
 
 
+def _no_stats(args: argparse.Namespace) -> None:
+    """An output already complete generates nothing: --stats-json is left as it was, and said so
+    (a stats file of zeros would overwrite the run's)."""
+    if args.stats_json:
+        print(
+            f"samgpu: --stats-json {args.stats_json} not written: nothing was generated",
+            file=sys.stderr,
+        )
+
+
 def _stop(args: argparse.Namespace, info, status: dict[str, Any]) -> int:
     """End the run on every rank with rank 0's message: an output already complete (exit 0, or
     EXIT_SKIPPED for skipped records) or an error."""
@@ -297,6 +308,7 @@ def _stop(args: argparse.Namespace, info, status: dict[str, Any]) -> int:
             print(f"samgpu: {status['error']}", file=sys.stderr)
             if code:
                 warn(_counts(status["summary"], None))
+            _no_stats(args)
     elif info.is_main:
         error(status["error"])
     dist.shutdown()

@@ -101,7 +101,18 @@ class RunTotals:
 
 
 def write_stats(
-    args, info, session, timing, num_records, num_new, tokens, steps, seconds, rank_busy, rounds
+    args,
+    info,
+    session,
+    timing,
+    num_records,
+    num_new,
+    tokens,
+    steps,
+    seconds,
+    rank_busy,
+    rounds,
+    num_skipped=0,
 ) -> None:
     """--stats-json: the totals; generation time counts from after warm-up to the last write.
     rank_generate_seconds: time each rank spent inside generate; the rest of a rank's share of
@@ -116,6 +127,7 @@ def write_stats(
     stats = {
         "records": num_records,
         "new_records": num_new,
+        "skipped_records": num_skipped,  # (empty or too long: their records have an error)
         "new_tokens": int(tokens),
         "generate_seconds": round(seconds, 4),
         "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
