@@ -75,19 +75,15 @@ class Progress:
 class RunTotals:
     """The scheduler's RunStats summed over a rank's generate calls (--stats-json "timing")."""
 
-    SLOT_FIELDS = (
-        "slot_steps",
-        "free_waiting_slot_steps",
-        "free_drained_slot_steps",
-        "pending_slot_steps",
-        "live_slot_steps",
-        "past_end_slot_steps",
-    )
-
     def __init__(self):
+        from dataclasses import fields
+
+        from samgpu.decoding.config import RunStats  # (torch: not at the CLI's import)
+
         self.prefill_s = self.steps_s = self.host_s = 0.0
         self.steps = self.drafting_steps = self.single_thread_steps = 0
-        self.slots = dict.fromkeys(self.SLOT_FIELDS, 0)
+        # RunStats' slot accounting, field by field
+        self.slots = {f.name: 0 for f in fields(RunStats) if f.name.endswith("slot_steps")}
 
     def add(self, run) -> None:
         self.prefill_s += run.prefill_s
@@ -96,7 +92,7 @@ class RunTotals:
         self.steps += run.steps
         self.drafting_steps += run.drafting_steps
         self.single_thread_steps += run.single_thread_steps
-        for name in self.SLOT_FIELDS:
+        for name in self.slots:
             self.slots[name] += getattr(run, name)
 
 

@@ -202,7 +202,7 @@ class RunStats:
     steps_s: float = 0.0
     host_s: float = 0.0  # the rest: collection, callbacks, output records
     steps: int = 0  # loop steps
-    drafting_steps: int = 0  # of which drafted (the others: plain AR steps; all, for `ar`)
+    drafting_steps: int = 0  # of which drafted (the others: plain AR steps; none for `ar`)
     single_thread_steps: int = 0  # of which ran with one thread (adaptive_threads, CPU)
     rates: dict[str, float] = field(default_factory=dict)  # "drafting" / "plain" tokens/s
     # Slot-steps (a slot through one loop step) by what the slot was doing, counted per window
