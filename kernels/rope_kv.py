@@ -29,6 +29,26 @@ from samgpu.kernels._dispatch import use_triton
 
 
 @triton.jit
+def rope_rows(row_ptrs, cos_ptr, sin_ptr, table_row, mask, offs_d, HEAD_DIM: tl.constexpr):
+    """Rows of heads at row_ptrs [R, 1] rotated as kernels/rope_kv.py does it (each product and
+    the sum rounded to the dtype): out[d] = x[d] * cos - x[d + D/2] * sin for d < D/2, x[d] * cos
+    + x[d - D/2] * sin above; the table row of row r is table_row[r] (a [B * T, D / 2] table)."""
+    half: tl.constexpr = HEAD_DIM // 2
+    low = offs_d < half
+    partner = tl.where(low, offs_d + half, offs_d - half)
+    x = tl.load(row_ptrs + offs_d[None, :], mask=mask, other=0.0)
+    p = tl.load(row_ptrs + partner[None, :], mask=mask, other=0.0)
+    table = table_row.to(tl.int64)[:, None] * half + tl.where(low, offs_d, offs_d - half)[None, :]
+    dtype = x.dtype
+    c = tl.load(cos_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
+    s = tl.load(sin_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
+    sign = tl.where(low, -1.0, 1.0)[None, :]
+    xc = (x.to(tl.float32) * c).to(dtype).to(tl.float32)
+    ps = (sign * p.to(tl.float32) * s).to(dtype).to(tl.float32)
+    return (xc + ps).to(dtype)
+
+
+@triton.jit
 def _rope_kv_kernel(
     qkv_ptr,  # [B, T, (Hq + 2 * Hkv) * D]
     cos_ptr,  # [B, T, D / 2] fp32 (contiguous)
@@ -130,7 +150,8 @@ def _aot_specs() -> list[AotSpec]:
 AOT_SPECS = _aot_specs()
 
 
-def _validate(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads):
+def validate_rope_inputs(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads):
+    """(B, T, Hkv, D) of rope_kv's inputs, or a ValueError naming the bad one."""
     if qkv.dim() != 3:
         raise ValueError(f"rope_kv: qkv must be [B, T, (Hq + 2 Hkv) * D], got {tuple(qkv.shape)}")
     b, t, width = qkv.shape
@@ -172,7 +193,7 @@ def rope_kv_triton(
     q_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate q into q_out [B, T, Hq, D] (returned); rotate k and store k, v into the caches."""
-    b, t, hkv, d = _validate(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
+    b, t, hkv, d = validate_rope_inputs(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
     if q_out is None:
         q_out = torch.empty(b, t, num_q_heads, d, dtype=qkv.dtype, device=qkv.device)
     elif q_out.shape != (b, t, num_q_heads, d) or not q_out.is_contiguous():
@@ -226,7 +247,7 @@ def rope_kv_ref(
     q_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """transformers' Llama RoPE op by op, then a scatter of k and v into the cache slots."""
-    b, t, hkv, d = _validate(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
+    b, t, hkv, d = validate_rope_inputs(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
     q, k, v = qkv.split([num_q_heads * d, hkv * d, hkv * d], dim=-1)
     cos = torch.cat((cos, cos), dim=-1).to(qkv.dtype)[:, :, None, :]
     sin = torch.cat((sin, sin), dim=-1).to(qkv.dtype)[:, :, None, :]

@@ -31,6 +31,11 @@ no program reads more than one chunk (a launch of one wave waits for its slowest
 writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace and
 `_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
 
+RoPE prologue (ROPE, the verify step's path through kernels/rope_tree_attention.py): q points at
+the fused QKV rows; q and the nodes' k are rotated as they load (rope_kv's rounding, so the bits
+equal rope_kv + this kernel), the tree part attends to those k and v in registers, and row block
+0 of the last split writes them to the cache at slot[b] + j, which no prefix loop reads.
+
 Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
 next power of two >= group * N, at least 16 for the tensor-core dot, at most 64), block_n (keys per
 iteration), num_splits, num_warps, num_stages; defaults from kernels/tree_attention_config.py
@@ -52,6 +57,7 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels.rope_kv import rope_rows
 from samgpu.kernels.tree_attention_config import (
     BLOCK_N,
     MAX_SPLITS,
@@ -86,6 +92,9 @@ def _tree_attention_kernel(
     ws_acc_ptr,  # [B, N, Hq, S, D] fp32 unnormalised partial outputs (out, when SPLIT)
     ws_m_ptr,  # [B, N, Hq, S] fp32 running max, log2 domain (out, when SPLIT)
     ws_l_ptr,  # [B, N, Hq, S] fp32 softmax denominators (out, when SPLIT)
+    cos_ptr,  # [B, N, D / 2] fp32 RoPE table of each node (ROPE)
+    sin_ptr,  # [B, N, D / 2] fp32 (ROPE)
+    slot_ptr,  # [B] int32: cache slot of node 0, where the nodes' K/V are written (ROPE)
     stride_qb,
     stride_qn,
     stride_qh,
@@ -112,8 +121,12 @@ def _tree_attention_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
     BLOCK_B: tl.constexpr,  # cache_len entries per load (the batch's longest prefix, SPLIT)
+    ROPE: tl.constexpr,  # q_ptr is the fused QKV row [B, N, (Hq + 2 Hkv) * D]: rotate here
 ):
-    """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out."""
+    """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out.
+    ROPE: q and the nodes' k are rotated from the QKV rows as they load (rope_kv's rounding), the
+    tree part attends to the rotated k and plain v in registers, and row block 0 of the last split
+    stores them at slot_ptr[b] + j (the prefix loop never reads those slots: no race)."""
     pid_m = tl.program_id(0)
     kvh = (tl.program_id(1) // num_splits).to(tl.int64)
     split = tl.program_id(1) % num_splits
@@ -127,7 +140,11 @@ def _tree_attention_kernel(
     d_ok = offs_d < HEAD_DIM
 
     q_ptrs = q_ptr + b * stride_qb + node[:, None] * stride_qn + head[:, None] * stride_qh
-    q = tl.load(q_ptrs + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q_mask = row_ok[:, None] & d_ok[None, :]
+    if ROPE:
+        q = rope_rows(q_ptrs, cos_ptr, sin_ptr, b * num_nodes + node, q_mask, offs_d, HEAD_DIM)
+    else:
+        q = tl.load(q_ptrs + offs_d[None, :], mask=q_mask, other=0.0)
 
     cache_len = tl.load(cache_len_ptr + b).to(tl.int32)
     k_base = k_ptr + b * stride_kb + kvh * stride_kh
@@ -173,10 +190,24 @@ def _tree_attention_kernel(
     for start in range(0, tree_hi, BLOCK_N):
         j = start + offs_n
         j_ok = j < num_nodes
-        pos = cache_len + j
         kv_mask = j_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + pos[:, None] * stride_kl + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + pos[:, None] * stride_vl + offs_d[None, :], mask=kv_mask, other=0.0)
+        if ROPE:
+            # rows of qkv: [q heads | k heads | v heads], each HEAD_DIM wide
+            node_rows = q_ptr + b * stride_qb + j[:, None] * stride_qn
+            k_src = node_rows + (num_heads + kvh) * HEAD_DIM
+            k = rope_rows(k_src, cos_ptr, sin_ptr, b * num_nodes + j, kv_mask, offs_d, HEAD_DIM)
+            v_src = node_rows + (num_heads + num_heads // group + kvh) * HEAD_DIM
+            v = tl.load(v_src + offs_d[None, :], mask=kv_mask, other=0.0)
+            slot = tl.load(slot_ptr + b).to(tl.int64) + j
+            store = kv_mask & (pid_m == 0)
+            tl.store(k_base + slot[:, None] * stride_kl + offs_d[None, :], k, mask=store)
+            tl.store(v_base + slot[:, None] * stride_vl + offs_d[None, :], v, mask=store)
+        else:
+            pos = cache_len + j
+            k_ptrs = k_base + pos[:, None] * stride_kl + offs_d[None, :]
+            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+            v_ptrs = v_base + pos[:, None] * stride_vl + offs_d[None, :]
+            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         vis = tl.load(m_base + j[None, :], mask=row_ok[:, None] & j_ok[None, :], other=0) != 0
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
         s = tl.where(vis, s, float("-inf"))
@@ -251,8 +282,9 @@ def _tree_attention_combine_kernel(
 def _aot_specs() -> list[AotSpec]:
     # NOTE: compiles are slow (fp32's IEEE dot is FMA loops), so the CI check covers each constexpr
     # combination the defaults use once: bf16 (the serving dtype; fp16 shares its code path) for
-    # both head dims, every default block_m (16 decode/chains, 64, 256 big trees) and both variants;
-    # fp32 for the default model's head_dim, unsplit.
+    # both head dims, every default block_m (16 decode/chains, 64, 256 big trees), split or not,
+    # with the RoPE prologue (what the runner launches); the plain kernel and fp32 for the default
+    # model's head_dim, block 16, unsplit.
     specs = []
     for dtype, head_dims in (("fp32", (64,)), ("bf16", (64, 128))):
         ptr = f"*{dtype}"
@@ -266,6 +298,9 @@ def _aot_specs() -> list[AotSpec]:
             "ws_acc_ptr": "*fp32",
             "ws_m_ptr": "*fp32",
             "ws_l_ptr": "*fp32",
+            "cos_ptr": "*fp32",
+            "sin_ptr": "*fp32",
+            "slot_ptr": "*i32",
             **dict.fromkeys(_INT_ARGS, "i32"),
             "qk_scale": "fp32",
         }
@@ -277,20 +312,27 @@ def _aot_specs() -> list[AotSpec]:
             **dict.fromkeys(_COMBINE_INT_ARGS, "i32"),
         }
         for head_dim in head_dims:
-            block_ms = (16,) if dtype == "fp32" else (16, 64, max_block_m(head_dim))
-            for block_m in block_ms:
-                for split in (False,) if dtype == "fp32" else (False, True):
-                    consts = {
-                        "HEAD_DIM": head_dim,
-                        "BLOCK_D": head_dim,
-                        "BLOCK_M": block_m,
-                        "BLOCK_N": BLOCK_N,
-                        "SPLIT": split,
-                        "BLOCK_B": BLOCK_B,
-                    }
-                    full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
-                    num_warps = 4 if block_m <= 64 else 8
-                    specs.append(AotSpec(_tree_attention_kernel, full_sig, consts, num_warps))
+            variants = [(16, False, False), (16, False, True)]
+            if dtype == "bf16":
+                variants += [
+                    (block_m, split, True)
+                    for block_m in (16, 64, max_block_m(head_dim))
+                    for split in (False, True)
+                    if (block_m, split) != (16, False)
+                ]
+            for block_m, split, rope in variants:
+                consts = {
+                    "HEAD_DIM": head_dim,
+                    "BLOCK_D": head_dim,
+                    "BLOCK_M": block_m,
+                    "BLOCK_N": BLOCK_N,
+                    "SPLIT": split,
+                    "BLOCK_B": BLOCK_B,
+                    "ROPE": rope,
+                }
+                full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+                num_warps = 4 if block_m <= 64 else 8
+                specs.append(AotSpec(_tree_attention_kernel, full_sig, consts, num_warps))
             consts = {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_S": MAX_SPLITS}
             full_sig = {**combine_sig, **dict.fromkeys(consts, "constexpr")}
             specs.append(AotSpec(_tree_attention_combine_kernel, full_sig, consts))
@@ -359,8 +401,16 @@ def tree_attention_triton(
     `scale` defaults to 1/sqrt(D). Each configuration keyword overrides `default_config`'s value
     (block_m is also capped at the rows' next power of two: padding past it only costs)."""
     b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
+    config = (block_m, block_n, num_splits, num_warps, num_stages)
+    return launch(q, None, k_cache, v_cache, cache_len, tree_mask, out, hq, scale, config)
+
+
+def launch(q, rope, k_cache, v_cache, cache_len, tree_mask, out, hq, scale, config):
+    """Both entry points: q [B, N, Hq, D] (a view into qkv when `rope` = (qkv, cos, sin, slot))."""
+    b, n, _, d = q.shape
+    hkv = k_cache.shape[1]
     if out is None:
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype:
         raise ValueError(
             f"tree_attention: out must be {tuple(q.shape)} {q.dtype}, "
@@ -378,12 +428,15 @@ def tree_attention_triton(
     max_len = k_cache.shape[2]
     cfg = default_config(b, n, hq, hkv, d, max_len, q.device)
     group = hq // hkv
-    block_m = cfg.block_m if block_m is None else block_m
+    block_m, block_n, num_splits, num_warps, num_stages = (
+        default if value is None else value
+        for value, default in zip(
+            config,
+            (cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages),
+            strict=True,
+        )
+    )
     block_m = min(block_m, max(16, triton.next_power_of_2(group * n)))
-    block_n = cfg.block_n if block_n is None else block_n
-    num_splits = cfg.num_splits if num_splits is None else num_splits
-    num_warps = cfg.num_warps if num_warps is None else num_warps
-    num_stages = cfg.num_stages if num_stages is None else num_stages
     for name, value in (("block_m", block_m), ("block_n", block_n)):
         if value < 16 or value & (value - 1):
             raise ValueError(f"tree_attention: {name}={value} is not a power of two >= 16")
@@ -397,6 +450,7 @@ def tree_attention_triton(
         ws_l = torch.empty_like(ws_m)
     else:
         ws_acc = ws_m = ws_l = out  # unused: SPLIT is a constexpr False
+    cos, sin, slot = (out, out, cache_len) if rope is None else rope[1:]  # unused without ROPE
     block_d = triton.next_power_of_2(max(d, 16))
     grid = (triton.cdiv(group * n, block_m), hkv * num_splits, b)
     _tree_attention_kernel[grid](
@@ -409,6 +463,9 @@ def tree_attention_triton(
         ws_acc,
         ws_m,
         ws_l,
+        cos,
+        sin,
+        slot,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -435,6 +492,7 @@ def tree_attention_triton(
         BLOCK_N=block_n,
         SPLIT=split,
         BLOCK_B=BLOCK_B,
+        ROPE=rope is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )

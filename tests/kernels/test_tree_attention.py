@@ -311,3 +311,114 @@ def test_untuned_heads_or_cards_get_a_note_naming_the_tuning_command():
     assert "NVIDIA A100-SXM4-80GB" in other_card and "--heads 9,3,64 --write-tuning" in other_card
     other_heads = untuned_note("NVIDIA H200", 14, 2, 64)
     assert "14 q / 2 kv heads of 64" in other_heads and "--heads 14,2,64" in other_heads
+
+
+def rope_case(b, n, hq, hkv, d, max_len, slots, dtype, seed=0):
+    """qkv rows, RoPE tables at positions slot + depth (random depths), a NaN-filled cache except
+    the prefix [0, slot) of each row (so a slot the kernel should write but does not, or a key it
+    should not read, shows)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(b, n, (hq + 2 * hkv) * d, generator=g).to(dtype)
+    depth = torch.randint(0, n, (b, n), generator=g)
+    positions = torch.tensor(slots)[:, None] + depth
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    freqs = positions[..., None].to(torch.float32) * inv_freq
+    cos, sin = freqs.cos().contiguous(), freqs.sin().contiguous()
+    k = torch.full((b, hkv, max_len, d), float("nan")).to(dtype)
+    v = torch.full((b, hkv, max_len, d), float("nan")).to(dtype)
+    for i, s in enumerate(slots):
+        k[i, :, :s] = torch.randn(hkv, s, d, generator=g).to(dtype)
+        v[i, :, :s] = torch.randn(hkv, s, d, generator=g).to(dtype)
+    return qkv, cos, sin, torch.tensor(slots, dtype=torch.int32), k, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "n, num_splits, block_m, seen_dead",
+    [(1, 1, 16, False), (5, 3, 16, True), (9, 2, 16, False), (9, 1, 16, True)],
+    ids=["decode", "split-dead-row", "row-blocks-split", "row-blocks"],
+)
+def test_rope_fused_equals_rope_kv_then_attention(dtype, n, num_splits, block_m, seen_dead, device):
+    """The fused launch gives the bits of rope_kv_triton then tree_attention_triton: the output
+    and every cache slot (the nodes' rotated k and v at slot + j, nothing else touched). GQA 3 q
+    heads on 1 kv head with N = 9 makes 27 rows: two row blocks of 16, of which only the first
+    writes the cache while both attend to the tree. `seen_dead`: row 1's attention reads an empty
+    prefix (a dead slot) while its nodes still go to slot + j."""
+    from samgpu.kernels.rope_kv import rope_kv_triton
+    from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton
+
+    b, hkv = 3, 1
+    hq, d, max_len = 3 * hkv, 16, 40
+    slots = [17, 9, 0]
+    qkv, cos, sin, slot, k, v = rope_case(b, n, hq, hkv, d, max_len, slots, dtype)
+    g = torch.Generator().manual_seed(1)
+    trees = [random_parents(n, n, g) for _ in range(b)]
+    mask = torch.stack([ancestor_mask(p) for p in trees])
+    seen = slot.clone()
+    if seen_dead:
+        seen[1] = 0
+    qkv, cos, sin, slot, seen, mask = (t.to(device) for t in (qkv, cos, sin, slot, seen, mask))
+    cfg = {"num_splits": num_splits, "block_m": block_m}
+
+    k_want, v_want = k.clone().to(device), v.clone().to(device)
+    q = rope_kv_triton(qkv, cos, sin, slot, k_want, v_want, num_q_heads=hq)
+    if seen_dead:  # unfused: the tree part reads slots seen + j, so give row 1 its nodes there
+        k_want[1, :, :n], v_want[1, :, :n] = k_want[1, :, 9 : 9 + n], v_want[1, :, 9 : 9 + n]
+    want = tree_attention_triton(q, k_want, v_want, seen, mask, **cfg)
+    if seen_dead:  # (and undo that for the cache comparison)
+        k_want[1, :, :9], v_want[1, :, :9] = k[1, :, :9].to(device), v[1, :, :9].to(device)
+
+    k_got, v_got = k.clone().to(device), v.clone().to(device)
+    got = rope_tree_attention_triton(
+        qkv, cos, sin, slot, k_got, v_got, seen, mask, num_q_heads=hq, **cfg
+    )
+    assert torch.equal(got, want)
+    assert torch.equal(k_got.isnan(), k_want.isnan()) and torch.equal(v_got.isnan(), v_want.isnan())
+    assert torch.equal(k_got.nan_to_num(), k_want.nan_to_num())
+    assert torch.equal(v_got.nan_to_num(), v_want.nan_to_num())
+    assert torch.isfinite(got).all()
+
+
+def test_rope_fused_check_can_fail(device):
+    """Negative control for the equality above: the same launch with the RoPE tables of the next
+    position gives different outputs and cache slots (the comparison sees a rotation)."""
+    from samgpu.kernels.rope_kv import rope_kv_triton
+    from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton
+
+    b, n, hq, hkv, d, max_len = 2, 5, 4, 2, 16, 32
+    qkv, cos, sin, slot, k, v = rope_case(b, n, hq, hkv, d, max_len, [6, 3], torch.float32)
+    mask = torch.stack([ancestor_mask(p) for p in TREES])
+    qkv, cos, sin, slot, mask = (t.to(device) for t in (qkv, cos, sin, slot, mask))
+    k_want, v_want = k.clone().to(device), v.clone().to(device)
+    q = rope_kv_triton(qkv, cos, sin, slot, k_want, v_want, num_q_heads=hq)
+    want = tree_attention_triton(q, k_want, v_want, slot, mask)
+    shifted = torch.roll(cos, 1, dims=1), torch.roll(sin, 1, dims=1)
+    k_got = k.clone().to(device)
+    got = rope_tree_attention_triton(
+        qkv, *shifted, slot, k_got, v.clone().to(device), slot, mask, num_q_heads=hq
+    )
+    assert not torch.equal(got, want)
+    assert not torch.equal(k_got.nan_to_num(), k_want.nan_to_num())
+
+
+def test_rope_fused_dispatch_matches_reference(device):
+    """`rope_tree_attention` on CPU is rope_kv_ref + tree_attention_ref; the kernel agrees with it
+    to rounding (float32) and writes the same cache slots."""
+    from samgpu.kernels.rope_tree_attention import rope_tree_attention, rope_tree_attention_triton
+
+    b, n, hq, hkv, d, max_len = 2, 5, 4, 2, 16, 32
+    qkv, cos, sin, slot, k, v = rope_case(b, n, hq, hkv, d, max_len, [6, 3], torch.float32)
+    mask = torch.stack([ancestor_mask(p) for p in TREES])
+    k_ref, v_ref = k.clone(), v.clone()
+    ref = rope_tree_attention(qkv, cos, sin, slot, k_ref, v_ref, slot, mask, num_q_heads=hq)
+    inputs = [t.to(device) for t in (qkv, cos, sin, slot)]
+    k_got, v_got = k.clone().to(device), v.clone().to(device)
+    mask_d = mask.to(device)
+    got = rope_tree_attention_triton(*inputs, k_got, v_got, inputs[3], mask_d, num_q_heads=hq).cpu()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k_got.cpu(), k_ref, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert torch.equal(v_got.cpu().nan_to_num(), v_ref.nan_to_num())
+    with pytest.raises(ValueError, match="qkv width"):
+        rope_tree_attention_triton(
+            inputs[0][..., :-1], *inputs[1:], k_got, v_got, inputs[3], mask_d, num_q_heads=hq
+        )

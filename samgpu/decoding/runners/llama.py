@@ -7,10 +7,12 @@ that depends on data and never synchronises with the host: it can be captured in
   positions -> write K/V into the static cache -> attention -> o_proj -> residual -> RMSNorm ->
   fused gate/up -> SiLU * up -> down -> residual] -> RMSNorm -> lm_head (tied or not).
 Attention: prefill is `samgpu.kernels.prefill_attention` (causal flash attention in Triton: no
-per-length planning, chunks at any start), the verify step `samgpu.kernels.tree_attention`
-(split-KV); both fall back to SDPA references on CPU. With `exact=True` both are the invariant
-kernels of `samgpu.kernels.exact_attention`: a token's attention output then depends on its own
-context only, whatever the batch, the tree, or prefill vs decode (exact mode, docs/ARCHITECTURE.md).
+per-length planning, chunks at any start) after `rope_kv`, the verify step
+`samgpu.kernels.rope_tree_attention` (split-KV, with RoPE and the K/V write fused
+in: one launch a layer fewer); both fall back to references on CPU. With `exact=True` both are
+rope_kv and then the invariant kernels of `samgpu.kernels.exact_attention`: a token's attention
+output then depends on its own context only, whatever the batch, the tree, or prefill vs decode
+(exact mode, docs/ARCHITECTURE.md).
 
 Weights: q/k/v and gate/up projections are fused into one matrix each; the model's own parameters
 are re-pointed at slices of the fused matrices, so nothing is duplicated and the transformers model
@@ -41,8 +43,9 @@ from samgpu.kernels.exact_plan import exact_chain_plan, exact_tree_plan
 from samgpu.kernels.prefill_attention import prefill_attention
 from samgpu.kernels.rms_norm import rms_norm
 from samgpu.kernels.rope_kv import rope_kv
+from samgpu.kernels.rope_tree_attention import rope_tree_attention
 from samgpu.kernels.silu_mul import silu_mul
-from samgpu.kernels.tree_attention import step_plan, tree_attention
+from samgpu.kernels.tree_attention import step_plan
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -208,11 +211,9 @@ class LlamaRunner(RunnerBase):
             cos, sin = cos * self.rope_scaling, sin * self.rope_scaling
         return cos, sin
 
-    def _qkv_rope(self, li: int, x, cos, sin, slot_start, cache: KVCache) -> torch.Tensor:
-        """x [B, T, H] -> rotated q [B, T, Hq, D]; rotated k and v stored in layer li's cache at
-        slots slot_start[b] + t."""
+    def _qkv(self, li: int, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H] -> layer li's fused q/k/v rows [B, T, (Hq + 2 Hkv) * D], before RoPE."""
         w = self.layers[li]
-        b = x.shape[0]
         qkv = F.linear(x, w.qkv, w.qkv_bias)
         if w.q_norm is not None:  # Qwen3: RMSNorm of every q and k head before RoPE
             hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -220,19 +221,25 @@ class LlamaRunner(RunnerBase):
             q = rms_norm(q.unflatten(-1, (hq, d)).contiguous(), w.q_norm, self.eps)[0]
             k = rms_norm(k.unflatten(-1, (hkv, d)).contiguous(), w.k_norm, self.eps)[0]
             qkv = torch.cat([q.flatten(-2), k.flatten(-2), v], dim=-1)
+        return qkv
+
+    def _rope(self, li: int, qkv, cos, sin, slot_start, cache: KVCache) -> torch.Tensor:
+        """Rotated q [B, T, Hq, D]; rotated k and v stored in layer li's cache at slots
+        slot_start[b] + t."""
+        b = qkv.shape[0]
         return rope_kv(
             qkv, cos, sin, slot_start, cache.k[li, :b], cache.v[li, :b], num_q_heads=self.num_heads
         )
 
-    def _layers(self, h: torch.Tensor, positions: torch.Tensor, slot_start, cache, attend):
+    def _layers(self, h: torch.Tensor, positions: torch.Tensor, attend):
         """The decoder stack over h [B, T, H] (the residual stream, updated in place); returns the
-        final-normed hidden states. attend(li, q) -> [B, T, Hq, D] reads layer li's cache."""
+        final-normed hidden states. attend(li, qkv, cos, sin) -> [B, T, Hq, D]: RoPE, the K/V
+        into layer li's cache, attention."""
         cos, sin = self._rope_tables(positions)
         b, t, _ = h.shape
         x, _ = rms_norm(h, self.layers[0].input_norm, self.eps)
         for li, w in enumerate(self.layers):
-            q = self._qkv_rope(li, x, cos, sin, slot_start, cache)
-            attn = attend(li, q).reshape(b, t, -1)
+            attn = attend(li, self._qkv(li, x), cos, sin).reshape(b, t, -1)
             x, h = rms_norm(F.linear(attn, w.o_proj, w.o_bias), w.post_norm, self.eps, residual=h)
             mlp = F.linear(silu_mul(F.linear(x, w.gate_up)), w.down)
             last = li + 1 == len(self.layers)
@@ -276,9 +283,10 @@ class LlamaRunner(RunnerBase):
                 positions = positions - segment_start[:, :t]
             plan = exact_chain_plan(start, lengths, t) if self.exact else None
 
-            def attend(li, q):
+            def attend(li, qkv, cos, sin):
                 # Right padding: pad rows (t >= lengths[b]) output zeros; their K/V slots are
                 # overwritten later and never attended to.
+                q = self._rope(li, qkv, cos, sin, start, cache)
                 k, v = cache.k[li, :b], cache.v[li, :b]
                 if plan is not None:
                     return exact_prefill_attention(
@@ -287,7 +295,7 @@ class LlamaRunner(RunnerBase):
                 return prefill_attention(q, k, v, start, lengths, segment_start, scale=self.scale)
 
             h = self._embed(input_ids, hidden_in)
-            x = self._layers(h, positions, start, cache, attend)
+            x = self._layers(h, positions, attend)
             if hidden_out is not None:
                 hidden_out[:b, :t].copy_(x)
         cache.cache_len[:b].copy_(start + lengths)
@@ -325,14 +333,27 @@ class LlamaRunner(RunnerBase):
         seen = cache_len if live is None or self.exact else torch.where(live[:b], cache_len, 0)
         ref = None if self.exact else step_plan(seen, tree_mask, cache.k[0])
 
-        def attend(li, q):
+        def attend(li, qkv, cos, sin):
+            # Node i of sequence b is stored at slot cache_len[b] + i (in the kernel, no sync).
             k, v = cache.k[li], cache.v[li]
             if plan is not None:
+                q = self._rope(li, qkv, cos, sin, cache_len, cache)
                 return exact_attention(q, k, v, cache_len, tree_mask, scale=self.scale, plan=plan)
-            return tree_attention(q, k, v, seen, tree_mask, scale=self.scale, plan=ref)
+            return rope_tree_attention(
+                qkv,
+                cos,
+                sin,
+                cache_len,
+                k[:b],
+                v[:b],
+                seen,
+                tree_mask,
+                num_q_heads=self.num_heads,
+                scale=self.scale,
+                plan=ref,
+            )
 
-        # Node i of sequence b is stored at slot cache_len[b] + i (inside rope_kv, no sync).
-        x = self._layers(self._embed(tokens, hidden_in), positions, cache_len, cache, attend)
+        x = self._layers(self._embed(tokens, hidden_in), positions, attend)
         if hidden_out is not None:
             hidden_out.copy_(x)
         if out is None:
