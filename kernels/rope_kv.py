@@ -11,7 +11,8 @@ plain v written at the slots).
 RoPE as transformers' Llama computes it: f = position * inv_freq (fp32), cos/sin = cos(f), sin(f)
 times the RoPE type's attention scaling (1 but YaRN), rounded to the model dtype; x1, x2 = the
 halves of a head;
-    out = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]   (each product and sum rounded to the dtype)
+    out = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]   (each product and sum rounded to the dtype;
+                                                     float32: the sum is one FMA, see rope_rows)
 Example: D = 2, inv_freq = [1], position 0 -> identity; position pi/2 -> [x1, x2] -> [-x2, x1].
 
 Kernel: one program per token, over all its heads at once (one program per (token, head) was
@@ -30,9 +31,12 @@ from samgpu.kernels._dispatch import use_triton
 
 @triton.jit
 def rope_rows(row_ptrs, cos_ptr, sin_ptr, table_row, mask, offs_d, HEAD_DIM: tl.constexpr):
-    """Rows of heads at row_ptrs [R, 1] rotated as kernels/rope_kv.py does it (each product and
-    the sum rounded to the dtype): out[d] = x[d] * cos - x[d + D/2] * sin for d < D/2, x[d] * cos
-    + x[d - D/2] * sin above; the table row of row r is table_row[r] (a [B * T, D / 2] table)."""
+    """Rows of heads at row_ptrs [R, 1], rotated (transformers' rounding: each product and the sum
+    rounded to the dtype): out[d] = x[d] * cos - x[d + D/2] * sin for d < D/2, x[d] * cos +
+    x[d - D/2] * sin above; the table row of row r is table_row[r] (a [B * T, D / 2] table).
+    Shared by rope_kv and the tree-attention kernel's RoPE prologue. In float32 the sum is an
+    explicit FMA: left to the compiler, x * cos + p * sin is contracted or not per compiled kernel,
+    which gave a token's k other bits in the two kernels (1 ulp, on an H200)."""
     half: tl.constexpr = HEAD_DIM // 2
     low = offs_d < half
     partner = tl.where(low, offs_d + half, offs_d - half)
@@ -43,9 +47,12 @@ def rope_rows(row_ptrs, cos_ptr, sin_ptr, table_row, mask, offs_d, HEAD_DIM: tl.
     c = tl.load(cos_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
     s = tl.load(sin_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
     sign = tl.where(low, -1.0, 1.0)[None, :]
-    xc = (x.to(tl.float32) * c).to(dtype).to(tl.float32)
     ps = (sign * p.to(tl.float32) * s).to(dtype).to(tl.float32)
-    return (xc + ps).to(dtype)
+    if dtype == tl.float32:
+        out = tl.fma(x, c, ps)
+    else:
+        out = ((x.to(tl.float32) * c).to(dtype).to(tl.float32) + ps).to(dtype)
+    return out
 
 
 @triton.jit
@@ -76,50 +83,37 @@ def _rope_kv_kernel(
     BLOCK_KV: tl.constexpr,  # next power of two >= Hkv
 ):
     """Grid (B * T,): one token, all its heads at once (rows below Hq rotate q, the next Hkv
-    rotate k; the v heads are copied)."""
+    rotate k; the v heads are copied). The rotation is `rope_rows`, the code the tree-attention
+    kernel's RoPE prologue runs, so both give a token's k the same bits."""
     bt = tl.program_id(0)
     b = (bt // seq_len).to(tl.int64)
     t = (bt % seq_len).to(tl.int64)
-    offs = tl.arange(0, BLOCK_HALF)
-    ok = offs < HALF
-    head_dim = 2 * HALF
-    table = bt.to(tl.int64) * HALF + offs
-    cos = tl.load(cos_ptr + table, mask=ok, other=0.0)
-    sin = tl.load(sin_ptr + table, mask=ok, other=0.0)
+    head_dim: tl.constexpr = 2 * HALF
+    offs_d = tl.arange(0, 2 * BLOCK_HALF)
+    d_ok = offs_d < head_dim
     row = qkv_ptr + b * stride_qkv_b + t * stride_qkv_t
     heads = tl.arange(0, BLOCK_HEADS)
     is_q = heads < num_q_heads
     is_k = (heads >= num_q_heads) & (heads < num_q_heads + num_kv_heads)
-    both = (is_q | is_k)[:, None] & ok[None, :]
-    src = row + heads[:, None] * head_dim + offs[None, :]
-    x1 = tl.load(src, mask=both, other=0.0)
-    x2 = tl.load(src + HALF, mask=both, other=0.0)
-    dtype = x1.dtype
-    c = cos.to(dtype).to(tl.float32)[None, :]
-    s = sin.to(dtype).to(tl.float32)[None, :]
-    a1 = x1.to(tl.float32)
-    a2 = x2.to(tl.float32)
-    # Each product rounded to the dtype, then the sum (torch: x * cos + rotate_half(x) * sin).
-    o1 = ((a1 * c).to(dtype).to(tl.float32) + (-a2 * s).to(dtype).to(tl.float32)).to(dtype)
-    o2 = ((a2 * c).to(dtype).to(tl.float32) + (a1 * s).to(dtype).to(tl.float32)).to(dtype)
-    q_dst = q_out_ptr + b * stride_q_b + t * stride_q_t + heads[:, None] * head_dim + offs[None, :]
-    q_mask = is_q[:, None] & ok[None, :]
-    tl.store(q_dst, o1, mask=q_mask)
-    tl.store(q_dst + HALF, o2, mask=q_mask)
+    both = (is_q | is_k)[:, None] & d_ok[None, :]
+    table_row = tl.zeros([BLOCK_HEADS], dtype=tl.int64) + bt
+    out = rope_rows(
+        row + heads[:, None] * head_dim, cos_ptr, sin_ptr, table_row, both, offs_d, head_dim
+    )
+    q_dst = (
+        q_out_ptr + b * stride_q_b + t * stride_q_t + heads[:, None] * head_dim + offs_d[None, :]
+    )
+    tl.store(q_dst, out, mask=is_q[:, None] & d_ok[None, :])
     slot = tl.load(slot_ptr + b).to(tl.int64) + t
     kvh = tl.maximum(heads - num_q_heads, 0).to(tl.int64)  # (q rows: masked, kept in range)
     k_dst = k_cache_ptr + b * stride_kb + slot * stride_kl + kvh[:, None] * stride_kh
-    k_dst += offs[None, :]
-    k_mask = is_k[:, None] & ok[None, :]
-    tl.store(k_dst, o1, mask=k_mask)
-    tl.store(k_dst + HALF, o2, mask=k_mask)
+    tl.store(k_dst + offs_d[None, :], out, mask=is_k[:, None] & d_ok[None, :])
     vh = tl.arange(0, BLOCK_KV)
-    dims = tl.arange(0, 2 * BLOCK_HALF)
-    v_mask = (vh < num_kv_heads)[:, None] & (dims < head_dim)[None, :]
-    v_src = row + (num_q_heads + num_kv_heads + vh[:, None]) * head_dim + dims[None, :]
+    v_mask = (vh < num_kv_heads)[:, None] & d_ok[None, :]
+    v_src = row + (num_q_heads + num_kv_heads + vh[:, None]) * head_dim + offs_d[None, :]
     v = tl.load(v_src, mask=v_mask, other=0.0)
     v_dst = v_cache_ptr + b * stride_vb + vh[:, None].to(tl.int64) * stride_vh + slot * stride_vl
-    tl.store(v_dst + dims[None, :], v, mask=v_mask)
+    tl.store(v_dst + offs_d[None, :], v, mask=v_mask)
 
 
 def _num_warps(block_heads: int, block_half: int) -> int:

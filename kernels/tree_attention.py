@@ -78,6 +78,9 @@ _COMBINE_INT_ARGS = "stride_ob stride_on stride_oh num_nodes num_heads num_split
 # Strides stay specialised (Triton's divisible-by-16 hint lets K/V loads vectorise); they are fixed
 # by the cache layout and the tree width, so this never recompiles during a run. The counts vary.
 _VARYING = ["num_seqs", "num_nodes", "group", "num_heads", "num_splits"]
+# Tree keys per iteration with the RoPE prologue: its rotation holds ~6 tiles of [keys, D] live,
+# which at 64 keys spilled registers for the whole kernel.
+ROPE_TREE_BLOCK: int = 16
 BLOCK_B: int = 256  # cache_len entries read per load when taking the batch's longest prefix
 
 
@@ -122,6 +125,7 @@ def _tree_attention_kernel(
     SPLIT: tl.constexpr,  # write partials to the workspace instead of the output
     BLOCK_B: tl.constexpr,  # cache_len entries per load (the batch's longest prefix, SPLIT)
     ROPE: tl.constexpr,  # q_ptr is the fused QKV row [B, N, (Hq + 2 Hkv) * D]: rotate here
+    BLOCK_T: tl.constexpr,  # tree keys per iteration
 ):
     """Grid (cdiv(group * N, BLOCK_M), Hkv * S, B). Head-dim stride is 1 for q, k, v and out.
     ROPE: q and the nodes' k are rotated from the QKV rows as they load (rope_kv's rounding), the
@@ -187,8 +191,8 @@ def _tree_attention_kernel(
     # Tree nodes at cache_len + j, visible per tree_mask[b, node, j] (the last split only).
     m_base = mask_ptr + b * stride_mb + node[:, None] * stride_mi
     tree_hi = tl.where(split == num_splits - 1, num_nodes, 0)
-    for start in range(0, tree_hi, BLOCK_N):
-        j = start + offs_n
+    for start in range(0, tree_hi, BLOCK_T):
+        j = start + tl.arange(0, BLOCK_T)
         j_ok = j < num_nodes
         kv_mask = j_ok[:, None] & d_ok[None, :]
         if ROPE:
@@ -329,6 +333,7 @@ def _aot_specs() -> list[AotSpec]:
                     "SPLIT": split,
                     "BLOCK_B": BLOCK_B,
                     "ROPE": rope,
+                    "BLOCK_T": ROPE_TREE_BLOCK if rope else BLOCK_N,
                 }
                 full_sig = {**sig, **dict.fromkeys(consts, "constexpr")}
                 num_warps = 4 if block_m <= 64 else 8
@@ -493,6 +498,7 @@ def launch(q, rope, k_cache, v_cache, cache_len, tree_mask, out, hq, scale, conf
         SPLIT=split,
         BLOCK_B=BLOCK_B,
         ROPE=rope is not None,
+        BLOCK_T=block_n if rope is None else ROPE_TREE_BLOCK,
         num_warps=num_warps,
         num_stages=num_stages,
     )
