@@ -339,13 +339,14 @@ def rope_case(b, n, hq, hkv, d, max_len, slots, dtype, seed=0):
     ids=["decode", "split-dead-row", "row-blocks-split", "row-blocks"],
 )
 def test_rope_fused_equals_rope_kv_then_attention(dtype, n, num_splits, block_m, seen_dead, device):
-    """The fused launch gives the bits of rope_kv_triton then tree_attention_triton: the output
-    and every cache slot (the nodes' rotated k and v at slot + j, nothing else touched). GQA 3 q
+    """The fused launch gives the bits of rope_kv_triton then tree_attention_triton (same key
+    blocks; both rotate with rope_kv.rope_rows): the output and every cache slot (the nodes' rotated k and v at slot + j, nothing else touched). GQA 3 q
     heads on 1 kv head with N = 9 makes 27 rows: two row blocks of 16, of which only the first
     writes the cache while both attend to the tree. `seen_dead`: row 1's attention reads an empty
     prefix (a dead slot) while its nodes still go to slot + j."""
     from samgpu.kernels.rope_kv import rope_kv_triton
     from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton
+    from samgpu.kernels.tree_attention import ROPE_TREE_BLOCK
 
     b, hkv = 3, 1
     hq, d, max_len = 3 * hkv, 16, 40
@@ -358,7 +359,9 @@ def test_rope_fused_equals_rope_kv_then_attention(dtype, n, num_splits, block_m,
     if seen_dead:
         seen[1] = 0
     qkv, cos, sin, slot, seen, mask = (t.to(device) for t in (qkv, cos, sin, slot, seen, mask))
-    cfg = {"num_splits": num_splits, "block_m": block_m}
+    # 16-key blocks: the fused kernel's tree part always takes ROPE_TREE_BLOCK keys at a time, and
+    # float32 outputs equal only with the same blocking (the online softmax's rounding).
+    cfg = {"num_splits": num_splits, "block_m": block_m, "block_n": ROPE_TREE_BLOCK}
 
     k_want, v_want = k.clone().to(device), v.clone().to(device)
     q = rope_kv_triton(qkv, cos, sin, slot, k_want, v_want, num_q_heads=hq)
