@@ -30,10 +30,28 @@ from samgpu.kernels._dispatch import use_triton
 
 
 @triton.jit
-def rope_rows(row_ptrs, cos_ptr, sin_ptr, table_row, mask, offs_d, HEAD_DIM: tl.constexpr):
-    """Rows of heads at row_ptrs [R, 1], rotated (transformers' rounding: each product and the sum
-    rounded to the dtype): out[d] = x[d] * cos - x[d + D/2] * sin for d < D/2, x[d] * cos +
-    x[d - D/2] * sin above; the table row of row r is table_row[r] (a [B * T, D / 2] table).
+def rope_table(
+    cos_ptr, sin_ptr, table_row, offs_d, mask, dtype, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr
+):
+    """cos, sin of table row(s) `table_row` (a [B * T, D / 2] fp32 table), spread over the D
+    columns (column d reads entry d mod D/2) and rounded to `dtype`, as float32. ROWS False: one
+    scalar row -> [BLOCK_D] (a token's heads); True: rows [R] -> [R, BLOCK_D] (`mask` matches)."""
+    half: tl.constexpr = HEAD_DIM // 2
+    col = tl.where(offs_d < half, offs_d, offs_d - half)
+    if ROWS:
+        table = table_row.to(tl.int64)[:, None] * half + col[None, :]
+    else:
+        table = table_row.to(tl.int64) * half + col
+    c = tl.load(cos_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
+    s = tl.load(sin_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
+    return c, s
+
+
+@triton.jit
+def rope_rows(row_ptrs, c, s, mask, offs_d, HEAD_DIM: tl.constexpr):
+    """Rows of heads at row_ptrs [R, 1], rotated with `rope_table`'s c, s ([R, BLOCK_D] or
+    [1, BLOCK_D]) as transformers rounds it (each product and the sum rounded to the dtype):
+    out[d] = x[d] * cos - x[d + D/2] * sin for d < D/2, x[d] * cos + x[d - D/2] * sin above.
     Shared by rope_kv and the tree-attention kernel's RoPE prologue. In float32 the sum is an
     explicit FMA: left to the compiler, x * cos + p * sin is contracted or not per compiled kernel,
     which gave a token's k other bits in the two kernels (1 ulp, on an H200)."""
@@ -42,10 +60,7 @@ def rope_rows(row_ptrs, cos_ptr, sin_ptr, table_row, mask, offs_d, HEAD_DIM: tl.
     partner = tl.where(low, offs_d + half, offs_d - half)
     x = tl.load(row_ptrs + offs_d[None, :], mask=mask, other=0.0)
     p = tl.load(row_ptrs + partner[None, :], mask=mask, other=0.0)
-    table = table_row.to(tl.int64)[:, None] * half + tl.where(low, offs_d, offs_d - half)[None, :]
     dtype = x.dtype
-    c = tl.load(cos_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
-    s = tl.load(sin_ptr + table, mask=mask, other=0.0).to(dtype).to(tl.float32)
     sign = tl.where(low, -1.0, 1.0)[None, :]
     ps = (sign * p.to(tl.float32) * s).to(dtype).to(tl.float32)
     if dtype == tl.float32:
@@ -96,10 +111,9 @@ def _rope_kv_kernel(
     is_q = heads < num_q_heads
     is_k = (heads >= num_q_heads) & (heads < num_q_heads + num_kv_heads)
     both = (is_q | is_k)[:, None] & d_ok[None, :]
-    table_row = tl.zeros([BLOCK_HEADS], dtype=tl.int64) + bt
-    out = rope_rows(
-        row + heads[:, None] * head_dim, cos_ptr, sin_ptr, table_row, both, offs_d, head_dim
-    )
+    dtype = qkv_ptr.dtype.element_ty
+    c, s = rope_table(cos_ptr, sin_ptr, bt, offs_d, d_ok, dtype, head_dim, False)  # one row
+    out = rope_rows(row + heads[:, None] * head_dim, c[None, :], s[None, :], both, offs_d, head_dim)
     q_dst = (
         q_out_ptr + b * stride_q_b + t * stride_q_t + heads[:, None] * head_dim + offs_d[None, :]
     )

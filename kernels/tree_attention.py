@@ -57,7 +57,7 @@ import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
-from samgpu.kernels.rope_kv import rope_rows
+from samgpu.kernels.rope_kv import rope_rows, rope_table
 from samgpu.kernels.tree_attention_config import (
     BLOCK_N,
     MAX_SPLITS,
@@ -146,7 +146,17 @@ def _tree_attention_kernel(
     q_ptrs = q_ptr + b * stride_qb + node[:, None] * stride_qn + head[:, None] * stride_qh
     q_mask = row_ok[:, None] & d_ok[None, :]
     if ROPE:
-        q = rope_rows(q_ptrs, cos_ptr, sin_ptr, b * num_nodes + node, q_mask, offs_d, HEAD_DIM)
+        row_cos, row_sin = rope_table(
+            cos_ptr,
+            sin_ptr,
+            b * num_nodes + node,
+            offs_d,
+            q_mask,
+            q_ptr.dtype.element_ty,
+            HEAD_DIM,
+            True,
+        )
+        q = rope_rows(q_ptrs, row_cos, row_sin, q_mask, offs_d, HEAD_DIM)
     else:
         q = tl.load(q_ptrs + offs_d[None, :], mask=q_mask, other=0.0)
 
@@ -199,7 +209,17 @@ def _tree_attention_kernel(
             # rows of qkv: [q heads | k heads | v heads], each HEAD_DIM wide
             node_rows = q_ptr + b * stride_qb + j[:, None] * stride_qn
             k_src = node_rows + (num_heads + kvh) * HEAD_DIM
-            k = rope_rows(k_src, cos_ptr, sin_ptr, b * num_nodes + j, kv_mask, offs_d, HEAD_DIM)
+            key_cos, key_sin = rope_table(
+                cos_ptr,
+                sin_ptr,
+                b * num_nodes + j,
+                offs_d,
+                kv_mask,
+                q_ptr.dtype.element_ty,
+                HEAD_DIM,
+                True,
+            )
+            k = rope_rows(k_src, key_cos, key_sin, kv_mask, offs_d, HEAD_DIM)
             v_src = node_rows + (num_heads + num_heads // group + kvh) * HEAD_DIM
             v = tl.load(v_src + offs_d[None, :], mask=kv_mask, other=0.0)
             slot = tl.load(slot_ptr + b).to(tl.int64) + j

@@ -1,7 +1,8 @@
 """Decode-loop runtime: our AR path vs transformers, the verify cost curve, syncs, non-model time.
 
     python -m profiling.bench_runtime [--quick] [--model-path PATH] [--skip-7b]
-                                      [--max-new-tokens 256] [--batch 1 32]
+                                      [--max-new-tokens 256] [--batch 1 32] [--sections ...]
+                                      [--verify-batches 1 8 64] [--verify-nodes 1 2 .. 128]
 
 --model-path: a GGUF file (e.g. /root/models/SmolLM2-135M-Instruct.Q4_1.gguf) or a transformers
 folder; default: samgpu.models.load_default (the embedded SmolLM2-135M-Instruct). bf16 on CUDA.
@@ -13,7 +14,8 @@ Sections (each a table under a hardware line; every row also a JSON record):
 2. verify: time of one verify forward (runner.forward_tree captured in a CUDA graph, timed by
    replays) over N tree nodes (a chain) after a 256-token prefix, N in 1, 2, 4, ..., 128 and
    B in 1, 8, 64, for the model and for a random-weight Llama-2-7B-shaped model (bf16; --skip-7b
-   to leave it out). t(N) / t(1) is the cost model's denominator (DESIGN.md section 7).
+   to leave it out; section `verify7b` runs it alone). t(N) / t(1) is the cost model's denominator
+   (DESIGN.md section 7).
 3. syncs: host synchronisations per decode step, counted under
    torch.cuda.set_sync_debug_mode("warn") over 8 steps (eager and graph replays, greedy and
    sampling), with a 9-node draft tree. Target 0.
@@ -404,7 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-7b", action="store_true", help="no random 7B-shaped verify curve")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--sections", default="ar,verify,syncs,non_model,stages")
+    ap.add_argument(
+        "--sections",
+        default="ar,verify,syncs,non_model,stages",
+        help="comma-separated; `verify7b`: only the random 7B-shaped verify curve (no model load)",
+    )
+    ap.add_argument("--verify-batches", type=int, nargs="+", default=None, help="default 1 8 64")
+    ap.add_argument("--verify-nodes", type=int, nargs="+", default=None, help="default 1 2 .. 128")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_runtime needs a CUDA device (CUDA graphs, Triton kernels)")
@@ -413,9 +421,15 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16
     sections = set(args.sections.split(","))
     max_new = args.max_new_tokens or (64 if args.quick else 256)
-    Ns = [1, 4, 16, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
-    Bs = [1, 64] if args.quick else [1, 8, 64]
-    model, tok = load_model(args.model_path, device, dtype)
+    Ns = args.verify_nodes or ([1, 4, 16, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128])
+    Bs = args.verify_batches or ([1, 64] if args.quick else [1, 8, 64])
+    unknown = sections - {"ar", "verify", "verify7b", "syncs", "non_model", "stages"}
+    if unknown:
+        print(f"bench_runtime: unknown sections {sorted(unknown)}")
+        return 2
+    model = tok = None
+    if sections - {"verify7b"}:
+        model, tok = load_model(args.model_path, device, dtype)
     label = Path(args.model_path).name if args.model_path else "SmolLM2-135M-Instruct"
     print(hardware_line())
     records: list[dict] = []
@@ -456,17 +470,17 @@ def main(argv: list[str] | None = None) -> int:
             ["model", "batch_size", "num_nodes", "p50", "rel_to_n1", "us_per_node"],
             f"verify forward ms vs N, {label}",
         )
-        if not args.skip_7b:
-            del model
-            torch.cuda.empty_cache()
-            big = random_model(llama2_7b_config(), device, dtype)
-            rows = bench_verify_curve(big, "llama-2-7b-shaped (random)", Ns, Bs, device)
-            show(
-                rows,
-                ["model", "batch_size", "num_nodes", "p50", "rel_to_n1", "us_per_node"],
-                "verify forward ms vs N, random Llama-2-7B shapes",
-            )
-            del big
+    if ("verify" in sections and not args.skip_7b) or "verify7b" in sections:
+        del model
+        torch.cuda.empty_cache()
+        big = random_model(llama2_7b_config(), device, dtype)
+        rows = bench_verify_curve(big, "llama-2-7b-shaped (random)", Ns, Bs, device)
+        show(
+            rows,
+            ["model", "batch_size", "num_nodes", "p50", "rel_to_n1", "us_per_node"],
+            "verify forward ms vs N, random Llama-2-7B shapes",
+        )
+        del big
     for r in records:
         r.setdefault("params", {})
     path = write_jsonl(records)
