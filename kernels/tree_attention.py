@@ -43,12 +43,12 @@ iteration), num_splits, num_warps, num_stages; defaults from kernels/tree_attent
 values (`do_not_specialize`) and strides are fixed by the cache layout, so a new N, B or cache
 length never recompiles.
 
-CPU path (`tree_attention_ref`): SDPA with the visibility mask; `step_plan` builds that mask once
-per step for all layers.
+CPU path (`tree_attention_ref`): SDPA with the visibility mask (`step_plan`: once per step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -61,8 +61,8 @@ from samgpu.kernels.rope_kv import rope_rows, rope_table
 from samgpu.kernels.tree_attention_config import (
     BLOCK_N,
     MAX_SPLITS,
-    default_config,
     max_block_m,
+    resolve_config,
 )
 from samgpu.kernels.visible_sdpa import RefPlan, plan_from_visible, visible_sdpa
 
@@ -423,9 +423,8 @@ def tree_attention_triton(
     num_stages: int | None = None,
 ) -> torch.Tensor:
     """Launch the kernel (and the combine kernel when split). Shapes as in the module docstring;
-    `scale` defaults to 1/sqrt(D). Each configuration keyword overrides `default_config`'s value
-    (block_m is also capped at the rows' next power of two: padding past it only costs)."""
-    b, n, hq, hkv, d = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)
+    `scale` defaults to 1/sqrt(D); configuration keywords as `resolve_config` takes them."""
+    hq = check_inputs(q, k_cache, v_cache, cache_len, tree_mask)[2]
     config = (block_m, block_n, num_splits, num_warps, num_stages)
     return launch(q, None, k_cache, v_cache, cache_len, tree_mask, out, hq, scale, config)
 
@@ -437,10 +436,8 @@ def launch(q, rope, k_cache, v_cache, cache_len, tree_mask, out, hq, scale, conf
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype:
-        raise ValueError(
-            f"tree_attention: out must be {tuple(q.shape)} {q.dtype}, "
-            f"got {tuple(out.shape)} {out.dtype}"
-        )
+        got = f"{tuple(out.shape)} {out.dtype}"
+        raise ValueError(f"tree_attention: out must be {tuple(q.shape)} {q.dtype}, got {got}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
         if t.stride(-1) != 1:
             raise ValueError(
@@ -451,22 +448,9 @@ def launch(q, rope, k_cache, v_cache, cache_len, tree_mask, out, hq, scale, conf
     if tree_mask.stride(2) != 1:
         tree_mask = tree_mask.contiguous()
     max_len = k_cache.shape[2]
-    cfg = default_config(b, n, hq, hkv, d, max_len, q.device)
     group = hq // hkv
-    block_m, block_n, num_splits, num_warps, num_stages = (
-        default if value is None else value
-        for value, default in zip(
-            config,
-            (cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages),
-            strict=True,
-        )
-    )
-    block_m = min(block_m, max(16, triton.next_power_of_2(group * n)))
-    for name, value in (("block_m", block_m), ("block_n", block_n)):
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"tree_attention: {name}={value} is not a power of two >= 16")
-    if not 1 <= num_splits <= MAX_SPLITS:
-        raise ValueError(f"tree_attention: num_splits={num_splits} outside 1..{MAX_SPLITS}")
+    cfg = resolve_config(config, b, n, hq, hkv, d, max_len, q.device)
+    block_m, block_n, num_splits, num_warps, num_stages = dataclasses.astuple(cfg)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     split = num_splits > 1
     if split:

@@ -5,6 +5,7 @@ for geometries it lacks."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -109,3 +110,24 @@ def default_config(
         if tuned is not None:
             return TreeAttentionConfig(*tuned)
     return _heuristic_config(b, n, hq, hkv, d, max_len, device)
+
+
+def resolve_config(
+    overrides: tuple, b: int, n: int, hq: int, hkv: int, d: int, max_len: int, device
+) -> TreeAttentionConfig:
+    """`default_config` with the caller's (block_m, block_n, num_splits, num_warps, num_stages)
+    overrides where not None, block_m capped at the rows' next power of two (padding past it only
+    costs); a ValueError for a block that is not a power of two >= 16 or splits outside
+    1..MAX_SPLITS."""
+    cfg = default_config(b, n, hq, hkv, d, max_len, device)
+    values = [
+        default if value is None else value
+        for value, default in zip(overrides, dataclasses.astuple(cfg), strict=True)
+    ]
+    values[0] = min(values[0], max(16, triton.next_power_of_2((hq // hkv) * n)))
+    for name, value in (("block_m", values[0]), ("block_n", values[1])):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"tree_attention: {name}={value} is not a power of two >= 16")
+    if not 1 <= values[2] <= MAX_SPLITS:
+        raise ValueError(f"tree_attention: num_splits={values[2]} outside 1..{MAX_SPLITS}")
+    return TreeAttentionConfig(*values)
