@@ -15,9 +15,11 @@ Sections (bf16 unless --dtype; heads: SmolLM2 9 q / 3 kv, D 64 and Llama-2-7B 32
   (bench "prefill_new_lengths") the wall-clock ms per call over 40 lengths never seen before
   (50..1,500 tokens, B=1, SmolLM2 heads): cuDNN builds a plan per new length, Triton does not.
 - tree (bench "tree_attention_sweep"): split-KV tree attention per (heads, B, N, context) over
-  block_m, block_n, num_splits, num_warps, num_stages, staged to stay fast: (1) block_n x
-  num_splits at context 1024, (2) num_warps x num_stages and block_m around the best, (3) the top
-  configurations at contexts 512 and 2048 (--ragged: prefixes of mixed lengths, the longest ctx).
+  block_m, block_n, num_splits, num_warps, num_stages, timing the kernel as the verify step
+  launches it (RoPE and the K/V write fused in, kernels/rope_tree_attention.py), staged to stay
+  fast: (1) block_n x num_splits at context 1024, (2) num_warps x num_stages and block_m around
+  the best, (3) the top configurations at contexts 512 and 2048 (--ragged: prefixes of mixed
+  lengths, the longest ctx).
   Reported: us and GB/s of K/V read (2 * Hkv * (sum of prefixes + B * N) * D * 2 bytes), the
   heuristic default's time, the best configuration per geometry (least total slowdown over the
   three contexts), printed as a dict literal for
@@ -61,6 +63,7 @@ from samgpu.kernels.prefill_attention import (  # noqa: E402
     prefill_attention_ref,
     prefill_attention_triton,
 )
+from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton  # noqa: E402
 from samgpu.kernels.tree_attention import (  # noqa: E402
     tree_attention_ref,
     tree_attention_triton,
@@ -347,6 +350,40 @@ class TreeSweep:
             for ctx, inputs in self.inputs.items()
         }
         self.times: dict[tuple, dict[int, float]] = {}
+        # What the runner launches: the RoPE variant, from QKV rows (random: timing only)
+        hq, hkv, d = self.heads
+        self.rope = {
+            ctx: (
+                randn(b, n, (hq + 2 * hkv) * d, b=bench),
+                torch.rand(b, n, d // 2, device=bench.device),
+                torch.rand(b, n, d // 2, device=bench.device),
+            )
+            for ctx in contexts
+        }
+
+    def calls(self, ctx: int, **config) -> list:
+        """One fused RoPE + tree attention call per K/V copy, as the verify step launches it."""
+        _, _, _, cache_len, mask = self.inputs[ctx]
+        qkv, cos, sin = self.rope[ctx]
+        out = torch.empty_like(self.inputs[ctx][0])
+        hq = self.heads[0]
+        return [
+            partial(
+                rope_tree_attention_triton,
+                qkv,
+                cos,
+                sin,
+                cache_len,
+                k,
+                v,
+                cache_len,
+                mask,
+                num_q_heads=hq,
+                out=out,
+                **config,
+            )  # fmt: skip
+            for k, v in self.layers[ctx]
+        ]
 
     def kv_bytes(self, ctx: int) -> int:
         hq, hkv, d = self.heads
@@ -357,25 +394,8 @@ class TreeSweep:
         if ctx in self.times.get(cfg, {}):
             return self.times[cfg][ctx]
         bm, bn, splits, warps, stages = cfg
-        q, _, _, cache_len, mask = self.inputs[ctx]
-        out = torch.empty_like(q)
-        fns = [
-            partial(
-                tree_attention_triton,
-                q,
-                k,
-                v,
-                cache_len,
-                mask,
-                out=out,
-                block_m=bm,
-                block_n=bn,
-                num_splits=splits,
-                num_warps=warps,
-                num_stages=stages,
-            )  # fmt: skip
-            for k, v in self.layers[ctx]
-        ]
+        fns = self.calls(ctx, block_m=bm, block_n=bn, num_splits=splits, num_warps=warps,
+                         num_stages=stages)  # fmt: skip
         try:
             tm = self.bench.time_graph(fns)
         except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory for a config
@@ -451,13 +471,7 @@ def sweep_geometry(bench: Bench, name: str, b: int, n: int) -> dict:
     # The heuristic default (what runs without a table entry), at every context.
     heuristic = {}
     for ctx in contexts:
-        q, _, _, cache_len, mask = sweep.inputs[ctx]
-        out = torch.empty_like(q)
-        fns = [
-            partial(tree_attention_triton, q, k, v, cache_len, mask, out=out)
-            for k, v in sweep.layers[ctx]
-        ]
-        tm = bench.time_graph(fns)
+        tm = bench.time_graph(sweep.calls(ctx))
         heuristic[ctx] = tm["p50"]
         params = {"heads": name, "B": b, "N": n, "ctx": ctx, "dtype": args.dtype,
                   "ragged": args.ragged}  # fmt: skip
