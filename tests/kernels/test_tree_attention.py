@@ -340,9 +340,10 @@ def rope_case(b, n, hq, hkv, d, max_len, slots, dtype, seed=0):
 )
 def test_rope_fused_equals_rope_kv_then_attention(dtype, n, num_splits, block_m, seen_dead, device):
     """The fused launch gives the bits of rope_kv_triton then tree_attention_triton (same key
-    blocks; both rotate with rope_kv.rope_rows): the output and every cache slot (the nodes' rotated k and v at slot + j, nothing else touched). GQA 3 q
-    heads on 1 kv head with N = 9 makes 27 rows: two row blocks of 16, of which only the first
-    writes the cache while both attend to the tree. `seen_dead`: row 1's attention reads an empty
+    blocks; both rotate with rope_kv.rope_rows): the output and every cache slot (the nodes'
+    rotated k and v at slot + j, nothing else touched). GQA 3 q heads on 1 kv head with N = 9
+    makes 27 rows: two row blocks of 16, of which only the first writes the cache while both
+    attend to the tree. `seen_dead`: row 1's attention reads an empty
     prefix (a dead slot) while its nodes still go to slot + j."""
     from samgpu.kernels.rope_kv import rope_kv_triton
     from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton
