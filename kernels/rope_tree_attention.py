@@ -3,18 +3,22 @@ nodes' k, their k and v written into the cache, and tree attention, in one launc
 kernels/tree_attention.py's kernel (its ROPE variant) instead of rope_kv's launch plus the
 attention's: the runner's tree step (one kernel a layer fewer) uses it.
 
-Semantics: exactly `rope_kv(qkv, cos, sin, slot_start, k_cache, v_cache)` followed by
-`tree_attention(q, k_cache, v_cache, cache_len, tree_mask)`, bit for bit, except that the tree
-part attends to the rotated k and v of the nodes wherever cache_len puts the prefix's end (a dead
-row's attention reads an empty prefix, cache_len 0, while its nodes still go to slot_start + j).
-CPU path: rope_kv_ref then tree_attention_ref.
+Semantics: `rope_kv(qkv, cos, sin, slot_start, k_cache, v_cache)` followed by
+`tree_attention(q, k_cache, v_cache, cache_len, tree_mask)`. The cache writes and the rotated q
+are rope_kv's bits (one rotation helper, `rope_kv.rope_rows`); the attention equals the unfused
+kernel's bit for bit when that takes the tree in the same blocks of ROPE_TREE_BLOCK keys
+(`block_n=16`), else up to the online softmax's rounding. The tree part attends to the nodes'
+rotated k and v wherever cache_len puts the prefix's end (a dead row reads an empty prefix,
+cache_len 0, while its nodes still go to slot_start + j). Requires cache_len <= slot_start (the
+prefix a row reads ends before its nodes' slots; else the writes race with other programs'
+prefix reads; checked under SAMGPU_DEBUG=1). CPU path: rope_kv_ref then tree_attention_ref.
 """
 
 from __future__ import annotations
 
 import torch
 
-from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels._dispatch import debug_checks, use_triton
 from samgpu.kernels.rope_kv import rope_kv_ref, validate_rope_inputs
 from samgpu.kernels.tree_attention import check_inputs, launch, tree_attention_ref
 from samgpu.kernels.visible_sdpa import RefPlan
@@ -42,11 +46,13 @@ def rope_tree_attention_triton(
     """`rope_kv` then `tree_attention_triton` in one launch (no rotated-q round trip, one kernel
     fewer per layer): qkv [B, N, (Hq + 2 Hkv) * D] and cos/sin [B, N, D / 2] as rope_kv takes
     them; the nodes' rotated k and v are written at slot_start[b] + j; attention reads the prefix
-    [0, cache_len[b]) (cache_len may be below slot_start: a dead row's empty prefix) and the tree
-    from registers. Returns out [B, N, Hq, D]; equal to the two calls bit for bit."""
+    [0, cache_len[b]) (at most slot_start[b]: below it for a dead row's empty prefix) and the
+    tree from registers. Returns out [B, N, Hq, D] (module docstring: how it equals the two)."""
     b, n, hkv, d = validate_rope_inputs(qkv, cos, sin, slot_start, k_cache, v_cache, num_q_heads)
     q_view = qkv.unflatten(-1, (-1, d))[:, :, :num_q_heads]  # [B, N, Hq, D] for the checks
     check_inputs(q_view, k_cache, v_cache, cache_len, tree_mask)
+    if debug_checks() and bool((cache_len[:b] > slot_start[:b]).any()):
+        raise ValueError("rope_tree_attention: cache_len must not exceed slot_start")
     config = (block_m, block_n, num_splits, num_warps, num_stages)
     rope = (qkv, cos, sin, slot_start)
     return launch(

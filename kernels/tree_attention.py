@@ -32,9 +32,10 @@ writes its unnormalised partial (acc, running max m, sum l) to an fp32 workspace
 `_tree_attention_combine_kernel` merges them: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
 
 RoPE prologue (ROPE, the verify step's path through kernels/rope_tree_attention.py): q points at
-the fused QKV rows; q and the nodes' k are rotated as they load (rope_kv's rounding, so the bits
-equal rope_kv + this kernel), the tree part attends to those k and v in registers, and row block
-0 of the last split writes them to the cache at slot[b] + j, which no prefix loop reads.
+the fused QKV rows; q and the nodes' k are rotated as they load (rope_kv's helper: its bits),
+the tree part attends to those k and v in registers, in blocks of ROPE_TREE_BLOCK keys (block_n
+then sets the prefix's blocks only), and row block 0 of the last split writes them to the cache
+at slot[b] + j, which no prefix loop reads (cache_len <= slot).
 
 Configuration (`tree_attention_triton` keywords, all optional): block_m (rows per program, default
 next power of two >= group * N, at least 16 for the tensor-core dot, at most 64), block_n (keys per

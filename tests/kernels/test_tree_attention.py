@@ -335,22 +335,37 @@ def rope_case(b, n, hq, hkv, d, max_len, slots, dtype, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
     "n, num_splits, block_m, seen_dead",
-    [(1, 1, 16, False), (5, 3, 16, True), (9, 2, 16, False), (9, 1, 16, True)],
-    ids=["decode", "split-dead-row", "row-blocks-split", "row-blocks"],
+    [
+        (1, 1, 16, False),
+        (5, 3, 16, True),
+        (9, 2, 16, False),
+        (9, 1, 16, True),
+        (20, 2, 64, True),
+        (20, 1, 16, False),
+    ],
+    ids=[
+        "decode",
+        "split-dead-row",
+        "row-blocks-split",
+        "row-blocks",
+        "tree-blocks",
+        "both-blocks",
+    ],
 )
 def test_rope_fused_equals_rope_kv_then_attention(dtype, n, num_splits, block_m, seen_dead, device):
     """The fused launch gives the bits of rope_kv_triton then tree_attention_triton (same key
     blocks; both rotate with rope_kv.rope_rows): the output and every cache slot (the nodes'
-    rotated k and v at slot + j, nothing else touched). GQA 3 q heads on 1 kv head with N = 9
-    makes 27 rows: two row blocks of 16, of which only the first writes the cache while both
-    attend to the tree. `seen_dead`: row 1's attention reads an empty
-    prefix (a dead slot) while its nodes still go to slot + j."""
+    rotated k and v at slot + j, nothing else touched). GQA 3 q heads per kv head (2 of them) with
+    N = 9 makes 27 rows a kv head: two row blocks of 16, of which only the first writes the cache
+    while both attend to the tree; N = 20 takes two tree blocks of ROPE_TREE_BLOCK keys.
+    `seen_dead`: row 1's attention reads an empty prefix (a dead slot) while its nodes still go
+    to slot + j."""
     from samgpu.kernels.rope_kv import rope_kv_triton
     from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton
     from samgpu.kernels.tree_attention import ROPE_TREE_BLOCK
 
-    b, hkv = 3, 1
-    hq, d, max_len = 3 * hkv, 16, 40
+    b, hkv = 3, 2
+    hq, d, max_len = 3 * hkv, 24, 40  # D = 24: padded to 32 columns, the rotation's halves 12
     slots = [17, 9, 0]
     qkv, cos, sin, slot, k, v = rope_case(b, n, hq, hkv, d, max_len, slots, dtype)
     g = torch.Generator().manual_seed(1)
@@ -366,11 +381,10 @@ def test_rope_fused_equals_rope_kv_then_attention(dtype, n, num_splits, block_m,
 
     k_want, v_want = k.clone().to(device), v.clone().to(device)
     q = rope_kv_triton(qkv, cos, sin, slot, k_want, v_want, num_q_heads=hq)
+    k_att, v_att = k_want.clone(), v_want.clone()
     if seen_dead:  # unfused: the tree part reads slots seen + j, so give row 1 its nodes there
-        k_want[1, :, :n], v_want[1, :, :n] = k_want[1, :, 9 : 9 + n], v_want[1, :, 9 : 9 + n]
-    want = tree_attention_triton(q, k_want, v_want, seen, mask, **cfg)
-    if seen_dead:  # (and undo that for the cache comparison)
-        k_want[1, :, :9], v_want[1, :, :9] = k[1, :, :9].to(device), v[1, :, :9].to(device)
+        k_att[1, :, :n], v_att[1, :, :n] = k_want[1, :, 9 : 9 + n], v_want[1, :, 9 : 9 + n]
+    want = tree_attention_triton(q, k_att, v_att, seen, mask, **cfg)
 
     k_got, v_got = k.clone().to(device), v.clone().to(device)
     got = rope_tree_attention_triton(
@@ -426,3 +440,20 @@ def test_rope_fused_dispatch_matches_reference(device):
         rope_tree_attention_triton(
             inputs[0][..., :-1], *inputs[1:], k_got, v_got, inputs[3], mask_d, num_q_heads=hq
         )
+
+
+def test_rope_fused_debug_check_refuses_a_prefix_past_the_nodes(device, monkeypatch):
+    """Under SAMGPU_DEBUG=1 a prefix reaching past slot_start (the nodes' writes would race with
+    other programs' prefix reads) is a ValueError; a prefix ending at or before it is not."""
+    from samgpu.kernels.rope_tree_attention import rope_tree_attention_triton
+
+    monkeypatch.setenv("SAMGPU_DEBUG", "1")
+    b, n, hq, hkv, d, max_len = 2, 5, 4, 2, 16, 32
+    qkv, cos, sin, slot, k, v = rope_case(b, n, hq, hkv, d, max_len, [6, 3], torch.float32)
+    mask = torch.stack([ancestor_mask(p) for p in TREES])
+    qkv, cos, sin, slot, k, v, mask = (t.to(device) for t in (qkv, cos, sin, slot, k, v, mask))
+    ok = torch.tensor([6, 0], dtype=torch.int32, device=device)
+    rope_tree_attention_triton(qkv, cos, sin, slot, k, v, ok, mask, num_q_heads=hq)
+    past = torch.tensor([6, 4], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="must not exceed slot_start"):
+        rope_tree_attention_triton(qkv, cos, sin, slot, k, v, past, mask, num_q_heads=hq)
