@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SamDecoder": "samgpu.api",
     "Completion": "samgpu.api",
-    "generate": "samgpu.api",
+    "generate": "samgpu.oneshot",
 }
 
 

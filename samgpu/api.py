@@ -1,5 +1,5 @@
-"""Python API: `SamDecoder` (a drop-in for a transformers model's `generate`) and `samgpu.generate`
-(a one-liner on the embedded default model).
+"""Python API: `SamDecoder` (a drop-in for a transformers model's `generate`); `samgpu.generate`
+(a one-liner on the embedded default model) is built on it in samgpu/oneshot.py.
 
 `SamDecoder(model, tokenizer, method="sam+tr", index=None)` wraps any transformers causal LM (the
 fast Llama-family runner where the architecture allows, else the generic one); `generate` takes
@@ -26,10 +26,9 @@ the CLI and the benchmarks use too (budgets follow the batch size; see the facto
 
 from __future__ import annotations
 
-import functools
+import numbers
 import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,7 +77,6 @@ __all__ = [
     "eos_ids",
     "eos_with_stops",
     "first_stop",
-    "generate",
     "load_model",
     "make_completion",
     "out_of_memory_message",
@@ -271,9 +269,15 @@ class SamDecoder:
         """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
         prompt). on_progress(ProgressInfo) runs at every host check; on_finish(prompt index,
         tokens, RequestStats) as each request finishes (CUDA: while the next steps run)."""
+        _check_count("max_new_tokens", max_new_tokens)
+        if batch_size is not None:
+            _check_count("batch_size", batch_size)
         if not prompts:
+            self.last_stats = []
             return GenerationOutput(tokens=[], stats=[])
         for i, p in enumerate(prompts):
+            if isinstance(p, (str, bytes)) or not all(_is_int(t) for t in p):
+                raise TypeError(f"prompt {i} must be a list of token ids (ints), got {p!r:.60}")
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
         vocab = getattr(self.runner, "vocab_size", None)
@@ -395,106 +399,13 @@ class SamDecoder:
         )
 
 
-# ----------------------------------------------------------------------------- one-liner
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_model(model: str, device: str, dtype: str):
-    """(model, tokenizer) by name, device and dtype: loaded once per process, whatever method."""
-    dev = resolve_device(device)
-    return load_model(model, dev, resolve_dtype(dtype, dev))
-
-
-# model -> {(method, index, options): SamDecoder}: one decoder (KV cache, graphs) per method, kept
-# while the model lives
-_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_DECODERS_LOCK = threading.Lock()
-
-
-def _cached_decoder(model, tokenizer, method: str, index: Any, options: dict[str, Any]):
-    key_index = str(index) if isinstance(index, os.PathLike) else index
-    key = (method, key_index, tuple(sorted(options.items())), id(tokenizer))
-    with _DECODERS_LOCK:
-        per_model = _DECODERS.setdefault(model, {})
-        decoder = per_model.get(key)
-    if decoder is None:
-        decoder = SamDecoder(model, tokenizer, method, index, **options)
-        with _DECODERS_LOCK:
-            decoder = per_model.setdefault(key, decoder)
-    return decoder
-
-
-def generate(
-    prompts: str | Sequence[str] | Sequence[Sequence[dict]],
-    model: Any = "default",
-    *,
-    method: str | None = None,
-    index: Any = "default",
-    tokenizer: Any = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    seed: int | None = None,
-    stop: str | Sequence[str] | None = None,
-    raw: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int | None = None,
-    **options: Any,
-) -> Completion | list[Completion]:
-    """Generate completions with samgpu in one call.
-
-    prompts: a string, a list of strings, or a list of chat conversations. Plain strings get the
-    model's chat template (as a single user turn) unless raw=True. model: "default" (the embedded
-    SmolLM2-135M-Instruct), a local transformers checkpoint path, or a loaded model (then pass
-    tokenizer=). A model named by a string is loaded once per process (per device and dtype), and
-    one decoder per model and method is kept, so calls with other methods reuse both. method:
-    None = default_method(device, the prompts decoded together). index: "default" (the embedded
-    corpus's index for the model's tokenizer, built and cached on first use), None, a path or a
-    SamIndex. temperature 0 is greedy. Returns a Completion (for a string) or a list of them;
-    `Completion.stats` has the per-request statistics.
-
-    >>> samgpu.generate("Name three primes.", max_new_tokens=32).text  # doctest: +SKIP
-    """
-    single = isinstance(prompts, str)
-    items = [prompts] if single else list(prompts)
-    if isinstance(model, str):
-        model, tokenizer = _cached_model(model, str(device), str(dtype))
-    elif tokenizer is None:
-        raise ValueError("a loaded model needs tokenizer= as well")
-    width = min(len(items), batch_size or len(items))  # sequences decoded together
-    where = next(model.parameters()).device
-    method = method or default_method(where, width, store="store" in options)
-    dec = _cached_decoder(model, tokenizer, method, index, options)
-    tok = dec.tokenizer
-    encoded = []
-    for i, p in enumerate(items):
-        if isinstance(p, str):
-            if not p.strip():
-                raise ValueError(f"prompt {i} is empty")
-            if raw:
-                encoded.append(list(tok(p).input_ids))
-            else:
-                encoded.append(encode_chat(tok, [{"role": "user", "content": p}]))
-        else:
-            encoded.append(encode_chat(tok, list(p)))
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    eos = eos_ids(dec.model, tok)
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    out = dec.generate_ids(
-        encoded,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_ids=eos_with_stops(eos, single_token_stops(stops, tok)),
-        seed=seed,
-        batch_size=batch_size,
-    )
-    results = [
-        make_completion(list(t), s, tok, eos, stops)
-        for t, s in zip(out.tokens, dec.last_stats or [{}] * len(out.tokens), strict=True)
-    ]
-    return results[0] if single else results
+def _check_count(name: str, value: Any) -> None:
+    """max_new_tokens / batch_size: a positive int (not a float, a bool or a string)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1")

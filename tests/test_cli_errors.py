@@ -332,3 +332,26 @@ def test_eagle_head_that_is_missing_or_not_a_head(capsys, tiny_model_dir, tmp_pa
     argv[argv.index("ar")] = "eagle"
     code, _, err = run(capsys, *argv, "-O", f"head={bad}")
     assert code == 2 and "not a readable EAGLE head file" in one_error_line(err)
+
+
+def test_store_and_output_paths_never_overwrite_each_other(capsys, tmp_path, prompts_file):
+    """--store on the output (or the input) would replace it with a store file at the end, and an
+    --output naming a folder ('.') gave a traceback: both refused up front, nothing written.
+    Control: a store path of its own passes the path checks."""
+    src, out = prompts_file([{"prompt": "a"}]), tmp_path / "o.jsonl"
+    before = src.read_bytes()
+    for store in (out, src):
+        code, _, err = run(
+            capsys, *gen("--input", src, "--output", out, "--method", "sam", "--store", store)
+        )
+        assert code == 2 and "give the store its own file" in one_error_line(err)
+    assert not out.exists() and src.read_bytes() == before
+    for folder in (".", "./", tmp_path):
+        code, _, err = run(capsys, *gen("--input", src, "--output", folder))
+        assert code == 2 and "is a folder" in one_error_line(err)
+    from samgpu.cli.generate import check_paths
+
+    ok = cli.build_parser().parse_args(
+        ["generate", "--input", str(src), "--output", str(out), "--store", str(tmp_path / "s")]
+    )
+    check_paths(ok)

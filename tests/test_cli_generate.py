@@ -270,6 +270,19 @@ def test_store_is_loaded_and_saved_across_runs(tmp_path, tiny_model_dir, prompts
         assert [r["completion"] for r in got] == [r["completion"] for r in ar]
 
 
+def test_one_prompt_run_saves_its_store_too(tmp_path, tiny_model_dir, capsys):
+    """`--prompt ... --store PATH` keeps its response in the store like a file run (it used to
+    run without ever saving); a second prompt run appends to it."""
+    from samgpu.drafters.parts.store_file import read_store_file
+
+    store = tmp_path / "one.samstore"
+    for n, prompt in enumerate(("Count: one two", "Say hi"), start=1):
+        argv = tiny_args(tiny_model_dir, "--prompt", prompt, "--index", "none", "--method", "sam")
+        assert cli.main([*argv, "--store", str(store)]) == 0
+        assert "store saved to" in capsys.readouterr().err
+        assert len(read_store_file(store).documents()) == n
+
+
 def test_store_needs_an_automaton_method(tmp_path, tiny_model_dir, prompts_file, capsys):
     src = prompts_file([{"prompt": "Hi"}])
     argv = tiny_args(tiny_model_dir, "--input", src, "--output", tmp_path / "o.jsonl")

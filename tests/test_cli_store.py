@@ -60,6 +60,8 @@ def test_build_stats_and_load(tmp_path, capsys, tokenizer):
 
     code, out, err = _run(capsys, "build", "--input", src, "--out", store, "--append")
     assert code == 0 and json.loads(out)["documents"] == 4
+    extra = read_store_file(store).extra  # --append extends the build record, not replaces it
+    assert extra["built_from"] == [str(src), str(src)] and extra["store_prompts"] == "mixed"
     before = [d.tolist() for d in read_store_file(store).documents()]
     argv = ("build", "--input", src, "--out", store, "--append", "--store-tokens", 16)
     code, out, err = _run(capsys, *argv)
@@ -91,13 +93,22 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     wrong.write_text('{"completion": 3}\n')
     prompts_only = tmp_path / "prompts.jsonl"
     prompts_only.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    other = tmp_path / "notes.bin"
+    other.write_bytes(b"someone else's file")
+    kept = {p: p.read_bytes() for p in (good, other)}
     for argv, match in (
+        (("build", "--input", good, "--out", good), "is the input file"),
+        (("build", "--input", good, "--out", other), "is not a samgpu store"),
+        (("build", "--input", tmp_path, "--out", store), "is a folder"),
         (("build", "--input", prompts_only, "--out", store), "no response to store"),
         (("build", "--input", tmp_path / "missing.jsonl", "--out", store), "does not exist"),
         (("build", "--input", bad, "--out", store), "bad.jsonl:2: not valid JSON"),
         (("build", "--input", wrong, "--out", store), "must be a string"),
         (("build", "--input", bad, "--out", tmp_path), "is a folder"),
         (("stats", tmp_path / "none.samstore"), "does not exist"),
+        (("stats", tmp_path), "is a folder"),
         (("stats", bad), "not a samgpu store file"),
     ):
         code, out, err = _run(capsys, *argv)
@@ -107,3 +118,4 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         if argv[0] == "stats":  # (the user's own files: never advice to delete them)
             assert "delete" not in lines[0], lines[0]
     assert not store.exists()
+    assert all(p.read_bytes() == data for p, data in kept.items())  # never written over

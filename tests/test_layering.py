@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("samgpu.decoding.scheduler",),
     ("samgpu.factory",),
     ("samgpu.api", "samgpu.resolve", "samgpu.hf_args", "samgpu.models", "samgpu.io")
-    + ("samgpu.inputs", "samgpu.completions", "samgpu.eagle"),
+    + ("samgpu.inputs", "samgpu.completions", "samgpu.eagle", "samgpu.oneshot"),
     ("samgpu.distributed",),
     ("samgpu.cli", "samgpu.__main__"),
 ]

@@ -211,7 +211,7 @@ def generate_file(args: argparse.Namespace) -> int:
         if writer is not None:
             writer.close()
         if session is not None and info.is_main:
-            _save_store(session)  # also after an interrupt: the next run resumes with it
+            session.save_store()  # also after an interrupt: the next run resumes with it
     if info.is_main:
         n_tok = progress.tokens
         secs = time.perf_counter() - progress.t0
@@ -237,18 +237,6 @@ def generate_file(args: argparse.Namespace) -> int:
 # or over-long prompts, each with an 'error' field): not 0, so that a script notices; 0 with
 # --allow-skips.
 EXIT_SKIPPED = 3
-
-
-def _save_store(session: Session) -> None:
-    """--store: write the cross-request store at the end of a run (rank 0's under torchrun; every
-    rank keeps its own store during the run)."""
-    try:
-        path = session.decoder.save_store()
-    except (OSError, ValueError) as e:
-        warn(f"the cross-request store was not saved: {e}")
-        return
-    if path is not None:
-        print(f"samgpu: store saved to {path}", file=sys.stderr)
 
 
 def _exit_status(summary: dict[str, Any], args: argparse.Namespace) -> int:

@@ -144,8 +144,9 @@ def _writable_folder(path: Path, what: str) -> None:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Output, --stats-json and --profile paths, before anything is read or written: the output
-    is never the input (nor are its side files), and every folder written to is writable."""
+    """Output, --store, --stats-json and --profile paths, before anything is read or written: the
+    output is never the input (nor are its side files), the store and the stats file are neither,
+    and every folder written to is writable."""
     from samgpu.io import lock_path, meta_path, partial_path
 
     if args.profile:
@@ -153,9 +154,14 @@ def check_paths(args: argparse.Namespace) -> None:
         if prof.exists() and not prof.is_dir():
             raise UserError(f"--profile {args.profile!r} is a file; give a folder for the trace")
         _writable_folder(prof / "trace.json", "--profile")
+    store = None if args.store is None else Path(args.store)
+    if store is not None and not store.is_dir():  # (a folder: refused with the store's checks)
+        _writable_folder(store, "--store")
     if args.input is None:
         return
     src, out = Path(args.input), Path(args.output)
+    if not out.name or out.expanduser().is_dir():
+        raise UserError(f"--output {args.output!r} is a folder; give the output file's path")
     if _same_file(src, out):
         raise UserError(
             f"--output {args.output!r} is the --input file; samgpu never writes over its input:"
@@ -172,9 +178,17 @@ def check_paths(args: argparse.Namespace) -> None:
     if not out.expanduser().absolute().parent.is_dir():
         raise UserError(f"output folder {str(out.parent)!r} does not exist")
     _writable_folder(out, "--output")
+    if store is not None and any(
+        _same_file(store, p) for p in (src, out, partial_path(out), meta_path(out))
+    ):
+        raise UserError(
+            f"--store {args.store!r} is the input or the output (or one of its side files); give"
+            " the store its own file"
+        )
     if args.stats_json:
         stats = Path(args.stats_json)
-        if any(_same_file(stats, p) for p in (src, out, partial_path(out), meta_path(out))):
+        keep = (src, out, partial_path(out), meta_path(out), *([store] if store else []))
+        if any(_same_file(stats, p) for p in keep):
             raise UserError(f"--stats-json {args.stats_json!r} would overwrite the input or output")
         _writable_folder(stats, "--stats-json")
 
@@ -292,6 +306,19 @@ class Session:
         """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice."""
         needed = self.decoder.needed_len(longest, self.args.max_new_tokens)
         self.decoder.ensure_capacity(num_reqs, needed)
+
+    def save_store(self) -> None:
+        """--store: write the cross-request store (the end of a run, also an interrupted one: the
+        next run resumes with it); a failure is a warning, the outputs stand."""
+        from samgpu.cli.output import warn
+
+        try:
+            path = self.decoder.save_store()
+        except (OSError, ValueError) as e:
+            warn(f"the cross-request store was not saved: {e}")
+            return
+        if path is not None:
+            print(f"samgpu: store saved to {path}", file=sys.stderr)
 
     def generate(self, prompts: list[list[int]], on_progress=None, on_finish=None):
         from torch.profiler import record_function
@@ -428,6 +455,8 @@ def generate_one(args: argparse.Namespace) -> int:
             out = session.generate([ids], on_progress=chain(streamer, prof.step))
     except torch.OutOfMemoryError as e:
         raise oom_error(e, args) from None
+    finally:
+        session.save_store()
     seconds = time.perf_counter() - t0
     stats = session.decoder.last_stats[0] if session.decoder.last_stats else {}
     done = make_completion(list(out.tokens[0]), stats, session.tokenizer, session.eos, args.stop)

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from samgpu.drafters.parts.store import DEFAULT_STORE_TOKENS
+from samgpu.drafters.parts.store_file import MAGIC as STORE_MAGIC
 from samgpu.drafters.parts.store_file import (
     read_store_file,
     read_store_header,
@@ -88,12 +89,41 @@ def run_store(args: argparse.Namespace) -> int:
         return getattr(exc, "exit_code", 2)
 
 
+def _check_input(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"input {path} is a folder; give a JSONL file of responses")
+    if not path.is_file():
+        raise ValueError(f"input file {path} does not exist")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist
+        return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def _is_store(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(STORE_MAGIC)) == STORE_MAGIC
+
+
+def _check_writable(out: Path) -> None:
+    """The folder the store goes to exists and is writable (checked before any work)."""
+    import os
+
+    folder = out.expanduser().absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write in folder {folder}", exit_code=1)
+
+
 def _records(path: Path):
     """(line number, record) of a JSONL file; a malformed line is an error naming it."""
     from samgpu.inputs import iter_jsonl
 
-    if not path.is_file():
-        raise ValueError(f"input file {path} does not exist")
+    _check_input(path)
     for line_no, rec in iter_jsonl(path):
         if not isinstance(rec, dict):
             raise ValueError(f"{path}:{line_no}: expected a JSON object")
@@ -144,17 +174,24 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError(f"--store-tokens {args.store_tokens} must be >= 4")
     paths = [Path(p) for p in args.input]
     for p in paths:  # before the (slow) tokenizer load
-        if not p.is_file():
-            raise ValueError(f"input file {p} does not exist")
+        _check_input(p)
+        if _same_file(p, out):
+            raise ValueError(f"--out {out} is the input file {p}; give the store its own file")
+    if out.is_file() and not _is_store(out):
+        raise ValueError(
+            f"--out {out} exists and is not a samgpu store; samgpu does not write over other"
+            " files: give another --out (or delete it)"
+        )
+    _check_writable(out)
     from samgpu.cli import load_tokenizer  # the loader `samgpu index build` uses
 
     tokenizer = load_tokenizer(args.tokenizer)
     vocab, fingerprint = tokenizer_vocab_size(tokenizer), tokenizer_fingerprint(tokenizer)
     docs: list = []
+    before: dict = {}  # (--append: the file's build record, extended below)
     if args.append and out.exists():
-        docs = list(
-            read_store_file(out, vocab_size=vocab, tokenizer_fingerprint=fingerprint).documents()
-        )
+        old = read_store_file(out, vocab_size=vocab, tokenizer_fingerprint=fingerprint)
+        docs, before = list(old.documents()), dict(old.extra or {})
     new_docs, skipped = response_documents(paths, args, tokenizer)
     if not any(new_docs):  # (as `samgpu generate` when no record can run: an error, no file)
         raise ValueError(
@@ -163,9 +200,12 @@ def _build(args: argparse.Namespace) -> int:
         )
     docs += new_docs
     keep = surviving_start([len(d) for d in docs], args.store_tokens // 2)
+    prompts = bool(args.with_prompts)
+    if "store_prompts" in before and before["store_prompts"] != prompts:
+        prompts = "mixed"  # (documents with and without their prompts)
     extra = {
-        "built_from": [str(p) for p in paths],
-        "store_prompts": bool(args.with_prompts),
+        "built_from": [*before.get("built_from", []), *(str(p) for p in paths)],
+        "store_prompts": prompts,
         "store_tokens": args.store_tokens,
     }
     save_store_file(

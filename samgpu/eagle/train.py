@@ -20,6 +20,8 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import math
+import os
 import platform
 import shlex
 import sys
@@ -152,8 +154,26 @@ def _check(args: argparse.Namespace) -> None:
         )
     if not 0 < args.val_share < 1:
         raise InputError(f"--val-share must be between 0 and 1, got {args.val_share}")
-    if Path(args.out).is_dir():
+    out = Path(args.out)
+    if out.is_dir():
         raise InputError(f"--out {args.out!r} is a folder: give the head file's path")
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    try:
+        same = out.exists() and out.samefile(data)
+    except OSError:
+        same = False
+    if same:
+        raise InputError(f"--out {args.out!r} is the --data file: give the head its own file")
+    folder = out.expanduser().absolute().parent  # (created if missing: check its nearest ancestor)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"--out {args.out!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):  # (checked now, not after minutes of training)
+        raise InputError(f"--out {args.out!r}: cannot write in folder {str(folder)!r}")
+    for flag, value in (("--lr", args.lr), ("--noise", args.noise)):
+        if not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
 
 
 def _target_name(model_arg: str) -> str:
@@ -269,6 +289,11 @@ def run(args: argparse.Namespace) -> int:
             f"out of GPU memory (--tokens-per-batch {args.tokens_per_batch}): try"
             f" --tokens-per-batch {args.tokens_per_batch // 2}"
         ) from None
+    if not math.isfinite(result.val["loss"]):
+        raise InputError(
+            f"training diverged (validation loss {result.val['loss']}); nothing was written: lower"
+            " --lr"
+        )
     provenance = {
         "command": command_line(args),
         "data": data.name,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import samgpu
-from samgpu import api
+from samgpu import api, oneshot
 from samgpu.api import SamDecoder
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -45,7 +45,7 @@ def test_from_pretrained_loads_a_checkpoint(tiny_model_dir):
 def test_one_model_load_for_every_method(monkeypatch, tiny_model_dir):
     """samgpu.generate(..., method=m) for two methods loads the model once (it reloaded it for
     each method), and the same method again reuses its decoder."""
-    api._cached_model.cache_clear()
+    oneshot._cached_model.cache_clear()
     loads = []
     real = api.load_model
 
@@ -59,10 +59,10 @@ def test_one_model_load_for_every_method(monkeypatch, tiny_model_dir):
     b = samgpu.generate("Hello", method="pld", **kw)
     assert loads == [str(tiny_model_dir)]
     assert a.text == b.text  # greedy, float32: lossless
-    model, tok = api._cached_model(str(tiny_model_dir), "cpu", "auto")
-    first = api._cached_decoder(model, tok, "ar", "default", {})
-    assert api._cached_decoder(model, tok, "ar", "default", {}) is first
-    api._cached_model.cache_clear()
+    model, tok = oneshot._cached_model(str(tiny_model_dir), "cpu", "auto")
+    first = oneshot._cached_decoder(model, tok, "ar", "default", {})
+    assert oneshot._cached_decoder(model, tok, "ar", "default", {}) is first
+    oneshot._cached_model.cache_clear()
 
 
 def test_loaded_model_decoders_are_reused(tiny_model_dir):
@@ -71,8 +71,47 @@ def test_loaded_model_decoders_are_reused(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     samgpu.generate("Hi", model=model, tokenizer=tok, method="ar", max_new_tokens=2, raw=True)
-    (decoder,) = api._DECODERS[model].values()
+    (decoder,) = oneshot._DECODERS[model].values()
     samgpu.generate("Hi", model=model, tokenizer=tok, method="ar", max_new_tokens=2, raw=True)
-    assert list(api._DECODERS[model].values()) == [decoder]
+    assert list(oneshot._DECODERS[model].values()) == [decoder]
     with pytest.raises(ValueError, match="tokenizer="):
         samgpu.generate("Hi", model=model, method="ar")
+
+
+def test_one_liner_argument_errors_are_plain(tiny_model_dir):
+    """What a user can get wrong in samgpu.generate is one TypeError / ValueError naming it,
+    before any model work: a single message dict (it ran as two prompts, "role" and "content"),
+    a conversation without roles, counts that are floats or below 1 (batch_size=0 ran as if
+    unset), an empty stop string (it returned empty text "stopped"). Control: the same call with
+    valid arguments runs; an empty list after a call returns [] (it raised on stale stats)."""
+    kw = dict(model=str(tiny_model_dir), method="ar", device="cpu", raw=True)
+    bad = [
+        (({"role": "user", "content": "hi"},), {}, TypeError, "prompts must be"),
+        (([[{"content": "hi"}]],), {}, TypeError, "role"),
+        (("Hi",), {"max_new_tokens": 2.5}, TypeError, "max_new_tokens must be an int"),
+        (("Hi",), {"max_new_tokens": True}, TypeError, "max_new_tokens must be an int"),
+        ((["Hi"],), {"batch_size": 0}, ValueError, "batch_size=0 must be >= 1"),
+        (("Hi",), {"stop": ""}, ValueError, "stop strings must be non-empty"),
+        (("Hi",), {"stop": 5}, TypeError, "stop must be"),
+    ]
+    for args, extra, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            samgpu.generate(*args, **{"max_new_tokens": 2, **kw, **extra})
+    assert samgpu.generate("Hi", max_new_tokens=2, stop="zz", **kw).text is not None
+    assert samgpu.generate([], max_new_tokens=2, **kw) == []
+
+
+def test_generate_ids_checks_its_counts_and_clears_stats(tiny_model_dir):
+    dec = SamDecoder.from_pretrained(str(tiny_model_dir), method="ar", device="cpu")
+    dec.generate_ids([[1, 2, 3]], max_new_tokens=2)
+    assert len(dec.last_stats) == 1
+    assert dec.generate_ids([], max_new_tokens=2).tokens == [] and dec.last_stats == []
+    for kwargs, exc in (
+        ({"max_new_tokens": 0}, ValueError),
+        ({"max_new_tokens": 2, "batch_size": -1}, ValueError),
+        ({"max_new_tokens": 2, "batch_size": 1.5}, TypeError),
+    ):
+        with pytest.raises(exc):
+            dec.generate_ids([[1, 2, 3]], **kwargs)
+    with pytest.raises(TypeError, match="token ids"):
+        dec.generate_ids(["abc"], max_new_tokens=2)

@@ -237,13 +237,30 @@ def test_cli_refuses_a_missing_data_file(tmp_path, capsys):
     assert train_main(["--out", str(tmp_path / "h"), "--data", str(missing)]) == 2
 
 
-@pytest.mark.parametrize("bad", [["--minutes", "0"], ["--lr", "-1"], ["--max-len", "1"]])
-def test_cli_refuses_bad_values(tmp_path, capsys, bad):
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (["--minutes", "0"], "minutes"),
+        (["--lr", "-1"], "lr"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--max-len", "1"], "--max-len"),
+        (["--out", "{data}"], "is the --data file"),
+        (["--out", "{data}/h"], "is a file, not a folder"),
+    ],
+    ids=["minutes", "lr", "lr-inf", "max-len", "out-is-data", "out-under-a-file"],
+)
+def test_cli_refuses_bad_values(tmp_path, capsys, bad, match):
+    """Each is one error line before any model loads; the data file is never written over (an
+    --out naming it used to be replaced by the head after training)."""
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"instruction": "a", "response": "b"}) + "\n")
-    code = cli.main(["eagle", "train", "--out", str(tmp_path / "h"), "--data", str(data), *bad])
+    before = data.read_bytes()
+    bad = [b.format(data=data, tmp=tmp_path) for b in bad]
+    argv = ["eagle", "train", "--out", str(tmp_path / "h"), "--data", str(data), *bad]
+    code = cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("samgpu: error: "), err
+    assert match in err[0] and data.read_bytes() == before
 
 
 def test_help_shows_every_default(capsys):
@@ -253,6 +270,26 @@ def test_help_shows_every_default(capsys):
     for flag in ("--minutes", "--epochs", "--max-len", "--tokens-per-batch", "--lr", "--data"):
         assert flag in text
     assert text.count("(default:") + text.count("(none:") >= 14
+
+
+def test_a_diverged_head_is_not_written(tiny_model_dir, tmp_path, capsys):
+    """A learning rate that blows the loss up (here 1e30) ends in one error line and no head file
+    (a NaN head used to be saved with status 0 and then loaded by `generate -O head=`)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": f"Count to {i}.", "response": " ".join(map(str, range(9)))})
+            + "\n"
+            for i in range(6)
+        )
+    )
+    out = tmp_path / "h.safetensors"
+    argv = ["eagle", "train", "--out", str(out), "--data", str(data), "--model",
+            str(tiny_model_dir), "--device", "cpu", "--max-steps", "3", "--warmup-steps", "0",
+            "--tokens-per-batch", "256", "--val-share", "0.34", "--lr", "1e30"]  # fmt: skip
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged" in err and not out.exists(), err
 
 
 def test_command_end_to_end(tiny_model_dir, tmp_path, capsys):

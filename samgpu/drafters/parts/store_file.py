@@ -75,8 +75,8 @@ class StoreFile:
 
 def fix_hint(path: Path) -> str:
     return (
-        f"rebuild it with `samgpu store build --out {path}`, or delete it (a run with "
-        f"--store {path} then starts an empty store and saves it there)"
+        f"rebuild it with `samgpu store build --input RESPONSES.jsonl --out {path}`, or delete it"
+        f" (a run with --store {path} then starts an empty store and saves it there)"
     )
 
 
@@ -142,6 +142,8 @@ def save_store_file(
 def read_store_header(path: str | os.PathLike) -> dict:
     """The checked JSON header (reads the first bytes only); ValueError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"store file {path} is a folder; give the store file's path")
     if not path.is_file():
         raise ValueError(
             f"store file {path} does not exist (`samgpu store build --input RESPONSES.jsonl "
