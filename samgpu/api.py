@@ -130,6 +130,11 @@ class SamDecoder:
         adaptive_threads: bool = False,
         **options: Any,
     ):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"SamDecoder takes a loaded model, got {type(model).__name__}; for a name or a path"
+                " use SamDecoder.from_pretrained(model)"
+            )
         if method is None:
             method = default_method(next(model.parameters()).device)
         if method not in method_names():

@@ -115,3 +115,8 @@ def test_generate_ids_checks_its_counts_and_clears_stats(tiny_model_dir):
             dec.generate_ids([[1, 2, 3]], **kwargs)
     with pytest.raises(TypeError, match="token ids"):
         dec.generate_ids(["abc"], max_new_tokens=2)
+
+
+def test_decoder_of_a_name_points_to_from_pretrained():
+    with pytest.raises(TypeError, match="from_pretrained"):
+        SamDecoder("default", None)
