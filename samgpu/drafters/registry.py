@@ -164,7 +164,8 @@ def make_options(method: Method, options: dict[str, Any]) -> Any:
     valid = _field_names(method.options)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {method.name!r}; valid: {valid}")
+        takes = f"valid: {valid}" if valid else "it takes none (a misspelt argument?)"
+        raise ValueError(f"unknown option(s) {unknown} for method {method.name!r}; {takes}")
     hints = typing.get_type_hints(method.options)
     for name, value in options.items():
         error = _type_error(name, hints[name], value)

@@ -37,6 +37,13 @@ def test_unknown_option_names_valid_ones(method):
         build_drafter(method, **COMMON, bogus=1)
 
 
+def test_unknown_option_of_a_method_without_options_says_so():
+    """`ar` takes no options: a stray keyword (samgpu.generate's typo) is named as such, not
+    answered with an empty list of valid names."""
+    with pytest.raises(ValueError, match="it takes none"):
+        build_drafter("ar", **COMMON, max_new_token=1)
+
+
 def test_pld_and_tr_shapes():
     pld = build_drafter("pld", **COMMON, max_nodes=6)
     assert (pld.max_nodes, pld.max_depth) == (6, 5)
