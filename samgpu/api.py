@@ -397,11 +397,8 @@ class SamDecoder:
             if not prompt:
                 raise ValueError("empty prompt: every prompt needs at least one token")
             return list(tokenizer(prompt).input_ids)
-        if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
-            return encode_chat(tokenizer, list(prompt))
-        raise TypeError(
-            f"each prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
-        )
+        check_conversation(prompt, "each prompt must be a string or")
+        return encode_chat(tokenizer, list(prompt))
 
 
 def _is_int(x: Any) -> bool:
@@ -414,3 +411,11 @@ def _check_count(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1")
+
+
+def check_conversation(conv: Any, what: str) -> None:
+    """A chat conversation: a non-empty list of {'role', 'content'} dicts, else a TypeError that
+    starts with `what` (a transformers / jinja error from deep inside the template otherwise)."""
+    ok = isinstance(conv, Sequence) and not isinstance(conv, (str, bytes)) and len(conv) > 0
+    if not ok or not all(isinstance(m, dict) and "role" in m and "content" in m for m in conv):
+        raise TypeError(f"{what} a non-empty list of {{'role', 'content'}} dicts, got {conv!r:.80}")

@@ -4,6 +4,7 @@ one-liner over samgpu.api.SamDecoder)."""
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import threading
 import weakref
@@ -38,16 +39,6 @@ def _cached_decoder(model, tokenizer, method: str, index: Any, options: dict[str
         with _DECODERS_LOCK:
             decoder = per_model.setdefault(key, decoder)
     return decoder
-
-
-def _check_conversation(conv: Any, i: int) -> None:
-    """Prompt i of samgpu.generate when not a string: a non-empty list of role/content dicts."""
-    ok = isinstance(conv, Sequence) and not isinstance(conv, (str, bytes)) and len(conv) > 0
-    if not ok or not all(isinstance(m, dict) and "role" in m and "content" in m for m in conv):
-        raise TypeError(
-            f"prompt {i} must be a string or a non-empty list of {{'role', 'content'}} dicts,"
-            f" got {conv!r:.80}"
-        )
 
 
 def generate(
@@ -96,7 +87,11 @@ def generate(
         api._check_count("batch_size", batch_size)
     for i, p in enumerate(items):
         if not isinstance(p, str):
-            _check_conversation(p, i)
+            api.check_conversation(p, f"prompt {i} must be a string or")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {temperature!r}")
+    if seed is not None and not api._is_int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     if isinstance(model, str):
         model, tokenizer = _cached_model(model, str(device), str(dtype))
     elif tokenizer is None:

@@ -85,6 +85,17 @@ def test_build_stats_and_load(tmp_path, capsys, tokenizer):
     assert store_of(drafter).num_loaded == len(kept)
 
 
+def test_empty_responses_are_counted_as_skipped(tmp_path, capsys):
+    """A response with no text and no EOS stores nothing: it is a skipped record in the report
+    (it vanished uncounted)."""
+    src = tmp_path / "out.jsonl"
+    recs = [RECORDS[0], {"prompt": "p", "completion": "", "finish_reason": "length"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    code, out, err = _run(capsys, "build", "--input", src, "--out", tmp_path / "s.samstore")
+    line = json.loads(out)
+    assert code == 0 and (line["documents"], line["skipped_records"]) == (1, 1), err
+
+
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     store = tmp_path / "s.samstore"
     bad = tmp_path / "bad.jsonl"
@@ -102,6 +113,8 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         (("build", "--input", good, "--out", good), "is the input file"),
         (("build", "--input", good, "--out", other), "is not a samgpu store"),
         (("build", "--input", tmp_path, "--out", store), "is a folder"),
+        (("build", "--input", good, "--out", store, "--prompt-field", "q"), "--with-prompts"),
+        (("build", "--input", good, "--out", store, "--store-tokens", 10**13), "largest store"),
         (("build", "--input", prompts_only, "--out", store), "no response to store"),
         (("build", "--input", tmp_path / "missing.jsonl", "--out", store), "does not exist"),
         (("build", "--input", bad, "--out", store), "bad.jsonl:2: not valid JSON"),

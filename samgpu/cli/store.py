@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from samgpu.drafters.parts.store import DEFAULT_STORE_TOKENS
+from samgpu.drafters.parts.store import DEFAULT_STORE_TOKENS, NUM_GENERATIONS, max_capacity
 from samgpu.drafters.parts.store_file import MAGIC as STORE_MAGIC
 from samgpu.drafters.parts.store_file import (
     read_store_file,
@@ -158,6 +158,9 @@ def response_documents(paths: list[Path], args, tokenizer) -> tuple[list[list[in
             ids = list(tokenizer(text, add_special_tokens=False).input_ids)
             if rec.get("finish_reason") == "eos" and eos is not None:
                 ids.append(int(eos))
+            if not ids:  # an empty response (no EOS either): nothing to store, counted as skipped
+                skipped += 1
+                continue
             if args.with_prompts:
                 ids = _prompt_ids(rec, path, line_no, args, tokenizer) + ids
             docs.append(ids)
@@ -183,10 +186,18 @@ def _build(args: argparse.Namespace) -> int:
             " files: give another --out (or delete it)"
         )
     _check_writable(out)
+    if args.prompt_field is not None and not args.with_prompts:
+        raise ValueError("--prompt-field goes with --with-prompts (it names the prompts to store)")
     from samgpu.cli import load_tokenizer  # the loader `samgpu index build` uses
 
     tokenizer = load_tokenizer(args.tokenizer)
     vocab, fingerprint = tokenizer_vocab_size(tokenizer), tokenizer_fingerprint(tokenizer)
+    largest = NUM_GENERATIONS * max_capacity(vocab)
+    if args.store_tokens > largest:  # (a run would refuse to load it)
+        raise ValueError(
+            f"--store-tokens {args.store_tokens} exceeds the largest store for this tokenizer's"
+            f" {vocab} ids ({largest} tokens)"
+        )
     docs: list = []
     before: dict = {}  # (--append: the file's build record, extended below)
     if args.append and out.exists():

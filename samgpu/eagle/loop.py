@@ -64,7 +64,7 @@ class TrainConfig:
         }
         for name, value in positive.items():
             if not value > 0:
-                raise InputError(f"{name} must be positive, got {value}")
+                raise InputError(f"{_flag(name)} must be positive, got {value}")
         non_negative = {
             "lr": self.lr,
             "weight_decay": self.weight_decay,
@@ -75,9 +75,14 @@ class TrainConfig:
         }
         for name, value in non_negative.items():
             if not value >= 0:  # NaN fails too
-                raise InputError(f"{name} must be >= 0, got {value}")
+                raise InputError(f"{_flag(name)} must be >= 0, got {value}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise InputError(f"max_steps must be at least 1, got {self.max_steps}")
+            raise InputError(f"{_flag('max_steps')} must be at least 1, got {self.max_steps}")
+
+
+def _flag(name: str) -> str:
+    """A TrainConfig field with its `samgpu eagle train` flag: "lr (--lr)"."""
+    return f"{name} (--{name.replace('_', '-')})"
 
 
 @dataclass

@@ -93,6 +93,8 @@ def test_one_liner_argument_errors_are_plain(tiny_model_dir):
         ((["Hi"],), {"batch_size": 0}, ValueError, "batch_size=0 must be >= 1"),
         (("Hi",), {"stop": ""}, ValueError, "stop strings must be non-empty"),
         (("Hi",), {"stop": 5}, TypeError, "stop must be"),
+        (("Hi",), {"temperature": "0.5"}, TypeError, "temperature must be a number"),
+        (("Hi",), {"seed": "a"}, TypeError, "seed must be an int"),
     ]
     for args, extra, exc, match in bad:
         with pytest.raises(exc, match=match):
@@ -120,3 +122,11 @@ def test_generate_ids_checks_its_counts_and_clears_stats(tiny_model_dir):
 def test_decoder_of_a_name_points_to_from_pretrained():
     with pytest.raises(TypeError, match="from_pretrained"):
         SamDecoder("default", None)
+
+
+def test_decoder_refuses_a_conversation_without_roles(tiny_model_dir):
+    dec = SamDecoder.from_pretrained(str(tiny_model_dir), method="ar", device="cpu")
+    with pytest.raises(TypeError, match="'role', 'content'"):
+        dec.generate([[{"content": "hi"}]], max_new_tokens=2)
+    with pytest.raises(TypeError, match="'role', 'content'"):
+        dec.generate([[]], max_new_tokens=2)
