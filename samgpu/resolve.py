@@ -4,6 +4,7 @@ every failure a user can cause is a UserError (samgpu.io) with a message naming 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,10 @@ def load_index(index: Any, tokenizer=None):
     from samgpu.sam import SamIndex
 
     hint = ""
+    if not isinstance(index, (SamIndex, str, os.PathLike)):
+        raise TypeError(
+            f"index must be 'default', None, a path or a SamIndex, got {type(index).__name__}"
+        )
     if not isinstance(index, SamIndex):
         path = Path(index).expanduser()
         hint = str(path)

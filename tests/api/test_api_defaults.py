@@ -130,3 +130,12 @@ def test_decoder_refuses_a_conversation_without_roles(tiny_model_dir):
         dec.generate([[{"content": "hi"}]], max_new_tokens=2)
     with pytest.raises(TypeError, match="'role', 'content'"):
         dec.generate([[]], max_new_tokens=2)
+
+
+def test_index_of_a_wrong_type_is_named(tiny_model_dir):
+    """(pathlib's "expected str, bytes or os.PathLike object, not int" before)"""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with pytest.raises(TypeError, match="index must be"):
+        SamDecoder(model, None, method="sam", index=123)
