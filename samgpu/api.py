@@ -274,15 +274,15 @@ class SamDecoder:
         """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
         prompt). on_progress(ProgressInfo) runs at every host check; on_finish(prompt index,
         tokens, RequestStats) as each request finishes (CUDA: while the next steps run)."""
-        _check_count("max_new_tokens", max_new_tokens)
+        check_count("max_new_tokens", max_new_tokens)
         if batch_size is not None:
-            _check_count("batch_size", batch_size)
+            check_count("batch_size", batch_size)
         if not prompts:
             self.last_stats = []
             return GenerationOutput(tokens=[], stats=[])
         for i, p in enumerate(prompts):
             # (the first id only: a full scan costs ~0.1 s a run at thousands of prompts)
-            if isinstance(p, (str, bytes)) or (len(p) > 0 and not _is_int(p[0])):
+            if isinstance(p, (str, bytes)) or (len(p) > 0 and not is_int(p[0])):
                 raise TypeError(f"prompt {i} must be a list of token ids (ints), got {p!r:.60}")
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
@@ -402,13 +402,13 @@ class SamDecoder:
         return encode_chat(tokenizer, list(prompt))
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _check_count(name: str, value: Any) -> None:
+def check_count(name: str, value: Any) -> None:
     """max_new_tokens / batch_size: a positive int (not a float, a bool or a string)."""
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1")

@@ -82,15 +82,15 @@ def generate(
             f" {{'role', 'content'}} dicts), got {type(prompts).__name__}"
         )
     items = [prompts] if single else list(prompts)
-    api._check_count("max_new_tokens", max_new_tokens)
+    api.check_count("max_new_tokens", max_new_tokens)
     if batch_size is not None:
-        api._check_count("batch_size", batch_size)
+        api.check_count("batch_size", batch_size)
     for i, p in enumerate(items):
         if not isinstance(p, str):
             api.check_conversation(p, f"prompt {i} must be a string or")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a number, got {temperature!r}")
-    if seed is not None and not api._is_int(seed):
+    if seed is not None and not api.is_int(seed):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if isinstance(model, str):
         model, tokenizer = _cached_model(model, str(device), str(dtype))
