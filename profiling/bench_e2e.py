@@ -20,6 +20,7 @@ Results: profiling/results/<date>-<card>-<sha>.jsonl; `python -m profiling.repor
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 
@@ -218,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hf-limit", type=int, default=12, help="items for the slow hf-* baselines")
     ap.add_argument("--model", default="default", help="'default' or a local transformers path")
     ap.add_argument("--index", default="default", help="'default', a .samidx path, or 'none'")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 on CUDA, float32 on a CPU (bf16 matmuls there are ~50x slower)",
+    )
     ap.add_argument("--option", action="append", default=[], type=_kv, help="drafter KEY=VALUE")
     ap.add_argument("--tag", default="", help="free-form label stored with every record")
     ap.add_argument(
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     from samgpu import api, resolve
 
     device = api.resolve_device("auto")
-    dtype = getattr(torch, args.dtype)
+    dtype = api.resolve_dtype(args.dtype, device)
+    args.dtype = str(dtype).removeprefix("torch.")  # (recorded as the resolved name)
     t0 = time.perf_counter()
     model, tokenizer = api.load_model(args.model, device, dtype)
     load_s = time.perf_counter() - t0
@@ -374,5 +381,17 @@ def _kv(text: str) -> tuple[str, object]:
     return key, value
 
 
+def cli_main(argv: list[str] | None = None) -> int:
+    """`python -m profiling.bench_e2e` / `samgpu bench`: a bad --index or --option (found when the
+    decoders are built) is one error line, as in `samgpu generate`, not a traceback."""
+    from samgpu.errors import UserError
+
+    try:
+        return main(argv)
+    except (UserError, ValueError) as e:
+        print(f"samgpu bench: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli_main())

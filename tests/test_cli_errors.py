@@ -355,3 +355,44 @@ def test_store_and_output_paths_never_overwrite_each_other(capsys, tmp_path, pro
         ["generate", "--input", str(src), "--output", str(out), "--store", str(tmp_path / "s")]
     )
     check_paths(ok)
+
+
+def test_stats_json_never_writes_over_another_file(capsys, tmp_path, prompts_file):
+    """--stats-json on an existing file that is not a samgpu stats file (an index, notes) is
+    refused before anything runs; an earlier run's stats file may be replaced (the check passes)."""
+    from samgpu.cli.generate import check_paths
+
+    src, out = prompts_file([{"prompt": "a"}]), tmp_path / "o.jsonl"
+    notes = tmp_path / "index.samidx"
+    notes.write_bytes(b"SAMGPUIX not yours")
+    code, _, err = run(capsys, *gen("--input", src, "--output", out, "--stats-json", notes))
+    assert code == 2 and "not a samgpu stats file" in one_error_line(err)
+    assert notes.read_bytes() == b"SAMGPUIX not yours" and not out.exists()
+    earlier = tmp_path / "s.json"
+    earlier.write_text(json.dumps({"records": 1, "new_tokens": 4, "tokens_per_second": 2.0}))
+    argv = ["generate", "--input", str(src), "--output", str(out), "--stats-json", str(earlier)]
+    check_paths(cli.build_parser().parse_args(argv))
+
+
+def test_bench_bad_index_or_option_is_one_line(tiny_model_dir, tmp_path, capsys):
+    """profiling.bench_e2e (what `samgpu bench` runs) found a missing --index or an unknown
+    --option only when building its decoders, and showed a traceback there."""
+    from profiling import bench_e2e
+
+    base = ["--model", str(tiny_model_dir), "--methods", "ar", "--limit", "1",
+            "--max-new-tokens", "2", "--dataset", "humaneval"]  # fmt: skip
+    for extra, match in (
+        (["--index", str(tmp_path / "missing.samidx"), "--methods", "sam"], "not found"),
+        (["--option", "bogus=1"], "unknown option"),
+    ):
+        code = bench_e2e.cli_main([*base, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err and "Traceback" not in err, err
+
+
+def test_a_huge_tree_option_is_one_line(capsys):
+    """-O max_nodes=99999999999 allocated until the allocator gave up, with a traceback."""
+    code, _, err = run(
+        capsys, *gen("--prompt", "hi", "--method", "pld", "-O", "max_nodes=99999999999")
+    )
+    assert code == 2 and "builds at most" in one_error_line(err)

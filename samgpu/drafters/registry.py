@@ -171,7 +171,19 @@ def make_options(method: Method, options: dict[str, Any]) -> Any:
         error = _type_error(name, hints[name], value)
         if error is not None:
             raise ValueError(f"method {method.name!r}: {error}")
-    return method.options(**options)
+    opts = method.options(**options)
+    if method.max_nodes(opts) > MAX_DRAFT_NODES:  # (buffers scale with it: refuse, not allocate)
+        raise ValueError(
+            f"method {method.name!r}: its options ask for trees of {method.max_nodes(opts)} nodes;"
+            f" samgpu builds at most {MAX_DRAFT_NODES} (lower max_nodes or its tree size options)"
+        )
+    return opts
+
+
+# The widest draft tree (root included) any method may ask for: the default trees are <= 81
+# nodes; a verify step's buffers, graphs and logits scale with it (-O max_nodes=1e11 tried to
+# allocate 2 PB).
+MAX_DRAFT_NODES: int = 1024
 
 
 def budget_options(name: str, batch_size: int) -> dict[str, int]:

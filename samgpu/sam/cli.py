@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from pathlib import Path
 from samgpu.sam.corpus import DEFAULT_FIELDS, tokenizer_fingerprint
 from samgpu.sam.default import build_index_from_files, default_index_path, ensure_default_index
 from samgpu.sam.index import SamIndex
+from samgpu.sam.storage import MAGIC as INDEX_MAGIC
 from samgpu.sam.storage import read_header
 
 TokenizerLoader = Callable[[str], object]
@@ -93,15 +95,47 @@ def run_index(args: argparse.Namespace, *, load_tokenizer: TokenizerLoader | Non
         return 2
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist
+        return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def _is_index(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(INDEX_MAGIC)) == INDEX_MAGIC
+
+
+def _existing_parent(path: Path) -> Path:
+    """The folder `path` is written in, or its nearest existing ancestor (created on save)."""
+    folder = path.expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
     fields = tuple(f.strip() for f in args.fields.split(",") if f.strip())
     if not fields:
         raise ValueError(f"--fields {args.fields!r} names no field")
-    if args.out is not None and Path(args.out).is_dir():
+    out = None if args.out is None else Path(args.out)
+    if out is not None and out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the index file's path")
     for name in args.corpus:  # before the (slow) tokenizer load
+        if Path(name).is_dir():
+            raise ValueError(f"corpus {name} is a folder; give its files")
         if not Path(name).is_file():
             raise ValueError(f"corpus file {name} does not exist")
+        if out is not None and _same_file(Path(name), out):
+            raise ValueError(f"--out {args.out} is the corpus file {name}; give the index its own")
+    if out is not None and out.is_file() and not _is_index(out):
+        raise ValueError(
+            f"--out {args.out} exists and is not a samgpu index; samgpu does not write over other"
+            " files: give another --out (or delete it)"
+        )
+    if out is not None and not os.access(_existing_parent(out), os.W_OK | os.X_OK):
+        raise ValueError(f"--out {args.out}: cannot write in {_existing_parent(out)}")
     tokenizer = load_tokenizer(args.tokenizer)
     progress = not args.no_progress
     start = time.perf_counter()

@@ -188,3 +188,13 @@ def test_option_values_of_the_wrong_type_are_named():
     assert make_options(get_method("sam"), {"alpha": 2}).alpha == 2
     with pytest.raises(ValueError, match="alpha must be a number, got 'high'"):
         make_options(get_method("sam"), {"alpha": "high"})
+
+
+def test_trees_wider_than_the_cap_are_refused():
+    """A huge -O max_nodes (1e11 tried to allocate petabytes) is one ValueError naming the cap;
+    the cap itself is allowed."""
+    from samgpu.drafters.registry import MAX_DRAFT_NODES
+
+    with pytest.raises(ValueError, match=f"at most {MAX_DRAFT_NODES}"):
+        build_drafter("pld", **COMMON, max_nodes=99_999_999_999)
+    build_drafter("pld", **COMMON, max_nodes=MAX_DRAFT_NODES)

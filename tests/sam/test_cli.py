@@ -92,6 +92,26 @@ def test_errors_are_one_line(capsys, corpus, tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_build_never_writes_over_the_corpus_or_another_file(capsys, corpus, tmp_path):
+    """--out on the corpus (it was replaced by the index) or on a file that is not an index is
+    refused; a folder as corpus is named as such. Control: over an index it rebuilds."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    kept = {p: p.read_bytes() for p in (corpus, notes)}
+    for argv, match in (
+        (("--corpus", corpus, "--out", corpus), "is the corpus file"),
+        (("--corpus", corpus, "--out", notes), "is not a samgpu index"),
+        (("--corpus", tmp_path, "--out", tmp_path / "x.samidx"), "is a folder"),
+    ):
+        code, _, err = run(capsys, "build", *map(str, argv))
+        assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    index = tmp_path / "c.samidx"
+    for _ in range(2):
+        code, _, err = run(capsys, "build", "--corpus", str(corpus), "--out", str(index))
+        assert code == 0, err
+
+
 def test_default_index_is_built_once_and_cached(capsys, cache):
     tok = WordTokenizer()
     code, out, err = run(capsys, "build", "--no-progress", tokenizer=tok)
