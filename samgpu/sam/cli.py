@@ -160,6 +160,13 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
         index = build_index_from_files(
             [Path(p) for p in args.corpus], tokenizer, fields=fields, progress=progress
         )
+        if index.extra.get("records_without_fields"):
+            print(
+                f"samgpu: warning: {index.extra['records_without_fields']} record(s) have none of"
+                f" the fields {', '.join(fields)} and were left out; --fields names others",
+                file=sys.stderr,
+                flush=True,
+            )
         path = index.save(args.out)
     seconds = time.perf_counter() - start
     line = {"path": str(path), **index.stats(), **index.extra, **index.build_info}

@@ -65,11 +65,14 @@ def record_text(record, fields: Sequence[str]) -> str:
 
 
 def read_texts(
-    paths: Iterable[str | os.PathLike], fields: Sequence[str] = DEFAULT_FIELDS
+    paths: Iterable[str | os.PathLike],
+    fields: Sequence[str] = DEFAULT_FIELDS,
+    skipped: list[int] | None = None,
 ) -> Iterator[str]:
-    """Yield one text per record (JSON/JSONL) or per file (plain text); empty texts are skipped.
-    Missing files and malformed JSON (too deeply nested included) raise ValueError naming the file
-    (and line, for JSONL)."""
+    """Yield one text per record (JSON/JSONL) or per file (plain text); empty texts are skipped
+    (counted in `skipped[0]` when given: JSON records with none of `fields`). Missing files and
+    malformed JSON (too deeply nested included) raise ValueError naming the file (and line, for
+    JSONL)."""
     fields = tuple(fields)
     if not fields:
         raise ValueError("fields must name at least one record field")
@@ -97,6 +100,8 @@ def read_texts(
                         text = _text_or_error(record, fields, f"{path}, line {lineno}")
                         if text:
                             yield text
+                        elif skipped is not None:
+                            skipped[0] += 1
                 elif kind == "json":
                     try:
                         data = json.load(f)
@@ -111,6 +116,8 @@ def read_texts(
                         text = _text_or_error(record, fields, f"{path}, record {i}")
                         if text:
                             yield text
+                        elif skipped is not None:
+                            skipped[0] += 1
                 else:
                     text = f.read()
                     if text:

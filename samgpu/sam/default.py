@@ -130,7 +130,8 @@ def build_index_from_files(
     eos_id = getattr(tokenizer, "eos_token_id", None)
     if eos_id is None:
         raise ValueError("the tokenizer has no eos_token_id; the index separates documents by EOS")
-    docs = token_docs(read_texts(paths, fields), hf_encode_batch(tokenizer))
+    skipped = [0]
+    docs = token_docs(read_texts(paths, fields, skipped), hf_encode_batch(tokenizer))
     index = SamIndex.build(
         docs,
         vocab_size=vocab_size or tokenizer_vocab_size(tokenizer),
@@ -141,6 +142,7 @@ def build_index_from_files(
     )
     index.extra["corpus_files"] = [Path(p).name for p in paths]
     index.extra["fields"] = list(fields)
+    index.extra["records_without_fields"] = skipped[0]
     return index
 
 

@@ -208,3 +208,18 @@ def test_stats_runs_the_deep_validation(capsys, corpus, tmp_path):
     SamIndex.load(out_path)  # the fast level (every load) accepts
     code, out, err = run(capsys, "stats", str(out_path))
     assert code == 2 and "fails the deep validation" in err and "count" in err, err
+
+
+def test_records_without_the_fields_are_counted_and_warned(capsys, tmp_path):
+    """A mixed corpus whose records keep their text under another field ("text") lost them
+    without a word: the build warns with the count (and records it)."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"text": "lost words here"}, {"question": "what is one", "answer": "it is one"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, out, err = run(capsys, "build", "--corpus", str(path), "--out", str(tmp_path / "m.idx"))
+    assert code == 0 and "1 record(s) have none of the fields" in err
+    assert json.loads(out)["records_without_fields"] == 1
+    code, out, err = run(
+        capsys, "build", "--corpus", str(path), "--out", str(tmp_path / "t.idx"), "--fields", "text"
+    )
+    assert code == 0 and json.loads(out)["records_without_fields"] == 1 and "warning" in err
