@@ -133,7 +133,7 @@ def _field_names(options: type) -> list[str]:
 _TYPE_NAMES = {
     int: "an int",
     float: "a number",
-    bool: "a bool",
+    bool: "a bool (true or false)",
     str: "a string",
     types.NoneType: "None",
 }

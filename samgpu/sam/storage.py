@@ -130,6 +130,8 @@ def read_header(path: str | os.PathLike) -> dict:
     header with every field checked against the schema (module docstring) and each array's
     `dtype` filled in; any deviation is one ValueError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"SAM index {path} is a folder; give the index file's path")
     if not path.is_file():
         raise ValueError(f"SAM index {path} does not exist; build it with `samgpu index build`")
     version, header, size = files.read_prefixed_header(

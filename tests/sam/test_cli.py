@@ -87,6 +87,8 @@ def test_errors_are_one_line(capsys, corpus, tmp_path):
     assert code == 2 and "empty corpus" in err
     code, _, err = run(capsys, "stats", str(tmp_path / "none.samidx"))
     assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "stats", str(tmp_path))
+    assert code == 2 and "is a folder" in err
     code, _, err = run(capsys, "build", "--corpus", str(corpus), "--out", str(tmp_path))
     assert code == 2 and "is a folder" in err
     assert len(err.strip().splitlines()) == 1
