@@ -116,6 +116,21 @@ def remove_stale(folder: Path, pattern: re.Pattern[str], **ages: float) -> list[
     return removed
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """a and b name one file (links followed); for paths that do not exist (yet), the same
+    resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def starts_with(path: Path, magic: bytes) -> bool:
+    """The file begins with `magic` (a samgpu file kind's first bytes)."""
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename or creation in `folder` durable (no-op where directories cannot be opened)."""
     try:

@@ -17,6 +17,7 @@ from typing import Any
 from samgpu.cli.profile import chain, profiled_range, profiler
 from samgpu.decoding.stages import nvtx_range
 from samgpu.errors import UserError
+from samgpu.files import same_file
 from samgpu.hf_args import single_token_stops
 
 # ----------------------------------------------------------------------------- generate: checks
@@ -124,13 +125,6 @@ def check_output_field(args: argparse.Namespace) -> None:
         )
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return a.expanduser().resolve() == b.expanduser().resolve()
-
-
 def _writable_folder(path: Path, what: str) -> None:
     """The folder `path` would be created in (its nearest existing ancestor) must be a folder this
     process can write to; checked before anything runs, so that no run ends in an OSError."""
@@ -173,24 +167,24 @@ def check_paths(args: argparse.Namespace) -> None:
     src, out = Path(args.input), Path(args.output)
     if not out.name or out.expanduser().is_dir():
         raise UserError(f"--output {args.output!r} is a folder; give the output file's path")
-    if _same_file(src, out):
+    if same_file(src, out):
         raise UserError(
             f"--output {args.output!r} is the --input file; samgpu never writes over its input:"
             " choose another --output"
         )
     for side, what in ((partial_path(out), "partial"), (lock_path(out), "lock")):
-        if _same_file(src, side):
+        if same_file(src, side):
             raise UserError(
                 f"--input {args.input!r} is where the output's {what} file goes; rename the input"
                 " or choose another --output"
             )
-    if _same_file(src, meta_path(out)):
+    if same_file(src, meta_path(out)):
         raise UserError(f"--input {args.input!r} is the output's fingerprint file")
     if not out.expanduser().absolute().parent.is_dir():
         raise UserError(f"output folder {str(out.parent)!r} does not exist")
     _writable_folder(out, "--output")
     if store is not None and any(
-        _same_file(store, p) for p in (src, out, partial_path(out), meta_path(out))
+        same_file(store, p) for p in (src, out, partial_path(out), meta_path(out))
     ):
         raise UserError(
             f"--store {args.store!r} is the input or the output (or one of its side files); give"
@@ -199,7 +193,7 @@ def check_paths(args: argparse.Namespace) -> None:
     if args.stats_json:
         stats = Path(args.stats_json)
         keep = (src, out, partial_path(out), meta_path(out), *([store] if store else []))
-        if any(_same_file(stats, p) for p in keep):
+        if any(same_file(stats, p) for p in keep):
             raise UserError(f"--stats-json {args.stats_json!r} would overwrite the input or output")
         if stats.is_file() and not _is_stats_file(stats):
             raise UserError(

@@ -37,6 +37,7 @@ from samgpu.drafters.parts.store_file import (
     surviving_start,
 )
 from samgpu.errors import UserError
+from samgpu.files import same_file, starts_with
 
 BYTES_PER_TOKEN: float = 92.0  # device bytes per token of budget (samgpu.automata.StoreAutomaton)
 
@@ -94,18 +95,6 @@ def _check_input(path: Path) -> None:
         raise ValueError(f"input {path} is a folder; give a JSONL file of responses")
     if not path.is_file():
         raise ValueError(f"input file {path} does not exist")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:  # one of them does not exist
-        return a.expanduser().resolve() == b.expanduser().resolve()
-
-
-def _is_store(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(STORE_MAGIC)) == STORE_MAGIC
 
 
 def _check_writable(out: Path) -> None:
@@ -178,9 +167,9 @@ def _build(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.input]
     for p in paths:  # before the (slow) tokenizer load
         _check_input(p)
-        if _same_file(p, out):
+        if same_file(p, out):
             raise ValueError(f"--out {out} is the input file {p}; give the store its own file")
-    if out.is_file() and not _is_store(out):
+    if out.is_file() and not starts_with(out, STORE_MAGIC):
         raise ValueError(
             f"--out {out} exists and is not a samgpu store; samgpu does not write over other"
             " files: give another --out (or delete it)"

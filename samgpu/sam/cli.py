@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from samgpu.files import same_file, starts_with
 from samgpu.sam.corpus import DEFAULT_FIELDS, tokenizer_fingerprint
 from samgpu.sam.default import build_index_from_files, default_index_path, ensure_default_index
 from samgpu.sam.index import SamIndex
@@ -95,18 +96,6 @@ def run_index(args: argparse.Namespace, *, load_tokenizer: TokenizerLoader | Non
         return 2
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:  # one of them does not exist
-        return a.expanduser().resolve() == b.expanduser().resolve()
-
-
-def _is_index(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(INDEX_MAGIC)) == INDEX_MAGIC
-
-
 def _existing_parent(path: Path) -> Path:
     """The folder `path` is written in, or its nearest existing ancestor (created on save)."""
     folder = path.expanduser().absolute().parent
@@ -127,9 +116,9 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
             raise ValueError(f"corpus {name} is a folder; give its files")
         if not Path(name).is_file():
             raise ValueError(f"corpus file {name} does not exist")
-        if out is not None and _same_file(Path(name), out):
+        if out is not None and same_file(Path(name), out):
             raise ValueError(f"--out {args.out} is the corpus file {name}; give the index its own")
-    if out is not None and out.is_file() and not _is_index(out):
+    if out is not None and out.is_file() and not starts_with(out, INDEX_MAGIC):
         raise ValueError(
             f"--out {args.out} exists and is not a samgpu index; samgpu does not write over other"
             " files: give another --out (or delete it)"
