@@ -396,3 +396,18 @@ def test_a_huge_tree_option_is_one_line(capsys):
         capsys, *gen("--prompt", "hi", "--method", "pld", "-O", "max_nodes=99999999999")
     )
     assert code == 2 and "builds at most" in one_error_line(err)
+
+
+def test_file_run_options_with_a_prompt_are_refused_and_greedy_ignores_sampling_options(capsys):
+    """--limit / --overwrite / --field ... with --prompt did nothing, silently: refused, naming
+    them. --seed / --top-k with greedy decoding run, with one warning line that they change
+    nothing (a control without them warns nothing)."""
+    code, _, err = run(capsys, *gen("--prompt", "hi", "--limit", "3", "--overwrite"))
+    assert code == 2 and "--limit, --overwrite go with --input" in one_error_line(err)
+    from samgpu.cli.generate import check_args
+
+    args = cli.build_parser().parse_args(["generate", "--prompt", "hi", "--seed", "3"])
+    check_args(args)
+    assert "change nothing with --temperature 0" in capsys.readouterr().err
+    check_args(cli.build_parser().parse_args(["generate", "--prompt", "hi"]))
+    assert capsys.readouterr().err == ""

@@ -55,6 +55,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--output goes with --input; --prompt prints the completion to stdout")
     if args.prompt is not None and args.stats_json:
         raise UserError("--stats-json goes with --input (it totals a file run)")
+    if args.prompt is not None:  # options of file runs that a single prompt would ignore
+        file_only = {
+            "--limit": args.limit is not None,
+            "--strict": args.strict,
+            "--allow-skips": args.allow_skips,
+            "--overwrite": args.overwrite,
+            "--field": args.field is not None,
+            "--output-field": args.output_field != "completion",
+        }
+        given = [flag for flag, used in file_only.items() if used]
+        if given:
+            verb = "goes" if len(given) == 1 else "go"
+            raise UserError(f"{', '.join(given)} {verb} with --input (a --prompt run ignores it)")
+    if args.temperature == 0 and (args.top_k != 0 or args.top_p != 1.0 or args.seed is not None):
+        from samgpu.cli.output import warn
+
+        warn("--top-k, --top-p and --seed change nothing with --temperature 0 (greedy decoding)")
     if args.prompt is not None and args.continuous_batching:
         raise UserError(
             "--continuous-batching goes with --input (one prompt has no slots to refill)"
