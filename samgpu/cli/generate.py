@@ -154,21 +154,11 @@ def _writable_folder(path: Path, what: str) -> None:
         raise UserError(f"{what} {str(path)!r}: cannot write in folder {str(folder)!r}")
 
 
-def _is_stats_file(path: Path) -> bool:
-    """An earlier run's --stats-json (which a rerun may replace), by its keys."""
-    try:
-        if path.stat().st_size > 1 << 20:
-            return False
-        stats = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(stats, dict) and {"records", "new_tokens", "tokens_per_second"} <= set(stats)
-
-
 def check_paths(args: argparse.Namespace) -> None:
     """Output, --store, --stats-json and --profile paths, before anything is read or written: the
     output is never the input (nor are its side files), the store and the stats file are neither,
     and every folder written to is writable."""
+    from samgpu.cli.progress import is_stats_file
     from samgpu.io import lock_path, meta_path, partial_path
 
     if args.profile:
@@ -212,7 +202,7 @@ def check_paths(args: argparse.Namespace) -> None:
         keep = (src, out, partial_path(out), meta_path(out), *([store] if store else []))
         if any(same_file(stats, p) for p in keep):
             raise UserError(f"--stats-json {args.stats_json!r} would overwrite the input or output")
-        if stats.is_file() and not _is_stats_file(stats):
+        if stats.is_file() and not is_stats_file(stats):
             raise UserError(
                 f"--stats-json {args.stats_json!r} exists and is not a samgpu stats file; samgpu"
                 " does not write over other files (an index, notes, ...): give another path"

@@ -96,6 +96,17 @@ class RunTotals:
             self.slots[name] += getattr(run, name)
 
 
+def is_stats_file(path: Path) -> bool:
+    """An earlier run's --stats-json (which a rerun may replace), by its keys."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            return False
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stats, dict) and {"records", "new_tokens", "tokens_per_second"} <= set(stats)
+
+
 def write_stats(
     args,
     info,
