@@ -125,6 +125,20 @@ def same_file(a: Path, b: Path) -> bool:
         return a.expanduser().resolve() == b.expanduser().resolve()
 
 
+def unwritable_reason(path: Path) -> str | None:
+    """Why `path` could not be written (its folder, or the nearest existing ancestor that saving
+    creates it in, is a file or not writable by this process), or None: checked before long work,
+    so that no run ends in an OSError."""
+    folder = path.expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{str(folder)!r} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write in folder {str(folder)!r}"
+    return None
+
+
 def starts_with(path: Path, magic: bytes) -> bool:
     """The file begins with `magic` (a samgpu file kind's first bytes)."""
     with open(path, "rb") as f:

@@ -17,7 +17,7 @@ from typing import Any
 from samgpu.cli.profile import chain, profiled_range, profiler
 from samgpu.decoding.stages import nvtx_range
 from samgpu.errors import UserError
-from samgpu.files import same_file
+from samgpu.files import same_file, unwritable_reason
 from samgpu.hf_args import single_token_stops
 
 # ----------------------------------------------------------------------------- generate: checks
@@ -143,15 +143,9 @@ def check_output_field(args: argparse.Namespace) -> None:
 
 
 def _writable_folder(path: Path, what: str) -> None:
-    """The folder `path` would be created in (its nearest existing ancestor) must be a folder this
-    process can write to; checked before anything runs, so that no run ends in an OSError."""
-    folder = path.expanduser().absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"{what} {str(path)!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {str(path)!r}: cannot write in folder {str(folder)!r}")
+    reason = unwritable_reason(path)
+    if reason is not None:
+        raise UserError(f"{what} {str(path)!r}: {reason}")
 
 
 def check_paths(args: argparse.Namespace) -> None:

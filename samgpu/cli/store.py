@@ -37,7 +37,7 @@ from samgpu.drafters.parts.store_file import (
     surviving_start,
 )
 from samgpu.errors import UserError
-from samgpu.files import same_file, starts_with
+from samgpu.files import same_file, starts_with, unwritable_reason
 
 BYTES_PER_TOKEN: float = 92.0  # device bytes per token of budget (samgpu.automata.StoreAutomaton)
 
@@ -98,14 +98,14 @@ def _check_input(path: Path) -> None:
 
 
 def _check_writable(out: Path) -> None:
-    """The folder the store goes to exists and is writable (checked before any work)."""
-    import os
-
+    """The folder the store goes to exists (saving does not create it) and is writable (checked
+    before any work)."""
     folder = out.expanduser().absolute().parent
     if not folder.is_dir():
         raise ValueError(f"--out {out}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: cannot write in folder {folder}", exit_code=1)
+    reason = unwritable_reason(out)
+    if reason is not None:
+        raise UserError(f"--out {out}: {reason}", exit_code=1)
 
 
 def _records(path: Path):

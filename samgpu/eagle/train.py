@@ -21,7 +21,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import shlex
 import sys
@@ -42,6 +41,7 @@ from samgpu.eagle.features import extract_features
 from samgpu.eagle.loop import TrainConfig, train_head
 from samgpu.eagle.objective import evaluate
 from samgpu.errors import InputError, SetupError, UserError
+from samgpu.files import same_file, unwritable_reason
 
 FEATURE_BATCH_FACTOR = 4  # the target's feature pass keeps no graph: larger batches, fewer calls
 OPTIONS: list[tuple[str, dict]] = [
@@ -158,19 +158,11 @@ def _check(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise InputError(f"--out {args.out!r} is a folder: give the head file's path")
     data = Path(args.data) if args.data else DEFAULT_DATA
-    try:
-        same = out.exists() and out.samefile(data)
-    except OSError:
-        same = False
-    if same:
+    if same_file(out, data):
         raise InputError(f"--out {args.out!r} is the --data file: give the head its own file")
-    folder = out.expanduser().absolute().parent  # (created if missing: check its nearest ancestor)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError(f"--out {args.out!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):  # (checked now, not after minutes of training)
-        raise InputError(f"--out {args.out!r}: cannot write in folder {str(folder)!r}")
+    reason = unwritable_reason(out)  # (checked now, not after minutes of training)
+    if reason is not None:
+        raise InputError(f"--out {args.out!r}: {reason}")
     for flag, value in (("--lr", args.lr), ("--noise", args.noise)):
         if not math.isfinite(value):
             raise InputError(f"{flag} must be a finite number, got {value}")

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from samgpu.files import same_file, starts_with
+from samgpu.files import same_file, starts_with, unwritable_reason
 from samgpu.sam.corpus import DEFAULT_FIELDS, tokenizer_fingerprint
 from samgpu.sam.default import build_index_from_files, default_index_path, ensure_default_index
 from samgpu.sam.index import SamIndex
@@ -96,14 +95,6 @@ def run_index(args: argparse.Namespace, *, load_tokenizer: TokenizerLoader | Non
         return 2
 
 
-def _existing_parent(path: Path) -> Path:
-    """The folder `path` is written in, or its nearest existing ancestor (created on save)."""
-    folder = path.expanduser().absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
 def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
     fields = tuple(f.strip() for f in args.fields.split(",") if f.strip())
     if not fields:
@@ -123,8 +114,9 @@ def _build(args: argparse.Namespace, load_tokenizer: TokenizerLoader) -> int:
             f"--out {args.out} exists and is not a samgpu index; samgpu does not write over other"
             " files: give another --out (or delete it)"
         )
-    if out is not None and not os.access(_existing_parent(out), os.W_OK | os.X_OK):
-        raise ValueError(f"--out {args.out}: cannot write in {_existing_parent(out)}")
+    reason = None if out is None else unwritable_reason(out)
+    if reason is not None:
+        raise ValueError(f"--out {args.out}: {reason}")
     tokenizer = load_tokenizer(args.tokenizer)
     progress = not args.no_progress
     start = time.perf_counter()
