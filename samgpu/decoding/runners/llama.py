@@ -40,7 +40,6 @@ from samgpu.decoding.runners.base import (
 )
 from samgpu.kernels.exact_attention import exact_attention, exact_prefill_attention
 from samgpu.kernels.exact_plan import exact_chain_plan, exact_tree_plan
-from samgpu.kernels.fused_linear import fused_linear
 from samgpu.kernels.prefill_attention import prefill_attention
 from samgpu.kernels.rms_norm import rms_norm
 from samgpu.kernels.rope_kv import rope_kv
@@ -51,9 +50,6 @@ from samgpu.kernels.tree_attention import step_plan
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Rows (B x T) up to which a forward runs the fused projections (kernels/fused_linear.py); past
-# it (prefill chunks) cuBLAS's tiles for large GEMMs win.
-FUSED_MAX_ROWS: int = 1024
 
 
 @dataclass
@@ -215,14 +211,10 @@ class LlamaRunner(RunnerBase):
             cos, sin = cos * self.rope_scaling, sin * self.rope_scaling
         return cos, sin
 
-    def _qkv(self, li: int, x: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, H] -> layer li's fused q/k/v rows [B, T, (Hq + 2 Hkv) * D], before RoPE;
-        with `norm`, x is the residual stream and the RMSNorm is fused into the projection."""
+    def _qkv(self, li: int, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H] -> layer li's fused q/k/v rows [B, T, (Hq + 2 Hkv) * D], before RoPE."""
         w = self.layers[li]
-        if norm is None:
-            qkv = F.linear(x, w.qkv, w.qkv_bias)
-        else:
-            qkv = fused_linear(x, w.qkv, bias=w.qkv_bias, norm_weight=norm, eps=self.eps)
+        qkv = F.linear(x, w.qkv, w.qkv_bias)
         if w.q_norm is not None:  # Qwen3: RMSNorm of every q and k head before RoPE
             hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
             q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
@@ -242,22 +234,8 @@ class LlamaRunner(RunnerBase):
     def _layers(self, h: torch.Tensor, positions: torch.Tensor, attend):
         """The decoder stack over h [B, T, H] (the residual stream, updated in place); returns the
         final-normed hidden states. attend(li, qkv, cos, sin) -> [B, T, Hq, D]: RoPE, the K/V
-        into layer li's cache, attention. Up to FUSED_MAX_ROWS rows (decode and verify steps)
-        the norms, SwiGLU and residual adds ride in the projections' kernels (fused_linear: four
-        launches a layer instead of eight); longer prefill chunks and exact mode (whose
-        invariance rests on cuBLAS's row results) take the separate kernels."""
+        into layer li's cache, attention."""
         cos, sin = self._rope_tables(positions)
-        b, t, _ = h.shape
-        if self.exact or b * t > FUSED_MAX_ROWS:
-            return self._layers_unfused(h, cos, sin, attend)
-        for li, w in enumerate(self.layers):
-            attn = attend(li, self._qkv(li, h, norm=w.input_norm), cos, sin).reshape(b, t, -1)
-            fused_linear(attn, w.o_proj, bias=w.o_bias, residual=h, out=h)
-            act = fused_linear(h, w.gate_up, norm_weight=w.post_norm, eps=self.eps, swiglu=True)
-            fused_linear(act, w.down, residual=h, out=h)
-        return rms_norm(h, self.final_norm, self.eps)[0]
-
-    def _layers_unfused(self, h: torch.Tensor, cos, sin, attend):
         b, t, _ = h.shape
         x, _ = rms_norm(h, self.layers[0].input_norm, self.eps)
         for li, w in enumerate(self.layers):
