@@ -52,8 +52,11 @@ from samgpu.kernels.visible_sdpa import plan_from_visible, visible_sdpa
 LOG2E: float = 1.4426950408889634
 # head_dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for a full grid (>= 2 programs per SM) and
 # for a small one (BLOCK_M halved: a 1,000-token SmolLM2 prompt is only 72 programs at 128 rows).
+# At D=64 the two are one: on the H200, 128-row blocks were slower than 64-row ones on every
+# admission measured, full grids included (packed refill of 16 x 250 tokens 20.2 vs 16.4 us a
+# layer, 8 x 512 tokens 20.8 vs 17.1; profiling/results/20261201-h200-prefill-tiles-42c7a5b.jsonl).
 LARGE_GRID_CONFIG: dict[int, tuple[int, int, int, int]] = {
-    64: (128, 64, 8, 3),
+    64: (64, 64, 4, 3),
     128: (128, 64, 8, 2),
 }
 SMALL_GRID_CONFIG: dict[int, tuple[int, int, int, int]] = {64: (64, 64, 4, 3), 128: (64, 64, 4, 2)}
@@ -216,12 +219,11 @@ def _aot_specs() -> list[AotSpec]:
             "qk_scale": "fp32",
         }
         for head_dim in head_dims:
-            tables = (
-                (SMALL_GRID_CONFIG,) if dtype == "fp32" else (SMALL_GRID_CONFIG, LARGE_GRID_CONFIG)
-            )
-            for table in tables:
+            configs = {SMALL_GRID_CONFIG[head_dim]}
+            if dtype != "fp32":
+                configs.add(LARGE_GRID_CONFIG[head_dim])
+            for block_m, block_n, num_warps, _ in sorted(configs):
                 for packed in (False, True):
-                    block_m, block_n, num_warps, _ = table[head_dim]
                     consts = {
                         "HEAD_DIM": head_dim,
                         "BLOCK_D": head_dim,
@@ -310,8 +312,9 @@ def _sm_count(device_index: int) -> int:
 def default_config(
     b: int, t: int, hq: int, hkv: int, d: int, device: torch.device
 ) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): 128-row blocks when they give >= 2 programs per
-    SM, else 64-row blocks (more programs for short prompts / small batches)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): at D=128 128-row blocks when they give >= 2
+    programs per SM, else 64-row blocks (more programs for short prompts / small batches); at D=64
+    64-row blocks always."""
     key = 64 if d <= 64 else 128
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -1,7 +1,8 @@
 """Attention kernels on the GPU, random data, no model: prefill vs SDPA, the tree-attention config
 sweep, exact mode's cost, and exact mode's bitwise invariance on the real compiler and hardware.
 
-    python -m profiling.bench_attention [--sections prefill tree exact invariance] [--quick]
+    python -m profiling.bench_attention [--sections prefill prefill-tiles tree exact invariance]
+        [--quick]
         [--dtype bf16] [--smoke]
     python -m profiling.bench_attention --sections tree --heads smollm2 --batches 16 64 256
         --nodes 1 4 --wide --ragged --write-tuning
@@ -60,6 +61,9 @@ from samgpu.kernels.exact_attention import (  # noqa: E402
     exact_tree_plan,
 )
 from samgpu.kernels.prefill_attention import (  # noqa: E402
+    default_config as prefill_default,
+)
+from samgpu.kernels.prefill_attention import (
     prefill_attention_ref,
     prefill_attention_triton,
 )
@@ -219,6 +223,63 @@ def bench_prefill(bench: Bench) -> None:
     print_table(table, columns, title="prefill attention, one layer (ms)")
     print()
     bench_new_lengths(bench)
+
+
+def prefill_calls(fixed: tuple, kv: list, cfg: dict) -> list:
+    """One prefill_attention call per K/V copy (q, start, lengths, segment_start fixed)."""
+    q, start, lengths, seg = fixed
+    return [partial(prefill_attention_triton, q, k, v, start, lengths, seg, **cfg) for k, v in kv]
+
+
+def bench_prefill_tiles(bench: Bench) -> None:
+    """The prefill kernel's tiles (block_m x block_n x warps x stages) on admissions as the engine
+    makes them (SmolLM2 heads): one prompt of T tokens, and packed rows of several prompts; each
+    timed as LAYER_COPIES calls on distinct K/V in one CUDA graph, against the default's choice."""
+    hq, hkv, d = (4, 2, 16) if bench.args.smoke else HEADS["smollm2"]
+    # (label, B, T, prompts per row): B=1 admissions, then packed refills of 4 and 16 prompts
+    cases = (
+        [("T=48", 1, 48, 1)]
+        if bench.args.smoke
+        else [(f"T={t}", 1, t, 1) for t in (100, 500, 1000, 2000)]
+        + [("4x500 packed", 1, 2000, 4), ("16x250 packed", 1, 4000, 16), ("B=8 T=512", 8, 512, 1)]
+    )
+    blocks = (16,) if bench.args.smoke else (32, 64, 128)
+    variants = ((4, 1),) if bench.args.smoke else ((4, 2), (4, 3), (8, 2), (8, 3))
+    table = []
+    for label, b, t, prompts in cases:
+        q = randn(b, t, hq, d, b=bench)
+        copies = 1 if bench.args.smoke else LAYER_COPIES
+        kv = [(randn(b, hkv, t, d, b=bench), randn(b, hkv, t, d, b=bench)) for _ in range(copies)]
+        start = torch.zeros(b, dtype=torch.int32, device=bench.device)
+        lengths = torch.full((b,), t, dtype=torch.int32, device=bench.device)
+        seg = None
+        if prompts > 1:
+            each = t // prompts
+            pos = torch.arange(t, device=bench.device, dtype=torch.int32)
+            seg = (pos // each * each)[None, :].expand(b, t).contiguous()
+
+        fixed = (q, start, lengths, seg)
+        default = prefill_default(b, t, hq, hkv, d, q.device)
+        times = {}
+        for bm in blocks:
+            for bn in blocks:
+                for w, st in variants:
+                    cfg = dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+                    try:
+                        tm = bench.time_graph(prefill_calls(fixed, kv, cfg))
+                    except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                        print(f"  skip {label} {cfg}: {type(exc).__name__}")
+                        continue
+                    times[(bm, bn, w, st)] = tm["p50"] * 1e3
+                    params = {"heads": "smollm2", "case": label, "B": b, "T": t,
+                              "prompts": prompts, "config": [bm, bn, w, st]}  # fmt: skip
+                    bench.record("prefill_tiles", "triton", params, tm)
+        best = min(times, key=times.get)
+        table.append({"case": label, "default": default, "default us": times.get(default),
+                      "best": best, "best us": times[best]})  # fmt: skip
+    print_table(table, ["case", "default", "default us", "best", "best us"],
+                title="prefill attention tiles, one layer (us, in-graph)")  # fmt: skip
+    print()
 
 
 def bench_new_lengths(bench: Bench) -> None:
@@ -765,8 +826,9 @@ def fast_control(world: World, parents, target, cap):
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sections = ["prefill", "prefill-tiles", "tree", "exact", "invariance"]
     ap.add_argument("--sections", nargs="+", default=["prefill", "tree", "exact", "invariance"],
-                    choices=["prefill", "tree", "exact", "invariance"])  # fmt: skip
+                    choices=sections)  # fmt: skip
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--quick", action="store_true", help="fewer geometries and configurations")
     ap.add_argument("--rep-ms", type=int, default=20, help="do_bench measuring time per point")
@@ -804,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if section == "prefill":
             bench_prefill(bench)
+        elif section == "prefill-tiles":
+            bench_prefill_tiles(bench)
         elif section == "tree":
             tree_results = bench_tree(bench)
         elif section == "exact":
