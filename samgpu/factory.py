@@ -73,7 +73,8 @@ def memory_estimate(
     parts = {
         "kv_cache": kv_token * batch_size * max_len,
         "logits": logit_bytes * batch_size * (nodes + 1) * runner.vocab_size,
-        "refill_scratch": kv_token * min(batch_size, GRAPH_ROWS) * max_len,
+        # (a one-slot cache is its own scratch: Prefiller._allocate_scratch)
+        "refill_scratch": kv_token * min(batch_size, GRAPH_ROWS) * max_len * (batch_size > 1),
     }
     entry = get_method(method)
     if entry.head_layers:  # a drafter's own cache (EAGLE head) and the prompts' hidden states

@@ -17,7 +17,8 @@ Padded (the other runners, exact mode, CPU, one slot). With CUDA graphs on, ever
 through graphs: the prompts are sorted by length and cut into calls of at most GRAPH_ROWS prompts
 (`plan_calls`); each call's prompts are copied into static input buffers padded to a (rows, width)
 bucket (powers of two), a CUDA graph of the runner's prefill into a persistent scratch cache
-replays, and the scratch rows are copied into the slots. Why graphs: an eager prefill is ~300
+replays, and the scratch rows are copied into the slots (a one-slot cache is its own scratch: no
+copy; B=1, 1,000 tokens: two ~19 us copies on an H200). Why graphs: an eager prefill is ~300
 kernel launches, ~20 ms of host time on an H200 whatever the prompts' length
 (profiling/profile_step.py), which at batch 1 is the whole prefill and in a refill stalls every
 live slot; a replay is one launch. Why sorted calls: a bucket's padding is computed like real
@@ -180,7 +181,8 @@ class Prefiller:
                     sel = torch.tensor(call, dtype=torch.long, device=index.device)
                     ids, lens, slots = input_ids[sel, :w], lengths[sel], index[sel]
                 scratch = self._graph_prefill(ids, lens)
-                self._copy_in(slots, scratch, len(call), w)
+                if scratch is not cache:
+                    self._copy_in(slots, scratch, len(call), w)
                 if hidden is not None:
                     hidden[:, :w].index_copy_(0, sel, self._hidden[: len(call), :w])
         elif width > 0:
@@ -402,7 +404,11 @@ class Prefiller:
             return
         r, dev = self.runner, self.runner.device
         rows, width = (1, self.capacity) if self.pack else (self._graph_rows, self.cache.max_len)
-        self._scratch = r.allocate_cache(rows, width)
+        # A one-slot cache is its own scratch: its admissions' graphs write into the slot (no
+        # copy of the prompt's K/V, no second cache). An admission only ever fills a free slot,
+        # and a capture's warm-up writes the only slot just before its prompt does.
+        one_slot = not self.pack and self.cache.k.shape[1] == 1
+        self._scratch = self.cache if one_slot else r.allocate_cache(rows, width)
         if self.pack:  # the packed calls' buffer (_packed_call), at most 5 x capacity + 1
             self._stage = torch.zeros(5 * width + 1, dtype=torch.int32, device=dev)
         else:

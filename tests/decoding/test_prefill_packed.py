@@ -246,3 +246,48 @@ def test_pack_needs_a_packing_runner():
             cache,
             segment_start=torch.zeros(1, 4, dtype=torch.int32),
         )
+
+
+def test_a_one_slot_cache_is_its_own_scratch(runner):
+    """Padded graph calls into a one-slot cache write the slot itself (nothing to copy, no second
+    cache); with more slots (or packed) the scratch is a cache of its own."""
+    one = runner.allocate_cache(1, MAX_LEN)
+    prefiller = Prefiller(runner, one, use_graphs=False, pack=False)
+    prefiller._allocate_scratch()
+    assert prefiller._scratch is one
+    for slots, pack in ((2, False), (1, True)):
+        cache = runner.allocate_cache(slots, MAX_LEN)
+        prefiller = Prefiller(runner, cache, use_graphs=False, pack=pack)
+        prefiller._allocate_scratch()
+        assert prefiller._scratch is not cache
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="prefill graphs need a CUDA device")
+def test_one_slot_graph_admissions_equal_eager_ones(runner):
+    """B=1 as users run it: graph replays writing straight into the only slot, a long prompt then
+    a shorter one (replays of reused graphs), leave the eager prefill's K/V and cache_len; the
+    first prompt's K/V differ (negative control)."""
+    import copy
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cuda_runner = make_runner(copy.deepcopy(runner.model).to("cuda"), prefer="fast")
+    first, second = prompts_of([40, 23], seed=9)
+
+    def admit_one(graphs, prompts):
+        cache = cuda_runner.allocate_cache(1, MAX_LEN)
+        prefiller = Prefiller(cuda_runner, cache, use_graphs=graphs, pack=False)
+        for p in prompts:
+            ids = torch.tensor([p[:-1]], dtype=torch.int32, device="cuda")
+            lens = torch.tensor([len(p) - 1], dtype=torch.int32, device="cuda")
+            prefiller([0], torch.tensor([0], device="cuda"), ids, lens, [p[:-1]])
+        return cache
+
+    got = admit_one(True, [first, second])
+    want = admit_one(False, [second])
+    other = admit_one(False, [first])
+    n = len(second) - 1
+    assert int(got.cache_len[0]) == int(want.cache_len[0]) == n
+    torch.testing.assert_close(got.k[:, 0, :, :n], want.k[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.v[:, 0, :, :n], want.v[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+    assert (got.k[:, 0, :, :n] - other.k[:, 0, :, :n]).abs().max() > 1e-3
