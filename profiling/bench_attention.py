@@ -242,6 +242,7 @@ def bench_prefill_tiles(bench: Bench) -> None:
         if bench.args.smoke
         else [(f"T={t}", 1, t, 1) for t in (100, 500, 1000, 2000)]
         + [("4x500 packed", 1, 2000, 4), ("16x250 packed", 1, 4000, 16), ("B=8 T=512", 8, 512, 1)]
+        + [("32x256 packed", 1, 8192, 32), ("64x256 packed", 1, 16384, 64)]
     )
     blocks = (16,) if bench.args.smoke else (32, 64, 128)
     variants = ((4, 1),) if bench.args.smoke else ((4, 2), (4, 3), (8, 2), (8, 3))
