@@ -224,7 +224,7 @@ def _tree_attention_kernel(
             v_src = node_rows + (num_heads + num_heads // group + kvh) * HEAD_DIM
             v = tl.load(v_src + offs_d[None, :], mask=kv_mask, other=0.0)
             slot = tl.load(slot_ptr + b).to(tl.int64) + j
-            store = kv_mask & (pid_m == 0)
+            store = kv_mask & ((j * 0 + pid_m) == 0)[:, None]  # (3.9 interpreter: no scalar)
             tl.store(k_base + slot[:, None] * stride_kl + offs_d[None, :], k, mask=store)
             tl.store(v_base + slot[:, None] * stride_vl + offs_d[None, :], v, mask=store)
         else:

@@ -418,5 +418,11 @@ def check_conversation(conv: Any, what: str) -> None:
     """A chat conversation: a non-empty list of {'role', 'content'} dicts, else a TypeError that
     starts with `what` (a transformers / jinja error from deep inside the template otherwise)."""
     ok = isinstance(conv, Sequence) and not isinstance(conv, (str, bytes)) and len(conv) > 0
-    if not ok or not all(isinstance(m, dict) and "role" in m and "content" in m for m in conv):
-        raise TypeError(f"{what} a non-empty list of {{'role', 'content'}} dicts, got {conv!r:.80}")
+    if not ok or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in conv
+    ):
+        raise TypeError(
+            f"{what} a non-empty list of {{'role', 'content'}} dicts with string values, got "
+            f"{conv!r:.80}"
+        )

@@ -62,6 +62,11 @@ def _parse_messages(value: Any, where: str, name: str) -> list[dict[str, Any]]:
             raise InputError(
                 f"{where}: {name}[{i}] must be an object with 'role' and 'content', got {m!r:.80}"
             )
+        if not isinstance(m["role"], str) or not isinstance(m["content"], str):
+            raise InputError(
+                f"{where}: {name}[{i}]: 'role' and 'content' must be strings (content parts are not"
+                f" supported: join their text), got {m!r:.80}"
+            )
     return value
 
 

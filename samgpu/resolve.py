@@ -31,8 +31,9 @@ CPU_DEFAULT_METHOD = "ar"
 
 def default_method(device: torch.device | str, batch_size: int = 1, *, store: bool = False) -> str:
     """The method for `batch_size` sequences at a time on `device` (see above): on CUDA `merged`
-    below PLD_MIN_BATCH sequences or with a store, `pld` from there; `ar` on a CPU."""
-    if torch.device(device).type != "cuda":
+    below PLD_MIN_BATCH sequences or with a store, `pld` from there; `ar` on a CPU, `merged` there
+    too with a store (which only the automaton methods read)."""
+    if torch.device(device).type != "cuda" and not store:
         return CPU_DEFAULT_METHOD
     if batch_size >= PLD_MIN_BATCH and not store:
         return GPU_BATCH_DEFAULT_METHOD

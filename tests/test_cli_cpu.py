@@ -71,6 +71,7 @@ def test_default_method_is_ar_on_cpu(capsys, tiny_model_dir):
     model, tok = load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
     assert SamDecoder(model, tok).method == "ar"
     assert default_method("cpu") == "ar" and default_method("cpu", 64) == "ar"
+    assert default_method("cpu", store=True) == "merged"  # a store needs an automaton method
 
 
 def test_default_method_on_cuda_follows_the_batch_size(monkeypatch):

@@ -130,6 +130,21 @@ def test_decoder_refuses_a_conversation_without_roles(tiny_model_dir):
         dec.generate([[{"content": "hi"}]], max_new_tokens=2)
     with pytest.raises(TypeError, match="'role', 'content'"):
         dec.generate([[]], max_new_tokens=2)
+    # content parts (a list) or None: named, not a jinja traceback
+    for content in ([{"type": "text", "text": "hi"}], None):
+        with pytest.raises(TypeError, match="with string values"):
+            dec.generate([[{"role": "user", "content": content}]], max_new_tokens=2)
+
+
+def test_chat_records_need_string_contents():
+    from samgpu.errors import InputError
+    from samgpu.inputs import parse_record
+
+    msgs = [{"role": "user", "content": "hi"}]
+    assert parse_record({"messages": msgs}, index=0, line=1).messages == msgs  # control
+    with pytest.raises(InputError, match="x.jsonl:3: messages\\[0\\]: 'role' and 'content' must"):
+        parse_record({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+                     index=0, line=3, path="x.jsonl")  # fmt: skip
 
 
 def test_index_of_a_wrong_type_is_named(tiny_model_dir):
