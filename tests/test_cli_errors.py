@@ -346,9 +346,10 @@ def test_store_and_output_paths_never_overwrite_each_other(capsys, tmp_path, pro
         )
         assert code == 2 and "give the store its own file" in one_error_line(err)
     assert not out.exists() and src.read_bytes() == before
-    for folder in (".", "./", tmp_path):
+    for folder in (".", "./", tmp_path, f"{tmp_path}/new/"):  # (new/: wrote a file named new)
         code, _, err = run(capsys, *gen("--input", src, "--output", folder))
         assert code == 2 and "is a folder" in one_error_line(err)
+    assert not (tmp_path / "new").exists()
     from samgpu.cli.generate import check_paths
 
     ok = cli.build_parser().parse_args(

@@ -166,7 +166,8 @@ def check_paths(args: argparse.Namespace) -> None:
     if args.input is None:
         return
     src, out = Path(args.input), Path(args.output)
-    if not out.name or out.expanduser().is_dir():
+    trailing_sep = args.output.endswith(("/", os.sep))  # (Path drops it: "new/" became a file)
+    if not out.name or trailing_sep or out.expanduser().is_dir():
         raise UserError(f"--output {args.output!r} is a folder; give the output file's path")
     if same_file(src, out):
         raise UserError(
