@@ -346,3 +346,16 @@ def test_library_warnings_print_as_one_cli_line(capsys, monkeypatch):
     err = capsys.readouterr().err.splitlines()
     assert err == ["samgpu: warning: [rank 1] the tree attention runs a heuristic"]
     assert others == ["some other library's warning"]
+
+
+def test_an_earlier_error_field_does_not_survive_a_completion(
+    capsys, tmp_path, tiny_model_dir, prompts_file
+):
+    """An earlier run's output fed back in: the record that now gets a completion drops the stale
+    "error" (tools filtering on it took the record as failed); other fields stay."""
+    src = prompts_file([{"id": "x1", "prompt": "Hi", "error": "empty prompt", "tag": 7}])
+    out = tmp_path / "o.jsonl"
+    code, err = run(capsys, gen(tiny_model_dir, src, out))
+    assert code == 0, err
+    (rec,) = records(out)
+    assert "error" not in rec and rec["tag"] == 7 and rec["completion"] is not None

@@ -361,6 +361,7 @@ def _output_record(session: Session, rec, tokens: list[int], stats: dict) -> dic
 
     done = make_completion(tokens, stats, session.tokenizer, session.eos, session.args.stop)
     out = dict(rec.data)
+    out.pop("error", None)  # (an earlier run's output fed back in: this record is not skipped now)
     out[session.args.output_field] = done.text
     out["finish_reason"] = done.finish_reason
     out["num_tokens"] = len(done.tokens)
