@@ -100,7 +100,8 @@ class SamDecoder:
 
     model: a transformers causal LM (eval mode, on its device). tokenizer: needed for string and
     chat inputs and stop strings. method: one of samgpu.drafters.method_names() ("ar" = no
-    drafting); None: default_method(the model's device), "merged" on CUDA, "ar" on a CPU.
+    drafting); None: default_method(the model's device), "merged" on CUDA, "ar" on a CPU ("merged"
+    with a store).
     index: a static SamIndex, a path to one, "default" (the embedded corpus's index for this
     tokenizer, built and cached on first use) or None. options: the method's options (its
     options dataclass's fields, e.g. l_threshold=5).
@@ -136,7 +137,7 @@ class SamDecoder:
                 " use SamDecoder.from_pretrained(model)"
             )
         if method is None:
-            method = default_method(next(model.parameters()).device)
+            method = default_method(next(model.parameters()).device, store="store" in options)
         if method not in method_names():
             raise ValueError(
                 f"unknown method {method!r}: choose one of {', '.join(method_names())}"

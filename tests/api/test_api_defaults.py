@@ -124,6 +124,17 @@ def test_decoder_of_a_name_points_to_from_pretrained():
         SamDecoder("default", None)
 
 
+def test_a_store_picks_an_automaton_method_on_a_cpu(tiny_model_dir, tmp_path):
+    """method=None with a store: "merged", not the CPU's "ar", which has no store option (a
+    ValueError "unknown option(s) ['store'] for method 'ar'" before)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert SamDecoder(model, None, index=None).method == "ar"  # control
+    dec = SamDecoder(model, None, index=None, store=str(tmp_path / "s.samstore"))
+    assert dec.method == "merged"
+
+
 def test_decoder_refuses_a_conversation_without_roles(tiny_model_dir):
     dec = SamDecoder.from_pretrained(str(tiny_model_dir), method="ar", device="cpu")
     with pytest.raises(TypeError, match="'role', 'content'"):
