@@ -1,11 +1,24 @@
-"""Randoms for sampling verification, drawn on the device with no host sync.
+"""Sampling by position-keyed noise: the token each tree node's distribution draws.
 
-`draw_randoms(rng, uniforms, exponentials)` fills `uniforms [B, N]` with U[0, 1) and
-`exponentials [B, V]` with Exp(1) from Philox keyed by (rng[0] seed, rng[1] step), then advances
-the step: every CUDA-graph replay draws fresh numbers without a torch generator (which graphs
-would have to register), and a seed reproduces a run. The reference (CPU) seeds a torch.Generator
-from the same pair; its stream differs from Philox, so kernel and reference are compared through
-their distributions, not bitwise. One program per BLOCK draws.
+`race_tokens(probs, seed, keys, positions, out)`: for every node i of sequence b,
+    out[b, i] = argmax_v probs[b, i, v] / E(seed, keys[b], positions[b, i], v)
+(the exponential race: with E ~ Exp(1) i.i.d., the winner is distributed as probs[b, i]; first
+maximum on ties, tokens of probability 0 never win). E = -log(u) with u in (0, 1) from a counter
+hash of (seed, request key, position, token): no stored randoms, no generator state, and the same
+number for the same (request, position, token) whatever the step, batch slot, tree shape or call.
+
+Why keyed by position: a request's token at position p is then a function of its prefix and the
+noise at p alone. Verification accepts a draft child iff its token is the node's race winner (the
+greedy walk, with winners for argmaxes), so every method, batch size and batching mode emits the
+tokens that `ar` samples with the same seed and keys (up to floating-point near-ties of the
+logits, as greedy decoding), and a seed reproduces a call on any decoder. For deterministic drafts
+the chance that a node's children hold the winner is the children's total probability, what
+recursive rejection sampling accepts: no acceptance is lost.
+
+The hash is murmur3's 32-bit finaliser chained over the fields, in uint32 arithmetic in the kernel
+and in int64 masked to 32 bits in the reference: the same integers bit for bit, so kernel and
+reference differ only where -log rounds apart at a near-tie of the race.
+Example: probs [[[0, 1, 0]]] -> out [[1]] for any seed, key and position.
 """
 
 from __future__ import annotations
@@ -17,77 +30,147 @@ import triton.language as tl
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
 
+_BLOCK_V: int = 1024
+_M1, _M2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B9  # murmur3 fmix32; 2**32 / phi
+_MASK = 0xFFFFFFFF
+
 
 @triton.jit
-def _randoms_draw_kernel(
-    rng_ptr,  # [2] int64: seed, step counter
-    uniforms_ptr,  # [B * N] float32 (out)
-    exponentials_ptr,  # [B * V] float32 (out)
-    num_uniforms,  # B * N
-    num_exponentials,  # B * V
-    BLOCK: tl.constexpr,
+def _fmix32(x):
+    """murmur3's finaliser on uint32 (wrapping multiplies)."""
+    x ^= x >> 16
+    x *= 0x85EBCA6B
+    x ^= x >> 13
+    x *= 0xC2B2AE35
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _race_kernel(
+    probs_ptr,  # [B, N, V] float32
+    seed_ptr,  # [1] int64
+    keys_ptr,  # [B] int64; a request's sampling key
+    positions_ptr,  # [B, N] int32; the node's position in its sequence
+    out_ptr,  # [B, N] int64 (out): the race winner
+    vocab_size,
+    MAX_NODES: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
-    """One program per BLOCK draws; Philox keyed by (seed, step), counter = draw index."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    seed = tl.load(rng_ptr)
-    step = tl.load(rng_ptr + 1)
-    key = seed * 6364136223846793005 + step * 1442695040888963407 + 1
-    r = tl.rand(key, offs)
-    tl.store(uniforms_ptr + offs, r, mask=offs < num_uniforms)
-    e = -tl.log(1.0 - r)  # r in [0, 1): Exp(1) >= 0
-    off_e = offs - num_uniforms
-    is_exp = (off_e >= 0) & (off_e < num_exponentials)
-    tl.store(exponentials_ptr + off_e, e, mask=is_exp)
+    """One program per node: its noise key, then one pass over the vocabulary."""
+    node = tl.program_id(0).to(tl.int64)
+    seed = tl.load(seed_ptr)
+    key = tl.load(keys_ptr + node // MAX_NODES)
+    pos = tl.load(positions_ptr + node)
+    h = _fmix32((seed & 0xFFFFFFFF).to(tl.uint32) ^ 0x2545F491)
+    h = _fmix32(h ^ ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32))
+    h = _fmix32(h ^ (key & 0xFFFFFFFF).to(tl.uint32))
+    h = _fmix32(h ^ ((key >> 32) & 0xFFFFFFFF).to(tl.uint32))
+    h = _fmix32(h ^ pos.to(tl.uint32))
+    offs_v = tl.arange(0, BLOCK_V)
+    row = probs_ptr + node * vocab_size
+    best_score = tl.full([], -2.0, dtype=tl.float32)
+    best_token = tl.zeros([], dtype=tl.int64)
+    for v0 in range(0, vocab_size, BLOCK_V):
+        tok = v0 + offs_v
+        in_vocab = tok < vocab_size
+        p = tl.load(row + tok, mask=in_vocab, other=0.0)
+        x = _fmix32(_fmix32(tok.to(tl.uint32) * 0x9E3779B9 ^ h) + h)
+        u = ((x >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # 23 bits: exact, in (0, 1)
+        score = tl.where(p > 0.0, p / -tl.log(u), -1.0)
+        block_best = tl.max(score, axis=0)
+        block_token = v0 + tl.argmax(score, axis=0).to(tl.int64)
+        is_better = block_best > best_score  # strict: the first maximum wins, as torch.argmax
+        best_token = tl.where(is_better, block_token, best_token)
+        best_score = tl.where(is_better, block_best, best_score)
+    tl.store(out_ptr + node, best_token)
 
 
-def _check_draw(rng, uniforms, exponentials):
-    if rng.shape != (2,) or rng.dtype != torch.int64:
-        raise ValueError(f"rng must be [2] int64 (seed, step), got {tuple(rng.shape)} {rng.dtype}")
-    for name, t in (("uniforms", uniforms), ("exponentials", exponentials)):
-        if t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous float32, got {t.dtype}")
-
-
-def draw_randoms_triton(rng: torch.Tensor, uniforms: torch.Tensor, exponentials: torch.Tensor):
-    """Fill uniforms with U[0, 1) and exponentials with Exp(1) from Philox keyed by
-    (rng[0] seed, rng[1] step), then advance the step: graph-safe, no torch generator."""
-    _check_draw(rng, uniforms, exponentials)
-    total = uniforms.numel() + exponentials.numel()
-    block = 1024
-    _randoms_draw_kernel[(triton.cdiv(total, block),)](
-        rng, uniforms, exponentials, uniforms.numel(), exponentials.numel(), BLOCK=block
+def check_race(probs, seed, keys, positions, out):
+    if probs.ndim != 3 or probs.dtype != torch.float32 or not probs.is_contiguous():
+        raise ValueError(f"probs must be contiguous [B, N, V] float32, got {probs.dtype}")
+    num_reqs, max_nodes, _ = probs.shape
+    checks = (
+        (seed, "seed", (1,), torch.int64),
+        (keys, "keys", (num_reqs,), torch.int64),
+        (positions, "positions", (num_reqs, max_nodes), torch.int32),
+        (out, "out", (num_reqs, max_nodes), torch.int64),
     )
-    rng[1:].add_(1)
+    for t, name, shape, dtype in checks:
+        if t.shape != shape or t.dtype != dtype or not t.is_contiguous():
+            raise ValueError(
+                f"{name} {tuple(t.shape)} {t.dtype} must be contiguous {list(shape)} "
+                f"{dtype} with probs {tuple(probs.shape)}"
+            )
 
 
-def draw_randoms_ref(rng: torch.Tensor, uniforms: torch.Tensor, exponentials: torch.Tensor):
-    """CPU counterpart: a torch.Generator seeded from (seed, step) (reads rng on the host: CPU
-    tensors only, where that is no device sync). Not bitwise equal to the Philox stream."""
-    _check_draw(rng, uniforms, exponentials)
-    seed, step = rng.tolist()
-    gen = torch.Generator(device=uniforms.device)
-    gen.manual_seed((seed * 1_000_003 + step * 7_919 + 1) % (1 << 63))
-    torch.rand(uniforms.shape, generator=gen, out=uniforms)
-    exponentials.exponential_(generator=gen)
-    rng[1:].add_(1)
+def race_tokens_triton(probs, seed, keys, positions, out):
+    """out[b, i]: the token node (b, i) samples (module docstring); no host sync."""
+    check_race(probs, seed, keys, positions, out)
+    num_reqs, max_nodes, vocab_size = probs.shape
+    _race_kernel[(num_reqs * max_nodes,)](
+        probs, seed, keys, positions, out, vocab_size, MAX_NODES=max_nodes, BLOCK_V=_BLOCK_V
+    )
+    return out
 
 
-def draw_randoms(rng: torch.Tensor, uniforms: torch.Tensor, exponentials: torch.Tensor):
-    impl = draw_randoms_triton if use_triton(uniforms) else draw_randoms_ref
-    impl(rng, uniforms, exponentials)
+def _fmix32_ref(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = (x * _M1) & _MASK  # int64 products wrap; their low 32 bits are uint32's
+    x = x ^ (x >> 13)
+    x = (x * _M2) & _MASK
+    return x ^ (x >> 16)
+
+
+def node_uniforms(seed: int, key: int, position: int, vocab_size: int) -> torch.Tensor:
+    """u [V] in (0, 1) of one node: the kernel's numbers, bit for bit."""
+    h = torch.tensor(seed, dtype=torch.int64)
+    h = _fmix32_ref((h & _MASK) ^ 0x2545F491) ^ ((h >> 32) & _MASK)
+    for field in (key & _MASK, (key >> 32) & _MASK, position & _MASK):
+        h = _fmix32_ref(h) ^ field
+    h = _fmix32_ref(h)
+    tok = torch.arange(vocab_size, dtype=torch.int64)
+    x = _fmix32_ref((_fmix32_ref(((tok * _GOLDEN) & _MASK) ^ h) + h) & _MASK)
+    return ((x >> 9).float() + 0.5) * (1.0 / 8388608.0)
+
+
+def race_node_ref(p: torch.Tensor, seed: int, key: int, position: int) -> int:
+    """The token one node samples: argmax of p [V] / -log(u), first maximum, p = 0 never wins."""
+    u = node_uniforms(seed, key, position, p.shape[-1])
+    p = p.cpu()
+    return int(torch.argmax(torch.where(p > 0.0, p / -torch.log(u), torch.full_like(p, -1.0))))
+
+
+def race_tokens_ref(probs, seed, keys, positions, out):
+    """Reference, node by node (reads seed, keys and positions on the host: CPU tensors only,
+    where that is no device sync)."""
+    check_race(probs, seed, keys, positions, out)
+    s, ks, pos = int(seed[0]), keys.tolist(), positions.tolist()
+    for b in range(probs.shape[0]):
+        for i in range(probs.shape[1]):
+            out[b, i] = race_node_ref(probs[b, i], s, ks[b], pos[b][i])
+    return out
+
+
+def race_tokens(probs, seed, keys, positions, out):
+    impl = race_tokens_triton if use_triton(probs) else race_tokens_ref
+    return impl(probs, seed, keys, positions, out)
 
 
 AOT_SPECS = [
     AotSpec(
-        _randoms_draw_kernel,
+        _race_kernel,
         {
-            "rng_ptr": "*i64",
-            "uniforms_ptr": "*fp32",
-            "exponentials_ptr": "*fp32",
-            "num_uniforms": "i32",
-            "num_exponentials": "i32",
-            "BLOCK": "constexpr",
+            "probs_ptr": "*fp32",
+            "seed_ptr": "*i64",
+            "keys_ptr": "*i64",
+            "positions_ptr": "*i32",
+            "out_ptr": "*i64",
+            "vocab_size": "i32",
+            "MAX_NODES": "constexpr",
+            "BLOCK_V": "constexpr",
         },
-        {"BLOCK": 1024},
+        {"MAX_NODES": n, "BLOCK_V": _BLOCK_V},
     )
+    for n in (1, 17, 64)
 ]

@@ -9,9 +9,9 @@ Words (after vLLM's rejection sampler), defined once:
   root, parents in topological order (parent index < child index). A chain is a tree.
 - accepted: draft nodes on the deepest root-to-node path that verification keeps.
 - bonus: the token the target model produces after the last accepted node (greedy: its argmax;
-  sampling: drawn from what rejection leaves). Every step emits `num_accepted + 1` tokens:
-  the accepted draft tokens, then the bonus. The bonus becomes the next root.
-- recovered: (sampling) a bonus drawn after a rejection, from the renormalised residual.
+  sampling: the token its distribution drew, kernels/randoms.py). Every step emits
+  `num_accepted + 1` tokens: the accepted draft tokens, then the bonus. The bonus becomes the
+  next root.
 - MAT: mean accepted tokens per step, bonus included (= mean of num_accepted + 1).
 
 Example: committed text "A B C", root C. Draft tree tokens [C, D, E, X], parents [-1, 0, 1, 0].
@@ -128,7 +128,7 @@ class VerifyOutput:
     accepted_nodes: torch.Tensor  # [B, K] int32; root + accepted path, NO_PARENT-padded
     num_accepted: torch.Tensor  # [B] int32; accepted draft nodes (root excluded)
     bonus: torch.Tensor  # [B] int32
-    argmax: torch.Tensor  # [B, N] int64 workspace (greedy: target argmax per node)
+    argmax: torch.Tensor  # [B, N] int64: each node's target argmax or sampled token
 
     def rows(self, num_reqs: int) -> VerifyOutput:
         return VerifyOutput(

@@ -23,6 +23,8 @@ every 50 ms during the generation, when available), and how many completions equ
 the same batch size and mode (float32: all must; bfloat16: near-ties may flip, except with
 --exact) and to `ar`'s at the first batch size listed (same prompt file when --per-slot and
 --min-requests give every batch size the same prompts: `ar` invariant across batch sizes).
+With `--temperature T --seed S` every run samples, and the same counts hold for samples (noise
+keyed by seed, record and position: kernels/randoms.py).
 Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
 compiles Triton kernels for shapes the warm-up did not meet).
 Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
@@ -111,6 +113,8 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     argv += ["--stats-json", str(stats), "--speculation", args.speculation]
     if args.exact:
         argv.append("--exact")
+    if args.temperature > 0:
+        argv += ["--temperature", str(args.temperature), "--seed", str(args.seed)]
     if args.check_every is not None:
         argv += ["--check-every", str(args.check_every)]
     argv.append("--continuous-batching" if mode == "continuous" else "--no-continuous-batching")
@@ -178,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--exact", action="store_true", help="samgpu generate --exact")
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling (with --seed): same_as_ar then counts equal samples",
+    )
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--check-every", type=int, default=None, help="samgpu generate --check-every (default: its)"
     )
@@ -250,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                         params=dict(
                             dtype=args.dtype,
                             exact=args.exact,
+                            temperature=args.temperature,
+                            seed=args.seed if args.temperature > 0 else None,
                             check_every=args.check_every,
                             speculation=args.speculation,
                             max_new_tokens=args.max_new_tokens,

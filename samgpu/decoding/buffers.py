@@ -87,8 +87,8 @@ def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 class StepBuffers:
     """The buffers of one step at a tree width N (capacity rows): the tree, its mask, the step's
     outputs (logits, verification, emitted tokens, hidden states) and, once sampling is asked
-    for, its randoms. The engine keeps one set at the drafter's N and, for a drafter that drafts,
-    one at N = 1 for plain autoregressive steps (adaptive speculation)."""
+    for, its probabilities. The engine keeps one set at the drafter's N and, for a drafter that
+    drafts, one at N = 1 for plain autoregressive steps (adaptive speculation)."""
 
     def __init__(self, R: int, N: int, K: int, V: int, device, hidden_size, dtype, logits_dtype):
         self.R, self.N, self.V, self.device = R, N, V, device
@@ -108,13 +108,11 @@ class StepBuffers:
             hidden=hidden,
         )
         self.probs: torch.Tensor | None = None
-        self.uniforms: torch.Tensor | None = None
 
     def allocate_sampling(self) -> None:
         if self.probs is None:
             R, N, V, dev = self.R, self.N, self.V, self.device
             self.probs = torch.zeros(R, N, V, dtype=torch.float32, device=dev)
-            self.uniforms = torch.zeros(R, N, dtype=torch.float32, device=dev)
 
 
 @dataclass
@@ -130,8 +128,7 @@ class StepViews:
     v: torch.Tensor
     speculate: bool  # drafting steps (the drafter's tree) or plain AR steps (root only)
     probs: torch.Tensor  # [B, N, V] float32 (sampling)
-    uniforms: torch.Tensor  # [B, N] float32
-    exponentials: torch.Tensor  # [B, V] float32
+    sample_keys: torch.Tensor  # [B] int64; each slot's request key (sampling)
     num_steps: torch.Tensor  # [B] int32; live steps
     accepted_hist: torch.Tensor  # [B, K] int32
     source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
@@ -157,11 +154,19 @@ class StepViews:
 
         return read
 
-    def load_rows(self, index: torch.Tensor, text: torch.Tensor, lens: torch.Tensor, budget: int):
+    def load_rows(
+        self,
+        index: torch.Tensor,
+        text: torch.Tensor,
+        lens: torch.Tensor,
+        budget: int,
+        keys: torch.Tensor,
+    ):
         """New requests in slots `index`: their text [n, W <= max_len] (the prompts, padded; the
-        rows' columns past W become padding too) and lengths [n]; roots = last prompt tokens;
-        budgets; counters and last step's output reset; not finished."""
+        rows' columns past W become padding too), lengths [n] and sampling keys [n] int64; roots
+        = last prompt tokens; budgets; counters and last step's output reset; not finished."""
         st = self.state
+        self.sample_keys.index_copy_(0, index, keys)
         width = text.shape[1]
         st.text[:, :width].index_copy_(0, index, text)
         if width < st.text.shape[1]:

@@ -31,6 +31,10 @@ class GenerationConfig:
     top_p: float = 1.0  # 1.0: off
     eos_token_ids: tuple[int, ...] = ()
     seed: int | None = None  # sampling seed; None: a fresh one per call
+    # Sampling: each prompt's key in the noise its tokens are drawn from (kernels/randoms.py):
+    # the same (seed, key, prompt) gives the same tokens with any method, batch size or decoder.
+    # None: the prompt's index in the call. A file run passes its records' indices.
+    sample_keys: tuple[int, ...] | None = None
     # steps between host reads of the finished flags; None: CHECK_EVERY (a read is a sync on a
     # GPU), except for a single sequence: 1 on a CPU, 4 on a GPU (see steps_per_check)
     check_every: int | None = None
@@ -72,6 +76,10 @@ class GenerationConfig:
             raise ValueError(f"check_every={self.check_every} must be >= 1")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             raise ValueError(f"seed={self.seed} must fit in 64 bits (-2**63 <= seed < 2**63)")
+        if self.sample_keys is not None and not all(
+            isinstance(k, int) and -(2**63) <= k < 2**63 for k in self.sample_keys
+        ):
+            raise ValueError("sample_keys must be ints that fit in 64 bits")
         if self.speculation not in SPECULATION_MODES:
             raise ValueError(
                 f"speculation={self.speculation!r}: expected one of {', '.join(SPECULATION_MODES)}"
@@ -113,6 +121,10 @@ class GenerationConfig:
                     "shorten the prompt, lower max_new_tokens or build the decoder with a larger "
                     "max_len"
                 )
+        if self.sample_keys is not None and len(self.sample_keys) != len(prompts):
+            raise ValueError(
+                f"{len(self.sample_keys)} sample_keys for {len(prompts)} prompts: one key a prompt"
+            )
         for t in self.eos_token_ids:
             if not 0 <= t < vocab_size:
                 raise ValueError(f"eos token id {t} outside the vocabulary [0, {vocab_size})")

@@ -4,7 +4,7 @@ One step, for the B leading slots of the buffers (B = the width the scheduler se
   1. draft   `drafter.propose(state, tree)`              tree tokens/parents/num_nodes [B, N]
   2. tree    `tree_mask(parents, num_nodes, cache_len)`  ancestor mask [B, N, N], positions [B, N]
   3. forward `runner.forward_tree(...)`                  logits [B, N, V], K/V at cache_len+i
-  4. verify  greedy walk, or recursive rejection sampling (temperature > 0)
+  4. verify  greedy walk on each node's argmax or (temperature > 0) on the token it samples
   5. commit  `kv_compact` (accepted K/V -> contiguous) then `commit` (text, lengths, EOS, finished)
   6. update  `drafter.update(state, step)`
 Each stage is one or a few kernels over the whole batch, with no host synchronisation (nothing in
@@ -19,8 +19,9 @@ warm-up; it is a real step), the second is captured as ONE graph of the whole st
 step replays it. The mode holds the sampling parameters (temperature, top_k, top_p), which are
 baked into the graph; EOS ids live in a fixed-size device buffer, so they are not.
 
-Randomness (sampling): `draw_randoms` (kernels/randoms.py) draws from a device-side (seed, step)
-pair: replays draw fresh numbers; the same seed, prompts and batch composition, the same tokens.
+Randomness (sampling): each node's token is raced on noise keyed by (seed, the slot's request key,
+the node's position) (kernels/randoms.py): no random state advances, so a request's tokens depend
+on its prompt, seed and key alone, not on the step shapes, its batch or the decoder's history.
 
 Between steps (the scheduler's host checks): `prefill(rows, prompts)` loads prompts into slots
 (rows of every buffer reset, prompt[:-1] into the KV cache by samgpu.decoding.prefill, the last
@@ -47,7 +48,6 @@ from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
 from samgpu.drafters.protocol import Drafter, NewRequests
 from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
-from samgpu.kernels.randoms import draw_randoms
 from samgpu.kernels.tree import tree_mask
 from samgpu.kernels.verify import sampling_probs, verify_greedy, verify_sample
 from samgpu.types import PAD_TOKEN, SOURCE_NAMES, SOURCE_NONE, DecodeState, StepOutput
@@ -117,8 +117,8 @@ class Engine:
         )
         self._speculate = True
         self._eos = i32(MAX_EOS, fill=PAD_TOKEN)
-        self._rng = torch.zeros(2, dtype=torch.int64, device=dev)  # (seed, step counter)
-        self._exponentials: torch.Tensor | None = None  # sampling, allocated on first use
+        self._seed = torch.zeros(1, dtype=torch.int64, device=dev)  # sampling: the call's seed
+        self._sample_keys = torch.zeros(R, dtype=torch.int64, device=dev)  # and the slots' keys
         self._num_steps = i32(R)
         self._accepted_hist = i32(R, K)
         self._source_counts = i32(R, len(SOURCE_NAMES))
@@ -159,23 +159,21 @@ class Engine:
         """Per-call device settings (EOS ids, sampling seed and buffers) and the batch width B."""
         if not 1 <= width <= self.max_reqs:
             raise ValueError(f"width={width} must be in [1, max_reqs={self.max_reqs}]")
-        if config.is_sampling and self._exponentials is None:
+        if config.is_sampling and self._full.probs is None:
             for buffers in (self._full, self._plain):
                 if buffers is not None:
                     buffers.allocate_sampling()
-            R, V = self.max_reqs, self.vocab_size
-            self._exponentials = torch.ones(R, V, dtype=torch.float32, device=self.device)
             self._views_by_key.clear()  # views must include the new buffers
             self._graphs.clear()
             self._warm.clear()
         eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
         self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)))
-        self._rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+        self._seed.fill_(seed)
         self._config = config
         self.set_width(width)
         if self._landing is not None:  # a call that stopped with an admission pending: its
-            self._landing[2].land()  # prefill's K/V go to its (finished) slots, so that the
+            self._landing[3].land()  # prefill's K/V go to its (finished) slots, so that the
             self._landing = None  # scratch is reused after that prefill
 
     def set_width(self, width: int) -> None:
@@ -227,8 +225,7 @@ class Engine:
             v=self.cache.v[:, :B],
             speculate=speculate,
             probs=buffers.probs[:B] if buffers.probs is not None else empty,
-            uniforms=buffers.uniforms[:B] if buffers.uniforms is not None else empty,
-            exponentials=self._exponentials[:B] if self._exponentials is not None else empty,
+            sample_keys=self._sample_keys[:B],
             num_steps=self._num_steps[:B],
             accepted_hist=self._accepted_hist[:B],
             source_counts=self._source_counts[:B],
@@ -238,14 +235,17 @@ class Engine:
 
     # ------------------------------------------------------------------ prompts in
 
-    def prefill(self, rows: list[int], prompts: list[list[int]]) -> bool:
+    def prefill(
+        self, rows: list[int], prompts: list[list[int]], keys: list[int] | None = None
+    ) -> bool:
         """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
-        prefill prompt[:-1] into the KV cache, set the root to the last prompt token, then
-        `drafter.start`. Other slots are not touched. False when it also captured, like `step`."""
+        prefill prompt[:-1] into the KV cache, set the root to the last prompt token and the
+        sampling key (`keys`; None: the rows), then `drafter.start`. Other slots are not
+        touched. False when it also captured, like `step`."""
         if self._landing is not None:  # (its prefill may still be filling the scratch)
             raise RuntimeError("prefill: an admission is pending (end_prefill first)")
         self._check_rows(rows, prompts)
-        index, text, lens, load = self._loader(rows, prompts)
+        index, text, lens, load = self._loader(rows, prompts, keys)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, : max(map(len, prompts)) - 1].clamp(min=0).contiguous()
         args = (rows, index, input_ids, lens - 1, [p[:-1] for p in prompts])
@@ -260,7 +260,9 @@ class Engine:
     def defers_prefill(self) -> bool:  # admissions can come in two halves (begin / end_prefill)
         return self._prefiller.defers
 
-    def begin_prefill(self, rows: list[int], prompts: list[list[int]]) -> Landing:
+    def begin_prefill(
+        self, rows: list[int], prompts: list[list[int]], keys: list[int] | None = None
+    ) -> Landing:
         """The first half of an admission beside live slots: the prefill of the first prompts
         that fit one call (Landing.count), with graphs on a second stream beside the steps that
         follow (these slots stay finished); `end_prefill` loads them. One at a time."""
@@ -268,7 +270,8 @@ class Engine:
         if self._landing is not None:
             raise RuntimeError("begin_prefill: an admission is pending (end_prefill first)")
         landing = self._prefiller.launch(rows, [p[:-1] for p in prompts])
-        self._landing = (rows[: landing.count], prompts[: landing.count], landing)
+        keys = rows if keys is None else keys
+        self._landing = (rows[: landing.count], prompts[: landing.count], keys, landing)
         return landing
 
     def end_prefill(self) -> list[int]:
@@ -276,9 +279,9 @@ class Engine:
         reset, roots, drafter.start), on the current stream. Returns their rows ([]: none)."""
         if self._landing is None:
             return []
-        rows, prompts, landing = self._landing
+        rows, prompts, keys, landing = self._landing
         self._landing = None
-        load = self._loader(rows, prompts)[3]  # (its uploads before the landing's wait)
+        load = self._loader(rows, prompts, keys[: len(rows)])[3]  # (uploads before the wait)
         load(landing.land())
         return rows
 
@@ -288,21 +291,25 @@ class Engine:
         if len(set(rows)) != len(rows) or min(rows) < 0 or max(rows) >= self.width:
             raise ValueError(f"prefill: rows {rows} must be distinct slots below {self.width}")
 
-    def _loader(self, rows: list[int], prompts: list[list[int]]):
+    def _loader(self, rows: list[int], prompts: list[list[int]], keys: list[int] | None):
         """(index, text [n, longest], lens [n] on the device, load(hidden)) for checked rows: load
         resets the rows of every buffer (StepViews.load_rows) and calls drafter.start."""
         v, dev, n = self._views, self.device, len(prompts)
         longest = max(map(len, prompts))
-        # one upload: rows, lengths, then the prompts [n, longest] right-padded
-        host = np.full(2 * n + n * longest, PAD_TOKEN, dtype=np.int32)
+        # one upload: rows, lengths, keys' low and high halves, the prompts [n, longest] padded
+        host = np.full(4 * n + n * longest, PAD_TOKEN, dtype=np.int32)
+        key64 = np.array(rows if keys is None else keys, dtype=np.int64)
         host[:n], host[n : 2 * n] = rows, [len(p) for p in prompts]
-        padded = host[2 * n :].reshape(n, longest)
+        host[2 * n : 3 * n], host[3 * n : 4 * n] = key64.astype(np.int32), key64 >> 32
+        padded = host[4 * n :].reshape(n, longest)
         padded[np.arange(longest) < host[n : 2 * n, None]] = list(itertools.chain(*prompts))
         packed = upload(torch.from_numpy(host), dev)
-        index, lens, text = packed[:n].long(), packed[n : 2 * n], packed[2 * n :].view(n, longest)
+        index, lens, text = packed[:n].long(), packed[n : 2 * n], packed[4 * n :].view(n, longest)
+        key_lo, key_hi = packed[2 * n : 3 * n].long() & 0xFFFFFFFF, packed[3 * n : 4 * n].long()
 
         def load(hidden: torch.Tensor | None = None) -> None:
-            v.load_rows(index, text, lens, self._config.max_new_tokens)
+            keys = (key_hi << 32) | key_lo
+            v.load_rows(index, text, lens, self._config.max_new_tokens, keys)
             started = torch.zeros(self.width, dtype=torch.int32, device=dev)
             started.index_copy_(0, index, lens)
             self.drafter.start(v.state, NewRequests(index, started, longest, hidden))
@@ -334,7 +341,6 @@ class Engine:
             )
         with stage("verify"):
             if config.is_sampling:
-                draw_randoms(self._rng, v.uniforms, v.exponentials)
                 sampling_probs(
                     step.logits,
                     temperature=config.temperature,
@@ -347,8 +353,9 @@ class Engine:
                     tree.tokens,
                     tree.parents,
                     tree.num_nodes,
-                    v.uniforms,
-                    v.exponentials,
+                    self._seed,
+                    v.sample_keys,
+                    v.mask.positions,
                     out=ver,
                 )
             else:

@@ -28,9 +28,9 @@ Every live request emits at least one token per step, so a request that has run 
 steps is finished; the loop collects it then whatever its flag says (a safety bound).
 Adaptive speculation (`config.speculation == "adaptive"`, the default): before each window the
 policy of samgpu.decoding.adaptive picks drafting or plain AR steps from the rates it measured.
-Greedy outputs are the same either way (lossless; in float32 bit for bit, in bfloat16 up to the
-near-ties that any change of step shape can flip); seeded sampling always drafts, so that a seed
-reproduces a run.
+Outputs are the same either way (lossless; in float32 bit for bit, in bfloat16 up to the
+near-ties that any change of step shape can flip), sampled ones too: a request's tokens are drawn
+from noise keyed by its position (kernels/randoms.py), not by the steps' shapes.
 
 On a CPU the engine's calls (prefills, steps, flag reads, collection) run under
 `torch.inference_mode` (`engine_mode`): each of the thousands of small reference-kernel operators
@@ -174,14 +174,11 @@ class Scheduler:
         slots: list[_Slot | None] = [None] * width
         steps = done_tokens = done_steps = 0
         run = RunStats()
-        # Seeded sampling stays reproducible: its random draws follow the steps' tree shapes,
-        # which timing-driven mode switches would change from run to run.
+        keys = config.sample_keys or range(len(prompts))
         refill = RefillPolicy()
         threads = DecodeThreads(config.adaptive_threads and engine.device.type == "cpu")
         policy = SpeculationPolicy(
-            enabled=config.adapts_speculation(engine.device, width)
-            and engine.can_skip_drafts
-            and not (config.is_sampling and config.seed is not None)
+            enabled=config.adapts_speculation(engine.device, width) and engine.can_skip_drafts
         )
         overlap = config.overlaps(engine.device, width)
         overlap = overlap and config.continuous and engine.defers_prefill
@@ -220,7 +217,9 @@ class Scheduler:
             sync()
             t_start = time.perf_counter()
             with mode():
-                clean = engine.prefill(rows, [prompts[r] for r in requests])
+                clean = engine.prefill(
+                    rows, [prompts[r] for r in requests], [keys[r] for r in requests]
+                )
             sync()
             t_end = time.perf_counter()
             run.prefill_s += t_end - t_start
@@ -238,7 +237,9 @@ class Scheduler:
             t_start = time.perf_counter()
             requests = [waiting.popleft() for _ in rows]
             with mode():
-                landing = engine.begin_prefill(rows, [prompts[r] for r in requests])
+                landing = engine.begin_prefill(
+                    rows, [prompts[r] for r in requests], [keys[r] for r in requests]
+                )
             waiting.extendleft(reversed(requests[landing.count :]))  # (did not fit one call)
             for b, r in zip(rows[: landing.count], requests, strict=False):
                 slots[b] = _Slot(r, steps + queued, 0.0, 0.0, t_start - t0, pending=True)

@@ -461,7 +461,9 @@ def test_refill_cost_is_learnt_from_refills_only(monkeypatch):
     calls = []
     engine = dec.engine
     original = engine.prefill
-    monkeypatch.setattr(engine, "prefill", lambda rows, p: calls.append(rows) or original(rows, p))
+    monkeypatch.setattr(
+        engine, "prefill", lambda rows, p, k: calls.append(rows) or original(rows, p, k)
+    )
     cfg = GenerationConfig(max_new_tokens=6, check_every=2, continuous=True)
     dec.generate(MANY, cfg)
     assert len(MANY) > 4 and len(calls) >= 2  # the first admission, then refills

@@ -1,5 +1,5 @@
 """The loop on CUDA (skipped on CPU): a whole step captured in one CUDA graph gives exactly the
-eager step's tokens, greedy and seeded sampling (the same kernels, the same Philox draws), across
+eager step's tokens, greedy and seeded sampling (the same kernels, the same keyed noise), across
 successive batches and repeated calls that replay the captured graphs; greedy equals transformers
 `generate` on a tiny random Llama in fp32."""
 

@@ -44,9 +44,9 @@ def _counted(monkeypatch, engine) -> dict[str, list]:
     for name, key in (("prefill", "prefill"), ("begin_prefill", "begin")):
         original = getattr(engine, name)
 
-        def wrapped(rows, prompts, original=original, key=key):
+        def wrapped(rows, prompts, keys=None, original=original, key=key):
             calls[key].append(list(rows))
-            return original(rows, prompts)
+            return original(rows, prompts, keys)
 
         monkeypatch.setattr(engine, name, wrapped)
     return calls

@@ -139,89 +139,67 @@ def test_greedy_random_triton_equals_ref(num_reqs, max_nodes, max_depth, device)
     )
 
 
-def _sample(impl, probs, tokens, parents, uniforms, exps, max_depth, device):
+def _sample(impl, probs, tokens, parents, max_depth, device, seed=5, keys=None):
+    """verify_sample on literal trees; positions are cache_len 10 + depth."""
     num_nodes = [len(t) for t in tokens]
     width = probs.shape[1]
     toks = [t + [0] * (width - len(t)) for t in tokens]
     pars = [p + [P] * (width - len(p)) for p in parents]
-    probs = probs.clone().to(device)
+    depth = [[0] * width for _ in tokens]
+    for b, row in enumerate(pars):
+        for i in range(1, num_nodes[b]):
+            depth[b][i] = depth[b][row[i]] + 1
+    keys = list(range(len(tokens))) if keys is None else keys
     out = impl(
-        probs,
+        probs.clone().to(device),
         _i32(toks, device),
         _i32(pars, device),
         _i32(num_nodes, device),
-        torch.tensor(uniforms, dtype=torch.float32, device=device),
-        exps.to(device),
+        torch.tensor([seed], dtype=torch.int64, device=device),
+        torch.tensor(keys, dtype=torch.int64, device=device),
+        _i32([[10 + d for d in row] for row in depth], device),
         max_depth=max_depth,
     )
     return out.accepted_nodes.cpu().tolist(), out.num_accepted.cpu().tolist(), out.bonus.tolist()
 
 
-def _onehot_exps(num_reqs, token, vocab=V):
-    """Exp(1) stand-ins that make `token` win the race unless its probability is 0."""
-    e = torch.full((num_reqs, vocab), 1e6)
-    e[:, token] = 1e-6
-    return e
-
-
 @pytest.mark.parametrize("impl", SAMPLE)
-def test_sample_renormalises_after_rejection(impl, device):
-    """Root children c1 (token 2, p=0.5) and c2 (token 3, p=0.3). u(c1)=0.6 >= 0.5 rejects c1;
-    c2 is then accepted with probability 0.3 / (1 - 0.5) = 0.6 > u(c2)=0.5 (without the
-    renormalisation 0.5 < 0.3 would fail). c2 is a leaf: the bonus is drawn from p after c2,
-    here the race is rigged for token 7."""
-    probs = torch.zeros(1, 3, V)
-    probs[0, 0, 2], probs[0, 0, 3], probs[0, 0, 9] = 0.5, 0.3, 0.2
-    probs[0, 2, 7], probs[0, 2, 8] = 0.5, 0.5
-    acc, num, bonus = _sample(
-        impl, probs, [[1, 2, 3]], [[P, 0, 0]], [[0.0, 0.6, 0.5]], _onehot_exps(1, 7), 2, device
-    )
-    assert acc == [[0, 2, P]] and num == [1] and bonus == [7]
-
-
-@pytest.mark.parametrize("impl", SAMPLE)
-def test_sample_recovered_token_excludes_rejected_children(impl, device):
-    """Both root children (tokens 2 and 3) are rejected (u = 0.99); the race is rigged for token
-    2, but rejected children are zeroed in the residual, so the recovered token is 9."""
-    probs = torch.zeros(1, 3, V)
-    probs[0, 0, 2], probs[0, 0, 3], probs[0, 0, 9] = 0.5, 0.3, 0.2
-    e = _onehot_exps(1, 2)
-    e[0, 3] = 2e-6
-    e[0, 9] = 1.0
-    acc, num, bonus = _sample(
-        impl, probs, [[1, 2, 3]], [[P, 0, 0]], [[0.0, 0.99, 0.99]], e, 2, device
-    )
-    assert acc == [[0, P, P]] and num == [0] and bonus == [9]
-
-
-@pytest.mark.parametrize("impl", SAMPLE)
-def test_sample_certain_chain_and_duplicate_sibling(impl, device):
-    """Row 0: a chain whose tokens have probability 1 is fully accepted for any u < 1; the bonus
-    comes from the leaf's distribution (token 5 with probability 1).
-    Row 1: node 2 repeats node 1's token 4 under the root: after node 1 is rejected (p=0.2,
-    u=0.5) node 2 must not be tried (its token is already zeroed) even with u=0; the recovered
-    token is drawn from what is left (token 6, probability 0.8)."""
-    probs = torch.zeros(2, 3, V)
+@pytest.mark.parametrize("seed", [0, 7, -(2**62)])
+def test_sample_certain_chain_and_impossible_child(impl, seed, device):
+    """Row 0: a chain whose tokens have probability 1 is accepted whatever the noise; the bonus is
+    the leaf's certain token 5. Row 1: the root's children have tokens of probability 0 (4) and
+    a duplicate pair of the certain token 6: nothing draws a zero-probability token, and of two
+    siblings with the drawn token the first is taken."""
+    probs = torch.zeros(2, 4, V)
     probs[0, 0, 3] = probs[0, 1, 4] = probs[0, 2, 5] = 1.0
-    probs[1, 0, 4], probs[1, 0, 6] = 0.2, 0.8
-    e = torch.ones(2, V)
+    probs[0, 3, 1] = 1.0
+    probs[1, 0, 6] = 1.0
+    probs[1, 2, 9] = 1.0
     acc, num, bonus = _sample(
-        impl,
-        probs,
-        [[1, 3, 4], [1, 4, 4]],
-        [[P, 0, 1], [P, 0, 0]],
-        [[0.0, 0.999, 0.999], [0.0, 0.5, 0.0]],
-        e,
-        2,
-        device,
+        impl, probs, [[1, 3, 4], [1, 4, 6, 6]], [[P, 0, 1], [P, 0, 0, 0]], 3, device, seed=seed
     )
-    assert acc == [[0, 1, 2], [0, P, P]] and num == [2, 0] and bonus == [5, 6]
+    assert acc == [[0, 1, 2, P], [0, 2, P, P]] and num == [2, 1] and bonus == [5, 9]
+
+
+@pytest.mark.parametrize("impl", SAMPLE)
+def test_sample_depends_on_seed_and_key_not_on_row(impl, device):
+    """Flat distributions: the tokens drawn are a function of (seed, key, position). The same key
+    in another row of the batch draws the same; another key or seed draws otherwise (over 3
+    rows of 64 tokens a coincidence is negligible)."""
+    probs = torch.full((3, 1, 64), 1 / 64)
+    tree = ([[1]] * 3, [[P]] * 3, 0, device)
+    bonus = _sample(impl, probs, *tree, keys=[4, 9, 4])[2]
+    assert bonus[0] == bonus[2]
+    assert _sample(impl, probs, *tree, keys=[9, 4, 11])[2][:2] == [bonus[1], bonus[0]]
+    assert _sample(impl, probs, *tree, keys=[4, 9, 4], seed=6)[2] != bonus
+    assert _sample(impl, probs, *tree, keys=[5, 10, 3])[2] != bonus
 
 
 @pytest.mark.parametrize("num_reqs,max_nodes,max_depth,vocab", [(3, 9, 4, 12), (5, 20, 19, 1500)])
 def test_sample_random_triton_equals_ref(num_reqs, max_nodes, max_depth, vocab, device):
-    """Random trees, peaked distributions (so that acceptance happens), random uniforms and
-    exponentials; vocab 1500 spans two BLOCK_V blocks of the race."""
+    """Random trees, peaked distributions (so that acceptance happens), random keys and
+    positions; vocab 1500 spans two BLOCK_V blocks of the race. Exact equality of the walk, and
+    of the kernel's race winners with the reference's where the reference raced."""
     gen = torch.Generator().manual_seed(vocab)
     tokens, parents, num_nodes = _random_tree(num_reqs, max_nodes, gen)
     logits = 3.0 * torch.randn(num_reqs, max_nodes, vocab, generator=gen)
@@ -229,16 +207,17 @@ def test_sample_random_triton_equals_ref(num_reqs, max_nodes, max_depth, vocab, 
         for c in range(1, int(num_nodes[b])):
             logits[b, parents[b, c], tokens[b, c]] += 14.0
     probs = torch.softmax(logits, dim=-1)
-    uniforms = torch.rand(num_reqs, max_nodes, generator=gen)
-    exps = torch.empty(num_reqs, vocab).exponential_(generator=gen)
-    pa, pb = probs.clone().to(device), probs.clone()
-    args = (tokens, parents, num_nodes, uniforms, exps)
-    a = verify_sample_triton(pa, *(t.to(device) for t in args), max_depth=max_depth)
-    b = verify_sample_ref(pb, *args, max_depth=max_depth)
+    seed = torch.tensor([vocab * 1_000_003], dtype=torch.int64)
+    keys = torch.randint(-(2**40), 2**40, (num_reqs,), generator=gen)
+    positions = torch.randint(0, 4096, (num_reqs, max_nodes), generator=gen, dtype=torch.int32)
+    args = (tokens, parents, num_nodes, seed, keys, positions)
+    a = verify_sample_triton(probs.to(device), *(t.to(device) for t in args), max_depth=max_depth)
+    b = verify_sample_ref(probs, *args, max_depth=max_depth)
     assert torch.equal(a.accepted_nodes.cpu(), b.accepted_nodes)
     assert torch.equal(a.num_accepted.cpu(), b.num_accepted)
     assert torch.equal(a.bonus.cpu(), b.bonus)
-    assert torch.equal(pa.cpu(), pb)  # the same rejected children zeroed
+    raced = b.argmax >= 0
+    assert torch.equal(a.argmax.cpu()[raced], b.argmax[raced])
     assert int(b.num_accepted.max()) >= 1  # the case exercises acceptance
 
 
@@ -270,9 +249,10 @@ def test_bad_inputs_raise():
         verify_greedy_ref(logits, t, t[:, :2], _i32([3, 3]), max_depth=2)
     with pytest.raises(ValueError, match="max_depth"):
         verify_greedy_ref(logits, t, t, _i32([3, 3]))
-    with pytest.raises(ValueError, match="exponentials"):
-        verify_sample_ref(
-            logits, t, t, _i32([3, 3]), torch.zeros(2, 3), torch.zeros(2, 5), max_depth=2
-        )
+    seed, keys = torch.zeros(1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="positions"):
+        verify_sample_ref(logits, t, t, _i32([3, 3]), seed, keys, t[:, :2], max_depth=2)
+    with pytest.raises(ValueError, match="keys"):
+        verify_sample_ref(logits, t, t, _i32([3, 3]), seed, keys.int(), t, max_depth=2)
     with pytest.raises(ValueError, match="temperature"):
         sampling_probs(logits, temperature=0.0)
