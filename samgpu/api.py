@@ -363,7 +363,8 @@ class SamDecoder:
         req = resolve_request(self.model, kwargs, [len(p) for p in prompts], width)
         if req.stop and tokenizer is None:
             raise ValueError("stop strings need a tokenizer: SamDecoder(model, tok)")
-        eos = eos_with_stops(req.eos_token_ids, single_token_stops(req.stop, tokenizer))
+        stop_ids = single_token_stops(req.stop, tokenizer)
+        eos = eos_with_stops(req.eos_token_ids, stop_ids)
 
         on_progress = None
         if streamer is not None:
@@ -383,15 +384,16 @@ class SamDecoder:
         )
         tokens = [list(t) for t in out.tokens]
         if req.stop:
-            tokens = [cut_tokens_at_stop(t, tokenizer, req.stop)[0] for t in tokens]
+            tokens = [cut_tokens_at_stop(t, tokenizer, req.stop, stop_ids)[0] for t in tokens]
         if streamer is not None:
             on_progress.flush(tokens[0])
             streamer.end()
         if as_text:
-            texts = [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-            if req.stop:
-                texts = [t[:p] if (p := first_stop(t, req.stop)) >= 0 else t for t in texts]
-            return texts
+            done = [
+                make_completion(t, {}, tokenizer, req.eos_token_ids, req.stop, stop_ids)
+                for t in tokens
+            ]
+            return [c.text for c in done]
         return pack_like_hf(rows, tokens, req.pad_token_id)
 
     def _encode(self, prompt: Any, tokenizer) -> list[int]:

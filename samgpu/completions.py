@@ -18,14 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from samgpu.decoding.config import MAX_EOS, ProgressInfo
-from samgpu.hf_args import as_id_tuple, cut_tokens_at_stop, first_stop
+from samgpu.hf_args import as_id_tuple, cut_tokens_at_stop, first_stop, single_token_stops
+
+# What a tokenizer's decode puts for bytes that are not whole UTF-8 characters: at the end of a
+# response cut by max_new_tokens, a character whose remaining bytes were never generated.
+REPLACEMENT_CHAR = "\ufffd"
 
 
 @dataclass
 class Completion:
     """One request's result from `samgpu.generate`. `str(c)` is the text."""
 
-    text: str  # completion, prompt excluded, cut before a stop string
+    text: str  # completion, prompt excluded, cut before a stop string (or a half character)
     tokens: list[int]  # generated token ids (EOS included when produced, cut after a stop string)
     finish_reason: str  # "eos", "stop" (stop string), or "length" (max_new_tokens)
     stats: dict[str, Any]  # steps, generated, mat, tokens_per_s, sources, ...
@@ -83,14 +87,30 @@ def eos_ids(model, tokenizer) -> tuple[int, ...]:
 
 
 def make_completion(
-    tokens: list[int], stats: dict[str, Any], tokenizer, eos: Sequence[int], stop: Sequence[str]
+    tokens: list[int],
+    stats: dict[str, Any],
+    tokenizer,
+    eos: Sequence[int],
+    stop: Sequence[str],
+    stop_ids: Sequence[int] | None = None,
 ) -> Completion:
-    """Generated ids -> Completion (text without special tokens, cut before a stop string)."""
+    """Generated ids -> Completion (text without special tokens, cut before a stop string).
+    stop_ids: single_token_stops(stop, tokenizer) when the caller has them already. A response
+    cut by the length limit in the middle of a multi-byte character ends in one incomplete
+    REPLACEMENT_CHAR, which the text drops (the tokens keep its bytes); one the model generated
+    earlier in the text stays."""
     reason = "eos" if tokens and tokens[-1] in eos else "length"
     if stop:
-        tokens, hit = cut_tokens_at_stop(tokens, tokenizer, stop)
+        if stop_ids is None:
+            stop_ids = single_token_stops(stop, tokenizer)
+        # a stop string that is the EOS token ends the response as the model's EOS does: "eos"
+        tokens, hit = cut_tokens_at_stop(
+            tokens, tokenizer, stop, {t for t in stop_ids if t not in eos}
+        )
         reason = "stop" if hit else reason
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     if stop and (p := first_stop(text, stop)) >= 0:
         text = text[:p]
+    elif reason == "length" and text.endswith(REPLACEMENT_CHAR):
+        text = text[: -len(REPLACEMENT_CHAR)]
     return Completion(text=text, tokens=tokens, finish_reason=reason, stats=dict(stats))

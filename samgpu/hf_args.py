@@ -15,7 +15,7 @@ max_new_tokens=20, temperature=1.0, top_k=50, top_p=1.0, ...); {"num_beams": 4} 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,20 +245,33 @@ def first_stop(text: str, stop: Sequence[str]) -> int:
     return min(hits) if hits else -1
 
 
-def cut_tokens_at_stop(tokens: list[int], tokenizer, stop: Sequence[str]) -> tuple[list[int], bool]:
-    """Shortest prefix of `tokens` whose text contains a stop string (stop string kept, as
-    transformers' stop_strings does); (tokens, False) when none occurs. Binary search over prefixes:
-    containment only grows with the prefix."""
-    if not stop or first_stop(tokenizer.decode(tokens), stop) < 0:
+def cut_tokens_at_stop(
+    tokens: list[int], tokenizer, stop: Sequence[str], stop_ids: Collection[int] = ()
+) -> tuple[list[int], bool]:
+    """Shortest prefix of `tokens` that ends in one of `stop_ids` (the stop strings that are one
+    token: single_token_stops) or whose text contains a stop string (stop kept, as transformers'
+    stop_strings does); (tokens, False) when neither occurs. The text is decoded without special
+    tokens, as a completion's is, so a stop string never matches inside the EOS token's text
+    ("im_end" in "<|im_end|>"). Binary search over prefixes: containment only grows with the
+    prefix."""
+    if not stop:
         return tokens, False
-    lo, hi = 1, len(tokens)
+    end = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), None)
+    head = tokens if end is None else tokens[:end]
+
+    def has_stop(ids: list[int]) -> bool:
+        return first_stop(tokenizer.decode(ids, skip_special_tokens=True), stop) >= 0
+
+    if not has_stop(head):
+        return head, end is not None
+    lo, hi = 1, len(head)
     while lo < hi:
         mid = (lo + hi) // 2
-        if first_stop(tokenizer.decode(tokens[:mid]), stop) >= 0:
+        if has_stop(head[:mid]):
             hi = mid
         else:
             lo = mid + 1
-    return tokens[:lo], True
+    return head[:lo], True
 
 
 def prompts_from_tensor(model, ids: torch.Tensor, mask: torch.Tensor | None, kwargs) -> tuple:

@@ -120,20 +120,21 @@ def generate(
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if any(not isinstance(x, str) or not x for x in stops):
         raise ValueError(f"stop strings must be non-empty strings, got {stops!r}")
+    stop_ids = single_token_stops(stops, tok)
     out = dec.generate_ids(
         encoded,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        eos_token_ids=api.eos_with_stops(eos, single_token_stops(stops, tok)),
+        eos_token_ids=api.eos_with_stops(eos, stop_ids),
         seed=seed,
         batch_size=batch_size,
     )
     if "store" in options:
         dec.save_store()
     results = [
-        api.make_completion(list(t), s, tok, eos, stops)
+        api.make_completion(list(t), s, tok, eos, stops, stop_ids)
         for t, s in zip(out.tokens, dec.last_stats or [{}] * len(out.tokens), strict=True)
     ]
     return results[0] if single else results

@@ -359,10 +359,13 @@ def _warn_skipped(skipped, args) -> None:
 def _output_record(session: Session, rec, tokens: list[int], stats: dict) -> dict[str, Any]:
     from samgpu.api import make_completion
 
-    done = make_completion(tokens, stats, session.tokenizer, session.eos, session.args.stop)
+    args = session.args
+    done = make_completion(
+        tokens, stats, session.tokenizer, session.eos, args.stop, session.stop_ids
+    )
     out = dict(rec.data)
     out.pop("error", None)  # (an earlier run's output fed back in: this record is not skipped now)
-    out[session.args.output_field] = done.text
+    out[args.output_field] = done.text
     out["finish_reason"] = done.finish_reason
     out["num_tokens"] = len(done.tokens)
     stats = dict(done.stats)

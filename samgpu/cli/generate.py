@@ -471,7 +471,9 @@ def generate_one(args: argparse.Namespace) -> int:
         session.save_store()
     seconds = time.perf_counter() - t0
     stats = session.decoder.last_stats[0] if session.decoder.last_stats else {}
-    done = make_completion(list(out.tokens[0]), stats, session.tokenizer, session.eos, args.stop)
+    done = make_completion(
+        list(out.tokens[0]), stats, session.tokenizer, session.eos, args.stop, session.stop_ids
+    )
     if done.text.startswith(streamer.printed):
         sys.stdout.write(done.text[len(streamer.printed) :])
     else:  # the stream showed text that a stop string later cut: print the final text whole
