@@ -13,7 +13,8 @@ generated tokens, EOS included, padded on the right with `pad_token_id` after a 
 outputs are identical token for token (fp32); sampling follows the same distribution. Defaults are
 resolved as transformers does (call, `model.generation_config`, transformers' defaults). Arguments
 that would change the result and that samgpu cannot honour (beam search, repetition penalty, ...)
-raise ValueError; unknown names raise TypeError. Nothing is silently ignored.
+raise ValueError; unknown names, and values of the wrong type, raise TypeError. Nothing is
+silently ignored.
 
 Other inputs: a list of strings (tokenized as they are) or of chat conversations (the template is
 applied) returns completion strings, cut before the first stop string (tensor outputs keep it, as
@@ -26,7 +27,6 @@ the CLI and the benchmarks use too (budgets follow the batch size; see the facto
 
 from __future__ import annotations
 
-import numbers
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -50,9 +50,13 @@ from samgpu.drafters.parts.store import save_store, store_of
 from samgpu.factory import build_decoder, draft_nodes
 from samgpu.hf_args import (
     StreamerAdapter,
+    as_id_tuple,
+    check_count,
     check_kwargs,
+    check_types,
     cut_tokens_at_stop,
     first_stop,
+    is_int,
     pack_like_hf,
     prompts_from_tensor,
     resolve_request,
@@ -266,18 +270,36 @@ class SamDecoder:
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        eos_token_ids: Sequence[int] = (),
+        eos_token_ids: Sequence[int] | int | None = (),
         seed: int | None = None,
         on_progress: Callable[[Any], None] | None = None,
         on_finish: Callable[[int, list[int], Any], None] | None = None,
         batch_size: int | None = None,
     ):
         """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
-        prompt). on_progress(ProgressInfo) runs at every host check; on_finish(prompt index,
-        tokens, RequestStats) as each request finishes (CUDA: while the next steps run)."""
+        prompt). eos_token_ids: a list of ids, one id or None. on_progress(ProgressInfo) runs at
+        every host check; on_finish(prompt index, tokens, RequestStats) as each request finishes
+        (CUDA: while the next steps run). An argument of the wrong type or range raises a
+        TypeError / ValueError naming it, before any buffer is allocated."""
         check_count("max_new_tokens", max_new_tokens)
         if batch_size is not None:
             check_count("batch_size", batch_size)
+        check_types(
+            {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
+            none_is_unset=False,
+        )
+        config = GenerationConfig(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            eos_token_ids=as_id_tuple(eos_token_ids, "eos_token_ids"),
+            seed=seed,
+            check_every=None if self.check_every is None else int(self.check_every),
+            continuous=self.continuous_batching,
+            speculation=self.speculation,
+            adaptive_threads=self.adaptive_threads,
+        )
         if not prompts:
             self.last_stats = []
             return GenerationOutput(tokens=[], stats=[])
@@ -302,18 +324,6 @@ class SamDecoder:
                     raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
         num_reqs = min(len(prompts), batch_size or len(prompts))
         decoder = self.ensure_capacity(num_reqs, self.needed_len(longest, max_new_tokens))
-        config = GenerationConfig(
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=float(top_p),
-            eos_token_ids=tuple(int(t) for t in eos_token_ids),
-            seed=seed,
-            check_every=None if self.check_every is None else int(self.check_every),
-            continuous=self.continuous_batching,
-            speculation=self.speculation,
-            adaptive_threads=self.adaptive_threads,
-        )
         with self._lock:
             out = decoder.generate(
                 [list(map(int, p)) for p in prompts], config, on_progress, on_finish
@@ -403,18 +413,6 @@ class SamDecoder:
             return list(tokenizer(prompt).input_ids)
         check_conversation(prompt, "each prompt must be a string or")
         return encode_chat(tokenizer, list(prompt))
-
-
-def is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_count(name: str, value: Any) -> None:
-    """max_new_tokens / batch_size: a positive int (not a float, a bool or a string)."""
-    if not is_int(value):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name}={value} must be >= 1")
 
 
 def check_conversation(conv: Any, what: str) -> None:

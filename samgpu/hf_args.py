@@ -5,9 +5,9 @@ Precedence (as in transformers): the call's arguments, then a `generation_config
 or the model's own, then transformers' global defaults (`GenerationConfig._get_default_generation_
 params`: max_length 20 -> 20 new tokens, top_k 50 when sampling, temperature 1). Arguments whose
 non-neutral value would change the result and that samgpu cannot honour raise ValueError, naming
-where the value came from (the call, or model.generation_config) and the fix; unknown names raise
-TypeError. Arguments without effect on the result (beam-search-only or implementation choices) are
-accepted.
+where the value came from (the call, or model.generation_config) and the fix; unknown names, and
+values of the wrong type (ARG_TYPES: `seed=1.5`, `max_new_tokens="5"`), raise TypeError. Arguments
+without effect on the result (beam-search-only or implementation choices) are accepted.
 
 Example: resolve_request(model, {"do_sample": True}, prompt_lens=[4]) -> GenerationRequest(
 max_new_tokens=20, temperature=1.0, top_k=50, top_p=1.0, ...); {"num_beams": 4} -> ValueError.
@@ -15,7 +15,8 @@ max_new_tokens=20, temperature=1.0, top_k=50, top_p=1.0, ...); {"num_beams": 4} 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import numbers
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,14 +118,62 @@ class GenerationRequest:
     seed: int | None
 
 
-def as_id_tuple(x: Any) -> tuple[int, ...]:
+def is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def is_flag(x: Any) -> bool:
+    return isinstance(x, (bool, numbers.Integral)) and x in (0, 1)
+
+
+# Generation arguments checked by type before use (a string or None otherwise failed deep in torch
+# or in a comparison, and a float seed or count was truncated silently): name -> (accepts, what
+# it must be).
+ARG_TYPES: dict[str, tuple[Any, str]] = {
+    "max_new_tokens": (is_int, "an int"),
+    "max_length": (is_int, "an int"),
+    "top_k": (is_int, "an int (0 = off)"),
+    "pad_token_id": (is_int, "an int"),
+    "seed": (lambda x: x is None or is_int(x), "an int or None"),
+    "temperature": (is_real, "a number"),
+    "top_p": (is_real, "a number"),
+    "do_sample": (is_flag, "a bool"),
+}
+
+
+def check_types(values: dict[str, Any], *, none_is_unset: bool) -> None:
+    """TypeError naming the first argument of `values` of the wrong type (ARG_TYPES); with
+    none_is_unset, None means "not given" and passes."""
+    for name, value in values.items():
+        accepts, kind = ARG_TYPES[name]
+        if not (value is None and none_is_unset) and not accepts(value):
+            raise TypeError(f"{name} must be {kind}, got {value!r:.60} ({type(value).__name__})")
+
+
+def check_count(name: str, value: Any) -> None:
+    """max_new_tokens / batch_size: a positive int (not a float, a bool or a string)."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1")
+
+
+def as_id_tuple(x: Any, name: str = "eos_token_id") -> tuple[int, ...]:
+    """None, an int, or a list / tensor of ints (transformers accepts each) -> a tuple."""
     if x is None:
         return ()
     if isinstance(x, torch.Tensor):
         x = x.flatten().tolist()
-    if isinstance(x, int):
+    if is_int(x):
         return (int(x),)
-    return tuple(int(v) for v in x)
+    ids = None if isinstance(x, (str, bytes, dict)) or not isinstance(x, Iterable) else list(x)
+    if ids is None or not all(is_int(v) for v in ids):
+        raise TypeError(f"{name} must be an int or a list of ints, got {x!r:.60}")
+    return tuple(int(v) for v in ids)
 
 
 def resolve_request(
@@ -202,6 +251,8 @@ def resolve_request(
     stop = kwargs.get("stop_strings") or kwargs.get("stop") or cfg_values.get("stop_strings")
     if isinstance(stop, str):
         stop = (stop,)
+    if stop is not None and not isinstance(stop, (list, tuple)):
+        raise TypeError(f"stop strings must be a string or a list of strings, got {stop!r:.60}")
     stop = tuple(stop or ())
     if any(not isinstance(s, str) or not s for s in stop):
         raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
@@ -210,6 +261,7 @@ def resolve_request(
 
 
 def check_kwargs(kwargs: dict[str, Any]) -> None:
+    """Unknown names raise TypeError, and so do known ones of the wrong type (ARG_TYPES)."""
     known = (
         set(UNSUPPORTED)
         | NO_EFFECT
@@ -234,6 +286,7 @@ def check_kwargs(kwargs: dict[str, Any]) -> None:
         raise TypeError(
             f"SamDecoder.generate() got unexpected keyword argument(s) {', '.join(unknown)}"
         )
+    check_types({name: kwargs.get(name) for name in ARG_TYPES}, none_is_unset=True)
 
 
 # Stop strings

@@ -4,7 +4,6 @@ one-liner over samgpu.api.SamDecoder)."""
 from __future__ import annotations
 
 import functools
-import numbers
 import os
 import threading
 import weakref
@@ -12,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from samgpu import api
-from samgpu.hf_args import single_token_stops
+from samgpu.hf_args import check_count, check_types, single_token_stops
 
 
 @functools.lru_cache(maxsize=2)
@@ -82,16 +81,17 @@ def generate(
             f" {{'role', 'content'}} dicts), got {type(prompts).__name__}"
         )
     items = [prompts] if single else list(prompts)
-    api.check_count("max_new_tokens", max_new_tokens)
+    if max_new_tokens is not None:
+        check_count("max_new_tokens", max_new_tokens)
     if batch_size is not None:
-        api.check_count("batch_size", batch_size)
+        check_count("batch_size", batch_size)
     for i, p in enumerate(items):
         if not isinstance(p, str):
             api.check_conversation(p, f"prompt {i} must be a string or")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a number, got {temperature!r}")
-    if seed is not None and not api.is_int(seed):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    check_types(
+        {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
+        none_is_unset=True,
+    )
     if isinstance(model, str):
         model, tokenizer = _cached_model(model, str(device), str(dtype))
     elif tokenizer is None:

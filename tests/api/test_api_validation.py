@@ -1,11 +1,14 @@
-"""What the API reports at its edges: the finish reason and the text at stop strings and at the
-length limit. Uses the tiny random Llama with the default tokenizer (tests/api/fixtures.py)."""
+"""What the API reports and refuses at its edges: finish reasons and text at stop strings and at
+the length limit, and arguments of the wrong type (one TypeError naming the argument, before any
+buffer is allocated). Uses the tiny random Llama with the default tokenizer
+(tests/api/fixtures.py)."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from samgpu.api import make_completion
+import samgpu
+from samgpu.api import SamDecoder, make_completion
 from samgpu.completions import REPLACEMENT_CHAR
 
 
@@ -48,3 +51,81 @@ def test_length_cut_inside_a_character_leaves_no_replacement_char(tiny):
     assert make_completion(ids[:half], {}, tok, eos, ["zz"]).text == "café "
     real = tok("a\ufffd b", add_special_tokens=False).input_ids
     assert make_completion(real, {}, tok, eos, []).text == "a\ufffd b"
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"seed": 1.5}, "seed"),
+        ({"seed": "1"}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"top_k": None}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"top_p": "0.5"}, "top_p"),
+        ({"temperature": None}, "temperature"),
+        ({"temperature": "1"}, "temperature"),
+        ({"eos_token_ids": "2"}, "eos_token_ids"),
+        ({"eos_token_ids": [2.0]}, "eos_token_ids"),
+    ],
+)
+def test_generate_ids_names_an_argument_of_the_wrong_type(tiny, kwargs, name):
+    """One TypeError line naming the argument, before the KV cache is allocated (a string
+    reached torch, None failed in int(), a float or bool seed was taken silently)."""
+    model, tok = tiny
+    dec = SamDecoder(model, tok, method="ar", index=None)
+    with pytest.raises(TypeError, match=f"^{name} must be") as e:
+        dec.generate_ids([[1, 2, 3]], **{"max_new_tokens": 2, **kwargs})
+    assert "\n" not in str(e.value) and dec._decoder is None
+
+
+def test_generate_ids_takes_one_eos_id_as_transformers_does(tiny):
+    model, tok = tiny
+    dec = SamDecoder(model, tok, method="ar", index=None)
+    want = dec.generate_ids([[1, 2, 3]], max_new_tokens=4, eos_token_ids=(7,)).tokens
+    assert dec.generate_ids([[1, 2, 3]], max_new_tokens=4, eos_token_ids=7).tokens == want
+    assert dec.generate_ids([[1, 2, 3]], max_new_tokens=4, eos_token_ids=None).tokens
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"seed": 1.5}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"max_new_tokens": "5"}, "max_new_tokens"),
+        ({"max_new_tokens": 2.0}, "max_new_tokens"),
+        ({"max_length": "9"}, "max_length"),
+        ({"top_k": "5", "do_sample": True}, "top_k"),
+        ({"temperature": "1", "do_sample": True}, "temperature"),
+        ({"do_sample": "no"}, "do_sample"),
+        ({"pad_token_id": "x"}, "pad_token_id"),
+        ({"eos_token_id": "2"}, "eos_token_id"),
+        ({"stop": 5}, "stop strings"),
+    ],
+)
+def test_decoder_generate_names_an_argument_of_the_wrong_type(tiny, kwargs, name):
+    model, tok = tiny
+    dec = SamDecoder(model, tok, method="ar", index=None)
+    ids = tok(["Hello"], return_tensors="pt").input_ids
+    with pytest.raises(TypeError, match=f"^{name} must be") as e:
+        dec.generate(ids, **{"max_new_tokens": 2, **kwargs})
+    assert "\n" not in str(e.value)
+
+
+def test_decoder_generate_takes_one_eos_id_and_none_as_unset(tiny):
+    """eos_token_id as a bare int (transformers' form) and top_k=None (transformers: not given)
+    are accepted."""
+    model, tok = tiny
+    dec = SamDecoder(model, tok, method="ar", index=None)
+    ids = tok(["Hello"], return_tensors="pt").input_ids
+    want = dec.generate(ids, max_new_tokens=3, eos_token_id=[7])
+    assert torch.equal(dec.generate(ids, max_new_tokens=3, eos_token_id=7, top_k=None), want)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"top_k": "3"}, "top_k"), ({"top_p": "0.9"}, "top_p"), ({"top_k": 2.5}, "top_k")],
+)
+def test_one_liner_names_an_argument_of_the_wrong_type(tiny, kwargs, name):
+    model, tok = tiny
+    with pytest.raises(TypeError, match=f"^{name} must be"):
+        samgpu.generate("Hi", model=model, tokenizer=tok, method="ar", raw=True, **kwargs)
