@@ -106,6 +106,13 @@ UNSUPPORTED_HINTS = {
 }
 
 
+def is_neutral(name: str, value: Any) -> bool:
+    """An UNSUPPORTED argument's value that changes nothing (None included)."""
+    return value is None or any(
+        value is n or value == n for n in UNSUPPORTED[name] if n is not None
+    )
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     max_new_tokens: int
@@ -181,10 +188,7 @@ def resolve_request(
 ) -> GenerationRequest:
     """HF precedence: call kwargs > generation_config (call's, else model's) > global defaults."""
     gen_cfg = kwargs.pop("generation_config", None) or getattr(model, "generation_config", None)
-    cfg_values: dict[str, Any] = {}
-    if gen_cfg is not None:
-        source = gen_cfg.to_dict() if hasattr(gen_cfg, "to_dict") else dict(vars(gen_cfg))
-        cfg_values = {k: v for k, v in source.items() if v is not None}
+    cfg_values = config_values(gen_cfg)
 
     def get(name: str, default: Any = None) -> Any:
         if kwargs.get(name) is not None:
@@ -196,7 +200,7 @@ def resolve_request(
     for name, neutral in UNSUPPORTED.items():
         from_call = name in kwargs and kwargs[name] is not None
         value = kwargs[name] if from_call else cfg_values.get(name)
-        if value is None or any(value is n or value == n for n in neutral if n is not None):
+        if is_neutral(name, value):
             continue
         hint = UNSUPPORTED_HINTS.get(name, "samgpu cannot apply it without changing the result")
         where = "" if from_call else " (set in model.generation_config)"
@@ -258,6 +262,14 @@ def resolve_request(
         raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
     seed = kwargs.get("seed")
     return GenerationRequest(max_new, temperature, top_k, top_p, eos, int(pad), stop, seed)
+
+
+def config_values(gen_cfg: Any) -> dict[str, Any]:
+    """The settings a GenerationConfig (or None) sets: transformers 5 leaves the others None."""
+    if gen_cfg is None:
+        return {}
+    source = gen_cfg.to_dict() if hasattr(gen_cfg, "to_dict") else dict(vars(gen_cfg))
+    return {k: v for k, v in source.items() if v is not None}
 
 
 def check_kwargs(kwargs: dict[str, Any]) -> None:

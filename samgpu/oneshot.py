@@ -6,12 +6,23 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from samgpu import api
-from samgpu.hf_args import check_count, check_types, single_token_stops
+from samgpu.hf_args import (
+    UNSUPPORTED,
+    check_count,
+    check_types,
+    config_values,
+    is_neutral,
+    single_token_stops,
+)
+
+# max_new_tokens when neither the call nor model.generation_config sets it
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 @functools.lru_cache(maxsize=2)
@@ -47,10 +58,10 @@ def generate(
     method: str | None = None,
     index: Any = "default",
     tokenizer: Any = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
     seed: int | None = None,
     stop: str | Sequence[str] | None = None,
     raw: bool = False,
@@ -71,6 +82,14 @@ def generate(
     SamIndex. temperature 0 is greedy. Returns a Completion (for a string) or a list of them;
     `Completion.stats` has the per-request statistics. With store=PATH (a cross-request store) the
     store is saved there after the call.
+
+    The model's generation_config fills what the call leaves None, as in SamDecoder.generate and
+    transformers: max_new_tokens; do_sample with its temperature, top_k and top_p (without
+    do_sample: greedy); and the ids that end a response (eos_token_id, else the tokenizer's EOS).
+    What it does not set either falls back to 256 new tokens, greedy, top_k 0 (off) and top_p 1
+    (not transformers' global defaults of 20 tokens and top_k 50); its max_length (which counts
+    the prompt) is not read. Settings samgpu cannot apply (repetition_penalty, ...) are left out
+    with a warning (SamDecoder.generate refuses them).
 
     >>> samgpu.generate("Name three primes.", max_new_tokens=32).text  # doctest: +SKIP
     """
@@ -112,6 +131,9 @@ def generate(
                 encoded.append(api.encode_chat(tok, [{"role": "user", "content": p}]))
         else:
             encoded.append(api.encode_chat(tok, list(p)))
+    max_new_tokens, temperature, top_k, top_p = _fill_from_generation_config(
+        dec.model, max_new_tokens, temperature, top_k, top_p
+    )
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
     eos = api.eos_ids(dec.model, tok)
@@ -138,3 +160,22 @@ def generate(
         for t, s in zip(out.tokens, dec.last_stats or [{}] * len(out.tokens), strict=True)
     ]
     return results[0] if single else results
+
+
+def _fill_from_generation_config(model, max_new_tokens, temperature, top_k, top_p) -> tuple:
+    """(max_new_tokens, temperature, top_k, top_p): each one the call left None from
+    model.generation_config where it sets it, else generate's own default (its docstring)."""
+    cfg = config_values(getattr(model, "generation_config", None))
+    unapplied = [f"{k}={v!r}" for k, v in cfg.items() if k in UNSUPPORTED and not is_neutral(k, v)]
+    if unapplied:
+        warnings.warn(
+            f"samgpu.generate does not apply model.generation_config's {', '.join(unapplied)}",
+            stacklevel=3,
+        )
+    if max_new_tokens is None:
+        max_new_tokens = cfg.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    if temperature is None:  # transformers samples only with do_sample
+        temperature = float(cfg.get("temperature", 1.0)) if cfg.get("do_sample") else 0.0
+    top_k = cfg.get("top_k", 0) if top_k is None else top_k
+    top_p = cfg.get("top_p", 1.0) if top_p is None else top_p
+    return max_new_tokens, temperature, top_k, top_p

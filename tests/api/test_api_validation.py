@@ -1,7 +1,7 @@
 """What the API reports and refuses at its edges: finish reasons and text at stop strings and at
-the length limit, and arguments of the wrong type (one TypeError naming the argument, before any
-buffer is allocated). Uses the tiny random Llama with the default tokenizer
-(tests/api/fixtures.py)."""
+the length limit, arguments of the wrong type (one TypeError naming the argument, before any
+buffer is allocated), and model.generation_config in samgpu.generate. Uses the tiny random Llama
+with the default tokenizer (tests/api/fixtures.py)."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from samgpu.completions import REPLACEMENT_CHAR
 
 @pytest.fixture
 def tiny(tiny_model_dir):
-    """A fresh model per test."""
+    """A fresh model per test: the tests change its generation_config."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
@@ -129,3 +129,34 @@ def test_one_liner_names_an_argument_of_the_wrong_type(tiny, kwargs, name):
     model, tok = tiny
     with pytest.raises(TypeError, match=f"^{name} must be"):
         samgpu.generate("Hi", model=model, tokenizer=tok, method="ar", raw=True, **kwargs)
+
+
+def test_one_liner_follows_the_model_generation_config(tiny, monkeypatch):
+    """What samgpu.generate leaves None comes from model.generation_config, as in
+    SamDecoder.generate (it was ignored: 256 new tokens and greedy whatever the config said,
+    which on this 96-token model was an error): max_new_tokens, and do_sample's temperature,
+    top_k and top_p; the call's own values win. A setting samgpu cannot apply is a warning."""
+    model, tok = tiny
+    calls = []
+    real = SamDecoder.generate_ids
+
+    def spy(self, prompts, **kwargs):
+        calls.append(kwargs)
+        return real(self, prompts, **kwargs)
+
+    monkeypatch.setattr(SamDecoder, "generate_ids", spy)
+    kw = dict(model=model, tokenizer=tok, method="ar", raw=True)
+    cfg = model.generation_config
+    cfg.max_new_tokens = 5
+    done = samgpu.generate("Hi", **kw)
+    assert calls[-1]["max_new_tokens"] == 5 and calls[-1]["temperature"] == 0.0
+    assert len(done.tokens) <= 5
+    cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p = True, 0.6, 7, 0.9
+    samgpu.generate("Hi", seed=1, **kw)
+    got = {k: calls[-1][k] for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+    assert got == {"max_new_tokens": 5, "temperature": 0.6, "top_k": 7, "top_p": 0.9}
+    samgpu.generate("Hi", max_new_tokens=2, temperature=0, top_k=0, **kw)
+    assert (calls[-1]["max_new_tokens"], calls[-1]["temperature"], calls[-1]["top_k"]) == (2, 0, 0)
+    cfg.repetition_penalty = 1.2
+    with pytest.warns(UserWarning, match=r"repetition_penalty=1\.2"):
+        samgpu.generate("Hi", **kw)
