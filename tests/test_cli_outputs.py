@@ -359,3 +359,25 @@ def test_an_earlier_error_field_does_not_survive_a_completion(
     assert code == 0, err
     (rec,) = records(out)
     assert "error" not in rec and rec["tag"] == 7 and rec["completion"] is not None
+
+
+def test_output_field_that_the_input_records_hold_is_refused(
+    capsys, tmp_path, tiny_model_dir, prompts_file
+):
+    """--output-field naming a field the input already has (a reference answer, or the default
+    "completion" in a prompt/completion dataset) replaced it silently: refused (exit 2, one line
+    naming the record), no file written. An earlier samgpu output fed back in (its records hold
+    the field beside finish_reason) still runs, and gets new completions."""
+    src = prompts_file([{"prompt": "Hi", "answer": "42"}, {"prompt": "Yo", "completion": "ref"}])
+    for flags, where in ((["--output-field", "answer"], ":1:"), ([], ":2:")):
+        out = tmp_path / "out.jsonl"
+        code, err = run(capsys, gen(tiny_model_dir, src, out, *flags))
+        line = error_line(err)
+        assert code == 2 and "--output-field" in line and where in line, line
+        assert names(tmp_path) == ["in.jsonl"]
+    first, again = tmp_path / "first.jsonl", tmp_path / "again.jsonl"
+    assert run(capsys, gen(tiny_model_dir, prompts_file(PROMPTS), first))[0] == 0
+    code, err = run(capsys, gen(tiny_model_dir, first, again, "--max-new-tokens", "2"))
+    assert code == 0, err
+    assert [r["id"] for r in records(again)] == [0, 1, 2]
+    assert all(r["num_tokens"] <= 2 for r in records(again))

@@ -70,6 +70,7 @@ def generate_file(args: argparse.Namespace) -> int:
     records = read_records(args.input, field=args.field)
     if args.limit is not None:
         records = records[: args.limit]
+    _check_output_field_is_new(records, args)
     device = run_device(args)
     info = dist.init(device.type)
     device = run_device(args, info)
@@ -313,6 +314,19 @@ def _failed_setup(setup_error: UserError | None, info, writer) -> int:
         writer.close(discard_unstarted=True)
     dist.shutdown()
     return setup_error.exit_code if setup_error is not None else 1
+
+
+def _check_output_field_is_new(records, args: argparse.Namespace) -> None:
+    """--output-field must not replace a field of the input records (its value would be lost from
+    the output), except in an earlier samgpu output fed back in: its records hold the field beside
+    the finish_reason samgpu wrote, and the new completion replaces the old one."""
+    name = args.output_field
+    for rec in records:
+        if name in rec.data and "finish_reason" not in rec.data:
+            raise UserError(
+                f"{args.input}:{rec.line}: the record already has a field {name!r}, which the"
+                f" completion would overwrite; choose another --output-field"
+            )
 
 
 def _prepare(plan: Plan, records, args):
