@@ -117,6 +117,17 @@ def meta_path(path: str | os.PathLike) -> Path:
     return Path(path).with_name(Path(path).name + META_SUFFIX)
 
 
+def num_partial_records(path: str | os.PathLike) -> int | None:
+    """Records that `<path>.partial` holds (its complete lines after the header); None when
+    there is no partial file."""
+    try:
+        with open(partial_path(path), "rb") as f:
+            num_lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return None
+    return max(num_lines - 1, 0)
+
+
 def settings_diff(old: Any, new: dict[str, Any]) -> str:
     """`key: old -> new, ...` for the settings that differ."""
     old = old if isinstance(old, dict) else {}

@@ -381,3 +381,33 @@ def test_output_field_that_the_input_records_hold_is_refused(
     assert code == 0, err
     assert [r["id"] for r in records(again)] == [0, 1, 2]
     assert all(r["num_tokens"] <= 2 for r in records(again))
+
+
+def test_interrupt_says_how_many_records_were_kept(
+    capsys, monkeypatch, tmp_path, tiny_model_dir, prompts_file
+):
+    """Ctrl-C before any record finished said "finished records are kept" of a partial file that
+    held none: the message counts them (none, then one), and the same command then finishes."""
+    real = cli_generate.Session.generate
+
+    def interrupted_at_once(self, prompts, on_progress=None, on_finish=None):
+        raise KeyboardInterrupt
+
+    def interrupted_after_one(self, prompts, on_progress=None, on_finish=None):
+        def finish(*args):
+            on_finish(*args)
+            raise KeyboardInterrupt
+
+        return real(self, prompts, on_progress, finish)
+
+    src, out = prompts_file(PROMPTS), tmp_path / "out.jsonl"
+    monkeypatch.setattr(cli_generate.Session, "generate", interrupted_at_once)
+    code, err = run(capsys, gen(tiny_model_dir, src, out))
+    line = error_line(err)
+    assert code == 130 and "no record had finished" in line and "kept in" not in line
+    monkeypatch.setattr(cli_generate.Session, "generate", interrupted_after_one)
+    code, err = run(capsys, gen(tiny_model_dir, src, out))
+    assert code == 130 and "1 finished record kept in" in error_line(err)
+    monkeypatch.setattr(cli_generate.Session, "generate", real)
+    code, err = run(capsys, gen(tiny_model_dir, src, out))
+    assert code == 0 and len(records(out)) == 3

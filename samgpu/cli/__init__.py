@@ -294,14 +294,19 @@ def _sigterm_ends_the_run():
 
 
 def _kept(args) -> str:
+    """What an ended file run leaves: the records its partial file holds, or nothing."""
     output = getattr(args, "output", None)
     if not output:
         return ""
-    from samgpu.io import partial_path
+    from samgpu.io import num_partial_records
 
-    if not partial_path(Path(output)).exists():  # (stopped before the run began writing)
+    num = num_partial_records(output)
+    if num is None:  # (stopped before the run began writing)
         return f"; nothing was written to {output} yet"
-    return f"; finished records are kept in {output}.partial and the same command resumes"
+    if num == 0:
+        return "; no record had finished, so none was kept; the same command starts again"
+    records = "1 finished record" if num == 1 else f"{num} finished records"
+    return f"; {records} kept in {output}.partial; the same command resumes"
 
 
 def cpu_threading_defaults() -> None:
