@@ -1,9 +1,11 @@
 """Python API: `SamDecoder` (a drop-in for a transformers model's `generate`); `samgpu.generate`
 (a one-liner on the embedded default model) is built on it in samgpu/oneshot.py.
 
-`SamDecoder(model, tokenizer, method="sam+tr", index=None)` wraps any transformers causal LM (the
-fast Llama-family runner where the architecture allows, else the generic one); `generate` takes
-the arguments of `model.generate` that make sense for lossless speculative decoding:
+`SamDecoder(model, tokenizer, method=None, index=None)` wraps any transformers causal LM (the fast
+Llama-family runner where the architecture allows, else the generic one); method is one of
+samgpu.drafters.method_names(), e.g. "sam+tr", or None for `default_method` on the model's device.
+`generate` takes the arguments of `model.generate` that make sense for lossless speculative
+decoding:
 
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64)      # before
     out = SamDecoder(model, tok).generate(input_ids, attention_mask=mask, max_new_tokens=64)

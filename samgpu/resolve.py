@@ -1,6 +1,6 @@
 """Resolving what a run needs: device, dtype, model, static index; set-up errors and
 out-of-memory messages. Shared by the Python API (samgpu.api re-exports these names) and the CLI;
-every failure a user can cause is a UserError (samgpu.io) with a message naming the fix."""
+every failure a user can cause is a UserError (samgpu.errors) with a message naming the fix."""
 
 from __future__ import annotations
 

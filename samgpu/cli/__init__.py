@@ -16,8 +16,8 @@ resumes it. A final output is done only for the input and settings of its finger
 (`<output>.samgpu.json`); a run whose output has skipped records exits 3 unless --allow-skips.
 
 `--profile DIR` wraps generation in torch.profiler and writes a Chrome/Perfetto trace
-(`DIR/trace[-rankN].json`, open in https://ui.perfetto.dev) in which the decode loop's stages appear
-as named ranges, plus `DIR/summary[-rankN].txt`, the top operators by time.
+(`DIR/trace[-rankN].json.gz`, open in https://ui.perfetto.dev) in which the decode loop's stages
+appear as named ranges, plus `DIR/summary[-rankN].txt`, the top operators by time.
 """
 
 from __future__ import annotations

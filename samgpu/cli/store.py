@@ -17,8 +17,9 @@ dropped (evicted by the budget), file bytes.
 documents, tokens, mean document length, vocabulary, fingerprint, provenance, and the GPU bytes a
 store of the default budget takes (~92 per token of budget).
 
-Use the file with `samgpu generate -O store=PATH` (loaded at start, saved at the end) with the
-methods `sam`, `sam+tr`, `sam-tree`, `merged`.
+Use the file with `samgpu generate --store PATH` (loaded at start, saved at the end) with the
+methods that draft from automata: `sam`, `sam+tr`, `sam-tree`, `merged`, `sam+eagle`,
+`merged+eagle`.
 """
 
 from __future__ import annotations

@@ -23,9 +23,10 @@ registry (`Method` entries: options, index need, budget rule, builder) in `regis
 drafting parts that method files compose (automata, Token Recycling, the cross-request store) in
 `parts/`. Importing this package registers the built-in methods (the imports below).
 
-The cross-request store (`-O store=true|PATH`, parts/store.py) is an option of `sam`, `sam+tr`,
-`sam-tree` and `merged`: `save_store(drafter)` writes it at the end of a run, `store_of(drafter)`
-gives the part (stats, save, load, copy_from).
+The cross-request store (`-O store=true|PATH`, parts/store.py) is an option of the methods that
+draft from automata (`sam`, `sam+tr`, `sam-tree`, `merged`, `sam+eagle`, `merged+eagle`):
+`save_store(drafter)` writes it at the end of a run, `store_of(drafter)` gives the part (stats,
+save, load, copy_from).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ The drafter asks the engine for the target's hidden states (`needs_hidden`): of 
 admission and of every tree node each step. `last_source`: SOURCE_FALLBACK (an auxiliary drafter's
 tree) for every draft.
 
-Example: `samgpu generate -m eagle -O topk=10 -O depth=5 --prompt ...`; at B=1, 81 nodes out of
-8 + 3 * 64 = 200 candidates (k 8, depth 4), up to 4 deep. Depth 4 is the default because it was
-the fastest on the H200 at B=1 (Spec-Bench 40, `merged+eagle` tok/s at depth 3 / 4 / 5 / 6: 2,361
-/ 2,419-2,434 / 2,318 / 2,255; `sam+eagle` and `eagle` alike, HumanEval too): the two head
+Example: `samgpu generate --method eagle -O topk=10 -O depth=5 --prompt ...`; at B=1, 81 nodes
+out of 8 + 3 * 64 = 200 candidates (k 8, depth 4), up to 4 deep. Depth 4 is the default because it
+was the fastest on the H200 at B=1 (Spec-Bench 40, `merged+eagle` tok/s at depth 3 / 4 / 5 / 6:
+2,361 / 2,419-2,434 / 2,318 / 2,255; `sam+eagle` and `eagle` alike, HumanEval too): the two head
 forwards it saves cost more than the acceptance it loses (MAT 4.41 -> 4.28).
 """
 

@@ -6,7 +6,8 @@ Features: f = the target's last hidden state after its final norm (`model.model(
   seq_offsets [n+1] with a leading 0 (sequence i is rows seq_offsets[i]:seq_offsets[i+1]).
 The target runs over length-sorted, right-padded batches under a token budget; with causal
 attention and the padding masked, a sequence's rows do not depend on its batch.
-SmolLM2-135M over the 13,931 responses: ~6M tokens x 576 x 2 B ~ 7 GB of bf16 on the GPU.
+Size: num_tokens x hidden_size x 2 B in bf16 (SmolLM2-135M over the shipped responses: the
+tokens and GB of the run docs/EAGLE.md reports).
 
 A training batch (`pair_batch`) is B sequences right-padded to T tokens, as pairs:
   next_tokens [B, T-1] = x[:, 1:], hidden [B, T-1, H] = f[:, :-1], target [B, T-1, H] = f[:, 1:],

@@ -9,8 +9,9 @@ also runs the deep structural validation (`"structure": "ok"`; an error line oth
 --out, writes it to the default cache location `$SAMGPU_CACHE/default-<fingerprint[:12]>.samidx`.
 
 Layering: samgpu.sam knows nothing of models, so the tokenizer is loaded by a callback the caller
-passes (`run_index(args, load_tokenizer=...)`; samgpu/cli.py passes one that maps "default" to
-samgpu.models.load_default_tokenizer() and a path to AutoTokenizer.from_pretrained(path)).
+passes (`run_index(args, load_tokenizer=...)`; samgpu/cli/__init__.py passes one that maps
+"default" to samgpu.models.load_default_tokenizer() and a folder to
+AutoTokenizer.from_pretrained(path)).
 """
 
 from __future__ import annotations

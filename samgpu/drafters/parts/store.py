@@ -3,8 +3,9 @@ prompt) is appended to one GPU suffix automaton shared by all slots, so later re
 earlier answers (SuffixDecoding's global tree, as a suffix automaton). Device layout, eviction and
 match semantics: samgpu.automata.StoreAutomaton and kernels/sam_store.py.
 
-Options (`StoreOptions`, part of the options of `sam`, `sam+tr`, `sam-tree` and `merged`; the CLI
-passes them as `-O store=PATH -O store_tokens=N ...`):
+Options (`StoreOptions`, part of the options of the methods that draft from automata: `sam`,
+`sam+tr`, `sam-tree`, `merged`, `sam+eagle`, `merged+eagle`; the CLI passes them as
+`--store PATH` or `-O store=PATH -O store_tokens=N ...`):
 - `store`: False (default: no store, every method exactly as without this part), True (an empty
   store), or a path: the store file is loaded at build if it exists, and `save()` writes there;
 - `store_tokens` (4,194,304): the budget, over both generations (each holds store_tokens // 2);
