@@ -62,7 +62,9 @@ def generate(runner, default_index):
     from samgpu.factory import build_decoder
     from samgpu.models import default_eos_ids
 
-    def run(method, prompts, *, max_reqs=None, continuous=False, overlap=None, **options):
+    def run(
+        method, prompts, *, max_reqs=None, continuous=False, overlap=None, sampling=(), **options
+    ):
         max_len = max(len(p) for p in prompts) + MAX_NEW + 128
         max_reqs = max_reqs or len(prompts)
         # the method's full default tree, not the small CPU budget: the strongest lossless check
@@ -84,6 +86,7 @@ def generate(runner, default_index):
             overlap_admissions=overlap,
             check_every=4,
             speculation="always",  # the drafters under test draft every step
+            **dict(sampling),  # temperature, top_p, seed
         )
         return decoder.generate(prompts, config)
 

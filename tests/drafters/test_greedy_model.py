@@ -1,6 +1,7 @@
 """Every method's greedy output equals `ar`, token for token, with the real SmolLM2 in float32, on
 a repetitive summarisation prompt (automata), a code prompt (Token Recycling) and a question, in
-batches of 1 and 3 (decode loop, CPU references). Drafting must also help: MAT > 1 overall."""
+batches of 1 and 3 (decode loop, CPU references), and so does its sampled output with the same
+seed. Drafting must also help: MAT > 1 overall."""
 
 import pytest
 
@@ -116,3 +117,29 @@ def test_store_filled_during_a_continuous_run_equals_ar(method, generate, chat_p
         **OPTIONS[method],
     )
     assert out.tokens == ar_outputs["b3"] + ar_outputs["b1"]
+
+
+SAMPLING = {"temperature": 0.8, "top_p": 0.95, "seed": 11}
+
+
+@pytest.fixture(scope="module")
+def ar_samples(generate, chat_prompts):
+    return generate("ar", chat_prompts, sampling=SAMPLING).tokens
+
+
+@pytest.mark.parametrize("method", ["pld", "sam+tr", "merged"])  # chain, tree, merged tree
+def test_sampled_output_equals_ar_with_the_same_seed(method, generate, chat_prompts, ar_samples):
+    """Sampling (T 0.8, top-p 0.95, one seed): every method, through two slots with refill, emits
+    the tokens `ar` samples in a batch of three (noise keyed by request and position); drafts are
+    still accepted. A sample differs from the greedy output (the comparison is about sampling)."""
+    out = generate(
+        method, chat_prompts, max_reqs=2, continuous=True, sampling=SAMPLING, **OPTIONS[method]
+    )
+    assert out.tokens == ar_samples
+    assert sum(s.steps for s in out.stats) < sum(len(t) for t in out.tokens)
+
+
+def test_samples_differ_from_greedy_and_by_seed(generate, chat_prompts, ar_outputs, ar_samples):
+    assert ar_samples != ar_outputs["b3"]
+    other = generate("ar", chat_prompts, sampling=dict(SAMPLING, seed=12)).tokens
+    assert other != ar_samples
