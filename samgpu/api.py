@@ -274,12 +274,16 @@ class SamDecoder:
         top_p: float = 1.0,
         eos_token_ids: Sequence[int] | int | None = (),
         seed: int | None = None,
+        sample_keys: Sequence[int] | None = None,
         on_progress: Callable[[Any], None] | None = None,
         on_finish: Callable[[int, list[int], Any], None] | None = None,
         batch_size: int | None = None,
     ):
         """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
-        prompt). eos_token_ids: a list of ids, one id or None. on_progress(ProgressInfo) runs at
+        prompt). eos_token_ids: a list of ids, one id or None. sample_keys: one int a prompt, what
+        its samples are keyed by with the seed (default: its index in `prompts`; a caller that
+        splits a job into calls passes each prompt's index in the job, so that a seed gives
+        every prompt its own samples whatever the split). on_progress(ProgressInfo) runs at
         every host check; on_finish(prompt index, tokens, RequestStats) as each request finishes
         (CUDA: while the next steps run). An argument of the wrong type or range raises a
         TypeError / ValueError naming it, before any buffer is allocated."""
@@ -297,6 +301,7 @@ class SamDecoder:
             top_p=float(top_p),
             eos_token_ids=as_id_tuple(eos_token_ids, "eos_token_ids"),
             seed=seed,
+            sample_keys=None if sample_keys is None else tuple(sample_keys),
             check_every=None if self.check_every is None else int(self.check_every),
             continuous=self.continuous_batching,
             speculation=self.speculation,

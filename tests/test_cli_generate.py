@@ -74,29 +74,28 @@ def test_prompt_on_default_model_streams_same_text(capsys):
 
 
 def test_jsonl_resume_after_interrupt(capsys, monkeypatch, tmp_path, tiny_model_dir, prompts_file):
-    """5 records, batch size 2: interrupted during the second batch, the run leaves only
-    out.jsonl.partial with the first two records; the same command finishes the other three and the
-    final file equals an uninterrupted run's, in input order, input fields kept."""
+    """5 records, batch size 2, sampling with a seed: interrupted during the second batch, the run
+    leaves only out.jsonl.partial with the first two records; the same command finishes the other
+    three and the final file equals an uninterrupted run's (the resumed records keep their samples:
+    keyed by record, not by their place in the resumed call), in input order, input fields kept."""
     src = prompts_file(PROMPTS)
     ref = tmp_path / "ref.jsonl"
-    assert (
-        cli.main(tiny_args(tiny_model_dir, "--input", src, "--output", ref, "--batch-size", "2"))
-        == 0
-    )
+    sample = ["--batch-size", "2", "--temperature", "1.5", "--seed", "7"]
+    assert cli.main(tiny_args(tiny_model_dir, "--input", src, "--output", ref, *sample)) == 0
 
     out = tmp_path / "out.jsonl"
-    argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, "--batch-size", "2")
+    argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, *sample)
     real = cli_generate.Session.generate
     written = []
 
-    def interrupt_after_two_records(self, prompts, on_progress=None, on_finish=None):
+    def interrupt_after_two_records(self, prompts, on_progress=None, on_finish=None, keys=None):
         def finish(*args):  # records are written as their requests finish
             on_finish(*args)
             written.append(args[0])
             if len(written) == 2:
                 raise KeyboardInterrupt
 
-        return real(self, prompts, on_progress, finish)
+        return real(self, prompts, on_progress, finish, keys)
 
     monkeypatch.setattr(cli_generate.Session, "generate", interrupt_after_two_records)
     capsys.readouterr()
@@ -244,6 +243,29 @@ def test_seeded_sampling_is_reproducible(tmp_path, tiny_model_dir, prompts_file)
         outs.append([r["completion"] for r in read_jsonl(out)])
     assert outs[0] == outs[1]
     assert outs[0] != outs[2]
+
+
+def test_samples_are_per_record_whatever_the_method_and_batching(
+    tmp_path, tiny_model_dir, prompts_file
+):
+    """A seed gives each record its own sample (keyed by its index in the file, not its slot or
+    round): the same file with `ar` one record at a time, `ar` in rounds of 2 and `sam+tr` with
+    continuous batching; the same prompt on three lines gets three samples."""
+    src = prompts_file(PROMPTS[:3] + [PROMPTS[0], PROMPTS[0]])
+    sample = ["--temperature", "1.5", "--seed", "5", "--raw", "--max-new-tokens", "8"]
+    outs = []
+    for name, extra in (
+        ("b1", ["--batch-size", "1", "--no-continuous-batching"]),
+        ("b2", ["--batch-size", "2", "--no-continuous-batching"]),
+        ("cont", ["--batch-size", "2", "--continuous-batching", "--method", "sam+tr"]),
+    ):
+        out = tmp_path / f"{name}.jsonl"
+        argv = tiny_args(tiny_model_dir, "--input", src, "--output", out, *sample, *extra)
+        argv += ["--index", "none"]
+        assert cli.main(argv) == 0
+        outs.append([r["completion"] for r in read_jsonl(out)])
+    assert outs[0] == outs[1] == outs[2]
+    assert len({outs[0][0], outs[0][3], outs[0][4]}) == 3
 
 
 def test_store_is_loaded_and_saved_across_runs(tmp_path, tiny_model_dir, prompts_file, capsys):

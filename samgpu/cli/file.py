@@ -177,6 +177,7 @@ def generate_file(args: argparse.Namespace) -> int:
                             [ids for _, ids in batch],
                             on_progress=chain(progress.on_step, prof.step),
                             on_finish=finished,
+                            keys=[rec.index for rec, _ in batch],  # samples per record
                         )
                         tokens = sum(len(t) for t in out.tokens)
                         steps = sum(float(st.steps) for st in out.stats)

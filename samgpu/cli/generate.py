@@ -332,7 +332,7 @@ class Session:
         if path is not None:
             print(f"samgpu: store saved to {path}", file=sys.stderr)
 
-    def generate(self, prompts: list[list[int]], on_progress=None, on_finish=None):
+    def generate(self, prompts: list[list[int]], on_progress=None, on_finish=None, keys=None):
         from torch.profiler import record_function
 
         from samgpu import api
@@ -347,6 +347,7 @@ class Session:
                 top_p=a.top_p,
                 eos_token_ids=api.eos_with_stops(self.eos, self.stop_ids),
                 seed=a.seed,
+                sample_keys=keys,
                 on_progress=on_progress,
                 on_finish=on_finish,
                 batch_size=a.batch_size,

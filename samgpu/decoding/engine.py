@@ -235,9 +235,7 @@ class Engine:
 
     # ------------------------------------------------------------------ prompts in
 
-    def prefill(
-        self, rows: list[int], prompts: list[list[int]], keys: list[int] | None = None
-    ) -> bool:
+    def prefill(self, rows: list[int], prompts: list[list[int]], keys: list[int] | None = None):
         """Load `prompts` into slots `rows` (distinct, < width): reset their rows of every buffer,
         prefill prompt[:-1] into the KV cache, set the root to the last prompt token and the
         sampling key (`keys`; None: the rows), then `drafter.start`. Other slots are not
@@ -260,9 +258,7 @@ class Engine:
     def defers_prefill(self) -> bool:  # admissions can come in two halves (begin / end_prefill)
         return self._prefiller.defers
 
-    def begin_prefill(
-        self, rows: list[int], prompts: list[list[int]], keys: list[int] | None = None
-    ) -> Landing:
+    def begin_prefill(self, rows: list[int], prompts: list[list[int]], keys=None) -> Landing:
         """The first half of an admission beside live slots: the prefill of the first prompts
         that fit one call (Landing.count), with graphs on a second stream beside the steps that
         follow (these slots stay finished); `end_prefill` loads them. One at a time."""
