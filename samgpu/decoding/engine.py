@@ -163,9 +163,9 @@ class Engine:
             for buffers in (self._full, self._plain):
                 if buffers is not None:
                     buffers.allocate_sampling()
-            self._views_by_key.clear()  # views must include the new buffers
-            self._graphs.clear()
-            self._warm.clear()
+            self._views_by_key.clear()  # views must include the new buffers (the captured
+            # graphs stay valid: they hold the same memory; dropping them would free their
+            # private pool, which the next capture would then name: an allocator assert)
         eos = list(config.eos_token_ids) + [PAD_TOKEN] * (MAX_EOS - len(config.eos_token_ids))
         self._eos.copy_(torch.tensor(eos, dtype=torch.int32))
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)))

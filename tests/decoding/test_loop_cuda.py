@@ -76,6 +76,21 @@ def test_graphs_equal_eager_sampling(cuda_llama):
     assert dec.generate(PROMPTS, cfg).tokens == eager
 
 
+def test_sampling_after_captured_greedy_graphs(cuda_llama):
+    """A decoder that captured greedy graphs (as `samgpu generate`'s warm-up does), then samples,
+    then decodes greedily again: the sampling buffers join without breaking the graph pool (it
+    raised an allocator assert at the first sampling capture), and every output equals eager."""
+    model, refs = cuda_llama
+    greedy = GenerationConfig(max_new_tokens=20, speculation="always")
+    sample = GenerationConfig(max_new_tokens=20, temperature=0.9, top_k=20, seed=3)
+    eager = _decoder(model, refs, False, True).generate(PROMPTS, sample).tokens
+    dec = _decoder(model, refs, True, True)
+    assert dec.generate(PROMPTS, greedy).tokens == refs
+    assert dec.generate(PROMPTS, sample).tokens == eager
+    assert dec.generate(PROMPTS, sample).tokens == eager
+    assert dec.generate(PROMPTS, greedy).tokens == refs
+
+
 MORE = [p + [k] for k in (2, 5, 6) for p in PROMPTS][:10]
 
 
