@@ -44,6 +44,7 @@ from samgpu.completions import (  # re-exported: the API's text-level helpers
     make_completion,
     progress_tokens,
     stats_dict,
+    stop_watch,
 )
 from samgpu.decoding.config import SPECULATION_MODES, GenerationConfig, GenerationOutput
 from samgpu.decoding.stages import StageRange, nvtx_range
@@ -87,6 +88,7 @@ __all__ = [
     "make_completion",
     "out_of_memory_message",
     "progress_tokens",
+    "stop_watch",
     "resolve_device",
     "resolve_dtype",
     "resolve_index",
@@ -278,6 +280,7 @@ class SamDecoder:
         on_progress: Callable[[Any], None] | None = None,
         on_finish: Callable[[int, list[int], Any], None] | None = None,
         batch_size: int | None = None,
+        stop_when: Callable[[int, list[int]], bool] | None = None,
     ):
         """Token ids in, samgpu.decoding.config.GenerationOutput out (tokens and stats per
         prompt). eos_token_ids: a list of ids, one id or None. sample_keys: one int a prompt, what
@@ -285,8 +288,9 @@ class SamDecoder:
         splits a job into calls passes each prompt's index in the job, so that a seed gives
         every prompt its own samples whatever the split). on_progress(ProgressInfo) runs at
         every host check; on_finish(prompt index, tokens, RequestStats) as each request finishes
-        (CUDA: while the next steps run). An argument of the wrong type or range raises a
-        TypeError / ValueError naming it, before any buffer is allocated."""
+        (CUDA: while the next steps run); stop_when(prompt index, tokens so far) -> True ends a
+        request at a host check (stop strings: completions.StopWatch). An argument of the wrong
+        type or range raises a TypeError / ValueError naming it, before any buffer is allocated."""
         check_count("max_new_tokens", max_new_tokens)
         if batch_size is not None:
             check_count("batch_size", batch_size)
@@ -333,7 +337,7 @@ class SamDecoder:
         decoder = self.ensure_capacity(num_reqs, self.needed_len(longest, max_new_tokens))
         with self._lock:
             out = decoder.generate(
-                [list(map(int, p)) for p in prompts], config, on_progress, on_finish
+                [list(map(int, p)) for p in prompts], config, on_progress, on_finish, stop_when
             )
         self.last_stats = [stats_dict(s) for s in out.stats]
         return out
@@ -398,6 +402,7 @@ class SamDecoder:
             eos_token_ids=eos,
             seed=req.seed,
             on_progress=on_progress,
+            stop_when=stop_watch(tokenizer, req.stop),
         )
         tokens = [list(t) for t in out.tokens]
         if req.stop:

@@ -60,6 +60,32 @@ def eos_with_stops(eos: Sequence[int], stop_ids: Sequence[int]) -> tuple[int, ..
     return eos + tuple(extra[: MAX_EOS - len(eos)])
 
 
+class StopWatch:
+    """The scheduler's `stop_when` for stop strings: True once a request's text (special tokens
+    skipped, as its completion's) holds one, so that decoding ends at that host check instead of
+    at EOS or the length limit. Each look decodes the tokens new since the last look plus a margin
+    of tokens that a stop string straddling the boundary could span (a token carries at least one
+    character, except special tokens and pieces of a multi-byte one: 8 extra)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self.margin = max(map(len, self.stop)) + 8
+        self.seen: dict[int, int] = {}  # request -> tokens looked at
+
+    def __call__(self, request: int, tokens: list[int]) -> bool:
+        start = max(0, self.seen.get(request, 0) - self.margin)
+        self.seen[request] = len(tokens)
+        return (
+            first_stop(self.tokenizer.decode(tokens[start:], skip_special_tokens=True), self.stop)
+            >= 0
+        )
+
+
+def stop_watch(tokenizer, stop: Sequence[str]) -> StopWatch | None:
+    """A StopWatch for a call's stop strings; None without any."""
+    return StopWatch(tokenizer, stop) if stop else None
+
+
 def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
     """Chat messages -> prompt ids with the generation prompt (assistant turn opened)."""
     if getattr(tokenizer, "chat_template", None) is None:

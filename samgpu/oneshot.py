@@ -152,6 +152,7 @@ def generate(
         eos_token_ids=api.eos_with_stops(eos, stop_ids),
         seed=seed,
         batch_size=batch_size,
+        stop_when=api.stop_watch(tok, stops),
     )
     if "store" in options:
         dec.save_store()

@@ -244,12 +244,12 @@ def test_os_error_mid_run_is_one_line_and_keeps_the_partial(
 def test_sigterm_says_what_was_saved(capsys, monkeypatch, tmp_path, tiny_model_dir, prompts_file):
     real = cli_generate.Session.generate
 
-    def terminated_after_one(self, prompts, on_progress=None, on_finish=None):
+    def terminated_after_one(self, prompts, on_progress=None, on_finish=None, keys=None):
         def finish(*args):
             on_finish(*args)
             os.kill(os.getpid(), signal.SIGTERM)
 
-        return real(self, prompts, on_progress, finish)
+        return real(self, prompts, on_progress, finish, keys)
 
     monkeypatch.setattr(cli_generate.Session, "generate", terminated_after_one)
     src, out = prompts_file(PROMPTS), tmp_path / "out.jsonl"
@@ -390,15 +390,15 @@ def test_interrupt_says_how_many_records_were_kept(
     held none: the message counts them (none, then one), and the same command then finishes."""
     real = cli_generate.Session.generate
 
-    def interrupted_at_once(self, prompts, on_progress=None, on_finish=None):
+    def interrupted_at_once(self, prompts, on_progress=None, on_finish=None, keys=None):
         raise KeyboardInterrupt
 
-    def interrupted_after_one(self, prompts, on_progress=None, on_finish=None):
+    def interrupted_after_one(self, prompts, on_progress=None, on_finish=None, keys=None):
         def finish(*args):
             on_finish(*args)
             raise KeyboardInterrupt
 
-        return real(self, prompts, on_progress, finish)
+        return real(self, prompts, on_progress, finish, keys)
 
     src, out = prompts_file(PROMPTS), tmp_path / "out.jsonl"
     monkeypatch.setattr(cli_generate.Session, "generate", interrupted_at_once)

@@ -351,6 +351,7 @@ class Session:
                 on_progress=on_progress,
                 on_finish=on_finish,
                 batch_size=a.batch_size,
+                stop_when=api.stop_watch(self.tokenizer, a.stop),
             )
 
 

@@ -451,6 +451,7 @@ class Engine:
         v, k = self._views, self._accepted_hist.shape[1]
         has_sources = self.drafter.last_source is not None
         idx = upload(torch.tensor(rows, dtype=torch.long), self.device)
+        v.state.finished.index_fill_(0, idx, True)  # (a row the host ended: a stop string)
         read = v.read_rows(idx, True, self._rows_host)
         self.drafter.finish(v.state, idx)
 

@@ -70,6 +70,7 @@ from samgpu.decoding.engine import Engine
 
 OnProgress = Callable[[ProgressInfo], None]
 OnFinish = Callable[[int, list[int], RequestStats], None]  # (prompt index, tokens, stats)
+StopWhen = Callable[[int, list[int]], bool]  # (prompt index, tokens so far) -> end it now
 
 
 def engine_mode(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -156,8 +157,12 @@ class Scheduler:
         config: GenerationConfig,
         on_progress: OnProgress | None = None,
         on_finish: OnFinish | None = None,
+        stop_when: StopWhen | None = None,
     ) -> GenerationOutput:
-        """Generate for every prompt (token ids); outputs in prompt order."""
+        """Generate for every prompt (token ids); outputs in prompt order. `stop_when(prompt
+        index, tokens so far)` is asked at every host check of each live request the device did
+        not end: True ends it there (stop strings: completions.StopWatch; its output then runs
+        past the stop by what the window emitted, for the caller to cut)."""
         prompts = [list(map(int, p)) for p in prompts]
         engine = self.engine
         engine.validate(prompts, config)
@@ -341,6 +346,11 @@ class Scheduler:
                     for b, s in enumerate(slots)
                     if is_live(b) and (finished[b] or steps - s.start_step >= config.max_new_tokens)
                 ]
+                if stop_when is not None:  # (a read of the live rows' tokens: only when asked)
+                    going = [b for b in range(len(slots)) if is_live(b) and b not in ended]
+                    for b, toks in zip(going, engine.read_tokens(going), strict=True):
+                        if stop_when(slots[b].request, toks):
+                            ended.append(b)
                 read_collected = list
                 if ended:
                     now = time.perf_counter()

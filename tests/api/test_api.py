@@ -149,8 +149,9 @@ def test_bad_inputs(tiny):
 
 def test_strings_stop_strings_and_one_liner(tiny, tiny_model_dir):
     """Strings in -> completions out (prompt excluded). A stop string taken from the middle of the
-    unconstrained completion cuts it right before the stop string; the tensor form keeps the stop
-    string, as transformers' stop_strings does."""
+    unconstrained completion cuts it right before the stop string, and decoding ends there (a host
+    check; on a CPU every step of one sequence); the tensor form keeps the stop string, as
+    transformers' stop_strings does."""
     model, tok = tiny
     dec = SamDecoder(model, tok, method="ar")
     (free,) = dec.generate(["The quick brown fox"], max_new_tokens=12)
@@ -161,6 +162,7 @@ def test_strings_stop_strings_and_one_liner(tiny, tiny_model_dir):
     stop = free[len(free) // 2 : len(free) // 2 + 2]
     (cut,) = dec.generate(["The quick brown fox"], max_new_tokens=12, stop=stop)
     assert cut == free[: free.find(stop)]
+    assert dec.last_stats[0]["generated"] < 12  # decoding ended at the stop, not at the limit
 
     c = samgpu.generate(
         "The quick brown fox",
