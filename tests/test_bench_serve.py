@@ -22,7 +22,7 @@ def test_busy_share_keeps_the_samples_from_the_generation_on():
 
 def test_run_cli_passes_the_options_through(monkeypatch, tmp_path):
     """run_cli runs the CLI itself with the benchmark's options (method options as -O, the check
-    interval when given) and reads its stats and records back."""
+    interval and sampling when given) and reads its stats and records back."""
     import argparse
     import json
 
@@ -47,6 +47,8 @@ def test_run_cli_passes_the_options_through(monkeypatch, tmp_path):
         speculation="adaptive",
         exact=False,
         check_every=None,
+        temperature=0.0,
+        seed=1,
     )
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     r = bench_serve.run_cli(src, out, args, "merged:max_nodes=12", 4, "continuous")
@@ -54,11 +56,16 @@ def test_run_cli_passes_the_options_through(monkeypatch, tmp_path):
     assert argv[argv.index("--method") + 1] == "merged"
     assert argv[argv.index("-O") + 1] == "max_nodes=12"
     assert "--check-every" not in argv and "--continuous-batching" in argv
+    assert "--temperature" not in argv and "--seed" not in argv  # greedy
     assert r["latency"] == [0.5] and r["generate_seconds"] == 1.0
     args.check_every = 4
     bench_serve.run_cli(src, out, args, "ar", 4, "static")
     argv = seen[-1]
     assert argv[argv.index("--check-every") + 1] == "4" and "--no-continuous-batching" in argv
+    args.temperature, args.seed = 0.8, 5
+    bench_serve.run_cli(src, out, args, "ar", 4, "static")
+    argv = seen[-1]
+    assert argv[argv.index("--temperature") + 1] == "0.8" and argv[argv.index("--seed") + 1] == "5"
 
 
 def test_slot_shares_of_a_real_cli_run_add_up(tmp_path, tiny_model_dir):
