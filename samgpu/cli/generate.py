@@ -400,7 +400,7 @@ def oom_error(e: BaseException, args: argparse.Namespace) -> UserError:
         e, batch_size=args.batch_size, max_len=0, what="generating"
     ).replace(" and 0 tokens per sequence", "")
     if args.input:
-        msg += "; finished records are kept and the same command resumes"
+        msg += "; the same command resumes after the records that finished"
     return api.SetupError(msg)
 
 
