@@ -292,20 +292,19 @@ class Engine:
         resets the rows of every buffer (StepViews.load_rows) and calls drafter.start."""
         v, dev, n = self._views, self.device, len(prompts)
         longest = max(map(len, prompts))
-        # one upload: rows, lengths, keys' low and high halves, the prompts [n, longest] padded
+        # one upload: the keys (int64, as int32 pairs: a view on the device, no kernel), rows,
+        # lengths, the prompts [n, longest] padded
         host = np.full(4 * n + n * longest, PAD_TOKEN, dtype=np.int32)
-        key64 = np.array(rows if keys is None else keys, dtype=np.int64)
-        host[:n], host[n : 2 * n] = rows, [len(p) for p in prompts]
-        host[2 * n : 3 * n], host[3 * n : 4 * n] = key64.astype(np.int32), key64 >> 32
+        host[: 2 * n] = np.array(rows if keys is None else keys, dtype=np.int64).view(np.int32)
+        host[2 * n : 3 * n], host[3 * n : 4 * n] = rows, [len(p) for p in prompts]
         padded = host[4 * n :].reshape(n, longest)
-        padded[np.arange(longest) < host[n : 2 * n, None]] = list(itertools.chain(*prompts))
+        padded[np.arange(longest) < host[3 * n : 4 * n, None]] = list(itertools.chain(*prompts))
         packed = upload(torch.from_numpy(host), dev)
-        index, lens, text = packed[:n].long(), packed[n : 2 * n], packed[4 * n :].view(n, longest)
-        key_lo, key_hi = packed[2 * n : 3 * n].long() & 0xFFFFFFFF, packed[3 * n : 4 * n].long()
+        keys64, index = packed[: 2 * n].view(torch.int64), packed[2 * n : 3 * n].long()
+        lens, text = packed[3 * n : 4 * n], packed[4 * n :].view(n, longest)
 
         def load(hidden: torch.Tensor | None = None) -> None:
-            keys = (key_hi << 32) | key_lo
-            v.load_rows(index, text, lens, self._config.max_new_tokens, keys)
+            v.load_rows(index, text, lens, self._config.max_new_tokens, keys64)
             started = torch.zeros(self.width, dtype=torch.int32, device=dev)
             started.index_copy_(0, index, lens)
             self.drafter.start(v.state, NewRequests(index, started, longest, hidden))

@@ -147,6 +147,14 @@ def test_sampled_tokens_equal_ar_whatever_the_drafts_and_batch():
         for i, p in enumerate(prompts)
     ]
     assert tree.tokens == ar
+    # keys of 64 bits (high halves, negative) reach the device whole: the same samples as ar's
+    big = tuple((-1) ** i * ((i + 1) * 2**40 + 7) for i in range(len(prompts)))
+    tree = _sampled(runner, "test", 5, prompts, seed=9, continuous=True, sample_keys=big)
+    ar_big = [
+        _sampled(runner, "ar", 1, [p], seed=9, sample_keys=(k,)).tokens[0]
+        for k, p in zip(big, prompts, strict=True)
+    ]
+    assert tree.tokens == ar_big != ar
     assert tree.tokens[0] != tree.tokens[3]  # the same prompt under another key: other draws
     assert sum(sum(s.accepted_hist[1:]) for s in tree.stats) > 0
     static = _sampled(runner, "test", 12, prompts, seed=9, speculation="adaptive")
