@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from samgpu.kernels.load_rows import load_rows
 from samgpu.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput, TreeMask, VerifyOutput
 
 
@@ -164,19 +165,8 @@ class StepViews:
     ):
         """New requests in slots `index`: their text [n, W <= max_len] (the prompts, padded; the
         rows' columns past W become padding too), lengths [n] and sampling keys [n] int64; roots
-        = last prompt tokens; budgets; counters and last step's output reset; not finished."""
-        st = self.state
-        self.sample_keys.index_copy_(0, index, keys)
-        width = text.shape[1]
-        st.text[:, :width].index_copy_(0, index, text)
-        if width < st.text.shape[1]:
-            st.text[:, width:].index_fill_(0, index, PAD_TOKEN)
-        st.text_len.index_copy_(0, index, lens)
-        st.prompt_len.index_copy_(0, index, lens)
-        st.root.index_copy_(0, index, text.gather(1, (lens - 1).long()[:, None])[:, 0])
-        st.max_new_tokens.index_fill_(0, index, budget)
-        for t in (st.num_generated, self.num_steps, self.accepted_hist, self.source_counts):
-            t.index_fill_(0, index, 0)
-        self.step.num_new.index_fill_(0, index, 0)
-        self.step.new_tokens.index_fill_(0, index, PAD_TOKEN)
-        st.finished.index_fill_(0, index, False)
+        = last prompt tokens; budgets; counters and last step's output reset; not finished (one
+        launch: kernels/load_rows.py)."""
+        counters = (self.num_steps, self.accepted_hist, self.source_counts, self.step.num_new)
+        counters += (self.step.new_tokens, self.sample_keys)
+        load_rows(self.state, counters, index, text, lens, keys, budget)

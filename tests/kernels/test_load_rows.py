@@ -1,0 +1,78 @@
+"""load_rows: new requests into slots of the decode state in one launch. Triton (interpreter on
+CPU) against the torch reference on random state, exact equality of every buffer; the rows not
+loaded keep their values, the loaded ones change (the comparison is not between two no-ops)."""
+
+import pytest
+import torch
+
+from samgpu.kernels.load_rows import load_rows_ref, load_rows_triton
+from samgpu.kernels.types import PAD_TOKEN, DecodeState
+
+R, MAX_LEN, K, S = 6, 40, 5, 7
+
+
+def _random_state(gen, device):
+    def i32(*shape):
+        return torch.randint(-3, 90, shape, generator=gen, dtype=torch.int32).to(device)
+
+    state = DecodeState(
+        root=i32(R),
+        cache_len=i32(R),
+        text=i32(R, MAX_LEN),
+        text_len=i32(R),
+        prompt_len=i32(R),
+        num_generated=i32(R),
+        max_new_tokens=i32(R),
+        finished=(i32(R) > 40),
+    )
+    keys = torch.randint(-(2**62), 2**62, (R,), generator=gen).to(device)
+    counters = (i32(R), i32(R, K), i32(R, S), i32(R), i32(R, K), keys)
+    return state, counters
+
+
+def _buffers(state, counters):
+    fields = ("root", "text", "text_len", "prompt_len", "num_generated", "max_new_tokens")
+    return (
+        [getattr(state, f).cpu() for f in fields]
+        + [state.finished.cpu()]
+        + [c.cpu() for c in counters]
+    )
+
+
+@pytest.mark.parametrize("width", [7, MAX_LEN])
+def test_triton_equals_ref(width, device):
+    gen = torch.Generator().manual_seed(width)
+    index = torch.tensor([4, 0, 2], dtype=torch.int64)
+    lens = torch.tensor([width, 1, 3], dtype=torch.int32)
+    text_in = torch.randint(0, 50, (3, width), generator=gen, dtype=torch.int32)
+    text_in[1, 1:] = text_in[2, 3:] = PAD_TOKEN  # padded prompts
+    keys = torch.tensor([2**40 + 3, -9, 0], dtype=torch.int64)
+    args = (index, text_in, lens, keys, 77)
+    s_ref, c_ref = _random_state(torch.Generator().manual_seed(1), "cpu")
+    before = _buffers(s_ref, c_ref)
+    load_rows_ref(s_ref, c_ref, *args)
+    s_tri, c_tri = _random_state(torch.Generator().manual_seed(1), device)
+    load_rows_triton(s_tri, c_tri, *(a.to(device) if torch.is_tensor(a) else a for a in args))
+    after_ref, after_tri = _buffers(s_ref, c_ref), _buffers(s_tri, c_tri)
+    for a, b in zip(after_tri, after_ref, strict=True):
+        assert torch.equal(a, b)
+    untouched = [1, 3, 5]
+    for a, b in zip(after_ref, before, strict=True):
+        assert torch.equal(a[untouched], b[untouched])
+    assert s_ref.text[4, :width].tolist() == text_in[0].tolist()
+    assert s_ref.text[0].tolist() == [int(text_in[1, 0])] + [PAD_TOKEN] * (MAX_LEN - 1)
+    assert s_ref.root[[4, 0, 2]].tolist() == [text_in[0, width - 1], text_in[1, 0], text_in[2, 2]]
+    assert c_ref[5][[4, 0, 2]].tolist() == keys.tolist()
+    assert not s_ref.finished[[4, 0, 2]].any() and (s_ref.max_new_tokens[[4, 0, 2]] == 77).all()
+
+
+def test_bad_inputs_are_value_errors():
+    state, counters = _random_state(torch.Generator().manual_seed(0), "cpu")
+    index, lens = torch.tensor([1]), torch.tensor([2], dtype=torch.int32)
+    text_in, keys = torch.zeros(1, 4, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="index"):
+        load_rows_ref(state, counters, index.int(), text_in, lens, keys, 5)
+    with pytest.raises(ValueError, match="text_in"):
+        load_rows_ref(
+            state, counters, index, torch.zeros(1, MAX_LEN + 1, dtype=torch.int32), lens, keys, 5
+        )
