@@ -64,12 +64,13 @@ class StopWatch:
     """The scheduler's `stop_when` for stop strings: True once a request's text (special tokens
     skipped, as its completion's) holds one, so that decoding ends at that host check instead of
     at EOS or the length limit. Each look decodes the tokens new since the last look plus a margin
-    of tokens that a stop string straddling the boundary could span (a token carries at least one
-    character, except special tokens and pieces of a multi-byte one: 8 extra)."""
+    of tokens that a stop string straddling the boundary could span: its UTF-8 bytes (a byte-level
+    token carries at least one byte; a character of 2-4 bytes may take a token each, so counting
+    characters missed "𓀀𓀁𓀂𓀃", 16 tokens) plus 8 for special tokens, which carry no text."""
 
     def __init__(self, tokenizer, stop: Sequence[str]):
         self.tokenizer, self.stop = tokenizer, tuple(stop)
-        self.margin = max(map(len, self.stop)) + 8
+        self.margin = max(len(s.encode("utf-8")) for s in self.stop) + 8
         self.seen: dict[int, int] = {}  # request -> tokens looked at
 
     def __call__(self, request: int, tokens: list[int]) -> bool:
