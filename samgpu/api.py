@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -305,7 +305,7 @@ class SamDecoder:
             top_p=float(top_p),
             eos_token_ids=as_id_tuple(eos_token_ids, "eos_token_ids"),
             seed=seed,
-            sample_keys=None if sample_keys is None else tuple(sample_keys),
+            sample_keys=sample_key_tuple(sample_keys, len(prompts)),
             check_every=None if self.check_every is None else int(self.check_every),
             continuous=self.continuous_batching,
             speculation=self.speculation,
@@ -425,6 +425,22 @@ class SamDecoder:
             return list(tokenizer(prompt).input_ids)
         check_conversation(prompt, "each prompt must be a string or")
         return encode_chat(tokenizer, list(prompt))
+
+
+def sample_key_tuple(keys: Any, num_prompts: int) -> tuple[int, ...] | None:
+    """generate_ids' sample_keys: None, or one int a prompt (a list, tuple, range, NumPy array or
+    tensor of them) -> a tuple of ints; else a TypeError / ValueError naming the argument."""
+    if keys is None:
+        return None
+    if isinstance(keys, torch.Tensor):
+        keys = keys.tolist() if keys.dim() == 1 else keys
+    ok = isinstance(keys, Iterable) and not isinstance(keys, (str, bytes, dict, torch.Tensor))
+    keys = list(keys) if ok else keys
+    if not ok or not all(is_int(k) for k in keys):
+        raise TypeError(f"sample_keys must be a list of ints (one a prompt), got {keys!r:.60}")
+    if len(keys) != num_prompts:
+        raise ValueError(f"{len(keys)} sample_keys for {num_prompts} prompts: one key a prompt")
+    return tuple(int(k) for k in keys)
 
 
 def check_conversation(conv: Any, what: str) -> None:
