@@ -253,13 +253,7 @@ def resolve_request(
     if pad is None:
         pad = eos[0] if eos else 0
     stop = kwargs.get("stop_strings") or kwargs.get("stop") or cfg_values.get("stop_strings")
-    if isinstance(stop, str):
-        stop = (stop,)
-    if stop is not None and not isinstance(stop, (list, tuple)):
-        raise TypeError(f"stop strings must be a string or a list of strings, got {stop!r:.60}")
-    stop = tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
+    stop = stop_tuple(stop, "stop strings")
     seed = kwargs.get("seed")
     return GenerationRequest(max_new, temperature, top_k, top_p, eos, int(pad), stop, seed)
 
@@ -302,6 +296,19 @@ def check_kwargs(kwargs: dict[str, Any]) -> None:
 
 
 # Stop strings
+
+
+def stop_tuple(stop: Any, name: str = "stop") -> tuple[str, ...]:
+    """None, a stop string or a list / tuple of them -> a tuple of non-empty strings; else a
+    TypeError (naming `name`) or ValueError."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    if stop is not None and not isinstance(stop, (list, tuple)):
+        raise TypeError(f"{name} must be a string or a list of strings, got {stop!r:.60}")
+    stop = tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
+    return stop
 
 
 def first_stop(text: str, stop: Sequence[str]) -> int:

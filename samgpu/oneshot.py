@@ -19,6 +19,7 @@ from samgpu.hf_args import (
     config_values,
     is_neutral,
     single_token_stops,
+    stop_tuple,
 )
 
 # max_new_tokens when neither the call nor model.generation_config sets it
@@ -137,11 +138,7 @@ def generate(
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
     eos = api.eos_ids(dec.model, tok)
-    if stop is not None and not isinstance(stop, (str, Sequence)):
-        raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(x, str) or not x for x in stops):
-        raise ValueError(f"stop strings must be non-empty strings, got {stops!r}")
+    stops = stop_tuple(stop)
     stop_ids = single_token_stops(stops, tok)
     out = dec.generate_ids(
         encoded,
