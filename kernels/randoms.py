@@ -1,6 +1,8 @@
 """Sampling by position-keyed noise: the token each tree node's distribution draws.
 
-`race_tokens(probs, seed, keys, positions, out)`: for every node i of sequence b,
+`race_tokens_triton(probs, seed, keys, positions, out)` (reference `race_tokens_ref`, node by
+node; verify_sample_ref races only the nodes its walk visits, with `race_node_ref`): for every
+node i of sequence b,
     out[b, i] = argmax_v probs[b, i, v] / E(seed, keys[b], positions[b, i], v)
 (the exponential race: with E ~ Exp(1) i.i.d., the winner is distributed as probs[b, i]; first
 maximum on ties, tokens of probability 0 never win). E = -log(u) with u in (0, 1) from a counter
@@ -28,7 +30,6 @@ import triton
 import triton.language as tl
 
 from samgpu.kernels._aot import AotSpec
-from samgpu.kernels._dispatch import use_triton
 
 _BLOCK_V: int = 1024
 _M1, _M2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B9  # murmur3 fmix32; 2**32 / phi
@@ -150,11 +151,6 @@ def race_tokens_ref(probs, seed, keys, positions, out):
         for i in range(probs.shape[1]):
             out[b, i] = race_node_ref(probs[b, i], s, ks[b], pos[b][i])
     return out
-
-
-def race_tokens(probs, seed, keys, positions, out):
-    impl = race_tokens_triton if use_triton(probs) else race_tokens_ref
-    return impl(probs, seed, keys, positions, out)
 
 
 AOT_SPECS = [

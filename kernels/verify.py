@@ -18,13 +18,13 @@ Example: tokens [C, D, E, X], parents [-1, 0, 1, 0], argmax [D, E, F, .] -> acce
 num_accepted 2, bonus F.
 
 Sampling (`verify_sample`): `sampling_probs` turns logits into p with HF semantics (temperature,
-then top-k, then top-p, then softmax); `race_tokens` (kernels/randoms.py) draws each node's token
-from p by an exponential race on noise keyed by (seed, request key, position), and the greedy walk
-runs on those winners: a child is accepted iff its token is what its parent's distribution drew.
-Each emitted token is then an exact sample of p given its prefix, and the same token `ar` draws
-at that position with the same seed and key (kernels/randoms.py says why). The chance that a node's
-children hold the winner is their total probability, what recursive rejection sampling (SpecInfer)
-accepts for deterministic drafts.
+then top-k, then top-p, then softmax); `race_tokens_triton` (kernels/randoms.py) draws each node's
+token from p by an exponential race on noise keyed by (seed, request key, position), and the greedy
+walk runs on those winners: a child is accepted iff its token is what its parent's distribution
+drew. Each emitted token is then an exact sample of p given its prefix, and the same token `ar`
+draws at that position with the same seed and key (kernels/randoms.py says why). The chance that a
+node's children hold the winner is their total probability, what recursive rejection sampling
+(SpecInfer) accepts for deterministic drafts.
 
 Complexity per sequence: O(K N) after the O(N V) argmax or race.
 """

@@ -55,7 +55,6 @@ def _step_functions():
         verify.verify_sample,
         verify.verify_sample_triton,
         verify.sampling_probs,
-        randoms.race_tokens,
         randoms.race_tokens_triton,
         kv_compact.kv_compact,
         kv_compact.kv_compact_triton,

@@ -1,7 +1,7 @@
-"""race_tokens: each node's token drawn by an exponential race on noise keyed by (seed, request
-key, position). Kernel (interpreter on CPU) and reference hash the same integers: their winners
-are compared exactly. The race is checked to sample its distribution (chi-square, with a negative
-control) and to be a function of (seed, key, position) alone."""
+"""race_tokens_triton / race_tokens_ref: each node's token drawn by an exponential race on noise
+keyed by (seed, request key, position). Kernel (interpreter on CPU) and reference hash the same
+integers: their winners are compared exactly. The race is checked to sample its distribution
+(chi-square, with a negative control) and to be a function of (seed, key, position) alone."""
 
 import pytest
 import torch
