@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                         host_share=timing.get("host_s", 0) / total if total else None,
                         gpu_busy=r["gpu_busy"],
                         steps=r.get("steps"),
+                        # adaptive speculation: the share of steps that drafted (the rest plain)
+                        drafting_share=(
+                            r["drafting_steps"] / r["steps"] if r.get("steps") else None
+                        ),
                         step_ms=1e3 * timing["steps_s"] / r["steps"] if r.get("steps") else None,
                         decode_tok_s=(
                             r["new_tokens"] / timing["steps_s"] if timing.get("steps_s") else None
@@ -297,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["batch_size", "mode", "method", "tok_s", "vs_ar", "decode_vs_ar", "mat"]
     columns += ["latency_p50_s"]
     columns += ["latency_p99_s", "prefill_share", "decode_share", "host_share", "gpu_busy"]
-    columns += ["step_ms", "occupancy", "free_waiting", "free_drained", "pending", "past_end"]
+    columns += [
+        "step_ms",
+        "drafting_share",
+        "occupancy",
+        "free_waiting",
+        "free_drained",
+        "pending",
+        "past_end",
+    ]
     columns += ["same_as_ar", "same_as_first_b_ar"]
     print_table(rows, columns)
     print(hardware_line())

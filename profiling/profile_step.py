@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--shape", default="smollm2", choices=sorted(SHAPES), help="the random model's shape"
     )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="time the method's plain AR steps (adaptive's other mode)",
+    )
+    ap.add_argument("--temperature", type=float, default=0.0, help="sampled steps (top-k/p off)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -140,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     records, summary = [], []
-    config = GenerationConfig(max_new_tokens=4 * args.steps + 16)
+    config = GenerationConfig(max_new_tokens=4 * args.steps + 16, temperature=args.temperature)
+    mode = f"{args.method}{' plain' if args.plain else ''}{' T' if args.temperature else ''}"
+    mode += f"{args.temperature:g}" if args.temperature else ""
     for batch in args.batch:
         for ctx in args.context:
             max_len = ctx + config.max_new_tokens + 64
@@ -150,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.configure(config, batch)
             prompts = torch.randint(3, vocab, (batch, ctx), generator=gen).tolist()
             engine.prefill(list(range(batch)), prompts)
+            engine.set_speculate(not args.plain)
             for _ in range(3):
                 engine.step()
             step_ms, kernels = step_profile(engine, args.steps, args.top)
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(
                 [dict(kernel=n, us_per_step=us, launches=k) for n, us, k in kernels],
                 ["kernel", "us_per_step", "launches"],
-                title=f"B={batch} context={ctx} {args.method}: {step_ms:.3f} ms per step",
+                title=f"B={batch} context={ctx} {mode}: {step_ms:.3f} ms per step",
             )
             records.append(
                 dict(
@@ -171,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     kernels=[dict(name=n, us=us, launches=k) for n, us, k in kernels],
                     params=dict(
                         steps=args.steps,
+                        plain=args.plain,
+                        temperature=args.temperature,
                         random=not args.model_path,
                         shape=None if args.model_path else args.shape,
                         tag=args.tag,

@@ -13,10 +13,18 @@ work between windows is left out), kept as an exponential moving average per mod
 compiled or captured a graph are not counted, and rates are per live request, so that a batch
 draining (or waiting for a refill) during one mode's window does not count against that mode.
 Decisions happen at host checks only, so there is no extra sync. The policy explores: until
-each mode has a measurement, then every `explore_every` windows it runs the other mode once, so a
-change in the batch (requests ending, easier text) is noticed; a mode losing by more than 20% is
-visited 4x less often. The cost of exploring is one window in `explore_every` (or 4x that) at the
-worse rate. New text: a plain step's rate does not depend on the text, drafting's does; when
+each mode has a measurement, then in one window in `explore_every` on average, at random, it runs
+the other mode, so a change in the batch (requests ending, easier text) is noticed; a mode losing
+by more than 20% is visited 4x less often. The cost of exploring is one window in `explore_every`
+(or 4x that) at the worse rate. Windows in which an admission ran beside the steps are not counted
+(the scheduler passes them as not clean): the admission's GPU work (its prefill; for the automaton
+methods also the drafter's start over the prompts) falls on whichever mode runs then. Both rules
+come from one run (H200, SmolLM2, B=64, sampled at T 0.8, 2026-12-02): refills came every other
+window and added 3-7 ms to a `merged` window of 12-18 ms; exploring every 16th window put every
+plain window measured in a refill's window, so plain steps measured 15-20% slower than they were,
+and the policy drafted 66% of the steps while plain steps were the faster mode (`merged` 0.87x
+`ar`, below both its all-plain and its always-drafting runs).
+New text: a plain step's rate does not depend on the text, drafting's does; when
 most live requests were just admitted (B=1: every admission), the next window drafts and its rate
 replaces drafting's average (`admitted`).
 
@@ -32,6 +40,7 @@ every step, which one sequence on a GPU now does (GenerationConfig.adapts_specul
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 
@@ -44,7 +53,7 @@ class SpeculationPolicy:
     rates: dict[bool, float] = field(default_factory=dict)  # speculate -> tokens / s
     samples: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     steps: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
-    _windows: int = 0
+    _rng: random.Random = field(default_factory=lambda: random.Random(0))  # (reproducible runs)
     _new_text: bool = False  # most live requests were just admitted: drafting's rate is unknown
     _probe: bool = False  # the window chosen for that is running (its rate counts alone)
 
@@ -59,7 +68,6 @@ class SpeculationPolicy:
         """Whether the next window drafts."""
         if not self.enabled:
             return True
-        self._windows += 1
         if self._new_text:
             self._new_text, self._probe = False, True
             return True
@@ -71,7 +79,9 @@ class SpeculationPolicy:
         gap = min(self.rates.values()) / max(max(self.rates.values()), 1e-9)
         # a clearly losing mode is re-checked less often: exploring it costs more
         period = self.explore_every * (4 if gap < 0.8 else 1)
-        if self._windows % period == 0:
+        # at random windows, not every period-th: a fixed period locks onto the refill cycle
+        # (a refill every other window put every re-check of plain steps in a refill's window)
+        if self._rng.random() * period < 1:
             return not best
         return best
 

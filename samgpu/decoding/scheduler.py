@@ -305,7 +305,10 @@ class Scheduler:
                 window = min(check_every, max(1, oldest + config.max_new_tokens - steps))
                 if not queued:
                     speculate, live_at_start, t_launch, clean = start_window()
-                due = refill.landing_step(window - queued) if landing is not None else None
+                # an admission running beside this window's steps (launched at the last check):
+                # its GPU work falls on whichever mode runs, so the policy leaves the window out
+                beside = landing is not None
+                due = refill.landing_step(window - queued) if beside else None
                 due = None if due is None else due + queued  # (its prefill follows queued steps)
                 free = sum(s is None for s in slots)
                 run.slot_steps += window * len(slots)
@@ -338,7 +341,14 @@ class Scheduler:
                     landing = None
                 live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
                 tokens_in_window = done_tokens + live_now - emitted
-                policy.record(speculate, window, tokens_in_window, seconds, clean, live_at_start)
+                policy.record(
+                    speculate,
+                    window,
+                    tokens_in_window,
+                    seconds,
+                    clean and not beside,
+                    live_at_start,
+                )
                 rate = (tokens_in_window, seconds, clean, live_at_start)
                 threads.record(speculate, all_threads, window, *rate)
                 ended = [
