@@ -228,12 +228,15 @@ def dynamic_extend_seq(
             last = cur
             pos += 1
             tl.debug_barrier()
-    tl.store(num_states_ptr + b, num_states)
-    tl.store(num_edges_ptr + b, num_edges)
-    tl.store(last_ptr + b, last)
-    tl.store(text_len_ptr + b, pos)
-    tl.store(match_state_ptr + b, state)
-    tl.store(match_len_ptr + b, match_len)
+    # A slot with no new tokens is not written at all: another stream may be building it (an
+    # admission's Drafter.prepare beside the decode steps, which reach the slot with num_new 0).
+    moved = num_new > 0
+    tl.store(num_states_ptr + b, num_states, mask=moved)
+    tl.store(num_edges_ptr + b, num_edges, mask=moved)
+    tl.store(last_ptr + b, last, mask=moved)
+    tl.store(text_len_ptr + b, pos, mask=moved)
+    tl.store(match_state_ptr + b, state, mask=moved)
+    tl.store(match_len_ptr + b, match_len, mask=moved)
 
 
 @triton.jit(do_not_specialize=["stride_new_b", "capacity", "h_shift", "h_mask"])

@@ -90,8 +90,10 @@ def static_advance_seq(
                     searching = 0
         state = tl.where(nxt == _NO_STATE, _ROOT, nxt)
         match_len = tl.where(nxt == _NO_STATE, 0, match_len + 1)
-    tl.store(state_ptr + b, state)
-    tl.store(match_len_ptr + b, match_len)
+    # (no write without new tokens: another stream may be restarting this row's match, as in
+    # kernels/sam_dynamic.py)
+    tl.store(state_ptr + b, state, mask=num_new > 0)
+    tl.store(match_len_ptr + b, match_len, mask=num_new > 0)
 
 
 @triton.jit(do_not_specialize=["vocab_size", "stride_new_b"])

@@ -35,13 +35,13 @@ def _violations(fn) -> list[str]:
 
 
 def _step_functions():
-    from samgpu.decoding import engine
+    from samgpu.decoding import buffers, engine
     from samgpu.drafters import basic
     from samgpu.kernels import commit, kv_compact, randoms, tree, verify
 
     return [
         engine.Engine._step,
-        engine.Engine._accumulate_stats,
+        buffers.StepViews.accumulate_stats,
         engine.Engine.step,
         basic.ArDrafter.propose,
         basic.ArDrafter.update,

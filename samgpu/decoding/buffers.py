@@ -10,7 +10,16 @@ from dataclasses import dataclass
 import torch
 
 from samgpu.kernels.load_rows import load_rows
-from samgpu.types import PAD_TOKEN, DecodeState, DraftTree, StepOutput, TreeMask, VerifyOutput
+from samgpu.types import (
+    PAD_TOKEN,
+    SOURCE_NAMES,
+    SOURCE_NONE,
+    DecodeState,
+    DraftTree,
+    StepOutput,
+    TreeMask,
+    VerifyOutput,
+)
 
 
 class PinnedRing:
@@ -133,6 +142,20 @@ class StepViews:
     num_steps: torch.Tensor  # [B] int32; live steps
     accepted_hist: torch.Tensor  # [B, K] int32
     source_counts: torch.Tensor  # [B, len(SOURCE_NAMES)] int32
+
+    def accumulate_stats(self, source: torch.Tensor | None) -> None:
+        """Per-slot counters for live sequences, before commit marks new finishes (in the step;
+        `source`: the drafter's last_source)."""
+        live = (~self.state.finished).to(torch.int32)
+        self.num_steps.add_(live)
+        k = self.accepted_hist.shape[1]
+        index = self.step.verify.num_accepted.clamp(0, k - 1).long().unsqueeze(1)
+        self.accepted_hist.scatter_add_(1, index, live.unsqueeze(1))
+        if source is not None and self.speculate:
+            src = source[: live.shape[0]].long().clamp(0, len(SOURCE_NAMES) - 1).unsqueeze(1)
+            self.source_counts.scatter_add_(1, src, live.unsqueeze(1))
+        elif source is not None:  # plain AR steps draft nothing
+            self.source_counts[:, SOURCE_NONE].add_(live)
 
     def read_rows(
         self, idx: torch.Tensor, stats: bool, host: torch.Tensor

@@ -50,7 +50,7 @@ from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
 from samgpu.kernels.tree import tree_mask
 from samgpu.kernels.verify import sampling_probs, verify_greedy, verify_sample
-from samgpu.types import PAD_TOKEN, SOURCE_NAMES, SOURCE_NONE, DecodeState, StepOutput
+from samgpu.types import PAD_TOKEN, SOURCE_NAMES, DecodeState, StepOutput
 
 
 class Engine:
@@ -132,7 +132,7 @@ class Engine:
         self._graph_pool = None
         self._config = GenerationConfig()
         self._views = self._make_views(1, True)
-        self._landing = None  # begin_prefill's (rows, prompts, Landing) until end_prefill
+        self._landing = None  # begin_prefill's (rows, load, Landing) until end_prefill
 
     # ------------------------------------------------------------------ set-up per call
 
@@ -173,7 +173,7 @@ class Engine:
         self._config = config
         self.set_width(width)
         if self._landing is not None:  # a call that stopped with an admission pending: its
-            self._landing[3].land()  # prefill's K/V go to its (finished) slots, so that the
+            self._landing[2].land()  # prefill's K/V go to its (finished) slots, so that the
             self._landing = None  # scratch is reused after that prefill
 
     def set_width(self, width: int) -> None:
@@ -243,7 +243,7 @@ class Engine:
         if self._landing is not None:  # (its prefill may still be filling the scratch)
             raise RuntimeError("prefill: an admission is pending (end_prefill first)")
         self._check_rows(rows, prompts)
-        index, text, lens, load = self._loader(rows, prompts, keys)
+        index, text, lens, load, _ = self._loader(rows, prompts, keys)
         # the runner embeds the padding too (right padding, never attended to): any valid id
         input_ids = text[:, : max(map(len, prompts)) - 1].clamp(min=0).contiguous()
         args = (rows, index, input_ids, lens - 1, [p[:-1] for p in prompts])
@@ -260,14 +260,17 @@ class Engine:
 
     def begin_prefill(self, rows: list[int], prompts: list[list[int]], keys=None) -> Landing:
         """The first half of an admission beside live slots: the prefill of the first prompts
-        that fit one call (Landing.count), with graphs on a second stream beside the steps that
-        follow (these slots stay finished); `end_prefill` loads them. One at a time."""
+        that fit one call (Landing.count), then drafter.prepare, with graphs on a second stream
+        beside the steps that follow (these slots stay finished); `end_prefill` loads them. One
+        at a time."""
         self._check_rows(rows, prompts)
         if self._landing is not None:
             raise RuntimeError("begin_prefill: an admission is pending (end_prefill first)")
-        landing = self._prefiller.launch(rows, [p[:-1] for p in prompts])
-        keys = rows if keys is None else keys
-        self._landing = (rows[: landing.count], prompts[: landing.count], keys, landing)
+        count = self._prefiller.fits([p[:-1] for p in prompts])
+        rows, prompts = rows[:count], prompts[:count]
+        _, _, _, load, prepare = self._loader(rows, prompts, keys and keys[:count])
+        landing = self._prefiller.launch(rows, [p[:-1] for p in prompts], beside=prepare)
+        self._landing = (rows, load, landing)
         return landing
 
     def end_prefill(self) -> list[int]:
@@ -275,10 +278,9 @@ class Engine:
         reset, roots, drafter.start), on the current stream. Returns their rows ([]: none)."""
         if self._landing is None:
             return []
-        rows, prompts, keys, landing = self._landing
+        rows, load, landing = self._landing
         self._landing = None
-        load = self._loader(rows, prompts, keys[: len(rows)])[3]  # (uploads before the wait)
-        load(landing.land())
+        load(landing.land(), prepared=landing.beside_ran)
         return rows
 
     def _check_rows(self, rows: list[int], prompts: list[list[int]]) -> None:
@@ -288,8 +290,10 @@ class Engine:
             raise ValueError(f"prefill: rows {rows} must be distinct slots below {self.width}")
 
     def _loader(self, rows: list[int], prompts: list[list[int]], keys: list[int] | None):
-        """(index, text [n, longest], lens [n] on the device, load(hidden)) for checked rows: load
-        resets the rows of every buffer (StepViews.load_rows) and calls drafter.start."""
+        """(index, text [n, longest], lens [n] on the device, load(hidden, prepared), prepare())
+        for checked rows: load resets the rows of every buffer (StepViews.load_rows) and calls
+        drafter.start; prepare writes the prompts into state.text and calls drafter.prepare (an
+        overlapped admission's, beside the steps: the rows are finished until they land)."""
         v, dev, n = self._views, self.device, len(prompts)
         longest = max(map(len, prompts))
         # one upload: the keys (int64, as int32 pairs: a view on the device, no kernel), rows,
@@ -303,13 +307,19 @@ class Engine:
         keys64, index = packed[: 2 * n].view(torch.int64), packed[2 * n : 3 * n].long()
         lens, text = packed[3 * n : 4 * n], packed[4 * n :].view(n, longest)
 
-        def load(hidden: torch.Tensor | None = None) -> None:
-            v.load_rows(index, text, lens, self._config.max_new_tokens, keys64)
+        def new(**kw) -> NewRequests:  # (lengths on the prompts' rows, 0 elsewhere)
             started = torch.zeros(self.width, dtype=torch.int32, device=dev)
-            started.index_copy_(0, index, lens)
-            self.drafter.start(v.state, NewRequests(index, started, longest, hidden))
+            return NewRequests(index, started.index_copy_(0, index, lens), longest, **kw)
 
-        return index, text, lens, load
+        def prepare() -> None:
+            v.state.text[:, :longest].index_copy_(0, index, text)
+            self.drafter.prepare(v.state, new())
+
+        def load(hidden: torch.Tensor | None = None, prepared: bool = False) -> None:
+            v.load_rows(index, text, lens, self._config.max_new_tokens, keys64)
+            self.drafter.start(v.state, new(hidden=hidden, prepared=prepared))
+
+        return index, text, lens, load, prepare
 
     # ------------------------------------------------------------------ the step
 
@@ -357,23 +367,10 @@ class Engine:
                 verify_greedy(step.logits, tree.tokens, tree.parents, tree.num_nodes, out=ver)
         with stage("commit"):
             kv_compact(v.k, v.v, state.cache_len, ver.accepted_nodes, ver.num_accepted)
-            self._accumulate_stats(v)
+            v.accumulate_stats(self.drafter.last_source)
             commit(state, step, self._eos)
         with stage("update"):
             self.drafter.update(state, step)
-
-    def _accumulate_stats(self, v: StepViews) -> None:
-        """Per-slot counters for live sequences (before commit marks new finishes)."""
-        live = (~v.state.finished).to(torch.int32)
-        v.num_steps.add_(live)
-        index = v.step.verify.num_accepted.clamp(0, self.k_slots - 1).long().unsqueeze(1)
-        v.accepted_hist.scatter_add_(1, index, live.unsqueeze(1))
-        source = self.drafter.last_source
-        if source is not None and v.speculate:
-            src = source[: live.shape[0]].long().clamp(0, len(SOURCE_NAMES) - 1).unsqueeze(1)
-            v.source_counts.scatter_add_(1, src, live.unsqueeze(1))
-        elif source is not None:  # plain AR steps draft nothing
-            v.source_counts[:, SOURCE_NONE].add_(live)
 
     def step(self) -> bool:
         """One step over the current width and mode: a graph replay once the bucket is captured.

@@ -98,6 +98,7 @@ class Landing:
     count: int
     land: Callable[[], torch.Tensor | None]
     events: list[torch.cuda.Event] | None = None  # start, end of the launch's GPU work
+    beside_ran: bool = False  # the launch's `beside` ran (on its stream, before `events[1]`)
 
     def gpu_seconds(self) -> float | None:
         """The launch's GPU time once it is done (beside decode steps: their share included)."""
@@ -211,20 +212,32 @@ class Prefiller:
         their own); not padded graph calls (several calls share the scratch rows)."""
         return self.pack or not self.use_graphs
 
-    def launch(self, rows: list[int], prompts: list[list[int]]) -> Landing:
-        """The first half of an admission (`defers`; prompt[:-1] per slot in `rows`): the prefill
-        of the first prompts that fit one call (packed: `capacity` tokens, eager: MAX_TOKENS
-        padded; at least one) into the scratch; with graphs on a second stream, after what the
-        current stream held (the last landing read the scratch) and beside what it runs next
-        (the decode steps of the live slots). The cache is not touched until `land`."""
-        if not self.defers:
-            raise RuntimeError("Prefiller.launch: padded graph calls do not defer (defers)")
+    def fits(self, prompts: list[list[int]]) -> int:
+        """How many of `prompts` (from the first) one `launch` takes: packed, `capacity` tokens;
+        eager, MAX_TOKENS padded; at least one."""
         count, used, longest, limit = 0, 0, 0, self.capacity if self.pack else MAX_TOKENS
         for p in prompts:  # packed: tokens; eager: padded tokens
             used, longest = used + len(p), max(longest, len(p))
             if count and (used if self.pack else (count + 1) * longest) > limit:
                 break
             count += 1
+        return count
+
+    def launch(
+        self,
+        rows: list[int],
+        prompts: list[list[int]],
+        beside: Callable[[], None] | None = None,
+    ) -> Landing:
+        """The first half of an admission (`defers`; prompt[:-1] per slot in `rows`): the prefill
+        of the first `fits(prompts)` prompts into the scratch; with graphs on a second stream,
+        after what the current stream held (the last landing read the scratch) and beside what it
+        runs next (the decode steps of the live slots), followed there by `beside` (GPU work that
+        the landing must wait for, e.g. Drafter.prepare; not run without the second stream:
+        Landing.beside_ran). The cache is not touched until `land`."""
+        if not self.defers:
+            raise RuntimeError("Prefiller.launch: padded graph calls do not defer (defers)")
+        count = self.fits(prompts)
         rows, prompts = rows[:count], prompts[:count]
         width = max(map(len, prompts))
         dev, r = self.cache.k.device, self.runner
@@ -256,6 +269,8 @@ class Prefiller:
                 side.record_event(events[0])
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 packed = self._packed_call(list(range(count)), rows, prompts)
+                if side is not None and beside is not None:
+                    beside()
             if side is not None:
                 side.record_event(events[1])
 
@@ -274,7 +289,7 @@ class Prefiller:
             self.cache.cache_len.index_copy_(0, index, upload(host_lengths, dev))
             return hidden
 
-        return Landing(count, land, events)
+        return Landing(count, land, events, beside_ran=events is not None and beside is not None)
 
     def _side_stream(self) -> torch.cuda.Stream:
         if self._side is None:

@@ -114,6 +114,9 @@ class _SamEagle(DrafterBase):
         self._chain_len = int32((ctx.max_reqs,), 0, ctx.device)
         self.last_source = self._source
 
+    def prepare(self, state: DecodeState, new: NewRequests) -> None:
+        self.automata.prepare(state, new)
+
     def start(self, state: DecodeState, new: NewRequests) -> None:
         self.automata.start(state, new)
         self.eagle.start(state, new)

@@ -98,6 +98,9 @@ class MergedDrafter(DrafterBase):
         self._chain_len = int32((ctx.max_reqs,), 0, ctx.device)
         self.last_source = self._source
 
+    def prepare(self, state: DecodeState, new: NewRequests) -> None:
+        self.automata.prepare(state, new)
+
     def start(self, state: DecodeState, new: NewRequests) -> None:
         self.automata.start(state, new)
         self.recycling.start(state, new)

@@ -1,9 +1,15 @@
 """The drafter protocol: what the engine and the scheduler call, and when.
 
 Lifecycle of one request in a slot (row b of every [B, ...] buffer):
-  start(state, new)      the scheduler admitted prompts into slots `new.rows` (their text is in
-                         state.text; `new.lengths` is their length on those rows, 0 elsewhere):
-                         set up per-slot state (automaton builds, matches, table seeding).
+  prepare(state, new)    the prompts' own state in slots `new.rows` (their text is in state.text;
+                         `new.lengths` is their length on those rows, 0 elsewhere), e.g. automaton
+                         builds: work that reads only the prompts and reads or writes only those
+                         rows' state, so that the engine may run it on a second stream beside the
+                         decode steps of the other slots (an overlapped admission, before the
+                         slots land; the steps reach these rows with num_new 0 and must not write
+                         them then). Then start gets `new.prepared`; else start calls it.
+  start(state, new)      the slots landed: the rest of the set-up (state shared between slots,
+                         such as a table or a store, which the other slots' steps also use).
   propose(state, tree)   every step, before the target's forward: fill the draft tree in place
                          (tree.tokens[:, 0] = state.root; at most tree.max_nodes nodes).
   update(state, step)    every step, after verify and commit: advance over the emitted tokens
@@ -23,7 +29,7 @@ does for the target's cache.
 
 `DrafterBase` gives the defaults: graph-safe, no hidden states, a single draft source
 (`last_source = None`; multi-source drafters keep a [max_reqs] int32 buffer of SOURCE_* codes),
-no-op start and finish.
+no-op prepare, start and finish.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class NewRequests:
     # the target's last hidden states of prompt[:-1], [n, longest - 1, H], row i for rows[i]
     # (right-padded), when the drafter `needs_hidden`; None otherwise
     hidden: torch.Tensor | None = None
+    prepared: bool = False  # Drafter.prepare already ran for these rows (beside decode steps)
 
     @staticmethod
     def whole_batch(state: DecodeState) -> NewRequests:
@@ -65,6 +72,8 @@ class Drafter(Protocol):
     needs_hidden: bool  # wants step.hidden (the target's last hidden states)
     last_source: torch.Tensor | None  # [max_reqs] int32 SOURCE_* of the last propose, or None
 
+    def prepare(self, state: DecodeState, new: NewRequests) -> None: ...
+
     def start(self, state: DecodeState, new: NewRequests) -> None: ...
 
     def propose(self, state: DecodeState, tree: DraftTree) -> None: ...
@@ -83,6 +92,9 @@ class DrafterBase:
     graph_safe: bool = True
     needs_hidden: bool = False
     last_source: torch.Tensor | None = None
+
+    def prepare(self, state: DecodeState, new: NewRequests) -> None:
+        pass
 
     def start(self, state: DecodeState, new: NewRequests) -> None:
         pass

@@ -119,6 +119,9 @@ class SamDrafter(DrafterBase):
         self._chain_len = int32((ctx.max_reqs,), 0, ctx.device)
         self.last_source = self._source
 
+    def prepare(self, state: DecodeState, new: NewRequests) -> None:
+        self.automata.prepare(state, new)
+
     def start(self, state: DecodeState, new: NewRequests) -> None:
         self.automata.start(state, new)
         if self.recycling is not None:

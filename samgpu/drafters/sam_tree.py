@@ -102,6 +102,9 @@ class SamTreeDrafter(DrafterBase):
         self._source = int32((R,), SOURCE_NONE, dev)
         self.last_source = self._source
 
+    def prepare(self, state: DecodeState, new: NewRequests) -> None:
+        self.automata.prepare(state, new)
+
     def start(self, state: DecodeState, new: NewRequests) -> None:
         self.automata.start(state, new)
         if self.recycling is not None:

@@ -187,6 +187,7 @@ def test_store_code_on_the_step_and_finish_paths_has_no_host_reads():
 
     fns = [
         SamAutomata.update, SamAutomata.draft_chain, SamAutomata.finish, SamAutomata.start,
+        SamAutomata.prepare,
         SamStore.start, SamStore.finish, StoreAutomaton.start_rows, StoreAutomaton.advance,
         StoreAutomaton.append, StoreAutomaton.reset_matches, sam_store.sam_store_append_triton,
         sam_store_match.sam_store_match_triton, _sam_store_jit.scalars, _sam_store_jit.check_batch,

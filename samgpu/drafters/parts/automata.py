@@ -3,11 +3,12 @@ corpus index on the device, shared), optional dynamic automata (one per slot, bu
 sequence's own text on the GPU) and an optional cross-request store (parts/store.py: earlier
 responses, shared), with each sequence's match in each (samgpu.automata).
 
-Lifecycle: `start` builds the dynamic automata of newly admitted slots and walks their static and
-store matches over the prompts; `update` extends the dynamic automata and advances the static and
-store matches over each step's emitted tokens (one launch, kernels/sam_update.py); `draft_chain`
-writes the selected chain (kernels/sam_draft.py); `finish` appends the finished responses to the
-store. Used by `sam`, `sam+tr`, `sam-tree`, `merged`, `sam+eagle` and `merged+eagle`.
+Lifecycle: `prepare` builds the dynamic automata of newly admitted slots and walks their static
+matches over the prompts (beside other slots' steps when the engine can), `start` the store's;
+`update` extends the dynamic automata and advances the static and store matches over each step's
+emitted tokens (one launch, kernels/sam_update.py); `draft_chain` writes the selected chain
+(kernels/sam_draft.py); `finish` appends the finished responses to the store. Used by `sam`,
+`sam+tr`, `sam-tree`, `merged`, `sam+eagle` and `merged+eagle`.
 """
 
 from __future__ import annotations
@@ -103,14 +104,21 @@ class SamAutomata:
         m = self._static_matches
         return Matches(m.state[:num_reqs], m.match_len[:num_reqs])
 
-    def start(self, state: DecodeState, new: NewRequests) -> None:
+    def prepare(self, state: DecodeState, new: NewRequests) -> None:
         """Slots `new.rows` got new prompts: build their dynamic automata and static matches over
-        the committed text (the prompt); other slots are untouched."""
+        the prompts in state.text; other slots are untouched (read or written), so this may run
+        beside decode steps of the other slots (Drafter.prepare)."""
         if self.dynamic is not None:
             self.dynamic.start_rows(new.rows, state.text, new.lengths)
         if self.static is not None:
             matches = self.static_matches(state.num_reqs)
             self.static.start_rows(matches, new.rows, state.text, new.lengths)
+
+    def start(self, state: DecodeState, new: NewRequests) -> None:
+        """`prepare` unless done (`new.prepared`), then the store's matches (the store is shared:
+        it waits for the slots' landing)."""
+        if not new.prepared:
+            self.prepare(state, new)
         if self.store is not None:
             self.store.start(state, new)
 
