@@ -292,8 +292,9 @@ class Engine:
     def _loader(self, rows: list[int], prompts: list[list[int]], keys: list[int] | None):
         """(index, text [n, longest], lens [n] on the device, load(hidden, prepared), prepare())
         for checked rows: load resets the rows of every buffer (StepViews.load_rows) and calls
-        drafter.start; prepare writes the prompts into state.text and calls drafter.prepare (an
-        overlapped admission's, beside the steps: the rows are finished until they land)."""
+        drafter.start; prepare calls drafter.prepare on the prompts in a scratch (an overlapped
+        admission's, beside the steps: state.text keeps the last requests' text until landing,
+        as other slots' drafting may read it, e.g. pld's, and must draft valid tokens)."""
         v, dev, n = self._views, self.device, len(prompts)
         longest = max(map(len, prompts))
         # one upload: the keys (int64, as int32 pairs: a view on the device, no kernel), rows,
@@ -312,8 +313,8 @@ class Engine:
             return NewRequests(index, started.index_copy_(0, index, lens), longest, **kw)
 
         def prepare() -> None:
-            v.state.text[:, :longest].index_copy_(0, index, text)
-            self.drafter.prepare(v.state, new())
+            scratch = torch.full((self.width, longest), PAD_TOKEN, dtype=torch.int32, device=dev)
+            self.drafter.prepare(v.state, new(text=scratch.index_copy_(0, index, text)))
 
         def load(hidden: torch.Tensor | None = None, prepared: bool = False) -> None:
             v.load_rows(index, text, lens, self._config.max_new_tokens, keys64)

@@ -1,7 +1,7 @@
 """The drafter protocol: what the engine and the scheduler call, and when.
 
 Lifecycle of one request in a slot (row b of every [B, ...] buffer):
-  prepare(state, new)    the prompts' own state in slots `new.rows` (their text is in state.text;
+  prepare(state, new)    the prompts' own state in slots `new.rows` (their text: new.prompts(state);
                          `new.lengths` is their length on those rows, 0 elsewhere), e.g. automaton
                          builds: work that reads only the prompts and reads or writes only those
                          rows' state, so that the engine may run it on a second stream beside the
@@ -53,6 +53,13 @@ class NewRequests:
     # (right-padded), when the drafter `needs_hidden`; None otherwise
     hidden: torch.Tensor | None = None
     prepared: bool = False  # Drafter.prepare already ran for these rows (beside decode steps)
+    # prepare's prompts, [B, >= longest] by slot, when state.text does not hold them yet (beside
+    # the steps: the slots' rows of state.text are still the last requests', which the other
+    # slots' drafting may read); None: state.text
+    text: torch.Tensor | None = None
+
+    def prompts(self, state: DecodeState) -> torch.Tensor:
+        return state.text if self.text is None else self.text
 
     @staticmethod
     def whole_batch(state: DecodeState) -> NewRequests:

@@ -106,13 +106,14 @@ class SamAutomata:
 
     def prepare(self, state: DecodeState, new: NewRequests) -> None:
         """Slots `new.rows` got new prompts: build their dynamic automata and static matches over
-        the prompts in state.text; other slots are untouched (read or written), so this may run
-        beside decode steps of the other slots (Drafter.prepare)."""
+        the prompts (new.prompts(state)); other slots are untouched (read or written), so this
+        may run beside decode steps of the other slots (Drafter.prepare)."""
+        text = new.prompts(state)
         if self.dynamic is not None:
-            self.dynamic.start_rows(new.rows, state.text, new.lengths)
+            self.dynamic.start_rows(new.rows, text, new.lengths)
         if self.static is not None:
             matches = self.static_matches(state.num_reqs)
-            self.static.start_rows(matches, new.rows, state.text, new.lengths)
+            self.static.start_rows(matches, new.rows, text, new.lengths)
 
     def start(self, state: DecodeState, new: NewRequests) -> None:
         """`prepare` unless done (`new.prepared`), then the store's matches (the store is shared:
