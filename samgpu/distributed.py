@@ -69,11 +69,16 @@ def init(device_type: str) -> DistInfo:
     return info
 
 
-def shutdown() -> None:
+def shutdown(together: bool = True) -> None:
+    """Leave the process group; `together` (every rank gets here): after a barrier, since a rank
+    tearing gloo down while its peer still used it aborted once in a CPU suite run ("terminate
+    called without an active exception"). Not on an error path, where a peer may never come."""
     if launched_by_torchrun():
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
 

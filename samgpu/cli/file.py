@@ -206,7 +206,7 @@ def generate_file(args: argparse.Namespace) -> int:
         if writer is not None:
             writer.finalize(len(records), summary)
     except BaseException:
-        dist.shutdown()
+        dist.shutdown(together=False)
         raise
     finally:
         progress.close()

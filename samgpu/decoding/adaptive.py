@@ -17,8 +17,9 @@ each mode has a measurement, then in one window in `explore_every` on average, a
 the other mode, so a change in the batch (requests ending, easier text) is noticed; a mode losing
 by more than 20% is visited 4x less often. The cost of exploring is one window in `explore_every`
 (or 4x that) at the worse rate. Windows in which an admission ran beside the steps are not counted
-(the scheduler passes them as not clean): the admission's GPU work (its prefill; for the automaton
-methods also the drafter's start over the prompts) falls on whichever mode runs then. Both rules
+(at most `max_beside` in a row, so that a batch refilled at every check is still measured): the
+admission's GPU work (its prefill; for the automaton methods also the drafter's prepare over the
+prompts) falls on whichever mode runs then. Both rules
 come from one run (H200, SmolLM2, B=64, sampled at T 0.8, 2026-12-02): refills came every other
 window and added 3-7 ms to a `merged` window of 12-18 ms; exploring every 16th window put every
 plain window measured in a refill's window, so plain steps measured 15-20% slower than they were,
@@ -53,7 +54,9 @@ class SpeculationPolicy:
     rates: dict[bool, float] = field(default_factory=dict)  # speculate -> tokens / s
     samples: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     steps: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    max_beside: int = 3  # windows with an admission beside them left out in a row, at most
     _rng: random.Random = field(default_factory=lambda: random.Random(0))  # (reproducible runs)
+    _beside_run: int = 0  # windows in a row with an admission beside them
     _new_text: bool = False  # most live requests were just admitted: drafting's rate is unknown
     _probe: bool = False  # the window chosen for that is running (its rate counts alone)
 
@@ -93,14 +96,20 @@ class SpeculationPolicy:
         seconds: float,
         clean: bool,
         live: int = 1,
+        beside: bool = False,
     ):
         """A finished window: `steps` steps emitting `tokens` in `seconds` with `live` requests
-        running at its start; `clean` when no step compiled or captured. The rate compared is
+        running at its start; `clean` when no step compiled or captured; `beside` when an
+        admission ran beside its steps (left out, unless the last `max_beside` windows all had
+        one: a batch refilled at every check is measured all the same). The rate compared is
         per live request (tokens / s / live): a step costs the same whatever share of the slots
         is live, so this compares the modes fairly while a static batch drains or slots wait for
         a refill."""
         self.steps[speculate] += steps
         probe, self._probe = self._probe, False
+        self._beside_run = self._beside_run + 1 if beside else 0
+        if beside and self._beside_run <= self.max_beside:
+            return
         if not clean or tokens <= 0 or seconds <= 0 or live <= 0:
             return
         rate = tokens / seconds / live

@@ -306,7 +306,7 @@ class Scheduler:
                 if not queued:
                     speculate, live_at_start, t_launch, clean = start_window()
                 # an admission running beside this window's steps (launched at the last check):
-                # its GPU work falls on whichever mode runs, so the policy leaves the window out
+                # its GPU work falls on whichever mode runs (the policy leaves such windows out)
                 beside = landing is not None
                 due = refill.landing_step(window - queued) if beside else None
                 due = None if due is None else due + queued  # (its prefill follows queued steps)
@@ -341,16 +341,9 @@ class Scheduler:
                     landing = None
                 live_now = sum(num_generated[b] for b in range(len(slots)) if is_live(b))
                 tokens_in_window = done_tokens + live_now - emitted
-                policy.record(
-                    speculate,
-                    window,
-                    tokens_in_window,
-                    seconds,
-                    clean and not beside,
-                    live_at_start,
-                )
-                rate = (tokens_in_window, seconds, clean, live_at_start)
-                threads.record(speculate, all_threads, window, *rate)
+                counts = (tokens_in_window, seconds, clean, live_at_start)
+                policy.record(speculate, window, *counts, beside=beside)
+                threads.record(speculate, all_threads, window, *counts)
                 ended = [
                     b
                     for b, s in enumerate(slots)

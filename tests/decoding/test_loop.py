@@ -385,11 +385,31 @@ def test_policy_is_not_fooled_by_a_refill_every_other_window():
             refill = window % 2 == 1
             draft = 120.0 if window < 200 else 90.0  # (drafting pays at first, then not)
             rate = (draft if speculate else 100.0) * (0.7 if refill else 1.0)
-            policy.record(speculate, 8, int(rate), 1.0, clean=old or not refill)
+            policy.record(speculate, 8, int(rate), 1.0, clean=True, beside=refill and not old)
         return sum(seen[300:]) / len(seen[300:])
 
     assert drafting_share(old=False) < 0.15
     assert drafting_share(old=True) > 0.5
+
+
+def test_policy_measures_a_batch_refilled_at_every_window():
+    """Windows with an admission beside them are left out, but not more than `max_beside` in a
+    row: with a refill in every window (plain steps 25% faster) the policy still measures both
+    modes and runs plain steps. Negative control: leaving every such window out, it never
+    measures and drafts forever."""
+    from samgpu.decoding.adaptive import SpeculationPolicy
+
+    def drafting_share(max_beside: int) -> float:
+        policy = SpeculationPolicy(max_beside=max_beside)
+        seen = []
+        for _ in range(400):
+            speculate = policy.choose()
+            seen.append(speculate)
+            policy.record(speculate, 8, 80 if speculate else 100, 1.0, clean=True, beside=True)
+        return sum(seen[100:]) / 300
+
+    assert drafting_share(3) < 0.15
+    assert drafting_share(10**9) == 1.0
 
 
 def test_policy_drafts_again_when_most_of_the_text_is_new():
