@@ -19,15 +19,14 @@ by more than 20% is visited 4x less often. The cost of exploring is one window i
 (or 4x that) at the worse rate. Windows in which an admission ran beside the steps are not counted
 (at most `max_beside` in a row, so that a batch refilled at every check is still measured): the
 admission's GPU work (its prefill; for the automaton methods also the drafter's prepare over the
-prompts) falls on whichever mode runs then. Both rules
-come from one run (H200, SmolLM2, B=64, sampled at T 0.8, 2026-12-02): refills came every other
-window and added 3-7 ms to a `merged` window of 12-18 ms; exploring every 16th window put every
-plain window measured in a refill's window, so plain steps measured 15-20% slower than they were,
-and the policy drafted 66% of the steps while plain steps were the faster mode (`merged` 0.87x
-`ar`, below both its all-plain and its always-drafting runs).
-New text: a plain step's rate does not depend on the text, drafting's does; when
-most live requests were just admitted (B=1: every admission), the next window drafts and its rate
-replaces drafting's average (`admitted`).
+prompts) falls on whichever mode runs then. Both rules come from one run (H200, SmolLM2, B=64,
+sampled at T 0.8, 2026-12-02): refills came every other window and added 3-7 ms to a `merged`
+window of 12-18 ms; exploring every 16th window put every plain window measured in a refill's
+window, so plain steps measured 15-20% slower than they were, and the policy drafted 66% of the
+steps while plain steps were the faster mode (`merged` 0.87x `ar`, below both its all-plain and
+its always-drafting runs; profiling/trace_windows.py). New text: a plain step's rate does not
+depend on the text, drafting's does; when most live requests were just admitted (B=1: every
+admission), the next window drafts and its rate replaces drafting's average (`admitted`).
 
 Example: sam+tr at B=1 emits 3.5 tokens per step at 1.1x a plain step's time -> it keeps
 drafting; at B=256 it emits 1.3 tokens per step at 1.6x the time -> plain steps win and it drafts
