@@ -45,7 +45,7 @@ from samgpu.decoding.buffers import StepBuffers, StepViews, copy_to_host, upload
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
 from samgpu.decoding.prefill import Landing, Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
-from samgpu.drafters.protocol import Drafter, NewRequests
+from samgpu.drafters.protocol import Drafter, NewRequests, prepares
 from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
 from samgpu.kernels.tree import tree_mask
@@ -268,8 +268,9 @@ class Engine:
             raise RuntimeError("begin_prefill: an admission is pending (end_prefill first)")
         count = self._prefiller.fits([p[:-1] for p in prompts])
         rows, prompts = rows[:count], prompts[:count]
-        _, _, _, load, prepare = self._loader(rows, prompts, keys and keys[:count])
-        landing = self._prefiller.launch(rows, [p[:-1] for p in prompts], beside=prepare)
+        _, _, _, load, prepare = self._loader(rows, prompts, None if keys is None else keys[:count])
+        beside = prepare if prepares(self.drafter) else None  # (ar, pld: nothing to prepare)
+        landing = self._prefiller.launch(rows, [p[:-1] for p in prompts], beside=beside)
         self._landing = (rows, load, landing)
         return landing
 

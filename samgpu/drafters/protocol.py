@@ -8,6 +8,7 @@ Lifecycle of one request in a slot (row b of every [B, ...] buffer):
                          decode steps of the other slots (an overlapped admission, before the
                          slots land; the steps reach these rows with num_new 0 and must not write
                          them then). Then start gets `new.prepared`; else start calls it.
+                         Without prepare work, keep DrafterBase's: nothing then runs beside.
   start(state, new)      the slots landed: the rest of the set-up (state shared between slots,
                          such as a table or a store, which the other slots' steps also use).
   propose(state, tree)   every step, before the target's forward: fill the draft tree in place
@@ -116,4 +117,10 @@ class DrafterBase:
         pass
 
 
-__all__ = ["Drafter", "DrafterBase", "NewRequests"]
+def prepares(drafter: Drafter) -> bool:
+    """Whether `drafter` has prepare work (its class overrides DrafterBase.prepare): else an
+    overlapped admission runs nothing beside the steps for it."""
+    return getattr(type(drafter), "prepare", DrafterBase.prepare) is not DrafterBase.prepare
+
+
+__all__ = ["Drafter", "DrafterBase", "NewRequests", "prepares"]

@@ -175,12 +175,17 @@ def test_default_overlap_rule():
     assert not GenerationConfig(overlap_admissions=False).overlaps(cuda, 1024)
 
 
-def test_a_launch_leaves_the_slots_text_to_the_last_request(monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "options", "prepared"),
+    [("sam", {"use_static": False}, [[1]]), ("pld", {}, [])],
+)
+def test_a_launch_leaves_the_slots_text_to_the_last_request(monkeypatch, method, options, prepared):
     """Until an admission lands, its slots' rows of state.text keep the last request's text:
     the other slots' steps go on meanwhile, and a drafter reading the text drafts for the
     finished slot too (pld: its drafts must be tokens of the vocabulary; a launch that wrote the
     padded prompts there crashed pld on an H200, a gather out of bounds). The drafter's prepare
-    runs at the launch, inline here as it would on the second stream, on a scratch."""
+    runs at the launch, inline here as it would on the second stream, on a scratch; a drafter
+    with nothing to prepare (pld) gets no work beside the steps."""
     import samgpu.decoding.prefill as prefill
 
     launch = prefill.Prefiller.launch
@@ -196,7 +201,7 @@ def test_a_launch_leaves_the_slots_text_to_the_last_request(monkeypatch):
 
     monkeypatch.setattr(prefill.Prefiller, "launch", inline)
     runner = ToyRunner(seed=6)
-    dec = build_decoder(runner, "pld", batch_size=2, max_len=64)
+    dec = build_decoder(runner, method, batch_size=2, max_len=64, options=options)
     engine = dec.engine
     engine.configure(GenerationConfig(max_new_tokens=20), 2)
     engine.prefill([0, 1], [[3, 4, 5, 3, 4, 5, 3, 4], [5, 6, 7, 5, 6, 7, 5, 6, 7]])
@@ -205,9 +210,9 @@ def test_a_launch_leaves_the_slots_text_to_the_last_request(monkeypatch):
     engine.begin_collect([1])()
     before = engine.state.text[1].clone()
     engine.begin_prefill([1], [[9, 8]])
-    assert seen == [[1]]
+    assert seen == prepared
     assert torch.equal(engine.state.text[1], before)
-    engine.step()  # pld drafts for the finished slot 1 from its old text
+    engine.step()  # (pld drafts for the finished slot 1 from its old text)
     assert int(engine._views.tree.tokens[1].min()) >= 0
     engine.end_prefill()
     assert engine.state.text[1, :2].tolist() == [9, 8]
