@@ -271,3 +271,48 @@ def test_logits_in_the_model_dtype_equal_the_float32_buffer(prefer):
     assert not got.isnan().any()
     assert not torch.equal(got[0], got[1]) and not torch.equal(got[:, 0], got[:, 1])
     assert torch.equal(got, outs[torch.float32])
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_row_groups_equal_one_forward(groups, monkeypatch):
+    """forward_tree in row groups (parallel streams on CUDA; here one group after another) gives
+    every row the logits, hidden states and cache writes of the one-group forward, with a ragged
+    batch of 5 (cached 7, 3, 0, 5, 2 tokens), 3 nodes each and one row not live. Negative
+    control: groups handed the cache's first rows instead of their own (a slicing bug) differ."""
+    runner = LlamaRunner(tiny_model("qwen2"))
+    g = torch.Generator().manual_seed(3)
+    b, n, prefix = 5, 3, [7, 3, 0, 5, 2]
+    seqs = [torch.randint(0, TINY_VOCAB, (10,), generator=g).tolist() for _ in range(b)]
+    live = torch.tensor([True, True, False, True, True])
+
+    def step(force):
+        runner.force_row_groups = force
+        cache = runner.allocate_cache(b, 16)
+        ids = torch.zeros(b, 7, dtype=torch.int32)
+        for i, (s, p) in enumerate(zip(seqs, prefix, strict=True)):
+            ids[i, :p] = torch.tensor(s[:p], dtype=torch.int32)
+        runner.prefill(ids, torch.tensor(prefix, dtype=torch.int32), cache)
+        tokens = torch.tensor([s[p : p + n] for s, p in zip(seqs, prefix, strict=True)])
+        positions = cache.cache_len[:, None] + torch.arange(n, dtype=torch.int32)
+        out = torch.full((b, n, runner.vocab_size), float("nan"))
+        hidden = torch.full((b, n, runner.hidden_size), float("nan"))
+        runner.forward_tree(
+            tokens.int(), positions, chain_mask(b, n), cache, out, hidden, live=live
+        )
+        runner.force_row_groups = None
+        return out, hidden, cache
+
+    want_out, want_hidden, want_cache = step(None)
+    out, hidden, cache = step(groups)
+    assert runner.row_groups(b) == 1  # the CPU default
+    rows = live.nonzero().flatten()
+    torch.testing.assert_close(out[rows], want_out[rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden[rows], want_hidden[rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.k, want_cache.k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v, want_cache.v, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.argmax(-1)[rows], want_out.argmax(-1)[rows])
+
+    own_rows = KVCache.rows
+    monkeypatch.setattr(KVCache, "rows", lambda self, lo, hi: own_rows(self, 0, hi - lo))
+    bad_out, _, _ = step(groups)
+    assert not torch.allclose(bad_out[rows], want_out[rows])
