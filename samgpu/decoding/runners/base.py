@@ -54,10 +54,6 @@ class KVCache:
     def max_reqs(self) -> int:
         return self.k.shape[1]
 
-    def rows(self, lo: int, hi: int) -> KVCache:
-        """Rows lo..hi-1 of the cache as a cache of their own (views: writes go through)."""
-        return KVCache(k=self.k[:, lo:hi], v=self.v[:, lo:hi], cache_len=self.cache_len[lo:hi])
-
     @property
     def max_len(self) -> int:
         return self.k.shape[3]

@@ -50,10 +50,6 @@ from samgpu.kernels.tree_attention import step_plan
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# (min rows, groups): a step's forward at B rows runs as that many row groups on parallel CUDA
-# streams, the branches of one step graph. Most of its ~270 kernels use a few of the SMs at these
-# widths (latency-bound), so the groups' kernels overlap. PENDING MEASUREMENT.
-ROW_GROUPS: tuple[tuple[int, int], ...] = ((128, 4), (32, 2))
 
 
 @dataclass
@@ -169,8 +165,6 @@ class LlamaRunner(RunnerBase):
         windows = [w for w in windows if w]
         self.max_context = min(windows) if windows else None
         self.layers = [self._layer_weights(layer) for layer in inner.layers]
-        self.force_row_groups: int | None = None  # tests: row groups at any B, on any device
-        self._streams: list[torch.cuda.Stream] = []
 
     def _layer_weights(self, layer) -> LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
@@ -326,53 +320,12 @@ class LlamaRunner(RunnerBase):
         the rows whose outputs are used; the others' attention skips their cached prefix (a
         finished or empty slot still runs through the step's fixed shape: at B=256 with half
         the slots drained, reading their caches was half of the attention's traffic); their
-        outputs are garbage. Not in exact mode (its plan covers every row).
-        On CUDA, a wide batch runs as `row_groups(B)` groups of rows on parallel streams (see
-        ROW_GROUPS); each row's outputs are computed as in a batch of its group's rows."""
+        outputs are garbage. Not in exact mode (its plan covers every row)."""
         if out is None and hidden_out is None:
             raise ValueError("forward_tree: give out (logits) or hidden_out (or both)")
         check_tree_inputs(
             tokens, positions, tree_mask, cache, out, self.vocab_size, self.device, hidden_out
         )
-        args = (tokens, positions, tree_mask, out, hidden_out, hidden_in, live)
-        b = tokens.shape[0]
-        groups = self.row_groups(b)
-        if groups == 1:
-            self._forward_tree(cache, *args)
-            return hidden_out if out is None else out
-        bounds = [(g * b // groups, (g + 1) * b // groups) for g in range(groups)]
-        main = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        streams = self._group_streams(groups)
-        for (lo, hi), stream in zip(bounds, streams, strict=True):
-            rows = [None if x is None else x[lo:hi] for x in args]
-            if stream is None:
-                self._forward_tree(cache.rows(lo, hi), *rows)
-                continue
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
-                self._forward_tree(cache.rows(lo, hi), *rows)
-        for stream in streams:
-            if stream is not None:
-                main.wait_stream(stream)
-        return hidden_out if out is None else out
-
-    def row_groups(self, b: int) -> int:
-        """Row groups a forward_tree of b rows runs as: ROW_GROUPS on CUDA (not in exact mode:
-        its plan covers every row), else `force_row_groups` where set (tests), else 1."""
-        if self.force_row_groups is not None:
-            return max(1, min(self.force_row_groups, b))
-        if self.exact or self.device.type != "cuda":
-            return 1
-        return next((g for rows, g in ROW_GROUPS if b >= rows), 1)
-
-    def _group_streams(self, groups: int) -> list[torch.cuda.Stream | None]:
-        if self.device.type != "cuda":
-            return [None] * groups
-        while len(self._streams) < groups:
-            self._streams.append(torch.cuda.Stream(device=self.device))
-        return self._streams[:groups]
-
-    def _forward_tree(self, cache, tokens, positions, tree_mask, out, hidden_out, hidden_in, live):
         b = tokens.shape[0]
         cache_len = cache.cache_len[:b]
         plan = exact_tree_plan(cache_len, tree_mask) if self.exact else None
@@ -404,8 +357,9 @@ class LlamaRunner(RunnerBase):
         if hidden_out is not None:
             hidden_out.copy_(x)
         if out is None:
-            return
+            return hidden_out
         if out.dtype == x.dtype and out.is_contiguous():  # straight in: no logits-sized copy
             torch.mm(x.flatten(0, 1), self.lm_head.t(), out=out.view(-1, self.vocab_size))
         else:
             out.copy_(F.linear(x, self.lm_head))
+        return out
