@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from samgpu.decoding.config import RequestStats
 from samgpu.kernels.load_rows import load_rows
 from samgpu.types import (
     PAD_TOKEN,
@@ -94,6 +95,11 @@ def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return copy_to_device(host, torch.empty(host.shape, dtype=host.dtype, device=device))
 
 
+def upload_rows(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Slot indices [n] int64 on `device` (upload)."""
+    return upload(torch.tensor(rows, dtype=torch.long), device)
+
+
 class StepBuffers:
     """The buffers of one step at a tree width N (capacity rows): the tree, its mask, the step's
     outputs (logits, verification, emitted tokens, hidden states) and, once sampling is asked
@@ -177,6 +183,34 @@ class StepViews:
             return [(text[i, h[0] : h[1]].tolist(), h[2:]) for i, h in enumerate(head)]
 
         return read
+
+    def read_finished(
+        self, idx: torch.Tensor, host: torch.Tensor, has_sources: bool
+    ) -> Callable[[], list[tuple[list[int], RequestStats]]]:
+        """read_rows of finished slots `idx` with their statistics: the returned call waits for
+        the read and gives (tokens, RequestStats) per row (timing fields left at 0)."""
+        read, k = self.read_rows(idx, True, host), self.accepted_hist.shape[1]
+
+        def results() -> list[tuple[list[int], RequestStats]]:
+            out = []
+            for toks, counts in read():
+                steps, sources = counts[0], counts[1 + k :]
+                stat = RequestStats(
+                    steps=steps,
+                    generated=len(toks),
+                    mat=len(toks) / steps if steps else 0.0,
+                    tokens_per_s=0.0,
+                    accepted_hist=counts[1 : 1 + k],
+                    sources={
+                        SOURCE_NAMES[j]: n for j, n in enumerate(sources) if n and has_sources
+                    },
+                    prefill_s=0.0,
+                    decode_s=0.0,
+                )
+                out.append((toks, stat))
+            return out
+
+        return results
 
     def load_rows(
         self,

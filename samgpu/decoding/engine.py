@@ -35,17 +35,18 @@ Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from samgpu.decoding.buffers import StepBuffers, StepViews, copy_to_host, upload
+from samgpu.decoding.buffers import StepBuffers, StepViews, copy_to_host, upload, upload_rows
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
 from samgpu.decoding.prefill import Landing, Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
-from samgpu.drafters.protocol import Drafter, NewRequests, prepares
+from samgpu.drafters.protocol import Drafter, NewRequests, finishes, prepares
 from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
 from samgpu.kernels.tree import tree_mask
@@ -133,6 +134,7 @@ class Engine:
         self._config = GenerationConfig()
         self._views = self._make_views(1, True)
         self._landing = None  # begin_prefill's (rows, load, Landing) until end_prefill
+        self._collect_stream = None  # begin_collect(at_check=True)'s reads (CUDA)
 
     # ------------------------------------------------------------------ set-up per call
 
@@ -433,7 +435,7 @@ class Engine:
 
     def read_tokens(self, rows: list[int]) -> list[list[int]]:
         """Tokens generated so far by the requests in slots `rows` (progress, streaming)."""
-        idx = upload(torch.tensor(rows, dtype=torch.long), self.device)
+        idx = upload_rows(rows, self.device)
         return [t for t, _ in self._views.read_rows(idx, False, self._rows_host)()] if rows else []
 
     def collect(self, rows: list[int]) -> list[tuple[list[int], RequestStats]]:
@@ -441,38 +443,33 @@ class Engine:
         rows), and `drafter.finish` for them. Timing fields are left to the scheduler."""
         return self.begin_collect(rows)()
 
-    def begin_collect(self, rows: list[int]) -> Callable[[], list[tuple[list[int], RequestStats]]]:
-        """`collect` in two halves: the rows' read and `drafter.finish` are queued now (steps
-        queued after them leave finished rows alone); the returned call waits for the read."""
+    def end_rows(self, rows: list[int]) -> None:
+        """Mark slots `rows` finished (requests the host ended: a stop string): later steps leave
+        them alone."""
+        self._views.state.finished.index_fill_(0, upload_rows(rows, self.device), True)
+
+    def begin_collect(
+        self, rows: list[int], at_check: bool = False
+    ) -> Callable[[], list[tuple[list[int], RequestStats]]]:
+        """`collect` in two halves: the rows' read and `drafter.finish` are queued now; the
+        returned call waits for the read. `at_check`: the rows are as the last read_flags saw
+        them (finished there, or by end_rows since): on CUDA the read goes on a side stream,
+        where steps queued since (they leave finished rows alone) do not delay it."""
         if not rows:
             return list
-        v, k = self._views, self._accepted_hist.shape[1]
-        has_sources = self.drafter.last_source is not None
-        idx = upload(torch.tensor(rows, dtype=torch.long), self.device)
-        v.state.finished.index_fill_(0, idx, True)  # (a row the host ended: a stop string)
-        read = v.read_rows(idx, True, self._rows_host)
-        self.drafter.finish(v.state, idx)
-
-        def results() -> list[tuple[list[int], RequestStats]]:
-            out = []
-            for toks, counts in read():
-                steps, sources = counts[0], counts[1 + k :]
-                stat = RequestStats(
-                    steps=steps,
-                    generated=len(toks),
-                    mat=len(toks) / steps if steps else 0.0,
-                    tokens_per_s=0.0,
-                    accepted_hist=counts[1 : 1 + k],
-                    sources={
-                        SOURCE_NAMES[j]: n for j, n in enumerate(sources) if n and has_sources
-                    },
-                    prefill_s=0.0,
-                    decode_s=0.0,
-                )
-                out.append((toks, stat))
-            return out
-
-        return results
+        v, has_sources = self._views, self.drafter.last_source is not None
+        side = at_check and self.device.type == "cuda"
+        if side and self._collect_stream is None:
+            self._collect_stream = torch.cuda.Stream(device=self.device)
+        # (side: the host synced at read_flags, the stream waits for nothing)
+        with torch.cuda.stream(self._collect_stream) if side else contextlib.nullcontext():
+            idx = upload_rows(rows, self.device)
+            if not at_check:
+                v.state.finished.index_fill_(0, idx, True)
+            read = v.read_finished(idx, self._rows_host, has_sources)
+        if finishes(self.drafter):  # (on the steps' stream: finish may write what steps read)
+            self.drafter.finish(v.state, upload_rows(rows, self.device) if side else idx)
+        return read
 
     def profile_stages(
         self, prompts: list[list[int]], config: GenerationConfig, max_steps: int = 32

@@ -354,19 +354,19 @@ class Scheduler:
                     for b, toks in zip(going, engine.read_tokens(going), strict=True):
                         if stop_when(slots[b].request, toks):
                             ended.append(b)
-                read_collected = list
-                if ended:
-                    now = time.perf_counter()
-                    with mode():
-                        read_collected = engine.begin_collect(ended)
+                now = time.perf_counter()
+                if host_ended := [b for b in ended if not finished[b]]:
+                    with mode():  # (finished before any further step)
+                        engine.end_rows(host_ended)
                 if ahead and any(is_live(b) and b not in ended for b in range(len(slots))):
                     # the next window's first step, queued now
                     speculate, live_at_start, t_launch, clean = start_window(skip=ended)
                     with mode():
                         clean &= engine.step()
                     queued = 1
-                if ended:
-                    collected = read_collected()
+                if ended:  # (read as at this check, beside the step queued ahead)
+                    with mode():
+                        collected = engine.begin_collect(ended, at_check=True)()
                     for b, (toks, stat) in zip(ended, collected, strict=True):
                         slot = slots[b]
                         stat.prefill_s = slot.prefill_s

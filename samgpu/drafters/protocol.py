@@ -117,6 +117,12 @@ class DrafterBase:
         pass
 
 
+def finishes(drafter: Drafter) -> bool:
+    """Whether `drafter` has finish work (its class overrides DrafterBase.finish): else the
+    engine uploads nothing for it when requests end."""
+    return getattr(type(drafter), "finish", DrafterBase.finish) is not DrafterBase.finish
+
+
 def prepares(drafter: Drafter) -> bool:
     """Whether `drafter` has prepare work (its class overrides DrafterBase.prepare): else an
     overlapped admission runs nothing beside the steps for it."""

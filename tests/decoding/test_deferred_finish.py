@@ -69,9 +69,9 @@ def test_interrupt_reports_what_finished_but_not_after_a_failed_callback():
     step, collect = engine.step, engine.begin_collect
     collected: list[int] = []
 
-    def counted_collect(rows):
+    def counted_collect(rows, **kw):
         collected.extend(rows)
-        return collect(rows)
+        return collect(rows, **kw)
 
     def interrupted_step():
         if collected:  # the first step queued after a check that collected some

@@ -146,3 +146,32 @@ def test_step_ahead_counts_admissions_once(monkeypatch, overlap):
     assert run.prefill_s >= slow * 3  # (several admissions)
     assert run.prefill_s + run.steps_s <= run.seconds + 1e-6
     assert max(windows) < slow, windows
+
+
+@pytest.mark.parametrize("kind", ["ar", "test-branching"])
+def test_a_request_the_host_ends_gets_no_token_from_the_step_queued_ahead(kind, monkeypatch):
+    """A request ended at a check by the host (stop_when) is marked finished before the next
+    window's first step is queued, and its output is the tokens that check saw. On a CPU the
+    check's read runs after that step (on CUDA it reads beside it), so the negative control
+    (end_rows skipped) shows the step would have appended to the ended request."""
+    runner = ToyRunner(seed=15)
+    cfg = GenerationConfig(max_new_tokens=12, check_every=2, continuous=True, step_ahead=True)
+    for skip_end_rows in (False, True):
+        dec = _decoder_of_kind(runner, kind, 3)
+        if skip_end_rows:
+            monkeypatch.setattr(dec.engine, "end_rows", lambda rows: None)
+        seen = {}
+
+        def stop_when(i, toks, seen=seen):
+            if i == 1 and len(toks) >= 3 and i not in seen:
+                seen[i] = list(toks)
+                return True
+            return False
+
+        out = dec.generate(MANY, cfg, stop_when=stop_when)
+        want = reference_greedy(runner, MANY[1], 12)
+        assert out.tokens[1] == want[: len(out.tokens[1])]  # a prefix either way (lossless)
+        if skip_end_rows:
+            assert len(out.tokens[1]) > len(seen[1])
+        else:
+            assert out.tokens[1] == seen[1]
