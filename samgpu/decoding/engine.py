@@ -46,6 +46,7 @@ from samgpu.decoding.buffers import StepBuffers, StepViews, copy_to_host, upload
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
 from samgpu.decoding.prefill import Landing, Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
+from samgpu.decoding.streams import private_stream
 from samgpu.drafters.protocol import Drafter, NewRequests, finishes, prepares
 from samgpu.kernels.commit import commit
 from samgpu.kernels.kv_compact import kv_compact
@@ -400,7 +401,8 @@ class Engine:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        stream = private_stream(self.device, "step graphs")  # (streams.py: cuBLAS workspaces)
+        with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream):
             self._step()
         self._graphs[key] = graph
         graph.replay()

@@ -65,6 +65,7 @@ from samgpu.decoding.prefill_plan import (
     powers_up_to,
 )
 from samgpu.decoding.runners.base import KVCache
+from samgpu.decoding.streams import private_stream
 from samgpu.kernels.kv_scatter import kv_scatter
 
 
@@ -443,12 +444,14 @@ class Prefiller:
         with torch.cuda.stream(side):  # warm-up: Triton compilation, allocator
             self.runner.prefill(ids, lens, self._scratch, **extra)
         torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:  # (and a capture stream of its own: cuBLAS keys its workspace
-            # by stream, and these graphs replay beside the step graphs, captured on torch's
-            # default capture stream: on a shared workspace their GEMMs would race)
-            self._pool, self._capture_stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # a capture stream of its own: cuBLAS keys its workspace by stream, and these graphs
+        # replay beside the step graphs; on a shared workspace their GEMMs would race
+        # (samgpu/decoding/streams.py: why not torch.cuda.Stream())
+        stream = private_stream(self.runner.device, "prefill graphs")
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream):
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
             self.runner.prefill(ids, lens, self._scratch, **extra)
         self._graphs[(rows_b, width_b)] = graph
         return graph

@@ -128,3 +128,28 @@ def test_overlapped_admissions_equal_model_greedy(cuda_llama):
                 overlap_admissions=overlap,
             )  # fmt: skip
             assert dec.generate(MORE, cfg).tokens == want, (method, overlap)
+
+
+def test_step_and_prefill_graphs_are_captured_on_private_streams(cuda_llama, monkeypatch):
+    """Every graph the engine captures (step graphs; prefill graphs, which replay beside them)
+    is captured on its family's private stream (samgpu/decoding/streams.py), never on one from
+    torch's pool, whose streams repeat: two graph families on one stream share one cuBLAS
+    workspace and their GEMMs race."""
+    from samgpu.decoding.streams import private_stream
+
+    model, refs = cuda_llama
+    streams = []
+    graph_init = torch.cuda.graph.__init__
+
+    def recording(self, cuda_graph, pool=None, stream=None, **kw):
+        streams.append(None if stream is None else stream.cuda_stream)
+        graph_init(self, cuda_graph, pool=pool, stream=stream, **kw)
+
+    monkeypatch.setattr(torch.cuda.graph, "__init__", recording)
+    dec = _decoder(model, refs, True, True)
+    dec.engine.warm_up(3)
+    dec.generate(PROMPTS, GenerationConfig(max_new_tokens=8, continuous=True))
+    step, prefill = (
+        private_stream("cuda", role).cuda_stream for role in ("step graphs", "prefill graphs")
+    )
+    assert streams and set(streams) == {step, prefill}, (streams, step, prefill)
