@@ -135,7 +135,6 @@ class Engine:
         self._config = GenerationConfig()
         self._views = self._make_views(1, True)
         self._landing = None  # begin_prefill's (rows, load, Landing) until end_prefill
-        self._collect_stream = None  # begin_collect(at_check=True)'s reads (CUDA)
 
     # ------------------------------------------------------------------ set-up per call
 
@@ -461,10 +460,10 @@ class Engine:
             return list
         v, has_sources = self._views, self.drafter.last_source is not None
         side = at_check and self.device.type == "cuda"
-        if side and self._collect_stream is None:
-            self._collect_stream = torch.cuda.Stream(device=self.device)
-        # (side: the host synced at read_flags, the stream waits for nothing)
-        with torch.cuda.stream(self._collect_stream) if side else contextlib.nullcontext():
+        # (side: the host synced at read_flags, the stream waits for nothing; a private one, as a
+        # pooled stream may be the one an admission's prefill replays on, and wait for it)
+        reads = private_stream(self.device, "collect reads") if side else None
+        with torch.cuda.stream(reads) if side else contextlib.nullcontext():
             idx = upload_rows(rows, self.device)
             if not at_check:
                 v.state.finished.index_fill_(0, idx, True)

@@ -1,19 +1,24 @@
-"""CUDA streams of our own for capturing graphs, outside torch's stream pool.
+"""CUDA streams of our own, outside torch's stream pool, for work that must not share a stream
+with anything else.
 
 Why: cuBLAS GEMMs use a workspace that torch keeps per (handle, stream), and a captured graph
 bakes in the workspace of the stream it was captured on. The decode step graphs and the prefill
 graphs replay at the same time (an overlapped admission's prefill runs beside the steps), so they
 must be captured on streams whose workspaces differ. `torch.cuda.Stream()` does not guarantee
-that: it hands out the 32 streams of a pool in turn, so after enough of them (every warm-up and
-capture takes one) a "new" prefill capture stream is the step graphs' capture stream again, the
-two graph families share one workspace and their GEMMs race. Seen on the H200 (2026-12-02): in
-about one run in eight after the first in a process, `pld` at B=64 decoded most prompts admitted
-beside the steps from corrupted K/V (outputs of twice the length, 240 of 1,280 equal to `ar`
-against ~610; never the first decoder of a process, where the pool had not wrapped yet).
+that: it hands out the 32 streams of a pool in turn (shown on the H200), so once enough have been
+taken (every warm-up and capture takes one) a "new" prefill capture stream can be the step graphs'
+capture stream again; the two graph families then share one workspace and their GEMMs race. The
+symptom we believe this explains (H200, 2026-12-02, profiling/repeat_serve.py): in about one run
+in eight after the first decoder of a process, `pld` at B=64 decoded most prompts admitted beside
+the steps from corrupted state (twice `ar`'s tokens, ~240 of 1,280 outputs equal to `ar`'s against
+~610 otherwise), never the first decoder of a process. The collision itself was not caught in the
+act.
 
-`private_stream(device, role)`: one stream per (device, role) for the whole process, created
-with the driver's cuStreamCreate (non-blocking, like torch's pooled streams) and wrapped as a
-torch.cuda.ExternalStream: no call to torch.cuda.Stream() can return it.
+`private_stream(device, role)`: one stream per (device, role) for the whole process, created with
+the driver's cuStreamCreate (non-blocking, like torch's pooled streams) and wrapped as a
+torch.cuda.ExternalStream, so no torch.cuda.Stream() call can return it. Roles: "step graphs" and
+"prefill graphs" (captures), "collect reads" (the finished rows' reads beside the steps: a pooled
+stream could be the one an admission's prefill replays on, and wait for it).
 """
 
 from __future__ import annotations
