@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("samgpu.sam", "samgpu.automata"),
     ("samgpu.drafters", "samgpu.decoding.runners", "samgpu.decoding.config"),
     ("samgpu.decoding.stages", "samgpu.decoding.buffers", "samgpu.decoding.adaptive")
-    + ("samgpu.decoding.prefill_plan",),
+    + ("samgpu.decoding.prefill_plan", "samgpu.decoding.streams"),
     ("samgpu.decoding.prefill",),
     ("samgpu.decoding.engine",),
     ("samgpu.decoding.scheduler",),
