@@ -320,8 +320,9 @@ class Engine:
             self.drafter.prepare(v.state, new(text=scratch.index_copy_(0, index, text)))
 
         def load(hidden: torch.Tensor | None = None, prepared: bool = False) -> None:
-            v.load_rows(index, text, lens, self._config.max_new_tokens, keys64)
-            self.drafter.start(v.state, new(hidden=hidden, prepared=prepared))
+            now = self._views  # (at landing: the mode may have changed since the launch)
+            now.load_rows(index, text, lens, self._config.max_new_tokens, keys64)
+            self.drafter.start(now.state, new(hidden=hidden, prepared=prepared))
 
         return index, text, lens, load, prepare
 

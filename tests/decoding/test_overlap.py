@@ -216,3 +216,25 @@ def test_a_launch_leaves_the_slots_text_to_the_last_request(monkeypatch, method,
     assert int(engine._views.tree.tokens[1].min()) >= 0
     engine.end_prefill()
     assert engine.state.text[1, :2].tolist() == [9, 8]
+
+
+def test_a_landing_resets_the_rows_of_the_mode_running_then(monkeypatch):
+    """An admission launched while drafting steps ran and landed after the loop turned to plain
+    steps resets its rows in the plain steps' buffers (the ones the next steps read), not only in
+    the drafting ones. Negative control: the rows of the other mode's buffers keep what the
+    finished request's last step left there."""
+    runner = ToyRunner(seed=7)
+    dec = build_decoder(runner, "pld", batch_size=2, max_len=64)
+    engine = dec.engine
+    engine.configure(GenerationConfig(max_new_tokens=20), 2)
+    engine.prefill([0, 1], [[3, 4, 5], [5, 6, 7]])
+    engine.set_speculate(False)
+    engine.step()  # (plain steps write num_new of both rows in the plain buffers)
+    engine.set_speculate(True)
+    engine.step()
+    engine.begin_collect([1])()
+    engine.begin_prefill([1], [[9, 8]])
+    engine.set_speculate(False)
+    engine.end_prefill()
+    assert int(engine._plain.step.num_new[1]) == 0  # reset where the next step reads
+    assert int(engine._full.step.num_new[1]) > 0  # the control: the other mode's, untouched
