@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             n = write_prompts(src, limit)
             print(f"B={batch}: {n} prompts (Spec-Bench, HumanEval, HAGRID, shuffled), {args.dtype}")
             for mode in modes:
-                ar_texts = None
+                ar_texts = ar_tokens = None
                 for method in methods:
                     out = Path(tmp) / f"out-{method}-{batch}-{mode}.jsonl"
                     passes = [run_cli(src, out, args, method, batch, mode)]
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = passes[-1]
                     texts = [rec["completion"] for rec in r["records"]]
                     if method == "ar":
-                        ar_texts = texts
+                        ar_texts, ar_tokens = texts, r["new_tokens"]
                         first_ar.setdefault(mode, texts)
                     same = same_first = None
                     if ar_texts is not None:
@@ -276,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     records.append(rec)
                     rows.append(rec)
+                    # greedy decoding of the same prompts: bf16 near-ties change a few outputs,
+                    # not their total length (a corrupted run doubled it: repeat_serve.py)
+                    rec["tokens_vs_ar"] = r["new_tokens"] / ar_tokens if ar_tokens else None
+                    if args.temperature == 0 and abs((rec["tokens_vs_ar"] or 1) - 1) > 0.2:
+                        print(
+                            f"WARNING: B={batch} {mode} {method} emitted "
+                            f"{rec['tokens_vs_ar']:.2f}x `ar`'s tokens: its outputs are suspect",
+                            flush=True,
+                        )
                     print(
                         f"B={batch:<4} {mode:<10} {method:<8} {rec['tok_s']:>10,.0f} tok/s"
                         f"  MAT {rec['mat'] or 1:.2f}  p50 {rec['latency_p50_s'] or 0:.2f}s"
