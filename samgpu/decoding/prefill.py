@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from samgpu.decoding.buffers import copy_to_device, upload
+from samgpu.decoding.buffers import copy_to_device, upload, upload_rows
 from samgpu.decoding.prefill_plan import (
     GRAPH_ROWS,
     MAX_CALL_TOKENS,
@@ -281,7 +281,7 @@ class Prefiller:
                 self._land_packed(packed, hidden)
 
         def land() -> torch.Tensor | None:
-            index = upload(torch.tensor(rows, dtype=torch.long), dev)
+            index = upload_rows(rows, dev)
             hidden = eager_hidden
             if hidden is None and hidden_shape is not None:
                 hidden = torch.zeros(hidden_shape, dtype=r.dtype, device=dev)

@@ -117,16 +117,22 @@ class DrafterBase:
         pass
 
 
+def _overrides(drafter: Drafter, hook: str) -> bool:
+    """Whether `drafter`'s class has `hook` of its own (a class without it has nothing to do)."""
+    base = getattr(DrafterBase, hook)
+    return getattr(type(drafter), hook, base) is not base
+
+
 def finishes(drafter: Drafter) -> bool:
     """Whether `drafter` has finish work (its class overrides DrafterBase.finish): else the
     engine uploads nothing for it when requests end."""
-    return getattr(type(drafter), "finish", DrafterBase.finish) is not DrafterBase.finish
+    return _overrides(drafter, "finish")
 
 
 def prepares(drafter: Drafter) -> bool:
     """Whether `drafter` has prepare work (its class overrides DrafterBase.prepare): else an
     overlapped admission runs nothing beside the steps for it."""
-    return getattr(type(drafter), "prepare", DrafterBase.prepare) is not DrafterBase.prepare
+    return _overrides(drafter, "prepare")
 
 
-__all__ = ["Drafter", "DrafterBase", "NewRequests", "prepares"]
+__all__ = ["Drafter", "DrafterBase", "NewRequests", "finishes", "prepares"]
