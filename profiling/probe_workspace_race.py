@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill-rows", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=200)
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error("this probe needs a CUDA device (it replays CUDA graphs of cuBLAS GEMMs)")
     print(hardware_line())
     shared = torch.cuda.Stream()
     private = (private_stream("cuda", "probe: step"), private_stream("cuda", "probe: prefill"))
