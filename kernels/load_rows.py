@@ -45,15 +45,16 @@ def _load_rows_kernel(
     sample_keys_ptr,  # [R] int64 (out)
     hist_ptr,  # [R, K] int32 (out)
     sources_ptr,  # [R, S] int32 (out)
-    new_tokens_ptr,  # [R, K] int32 (out)
+    new_tokens_ptr,  # [R, KN] int32 (out)
     budget,  # max_new_tokens
     width,  # W
     max_len,
     num_k,  # K
     num_sources,  # S
+    num_new_k,  # KN: new_tokens' row length (the step buffers of the mode: 1 for plain steps)
     PAD: tl.constexpr,
     BLOCK: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # next power of two >= max(K, S)
+    BLOCK_K: tl.constexpr,  # next power of two >= max(K, S, KN)
 ):
     i = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
@@ -76,7 +77,7 @@ def _load_rows_kernel(
         zeros = tl.zeros([BLOCK_K], dtype=tl.int32)
         tl.store(hist_ptr + b * num_k + k, zeros, mask=k < num_k)
         tl.store(sources_ptr + b * num_sources + k, zeros, mask=k < num_sources)
-        tl.store(new_tokens_ptr + b * num_k + k, zeros + PAD, mask=k < num_k)
+        tl.store(new_tokens_ptr + b * num_new_k + k, zeros + PAD, mask=k < num_new_k)
 
 
 def _check(state, counters, index, text_in, lens, keys):
@@ -90,6 +91,11 @@ def _check(state, counters, index, text_in, lens, keys):
             raise ValueError(f"{name} {tuple(t.shape)} {t.dtype} must be [{n}] {dtype}")
     if lens.shape != (n,) or lens.dtype != torch.int32 or text_in.dtype != torch.int32:
         raise ValueError("lens [n] and text_in [n, W] must be int32")
+    rows = state.text.shape[0]
+    names = ("num_steps", "accepted_hist", "source_counts", "num_new", "new_tokens", "sample_keys")
+    for name, t in zip(names, counters, strict=True):
+        if t.shape[0] != rows or t.ndim != (2 if name in names[1:3] + names[4:5] else 1):
+            raise ValueError(f"{name} {tuple(t.shape)} must have the state's {rows} rows")
     if any(not t.is_contiguous() for t in (text_in, lens, index, keys, *counters)):
         raise ValueError("load_rows needs contiguous tensors")
 
@@ -101,7 +107,7 @@ def load_rows_triton(state, counters, index, text_in, lens, keys, budget):
     num_steps, hist, sources, num_new, new_tokens, sample_keys = counters
     n, width = text_in.shape
     max_len = state.text.shape[1]
-    num_k, num_sources = hist.shape[1], sources.shape[1]
+    num_k, num_sources, num_new_k = hist.shape[1], sources.shape[1], new_tokens.shape[1]
     grid = (n, triton.cdiv(max_len, _BLOCK))
     _load_rows_kernel[grid](
         text_in,
@@ -126,9 +132,10 @@ def load_rows_triton(state, counters, index, text_in, lens, keys, budget):
         max_len,
         num_k,
         num_sources,
+        num_new_k,
         PAD=PAD_TOKEN,
         BLOCK=_BLOCK,
-        BLOCK_K=triton.next_power_of_2(max(num_k, num_sources)),
+        BLOCK_K=triton.next_power_of_2(max(num_k, num_sources, num_new_k)),
     )
 
 
@@ -190,6 +197,7 @@ AOT_SPECS = [
             "max_len": "i32",
             "num_k": "i32",
             "num_sources": "i32",
+            "num_new_k": "i32",
             "PAD": "constexpr",
             "BLOCK": "constexpr",
             "BLOCK_K": "constexpr",

@@ -66,12 +66,40 @@ def test_triton_equals_ref(width, device):
     assert not s_ref.finished[[4, 0, 2]].any() and (s_ref.max_new_tokens[[4, 0, 2]] == 77).all()
 
 
+def test_new_tokens_of_another_width_are_written_within_their_rows(device):
+    """The plain steps' new_tokens are [R, 1] while accepted_hist is [R, K]: each is written at
+    its own row length. Writing new_tokens at K per row ran past its end (H200, 2026-12-02: a
+    landing during plain steps overwrote the next buffers, among them the EOS ids, and requests
+    stopped ending at EOS). The buffer is a view at the head of a larger one: the rest must stay."""
+    gen = torch.Generator().manual_seed(3)
+    index = torch.tensor([5, 1], dtype=torch.int64)
+    lens = torch.tensor([2, 3], dtype=torch.int32)
+    text_in = torch.randint(0, 50, (2, 3), generator=gen, dtype=torch.int32)
+    keys = torch.tensor([7, 8], dtype=torch.int64)
+    results = []
+    for impl, dev in ((load_rows_ref, "cpu"), (load_rows_triton, device)):
+        state, counters = _random_state(torch.Generator().manual_seed(1), dev)
+        backing = torch.full((R * K,), 1234, dtype=torch.int32, device=dev)
+        new_tokens = backing[:R].view(R, 1)
+        counters = (*counters[:4], new_tokens, counters[5])
+        args = (index.to(dev), text_in.to(dev), lens.to(dev), keys.to(dev), 9)
+        impl(state, counters, *args)
+        results.append(backing.cpu())
+    ref, tri = results
+    assert ref[[5, 1]].tolist() == [PAD_TOKEN, PAD_TOKEN] and ref[[0, 2, 3, 4]].eq(1234).all()
+    assert (ref[R:] == 1234).all()  # (the reference writes index rows only)
+    assert torch.equal(tri, ref)
+
+
 def test_bad_inputs_are_value_errors():
     state, counters = _random_state(torch.Generator().manual_seed(0), "cpu")
     index, lens = torch.tensor([1]), torch.tensor([2], dtype=torch.int32)
     text_in, keys = torch.zeros(1, 4, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="index"):
         load_rows_ref(state, counters, index.int(), text_in, lens, keys, 5)
+    with pytest.raises(ValueError, match="new_tokens"):
+        short = (*counters[:4], counters[4][:-1], counters[5])  # a row short
+        load_rows_ref(state, short, index, text_in, lens, keys, 5)
     with pytest.raises(ValueError, match="text_in"):
         load_rows_ref(
             state, counters, index, torch.zeros(1, MAX_LEN + 1, dtype=torch.int32), lens, keys, 5
