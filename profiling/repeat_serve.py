@@ -8,10 +8,10 @@ Each run goes through bench_serve's CLI path (the factory, scheduler and file wr
 command runs; continuous batching, bf16, greedy): `ar` once, then `--method` `--runs` times. Per
 run: tokens, same outputs as `ar` and as the method's first run, tok/s; a run is flagged when its
 tokens differ from `ar`'s by more than 20% (greedy decoding of the same prompts: bf16 near-ties
-change a few outputs, not their total length). Why (H200, 2026-12-02): on code before the
-private capture streams (samgpu/decoding/streams.py), 2 of 12 `pld` runs at B=64 decoded twice
-`ar`'s tokens with 240 of 1,280 outputs equal to `ar`'s (~610 in the others), and once in a
-one-run-per-method bench_serve call. Results: a table and profiling/results/<day>-<card>-<sha>.jsonl
+change a few outputs, not their total length). Why (H200, 2026-12-02): 2 of 17, then 3 of
+12 `pld` runs at B=64 decoded twice `ar`'s tokens with ~240 of 1,280 outputs equal to `ar`'s (~610
+in the others): a landing during plain steps had overwritten the EOS ids (kernels/load_rows.py,
+docs/BATCHED-RUNS.md). Results: a table and profiling/results/<day>-<card>-<sha>.jsonl
 (bench "repeat_serve").
 """
 

@@ -7,12 +7,11 @@ graphs replay at the same time (an overlapped admission's prefill runs beside th
 must be captured on streams whose workspaces differ. `torch.cuda.Stream()` does not guarantee
 that: it hands out the 32 streams of a pool in turn (shown on the H200), so once enough have been
 taken (every warm-up and capture takes one) a "new" prefill capture stream can be the step graphs'
-capture stream again; the two graph families then share one workspace and their GEMMs race. The
-symptom we believe this explains (H200, 2026-12-02, profiling/repeat_serve.py): in about one run
-in eight after the first decoder of a process, `pld` at B=64 decoded most prompts admitted beside
-the steps from corrupted state (twice `ar`'s tokens, ~240 of 1,280 outputs equal to `ar`'s against
-~610 otherwise), never the first decoder of a process. The collision itself was not caught in the
-act.
+capture stream again; the two graph families would then share one workspace while they replay
+side by side. A guard against a hazard in principle: profiling/probe_workspace_race.py found no
+race at SmolLM2's GEMM shapes on the H200 (0 mismatches in 200 side-by-side replays of graphs
+captured on one stream; shapes whose GEMMs take a workspace may differ). The `pld` corruption
+these streams were first built for had another cause (kernels/load_rows.py, 2026-12-02).
 
 `private_stream(device, role)`: one stream per (device, role) for the whole process, created with
 the driver's cuStreamCreate (non-blocking, like torch's pooled streams) and wrapped as a
