@@ -112,12 +112,16 @@ def _unpack(state: DecodeState, step: StepOutput) -> tuple[torch.Tensor, ...]:
         "new_tokens": step.new_tokens,
         "num_new": step.num_new,
     }
+    for name, t in (("tokens", tokens), ("accepted_nodes", ver.accepted_nodes)):
+        if not t.is_contiguous():  # (the kernel strides rows by their width)
+            raise ValueError(f"{name} {tuple(t.shape)} must be contiguous")
     for name, t in vectors.items():
         if name == "text":
             ok = t.ndim == 2 and t.shape[0] == num_reqs and t.dtype == torch.int32
             ok = ok and t.is_contiguous()
         elif name == "new_tokens":
             ok = t.shape == ver.accepted_nodes.shape and t.dtype == torch.int32
+            ok = ok and t.is_contiguous()
         elif name == "finished":
             ok = t.shape == (num_reqs,) and t.dtype == torch.bool
         else:

@@ -92,6 +92,11 @@ def _check(state, counters, index, text_in, lens, keys):
     if lens.shape != (n,) or lens.dtype != torch.int32 or text_in.dtype != torch.int32:
         raise ValueError("lens [n] and text_in [n, W] must be int32")
     rows = state.text.shape[0]
+    if not state.text.is_contiguous():  # (written at max_len per row)
+        raise ValueError(f"state.text {tuple(state.text.shape)} must be contiguous")
+    for name in ("text_len", "prompt_len", "root", "max_new_tokens", "num_generated", "finished"):
+        if getattr(state, name).shape != (rows,):
+            raise ValueError(f"state.{name} must be [{rows}] like the text's rows")
     names = ("num_steps", "accepted_hist", "source_counts", "num_new", "new_tokens", "sample_keys")
     for name, t in zip(names, counters, strict=True):
         if t.shape[0] != rows or t.ndim != (2 if name in names[1:3] + names[4:5] else 1):

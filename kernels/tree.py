@@ -109,6 +109,19 @@ def _check(parents: torch.Tensor, num_nodes: torch.Tensor, cache_len: torch.Tens
             raise ValueError(f"num_nodes out of [1, {n}]")
 
 
+def _check_out(out: TreeMask, parents: torch.Tensor, with_positions: bool) -> None:
+    """A given `out` must be the parents' shape, contiguous: the kernel writes it at N per row (a
+    buffer of another width, e.g. the plain steps' N = 1, would be written past its end)."""
+    b, n = parents.shape
+    bufs = [("mask", out.mask, (b, n, n), torch.bool), ("depth", out.depth, (b, n), torch.int32)]
+    if with_positions:
+        bufs.append(("positions", out.positions, (b, n), torch.int32))
+    for name, t, shape, dtype in bufs:
+        if t is None or t.shape != shape or t.dtype != dtype or not t.is_contiguous():
+            got = None if t is None else (tuple(t.shape), t.dtype)
+            raise ValueError(f"out.{name} {got} must be {shape} {dtype}, contiguous")
+
+
 def _alloc(parents: torch.Tensor, with_positions: bool) -> TreeMask:
     tm = TreeMask.empty(parents.shape[0], parents.shape[1], parents.device)
     if not with_positions:
@@ -124,11 +137,11 @@ def tree_mask_triton(
     out: TreeMask | None = None,
 ) -> TreeMask:
     _check(parents, num_nodes, cache_len)
-    out = out if out is not None else _alloc(parents, cache_len is not None)
-    num_reqs, max_nodes = parents.shape
     has_positions = cache_len is not None
-    if has_positions and out.positions is None:
-        raise ValueError("out.positions is None but cache_len was given")
+    if out is not None:
+        _check_out(out, parents, has_positions)
+    out = out if out is not None else _alloc(parents, has_positions)
+    num_reqs, max_nodes = parents.shape
     _tree_mask_kernel[(num_reqs,)](
         parents.contiguous(),
         num_nodes,
@@ -165,6 +178,8 @@ def tree_mask_ref(
         mask[:, i] = mask[rows, p] & has_parent[:, None]
         mask[:, i, i] = True
         depth[:, i] = torch.where(has_parent, depth[rows, p] + 1, 0)
+    if out is not None:
+        _check_out(out, parents, cache_len is not None)
     out = out if out is not None else _alloc(parents, cache_len is not None)
     out.mask.copy_(mask)
     out.depth.copy_(depth)

@@ -159,6 +159,12 @@ def test_dispatch_and_bad_shapes():
     state = _state([[4]], 6, [0], [4], [False], "cpu")
     _run(commit, _i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **state)
     assert state["text"].tolist() == [[4, 5, 7, X, X, X]]
+    with pytest.raises(ValueError, match="new_tokens"):  # (rows strided by K: contiguous)
+        bad = dict(state, new_tokens=torch.zeros(1, 6, dtype=torch.int32)[:, ::2])
+        _run(commit_ref, _i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **bad)
+    with pytest.raises(ValueError, match="accepted_nodes"):
+        accepted = _i32([[0, 0, 1, 0, NP, 0]])[:, ::2]
+        _run(commit_ref, _i32([[4, 5]]), accepted, _i32([1]), _i32([7]), _i32([]), **state)
     with pytest.raises(ValueError, match="finished"):
         bad = dict(state, finished=torch.zeros(1, dtype=torch.int32))
         _run(commit_ref, _i32([[4, 5]]), _i32([[0, 1, NP]]), _i32([1]), _i32([7]), _i32([]), **bad)

@@ -100,6 +100,11 @@ def test_bad_inputs_are_value_errors():
     with pytest.raises(ValueError, match="new_tokens"):
         short = (*counters[:4], counters[4][:-1], counters[5])  # a row short
         load_rows_ref(state, short, index, text_in, lens, keys, 5)
+    with pytest.raises(ValueError, match="state.text"):  # (rows strided by max_len)
+        wide = torch.zeros(R, 2 * MAX_LEN, dtype=torch.int32)[:, ::2]
+        load_rows_ref(
+            DecodeState(**dict(vars(state), text=wide)), counters, index, text_in, lens, keys, 5
+        )
     with pytest.raises(ValueError, match="text_in"):
         load_rows_ref(
             state, counters, index, torch.zeros(1, MAX_LEN + 1, dtype=torch.int32), lens, keys, 5

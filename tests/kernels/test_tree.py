@@ -109,6 +109,19 @@ def test_bad_shapes_raise():
         tree_mask_ref(_i32([P, 0]), _i32([2]))
 
 
+@pytest.mark.parametrize("impl", [tree_mask_ref, tree_mask_triton])
+def test_out_of_another_width_is_refused(impl, device):
+    """An `out` narrower than the tree (the plain steps' N = 1 buffers under a drafted tree)
+    would be written past its end by the kernel: refused. Control: the right width passes."""
+    parents, num_nodes = _i32([[P, 0, 1]]).to(device), _i32([3]).to(device)
+    cache_len = _i32([4]).to(device)
+    narrow = tree_mask_ref(_i32([[P]]).to(device), _i32([1]).to(device), _i32([4]).to(device))
+    with pytest.raises(ValueError, match="out.mask"):
+        impl(parents, num_nodes, cache_len, out=narrow)
+    right = tree_mask_ref(parents, num_nodes, cache_len)
+    assert impl(parents, num_nodes, cache_len, out=right) is right
+
+
 @pytest.mark.parametrize("max_nodes", [2, 16, 17, 40])
 def test_full_chains_triton_equals_ref(max_nodes, device):
     """A chain is the deepest tree (N - 1 edges): the last row holds every node, depth N - 1."""
