@@ -98,8 +98,9 @@ def _check(state, counters, index, text_in, lens, keys):
         if getattr(state, name).shape != (rows,):
             raise ValueError(f"state.{name} must be [{rows}] like the text's rows")
     names = ("num_steps", "accepted_hist", "source_counts", "num_new", "new_tokens", "sample_keys")
+    per_row = {"accepted_hist", "source_counts", "new_tokens"}  # [R, *]; the others [R]
     for name, t in zip(names, counters, strict=True):
-        if t.shape[0] != rows or t.ndim != (2 if name in names[1:3] + names[4:5] else 1):
+        if t.shape[0] != rows or t.ndim != (2 if name in per_row else 1):
             raise ValueError(f"{name} {tuple(t.shape)} must have the state's {rows} rows")
     if any(not t.is_contiguous() for t in (text_in, lens, index, keys, *counters)):
         raise ValueError("load_rows needs contiguous tensors")

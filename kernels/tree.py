@@ -165,6 +165,8 @@ def tree_mask_ref(
 ) -> TreeMask:
     """Reference, a loop over nodes (vectorised over the batch): row i = row parent(i) + {i}."""
     _check(parents, num_nodes, cache_len)
+    if out is not None:
+        _check_out(out, parents, cache_len is not None)
     num_reqs, max_nodes = parents.shape
     par = parents.long().cpu()
     nn = num_nodes.long().cpu()
@@ -178,14 +180,10 @@ def tree_mask_ref(
         mask[:, i] = mask[rows, p] & has_parent[:, None]
         mask[:, i, i] = True
         depth[:, i] = torch.where(has_parent, depth[rows, p] + 1, 0)
-    if out is not None:
-        _check_out(out, parents, cache_len is not None)
     out = out if out is not None else _alloc(parents, cache_len is not None)
     out.mask.copy_(mask)
     out.depth.copy_(depth)
     if cache_len is not None:
-        if out.positions is None:
-            raise ValueError("out.positions is None but cache_len was given")
         out.positions.copy_(cache_len.long().cpu()[:, None] + depth)
     return out
 
