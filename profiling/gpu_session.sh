@@ -114,7 +114,15 @@ case "${1:-}" in
       tests/kernels/test_sam_draft_store.py tests/drafters/test_store.py
     run store 330 python -m profiling.bench_store --scale 0.3
     ;;
-  *) echo "phases: tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
+  verify)  # 2026-12-02: the load_rows fix (f6d3eb0) on the GPU: kernel tests on the real compiler,
+           # then repeated CLI runs (before the fix ~1 `pld` B=64 run in 4-6 lost its EOS ids)
+    run verify_tests 120 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_load_rows.py \
+      tests/kernels/test_tree.py tests/kernels/test_commit.py tests/decoding/test_loop_cuda.py
+    run repeat_pld64 260 python -m profiling.repeat_serve --method pld --batch-size 64 --runs 14
+    run repeat_merged64 120 python -m profiling.repeat_serve --method merged --batch-size 64 --runs 5
+    run repeat_pld256 90 python -m profiling.repeat_serve --method pld --batch-size 256 --runs 3
+    ;;
+  *) echo "phases: verify tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
