@@ -11,8 +11,8 @@ replay's outputs are compared with the same graphs replayed alone.
     python -m profiling.probe_workspace_race [--rows 64 320] [--reps 200]
 
 A mismatch count above 0 for "one stream" and 0 for "private streams" shows the race the private
-capture streams remove. H200 (2026-12-02): 0 either way at 64 and 320 rows, 200 replays. Results: a table and profiling/results/<day>-<card>-<sha>.jsonl (bench
-"probe_workspace_race").
+capture streams remove. H200 (2026-12-02): 0 either way at 64 and 320 rows, 200 replays.
+Results: a table and profiling/results/<day>-<card>-<sha>.jsonl (bench "probe_workspace_race").
 """
 
 from __future__ import annotations
