@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 same_as_ar=sum(a == b for a, b in zip(ar["texts"], r["texts"], strict=True)),
                 same_as_first=sum(a == b for a, b in zip(first, r["texts"], strict=True)),
                 tok_s=round(r["new_tokens"] / r["generate_seconds"]),
-                flagged=abs(ratio - 1) > 0.2,
+                flagged=bench_serve.tokens_suspect(ratio),
             )
         )
         print(f"run {i}: {rows[-1]}", flush=True)
