@@ -98,8 +98,37 @@ def scalars(store) -> dict[str, int]:
     }
 
 
+def check_arrays(store, device: torch.device) -> None:
+    """ValueError unless every array of `store` is contiguous int32 (hash: int64) on `device` at
+    the shape the kernels address it with. Generation g's row of an array starts at g * (its
+    width), the widths taken from C = tokens.shape[1] (2C states, 3C edges), H = hash.shape[1]
+    and R = match_state.shape[1] (match_len shares it), so an array of another width would be
+    read or written past its end; G = NUM_GENERATIONS rows, since a rotation moves to generation
+    1 - active; H must be hash_size(C) (a fuller table could fill up: the probe never ends)."""
+    tokens, match_state = store.tokens, store.match_state
+    g = NUM_GENERATIONS
+    if tokens.ndim != 2 or tokens.shape[0] != g or tokens.shape[1] < 2:
+        raise ValueError(f"store.tokens must be [G={g}, C >= 2], got {tuple(tokens.shape)}")
+    if match_state.ndim != 2 or match_state.shape[0] != g:
+        raise ValueError(f"store.match_state must be [G={g}, R], got {tuple(match_state.shape)}")
+    c, r = tokens.shape[1], match_state.shape[1]
+    want = {"tokens": (g, c), "hash": (g, hash_size(c)), "active": (1,), "num_rotations": (1,)}
+    want |= dict.fromkeys(FIELDS_STATE, (g, 2 * c)) | dict.fromkeys(FIELDS_EDGE, (g, 3 * c))
+    want |= dict.fromkeys(FIELDS_GEN, (g,)) | dict.fromkeys(("match_state", "match_len"), (g, r))
+    for name, shape in want.items():
+        t = getattr(store, name)
+        dtype = torch.int64 if name == "hash" else torch.int32
+        if t.shape != shape or t.dtype != dtype or not t.is_contiguous() or t.device != device:
+            raise ValueError(
+                f"store.{name} {tuple(t.shape)} {t.dtype} on {t.device} must be {shape} {dtype}, "
+                f"contiguous, on {device} (tokens {tuple(tokens.shape)}, match_state "
+                f"{tuple(match_state.shape)})"
+            )
+
+
 def check_batch(store, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
-    """ValueError unless new_tokens [B, K] int32 (unit stride), num_new [B] int32 suit `store`."""
+    """ValueError unless new_tokens [B, K] int32 (unit stride), num_new [B] int32 suit `store`
+    (B <= R) and the store's arrays their shapes (`check_arrays`)."""
     if new_tokens.ndim != 2 or new_tokens.dtype != torch.int32 or new_tokens.stride(1) != 1:
         raise ValueError(
             f"new_tokens must be [B, K] int32 with unit stride along K, got "
@@ -111,10 +140,9 @@ def check_batch(store, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
             f"num_new must be a contiguous [B] int32 tensor with B={b}, got "
             f"{tuple(num_new.shape)} {num_new.dtype}"
         )
+    check_arrays(store, new_tokens.device)
     if b > store.match_state.shape[1]:
         raise ValueError(f"batch of {b} sequences but the store has {store.match_state.shape[1]}")
-    if new_tokens.device != store.hash.device:
-        raise ValueError(f"new_tokens on {new_tokens.device} but the store on {store.hash.device}")
 
 
 class HostArrays:

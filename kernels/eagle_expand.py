@@ -172,7 +172,18 @@ def _aot_specs() -> list[AotSpec]:
 AOT_SPECS = _aot_specs()
 
 
-def _check(child_lp, child_tok, cands, base, slots, lo, select):
+def _expect(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype | None) -> None:
+    if t.shape != shape or (dtype is not None and t.dtype != dtype):
+        want = f"{shape} {dtype}" if dtype is not None else f"{shape}"
+        raise ValueError(f"eagle_expand: {name} {tuple(t.shape)} {t.dtype} must be {want}")
+
+
+def _check(child_lp, child_tok, front, cands, base, slots, lo, select):
+    """The shapes the kernel assumes: B and k from child_lp [B, k, k], C from cands.tokens
+    [B, C], T from slots.tokens [B, T], H from slots.hidden_in [B, T, H]. The kernel writes row b
+    of every output at those widths (the frontier's k entries, slots up to lo + 2k, H hidden
+    values, T ancestor bits), so a buffer with fewer rows, slots or columns would be written past
+    its end. The selection's outputs are checked only with `select` (untouched otherwise)."""
     if child_lp.dim() != 3 or child_lp.shape[1] != child_lp.shape[2]:
         raise ValueError(f"eagle_expand: child_lp must be [B, k, k], got {tuple(child_lp.shape)}")
     B, k, _ = child_lp.shape
@@ -180,11 +191,43 @@ def _check(child_lp, child_tok, cands, base, slots, lo, select):
         raise ValueError("eagle_expand: child_lp float32 and child_tok int64")
     if child_tok.shape != child_lp.shape:
         raise ValueError("eagle_expand: child_tok and child_lp differ in shape")
-    if base < 0 or base + k * k > cands.tokens.shape[1]:
+    _expect("frontier scores_in", front.scores_in, (B, k), torch.float32)
+    _expect("frontier cand_in", front.cand_in, (B, k), torch.int64)
+    if cands.tokens.dim() != 2:
+        raise ValueError(
+            f"eagle_expand: candidate tokens must be [B, C], got {tuple(cands.tokens.shape)}"
+        )
+    C = cands.tokens.shape[1]
+    if base < 0 or base + k * k > C:
         raise ValueError(f"eagle_expand: columns {base}..{base + k * k} outside the candidates")
+    _expect("candidate tokens", cands.tokens, (B, C), torch.int64)
+    _expect("candidate scores", cands.scores, (B, C), torch.float32)
+    _expect("candidate parents", cands.parents, (B, C), torch.int64)
+    if slots.tokens.dim() != 2:
+        raise ValueError(
+            f"eagle_expand: slot tokens must be [B, T], got {tuple(slots.tokens.shape)}"
+        )
     T = slots.tokens.shape[1]
     if select and (lo < 0 or lo + 2 * k > T):
         raise ValueError(f"eagle_expand: slots {lo}..{lo + 2 * k} outside the {T} slots")
+    if not select:  # the frontier's outputs and the slots are not touched
+        return
+    _expect("frontier scores_out", front.scores_out, (B, k), torch.float32)
+    _expect("frontier cand_out", front.cand_out, (B, k), torch.int64)
+    _expect("slot tokens", slots.tokens, (B, T), torch.int64)
+    hid_in, hid_out = slots.hidden_in, slots.hidden_out
+    if hid_in.dim() != 3:
+        raise ValueError(f"eagle_expand: hidden_in must be [B, T, H], got {tuple(hid_in.shape)}")
+    H = hid_in.shape[2]
+    _expect("hidden_in", hid_in, (B, T, H), None)
+    # hidden_out [B, >= T, H], hidden_in's dtype: rows lo .. lo + k (the frontier's) are copied
+    out_ok = hid_out.dim() == 3 and hid_out.shape[1] >= T and hid_out.dtype == hid_in.dtype
+    if not out_ok or hid_out.shape[0] != B or hid_out.shape[2] != H:
+        raise ValueError(
+            f"eagle_expand: hidden_out {tuple(hid_out.shape)} {hid_out.dtype} must be "
+            f"[{B}, >= {T}, {H}] {hid_in.dtype}"
+        )
+    _expect("ancestors", slots.ancestors, (B, T, T), torch.bool)
 
 
 def eagle_expand_ref(
@@ -198,7 +241,7 @@ def eagle_expand_ref(
     select: bool,
 ) -> None:
     """The spec (module doc), in torch."""
-    _check(child_lp, child_tok, cands, base, slots, lo, select)
+    _check(child_lp, child_tok, front, cands, base, slots, lo, select)
     B, k, _ = child_lp.shape
     score = (front.scores_in[..., None] + child_lp.clamp(max=0.0)).flatten(1)
     tok = child_tok.flatten(1)
@@ -232,7 +275,7 @@ def eagle_expand_triton(
     lo: int,
     select: bool,
 ) -> None:
-    _check(child_lp, child_tok, cands, base, slots, lo, select)
+    _check(child_lp, child_tok, front, cands, base, slots, lo, select)
     B, k, _ = child_lp.shape
     if B == 0:
         return

@@ -288,6 +288,32 @@ def _sam_dynamic_extend_kernel(
     )
 
 
+def _check_slots(slots, device: torch.device) -> int:
+    """ValueError unless every slot array is contiguous int32 (hash: int64) on `device` at the
+    shape the kernel addresses it with; returns R. The kernel finds row b of an array at
+    b * (its width), the widths taken from C = tokens.shape[1] (2C states, 3C edges) and
+    H = hash.shape[1]: an array of another width or with fewer rows would be written past its
+    row or its end. H must be hash_size(C) (a fuller table could fill up: the probe never ends)."""
+    tokens = slots.tokens
+    if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= MAX_CAPACITY:
+        raise ValueError(
+            f"slots.tokens must be [R, C] with 1 <= C <= {MAX_CAPACITY}, got {tuple(tokens.shape)}"
+        )
+    r, c = tokens.shape
+    want = {"tokens": (r, c), "hash": (r, hash_size(c))}
+    want |= dict.fromkeys(FIELDS_STATE, (r, 2 * c)) | dict.fromkeys(FIELDS_EDGE, (r, 3 * c))
+    want |= dict.fromkeys(FIELDS_SLOT, (r,))
+    for name, shape in want.items():
+        t = getattr(slots, name)
+        dtype = torch.int64 if name == "hash" else torch.int32
+        if t.shape != shape or t.dtype != dtype or not t.is_contiguous() or t.device != device:
+            raise ValueError(
+                f"slots.{name} {tuple(t.shape)} {t.dtype} on {t.device} must be {shape} {dtype}, "
+                f"contiguous, on {device} (tokens {tuple(tokens.shape)}: R={r} slots, C={c})"
+            )
+    return r
+
+
 def _check(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
     if new_tokens.ndim != 2 or new_tokens.dtype != torch.int32 or new_tokens.stride(1) != 1:
         raise ValueError(
@@ -300,13 +326,9 @@ def _check(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
             f"num_new must be a contiguous [B] int32 tensor with B={b} (new_tokens "
             f"{tuple(new_tokens.shape)}), got {tuple(num_new.shape)} {num_new.dtype}"
         )
-    max_reqs = slots.length.shape[0]
+    max_reqs = _check_slots(slots, new_tokens.device)
     if b > max_reqs:
         raise ValueError(f"batch of {b} sequences but only {max_reqs} dynamic automaton slots")
-    if new_tokens.device != slots.length.device:
-        raise ValueError(
-            f"new_tokens on {new_tokens.device} but the automata on {slots.length.device}"
-        )
     if debug_checks():
         _sam_jit.debug_check_new_tokens(new_tokens, num_new)
 

@@ -258,8 +258,7 @@ def _check_docs(store, text, rows, starts, ends) -> None:
             raise ValueError(f"{name} must be a contiguous [n={n}] {dtype} tensor, got {t.shape}")
     if ends.shape != (n,) or ends.dtype != torch.int32 or not ends.is_contiguous():
         raise ValueError(f"ends must be a contiguous [n={n}] int32 tensor, got {ends.shape}")
-    if text.device != store.hash.device:
-        raise ValueError(f"text on {text.device} but the store on {store.hash.device}")
+    J.check_arrays(store, text.device)
 
 
 def sam_store_append_triton(store, text, rows, starts, ends) -> None:

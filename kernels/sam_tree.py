@@ -127,15 +127,23 @@ def _check(automaton, state, match_len, root, tokens, parents, num_nodes):
     J.check_static_arrays(
         automaton, ("edge_offsets", "edge_token", "edge_dst", "count"), tokens.device
     )
-    if tokens.dim() != 2 or tokens.dtype != torch.int32 or parents.shape != tokens.shape:
+    if tokens.dim() != 2 or tokens.shape[1] < 1 or parents.shape != tokens.shape:
         raise ValueError(
-            f"tree tokens {tuple(tokens.shape)} {tokens.dtype} / parents {tuple(parents.shape)}: "
-            "expected [B, N] int32"
+            f"tree tokens {tuple(tokens.shape)} / parents {tuple(parents.shape)}: expected "
+            "[B, N >= 1] both"
         )
+    for name, t in (("tokens", tokens), ("parents", parents)):
+        if t.dtype != torch.int32:
+            raise ValueError(f"tree {name} {tuple(t.shape)} {t.dtype}: expected int32")
+    # The kernel reads and writes the [B] vectors at row b (no stride): a strided view would put
+    # num_nodes[b] into another tensor's elements.
     B = tokens.shape[0]
     for name, t in dict(state=state, match_len=match_len, root=root, num_nodes=num_nodes).items():
-        if t.shape != (B,) or t.dtype != torch.int32:
-            raise ValueError(f"{name} {tuple(t.shape)} {t.dtype}: expected ({B},) int32")
+        if t.shape != (B,) or t.dtype != torch.int32 or not t.is_contiguous():
+            raise ValueError(
+                f"{name} {tuple(t.shape)} {t.dtype}: expected contiguous ({B},) int32 "
+                f"(tree tokens {tuple(tokens.shape)})"
+            )
 
 
 def sam_tree_triton(
