@@ -56,7 +56,7 @@ import triton.language as tl
 
 from samgpu.kernels import _sam_store_jit as J
 from samgpu.kernels._aot import AotSpec
-from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels._dispatch import debug_checks, use_triton
 from samgpu.kernels._sam_store_jit import (  # noqa: F401 - re-exported for the holders
     CLEAR_BLOCK,
     EMPTY,
@@ -259,6 +259,14 @@ def _check_docs(store, text, rows, starts, ends) -> None:
     if ends.shape != (n,) or ends.dtype != torch.int32 or not ends.is_contiguous():
         raise ValueError(f"ends must be a contiguous [n={n}] int32 tensor, got {ends.shape}")
     J.check_arrays(store, text.device)
+    if debug_checks():  # (syncs) a document read past its text row
+        live = ends > starts
+        outside = (rows < 0) | (rows >= text.shape[0]) | (starts < 0) | (ends > text.shape[1])
+        if bool((live & outside).any()):
+            raise ValueError(
+                f"documents outside text {tuple(text.shape)}: rows {rows.tolist()}, "
+                f"starts {starts.tolist()}, ends {ends.tolist()}"
+            )
 
 
 def sam_store_append_triton(store, text, rows, starts, ends) -> None:

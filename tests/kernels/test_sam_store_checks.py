@@ -123,3 +123,21 @@ def test_right_arrays_run_and_equal_the_reference():
     sam_update_ref(None, None, None, *_batch(), store=want)
     for f in ALL_FIELDS:
         assert torch.equal(getattr(got, f), getattr(want, f)), f
+
+
+def test_debug_checks_catch_documents_outside_the_text(monkeypatch):
+    """Under SAMGPU_DEBUG=1 (and only then: it syncs) a document whose row or span lies outside
+    the text is an error; the right documents and an empty one anywhere (never read) pass."""
+    monkeypatch.setenv("SAMGPU_DEBUG", "1")
+    text = i32([[1, 2, 3], [3, 1, 0]])
+    for rows, starts, ends in (
+        ([0, 2], [0, 0], [3, 2]),
+        ([0, 1], [-1, 0], [3, 2]),
+        ([0, 1], [0, 0], [4, 2]),
+    ):
+        with pytest.raises(ValueError, match=r"documents outside text \(2, 3\)"):
+            sam_store_append_ref(_store(), text, torch.tensor(rows), i32(starts), i32(ends))
+    st = _store()
+    _append(sam_store_append_triton)(st)
+    sam_store_append_ref(st, text, torch.tensor([5]), i32([9]), i32([9]))
+    assert st.num_docs.tolist() == [2, 0]
