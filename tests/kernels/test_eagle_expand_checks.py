@@ -7,6 +7,8 @@ or candidates of B - 1 rows were written past their ends). Negative controls: wi
 the selection's buffers are neither checked nor written, and the right buffers give the
 reference's outputs bit for bit."""
 
+import math
+
 import pytest
 import torch
 
@@ -21,48 +23,42 @@ LO = DEPTH_SLOT * TOPK
 def _inside(t: torch.Tensor, shape: tuple, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A contiguous `shape` buffer at the start of one as large as `t`, in `dtype` (t's by
     default): what an unchecked kernel wrote past its end stays inside memory the test owns."""
-    dtype = dtype or t.dtype
-    base = torch.zeros(2 * t.numel() + 64, dtype=torch.int64)  # room in any dtype
-    n = 1
-    for s in shape:
-        n *= s
-    return base.view(dtype)[:n].view(shape)
+    base = torch.zeros(2 * t.numel(), dtype=torch.int64)  # room in any dtype
+    return base.view(dtype or t.dtype)[: math.prod(shape)].view(shape)
 
 
-# (what, field, shape of the wrong buffer from (B, k, C, T, H), its dtype or None, message)
-CASES = [
-    ("front", "scores_in", lambda B, k, C, T, H: (B - 1, k), None, "frontier scores_in"),
-    ("front", "cand_in", lambda B, k, C, T, H: (B, k), torch.int32, "frontier cand_in"),
-    ("front", "scores_out", lambda B, k, C, T, H: (B - 1, k), None, "frontier scores_out"),
-    ("front", "cand_out", lambda B, k, C, T, H: (B, k - 1), None, "frontier cand_out"),
-    ("cands", "tokens", lambda B, k, C, T, H: (B - 1, C), None, "candidate tokens"),
-    ("cands", "scores", lambda B, k, C, T, H: (B - 1, C), None, "candidate scores"),
-    ("cands", "parents", lambda B, k, C, T, H: (B, C), torch.int32, "candidate parents"),
-    ("slots", "tokens", lambda B, k, C, T, H: (B - 1, T), None, "slot tokens"),
-    ("slots", "tokens", lambda B, k, C, T, H: (B, T), torch.int32, "slot tokens"),
-    ("slots", "hidden_in", lambda B, k, C, T, H: (B, T - 2, H), None, "hidden_in"),
-    ("slots", "hidden_in", lambda B, k, C, T, H: (B - 1, T, H), None, "hidden_in"),
-    ("slots", "hidden_out", lambda B, k, C, T, H: (B, T - 1, H), None, "hidden_out"),
-    ("slots", "hidden_out", lambda B, k, C, T, H: (B, T, H - 1), None, "hidden_out"),
-    ("slots", "hidden_out", lambda B, k, C, T, H: (B, T, H), torch.float64, "hidden_out"),
-    ("slots", "ancestors", lambda B, k, C, T, H: (B, T - 1, T - 1), None, "ancestors"),
-    ("slots", "ancestors", lambda B, k, C, T, H: (B, T, T), torch.uint8, "ancestors"),
-]
+# (what, field, change of the right buffer's shape, other dtype or None): each makes it wrong
+CASES = {
+    "scores_in-rows": ("front", "scores_in", (-1, 0), None),
+    "cand_in-dtype": ("front", "cand_in", (0, 0), torch.int32),
+    "scores_out-rows": ("front", "scores_out", (-1, 0), None),
+    "cand_out-width": ("front", "cand_out", (0, -1), None),
+    "cand_tokens-rows": ("cands", "tokens", (-1, 0), None),
+    "cand_scores-rows": ("cands", "scores", (-1, 0), None),
+    "cand_parents-dtype": ("cands", "parents", (0, 0), torch.int32),
+    "slot_tokens-rows": ("slots", "tokens", (-1, 0), None),
+    "slot_tokens-dtype": ("slots", "tokens", (0, 0), torch.int32),
+    "hidden_in-slots": ("slots", "hidden_in", (0, -2, 0), None),
+    "hidden_in-rows": ("slots", "hidden_in", (-1, 0, 0), None),
+    "hidden_out-slots": ("slots", "hidden_out", (0, -2, 0), None),  # T + 1 -> T - 1 slots
+    "hidden_out-width": ("slots", "hidden_out", (0, 0, -1), None),
+    "hidden_out-dtype": ("slots", "hidden_out", (0, 0, 0), torch.float64),
+    "ancestors-slots": ("slots", "ancestors", (0, -1, -1), None),
+    "ancestors-dtype": ("slots", "ancestors", (0, 0, 0), torch.uint8),
+}
+PREFIX = {"front": "frontier ", "cands": "candidate ", "slots": ""}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize(
-    "what, field, shape, dtype, message",
-    CASES,
-    ids=[f"{c[0]}.{c[1]}-{i}" for i, c in enumerate(CASES)],
-)
-def test_wrong_buffer_is_refused(impl, what, field, shape, dtype, message):
+@pytest.mark.parametrize("what, field, change, dtype", CASES.values(), ids=CASES.keys())
+def test_wrong_buffer_is_refused(impl, what, field, change, dtype):
     lp, tok, front, cands, slots = make_inputs(NUM_REQS, TOPK, DEPTH_SLOT)
-    dims = (NUM_REQS, TOPK, cands.tokens.shape[1], slots.tokens.shape[1], slots.hidden_in.shape[2])
     bufs = {"front": front, "cands": cands, "slots": slots}
     right = getattr(bufs[what], field)
-    setattr(bufs[what], field, _inside(right, shape(*dims), dtype))
-    with pytest.raises(ValueError, match=f"eagle_expand: {message} "):
+    shape = tuple(n + d for n, d in zip(right.shape, change, strict=True))
+    setattr(bufs[what], field, _inside(right, shape, dtype))
+    name = "slot tokens" if (what, field) == ("slots", "tokens") else PREFIX[what] + field
+    with pytest.raises(ValueError, match=f"eagle_expand: {name} "):
         impl(lp, tok, front, cands, TOPK, slots, LO, True)
 
 

@@ -40,7 +40,9 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return i32([[1, 2, 3, 1], [2, 2, 2, -1]]), i32([4, 3])
 
 
-# every array but tokens, which defines R and C (below); each with every kind that makes it wrong
+# every array but tokens, which defines R and C (below); each with every kind that makes it wrong.
+# (Without the check a table one entry narrower hangs rather than fails: 63 is no power of two, so
+# the probe's `& (H - 1)` skips slots and can cycle without reaching a free one.)
 CASES = [
     (name, kind)
     for name in FIELDS_STATE + FIELDS_EDGE + ("hash",) + FIELDS_SLOT

@@ -49,7 +49,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name, kind, message", CASES)
+@pytest.mark.parametrize("name, kind, message", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_wrong_buffer_is_refused(impl, name, kind, message):
     args = _args()
     args[name] = wrong(args[name], kind)
