@@ -104,7 +104,8 @@ def check_arrays(store, device: torch.device) -> None:
     width), the widths taken from C = tokens.shape[1] (2C states, 3C edges), H = hash.shape[1]
     and R = match_state.shape[1] (match_len shares it), so an array of another width would be
     read or written past its end; G = NUM_GENERATIONS rows, since a rotation moves to generation
-    1 - active; H must be hash_size(C) (a fuller table could fill up: the probe never ends)."""
+    1 - active. H must be hash_size(C): a smaller table could fill up, and one of another size
+    breaks the probe's `& (H - 1)`; either way a probe could go round for ever."""
     tokens, match_state = store.tokens, store.match_state
     g = NUM_GENERATIONS
     if tokens.ndim != 2 or tokens.shape[0] != g or tokens.shape[1] < 2:

@@ -293,7 +293,8 @@ def _check_slots(slots, device: torch.device) -> int:
     shape the kernel addresses it with; returns R. The kernel finds row b of an array at
     b * (its width), the widths taken from C = tokens.shape[1] (2C states, 3C edges) and
     H = hash.shape[1]: an array of another width or with fewer rows would be written past its
-    row or its end. H must be hash_size(C) (a fuller table could fill up: the probe never ends)."""
+    row or its end. H must be hash_size(C): a smaller table could fill up, and one of another size
+    breaks the probe's `& (H - 1)`; either way a probe could go round for ever."""
     tokens = slots.tokens
     if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= MAX_CAPACITY:
         raise ValueError(

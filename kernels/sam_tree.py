@@ -135,8 +135,8 @@ def _check(automaton, state, match_len, root, tokens, parents, num_nodes):
     for name, t in (("tokens", tokens), ("parents", parents)):
         if t.dtype != torch.int32:
             raise ValueError(f"tree {name} {tuple(t.shape)} {t.dtype}: expected int32")
-    # The kernel reads and writes the [B] vectors at row b (no stride): a strided view would put
-    # num_nodes[b] into another tensor's elements.
+    # The kernel reads and writes the [B] vectors at element b (no stride): for a strided view (a
+    # column of a wider buffer) it would write num_nodes[b] into the neighbouring columns.
     B = tokens.shape[0]
     for name, t in dict(state=state, match_len=match_len, root=root, num_nodes=num_nodes).items():
         if t.shape != (B,) or t.dtype != torch.int32 or not t.is_contiguous():
