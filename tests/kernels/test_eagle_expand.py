@@ -15,6 +15,7 @@ from samgpu.kernels.eagle_expand import (
     eagle_expand_ref,
     eagle_expand_triton,
 )
+from tests.conftest import DEVICE
 
 
 def make_inputs(B: int, k: int, depth_slot: int, *, H: int = 12, C: int | None = None, seed=0,
@@ -48,7 +49,15 @@ def make_inputs(B: int, k: int, depth_slot: int, *, H: int = 12, C: int | None =
         torch.randn(B, T + 1, H, generator=g).to(dtype),
         torch.rand(B, T, T, generator=g) < 0.3,
     )
-    return lp, tok, front, cands, slots
+    return tuple(to_device(x) for x in (lp, tok, front, cands, slots))
+
+
+def to_device(x):
+    """A tensor or a dataclass of tensors on the tests' device (the kernel's GPU when there is
+    one; the interpreter reads CPU tensors)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(DEVICE)
+    return type(x)(*(to_device(getattr(x, f)) for f in x.__dataclass_fields__))
 
 
 def clone(x):
@@ -97,6 +106,7 @@ def test_docstring_example():
     assert cands.tokens[0, 2:].tolist() == [3, 4, 5, 6]
     assert cands.parents[0, 2:].tolist() == [0, 0, 1, 1]
     want = torch.tensor([-0.1, -2.5]).repeat_interleave(2) + torch.tensor([-0.2, -1.0, -0.1, -0.3])
+    want = want.to(cands.scores.device)
     assert torch.equal(cands.scores[0, 2:], want)
     assert front.cand_out[0].tolist() == [2, 3] and slots.tokens[0, 2:4].tolist() == [3, 4]
     assert torch.equal(front.scores_out[0], want[:2])

@@ -23,7 +23,7 @@ LO = DEPTH_SLOT * TOPK
 def _inside(t: torch.Tensor, shape: tuple, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A contiguous `shape` buffer at the start of one as large as `t`, in `dtype` (t's by
     default): what an unchecked kernel wrote past its end stays inside memory the test owns."""
-    base = torch.zeros(2 * t.numel(), dtype=torch.int64)  # room in any dtype
+    base = torch.zeros(2 * t.numel(), dtype=torch.int64, device=t.device)  # room in any dtype
     return base.view(dtype or t.dtype)[: math.prod(shape)].view(shape)
 
 

@@ -18,6 +18,7 @@ from samgpu.kernels.sam_dynamic import (
     sam_dynamic_extend_triton,
 )
 from samgpu.kernels.sam_update import sam_update_ref, sam_update_triton
+from tests.conftest import DEVICE
 from tests.kernels._sam_common import i32
 from tests.kernels._wrong_buffers import kinds_for, wrong
 
@@ -30,14 +31,14 @@ ALL_FIELDS = FIELDS_STATE + FIELDS_EDGE + FIELDS_SLOT + ("hash", "tokens")
 
 
 def _slots() -> DynamicAutomata:
-    auto = DynamicAutomata(NUM_REQS, CAPACITY, VOCAB, "cpu")
+    auto = DynamicAutomata(NUM_REQS, CAPACITY, VOCAB, DEVICE)
     auto.reset()
     return auto
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Texts "1 2 3 1" and "2 2 2": matches "1" (endpos 0) and "2 2" (endpos 1)."""
-    return i32([[1, 2, 3, 1], [2, 2, 2, -1]]), i32([4, 3])
+    return i32([[1, 2, 3, 1], [2, 2, 2, -1]]).to(DEVICE), i32([4, 3]).to(DEVICE)
 
 
 # every array but tokens, which defines R and C (below); each with every kind that makes it wrong.
@@ -71,10 +72,10 @@ def test_shapes_follow_tokens(impl):
     auto.tokens = auto.tokens[:, :-1].contiguous()
     with pytest.raises(ValueError, match=r"slots\.length \(2, 16\) .* must be \(2, 14\)"):
         impl(auto, *_batch())
-    auto.tokens = torch.zeros(1, MAX_CAPACITY + 1, dtype=torch.int32)
+    auto.tokens = torch.zeros(1, MAX_CAPACITY + 1, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=r"slots\.tokens must be \[R, C\] with 1 <= C"):
         impl(auto, *_batch())
-    auto.tokens = torch.zeros(CAPACITY, dtype=torch.int32)
+    auto.tokens = torch.zeros(CAPACITY, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=r"slots\.tokens must be \[R, C\]"):
         impl(auto, *_batch())
 
@@ -82,7 +83,7 @@ def test_shapes_follow_tokens(impl):
 def test_array_on_another_device_is_refused():
     auto = _slots()
     auto.link = torch.empty_like(auto.link, device="meta")
-    with pytest.raises(ValueError, match=r"slots\.link .* on meta must be .* on cpu"):
+    with pytest.raises(ValueError, match=rf"slots\.link .* on meta must be .* on {DEVICE}"):
         sam_dynamic_extend_triton(auto, *_batch())
 
 

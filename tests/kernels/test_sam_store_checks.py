@@ -14,6 +14,7 @@ from samgpu.kernels._sam_store_jit import FIELDS_EDGE, FIELDS_GEN, FIELDS_STATE
 from samgpu.kernels.sam_store import sam_store_append_ref, sam_store_append_triton
 from samgpu.kernels.sam_store_match import sam_store_match_ref, sam_store_match_triton
 from samgpu.kernels.sam_update import sam_update_ref, sam_update_triton
+from tests.conftest import DEVICE
 from tests.kernels._sam_common import i32
 from tests.kernels._wrong_buffers import kinds_for, wrong
 
@@ -23,18 +24,18 @@ ALL_FIELDS += ("num_rotations", "match_state", "match_len")
 
 
 def _store() -> StoreAutomaton:
-    return StoreAutomaton(NUM_REQS, CAPACITY, VOCAB, "cpu")
+    return StoreAutomaton(NUM_REQS, CAPACITY, VOCAB, DEVICE)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences "1 2" and "3": from the root, matches of lengths 2 and 1."""
-    return i32([[1, 2], [3, -1]]), i32([2, 1])
+    return i32([[1, 2], [3, -1]]).to(DEVICE), i32([2, 1]).to(DEVICE)
 
 
 def _append(impl):
     """Documents "1 2 3" and "3 1", rows 0 and 1 of a [2, 3] text."""
-    text, rows = i32([[1, 2, 3], [3, 1, 0]]), torch.arange(2)
-    return lambda st: impl(st, text, rows, i32([0, 0]), i32([3, 2]))
+    text, rows = i32([[1, 2, 3], [3, 1, 0]]).to(DEVICE), torch.arange(2, device=DEVICE)
+    return lambda st: impl(st, text, rows, i32([0, 0]).to(DEVICE), i32([3, 2]).to(DEVICE))
 
 
 def _match(impl):
@@ -83,7 +84,7 @@ def test_shapes_follow_tokens_and_match_state(op):
     one column fewer in tokens makes the states [2, 14] expected, one fewer match row makes
     match_len [2, 1] expected."""
     st = _store()
-    st.tokens = torch.zeros(3, CAPACITY, dtype=torch.int32)
+    st.tokens = torch.zeros(3, CAPACITY, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=r"store\.tokens must be \[G=2, C >= 2\]"):
         op(st)
     st = _store()
@@ -103,7 +104,7 @@ def test_shapes_follow_tokens_and_match_state(op):
 def test_array_on_another_device_is_refused():
     st = _store()
     st.hash = torch.empty_like(st.hash, device="meta")
-    with pytest.raises(ValueError, match=r"store\.hash .* on meta must be .* on cpu"):
+    with pytest.raises(ValueError, match=rf"store\.hash .* on meta must be .* on {DEVICE}"):
         _match(sam_store_match_triton)(st)
 
 
@@ -130,15 +131,22 @@ def test_debug_checks_catch_documents_outside_the_text(monkeypatch):
     """Under SAMGPU_DEBUG=1 (and only then: it syncs) a document whose row or span lies outside
     the text is an error; the right documents and an empty one anywhere (never read) pass."""
     monkeypatch.setenv("SAMGPU_DEBUG", "1")
-    text = i32([[1, 2, 3], [3, 1, 0]])
+    text = i32([[1, 2, 3], [3, 1, 0]]).to(DEVICE)
     for rows, starts, ends in (
         ([0, 2], [0, 0], [3, 2]),
         ([0, 1], [-1, 0], [3, 2]),
         ([0, 1], [0, 0], [4, 2]),
     ):
         with pytest.raises(ValueError, match=r"documents outside text \(2, 3\)"):
-            sam_store_append_ref(_store(), text, torch.tensor(rows), i32(starts), i32(ends))
+            sam_store_append_ref(
+                _store(),
+                text,
+                torch.tensor(rows, device=DEVICE),
+                *(i32(x).to(DEVICE) for x in (starts, ends)),
+            )
     st = _store()
     _append(sam_store_append_triton)(st)
-    sam_store_append_ref(st, text, torch.tensor([5]), i32([9]), i32([9]))
+    sam_store_append_ref(
+        st, text, torch.tensor([5], device=DEVICE), i32([9]).to(DEVICE), i32([9]).to(DEVICE)
+    )
     assert st.num_docs.tolist() == [2, 0]

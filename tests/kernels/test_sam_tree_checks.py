@@ -11,6 +11,7 @@ import torch
 from samgpu.automata import StaticAutomaton
 from samgpu.kernels.sam_tree import NO_PARENT, sam_tree_ref, sam_tree_triton
 from samgpu.sam import SamIndex
+from tests.conftest import DEVICE
 from tests.kernels._wrong_buffers import wrong
 
 IMPLS = [pytest.param(sam_tree_triton, id="triton"), pytest.param(sam_tree_ref, id="ref")]
@@ -28,13 +29,13 @@ def _args():
     )
     s, length = index.match_state([TOK_A, TOK_B])
     return {
-        "automaton": StaticAutomaton.from_index(index, "cpu"),
-        "state": torch.tensor([s, s], dtype=torch.int32),
-        "match_len": torch.tensor([length, length], dtype=torch.int32),
-        "root": torch.tensor([TOK_B, TOK_B], dtype=torch.int32),
-        "tokens": torch.full((2, NUM_NODES), 99, dtype=torch.int32),
-        "parents": torch.full((2, NUM_NODES), 99, dtype=torch.int32),
-        "num_nodes": torch.zeros(2, dtype=torch.int32),
+        "automaton": StaticAutomaton.from_index(index, DEVICE),
+        "state": torch.tensor([s, s], dtype=torch.int32, device=DEVICE),
+        "match_len": torch.tensor([length, length], dtype=torch.int32, device=DEVICE),
+        "root": torch.tensor([TOK_B, TOK_B], dtype=torch.int32, device=DEVICE),
+        "tokens": torch.full((2, NUM_NODES), 99, dtype=torch.int32, device=DEVICE),
+        "parents": torch.full((2, NUM_NODES), 99, dtype=torch.int32, device=DEVICE),
+        "num_nodes": torch.zeros(2, dtype=torch.int32, device=DEVICE),
     }
 
 
@@ -61,7 +62,7 @@ def test_wrong_buffer_is_refused(impl, name, kind, message):
 def test_empty_rows_are_refused(impl):
     """N = 0: no room for the root (the tree has 1 <= num_nodes <= N)."""
     args = _args()
-    args["tokens"] = args["parents"] = torch.zeros(2, 0, dtype=torch.int32)
+    args["tokens"] = args["parents"] = torch.zeros(2, 0, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=r"expected \[B, N >= 1\]"):
         impl(**args)
 
@@ -75,7 +76,7 @@ def test_right_buffers_give_the_docstring_tree(impl):
     assert args["tokens"].tolist() == [[TOK_B, TOK_C, EOS, TOK_D]] * 2
     assert args["parents"].tolist() == [[NO_PARENT, 0, 1, 0]] * 2
     assert args["num_nodes"].tolist() == [NUM_NODES] * 2
-    wide = torch.full((2, 2, NUM_NODES + 2), 99, dtype=torch.int32)
+    wide = torch.full((2, 2, NUM_NODES + 2), 99, dtype=torch.int32, device=DEVICE)
     args["tokens"], args["parents"] = wide[0, :, :NUM_NODES], wide[1, :, :NUM_NODES]
     impl(**args)
     assert wide[0, :, :NUM_NODES].tolist() == [[TOK_B, TOK_C, EOS, TOK_D]] * 2
