@@ -122,7 +122,15 @@ case "${1:-}" in
     run repeat_merged64 120 python -m profiling.repeat_serve --method merged --batch-size 64 --runs 5
     run repeat_pld256 90 python -m profiling.repeat_serve --method pld --batch-size 256 --runs 3
     ;;
-  *) echo "phases: verify tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
+  checks)  # 2026-12-02: the automaton launchers' buffer checks and test_eagle_expand on the real
+           # compiler (their tests handed CPU tensors to compiled kernels until 694decc)
+    run check_tests 200 python -m pytest -q -p no:cacheprovider \
+      tests/kernels/test_sam_dynamic_checks.py tests/kernels/test_sam_store_checks.py \
+      tests/kernels/test_sam_tree_checks.py tests/kernels/test_eagle_expand_checks.py \
+      tests/kernels/test_eagle_expand.py tests/kernels/test_sam_dynamic.py tests/kernels/test_sam_store.py \
+      tests/kernels/test_sam_tree.py tests/kernels/test_sam_update.py tests/drafters/test_store.py
+    ;;
+  *) echo "phases: checks verify tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
