@@ -288,7 +288,7 @@ def _sam_dynamic_extend_kernel(
     )
 
 
-def _check_slots(slots, device: torch.device) -> int:
+def check_slots(slots, device: torch.device) -> int:
     """ValueError unless every slot array is contiguous int32 (hash: int64) on `device` at the
     shape the kernel addresses it with; returns R. The kernel finds row b of an array at
     b * (its width), the widths taken from C = tokens.shape[1] (2C states, 3C edges) and
@@ -327,7 +327,7 @@ def _check(slots, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:
             f"num_new must be a contiguous [B] int32 tensor with B={b} (new_tokens "
             f"{tuple(new_tokens.shape)}), got {tuple(num_new.shape)} {num_new.dtype}"
         )
-    max_reqs = _check_slots(slots, new_tokens.device)
+    max_reqs = check_slots(slots, new_tokens.device)
     if b > max_reqs:
         raise ValueError(f"batch of {b} sequences but only {max_reqs} dynamic automaton slots")
     if debug_checks():

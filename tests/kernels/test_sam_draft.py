@@ -17,6 +17,7 @@ from samgpu.kernels.types import SOURCE_DYNAMIC, SOURCE_FALLBACK, SOURCE_NONE, S
 from samgpu.sam import SamIndex
 from samgpu.types import DraftTree
 from tests.kernels._sam_common import i32, pad_rows, random_text
+from tests.kernels._wrong_buffers import wrong
 
 IMPLS = [
     pytest.param(sam_draft_chain_triton, id="triton"),
@@ -236,3 +237,8 @@ def test_dispatch_and_bad_inputs():
         sam_draft_chain_triton(None, None, dyn, i32([2]), bad, cfg)
     with pytest.raises(ValueError, match="only 1 dynamic slots"):
         sam_draft_chain_triton(None, None, dyn, i32([2, 2]), DraftTree.empty(2, 4, "cpu"), cfg)
+    # the chain is read from link and endpos rows at 2C (C from tokens): a narrower array is
+    # refused, not read past its end (the right arrays drafted above: the negative control)
+    dyn.link = wrong(dyn.link, "width")
+    with pytest.raises(ValueError, match=r"slots\.link "):
+        sam_draft_chain_triton(None, None, dyn, i32([2]), tree, cfg)

@@ -20,6 +20,7 @@ from samgpu.kernels.types import (
 )
 from samgpu.types import DraftTree
 from tests.kernels._sam_common import i32, pad_rows, random_text
+from tests.kernels._wrong_buffers import wrong
 from tests.kernels.test_sam_draft import _dynamic, _static
 
 IMPLS = [
@@ -58,6 +59,17 @@ def test_golden_store_chain_stops_before_separator(impl, device):
     assert tree.tokens.tolist() == [[2, 3, 4, 0, 0, 0, 0, 0]]
     assert tree.parents.tolist() == [[-1, 0, 1, -1, -1, -1, -1, -1]]
     assert source == [SOURCE_STORE] and chain_len == [2]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_store_arrays_of_other_shapes_are_refused(impl, device):
+    """The draft reads generation g's row of endpos at g * 2C (C from tokens): a narrower endpos
+    is a ValueError naming it, not a read past its end. Negative control: the golden test above
+    drafts from the same store with its own arrays."""
+    st = _store([[[1, 2, 3, 4], [1, 2, 9]]], [[7, 1, 2]], 10, 32, device)
+    st.endpos = wrong(st.endpos, "width")
+    with pytest.raises(ValueError, match=r"store\.endpos "):
+        _draft(impl, None, None, None, st, [2], SamSelectConfig.sam_only(), 8, device)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
