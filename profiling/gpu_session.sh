@@ -128,7 +128,8 @@ case "${1:-}" in
       tests/kernels/test_sam_dynamic_checks.py tests/kernels/test_sam_store_checks.py \
       tests/kernels/test_sam_tree_checks.py tests/kernels/test_eagle_expand_checks.py \
       tests/kernels/test_eagle_expand.py tests/kernels/test_sam_dynamic.py tests/kernels/test_sam_store.py \
-      tests/kernels/test_sam_tree.py tests/kernels/test_sam_update.py tests/drafters/test_store.py
+      tests/kernels/test_sam_tree.py tests/kernels/test_sam_update.py tests/kernels/test_sam_draft.py \
+      tests/kernels/test_sam_draft_store.py tests/drafters/test_store.py
     ;;
   *) echo "phases: checks verify tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
