@@ -13,7 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from samgpu.kernels._sam_store_jit import check_arrays
 from samgpu.kernels.types import (
     SOURCE_DYNAMIC,
     SOURCE_FALLBACK,
@@ -103,16 +102,9 @@ def check_chain_args(
         raise ValueError(
             f"node_offset must lie in [1, N={tree.tokens.shape[1]}], got {node_offset}"
         )
-    # the kernel reads the automata's rows at widths taken from their tokens: arrays of other
-    # shapes would be read past their ends (the extension launchers' checks, here too)
-    if dynamic is not None:
-        from samgpu.kernels.sam_dynamic import check_slots  # (sam_dynamic imports this module)
-
-        check_slots(dynamic, root.device)
-        if dynamic.tokens.shape[0] < b:
-            raise ValueError(f"batch of {b} but only {dynamic.tokens.shape[0]} dynamic slots")
+    if dynamic is not None and dynamic.tokens.shape[0] < b:
+        raise ValueError(f"batch of {b} but only {dynamic.tokens.shape[0]} dynamic slots")
     if store is not None:
-        check_arrays(store, root.device)
         if store.match_state.shape[1] < b:
             raise ValueError(
                 f"batch of {b} but the store has {store.match_state.shape[1]} match rows"

@@ -70,6 +70,8 @@ from samgpu.kernels import _sam_jit as J
 from samgpu.kernels import sam_store_match as SM
 from samgpu.kernels._aot import AotSpec
 from samgpu.kernels._dispatch import use_triton
+from samgpu.kernels._sam_store_jit import check_arrays
+from samgpu.kernels.sam_dynamic import check_slots
 from samgpu.kernels.types import NO_PARENT, ROOT_STATE
 
 MODES: dict[str, int] = {
@@ -127,6 +129,19 @@ class SamSelectConfig:
     def max_chain_nodes(self) -> int:
         """Most nodes (root included) a chain can take under this config."""
         return self.max_predicts if self.mode == "longest" else self.n_predicts
+
+
+def _check_args(static, static_matches, dynamic, root, tree, source, chain_len, offset, store):
+    """check_chain_args, and the automata's arrays: the kernel reads their rows at widths taken
+    from their tokens, so arrays of other shapes would be read past their ends (the extension
+    launchers' checks, here too). Returns B."""
+    args = (static, static_matches, dynamic, root, tree, source, chain_len, offset, store)
+    b = J.check_chain_args(*args)
+    if dynamic is not None:
+        check_slots(dynamic, root.device)
+    if store is not None:
+        check_arrays(store, root.device)
+    return b
 
 
 @triton.jit(
@@ -307,7 +322,7 @@ def sam_draft_chain_triton(
     `match_len`, `vocab_size`) or None.
     """
     args = (static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store)
-    b = J.check_chain_args(*args)
+    b = _check_args(*args)
     source, chain_len = _alloc(b, root.device, source, chain_len)
     if b == 0:
         return source, chain_len
@@ -384,7 +399,7 @@ def sam_draft_chain_ref(
     chain's tokens, and 2 x 4 x N bytes of tree writes.
     """
     args = (static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store)
-    b = J.check_chain_args(*args)
+    b = _check_args(*args)
     source, chain_len = _alloc(b, root.device, source, chain_len)
     max_nodes = tree.tokens.shape[1]
     eos = static.eos_id if static is not None and config.stop_at_eos else -1
