@@ -64,6 +64,23 @@ def check_static_arrays(automaton, names, device: torch.device) -> None:
             )
 
 
+def check_automaton_arrays(
+    holder, label: str, want: dict[str, tuple], device: torch.device, context: str
+) -> None:
+    """ValueError unless every array `name` of `holder` in `want` has that shape, is contiguous,
+    int32 (the hash table: int64) and on `device`; the message names `label.name` and `context`
+    (the shapes that defined the expected ones). The dynamic automata's and the store's launchers
+    share it: their kernels address each array's rows at widths taken from one defining array."""
+    for name, shape in want.items():
+        t = getattr(holder, name)
+        dtype = torch.int64 if name == "hash" else torch.int32
+        if t.shape != shape or t.dtype != dtype or not t.is_contiguous() or t.device != device:
+            raise ValueError(
+                f"{label}.{name} {tuple(t.shape)} {t.dtype} on {t.device} must be {shape} "
+                f"{dtype}, contiguous, on {device} ({context})"
+            )
+
+
 def check_chain_args(
     static, static_matches, dynamic, root, tree, source, chain_len, node_offset, store
 ) -> int:

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from samgpu.kernels._sam_jit import check_automaton_arrays
 from samgpu.kernels.types import NO_EDGE, NO_POSITION, NO_STATE, ROOT_STATE
 
 NUM_GENERATIONS: int = 2
@@ -116,15 +117,8 @@ def check_arrays(store, device: torch.device) -> None:
     want = {"tokens": (g, c), "hash": (g, hash_size(c)), "active": (1,), "num_rotations": (1,)}
     want |= dict.fromkeys(FIELDS_STATE, (g, 2 * c)) | dict.fromkeys(FIELDS_EDGE, (g, 3 * c))
     want |= dict.fromkeys(FIELDS_GEN, (g,)) | dict.fromkeys(("match_state", "match_len"), (g, r))
-    for name, shape in want.items():
-        t = getattr(store, name)
-        dtype = torch.int64 if name == "hash" else torch.int32
-        if t.shape != shape or t.dtype != dtype or not t.is_contiguous() or t.device != device:
-            raise ValueError(
-                f"store.{name} {tuple(t.shape)} {t.dtype} on {t.device} must be {shape} {dtype}, "
-                f"contiguous, on {device} (tokens {tuple(tokens.shape)}, match_state "
-                f"{tuple(match_state.shape)})"
-            )
+    context = f"tokens {tuple(tokens.shape)}, match_state {tuple(match_state.shape)}"
+    check_automaton_arrays(store, "store", want, device, context)
 
 
 def check_batch(store, new_tokens: torch.Tensor, num_new: torch.Tensor) -> None:

@@ -304,14 +304,8 @@ def check_slots(slots, device: torch.device) -> int:
     want = {"tokens": (r, c), "hash": (r, hash_size(c))}
     want |= dict.fromkeys(FIELDS_STATE, (r, 2 * c)) | dict.fromkeys(FIELDS_EDGE, (r, 3 * c))
     want |= dict.fromkeys(FIELDS_SLOT, (r,))
-    for name, shape in want.items():
-        t = getattr(slots, name)
-        dtype = torch.int64 if name == "hash" else torch.int32
-        if t.shape != shape or t.dtype != dtype or not t.is_contiguous() or t.device != device:
-            raise ValueError(
-                f"slots.{name} {tuple(t.shape)} {t.dtype} on {t.device} must be {shape} {dtype}, "
-                f"contiguous, on {device} (tokens {tuple(tokens.shape)}: R={r} slots, C={c})"
-            )
+    context = f"tokens {tuple(tokens.shape)}: R={r} slots, C={c}"
+    _sam_jit.check_automaton_arrays(slots, "slots", want, device, context)
     return r
 
 
