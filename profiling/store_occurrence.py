@@ -140,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"store_occurrence: no recorded outputs at {args.outputs}")
     if args.min_match < 1:
         raise SystemExit("store_occurrence: --min-match must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("store_occurrence: --limit must be >= 1")
     with gzip.open(args.outputs, "rt") as f:
         records = [json.loads(line) for line in f][: args.limit]
+    if not records:
+        raise SystemExit(f"store_occurrence: no records in {args.outputs}")
     rows = replay(records, args.min_match)
     print_table(rows, ["requests", *RULES], title="store-only MAT by occurrence rule")
     params = {"outputs": args.outputs.name, "min_match": args.min_match, "max_match": MAX_MATCH}

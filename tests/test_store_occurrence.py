@@ -1,6 +1,10 @@
 """profiling/store_occurrence.py: the occurrence rules on a hand-made store."""
 
-from profiling.store_occurrence import RULES, Store, accepted_by, frequent_chain, replay
+import gzip
+
+import pytest
+
+from profiling.store_occurrence import RULES, Store, accepted_by, frequent_chain, main, replay
 
 
 def make_store() -> Store:
@@ -42,3 +46,17 @@ def test_replay_counts_steps_per_rule():
     # token each at t = 0, 1, then "3 4" matched and 5 6 7 8 accepted with the step's own token
     for rule in RULES:
         assert row[rule] == 12 / 9, rule
+
+
+def test_bad_arguments_are_refused_without_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMGPU_RESULTS_DIR", str(tmp_path / "results"))
+    with pytest.raises(SystemExit, match="--limit must be >= 1"):
+        main(["--limit", "0"])
+    empty = tmp_path / "empty.jsonl.gz"
+    with gzip.open(empty, "wt"):
+        pass
+    with pytest.raises(SystemExit, match="no records in"):
+        main(["--outputs", str(empty)])
+    with pytest.raises(SystemExit, match="no recorded outputs"):
+        main(["--outputs", str(tmp_path / "missing.jsonl.gz")])
+    assert not (tmp_path / "results").exists()  # nothing written for a refused run
