@@ -26,7 +26,9 @@ the same batch size and mode (float32: all must; bfloat16: near-ties may flip, e
 With `--temperature T --seed S` every run samples, and the same counts hold for samples (noise
 keyed by seed, record and position: kernels/randoms.py).
 Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
-compiles Triton kernels for shapes the warm-up did not meet).
+compiles Triton kernels for shapes the warm-up did not meet). `compiles_per_pass` counts the Triton
+compilations inside each pass's timed generation (Triton's jit_cache_hook) and `compiled` names
+the reported pass's: a kernel that specializes on a value a run meets late compiles mid-run.
 Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
 """
 
@@ -42,7 +44,7 @@ import time
 from pathlib import Path
 
 from profiling import datasets
-from profiling.common import hardware_line, print_table, write_jsonl
+from profiling.common import TritonCompiles, hardware_line, print_table, write_jsonl
 
 MODES = ("static", "continuous")
 
@@ -125,7 +127,7 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     if args.check_every is not None:
         argv += ["--check-every", str(args.check_every)]
     argv.append("--continuous-batching" if mode == "continuous" else "--no-continuous-batching")
-    with GpuBusy() as busy:
+    with GpuBusy() as busy, TritonCompiles() as compiles:
         code = cli_main(argv)
         returned = time.perf_counter()
     if code != 0:
@@ -135,8 +137,11 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     latency = sorted(r["stats"]["finish_s"] for r in records if r.get("stats"))
     # the generation only (it ended at the last write, just before the CLI returned): not the
     # model load and warm-up before it
-    busy_share = busy.share(since=returned - totals["generate_seconds"])
-    return dict(totals, gpu_busy=busy_share, latency=latency, records=records)
+    started = returned - totals["generate_seconds"]
+    busy_share = busy.share(since=started)
+    # kernels compiled inside the timed generation (after the CLI's warm-up): their time is in it
+    compiled = compiles.since(started)
+    return dict(totals, gpu_busy=busy_share, latency=latency, records=records, compiled=compiled)
 
 
 def occupancy(run: dict, batch: int) -> float | None:
@@ -249,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                         generate_seconds=r["generate_seconds"],
                         tok_s=r["tokens_per_second"],
                         pass1_tok_s=passes[0]["tokens_per_second"],
+                        # Triton compiles inside each pass's timed generation, and the kernels
+                        # (specializations) the reported pass compiled
+                        compiles_per_pass=[len(p["compiled"]) for p in passes],
+                        compiled=r["compiled"][:20],
                         mat=r["mean_accepted_tokens"],
                         latency_p50_s=quantile(r["latency"], 0.5),
                         latency_p99_s=quantile(r["latency"], 0.99),

@@ -140,6 +140,41 @@ def bench_gpu(fn: Callable[[], object], *, rep_ms: int = 100, warmup_ms: int = 2
 
 
 # ----------------------------------------------------------------------------- output
+class TritonCompiles:
+    """The Triton JIT compilations (in-memory cache misses: a first launch or a new
+    specialization) started inside a block, as (perf_counter, kernel repr): through
+    `triton.knobs.runtime.jit_cache_hook`, chained to a hook already set. None fire under
+    TRITON_INTERPRET (nothing compiles) or with a Triton without knobs."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str]] = []
+        self._runtime = None
+        self._previous = None
+
+    def __enter__(self) -> TritonCompiles:
+        try:
+            from triton import knobs
+        except ImportError:
+            return self
+        self._runtime, self._previous = knobs.runtime, knobs.runtime.jit_cache_hook
+
+        def hook(*args, **kwargs):
+            what = kwargs.get("repr") or str(getattr(kwargs.get("fn"), "name", "?"))
+            self.events.append((time.perf_counter(), what))
+            return self._previous(*args, **kwargs) if self._previous else None
+
+        self._runtime.jit_cache_hook = hook
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._runtime is not None:
+            self._runtime.jit_cache_hook = self._previous
+
+    def since(self, start: float) -> list[str]:
+        """The kernels compiled from `start` (a perf_counter time) on, in order."""
+        return [what for t, what in self.events if t >= start]
+
+
 def results_path(e: dict | None = None) -> Path:
     """<results>/<YYYYMMDD>-<card>-<sha>.jsonl; <results> is $SAMGPU_RESULTS_DIR when set (what
     `samgpu bench --out DIR` sets; default: the folder it runs in), else profiling/results."""

@@ -97,3 +97,46 @@ def test_slot_shares_of_a_real_cli_run_add_up(tmp_path, tiny_model_dir):
     total = occupancy(run, 2) + sum(shares.values())
     assert abs(total - 1.0) < 1e-9
     assert slot_shares({"records": run["records"]})["past_end"] is None
+
+
+def test_run_cli_names_the_kernels_compiled_inside_the_generation(monkeypatch, tmp_path):
+    """Triton compiles (jit_cache_hook calls) inside the timed generation are reported, those of
+    the warm-up before it are not; the hook already set still runs and is set back afterwards.
+    Control: the same calls with the hook left out of the window would report the warm-up's too."""
+    import argparse
+    import json
+    import time
+
+    import pytest
+
+    knobs = pytest.importorskip("triton.knobs")
+    import samgpu.cli
+    from profiling import bench_serve
+    from profiling.common import TritonCompiles
+
+    earlier = []
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda **kw: earlier.append(kw["repr"]))
+
+    def fake_main(argv):
+        knobs.runtime.jit_cache_hook(repr="_warm_kernel[...]", fn=None)  # the CLI's warm-up
+        time.sleep(0.2)
+        knobs.runtime.jit_cache_hook(repr="_late_kernel[n: i32]", fn=None)  # mid-generation
+        out = argv[argv.index("--output") + 1]
+        stats = argv[argv.index("--stats-json") + 1]
+        open(out, "w").write(json.dumps({"completion": "x", "stats": {"finish_s": 0.1}}) + "\n")
+        open(stats, "w").write(json.dumps({"generate_seconds": 0.1, "new_tokens": 1}))
+        return 0
+
+    monkeypatch.setattr(samgpu.cli, "main", fake_main)
+    args = argparse.Namespace(dtype="bfloat16", max_new_tokens=4, speculation="adaptive",
+                              exact=False, check_every=None, temperature=0.0, seed=1)  # fmt: skip
+    r = bench_serve.run_cli(tmp_path / "in.jsonl", tmp_path / "out.jsonl", args, "pld", 4, "static")
+    assert r["compiled"] == ["_late_kernel[n: i32]"]
+    assert earlier == ["_warm_kernel[...]", "_late_kernel[n: i32]"]  # chained
+    assert knobs.runtime.jit_cache_hook is not None and knobs.runtime.jit_cache_hook.__name__ == (
+        "<lambda>"
+    )  # set back
+    with TritonCompiles() as compiles:
+        knobs.runtime.jit_cache_hook(repr="a", fn=None)
+        knobs.runtime.jit_cache_hook(repr="b", fn=None)
+    assert compiles.since(float("-inf")) == ["a", "b"]  # control: the whole call reads both
