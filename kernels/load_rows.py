@@ -27,7 +27,9 @@ from samgpu.kernels.types import PAD_TOKEN, DecodeState
 _BLOCK: int = 1024
 
 
-@triton.jit
+# The prompts' pad width changes with every admission: specialized (Triton's == 1 and % 16 cases)
+# it compiled new variants in the middle of runs (bench_serve's compiles_per_pass, 2026-12-02).
+@triton.jit(do_not_specialize=["budget", "width"])
 def _load_rows_kernel(
     text_in_ptr,  # [n, W] int32; prompts, padded
     lens_ptr,  # [n] int32

@@ -26,9 +26,9 @@ the same batch size and mode (float32: all must; bfloat16: near-ties may flip, e
 With `--temperature T --seed S` every run samples, and the same counts hold for samples (noise
 keyed by seed, record and position: kernels/randoms.py).
 Each configuration runs `--passes` times (default 2); the last pass is reported (the first also
-compiles Triton kernels for shapes the warm-up did not meet). `compiles_per_pass` counts the Triton
-compilations inside each pass's timed generation (Triton's jit_cache_hook) and `compiled` names
-the reported pass's: a kernel that specializes on a value a run meets late compiles mid-run.
+compiles Triton kernels for shapes the warm-up did not meet). `compiles_per_pass` counts the
+Triton compilations inside each pass's timed generation (Triton's jit_cache_hook) and
+`compiled_per_pass` names them: a kernel specializing on a value met late compiles mid-run.
 Results: profiling/results/<day>-<card>-<sha>.jsonl, bench "serve"; a table on stdout.
 """
 
@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                         tok_s=r["tokens_per_second"],
                         pass1_tok_s=passes[0]["tokens_per_second"],
                         # Triton compiles inside each pass's timed generation, and the kernels
-                        # (specializations) the reported pass compiled
+                        # (specializations) each compiled, the first 10
                         compiles_per_pass=[len(p["compiled"]) for p in passes],
-                        compiled=r["compiled"][:20],
+                        compiled_per_pass=[p["compiled"][:10] for p in passes],
                         mat=r["mean_accepted_tokens"],
                         latency_p50_s=quantile(r["latency"], 0.5),
                         latency_p99_s=quantile(r["latency"], 0.99),

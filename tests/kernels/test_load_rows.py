@@ -109,3 +109,37 @@ def test_bad_inputs_are_value_errors():
         load_rows_ref(
             state, counters, index, torch.zeros(1, MAX_LEN + 1, dtype=torch.int32), lens, keys, 5
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiles happen on a GPU only")
+def test_admission_widths_compile_once():
+    """An admission's pad width changes with every admission; the kernel must not specialize on
+    it (Triton's == 1 and % 16 cases), else a run compiles new variants mid-generation. After a
+    first launch (width 7), widths 3, 16, 1, 33, 48 and budgets 16 and 1: no compile. Control: a
+    kernel launched with a value it does specialize on (rms_norm at hidden 17 after 64) is seen
+    compiling, so the hook would have seen load_rows'."""
+    from profiling.common import TritonCompiles
+    from samgpu.kernels.rms_norm import rms_norm
+
+    def admit(width: int, budget: int = 77) -> None:
+        gen = torch.Generator().manual_seed(width)
+        text_in = torch.randint(0, 50, (2, width), generator=gen, dtype=torch.int32).cuda()
+        lens = torch.tensor([width, 1], dtype=torch.int32).cuda()
+        index = torch.tensor([4, 0]).cuda()
+        keys = torch.tensor([5, 6]).cuda()
+        state, counters = _random_state(torch.Generator().manual_seed(1), "cuda")
+        load_rows_triton(state, counters, index, text_in, lens, keys, budget)
+
+    admit(7)
+    with TritonCompiles() as compiles:
+        for width in (3, 16, 1, 33, 48):
+            admit(width)
+        admit(9, budget=16)
+        admit(9, budget=1)
+        torch.cuda.synchronize()
+    assert compiles.since(float("-inf")) == []
+    rms_norm(torch.randn(3, 64, device="cuda"), torch.ones(64, device="cuda"), 1e-6)
+    with TritonCompiles() as control:
+        rms_norm(torch.randn(3, 17, device="cuda"), torch.ones(17, device="cuda"), 1e-6)
+        torch.cuda.synchronize()
+    assert control.since(float("-inf")), "the hook saw no compile: the check above proves nothing"
