@@ -115,7 +115,7 @@ def test_bad_inputs_are_value_errors():
 def test_admission_widths_compile_once():
     """An admission's pad width changes with every admission; the kernel must not specialize on
     it (Triton's == 1 and % 16 cases), else a run compiles new variants mid-generation. After a
-    first launch (width 7), widths 3, 16, 1, 33, 48 and budgets 16 and 1: no compile. Control: a
+    first launch (width 7), widths 3, 16, 1, 33, 32 and budgets 16 and 1: no compile. Control: a
     kernel launched with a value it does specialize on (rms_norm at hidden 17 after 64) is seen
     compiling, so the hook would have seen load_rows'."""
     from profiling.common import TritonCompiles
@@ -132,7 +132,7 @@ def test_admission_widths_compile_once():
 
     admit(7)
     with TritonCompiles() as compiles:
-        for width in (3, 16, 1, 33, 48):
+        for width in (3, 16, 1, 33, 32):
             admit(width)
         admit(9, budget=16)
         admit(9, budget=1)
