@@ -140,6 +140,24 @@ def bench_gpu(fn: Callable[[], object], *, rep_ms: int = 100, warmup_ms: int = 2
 
 
 # ----------------------------------------------------------------------------- output
+def describe_compile(hook_kwargs: dict) -> str:
+    """`kernel(arg:type, ptr:*i32/16, ...)` from a jit_cache_hook call: the runtime arguments
+    with the 16-divisibility Triton specialized them on (the hook's own `repr` lists only the
+    first argument on Triton 3.6-3.9); the hook's repr where its `compile` data is missing."""
+    shown = str(hook_kwargs.get("repr", "?"))
+    data = hook_kwargs.get("compile") or {}
+    signature, configs = data.get("signature"), data.get("configs")
+    if not isinstance(signature, dict) or not configs:
+        return shown
+    names = list(signature)
+    aligned = set()
+    for where, attrs in dict(configs[0]).items():
+        if any(attr[0] == "tt.divisibility" for attr in attrs) and where[0] < len(names):
+            aligned.add(names[where[0]])
+    args = [f"{n}:{t}" + "/16" * (n in aligned) for n, t in signature.items() if t != "constexpr"]
+    return f"{shown.split('[')[0]}({', '.join(args)})"
+
+
 class TritonCompiles:
     """The Triton JIT compilations (in-memory cache misses: a first launch or a new
     specialization) started inside a block, as (perf_counter, kernel repr): through
@@ -159,8 +177,7 @@ class TritonCompiles:
         self._runtime, self._previous = knobs.runtime, knobs.runtime.jit_cache_hook
 
         def hook(*args, **kwargs):
-            what = kwargs.get("repr") or str(getattr(kwargs.get("fn"), "name", "?"))
-            self.events.append((time.perf_counter(), what))
+            self.events.append((time.perf_counter(), describe_compile(kwargs)))
             return self._previous(*args, **kwargs) if self._previous else None
 
         self._runtime.jit_cache_hook = hook

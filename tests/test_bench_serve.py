@@ -140,3 +140,27 @@ def test_run_cli_names_the_kernels_compiled_inside_the_generation(monkeypatch, t
         knobs.runtime.jit_cache_hook(repr="a", fn=None)
         knobs.runtime.jit_cache_hook(repr="b", fn=None)
     assert compiles.since(float("-inf")) == ["a", "b"]  # control: the whole call reads both
+
+
+def test_describe_compile_names_the_specialized_arguments():
+    """A compile is described by its kernel and runtime arguments, the 16-divisible ones marked
+    (what tells two specializations apart); without the hook's compile data, its repr."""
+    from profiling.common import describe_compile
+
+    kwargs = {
+        "repr": "_load_rows_kernel[num_warps=4](text_in_ptr: ()",
+        "compile": {
+            "signature": {
+                "text_in_ptr": "*i32",
+                "lens_ptr": "*i32",
+                "width": "i32",
+                "B": "constexpr",
+            },
+            "configs": [{(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}],
+        },
+    }
+    got = describe_compile(kwargs)
+    assert got == "_load_rows_kernel(text_in_ptr:*i32/16, lens_ptr:*i32, width:i32/16)"
+    kwargs["compile"]["configs"] = [{(0,): [["tt.divisibility", 16]]}]
+    assert describe_compile(kwargs) != got  # control: another specialization reads otherwise
+    assert describe_compile({"repr": "k[...]"}) == "k[...]"

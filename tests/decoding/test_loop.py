@@ -651,3 +651,23 @@ def test_adaptive_threads_try_one_thread_for_decode_steps_only(two_threads):
         assert threads["forward"][:2] == [2, 2]
         assert (1 in threads["forward"]) == adaptive
         assert out.run.single_thread_steps == threads["forward"].count(1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7])
+def test_admission_upload_parts_are_16_byte_aligned(n):
+    """An admission uploads its keys, rows, lengths and prompts in one buffer; each part the
+    kernels read must start at a multiple of 16 bytes for every n (Triton specializes pointers on
+    that alignment: lengths at 12 n bytes compiled kernels anew whenever n % 4 changed, mid-run)
+    and hold what it should. Control: a view 12 bytes into the prompts reads as unaligned."""
+    dec = build_decoder(ToyRunner(), "ar", batch_size=8, max_len=64)
+    prompts = [[3 + i] * (i + 2) for i in range(n)]
+    rows = list(range(8 - n, 8))
+    index, text, lens, _, _ = dec.engine._loader(rows, prompts, [11 * i for i in range(n)])
+
+    def aligned(t: torch.Tensor) -> bool:
+        return t.storage_offset() * t.element_size() % 16 == 0
+
+    assert all(aligned(t) for t in (text, lens))
+    assert index.tolist() == rows and lens.tolist() == [len(p) for p in prompts]
+    assert [text[i, : len(p)].tolist() for i, p in enumerate(prompts)] == prompts
+    assert not aligned(text.view(-1)[: 4 * 3 * 1][3:])  # control: 12 bytes in
