@@ -303,24 +303,28 @@ class Prefiller:
         Everything the call reads is built on the host and sent in one pinned, non-blocking copy
         (a pageable copy waits for the stream), int32, for `width` columns (the bucket; eager:
         total): the packed tokens (tail: zeros), their segment starts (tail: one token per
-        segment), the token count, then per token its slot, its column in its prompt and its
-        index in `hidden` viewed flat. With graphs the copy lands in the static buffer the graph
-        of `width` reads: the host work before the replay is this one copy (a one-prompt
-        admission's critical path on the H200's host, where every torch call costs ~20-70 us)."""
+        segment), the token count (and 3 pad entries), then per token its slot, its column in
+        its prompt and its index in `hidden` viewed flat (each part padded to 4 entries). With
+        graphs the copy lands in the static buffer the graph of `width` reads: the host work
+        before the replay is this one copy (a one-prompt admission's critical path on the
+        H200's host, where every torch call costs ~20-70 us)."""
         runner = self.runner
         sizes = np.array([len(prompts[i]) for i in call])
         total = int(sizes.sum())
         width = pack_bucket(total, self.capacity) if self.use_graphs else total
         starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
         col = np.arange(total) - starts
+        gap = np.zeros(-total % 4, np.int32)  # per-token parts at 16-byte offsets (_land_packed)
         parts = [
             np.fromiter(itertools.chain.from_iterable(prompts[i] for i in call), np.int32, total),
             np.zeros(width - total, np.int32),
             starts,
             np.arange(total, width),
-            [total],
+            [total, 0, 0, 0],
             np.repeat([rows[i] for i in call], sizes),
+            gap,
             col,
+            gap,
         ]
         if self.with_hidden:  # (hidden [n, W, H] is sized by the admission's longest prompt)
             parts.append(np.repeat(np.array(call) * max(map(len, prompts)), sizes) + col)
@@ -345,11 +349,14 @@ class Prefiller:
 
     def _land_packed(self, p: _Packed, hidden: torch.Tensor | None) -> None:
         """A packed call's K/V (and hidden states) from its scratch into the slots."""
-        lo = 2 * p.width + 1
-        slot, col = p.meta[lo : lo + p.total], p.meta[lo + p.total : lo + 2 * p.total]
+        # Parts at multiples of 16 bytes (the widths with graphs are multiples of 4): Triton
+        # specializes pointers on that alignment, and parts at odd offsets compiled kv_scatter
+        # anew mid-run whenever total % 4 changed.
+        lo, step = 2 * p.width + 4, -(-p.total // 4) * 4
+        slot, col = p.meta[lo : lo + p.total], p.meta[lo + step : lo + step + p.total]
         kv_scatter(p.scratch.k, p.scratch.v, self.cache.k, self.cache.v, slot, col, p.total)
         if hidden is not None:
-            flat = p.meta[lo + 2 * p.total : lo + 3 * p.total].long()
+            flat = p.meta[lo + 2 * step : lo + 2 * step + p.total].long()
             hidden.view(-1, hidden.shape[-1]).index_copy_(0, flat, p.hidden[0, : p.total])
 
     @staticmethod
@@ -425,8 +432,8 @@ class Prefiller:
         # and a capture's warm-up writes the only slot just before its prompt does.
         one_slot = not self.pack and self.cache.k.shape[1] == 1
         self._scratch = self.cache if one_slot else r.allocate_cache(rows, width)
-        if self.pack:  # the packed calls' buffer (_packed_call), at most 5 x capacity + 1
-            self._stage = torch.zeros(5 * width + 1, dtype=torch.int32, device=dev)
+        if self.pack:  # the packed calls' buffer (_packed_call), at most 5 x capacity + 13
+            self._stage = torch.zeros(5 * width + 16, dtype=torch.int32, device=dev)
         else:
             self._input_ids = torch.zeros(rows, width, dtype=torch.int32, device=dev)
             self._lengths = torch.zeros(rows, dtype=torch.int32, device=dev)

@@ -291,3 +291,28 @@ def test_one_slot_graph_admissions_equal_eager_ones(runner):
     torch.testing.assert_close(got.k[:, 0, :, :n], want.k[:, 0, :, :n], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.v[:, 0, :, :n], want.v[:, 0, :, :n], rtol=1e-5, atol=1e-5)
     assert (got.k[:, 0, :, :n] - other.k[:, 0, :, :n]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 30])
+def test_landing_reads_its_per_token_parts_at_16_byte_offsets(runner, monkeypatch, total):
+    """A packed call's slots and columns (what kv_scatter reads at landing) start at multiples
+    of 16 bytes for any token count when the call's width is a graph bucket (a multiple of 4):
+    Triton specializes pointers on that alignment, and parts at odd offsets compiled kv_scatter
+    anew mid-run. They sit where _packed_call writes them (an arange buffer shows the offsets).
+    Control: the same reads one entry further would not be aligned."""
+    import samgpu.decoding.prefill as prefill
+
+    seen = []
+    monkeypatch.setattr(prefill, "kv_scatter", lambda *a: seen.append(a[4:7]))
+    cache = runner.allocate_cache(MAX_REQS, MAX_LEN)
+    prefiller = Prefiller(runner, cache, use_graphs=False, pack=True)
+    width = 32
+    meta = torch.arange(5 * width + 16, dtype=torch.int32)
+    prefiller._land_packed(prefill._Packed(meta, width, total, cache, None), None)
+    slot, col, n = seen[0]
+    assert n == total and slot.numel() == col.numel() == total
+    for part in (slot, col):
+        assert part.storage_offset() * 4 % 16 == 0
+        assert (part.storage_offset() + 1) * 4 % 16 != 0  # control
+    step = -(-total // 4) * 4
+    assert int(slot[0]) == 2 * width + 4 and int(col[0]) == 2 * width + 4 + step
