@@ -301,18 +301,14 @@ class Engine:
         v, dev, n = self._views, self.device, len(prompts)
         longest = max(map(len, prompts))
         # one upload: the keys (int64, as int32 pairs: a view on the device, no kernel), rows,
-        # lengths, the prompts [n, longest] padded; each part at a multiple of 16 bytes, since
-        # Triton specializes pointers on that alignment (a part at 12 n bytes compiled kernels
-        # anew whenever n % 4 changed, mid-run)
-        a = -(-n // 4) * 4  # n rounded up to 4 int32
-        rows_at, lens_at, text_at = 2 * a, 3 * a, 4 * a
+        # lengths, the prompts [n, longest] padded; each part at a multiple of 16 bytes (Triton
+        # specializes pointers on it: lengths at 12 n bytes compiled kernels anew mid-run)
+        rows_at, lens_at, text_at = (k * -(-n // 4) * 4 for k in (2, 3, 4))
         host = np.full(text_at + n * longest, PAD_TOKEN, dtype=np.int32)
         host[: 2 * n] = np.array(rows if keys is None else keys, dtype=np.int64).view(np.int32)
         host[rows_at : rows_at + n], host[lens_at : lens_at + n] = rows, [len(p) for p in prompts]
-        padded = host[text_at:].reshape(n, longest)
-        padded[np.arange(longest) < host[lens_at : lens_at + n, None]] = list(
-            itertools.chain(*prompts)
-        )
+        fill = np.arange(longest) < host[lens_at : lens_at + n, None]
+        host[text_at:].reshape(n, longest)[fill] = list(itertools.chain(*prompts))
         packed = upload(torch.from_numpy(host), dev)
         keys64, index = packed[: 2 * n].view(torch.int64), packed[rows_at : rows_at + n].long()
         lens, text = packed[lens_at : lens_at + n], packed[text_at:].view(n, longest)
