@@ -29,7 +29,7 @@ _BLOCK: int = 1024
 
 # The prompts' pad width changes with every admission: specialized (Triton's == 1 and % 16 cases)
 # it compiled new variants in the middle of runs (bench_serve's compiles_per_pass, 2026-12-02).
-@triton.jit(do_not_specialize=["budget", "width"])
+@triton.jit(do_not_specialize=["budget", "width", "num_k", "num_sources", "num_new_k"])
 def _load_rows_kernel(
     text_in_ptr,  # [n, W] int32; prompts, padded
     lens_ptr,  # [n] int32

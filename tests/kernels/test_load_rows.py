@@ -121,13 +121,15 @@ def test_admission_widths_compile_once():
     from profiling.common import TritonCompiles
     from samgpu.kernels.rms_norm import rms_norm
 
-    def admit(width: int, budget: int = 77) -> None:
+    def admit(width: int, budget: int = 77, plain: bool = False) -> None:
         gen = torch.Generator().manual_seed(width)
         text_in = torch.randint(0, 50, (2, width), generator=gen, dtype=torch.int32).cuda()
         lens = torch.tensor([width, 1], dtype=torch.int32).cuda()
         index = torch.tensor([4, 0]).cuda()
         keys = torch.tensor([5, 6]).cuda()
         state, counters = _random_state(torch.Generator().manual_seed(1), "cuda")
+        if plain:  # a plain step's views: one new token per step (num_new_k == 1)
+            counters = (*counters[:4], counters[4][:, :1].contiguous(), counters[5])
         load_rows_triton(state, counters, index, text_in, lens, keys, budget)
 
     admit(7)
@@ -136,6 +138,7 @@ def test_admission_widths_compile_once():
             admit(width)
         admit(9, budget=16)
         admit(9, budget=1)
+        admit(9, plain=True)
         torch.cuda.synchronize()
     assert compiles.since(float("-inf")) == []
     rms_norm(torch.randn(3, 64, device="cuda"), torch.ones(64, device="cuda"), 1e-6)
