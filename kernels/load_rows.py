@@ -27,8 +27,9 @@ from samgpu.kernels.types import PAD_TOKEN, DecodeState
 _BLOCK: int = 1024
 
 
-# The prompts' pad width changes with every admission: specialized (Triton's == 1 and % 16 cases)
-# it compiled new variants in the middle of runs (bench_serve's compiles_per_pass, 2026-12-02).
+# The pad width changes with every admission, and a plain step's views have other widths than a
+# drafting step's (num_new_k == 1): specialized (Triton's == 1 and % 16 cases), each compiled a
+# new variant in the middle of runs (bench_serve's compiles_per_pass, 2026-12-02).
 @triton.jit(do_not_specialize=["budget", "width", "num_k", "num_sources", "num_new_k"])
 def _load_rows_kernel(
     text_in_ptr,  # [n, W] int32; prompts, padded
