@@ -293,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
                     records.append(rec)
                     rows.append(rec)
                     rec["tokens_vs_ar"] = r["new_tokens"] / ar_tokens if ar_tokens else None
+                    if rec["compiles_per_pass"][-1]:
+                        print(
+                            f"WARNING: B={batch} {mode} {method}: {rec['compiles_per_pass'][-1]} "
+                            "Triton compiles inside the reported pass (compiled_per_pass)",
+                            flush=True,
+                        )
                     if args.temperature == 0 and tokens_suspect(rec["tokens_vs_ar"]):
                         print(
                             f"WARNING: B={batch} {mode} {method} emitted "

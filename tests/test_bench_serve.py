@@ -164,3 +164,32 @@ def test_describe_compile_names_the_specialized_arguments():
     kwargs["compile"]["configs"] = [{(0,): [["tt.divisibility", 16]]}]
     assert describe_compile(kwargs) != got  # control: another specialization reads otherwise
     assert describe_compile({"repr": "k[...]"}) == "k[...]"
+
+
+def test_main_warns_when_the_reported_pass_compiled(monkeypatch, tmp_path, capsys):
+    """bench_serve's table run prints a WARNING for a configuration whose reported (last) pass
+    compiled Triton kernels, and records the counts per pass; a first pass's compiles alone do
+    not warn (control: the same run with none in the last pass prints no such line)."""
+    from profiling import bench_serve
+
+    calls = []
+
+    def fake_run_cli(src, out, args, method, batch, mode):
+        calls.append(method)
+        last = len(calls) % 2 == 0  # passes come in pairs: compiles in `compiled` per pass
+        compiled = (["_k(n:i32/16)"] if method == "pld" else []) if last else ["_k(n:i32)"]
+        n = sum(1 for _ in open(src))
+        return dict(
+            tokens_per_second=100.0, new_tokens=10, generate_seconds=0.1,
+            mean_accepted_tokens=1.0, latency=[0.1], timing={}, gpu_busy=None,
+            records=[{"completion": "x"}] * n, compiled=compiled,
+        )  # fmt: skip
+
+    monkeypatch.setattr(bench_serve, "run_cli", fake_run_cli)
+    monkeypatch.setattr(bench_serve, "write_jsonl", lambda records: tmp_path / "r.jsonl")
+    argv = ["--batch-sizes", "1", "--methods", "ar,pld", "--modes", "continuous", "--limit", "4"]
+    assert bench_serve.main([*argv, "--min-requests", "4"]) == 0
+    text = capsys.readouterr().out
+    warned = [line for line in text.splitlines() if "Triton compiles" in line]
+    want = "WARNING: B=1 continuous pld: 1 Triton compiles inside the reported pass"
+    assert warned == [f"{want} (compiled_per_pass)"]  # `ar` compiled in its first pass only
