@@ -186,10 +186,15 @@ def test_main_warns_when_the_reported_pass_compiled(monkeypatch, tmp_path, capsy
         )  # fmt: skip
 
     monkeypatch.setattr(bench_serve, "run_cli", fake_run_cli)
-    monkeypatch.setattr(bench_serve, "write_jsonl", lambda records: tmp_path / "r.jsonl")
+    written = []
+    monkeypatch.setattr(
+        bench_serve, "write_jsonl", lambda records: written.extend(records) or tmp_path / "r.jsonl"
+    )
     argv = ["--batch-sizes", "1", "--methods", "ar,pld", "--modes", "continuous", "--limit", "4"]
     assert bench_serve.main([*argv, "--min-requests", "4"]) == 0
     text = capsys.readouterr().out
     warned = [line for line in text.splitlines() if "Triton compiles" in line]
     want = "WARNING: B=1 continuous pld: 1 Triton compiles inside the reported pass"
     assert warned == [f"{want} (compiled_per_pass)"]  # `ar` compiled in its first pass only
+    assert [r["compiles_per_pass"] for r in written] == [[1, 0], [1, 1]]
+    assert written[1]["compiled_per_pass"] == [["_k(n:i32)"], ["_k(n:i32/16)"]]
