@@ -121,11 +121,8 @@ def check_chain_args(
         )
     if dynamic is not None and dynamic.tokens.shape[0] < b:
         raise ValueError(f"batch of {b} but only {dynamic.tokens.shape[0]} dynamic slots")
-    if store is not None:
-        if store.match_state.shape[1] < b:
-            raise ValueError(
-                f"batch of {b} but the store has {store.match_state.shape[1]} match rows"
-            )
+    if store is not None and store.match_state.shape[1] < b:
+        raise ValueError(f"batch of {b} but the store has {store.match_state.shape[1]} match rows")
     return b
 
 
