@@ -1,12 +1,15 @@
 """The engine's step buffers: one `StepBuffers` set per tree width, allocated once at capacity, and
 `StepViews`, the B leading rows of every buffer that one (width, mode) of steps runs over. Views
-are cached per key, so captured CUDA graphs keep pointing at the same memory."""
+are cached per key, so captured CUDA graphs keep pointing at the same memory. Also the uploads
+between queued steps (`PinnedRing`, `upload`, an admission's `upload_admission`)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from samgpu.decoding.config import RequestStats
@@ -21,6 +24,14 @@ from samgpu.types import (
     TreeMask,
     VerifyOutput,
 )
+
+
+def aligned_len(n: int) -> int:
+    """`n` int32 entries rounded up to 16 bytes: the offset of the next part of one uploaded
+    buffer. Kernels read the parts as separate pointers, and Triton specializes a pointer on
+    16-byte alignment: a part whose offset changes between admissions (e.g. at 12 n bytes) compiled
+    a new kernel variant in the middle of runs."""
+    return -(-n // 4) * 4
 
 
 class PinnedRing:
@@ -98,6 +109,25 @@ def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 def upload_rows(rows: list[int], device: torch.device) -> torch.Tensor:
     """Slot indices [n] int64 on `device` (upload)."""
     return upload(torch.tensor(rows, dtype=torch.long), device)
+
+
+def upload_admission(
+    rows: list[int], prompts: list[list[int]], keys: list[int] | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An admission's inputs in one upload: (keys [n] int64 (`rows` when None), index [n] int64,
+    lens [n] int32, text [n, longest] int32 padded with PAD_TOKEN) on `device`, views of one
+    buffer whose parts start at 16 bytes (`aligned_len`); the keys travel as int32 pairs, viewed
+    as int64 on the device (no kernel)."""
+    n, longest = len(prompts), max(map(len, prompts))
+    rows_at, lens_at, text_at = (k * aligned_len(n) for k in (2, 3, 4))
+    host = np.full(text_at + n * longest, PAD_TOKEN, dtype=np.int32)
+    host[: 2 * n] = np.array(rows if keys is None else keys, dtype=np.int64).view(np.int32)
+    host[rows_at : rows_at + n], host[lens_at : lens_at + n] = rows, [len(p) for p in prompts]
+    fill = np.arange(longest) < host[lens_at : lens_at + n, None]
+    host[text_at:].reshape(n, longest)[fill] = list(itertools.chain(*prompts))
+    packed = upload(torch.from_numpy(host), device)
+    keys64, index = packed[: 2 * n].view(torch.int64), packed[rows_at : rows_at + n].long()
+    return keys64, index, packed[lens_at : lens_at + n], packed[text_at:].view(n, longest)
 
 
 class StepBuffers:

@@ -36,13 +36,17 @@ Example: engine.configure(config, 2); engine.prefill([0, 1], [[1, 2, 3], [4, 5]]
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from samgpu.decoding.buffers import StepBuffers, StepViews, copy_to_host, upload, upload_rows
+from samgpu.decoding.buffers import (
+    StepBuffers,
+    StepViews,
+    copy_to_host,
+    upload_admission,
+    upload_rows,
+)
 from samgpu.decoding.config import MAX_EOS, GenerationConfig, RequestStats
 from samgpu.decoding.prefill import Landing, Prefiller
 from samgpu.decoding.stages import StageRange, StageTimer, nvtx_range
@@ -298,20 +302,8 @@ class Engine:
         drafter.start; prepare calls drafter.prepare on the prompts in a scratch (an overlapped
         admission's, beside the steps: state.text keeps the last requests' text until landing,
         as other slots' drafting may read it, e.g. pld's, and must draft valid tokens)."""
-        v, dev, n = self._views, self.device, len(prompts)
-        longest = max(map(len, prompts))
-        # one upload: the keys (int64, as int32 pairs: a view on the device, no kernel), rows,
-        # lengths, the prompts [n, longest] padded; each part at a multiple of 16 bytes (Triton
-        # specializes pointers on it: lengths at 12 n bytes compiled kernels anew mid-run)
-        rows_at, lens_at, text_at = (k * -(-n // 4) * 4 for k in (2, 3, 4))
-        host = np.full(text_at + n * longest, PAD_TOKEN, dtype=np.int32)
-        host[: 2 * n] = np.array(rows if keys is None else keys, dtype=np.int64).view(np.int32)
-        host[rows_at : rows_at + n], host[lens_at : lens_at + n] = rows, [len(p) for p in prompts]
-        fill = np.arange(longest) < host[lens_at : lens_at + n, None]
-        host[text_at:].reshape(n, longest)[fill] = list(itertools.chain(*prompts))
-        packed = upload(torch.from_numpy(host), dev)
-        keys64, index = packed[: 2 * n].view(torch.int64), packed[rows_at : rows_at + n].long()
-        lens, text = packed[lens_at : lens_at + n], packed[text_at:].view(n, longest)
+        v, dev, longest = self._views, self.device, max(map(len, prompts))
+        keys64, index, lens, text = upload_admission(rows, prompts, keys, dev)
 
         def new(**kw) -> NewRequests:  # (lengths on the prompts' rows, 0 elsewhere)
             started = torch.zeros(self.width, dtype=torch.int32, device=dev)

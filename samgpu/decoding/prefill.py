@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from samgpu.decoding.buffers import copy_to_device, upload, upload_rows
+from samgpu.decoding.buffers import aligned_len, copy_to_device, upload, upload_rows
 from samgpu.decoding.prefill_plan import (
     GRAPH_ROWS,
     MAX_CALL_TOKENS,
@@ -314,13 +314,13 @@ class Prefiller:
         width = pack_bucket(total, self.capacity) if self.use_graphs else total
         starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
         col = np.arange(total) - starts
-        gap = np.zeros(-total % 4, np.int32)  # per-token parts at 16-byte offsets (_land_packed)
+        gap = np.zeros(aligned_len(total) - total, np.int32)  # parts at 16 bytes (_land_packed)
         parts = [
             np.fromiter(itertools.chain.from_iterable(prompts[i] for i in call), np.int32, total),
             np.zeros(width - total, np.int32),
             starts,
             np.arange(total, width),
-            [total, 0, 0, 0],
+            [total] + [0] * (aligned_len(1) - 1),
             np.repeat([rows[i] for i in call], sizes),
             gap,
             col,
@@ -349,10 +349,8 @@ class Prefiller:
 
     def _land_packed(self, p: _Packed, hidden: torch.Tensor | None) -> None:
         """A packed call's K/V (and hidden states) from its scratch into the slots."""
-        # Parts at multiples of 16 bytes (the widths with graphs are multiples of 4): Triton
-        # specializes pointers on that alignment, and parts at odd offsets compiled kv_scatter
-        # anew mid-run whenever total % 4 changed.
-        lo, step = 2 * p.width + 4, -(-p.total // 4) * 4
+        # Parts at 16 bytes (buffers.aligned_len; the widths with graphs are multiples of 4).
+        lo, step = 2 * p.width + aligned_len(1), aligned_len(p.total)
         slot, col = p.meta[lo : lo + p.total], p.meta[lo + step : lo + step + p.total]
         kv_scatter(p.scratch.k, p.scratch.v, self.cache.k, self.cache.v, slot, col, p.total)
         if hidden is not None:
