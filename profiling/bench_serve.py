@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown modes {bad}; choose from {', '.join(MODES)}")
     if args.limit < 1:
         ap.error(f"--limit must be >= 1 (prompts in the mixed file), got {args.limit}")
+    if args.passes < 1:
+        ap.error(f"--passes must be >= 1 (the last is reported), got {args.passes}")
 
     records, rows = [], []
     first_ar: dict[str, list[str]] = {}  # mode -> ar's completions at the first batch size

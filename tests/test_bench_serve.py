@@ -198,3 +198,21 @@ def test_main_warns_when_the_reported_pass_compiled(monkeypatch, tmp_path, capsy
     assert warned == [f"{want} (compiled_per_pass)"]  # `ar` compiled in its first pass only
     assert [r["compiles_per_pass"] for r in written] == [[1, 0], [1, 1]]
     assert written[1]["compiled_per_pass"] == [["_k(n:i32)"], ["_k(n:i32/16)"]]
+
+
+def test_main_refuses_no_passes_before_running_anything(monkeypatch, capsys):
+    """--passes 0 is a usage error naming the option (it ran one pass silently), raised before any
+    CLI run; control: --passes 1 runs."""
+    import pytest
+
+    from profiling import bench_serve
+
+    ran = []
+    monkeypatch.setattr(bench_serve, "run_cli", lambda *a: ran.append(a) or 1 / 0)
+    with pytest.raises(SystemExit) as exc:
+        bench_serve.main(["--batch-sizes", "1", "--methods", "ar", "--passes", "0"])
+    assert exc.value.code == 2 and "--passes must be >= 1" in capsys.readouterr().err
+    assert ran == []
+    with pytest.raises(ZeroDivisionError):  # control: a valid count reaches the run
+        bench_serve.main(["--batch-sizes", "1", "--methods", "ar", "--passes", "1", "--limit", "2"])
+    assert len(ran) == 1
