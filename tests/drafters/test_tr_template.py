@@ -50,11 +50,13 @@ def _seed_reference(adj, text, lengths, chunk, snapshot=True):
     return adj
 
 
-def test_prompt_bigram_seeding_over_chunks(device):
+@pytest.mark.parametrize("columns", [16, 11])
+def test_prompt_bigram_seeding_over_chunks(device, columns):
     """seed_from_text over prompts longer than a chunk (chunk 4, prompts of 11, 0 and 6 tokens in
-    a 16-column text buffer) equals the chunked rule; the chunks' width no longer follows the
-    longest prompt, which changes nothing. Negative control: without the per-chunk snapshot
-    (repeated tokens inside a chunk) the reference differs."""
+    a 16-column text buffer, or an 11-column one whose last chunk is padded) equals the chunked
+    rule; the chunks' width no longer follows the longest prompt or the buffer's end, which
+    changes nothing. Negative control: without the per-chunk snapshot (repeated tokens inside a
+    chunk) the reference differs."""
     from samgpu.drafters.parts.recycling import TokenRecyclingTable
 
     V = 12
@@ -63,7 +65,7 @@ def test_prompt_bigram_seeding_over_chunks(device):
     table.adj.copy_(torch.randint(0, V, (V, 8), generator=g, dtype=torch.int32))
     start_adj = table.adj.cpu().clone()
     lengths = [11, 0, 6]
-    text = torch.full((3, 16), -1, dtype=torch.int32)
+    text = torch.full((3, columns), -1, dtype=torch.int32)
     for b, n in enumerate(lengths):
         text[b, :n] = torch.randint(0, 4, (n,), generator=g)  # few ids: repeats in every chunk
     want = _seed_reference(start_adj, text, lengths, 4)
@@ -77,7 +79,8 @@ def test_prompt_seeding_shapes_do_not_follow_prompt_length(device, monkeypatch):
     """The seeding's kernel sees chunks of one width (and stride) whatever the longest prompt:
     Triton specialises on sizes and strides, so a width that followed the prompt compiled a new
     variant in the middle of a run. Prompts of 3, 6 and 9 tokens, chunk 4, a 12-column buffer:
-    every call gets [R, 4] tokens; only the buffer's last chunk may be narrower."""
+    every call gets [R, 4] tokens; so does the buffer's last chunk (9 -> 11 columns: 2), padded.
+    Negative control: unpadded, that chunk is [2, 2]."""
     from samgpu.drafters.parts import recycling
 
     seen = []
@@ -89,7 +92,10 @@ def test_prompt_seeding_shapes_do_not_follow_prompt_length(device, monkeypatch):
 
     monkeypatch.setattr(recycling, "token_recycling_update", spy)
     table = recycling.TokenRecyclingTable(20, device)
-    text = torch.randint(0, 20, (2, 12), dtype=torch.int32).to(device)
-    for n in (3, 6, 9):
+    text = torch.randint(0, 20, (2, 11), dtype=torch.int32).to(device)
+    for n in (3, 6, 9, 11):
         table.seed_from_text(text, torch.tensor([n, 2], dtype=torch.int32).to(device), n, chunk=4)
+    assert len(seen) == 1 + 2 + 2 + 3
     assert {s for s in seen} == {((2, 4), (4, 1), (2, 4, 8))}, seen
+    unpadded = text[:, 8:10].contiguous()
+    assert (tuple(unpadded.shape), unpadded.stride()) != seen[-1][:2]

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from samgpu.drafters.protocol import NewRequests
 from samgpu.kernels.token_recycling import (
@@ -129,14 +130,17 @@ class TokenRecyclingTable:
         row shifts down a rank, so what the model taught earlier is kept); later positions and
         later sequences win, as in `update`. A stand-in for the paper's seeding from the prefill
         logits, which the runner does not expose; the first verified step replaces these rows."""
-        # Chunks of `chunk` columns whatever the prompts' lengths (num_valid masks the rest): a
-        # width that followed the longest prompt compiled another kernel variant mid-run (Triton
-        # specialises on sizes and strides; 144 ms on an H200 for the first 1,000-token prompt).
+        # Chunks of `chunk` columns whatever the prompts' lengths, the buffer's last one padded
+        # (num_valid masks the rest): a width that followed the longest prompt, or the buffer's
+        # end, compiled another kernel variant mid-run (Triton specialises on sizes and strides;
+        # 144 ms on an H200 for the first 1,000-token prompt; a prompt past the last full chunk
+        # compiled two kernels in a B=64 run on 2026-12-02).
         last = text.shape[1] - 1
         for start in range(0, max(longest - 1, 0), chunk):
             stop = min(start + chunk, last)
-            toks = text[:, start:stop].clamp(min=0).contiguous()
-            succ = text[:, start + 1 : stop + 1].clamp(min=0)
+            pad = (0, chunk - (stop - start))
+            toks = F.pad(text[:, start:stop].clamp(min=0), pad).contiguous()
+            succ = F.pad(text[:, start + 1 : stop + 1].clamp(min=0), pad)
             rows = torch.cat([succ.unsqueeze(-1), self.adj[toks.long()][..., : TOPK - 1]], -1)
             num_valid = (lengths - 1 - start).clamp(0, stop - start).to(torch.int32)
             token_recycling_update(
