@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from profiling import datasets
-from profiling.common import TritonCompiles, hardware_line, print_table, write_jsonl
+from profiling.common import GcPauses, TritonCompiles, hardware_line, print_table, write_jsonl
 
 MODES = ("static", "continuous")
 
@@ -127,7 +127,7 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     if args.check_every is not None:
         argv += ["--check-every", str(args.check_every)]
     argv.append("--continuous-batching" if mode == "continuous" else "--no-continuous-batching")
-    with GpuBusy() as busy, TritonCompiles() as compiles:
+    with GpuBusy() as busy, TritonCompiles() as compiles, GcPauses() as pauses:
         code = cli_main(argv)
         returned = time.perf_counter()
     if code != 0:
@@ -141,7 +141,16 @@ def run_cli(src: Path, out: Path, args, method: str, batch: int, mode: str) -> d
     busy_share = busy.share(since=started)
     # kernels compiled inside the timed generation (after the CLI's warm-up): their time is in it
     compiled = compiles.since(started)
-    return dict(totals, gpu_busy=busy_share, latency=latency, records=records, compiled=compiled)
+    gc_pauses = pauses.since(started)
+    return dict(
+        totals,
+        gpu_busy=busy_share,
+        latency=latency,
+        records=records,
+        compiled=compiled,
+        gc_seconds=sum(took for took, _ in gc_pauses),
+        gc_oldest=[took for took, gen in gc_pauses if gen == 2],
+    )
 
 
 def occupancy(run: dict, batch: int) -> float | None:
@@ -260,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                         # (specializations) each compiled, the first 10
                         compiles_per_pass=[len(p["compiled"]) for p in passes],
                         compiled_per_pass=[p["compiled"][:10] for p in passes],
+                        # Python's garbage collections inside each pass's timed generation: their
+                        # seconds, and those of the oldest generation's (full) collections
+                        gc_seconds_per_pass=[p["gc_seconds"] for p in passes],
+                        gc_full_per_pass=[p["gc_oldest"] for p in passes],
                         mat=r["mean_accepted_tokens"],
                         latency_p50_s=quantile(r["latency"], 0.5),
                         latency_p99_s=quantile(r["latency"], 0.99),

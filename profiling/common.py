@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import gc
 import json
 import os
 import platform
@@ -190,6 +191,36 @@ class TritonCompiles:
     def since(self, start: float) -> list[str]:
         """The kernels compiled from `start` (a perf_counter time) on, in order."""
         return [what for t, what in self.events if t >= start]
+
+
+class GcPauses:
+    """Python's cyclic garbage collections inside a block, as (perf_counter at the start, seconds,
+    generation), through `gc.callbacks`. A collection of the oldest generation walks every tracked
+    object of the process; the decode loop's host thread stops for it, and the GPU runs dry once
+    the steps queued before it are done."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, float, int]] = []
+        self._started: float | None = None
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            took = time.perf_counter() - self._started
+            self.events.append((self._started, took, info["generation"]))
+            self._started = None
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def since(self, start: float) -> list[tuple[float, int]]:
+        """(seconds, generation) of the collections started from `start` (perf_counter) on."""
+        return [(took, gen) for t, took, gen in self.events if t >= start]
 
 
 def results_path(e: dict | None = None) -> Path:

@@ -142,6 +142,46 @@ def test_run_cli_names_the_kernels_compiled_inside_the_generation(monkeypatch, t
     assert compiles.since(float("-inf")) == ["a", "b"]  # control: the whole call reads both
 
 
+def test_run_cli_times_the_garbage_collections_inside_the_generation(monkeypatch, tmp_path):
+    """Full collections (gc.collect: the oldest generation) inside the timed generation are
+    reported with their seconds, the warm-up's are not, and the callback is removed afterwards.
+    Control: the whole call reads both."""
+    import argparse
+    import gc
+    import json
+    import time
+
+    import samgpu.cli
+    from profiling import bench_serve
+    from profiling.common import GcPauses
+
+    def fake_main(argv):
+        gc.collect()  # the CLI's warm-up
+        started = time.perf_counter()  # the generation
+        time.sleep(0.05)
+        gc.collect()
+        out = argv[argv.index("--output") + 1]
+        stats = argv[argv.index("--stats-json") + 1]
+        open(out, "w").write(json.dumps({"completion": "x", "stats": {"finish_s": 0.1}}) + "\n")
+        took = time.perf_counter() - started
+        open(stats, "w").write(json.dumps({"generate_seconds": took, "new_tokens": 1}))
+        return 0
+
+    monkeypatch.setattr(samgpu.cli, "main", fake_main)
+    args = argparse.Namespace(dtype="bfloat16", max_new_tokens=4, speculation="adaptive",
+                              exact=False, check_every=None, temperature=0.0, seed=1)  # fmt: skip
+    callbacks = list(gc.callbacks)
+    r = bench_serve.run_cli(tmp_path / "in.jsonl", tmp_path / "out.jsonl", args, "pld", 4, "static")
+    assert len(r["gc_oldest"]) == 1 and r["gc_oldest"][0] > 0
+    assert r["gc_seconds"] >= r["gc_oldest"][0]
+    assert gc.callbacks == callbacks  # removed
+    with GcPauses() as pauses:
+        gc.collect()
+        gc.collect(0)
+    gens = [gen for _, gen in pauses.since(float("-inf"))]
+    assert gens[-2:] == [2, 0]  # control: the whole block reads both, with their generations
+
+
 def test_describe_compile_names_the_specialized_arguments():
     """A compile is described by its kernel and runtime arguments, the 16-divisible ones marked
     (what tells two specializations apart); without the hook's compile data, its repr."""
@@ -182,7 +222,7 @@ def test_main_warns_when_the_reported_pass_compiled(monkeypatch, tmp_path, capsy
         return dict(
             tokens_per_second=100.0, new_tokens=10, generate_seconds=0.1,
             mean_accepted_tokens=1.0, latency=[0.1], timing={}, gpu_busy=None,
-            records=[{"completion": "x"}] * n, compiled=compiled,
+            records=[{"completion": "x"}] * n, compiled=compiled, gc_seconds=0.0, gc_oldest=[],
         )  # fmt: skip
 
     monkeypatch.setattr(bench_serve, "run_cli", fake_run_cli)
