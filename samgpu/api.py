@@ -218,14 +218,19 @@ class SamDecoder:
         cfg = getattr(self.model, "config", None)
         return getattr(cfg, "max_position_embeddings", None)
 
-    def ensure_capacity(self, num_reqs: int, max_len: int):
+    def ensure_capacity(
+        self, num_reqs: int, max_len: int, sampling: GenerationConfig | None = None
+    ):
         """The decoder (a Scheduler) for num_reqs slots of max_len tokens, built now if needed (so
         out-of-memory shows at set-up) and warmed up on a GPU (kernels compiled, step graphs of
-        the full width captured, so compilation stays out of the generation's time). Capacity
-        only grows (the length in multiples of LEN_QUANTUM); more prompts than slots run through
-        the slots in turn."""
+        the full width captured for `sampling`'s mode, default greedy, so compilation stays out
+        of the generation's time). Capacity only grows (the length in multiples of
+        LEN_QUANTUM); more prompts than slots run through the slots in turn."""
         cap_reqs, cap_len = self._capacity
         if self._decoder is not None and num_reqs <= cap_reqs and max_len <= cap_len:
+            engine = self._decoder.engine
+            if self.device.type == "cuda" and not engine.is_warm(cap_reqs, sampling):
+                engine.warm_up(cap_reqs, sampling)  # (a sampling mode not met yet)
             return self._decoder
         new_reqs = max(cap_reqs, num_reqs)
         new_len = max(cap_len, -(-max_len // LEN_QUANTUM) * LEN_QUANTUM)
@@ -245,7 +250,7 @@ class SamDecoder:
                 stage_range=self.stage_range,
             )
             if self.device.type == "cuda":
-                self._decoder.engine.warm_up(new_reqs)
+                self._decoder.engine.warm_up(new_reqs, sampling)
             if old_store is not None:  # a rebuilt decoder keeps what the store learnt
                 store_of(self._decoder.drafter).copy_from(old_store)
         except Exception as e:
@@ -334,7 +339,7 @@ class SamDecoder:
                 if min(p) < 0 or max(p) >= vocab:
                     raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
         num_reqs = min(len(prompts), batch_size or len(prompts))
-        decoder = self.ensure_capacity(num_reqs, self.needed_len(longest, max_new_tokens))
+        decoder = self.ensure_capacity(num_reqs, self.needed_len(longest, max_new_tokens), config)
         with self._lock:
             out = decoder.generate(
                 [list(map(int, p)) for p in prompts], config, on_progress, on_finish, stop_when

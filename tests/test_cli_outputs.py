@@ -168,7 +168,7 @@ def test_out_of_memory_at_set_up_leaves_no_partial(
 
     real = api.SamDecoder.ensure_capacity
 
-    def oom(self, num_reqs, max_len):
+    def oom(self, num_reqs, max_len, sampling=None):
         raise api.SetupError("out of GPU memory while allocating the KV cache; try batch size 1")
 
     monkeypatch.setattr(api.SamDecoder, "ensure_capacity", oom)
@@ -178,6 +178,32 @@ def test_out_of_memory_at_set_up_leaves_no_partial(
     assert names(tmp_path) == ["in.jsonl"]  # no header-only partial, no lock
     monkeypatch.setattr(api.SamDecoder, "ensure_capacity", real)
     assert cli.main(gen(tiny_model_dir, src, out, "--max-new-tokens", "2")) == 0
+
+
+def test_set_up_warms_up_in_the_runs_sampling_mode(
+    monkeypatch, tmp_path, tiny_model_dir, prompts_file
+):
+    """The set-up's warm-up gets the run's temperature, top_k and top_p: a run's step graphs are
+    keyed by them (warmed up greedy, a sampled run compiled and captured in its first steps, on
+    an H200: tests/decoding/test_no_compile_cuda.py). Control: a greedy run's is greedy."""
+    from samgpu import api
+
+    real = api.SamDecoder.ensure_capacity
+    seen = []
+
+    def spy(self, num_reqs, max_len, sampling=None):
+        seen.append(sampling)
+        return real(self, num_reqs, max_len, sampling)
+
+    monkeypatch.setattr(api.SamDecoder, "ensure_capacity", spy)
+    src = prompts_file(PROMPTS)
+    sampled = ("--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--seed", "1")
+    assert cli.main(gen(tiny_model_dir, src, tmp_path / "a.jsonl", "--max-new-tokens", "2",
+                        *sampled)) == 0  # fmt: skip
+    assert seen[0].graph_mode == (True, 0.7, 5, 0.9)
+    seen.clear()
+    assert cli.main(gen(tiny_model_dir, src, tmp_path / "b.jsonl", "--max-new-tokens", "2")) == 0
+    assert seen[0].graph_mode == (False, 0.0, 0, 1.0)
 
 
 # --------------------------------------------------------------------------- item 5: file system

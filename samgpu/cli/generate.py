@@ -315,9 +315,15 @@ class Session:
         self.stop_ids = plan.stop_ids
 
     def warm_up(self, num_reqs: int, longest: int) -> None:
-        """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice."""
-        needed = self.decoder.needed_len(longest, self.args.max_new_tokens)
-        self.decoder.ensure_capacity(num_reqs, needed)
+        """Allocate the KV cache and buffers now, so out-of-memory shows at set-up with advice,
+        and capture the step graphs in the run's sampling mode (kept out of its time)."""
+        from samgpu.decoding.config import GenerationConfig
+
+        a = self.args
+        needed = self.decoder.needed_len(longest, a.max_new_tokens)
+        sampling = GenerationConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                    top_k=a.top_k, top_p=a.top_p)  # fmt: skip
+        self.decoder.ensure_capacity(num_reqs, needed, sampling)
 
     def save_store(self) -> None:
         """--store: write the cross-request store (the end of a run, also an interrupted one: the

@@ -98,6 +98,11 @@ class GenerationConfig:
     def is_sampling(self) -> bool:
         return self.temperature > 0
 
+    @property
+    def graph_mode(self) -> tuple:
+        """What a captured step depends on besides its width and drafting: the sampling mode."""
+        return (self.is_sampling, self.temperature, self.top_k, self.top_p)
+
     def check_prompts(
         self, prompts: list[list[int]], *, vocab_size: int, max_len: int, num_nodes: int
     ) -> None:

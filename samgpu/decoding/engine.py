@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -378,7 +379,7 @@ class Engine:
             self._step()
             return True
         c = self._config
-        key = (self.width, self._speculate, c.is_sampling, c.temperature, c.top_k, c.top_p)
+        key = (self.width, self._speculate, *c.graph_mode)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
@@ -402,11 +403,18 @@ class Engine:
         graph.replay()
         return False
 
-    def warm_up(self, width: int) -> None:
+    def is_warm(self, width: int, sampling: GenerationConfig | None = None) -> bool:
+        """Whether `warm_up(width, sampling)` ran (CUDA graphs: its drafting step is captured)."""
+        mode = (sampling or GenerationConfig(max_new_tokens=1)).graph_mode
+        return (width, True, *mode) in self._graphs
+
+    def warm_up(self, width: int, sampling: GenerationConfig | None = None) -> None:
         """Compile the kernels and capture the step graphs of `width` slots (drafting and, when
-        the drafter drafts, plain steps) on a dummy prompt, and the prefill graphs: the first
-        real steps and admissions are replays. Slots are left finished (prefill resets rows)."""
-        config = GenerationConfig(max_new_tokens=8)
+        the drafter drafts, plain steps) in `sampling`'s mode (default greedy) on a dummy
+        prompt, and the prefill graphs: the first real steps and admissions are replays. Slots
+        are left finished (prefill resets rows)."""
+        mode = dict(max_new_tokens=8, eos_token_ids=(), seed=0, sample_keys=None)
+        config = GenerationConfig(**mode) if sampling is None else replace(sampling, **mode)
         self.configure(config, width)
         self.prefill(list(range(width)), [[0] * 4] * width)
         saved = self._speculate
