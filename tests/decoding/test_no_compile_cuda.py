@@ -86,10 +86,12 @@ def test_a_sampled_run_after_the_set_up_compiles_nothing(model):
     """The same for a sampled run (its step graphs differ from the greedy warm-up's)."""
     from profiling.common import TritonCompiles
     from samgpu.api import SamDecoder
+    from samgpu.decoding.config import GenerationConfig
 
     dec = SamDecoder(model, None, method="pld")
     prompts = _prompts(model.config.vocab_size)
-    dec.ensure_capacity(4, dec.needed_len(max(LENGTHS), MAX_NEW))
+    sampling = GenerationConfig(max_new_tokens=MAX_NEW, temperature=0.8)
+    dec.ensure_capacity(4, dec.needed_len(max(LENGTHS), MAX_NEW), sampling)  # as the CLI's set-up
     with TritonCompiles() as compiles:
         dec.generate_ids(prompts, max_new_tokens=MAX_NEW, batch_size=4, temperature=0.8, seed=1)
         torch.cuda.synchronize()
