@@ -131,7 +131,14 @@ case "${1:-}" in
       tests/kernels/test_sam_tree.py tests/kernels/test_sam_update.py tests/kernels/test_sam_draft.py \
       tests/kernels/test_sam_draft_store.py tests/drafters/test_store.py
     ;;
-  *) echo "phases: checks verify tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
+  compiles)  # 2026-12-02: no Triton compile after the CLI's set-up (7 methods, B 4 / 16, prompts of
+             # 1-2,100 tokens, a sampled run), then the served curve's compile counts per pass
+    run compile_tests 200 python -m pytest -q -p no:cacheprovider tests/decoding/test_no_compile_cuda.py \
+      tests/kernels/test_load_rows.py tests/drafters/test_tr_template.py
+    run compile_serve 300 python -m profiling.bench_serve --batch-sizes 16 64 --methods ar,pld,merged \
+      --modes continuous --passes 2 --tag compiles
+    ;;
+  *) echo "phases: compiles checks verify tune serve2 kernels serve runtime7b (and older: corpus specbench batch batch2 full ablation multigpu multigpu2 multigpu3 continuous continuous_e2e)"; exit 2 ;;
 esac
 find profiling/results -maxdepth 1 -name '*.jsonl' -newer "$STAMP" -exec cp {} "$OUT"/ \;
 (cd "$OUT" && tar czf "logs-${1}.tgz" ./*.log && rm -f ./*.log)  # at most 8 files come back
