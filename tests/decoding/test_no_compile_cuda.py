@@ -50,15 +50,29 @@ def _index(vocab: int):
     return SamIndex.build(corpus, vocab_size=vocab, eos_id=2)
 
 
+@pytest.fixture(scope="module")
+def head_path(model, tmp_path_factory) -> str:
+    """A random EAGLE head for the model (tests/drafters/test_eagle_lossless.py's)."""
+    from tests.drafters.test_eagle_lossless import new_head, write_head
+
+    path = tmp_path_factory.mktemp("eagle") / "random.safetensors"
+    return write_head(path, new_head(model), model)
+
+
+METHODS = ["ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged"]
+EAGLE_METHODS = ["eagle", "sam+eagle", "merged+eagle"]
+
+
 @pytest.mark.parametrize("batch_size", [4, 16])  # 16: overlapped admissions (OVERLAP_MIN_SLOTS)
-@pytest.mark.parametrize("method", ["ar", "pld", "tr", "sam", "sam+tr", "sam-tree", "merged"])
-def test_a_run_after_the_set_up_compiles_nothing(model, method, batch_size):
+@pytest.mark.parametrize("method", METHODS + EAGLE_METHODS)
+def test_a_run_after_the_set_up_compiles_nothing(model, head_path, method, batch_size):
     from profiling.common import TritonCompiles
     from samgpu.api import SamDecoder
 
     vocab = model.config.vocab_size
-    index = None if method in ("ar", "pld", "tr") else _index(vocab)
-    dec = SamDecoder(model, None, method=method, index=index)
+    index = None if method in ("ar", "pld", "tr", "eagle") else _index(vocab)
+    options = {"head": head_path} if method in EAGLE_METHODS else {}
+    dec = SamDecoder(model, None, method=method, index=index, **options)
     prompts = _prompts(vocab)
     # the CLI's set-up (cli/generate.py Session.warm_up)
     dec.ensure_capacity(batch_size, dec.needed_len(max(LENGTHS), MAX_NEW))
