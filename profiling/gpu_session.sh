@@ -131,7 +131,7 @@ case "${1:-}" in
       tests/kernels/test_sam_tree.py tests/kernels/test_sam_update.py tests/kernels/test_sam_draft.py \
       tests/kernels/test_sam_draft_store.py tests/drafters/test_store.py
     ;;
-  compiles)  # 2026-12-02: no Triton compile after the CLI's set-up (7 methods, B 4 / 16, prompts of
+  compiles)  # 2026-12-02: no Triton compile after the CLI's set-up (10 methods, B 4 / 16, prompts of
              # 1-2,100 tokens, a sampled run), then the served curve's compile counts per pass
     run compile_tests 200 python -m pytest -q -p no:cacheprovider tests/decoding/test_no_compile_cuda.py \
       tests/kernels/test_load_rows.py tests/drafters/test_tr_template.py

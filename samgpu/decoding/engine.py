@@ -404,9 +404,10 @@ class Engine:
         return False
 
     def is_warm(self, width: int, sampling: GenerationConfig | None = None) -> bool:
-        """Whether `warm_up(width, sampling)` ran (CUDA graphs: its drafting step is captured)."""
+        """Whether `warm_up(width, sampling)` ran: its drafting step is captured (True without
+        CUDA graphs: eager steps compile as they go, a second warm-up would add nothing)."""
         mode = (sampling or GenerationConfig(max_new_tokens=1)).graph_mode
-        return (width, True, *mode) in self._graphs
+        return not self.use_cuda_graphs or (width, True, *mode) in self._graphs
 
     def warm_up(self, width: int, sampling: GenerationConfig | None = None) -> None:
         """Compile the kernels and capture the step graphs of `width` slots (drafting and, when
