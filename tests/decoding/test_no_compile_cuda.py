@@ -25,10 +25,9 @@ MAX_NEW = 12
 
 @pytest.fixture(scope="module")
 def model():
-    from tests.decoding.conftest import tiny_config
-
-    torch.backends.cuda.matmul.allow_tf32 = False
     from transformers import AutoModelForCausalLM
+
+    from tests.decoding.conftest import tiny_config
 
     config = copy.deepcopy(tiny_config("llama"))
     config.max_position_embeddings = 4096
@@ -36,7 +35,7 @@ def model():
     return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval().to("cuda")
 
 
-def _prompts(vocab: int) -> list[list[int]]:
+def _prompts() -> list[list[int]]:
     gen = torch.Generator().manual_seed(3)
     # few distinct ids: the automata and pld match, so drafts and their kernels run
     return [torch.randint(3, 12, (n,), generator=gen).tolist() for n in LENGTHS]
@@ -73,7 +72,7 @@ def test_a_run_after_the_set_up_compiles_nothing(model, head_path, method, batch
     index = None if method in ("ar", "pld", "tr", "eagle") else _index(vocab)
     options = {"head": head_path} if method in EAGLE_METHODS else {}
     dec = SamDecoder(model, None, method=method, index=index, **options)
-    prompts = _prompts(vocab)
+    prompts = _prompts()
     # the CLI's set-up (cli/generate.py Session.warm_up)
     dec.ensure_capacity(batch_size, dec.needed_len(max(LENGTHS), MAX_NEW))
     with TritonCompiles() as compiles:
@@ -103,7 +102,7 @@ def test_a_sampled_run_after_the_set_up_compiles_nothing(model):
     from samgpu.decoding.config import GenerationConfig
 
     dec = SamDecoder(model, None, method="pld")
-    prompts = _prompts(model.config.vocab_size)
+    prompts = _prompts()
     sampling = GenerationConfig(max_new_tokens=MAX_NEW, temperature=0.8)
     dec.ensure_capacity(4, dec.needed_len(max(LENGTHS), MAX_NEW), sampling)  # as the CLI's set-up
     with TritonCompiles() as compiles:
